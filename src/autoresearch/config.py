@@ -1,0 +1,277 @@
+"""The task configuration: ``autoresearch.toml`` loaded into frozen dataclasses.
+
+Every validation error names the file, the key, what was found and what is allowed, and
+unknown keys are errors: a typo must never be silently ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoresearch.errors import ConfigError
+
+CONFIG_NAME = "autoresearch.toml"
+DIRECTIONS = ("minimize", "maximize")
+FORMATS = ("summary", "regex", "json")
+
+
+@dataclass(frozen=True)
+class MetricConfig:
+    """Which number decides, and how it is read from a run's output."""
+
+    name: str = "score"
+    direction: str = "minimize"
+    format: str = "summary"
+    pattern: str = ""  # regex with one group, for format = "regex"
+    path: str = "result.json"  # file under AUTORESEARCH_OUT, for format = "json"
+
+    def better(self, a: float, b: float, min_delta: float = 0.0) -> bool:
+        """True when ``a`` beats ``b`` by strictly more than ``min_delta``."""
+        return a < b - min_delta if self.direction == "minimize" else a > b + min_delta
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """The keep/discard rule's settings."""
+
+    min_delta: float = 0.0  # a keep must beat the best by strictly more than this
+    baseline_runs: int = 1  # runs of the unchanged code, to estimate noise
+    confirm_runs: int = 0  # extra runs of a candidate that looks better, before keeping
+    noise_factor: float = 0.0  # a keep must also beat the best by this many noise sigmas
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    """Prices for cost accounting; model prices override the built-in table."""
+
+    gpu_per_hour: float = 0.0  # dollars per slot-hour of compute
+    models: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """One task: what may be edited, how to run it, what to measure."""
+
+    root: Path  # the folder holding autoresearch.toml
+    instructions: str = "program.md"
+    editable: tuple[str, ...] = ()
+    protected: tuple[str, ...] = ()
+    context: tuple[str, ...] = ()
+    link: tuple[str, ...] = ()  # untracked paths (data, caches) symlinked into each worktree
+    setup: str = ""
+    check: str = ""
+    run: str = ""
+    evaluate: str = ""
+    time_budget: float = 300.0
+    timeout: float = 600.0
+    budget_allowance: float | None = None  # None: max(30 s, budget / 2)
+    metric: MetricConfig = field(default_factory=MetricConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
+    agents: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # [agent.<name>]
+
+    @property
+    def allowance(self) -> float:
+        """Seconds a run may exceed the budget before it is discarded as over budget."""
+        if self.budget_allowance is not None:
+            return self.budget_allowance
+        return max(30.0, self.time_budget / 2)
+
+    def agent_options(self, name: str) -> Mapping[str, Any]:
+        """The ``[agent.<name>]`` table, empty when absent."""
+        return self.agents.get(name, {})
+
+
+# --- validation helpers -----------------------------------------------------------------
+
+
+class _Section:
+    """Reads typed keys from one table and reports errors with file, key and value."""
+
+    def __init__(self, path: Path, name: str, table: Any) -> None:
+        self.path, self.name = path, name
+        if not isinstance(table, dict):
+            self.fail("", table, "a table")
+        self.table: dict[str, Any] = table
+
+    def fail(self, key: str, found: Any, allowed: str) -> None:
+        where = f"[{self.name}] {key}".rstrip()
+        raise ConfigError(f"{self.path}: {where}: found {found!r}, expected {allowed}")
+
+    def check_keys(self, allowed: tuple[str, ...]) -> None:
+        for key in self.table:
+            if key not in allowed:
+                raise ConfigError(
+                    f"{self.path}: [{self.name}] unknown key {key!r}; allowed: {', '.join(allowed)}"
+                )
+
+    def string(self, key: str, default: str) -> str:
+        value = self.table.get(key, default)
+        if not isinstance(value, str):
+            self.fail(key, value, "a string")
+        return str(value)
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self.table.get(key, [])
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self.fail(key, value, "a list of non-empty strings")
+        return tuple(value)
+
+    def number(self, key: str, default: float, *, positive: bool = False) -> float:
+        value = self.table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            self.fail(key, value, "a number")
+        if positive and value <= 0:
+            self.fail(key, value, "a number > 0")
+        if value < 0:
+            self.fail(key, value, "a number >= 0")
+        return float(value)
+
+    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
+        value = self.table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.fail(key, value, f"an integer >= {minimum}")
+        return int(value)
+
+    def choice(self, key: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.string(key, default)
+        if value not in allowed:
+            self.fail(key, value, "one of " + ", ".join(repr(a) for a in allowed))
+        return value
+
+
+# --- sections -------------------------------------------------------------------------------
+
+_TASK_KEYS = (
+    "instructions", "editable", "protected", "context", "link", "setup", "check", "run",
+    "evaluate", "time_budget", "timeout", "budget_allowance",
+)  # fmt: skip
+
+
+def _relative_paths(sec: _Section, key: str) -> tuple[str, ...]:
+    values = sec.strings(key)
+    for value in values:
+        if Path(value).is_absolute() or ".." in Path(value).parts:
+            sec.fail(key, value, "paths relative to the task folder, without '..'")
+    return values
+
+
+def _task(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    sec = _Section(path, "task", raw.get("task", {}))
+    sec.check_keys(_TASK_KEYS)
+    out: dict[str, Any] = {
+        "instructions": sec.string("instructions", "program.md"),
+        "editable": _relative_paths(sec, "editable"),
+        "protected": _relative_paths(sec, "protected"),
+        "context": _relative_paths(sec, "context"),
+        "link": _relative_paths(sec, "link"),
+    }
+    for key in ("setup", "check", "run", "evaluate"):
+        out[key] = sec.string(key, "")
+    if not out["editable"]:
+        sec.fail("editable", sec.table.get("editable"), "at least one glob the agent may edit")
+    if not out["run"].strip():
+        sec.fail("run", sec.table.get("run"), "the command that runs one experiment")
+    out["time_budget"] = sec.number("time_budget", 300.0, positive=True)
+    out["timeout"] = sec.number("timeout", max(600.0, 2 * out["time_budget"]), positive=True)
+    if out["timeout"] < out["time_budget"]:
+        sec.fail("timeout", out["timeout"], f"at least time_budget ({out['time_budget']:g})")
+    if "budget_allowance" in sec.table:
+        out["budget_allowance"] = sec.number("budget_allowance", 0.0)
+    return out
+
+
+def _metric(path: Path, raw: dict[str, Any]) -> MetricConfig:
+    sec = _Section(path, "metric", raw.get("metric", {}))
+    sec.check_keys(("name", "direction", "format", "pattern", "path"))
+    name = sec.string("name", "")
+    if not name.strip():
+        sec.fail("name", sec.table.get("name"), "the metric's name, e.g. 'val_bpb'")
+    fmt = sec.choice("format", "summary", FORMATS)
+    pattern = sec.string("pattern", "")
+    if fmt == "regex":
+        _check_pattern(sec, pattern)
+    result_path = sec.string("path", "result.json")
+    if fmt == "json" and (Path(result_path).is_absolute() or ".." in Path(result_path).parts):
+        sec.fail("path", result_path, "a path relative to AUTORESEARCH_OUT")
+    direction = sec.choice("direction", "minimize", DIRECTIONS)
+    return MetricConfig(name, direction, fmt, pattern, result_path)
+
+
+def _check_pattern(sec: _Section, pattern: str) -> None:
+    import re
+
+    try:
+        groups = re.compile(pattern).groups
+    except re.error as exc:
+        sec.fail("pattern", pattern, f"a valid regular expression ({exc})")
+        return
+    if not pattern or groups != 1:
+        sec.fail("pattern", pattern, "a regular expression with exactly one group")
+
+
+def _judge(path: Path, raw: dict[str, Any]) -> JudgeConfig:
+    sec = _Section(path, "judge", raw.get("judge", {}))
+    sec.check_keys(("min_delta", "baseline_runs", "confirm_runs", "noise_factor"))
+    return JudgeConfig(
+        min_delta=sec.number("min_delta", 0.0),
+        baseline_runs=sec.integer("baseline_runs", 1, minimum=1),
+        confirm_runs=sec.integer("confirm_runs", 0),
+        noise_factor=sec.number("noise_factor", 0.0),
+    )
+
+
+def _cost(path: Path, raw: dict[str, Any]) -> CostConfig:
+    sec = _Section(path, "cost", raw.get("cost", {}))
+    sec.check_keys(("gpu_per_hour", "models"))
+    models = sec.table.get("models", {})
+    if not isinstance(models, dict):
+        sec.fail("models", models, "a table of model name -> {input, output, cached} prices")
+    parsed: dict[str, dict[str, float]] = {}
+    for model, prices in models.items():
+        msec = _Section(path, f"cost.models.{model}", prices)
+        msec.check_keys(("input", "output", "cached", "cache_write"))
+        parsed[model] = {k: msec.number(k, 0.0) for k in msec.table}
+    return CostConfig(gpu_per_hour=sec.number("gpu_per_hour", 0.0), models=parsed)
+
+
+def _agents(path: Path, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    sec = _Section(path, "agent", raw.get("agent", {}))
+    for name, table in sec.table.items():
+        _Section(path, f"agent.{name}", table)  # each backend validates its own keys
+    return dict(sec.table)
+
+
+def load_config(path: str | Path) -> TaskConfig:
+    """Load ``autoresearch.toml`` (a file, or a folder holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found (run `autoresearch init` to create one)")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    for key in raw:
+        if key not in ("task", "metric", "judge", "cost", "agent"):
+            raise ConfigError(
+                f"{path}: unknown table [{key}]; allowed: [task], [metric], [judge], [cost], [agent.NAME]"
+            )
+    if "task" not in raw:
+        raise ConfigError(f"{path}: missing table [task]")
+    return TaskConfig(
+        root=path.parent.resolve(),
+        metric=_metric(path, raw),
+        judge=_judge(path, raw),
+        cost=_cost(path, raw),
+        agents=_agents(path, raw),
+        **_task(path, raw),
+    )

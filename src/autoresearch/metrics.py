@@ -1,0 +1,88 @@
+"""Reading the metric from a run: one parser, three formats.
+
+- ``summary`` (upstream-compatible): after a line ``---``, lines ``key: value``; every
+  numeric value is kept, the primary one decides.
+- ``regex``: a pattern with one group, the last match wins.
+- ``json``: a JSON object in a file under ``AUTORESEARCH_OUT``; numeric top-level keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+from autoresearch.config import MetricConfig
+from autoresearch.errors import MetricError
+
+_SUMMARY_LINE = re.compile(r"^\s*([A-Za-z_][\w.\-/]*)\s*:\s*(\S+)\s*$")
+
+
+def parse_summary(text: str) -> dict[str, float]:
+    """Numeric ``key: value`` lines after the last ``---`` line (later keys win)."""
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.strip() == "---"]
+    if not starts:
+        return {}
+    found: dict[str, float] = {}
+    for line in lines[starts[-1] + 1 :]:
+        match = _SUMMARY_LINE.match(line)
+        if match:
+            value = _number(match.group(2))
+            if value is not None:
+                found[match.group(1)] = value
+    return found
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text.rstrip("%,"))
+    except ValueError:
+        return None
+
+
+def _from_regex(text: str, pattern: str, name: str) -> dict[str, float]:
+    matches = re.findall(pattern, text, flags=re.MULTILINE)
+    if not matches:
+        raise MetricError(f"metric {name!r}: pattern {pattern!r} matched nothing in the output")
+    value = _number(str(matches[-1]))
+    if value is None:
+        raise MetricError(f"metric {name!r}: {matches[-1]!r} is not a number")
+    return {name: value}
+
+
+def _from_json(path: Path, name: str) -> dict[str, float]:
+    if not path.is_file():
+        raise MetricError(f"metric {name!r}: result file {path.name} was not written")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MetricError(f"metric {name!r}: result file {path.name} is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise MetricError(f"metric {name!r}: result file {path.name} holds no JSON object")
+    found = {}
+    for key, value in data.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            found[str(key)] = float(value)
+        elif key == name:
+            raise MetricError(f"metric {name!r}: {value!r} in {path.name} is not a number")
+    return found
+
+
+def parse(config: MetricConfig, output: str, out_dir: Path | None = None) -> dict[str, float]:
+    """All metrics found; the primary one is present and finite, or ``MetricError``."""
+    if config.format == "regex":
+        found = _from_regex(output, config.pattern, config.name)
+    elif config.format == "json":
+        found = _from_json((out_dir or Path(".")) / config.path, config.name)
+    else:
+        found = parse_summary(output)
+    if config.name not in found:
+        raise MetricError(f"metric {config.name!r} missing from the output")
+    if not math.isfinite(found[config.name]):
+        raise MetricError(f"metric {config.name!r} is not finite ({found[config.name]})")
+    return found
+
+
+__all__ = ["parse", "parse_summary"]
