@@ -18,7 +18,8 @@ its message as one line (``--debug`` shows the traceback)::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from autoresearch.agents._base import Usage
@@ -43,9 +44,10 @@ class EditRejected(WorkspaceError):
 class AgentError(AutoresearchError):
     """An agent failed to produce a proposal."""
 
-    def __init__(self, message: str, *, usage: Usage | None = None) -> None:
+    def __init__(self, message: str, *, usage: Usage | None = None, meta: Mapping[str, Any] | None = None) -> None:
         super().__init__(message)
-        self.usage = usage
+        self.usage = usage  # tokens spent on the failed attempt, still paid for
+        self.meta = dict(meta or {})  # recorded with the invalid experiment (e.g. which patch)
 
 
 class ProposalError(AgentError):

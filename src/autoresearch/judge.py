@@ -80,6 +80,10 @@ class Judge:
         for run in runs:
             if run.status is RunStatus.TIMEOUT:
                 return Decision(Verdict.TIMEOUT, None, run.reason or "hard timeout")
+            if run.status is RunStatus.INVALID:
+                return Decision(Verdict.INVALID, None, run.reason)
+            if run.status is RunStatus.KILLED:
+                return Decision(Verdict.INTERRUPTED, None, run.reason)
             if run.status is not RunStatus.OK or run.metric is None:
                 return Decision(Verdict.CRASH, None, run.reason or "crashed")
         for run in runs:

@@ -23,6 +23,8 @@ class RunStatus(enum.StrEnum):
     OK = "ok"  # every step exited 0 and the metric was read
     CRASH = "crash"  # a step failed, or the metric is missing / not finite
     TIMEOUT = "timeout"  # the hard timeout killed the process group
+    INVALID = "invalid"  # the run changed a protected file (the harness)
+    KILLED = "killed"  # stopped from outside (a second Ctrl-C, executor shutdown)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class Job:
     seed: int = 0
     env: Mapping[str, str] = field(default_factory=dict)  # extra environment variables
     slot: int = 0
+    protected: Mapping[str, str] = field(default_factory=dict)  # path -> sha256 that must hold
 
     @property
     def name(self) -> str:

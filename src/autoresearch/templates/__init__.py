@@ -82,3 +82,73 @@ def _walk(folder: Traversable, *, skip_presets: bool, prefix: str = "") -> list[
         elif not item.name.endswith((".pyc", ".pyo")):
             out.append((rel, item))
     return out
+
+
+PLAIN_TOML = """\
+# autoresearch task: what the agent may edit, how one experiment runs, what is measured.
+# Reference: the README's "autoresearch.toml" section.
+
+[task]
+instructions = "program.md"          # the agent's brief; you edit it, the agent does not
+editable     = ["train.py"]          # globs the agent may change; everything else is read-only
+protected    = []                    # files that must stay byte-identical (your harness)
+context      = []                    # read-only files shown to LLM agents
+setup        = ""                    # once per session, before the baseline (data, caches)
+check        = ""                    # optional fast gate before each run (tests, lint)
+run          = "python train.py"     # one experiment; gets AUTORESEARCH_TIME_BUDGET and _SEED
+evaluate     = ""                    # optional trusted step after the run; the metric is read from it
+time_budget  = 300                   # seconds the run should take
+timeout      = 600                   # hard kill of the run's whole process group
+
+[metric]
+name      = "score"                  # the key printed after a `---` line: `score: 0.123`
+direction = "minimize"               # or "maximize"
+format    = "summary"                # summary | regex | json
+"""
+
+PLAIN_PROGRAM = """\
+# Research brief
+
+Goal: make `score` (printed by the run) as low as possible.
+
+- Edit only the files listed as editable in autoresearch.toml.
+- Each experiment runs under a fixed time budget; a change that runs longer is discarded.
+- Prefer simple changes; a small gain that adds a lot of complexity is not worth it.
+- Ideas worth trying: ...
+"""
+
+
+def init_plain(dest: Path, *, force: bool = False) -> list[Path]:
+    """Write an ``autoresearch.toml`` and ``program.md`` skeleton into ``dest``; asks nothing."""
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in (("autoresearch.toml", PLAIN_TOML), ("program.md", PLAIN_PROGRAM)):
+        target = dest / name
+        if target.exists() and not force:
+            raise ConfigError(f"{target}: already exists (pass --force to overwrite)")
+        target.write_text(text, encoding="utf-8")
+        written.append(target)
+    return written
+
+
+def init_template(name: str, dest: Path, *, size: str | None = None, force: bool = False) -> list[Path]:
+    """Create ``dest`` as a git repository holding template ``name``, committed."""
+    import subprocess
+
+    if dest.exists() and any(dest.iterdir()) and not force:
+        raise ConfigError(f"{dest}: exists and is not empty (pass --force to write into it)")
+    dest.mkdir(parents=True, exist_ok=True)
+    written = write_template(name, dest, size=size, overwrite=force)
+    from autoresearch.workspace import Git
+
+    git = Git(dest)
+    if not (dest / ".git").exists():
+        git("init", "-q")
+    git("add", "-A")
+    env_identity = ["-c", "user.name=autoresearch", "-c", "user.email=autoresearch@localhost"]
+    has_identity = bool(git("config", "user.email", check=False))
+    args = ([] if has_identity else env_identity) + ["commit", "-q", "-m", f"autoresearch template {name}"]
+    done = subprocess.run(["git", *args], cwd=dest, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ConfigError(f"{dest}: could not commit the template: {done.stderr.strip()}")
+    return written

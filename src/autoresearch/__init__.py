@@ -1,0 +1,24 @@
+"""autoresearch: an autonomous research loop.
+
+An agent edits the code of a research task, the code runs under a fixed budget, a
+trusted harness measures one metric, and the change is kept or reverted.
+"""
+
+from __future__ import annotations
+
+from autoresearch.agents import Agent, Context, Edit, HistoryRow, Proposal, Usage, get_agent
+from autoresearch.config import MetricConfig, TaskConfig, load_config
+from autoresearch.engine import Engine, ExperimentEvent, SessionOptions, SessionSummary
+from autoresearch.errors import AutoresearchError
+from autoresearch.executors import Executor, Job, LocalExecutor, RunResult, RunStatus
+from autoresearch.judge import Judge, Verdict
+from autoresearch.ledger import Ledger
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Agent", "AutoresearchError", "Context", "Edit", "Engine", "ExperimentEvent", "Executor",
+    "HistoryRow", "Job", "Judge", "Ledger", "LocalExecutor", "MetricConfig", "Proposal",
+    "RunResult", "RunStatus", "SessionOptions", "SessionSummary", "TaskConfig", "Usage",
+    "Verdict", "get_agent", "load_config", "__version__",
+]  # fmt: skip

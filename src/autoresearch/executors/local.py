@@ -1,0 +1,215 @@
+"""The local executor: one subprocess per run, each in its own process group.
+
+Steps run through the shell in the job's worktree: ``check`` (optional), ``run`` (hard
+timeout), then the trusted ``evaluate`` (optional), each with its own log. Between steps
+the protected files are re-hashed, so a run that rewrites the harness never gets its
+evaluation. Whatever a step leaves behind in its process group is killed when it ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from autoresearch import metrics
+from autoresearch.errors import ExecutorError, MetricError
+from autoresearch.executors._base import Job, RunResult, RunStatus, StepResult
+from autoresearch.workspace import sha256_files
+
+TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL of a timed-out group
+TAIL_LINES = 40
+
+
+def run_environment(job: Job, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a run: the caller's, plus the job's, plus the AUTORESEARCH_* contract."""
+    env = dict(os.environ if base is None else base)
+    env.update(job.env)
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")  # `python` is the interpreter we run on
+    env.update(
+        AUTORESEARCH_TIME_BUDGET=f"{job.time_budget:g}",
+        AUTORESEARCH_SEED=str(job.seed),
+        AUTORESEARCH_OUT=str(job.out_dir),
+        AUTORESEARCH_EXPERIMENT=str(job.experiment_id),
+        AUTORESEARCH_RUN=str(job.run_index),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def tail(path: Path, lines: int = TAIL_LINES) -> str:
+    if not path.is_file():
+        return ""
+    with path.open("rb") as fh:
+        fh.seek(max(0, path.stat().st_size - 64_000))
+        text = fh.read().decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class StepRunner:
+    """Runs shell commands in fresh process groups; can kill every running group at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._groups: set[int] = set()
+        self._killed = False
+
+    def kill_all(self) -> None:
+        with self._lock:
+            self._killed = True
+            groups = list(self._groups)
+        for pgid in groups:
+            _kill_group(pgid, signal.SIGKILL)
+
+    @property
+    def killed(self) -> bool:
+        return self._killed
+
+    def step(self, name: str, command: str, cwd: Path, env: Mapping[str, str], log: Path,
+             timeout: float) -> StepResult:  # fmt: skip
+        log.parent.mkdir(parents=True, exist_ok=True)
+        start = time.monotonic()
+        with log.open("wb") as out:
+            try:
+                proc = subprocess.Popen(command, shell=True, cwd=cwd, env=dict(env), stdout=out,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=True)  # fmt: skip
+            except OSError as exc:
+                raise ExecutorError(f"cannot start {name} step {command!r} in {cwd}: {exc}") from exc
+            with self._lock:
+                self._groups.add(proc.pid)
+            timed_out = False
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill_group(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=TERM_GRACE)
+                except subprocess.TimeoutExpired:
+                    pass
+            finally:
+                _kill_group(proc.pid, signal.SIGKILL)  # leftovers in the group die with the step
+                proc.wait()
+                with self._lock:
+                    self._groups.discard(proc.pid)
+        seconds = time.monotonic() - start
+        return StepResult(name, None if timed_out else proc.returncode, seconds, log, timed_out)
+
+
+def execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None = None) -> RunResult:
+    """Run one job's steps and read its metric. Never raises for a failing run."""
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    environment = run_environment(job, env)
+    steps: list[StepResult] = []
+    plan = [("check", job.check), ("run", job.run), ("evaluate", job.evaluate)]
+    for name, command in plan:
+        if not command.strip():
+            continue
+        suffix = "" if name == "run" else f".{name}"
+        log = job.log_dir / f"{job.name}{suffix}.log"
+        result = runner.step(name, command, job.workdir, environment, log, job.timeout)
+        steps.append(result)
+        failure = _failure(job, result, runner)
+        if failure is not None:
+            return _result(job, steps, *failure)
+        tampered = _tampered(job)
+        if tampered:
+            return _result(job, steps, RunStatus.INVALID, f"the {name} step changed protected files: {', '.join(tampered)}")
+    return _measure(job, steps)
+
+
+def _failure(job: Job, step: StepResult, runner: StepRunner) -> tuple[RunStatus, str] | None:
+    if runner.killed:
+        return RunStatus.KILLED, f"{step.name} step killed from outside"
+    if step.timed_out:
+        return RunStatus.TIMEOUT, f"{step.name} step hit the hard timeout ({job.timeout:g} s)"
+    if step.returncode is not None and step.returncode < 0:
+        return RunStatus.CRASH, f"{step.name} step killed by signal {-step.returncode}"
+    if step.returncode != 0:
+        return RunStatus.CRASH, f"{step.name} step exited with code {step.returncode}"
+    return None
+
+
+def _tampered(job: Job) -> list[str]:
+    if not job.protected:
+        return []
+    now = sha256_files(job.workdir, job.protected)
+    return sorted(p for p, digest in job.protected.items() if now[p] != digest)
+
+
+def _measure(job: Job, steps: Sequence[StepResult]) -> RunResult:
+    source = steps[-1]  # evaluate when the task has one, else run: the harness's word wins
+    try:
+        text = source.log_path.read_text(encoding="utf-8", errors="replace")
+        found = metrics.parse(job.metric, text, job.out_dir)
+    except MetricError as exc:
+        return _result(job, steps, RunStatus.CRASH, str(exc))
+    return _result(job, steps, RunStatus.OK, "", found)
+
+
+def _result(job: Job, steps: Sequence[StepResult], status: RunStatus, reason: str,
+            found: Mapping[str, float] | None = None) -> RunResult:  # fmt: skip
+    run_step = next((s for s in steps if s.name == "run"), None)
+    last = steps[-1] if steps else None
+    found = dict(found or {})
+    return RunResult(
+        experiment_id=job.experiment_id, run_index=job.run_index, seed=job.seed, status=status,
+        metric=found.get(job.metric.name), metrics=found,
+        seconds=run_step.seconds if run_step else 0.0, reason=reason,
+        log_path=run_step.log_path if run_step else (last.log_path if last else None),
+        log_tail=tail(last.log_path) if last else "", steps=tuple(steps),
+    )  # fmt: skip
+
+
+class LocalExecutor:
+    """Runs jobs as subprocesses on this machine, ``slots`` at a time.
+
+    ``gpus`` (e.g. ``["0", "1"]``) pins slot *i* to ``CUDA_VISIBLE_DEVICES=gpus[i]``.
+    """
+
+    def __init__(self, slots: int = 1, *, gpus: Sequence[str] | None = None,
+                 env: Mapping[str, str] | None = None) -> None:  # fmt: skip
+        if slots < 1:
+            raise ExecutorError(f"slots must be >= 1, got {slots}")
+        if gpus is not None and len(gpus) < slots:
+            raise ExecutorError(f"{slots} slots but only {len(gpus)} GPUs given ({', '.join(gpus)})")
+        self._slots, self._gpus, self._env = slots, list(gpus or []), env
+        self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="autoresearch-slot")
+        self._runner = StepRunner()
+
+    def slots(self) -> int:
+        return self._slots
+
+    def submit(self, job: Job) -> Future[RunResult]:
+        if self._gpus:
+            job = _with_env(job, CUDA_VISIBLE_DEVICES=self._gpus[job.slot % len(self._gpus)])
+        return self._pool.submit(execute, job, self._runner, self._env)
+
+    def kill_all(self) -> None:
+        """Kill every running step now (a second Ctrl-C)."""
+        self._runner.kill_all()
+
+    def close(self) -> None:
+        self._runner.kill_all()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _with_env(job: Job, **extra: str) -> Job:
+    from dataclasses import replace
+
+    return replace(job, env={**job.env, **extra})
