@@ -36,7 +36,7 @@ from autoresearch.errors import (
     WorkspaceError,
 )
 from autoresearch.executors._base import Executor, Job, RunResult, RunStatus
-from autoresearch.executors.local import LocalExecutor, StepRunner, run_environment
+from autoresearch.executors.local import LocalExecutor, StepRunner, kill_orphans, run_environment
 from autoresearch.judge import Decision, Judge, Verdict, noise_of
 from autoresearch.ledger import PENDING, ExperimentRow, Ledger, ProposalRecord, RunRow, SessionRow, best_row
 from autoresearch.workspace import STATE_DIR, Workspace
@@ -167,6 +167,8 @@ class Engine:
 
     def _repair(self) -> None:
         """Make git match the ledger after a crash of the orchestrator."""
+        for pgid in kill_orphans(self._log_dir()):
+            self._say(f"resume: killed process group {pgid} left running by the previous orchestrator")
         ws, rows = self.workspace, self.ledger.experiments(self.session)
         for row in rows:
             if row.verdict != PENDING:

@@ -276,6 +276,7 @@ class Workspace:
             for path in self._patch_paths(base, proposal.patch):
                 self._check_path(base, path)
                 paths.add(path)
+            self._git_apply(base, proposal.patch, check_only=True)
         for rel, text in changed.items():
             target = base / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -306,8 +307,7 @@ class Workspace:
         return None
 
     def _patch_paths(self, base: Path, patch: str) -> list[str]:
-        self._git_apply(base, patch, check_only=True)
-        out = Git(base, self._env)("apply", "--numstat", "-z", "--relative", "-", input=patch)
+        out = Git(self._top(base), self._env)("apply", "--numstat", "-z", *self._directory(), input=patch)
         paths: list[str] = []
         fields = out.split("\0")
         i = 0
@@ -323,14 +323,23 @@ class Workspace:
             else:  # a rename: "added\tdeleted\t" then old and new path
                 paths.extend(fields[i + 1 : i + 3])
                 i += 3
-        return paths
+        prefix = "" if self.task_rel == "." else self.task_rel + "/"
+        return [p.removeprefix(prefix) if prefix and p.startswith(prefix) else "../" + p if prefix else p for p in paths]
+
+    def _top(self, base: Path) -> Path:
+        """The worktree root holding the task folder ``base``."""
+        return base if self.task_rel == "." else base.parents[len(Path(self.task_rel).parts) - 1]
+
+    def _directory(self) -> list[str]:
+        """Patches name task-relative paths; git applies them from the worktree root."""
+        return [] if self.task_rel == "." else [f"--directory={self.task_rel}"]
 
     def _git_apply(self, base: Path, patch: str, *, check_only: bool) -> None:
         from autoresearch.errors import ProposalError
 
-        args = ["apply", "--relative", "--whitespace=nowarn", "--recount"]
+        args = ["apply", "--whitespace=nowarn", "--recount", *self._directory()]
         try:
-            Git(base, self._env)(*args, *(["--check"] if check_only else []), "-", input=patch)
+            Git(self._top(base), self._env)(*args, *(["--check"] if check_only else []), input=patch)
         except WorkspaceError as exc:
             raise ProposalError(f"the patch does not apply: {exc}") from exc
 

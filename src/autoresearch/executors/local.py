@@ -53,6 +53,29 @@ def tail(path: Path, lines: int = TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def kill_orphans(log_dir: Path) -> list[int]:
+    """Kill the process groups of steps whose orchestrator died (their ``.pid`` files remain)."""
+    killed = []
+    for pidfile in sorted(log_dir.glob("*.pid")) if log_dir.is_dir() else []:
+        try:
+            pgid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            pgid = 0
+        if pgid > 0 and _group_alive(pgid):
+            _kill_group(pgid, signal.SIGKILL)
+            killed.append(pgid)
+        pidfile.unlink(missing_ok=True)
+    return killed
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def _kill_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -92,6 +115,8 @@ class StepRunner:
                 raise ExecutorError(f"cannot start {name} step {command!r} in {cwd}: {exc}") from exc
             with self._lock:
                 self._groups.add(proc.pid)
+            pidfile = log.with_suffix(".pid")  # lets a resumed session kill what a dead one left
+            pidfile.write_text(str(proc.pid))
             timed_out = False
             try:
                 proc.wait(timeout=timeout)
@@ -105,6 +130,7 @@ class StepRunner:
             finally:
                 _kill_group(proc.pid, signal.SIGKILL)  # leftovers in the group die with the step
                 proc.wait()
+                pidfile.unlink(missing_ok=True)
                 with self._lock:
                     self._groups.discard(proc.pid)
         seconds = time.monotonic() - start

@@ -1,0 +1,229 @@
+"""The loop end to end on the toy task: verdicts, ledger rows, branch head, refs, tsv, stop rules."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TOY_PARAMS, TOY_SCORE, TOY_TOML, git, make_repo, write_patch_dir
+
+from autoresearch.agents._base import Context, Proposal
+from autoresearch.agents.replay import ReplayAgent
+from autoresearch.config import load_config
+from autoresearch.engine import Engine, ExperimentEvent, SessionOptions
+from autoresearch.errors import AgentExhausted, AgentUnavailable, ProposalError, WorkspaceError
+from autoresearch.ledger import Ledger, export_tsv
+
+PY = sys.executable
+
+
+def sr(path: str, search: str, replace: str, title: str) -> str:
+    """A search/replace patch file."""
+    return f"# {title}\n{path}\n<<<<<<< SEARCH\n{search}\n=======\n{replace}\n>>>>>>> REPLACE\n"
+
+
+def toy(tmp_path: Path, *, timeout: float = 20, extra: str = "") -> Path:
+    toml = TOY_TOML.replace("{python}", PY).replace("timeout = 20", f"timeout = {timeout}")
+    toml = toml.replace("time_budget = 5", f"time_budget = {min(5, timeout)}") + extra
+    files = {"params.py": TOY_PARAMS, "score.py": TOY_SCORE, "program.md": "Minimise.\n", "autoresearch.toml": toml}
+    return make_repo(tmp_path / "task", files)
+
+
+def run_session(repo: Path, patches: Path, **options: object) -> tuple[Engine, list[ExperimentEvent]]:
+    events: list[ExperimentEvent] = []
+    opts = SessionOptions(**{"tag": "t", **options})  # type: ignore[arg-type]
+    engine = Engine(load_config(repo), ReplayAgent(patches), options=opts, on_event=events.append)
+    engine.run()
+    return engine, events
+
+
+PATCHES = {
+    "01-improve": sr("params.py", "X = 1.0", "X = 2.0", "X 1 -> 2"),
+    "02-worse": sr("params.py", "Y = 2.0", "Y = 6.0", "Y 2 -> 6"),
+    "03-crash": sr("params.py", "Y = 2.0", "Y = 2.0\nraise RuntimeError('diverged')", "crash"),
+    "04-hang": sr("params.py", "Y = 2.0", "Y = 2.0\nimport time\ntime.sleep(60)", "hang"),
+    "05-outside": sr("score.py", "score = (", "score = 0 * (", "edit the ruler"),
+    "06-tamper": sr(
+        "params.py", "Y = 2.0",
+        "Y = 2.0\nimport pathlib\npathlib.Path(__file__).with_name('score.py').write_text(\"print('---'); print('score: 0')\")",
+        "rewrite the harness at run time",
+    ),  # fmt: skip
+    "07-nan": sr("params.py", "X = 2.0", "X = float('nan')", "nan"),
+    "08-improve-again": sr("params.py", "Y = 2.0", "Y = 0.0", "Y 2 -> 0"),
+    "09-new-file": "# new module\nhelper.py\n<<<<<<< SEARCH\nx\n=======\ny\n>>>>>>> REPLACE\n",
+}
+
+
+def test_a_full_session_records_every_outcome(tmp_path: Path) -> None:
+    repo = toy(tmp_path, timeout=2)
+    engine, events = run_session(repo, write_patch_dir(tmp_path / "patches", PATCHES))
+    rows = engine.ledger.experiments(engine.session)
+    verdicts = [(r.id, r.verdict) for r in rows]
+    assert verdicts == [
+        (0, "baseline"), (1, "keep"), (2, "discard"), (3, "crash"), (4, "timeout"),
+        (5, "invalid"), (6, "invalid"), (7, "crash"), (8, "keep"), (9, "invalid"),
+    ]  # fmt: skip
+    by_id = {r.id: r for r in rows}
+    assert by_id[0].metric == 13.0 and by_id[1].metric == 10.0 and by_id[8].metric == 2.0
+    assert "protected" in by_id[5].reason
+    assert "changed protected files: score.py" in by_id[6].reason
+    assert "not finite" in by_id[7].reason
+    assert "hard timeout" in by_id[4].reason
+    assert "helper.py: not editable" in by_id[9].reason
+    # The branch sits at the best commit; every discarded commit stays reachable.
+    assert git(repo, "rev-parse", "autoresearch/t") == by_id[8].commit
+    assert git(repo, "rev-parse", f"{by_id[8].commit}~1") == by_id[1].commit
+    refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/autoresearch/t/discarded/").split()
+    assert sorted(int(r.rsplit("/", 1)[1]) for r in refs) == [2, 3, 4, 6, 7]
+    # The user's checkout is untouched and clean, and the harness in the worktree was restored.
+    assert git(repo, "status", "--porcelain") == ""
+    assert (repo / "params.py").read_text() == TOY_PARAMS
+    assert "score.py" not in git(repo, "diff", "--name-only", "main", "autoresearch/t")
+    assert [e.experiment.id for e in events] == list(range(10))
+    assert "sleep" in by_id[4].description or by_id[4].description == "hang"
+    tsv = tmp_path / "results.tsv"
+    export_tsv(rows, "score", tsv)
+    lines = tsv.read_text().splitlines()
+    assert lines[0] == "commit\tscore\tmemory_gb\tstatus\tdescription"
+    assert lines[2] == f"{by_id[1].commit[:7]}\t10.000000\t0.0\tkeep\tX 1 -> 2"
+    assert len(lines) == 11
+
+
+def test_proposals_and_runs_are_in_sqlite(tmp_path: Path) -> None:
+    repo = toy(tmp_path)
+    patches = write_patch_dir(tmp_path / "p", {"01": PATCHES["01-improve"]})
+    engine, _ = run_session(repo, patches)
+    db = sqlite3.connect(repo / ".autoresearch" / "ledger.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    agent, diff, meta = db.execute("SELECT agent, diff, meta FROM proposals WHERE experiment_id = 1").fetchone()
+    assert agent == "replay" and "+X = 2.0" in diff and '"patch": "01"' in meta
+    seeds = [r[0] for r in db.execute("SELECT seed FROM runs ORDER BY experiment_id")]
+    assert len(seeds) == 2 and seeds[0] != seeds[1]  # seeds vary per run
+
+
+def test_max_experiments_and_consecutive_failures(tmp_path: Path) -> None:
+    repo = toy(tmp_path)
+    crash = {f"{i:02d}": sr("params.py", "Y = 2.0", f"Y = 2.0\nraise SystemExit({i})", f"crash {i}") for i in range(1, 9)}
+    engine, _ = run_session(repo, write_patch_dir(tmp_path / "p", crash), max_failures=3)
+    assert engine.summary().stop_reason.startswith("3 crashes/invalid experiments in a row")
+    assert len(engine.ledger.experiments(engine.session)) == 4
+    engine2, _ = run_session(toy(tmp_path / "b"), write_patch_dir(tmp_path / "p2", crash), max_experiments=2)
+    assert engine2.summary().stop_reason == "reached --max-experiments 2"
+    assert len(engine2.ledger.experiments(engine2.session)) == 3
+
+
+def test_min_delta_and_confirmation_runs(tmp_path: Path) -> None:
+    repo = toy(tmp_path, extra="\n[judge]\nmin_delta = 3.5\nbaseline_runs = 2\nconfirm_runs = 1\n")
+    patches = {"01": PATCHES["01-improve"], "02": sr("params.py", "X = 1.0", "X = 3.0", "X 1 -> 3")}
+    engine, _ = run_session(repo, write_patch_dir(tmp_path / "p", patches))
+    rows = engine.ledger.experiments(engine.session)
+    assert [r.verdict for r in rows] == ["baseline", "discard", "keep"]  # 13 -> 10 is within min_delta, 13 -> 9 is not
+    assert len(engine.ledger.runs(engine.session, 0)) == 2  # baseline repeated
+    assert len(engine.ledger.runs(engine.session, 1)) == 1  # not better: no confirmation
+    assert len(engine.ledger.runs(engine.session, 2)) == 2  # better: confirmed once more
+    assert engine.ledger.session("t").noise == 0.0
+
+
+def test_over_budget_run_is_discarded(tmp_path: Path) -> None:
+    repo = toy(tmp_path, extra="")
+    toml = (repo / "autoresearch.toml").read_text().replace("time_budget = 5\n", "time_budget = 0.5\nbudget_allowance = 0.5\n")
+    (repo / "autoresearch.toml").write_text(toml)
+    git(repo, "commit", "-qam", "short budget")
+    slow = sr("params.py", "X = 1.0", "X = 2.0\nimport time\ntime.sleep(1.5)", "slow but better")
+    engine, _ = run_session(repo, write_patch_dir(tmp_path / "p", {"01": slow}))
+    row = engine.ledger.experiment(engine.session, 1)
+    assert row.verdict == "discard" and row.reason.startswith("over budget")
+
+
+def test_a_failing_baseline_stops_the_session(tmp_path: Path) -> None:
+    repo = toy(tmp_path)
+    (repo / "params.py").write_text("raise SystemExit(2)\n")
+    git(repo, "commit", "-qam", "broken")
+    engine, _ = run_session(repo, write_patch_dir(tmp_path / "p", {"01": PATCHES["01-improve"]}))
+    assert "the baseline failed (crash" in engine.summary().stop_reason
+    assert [r.verdict for r in engine.ledger.experiments(engine.session)] == ["crash"]
+
+
+class ScriptedAgent:
+    """An agent whose replies are given up front (exceptions are raised)."""
+
+    name = "scripted"
+
+    def __init__(self, replies: list[object]) -> None:
+        self.replies = replies
+        self.contexts: list[Context] = []
+
+    def propose(self, context: Context) -> Proposal:
+        self.contexts.append(context)
+        reply = self.replies.pop(0) if self.replies else AgentExhausted("done")
+        if isinstance(reply, Exception):
+            raise reply
+        assert isinstance(reply, Proposal)
+        return reply
+
+
+def test_agent_errors_become_verdicts_or_stop_reasons(tmp_path: Path) -> None:
+    from autoresearch.agents._base import Edit, Usage
+
+    repo = toy(tmp_path)
+    agent = ScriptedAgent([
+        ProposalError("tool arguments are not JSON", usage=Usage(100, 0, 20, 0.01)),
+        Proposal("good", edits=(Edit("params.py", "X = 1.0", "X = 2.5"),), usage=Usage(50, 10, 5, 0.002)),
+        AgentUnavailable("rate limited 5 times in a row"),
+    ])  # fmt: skip
+    engine = Engine(load_config(repo), agent, options=SessionOptions(tag="t"))
+    summary = engine.run()
+    rows = engine.ledger.experiments(engine.session)
+    assert [r.verdict for r in rows] == ["baseline", "invalid", "keep"]
+    assert rows[1].reason == "tool arguments are not JSON" and rows[1].cost_usd == 0.01
+    assert summary.stop_reason == "the agent failed: rate limited 5 times in a row"
+    assert summary.cost_usd == pytest.approx(0.012)
+    # The next context told the agent why its last proposal was rejected, and what happened.
+    second = agent.contexts[1]
+    assert second.last_rejection == "tool arguments are not JSON"
+    assert [h.verdict for h in second.history] == ["baseline", "invalid"]
+    assert second.best_metric == 13.0 and "X = 1.0" in second.editable["params.py"]
+    assert agent.contexts[2].best_metric == 9.25
+
+
+def test_max_cost_stops_before_the_spend_passes_it(tmp_path: Path) -> None:
+    from autoresearch.agents._base import Edit, Usage
+
+    repo = toy(tmp_path)
+    replies: list[object] = [
+        Proposal(f"X {v}", edits=(Edit("params.py", "X = 1.0", f"X = {v}"),), usage=Usage(1, 0, 1, 0.4))
+        for v in (1.5, 2.0, 2.5, 2.8)
+    ]
+    engine = Engine(load_config(repo), ScriptedAgent(replies), options=SessionOptions(tag="t", max_cost=1.0))
+    summary = engine.run()
+    assert "--max-cost $1.00" in summary.stop_reason
+    assert summary.cost_usd == pytest.approx(0.8)
+
+
+def test_existing_tag_needs_resume(tmp_path: Path) -> None:
+    repo = toy(tmp_path)
+    patches = write_patch_dir(tmp_path / "p", {"01": PATCHES["01-improve"]})
+    run_session(repo, patches)
+    with pytest.raises(WorkspaceError, match="already in the ledger"):
+        run_session(repo, patches)
+    Ledger(repo / ".autoresearch" / "ledger.db")  # still readable
+
+
+def test_parallel_slots(tmp_path: Path) -> None:
+    from autoresearch.executors import LocalExecutor
+
+    repo = toy(tmp_path)
+    patches = {f"{i:02d}": sr("params.py", "Y = 2.0", f"Y = {v}", f"Y {v}") for i, v in enumerate([1.0, 0.0, -1.0, 3.0])}
+    executor = LocalExecutor(slots=2)
+    engine = Engine(load_config(repo), ReplayAgent(write_patch_dir(tmp_path / "p", patches)),
+                    options=SessionOptions(tag="t"), executor=executor)  # fmt: skip
+    summary = engine.run()
+    executor.close()
+    rows = engine.ledger.experiments(engine.session)
+    # Which patches still apply depends on which keep landed first; the invariants do not.
+    assert len(rows) == 5 and all(r.verdict != "pending" for r in rows)
+    judged = [r for r in rows if r.verdict in ("baseline", "keep")]
+    assert summary.best_metric == min(r.metric for r in judged if r.metric is not None) <= 5.0
+    assert git(repo, "rev-parse", "autoresearch/t") == summary.best_commit

@@ -1,0 +1,127 @@
+"""Executor conformance: env contract, steps, metrics, timeouts killing whole process groups, tampering."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from autoresearch.config import MetricConfig
+from autoresearch.executors import Executor, Job, LocalExecutor, RunStatus
+from autoresearch.workspace import sha256_files
+
+PY = sys.executable
+
+
+@pytest.fixture(params=["local"])
+def executor(request: pytest.FixtureRequest) -> Executor:
+    ex = LocalExecutor(slots=2)
+    yield ex
+    ex.close()
+
+
+def job(tmp_path: Path, run: str, **kw: object) -> Job:
+    defaults: dict[str, object] = dict(
+        experiment_id=1, run_index=0, commit="c0ffee", workdir=tmp_path, run=run,
+        metric=MetricConfig(name="score"), log_dir=tmp_path / "logs", out_dir=tmp_path / "out",
+        time_budget=5, timeout=10, seed=1234,
+    )  # fmt: skip
+    defaults.update(kw)
+    return Job(**defaults)  # type: ignore[arg-type]
+
+
+def script(tmp_path: Path, name: str, body: str) -> str:
+    (tmp_path / name).write_text(body)
+    return f"{PY} {name}"
+
+
+def test_environment_contract_and_summary(executor: Executor, tmp_path: Path) -> None:
+    run = script(tmp_path, "r.py", (
+        "import os\n"
+        "print('---')\n"
+        "print('score:', float(os.environ['AUTORESEARCH_TIME_BUDGET']) + int(os.environ['AUTORESEARCH_SEED']))\n"
+        "print('out_ok:', int(os.path.isdir(os.environ['AUTORESEARCH_OUT'])))\n"
+    ))  # fmt: skip
+    result = executor.submit(job(tmp_path, run)).result()
+    assert result.status is RunStatus.OK, result.reason
+    assert result.metric == 1239.0 and result.metrics["out_ok"] == 1.0
+    assert result.log_path == tmp_path / "logs" / "0001-0.log"
+
+
+def test_evaluate_step_owns_the_metric(executor: Executor, tmp_path: Path) -> None:
+    run = script(tmp_path, "train.py", "print('---'); print('score: 0.0001')\n")
+    evaluate = script(tmp_path, "ev.py", "print('---'); print('score: 2.5')\n")
+    result = executor.submit(job(tmp_path, run, evaluate=evaluate)).result()
+    assert result.status is RunStatus.OK and result.metric == 2.5
+    assert (tmp_path / "logs" / "0001-0.evaluate.log").is_file()
+
+
+def test_failing_check_is_a_crash_and_skips_the_run(executor: Executor, tmp_path: Path) -> None:
+    run = script(tmp_path, "r.py", "open('ran', 'w').write('x')\n")
+    result = executor.submit(job(tmp_path, run, check="echo lint failed; exit 4")).result()
+    assert result.status is RunStatus.CRASH and "check step exited with code 4" in result.reason
+    assert "lint failed" in result.log_tail and not (tmp_path / "ran").exists()
+
+
+def test_missing_metric_and_nonzero_exit(executor: Executor, tmp_path: Path) -> None:
+    silent = executor.submit(job(tmp_path, "echo hello")).result()
+    assert silent.status is RunStatus.CRASH and "missing" in silent.reason
+    crash = executor.submit(job(tmp_path, f"{PY} -c 'raise ValueError(\"boom\")'")).result()
+    assert crash.status is RunStatus.CRASH and "exited with code 1" in crash.reason
+    assert "ValueError: boom" in crash.log_tail
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+def test_timeout_kills_grandchildren_that_ignore_sigterm(executor: Executor, tmp_path: Path) -> None:
+    run = script(tmp_path, "hang.py", (
+        "import os, signal, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)'])\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "open('pids', 'w').write(f'{os.getpid()} {child.pid}')\n"
+        "time.sleep(300)\n"
+    ))  # fmt: skip
+    start = time.monotonic()
+    result = executor.submit(job(tmp_path, run, timeout=1.5)).result()
+    assert result.status is RunStatus.TIMEOUT and "hard timeout" in result.reason
+    assert time.monotonic() - start < 15
+    pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+    time.sleep(0.2)
+    assert not any(_alive(pid) for pid in pids)
+
+
+def test_leftover_background_processes_die_with_the_step(executor: Executor, tmp_path: Path) -> None:
+    run = f"sleep 120 & echo $! > bg; echo ---; echo score: 1"
+    result = executor.submit(job(tmp_path, run)).result()
+    assert result.status is RunStatus.OK
+    time.sleep(0.2)
+    assert not _alive(int((tmp_path / "bg").read_text()))
+
+
+def test_a_run_that_rewrites_protected_files_is_invalid_and_never_evaluated(executor: Executor, tmp_path: Path) -> None:
+    (tmp_path / "harness.py").write_text("print('---'); print('score: 5')\n")
+    protected = sha256_files(tmp_path, ["harness.py"])
+    run = script(tmp_path, "r.py", "open('harness.py', 'w').write(\"print('---'); print('score: 0')\")\n")
+    result = executor.submit(job(tmp_path, run, evaluate=f"{PY} harness.py", protected=protected)).result()
+    assert result.status is RunStatus.INVALID and "harness.py" in result.reason
+    assert not (tmp_path / "logs" / "0001-0.evaluate.log").exists()
+
+
+def test_slots_run_in_parallel(executor: Executor, tmp_path: Path) -> None:
+    run = "sleep 1; echo ---; echo score: 1"
+    start = time.monotonic()
+    futures = [executor.submit(job(tmp_path, run, run_index=i, slot=i)) for i in range(2)]
+    assert all(f.result().status is RunStatus.OK for f in futures)
+    assert executor.slots() == 2
+    assert time.monotonic() - start < 1.9

@@ -1,0 +1,130 @@
+"""Workspace: session branch, dirty-tree refusal, allowlist (paths, symlinks, .git), commits and refs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import git
+
+from autoresearch.agents._base import Edit, Proposal
+from autoresearch.config import load_config
+from autoresearch.errors import EditRejected, ProposalError, WorkspaceError
+from autoresearch.workspace import Allowlist, Workspace, glob_regex
+
+
+def workspace(repo: Path, tag: str = "t") -> Workspace:
+    return Workspace(load_config(repo), tag)
+
+
+def test_start_creates_the_branch_and_excludes_state(toy_repo: Path) -> None:
+    ws = workspace(toy_repo)
+    head = ws.start()
+    assert git(toy_repo, "rev-parse", "autoresearch/t") == head
+    assert ".autoresearch/" in (toy_repo / ".git" / "info" / "exclude").read_text()
+    assert git(toy_repo, "branch", "--show-current") == "main"  # the user's checkout is untouched
+
+
+def test_refuses_a_dirty_tree_naming_the_files(toy_repo: Path) -> None:
+    (toy_repo / "params.py").write_text("X = 9\n")
+    (toy_repo / "notes.txt").write_text("scratch\n")
+    with pytest.raises(WorkspaceError, match=r"uncommitted changes: .*params\.py.*notes\.txt|notes\.txt.*params\.py"):
+        workspace(toy_repo).start()
+
+
+def test_refuses_to_reuse_a_tag(toy_repo: Path) -> None:
+    workspace(toy_repo).start()
+    with pytest.raises(WorkspaceError, match="tag 't' is in use"):
+        workspace(toy_repo).start()
+    assert workspace(toy_repo).resume() == git(toy_repo, "rev-parse", "HEAD")
+
+
+def test_bad_tag_is_refused(toy_repo: Path) -> None:
+    with pytest.raises(WorkspaceError, match="tag 'a b'"):
+        workspace(toy_repo, "a b")
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("score.py", "protected"),
+        ("autoresearch.toml", "protected"),
+        ("other.py", "not editable"),
+        ("../params.py", "escapes"),
+        ("/etc/passwd", "absolute"),
+        (".git/config", "inside .git"),
+        ("sub/../../x.py", "escapes"),
+    ],
+)
+def test_allowlist_rejects(path: str, reason: str) -> None:
+    allow = Allowlist(editable=("params.py", "*.py"), protected=("score.py",))
+    if path == "other.py":
+        allow = Allowlist(editable=("params.py",), protected=("score.py",))
+    found = allow.reason(path)
+    assert found is not None and reason in found
+
+
+def test_globs() -> None:
+    assert glob_regex("src/**/*.py").match("src/a/b/c.py")
+    assert glob_regex("src/**/*.py").match("src/c.py")
+    assert not glob_regex("src/*.py").match("src/a/c.py")
+    assert glob_regex("*.py").match("deep/down/x.py")  # no slash: matches names anywhere
+
+
+def test_apply_commit_and_refs(toy_repo: Path) -> None:
+    ws = workspace(toy_repo)
+    base = ws.start()
+    ws.checkout(0, base)
+    changed = ws.apply(0, Proposal("x", edits=(Edit("params.py", "X = 1.0", "X = 2.0"),)))
+    assert changed == ["params.py"]
+    sha = ws.commit(0, "try X = 2")
+    assert git(toy_repo, "show", f"{sha}:params.py").count("X = 2.0") == 1
+    assert git(toy_repo, "rev-parse", "autoresearch/t") == base  # committing never moves the branch
+    ws.keep_discarded(1, sha)
+    assert ws.discarded_refs() == {1: sha}
+    assert (toy_repo / "params.py").read_text().count("X = 1.0") == 1  # user checkout untouched
+
+
+def test_rejected_edit_writes_nothing(toy_repo: Path) -> None:
+    ws = workspace(toy_repo)
+    ws.checkout(0, ws.start())
+    proposal = Proposal("x", edits=(Edit("params.py", "X = 1.0", "X = 5.0"), Edit("score.py", content="print(0)\n")))
+    with pytest.raises(EditRejected, match="protected"):
+        ws.apply(0, proposal)
+    assert "X = 1.0" in (ws.slot_dir(0) / "params.py").read_text()
+
+
+def test_symlinked_path_is_rejected(toy_repo: Path) -> None:
+    os.symlink("score.py", toy_repo / "link.py")
+    git(toy_repo, "add", "link.py")
+    git(toy_repo, "commit", "-qm", "link")
+    ws = Workspace(load_config(toy_repo), "t")
+    ws.config = type(ws.config)(**{**ws.config.__dict__, "editable": ("*.py",)})
+    ws.allow = Allowlist(("*.py",), ws.config.protected)
+    ws.checkout(0, ws.start())
+    with pytest.raises(EditRejected, match="symlink"):
+        ws.apply(0, Proposal("x", edits=(Edit("link.py", content="print('pwned')\n"),)))
+
+
+def test_unified_diff_patch_is_checked_and_applied(toy_repo: Path) -> None:
+    ws = workspace(toy_repo)
+    ws.checkout(0, ws.start())
+    good = "--- a/params.py\n+++ b/params.py\n@@ -2,2 +2,2 @@\n-X = 1.0\n+X = 3.0\n Y = 2.0\n"
+    assert ws.apply(0, Proposal("p", patch=good)) == ["params.py"]
+    ws.checkout(0, ws.head())
+    bad = "--- a/score.py\n+++ b/score.py\n@@ -1 +1 @@\n-import json, math, os, sys\n+import os\n"
+    with pytest.raises(EditRejected, match="protected"):
+        ws.apply(0, Proposal("p", patch=bad))
+    stale = "--- a/params.py\n+++ b/params.py\n@@ -2,1 +2,1 @@\n-X = 7.0\n+X = 3.0\n"
+    with pytest.raises(ProposalError, match="does not apply"):
+        ws.apply(0, Proposal("p", patch=stale))
+
+
+def test_commit_refuses_stray_files_left_in_the_worktree(toy_repo: Path) -> None:
+    ws = workspace(toy_repo)
+    ws.checkout(0, ws.start())
+    ws.apply(0, Proposal("x", edits=(Edit("params.py", "X = 1.0", "X = 2.0"),)))
+    (ws.slot_dir(0) / "score.py").write_text("print('---'); print('score: 0')\n")  # e.g. a CLI agent
+    with pytest.raises(EditRejected, match="score.py: protected"):
+        ws.commit(0, "sneaky")
