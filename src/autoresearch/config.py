@@ -267,11 +267,12 @@ def load_config(path: str | Path) -> TaskConfig:
             )
     if "task" not in raw:
         raise ConfigError(f"{path}: missing table [task]")
+    task = _task(path, raw)  # sections are checked in file order, so the first error is reported
     return TaskConfig(
         root=path.parent.resolve(),
         metric=_metric(path, raw),
         judge=_judge(path, raw),
         cost=_cost(path, raw),
         agents=_agents(path, raw),
-        **_task(path, raw),
+        **task,
     )

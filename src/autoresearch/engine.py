@@ -124,6 +124,7 @@ class Engine:
         self._inflight: dict[int, _InFlight] = {}  # slot -> experiment
         self._requeue: list[ExperimentRow] = []  # pending experiments to run again (resume)
         self._stop = ""
+        self._protected: dict[str, str] | None = None
         self._interrupts = 0
         self._started = time.monotonic()
         self.session: SessionRow
@@ -324,8 +325,7 @@ class Engine:
     def _apply_and_launch(self, slot: int, exp_id: int, parent: str, proposal: Proposal) -> None:
         ws = self.workspace
         try:
-            ws.checkout(slot, parent)  # an agent working in the worktree may have left it dirty
-            ws.apply(slot, proposal)
+            ws.apply(slot, proposal)  # a stray file an agent left in the worktree fails the commit
             commit = ws.commit(slot, f"autoresearch {self.options.tag} #{exp_id}: {_one_line(proposal.description)}")
         except (EditRejected, ProposalError) as exc:
             self._record_invalid(exp_id, parent, proposal, str(exc))
@@ -346,7 +346,9 @@ class Engine:
 
     def _launch(self, slot: int, exp_id: int, commit: str, *, baseline: bool, checked_out: bool = False) -> None:
         workdir = self.workspace.slot_dir(slot) if checked_out else self.workspace.checkout(slot, commit)
-        flight = _InFlight(slot, exp_id, commit, baseline, workdir, self.workspace.protected_hashes(slot))
+        if self._protected is None:  # protected files are identical in every commit of the session
+            self._protected = self.workspace.protected_hashes(slot)
+        flight = _InFlight(slot, exp_id, commit, baseline, workdir, self._protected)
         self._inflight[slot] = flight
         self._submit(flight)
 

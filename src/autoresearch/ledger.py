@@ -143,12 +143,14 @@ class Ledger:
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path}: cannot open the ledger: {exc}") from exc
+        self._cache: dict[tuple[str, int], list[ExperimentRow]] = {}
 
     def close(self) -> None:
         self._db.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._cache.clear()  # this process's reads are cached between its own writes
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -247,8 +249,12 @@ class Ledger:
             db.execute("DELETE FROM runs WHERE session_id = ? AND experiment_id = ?", (session.id, experiment_id))
 
     def experiments(self, session: SessionRow) -> list[ExperimentRow]:
-        rows = self._db.execute(_EXPERIMENT_SELECT + " ORDER BY e.id", (session.id,)).fetchall()
-        return [_experiment(r) for r in rows]
+        """Every experiment of ``session`` by id (cached until this ledger writes again)."""
+        key = ("experiments", session.id)
+        if key not in self._cache:
+            rows = self._db.execute(_EXPERIMENT_SELECT + " ORDER BY e.id", (session.id,)).fetchall()
+            self._cache[key] = [_experiment(r) for r in rows]
+        return list(self._cache[key])
 
     def experiment(self, session: SessionRow, experiment_id: int) -> ExperimentRow:
         row = self._db.execute(_EXPERIMENT_SELECT + " AND e.id = ?", (session.id, experiment_id)).fetchone()

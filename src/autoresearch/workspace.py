@@ -132,6 +132,7 @@ class Workspace:
         self.allow = Allowlist(config.editable, config.protected)
         self._env = self._identity_env()
         self.git = Git(config.root, self._env)
+        self._tracked_cache: dict[int, list[str]] = {}
 
     # --- names -------------------------------------------------------------------------
 
@@ -223,6 +224,7 @@ class Workspace:
         """Put ``slot``'s worktree at ``commit``, clean; create it on first use. Returns the task folder."""
         root = self.slot_root(slot)
         git = Git(root, self._env)
+        self._tracked_cache.pop(slot, None)
         if not (root / ".git").exists():
             if root.exists():
                 shutil.rmtree(root)
@@ -257,8 +259,11 @@ class Workspace:
         return out
 
     def _tracked(self, slot: int) -> list[str]:
-        out = Git(self.slot_dir(slot), self._env)("ls-files", "-z", "--", ".")
-        return [p for p in out.split("\0") if p]
+        """Tracked task files in ``slot`` (cached per checkout)."""
+        if slot not in self._tracked_cache:
+            out = Git(self.slot_dir(slot), self._env)("ls-files", "-z", "--", ".")
+            self._tracked_cache[slot] = [p for p in out.split("\0") if p]
+        return self._tracked_cache[slot]
 
     def apply(self, slot: int, proposal: Proposal) -> list[str]:
         """Apply a proposal's edits and patch in ``slot``; returns the changed task-relative paths.

@@ -1,0 +1,125 @@
+"""Orchestrator overhead per experiment against the floor of a bare git commit + reset.
+
+200 experiments of a task whose run is trivial, with the replay agent. The orchestrator's
+own time is each experiment's wall time minus the run (executor) and the agent. The
+floor is a shell script doing `git commit` + `git reset` per experiment in the same repo
+kind. Target: median overhead <= 3x the floor and <= 50 ms.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+from autoresearch.agents._base import Context, Proposal
+from autoresearch.agents.replay import ReplayAgent
+from autoresearch.config import load_config
+from autoresearch.engine import Engine, ExperimentEvent, SessionOptions
+from autoresearch.executors import Job, LocalExecutor, RunResult
+
+N = 200
+IDENTITY = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "bench",
+            "GIT_COMMITTER_EMAIL": "b@b"}  # fmt: skip
+
+
+def sh(cwd: Path, script: str) -> None:
+    import os
+
+    subprocess.run(["bash", "-c", script], cwd=cwd, check=True, capture_output=True, env={**os.environ, **IDENTITY})
+
+
+def make_task(root: Path) -> tuple[Path, Path]:
+    repo, patches = root / "task", root / "patches"
+    repo.mkdir()
+    patches.mkdir()
+    (repo / "params.py").write_text("# marker\nZ = 0\n")
+    (repo / "autoresearch.toml").write_text(
+        '[task]\neditable = ["params.py"]\nrun = "echo ---; echo score: $AUTORESEARCH_SEED"\n'
+        "time_budget = 5\ntimeout = 10\n[metric]\nname = \"score\"\n"
+    )
+    sh(repo, "git init -q -b main && git add -A && git commit -qm init")
+    for i in range(N):
+        (patches / f"{i:04d}").write_text(f"# step {i}\nparams.py\n<<<<<<< SEARCH\n# marker\n=======\n# marker\nZ = {i}\n>>>>>>> REPLACE\n")
+    return repo, patches
+
+
+class TimedAgent:
+    name = "replay"
+
+    def __init__(self, inner: ReplayAgent) -> None:
+        self.inner, self.seconds = inner, 0.0
+
+    def propose(self, context: Context) -> Proposal:
+        start = time.perf_counter()
+        try:
+            return self.inner.propose(context)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+class TimedExecutor(LocalExecutor):
+    """Adds up the wall time of each job inside the executor (the run itself)."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.seconds = 0.0
+
+    def submit(self, job: Job) -> Future[RunResult]:
+        start = time.perf_counter()
+        future = super().submit(job)
+        future.add_done_callback(lambda f: setattr(self, "seconds", self.seconds + time.perf_counter() - start))
+        return future
+
+
+def orchestrator_overheads() -> list[float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        repo, patches = make_task(Path(tmp))
+        import os
+
+        os.environ.update(IDENTITY)
+        agent, executor = TimedAgent(ReplayAgent(patches)), TimedExecutor()
+        marks: list[tuple[float, float, float]] = []
+
+        def on_event(event: ExperimentEvent) -> None:
+            marks.append((time.perf_counter(), agent.seconds, executor.seconds))
+
+        Engine(load_config(repo), agent, options=SessionOptions(tag="bench"), executor=executor,
+               on_event=on_event).run()  # fmt: skip
+        executor.close()
+    out = []
+    for (t0, a0, r0), (t1, a1, r1) in zip(marks, marks[1:], strict=False):
+        out.append((t1 - t0) - (a1 - a0) - (r1 - r0))
+    return out
+
+
+def floor_per_experiment() -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp)
+        sh(repo, "git init -q -b main && echo 0 > f && git add f && git commit -qm init")
+        script = f"for i in $(seq {N}); do echo $i > f; git commit -qam step; git reset -q --hard HEAD~1; done"
+        start = time.perf_counter()
+        sh(repo, script)
+        return (time.perf_counter() - start) / N
+
+
+def main() -> int:
+    floor = floor_per_experiment()
+    overheads = sorted(orchestrator_overheads())
+    median = statistics.median(overheads)
+    p95 = overheads[int(0.95 * (len(overheads) - 1))]
+    print(f"experiments                      {len(overheads) + 1}")
+    print(f"floor: git commit + reset        {floor * 1000:7.2f} ms / experiment")
+    print(f"orchestrator overhead median     {median * 1000:7.2f} ms   ratio to floor {median / floor:5.2f}x")
+    print(f"orchestrator overhead p95        {p95 * 1000:7.2f} ms   ratio to floor {p95 / floor:5.2f}x")
+    ok = median <= 3 * floor and median <= 0.050
+    print(f"target (median <= 3x floor and <= 50 ms): {'met' if ok else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The command line as a user runs it: init, run, status, log, show, export, prepare; errors and Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import git, make_repo, write_patch_dir
+from test_engine import PATCHES, toy
+
+
+def ar(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "autoresearch", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_run_then_inspect(tmp_path: Path) -> None:
+    repo = toy(tmp_path)
+    patches = write_patch_dir(tmp_path / "p", {k: PATCHES[k] for k in ("01-improve", "02-worse", "05-outside")})
+    done = ar("run", "--tag", "nov26", "--agent", "replay", "--patches", str(patches), cwd=repo)
+    assert done.returncode == 0, done.stderr
+    assert "   1  keep" in done.stdout and "X 1 -> 2 *" in done.stdout
+    assert "best score: 10.000000 (-23.08% vs baseline 13.000000)" in done.stdout
+
+    status = ar("status", cwd=repo).stdout
+    assert "session nov26 (branch autoresearch/nov26, agent replay" in status
+    assert "best score: 10.000000 (experiment 1" in status
+    assert "experiments: 4 (baseline 1, keep 1, discard 1, invalid 1)" in status
+
+    log = ar("log", "--tag", "nov26", cwd=repo).stdout.splitlines()
+    assert len(log) == 5 and "discard" in log[3] and "edit the ruler [score.py: protected" in log[4]
+
+    show = ar("show", "1", cwd=repo).stdout
+    assert "experiment 1 of session nov26: keep" in show and "+X = 2.0" in show and "score: 10.000000" in show
+
+    assert ar("export", "--tsv", "out.tsv", cwd=repo).returncode == 0
+    assert (repo / "out.tsv").read_text().splitlines()[1].split("\t")[3] == "baseline"
+    assert git(repo, "status", "--porcelain") == "?? out.tsv"
+
+
+def test_errors_are_one_line_with_exit_codes(tmp_path: Path) -> None:
+    repo = toy(tmp_path)
+    (repo / "autoresearch.toml").write_text('[task]\neditable = ["a.py"]\nrun = "x"\ntime_budget = "soon"\n')
+    done = ar("run", "--tag", "x", "--agent", "replay", "--patches", ".", cwd=repo)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "[task] time_budget: found 'soon'" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "Traceback" in ar("--debug", "run", "--agent", "replay", "--patches", ".", cwd=repo).stderr
+    assert ar("run", "--agent", "nope", cwd=repo).returncode == 2
+    assert ar("status", cwd=tmp_path).returncode == 1
+
+
+def test_flag_for_another_agent_is_refused(tmp_path: Path) -> None:
+    repo = toy(tmp_path)
+    done = ar("run", "--agent", "replay", "--patches", ".", "--model", "x", cwd=repo)
+    assert done.returncode == 1 and "--model applies to --agent anthropic / openai" in done.stderr
+    done = ar("run", "--agent", "replay", cwd=repo)
+    assert done.returncode == 1 and "needs --patches" in done.stderr
+
+
+def test_init_writes_a_valid_skeleton(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "mine", {"train.py": "print('---'); print('score: 1')\n"})
+    done = ar("init", cwd=repo)
+    assert done.returncode == 0, done.stderr
+    from autoresearch.config import load_config
+
+    config = load_config(repo)
+    assert config.editable == ("train.py",) and config.metric.name == "score"
+    again = ar("init", cwd=repo)
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_prepare_runs_the_setup_step(tmp_path: Path) -> None:
+    repo = toy(tmp_path)
+    toml = (repo / "autoresearch.toml").read_text().replace("[task]\n", '[task]\nsetup = "echo $AUTORESEARCH_TASK_DIR > prepared.txt"\n')
+    (repo / "autoresearch.toml").write_text(toml)
+    assert ar("prepare", cwd=repo).returncode == 0
+    assert (repo / "prepared.txt").read_text().strip() == str(repo.resolve())
+
+
+def test_ctrl_c_finishes_the_experiment_then_stops(tmp_path: Path) -> None:
+    repo = toy(tmp_path)
+    slow = "# slow\nparams.py\n<<<<<<< SEARCH\nY = 2.0\n=======\nY = 2.0\nimport time\ntime.sleep(2)\n>>>>>>> REPLACE\n"
+    patches = write_patch_dir(tmp_path / "p", {"01": slow, "02": PATCHES["01-improve"]})
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", "--tag", "c", "--agent", "replay",
+                             "--patches", str(patches)], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    log = repo / ".autoresearch" / "logs" / "c" / "0001-0.log"
+    deadline = time.monotonic() + 30
+    while not log.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Ctrl-C: finishing the current experiment" in err
+    assert "stopped: interrupted (Ctrl-C)" in out
+    log_lines = ar("log", cwd=repo).stdout.splitlines()
+    assert len(log_lines) == 3 and "discard" in log_lines[2]  # finished and recorded; patch 02 never ran
