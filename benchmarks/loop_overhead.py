@@ -8,6 +8,7 @@ kind. Target: median overhead <= 3x the floor and <= 50 ms.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import subprocess
 import sys
@@ -30,7 +31,13 @@ IDENTITY = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTE
 def sh(cwd: Path, script: str) -> None:
     import os
 
-    subprocess.run(["bash", "-c", script], cwd=cwd, check=True, capture_output=True, env={**os.environ, **IDENTITY})
+    subprocess.run(
+        ["bash", "-c", script],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        env={**os.environ, **IDENTITY},
+    )
 
 
 def make_task(root: Path) -> tuple[Path, Path]:
@@ -40,11 +47,13 @@ def make_task(root: Path) -> tuple[Path, Path]:
     (repo / "params.py").write_text("# marker\nZ = 0\n")
     (repo / "autoresearch.toml").write_text(
         '[task]\neditable = ["params.py"]\nrun = "echo ---; echo score: $AUTORESEARCH_SEED"\n'
-        "time_budget = 5\ntimeout = 10\n[metric]\nname = \"score\"\n"
+        'time_budget = 5\ntimeout = 10\n[metric]\nname = "score"\n'
     )
     sh(repo, "git init -q -b main && git add -A && git commit -qm init")
     for i in range(N):
-        (patches / f"{i:04d}").write_text(f"# step {i}\nparams.py\n<<<<<<< SEARCH\n# marker\n=======\n# marker\nZ = {i}\n>>>>>>> REPLACE\n")
+        (patches / f"{i:04d}").write_text(
+            f"# step {i}\nparams.py\n<<<<<<< SEARCH\n# marker\n=======\n# marker\nZ = {i}\n>>>>>>> REPLACE\n"
+        )
     return repo, patches
 
 
@@ -72,7 +81,9 @@ class TimedExecutor(LocalExecutor):
     def submit(self, job: Job) -> Future[RunResult]:
         start = time.perf_counter()
         future = super().submit(job)
-        future.add_done_callback(lambda f: setattr(self, "seconds", self.seconds + time.perf_counter() - start))
+        future.add_done_callback(
+            lambda f: setattr(self, "seconds", self.seconds + time.perf_counter() - start)
+        )
         return future
 
 
@@ -92,7 +103,7 @@ def orchestrator_overheads() -> list[float]:
                on_event=on_event).run()  # fmt: skip
         executor.close()
     out = []
-    for (t0, a0, r0), (t1, a1, r1) in zip(marks, marks[1:], strict=False):
+    for (t0, a0, r0), (t1, a1, r1) in itertools.pairwise(marks):
         out.append((t1 - t0) - (a1 - a0) - (r1 - r0))
     return out
 
@@ -114,8 +125,12 @@ def main() -> int:
     p95 = overheads[int(0.95 * (len(overheads) - 1))]
     print(f"experiments                      {len(overheads) + 1}")
     print(f"floor: git commit + reset        {floor * 1000:7.2f} ms / experiment")
-    print(f"orchestrator overhead median     {median * 1000:7.2f} ms   ratio to floor {median / floor:5.2f}x")
-    print(f"orchestrator overhead p95        {p95 * 1000:7.2f} ms   ratio to floor {p95 / floor:5.2f}x")
+    print(
+        f"orchestrator overhead median     {median * 1000:7.2f} ms   ratio to floor {median / floor:5.2f}x"
+    )
+    print(
+        f"orchestrator overhead p95        {p95 * 1000:7.2f} ms   ratio to floor {p95 / floor:5.2f}x"
+    )
     ok = median <= 3 * floor and median <= 0.050
     print(f"target (median <= 3x floor and <= 50 ms): {'met' if ok else 'NOT met'}")
     return 0

@@ -13,12 +13,16 @@ from test_engine import PATCHES, toy
 
 
 def ar(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "autoresearch", *args], cwd=cwd, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "autoresearch", *args], cwd=cwd, capture_output=True, text=True
+    )
 
 
 def test_run_then_inspect(tmp_path: Path) -> None:
     repo = toy(tmp_path)
-    patches = write_patch_dir(tmp_path / "p", {k: PATCHES[k] for k in ("01-improve", "02-worse", "05-outside")})
+    patches = write_patch_dir(
+        tmp_path / "p", {k: PATCHES[k] for k in ("01-improve", "02-worse", "05-outside")}
+    )
     done = ar("run", "--tag", "nov26", "--agent", "replay", "--patches", str(patches), cwd=repo)
     assert done.returncode == 0, done.stderr
     assert "   1  keep" in done.stdout and "X 1 -> 2 *" in done.stdout
@@ -33,7 +37,11 @@ def test_run_then_inspect(tmp_path: Path) -> None:
     assert len(log) == 5 and "discard" in log[3] and "edit the ruler [score.py: protected" in log[4]
 
     show = ar("show", "1", cwd=repo).stdout
-    assert "experiment 1 of session nov26: keep" in show and "+X = 2.0" in show and "score: 10.000000" in show
+    assert (
+        "experiment 1 of session nov26: keep" in show
+        and "+X = 2.0" in show
+        and "score: 10.000000" in show
+    )
 
     assert ar("export", "--tsv", "out.tsv", cwd=repo).returncode == 0
     assert (repo / "out.tsv").read_text().splitlines()[1].split("\t")[3] == "baseline"
@@ -42,12 +50,16 @@ def test_run_then_inspect(tmp_path: Path) -> None:
 
 def test_errors_are_one_line_with_exit_codes(tmp_path: Path) -> None:
     repo = toy(tmp_path)
-    (repo / "autoresearch.toml").write_text('[task]\neditable = ["a.py"]\nrun = "x"\ntime_budget = "soon"\n')
+    (repo / "autoresearch.toml").write_text(
+        '[task]\neditable = ["a.py"]\nrun = "x"\ntime_budget = "soon"\n'
+    )
     done = ar("run", "--tag", "x", "--agent", "replay", "--patches", ".", cwd=repo)
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and "[task] time_budget: found 'soon'" in done.stderr
     assert "Traceback" not in done.stderr
-    assert "Traceback" in ar("--debug", "run", "--agent", "replay", "--patches", ".", cwd=repo).stderr
+    assert (
+        "Traceback" in ar("--debug", "run", "--agent", "replay", "--patches", ".", cwd=repo).stderr
+    )
     assert ar("run", "--agent", "nope", cwd=repo).returncode == 2
     assert ar("status", cwd=tmp_path).returncode == 1
 
@@ -74,7 +86,11 @@ def test_init_writes_a_valid_skeleton(tmp_path: Path) -> None:
 
 def test_prepare_runs_the_setup_step(tmp_path: Path) -> None:
     repo = toy(tmp_path)
-    toml = (repo / "autoresearch.toml").read_text().replace("[task]\n", '[task]\nsetup = "echo $AUTORESEARCH_TASK_DIR > prepared.txt"\n')
+    toml = (
+        (repo / "autoresearch.toml")
+        .read_text()
+        .replace("[task]\n", '[task]\nsetup = "echo $AUTORESEARCH_TASK_DIR > prepared.txt"\n')
+    )
     (repo / "autoresearch.toml").write_text(toml)
     assert ar("prepare", cwd=repo).returncode == 0
     assert (repo / "prepared.txt").read_text().strip() == str(repo.resolve())
@@ -97,4 +113,6 @@ def test_ctrl_c_finishes_the_experiment_then_stops(tmp_path: Path) -> None:
     assert "Ctrl-C: finishing the current experiment" in err
     assert "stopped: interrupted (Ctrl-C)" in out
     log_lines = ar("log", cwd=repo).stdout.splitlines()
-    assert len(log_lines) == 3 and "discard" in log_lines[2]  # finished and recorded; patch 02 never ran
+    assert (
+        len(log_lines) == 3 and "discard" in log_lines[2]
+    )  # finished and recorded; patch 02 never ran

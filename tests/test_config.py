@@ -43,7 +43,9 @@ def test_folder_path_finds_the_file(tmp_path: Path) -> None:
 
 
 def test_agent_tables_are_passed_through(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, GOOD + '\n[agent.tuner]\nparams = { LR = "log:1e-4:1e-1" }\n'))
+    config = load_config(
+        write(tmp_path, GOOD + '\n[agent.tuner]\nparams = { LR = "log:1e-4:1e-1" }\n')
+    )
     assert config.agent_options("tuner") == {"params": {"LR": "log:1e-4:1e-1"}}
     assert config.agent_options("openai") == {}
 
@@ -53,28 +55,90 @@ BAD = [
     ("not toml", "[task\n", "not valid TOML"),
     ("no task table", '[metric]\nname = "x"\n', "missing table [task]"),
     ("unknown table", GOOD + "[tasks]\nx = 1\n", "unknown table [tasks]"),
-    ("unknown task key", GOOD.replace("[task]", '[task]\neditible = ["x"]'), "[task] unknown key 'editible'"),
-    ("editable empty", GOOD.replace('["train.py", "src/**/*.py"]', "[]"), "[task] editable: found [], expected at least one glob"),
-    ("editable wrong type", GOOD.replace('["train.py", "src/**/*.py"]', "3"), "[task] editable: found 3, expected a list"),
-    ("escaping path", GOOD.replace('["prepare.py"]', '["../x.py"]'), "[task] protected: found '../x.py', expected paths relative"),
-    ("no run", GOOD.replace('run = "python train.py"', ""), "[task] run: found None, expected the command"),
-    ("negative budget", GOOD.replace("time_budget = 60", "time_budget = -5"), "[task] time_budget: found -5, expected a number > 0"),
-    ("budget string", GOOD.replace("time_budget = 60", 'time_budget = "5m"'), "[task] time_budget: found '5m', expected a number"),
-    ("timeout below budget", GOOD.replace("time_budget = 60", "time_budget = 60\ntimeout = 10"), "[task] timeout: found 10.0, expected at least time_budget"),
-    ("bad direction", GOOD + 'direction = "lower"\n', "[metric] direction: found 'lower', expected one of 'minimize', 'maximize'"),
-    ("bad format", GOOD + 'format = "xml"\n', "[metric] format: found 'xml', expected one of 'summary', 'regex', 'json'"),
-    ("regex without group", GOOD + 'format = "regex"\npattern = "val: [0-9.]+"\n', "[metric] pattern: found 'val: [0-9.]+', expected a regular expression with exactly one group"),
-    ("broken regex", GOOD + 'format = "regex"\npattern = "val: ([0-9.]+"\n', "expected a valid regular expression"),
+    (
+        "unknown task key",
+        GOOD.replace("[task]", '[task]\neditible = ["x"]'),
+        "[task] unknown key 'editible'",
+    ),
+    (
+        "editable empty",
+        GOOD.replace('["train.py", "src/**/*.py"]', "[]"),
+        "[task] editable: found [], expected at least one glob",
+    ),
+    (
+        "editable wrong type",
+        GOOD.replace('["train.py", "src/**/*.py"]', "3"),
+        "[task] editable: found 3, expected a list",
+    ),
+    (
+        "escaping path",
+        GOOD.replace('["prepare.py"]', '["../x.py"]'),
+        "[task] protected: found '../x.py', expected paths relative",
+    ),
+    (
+        "no run",
+        GOOD.replace('run = "python train.py"', ""),
+        "[task] run: found None, expected the command",
+    ),
+    (
+        "negative budget",
+        GOOD.replace("time_budget = 60", "time_budget = -5"),
+        "[task] time_budget: found -5, expected a number > 0",
+    ),
+    (
+        "budget string",
+        GOOD.replace("time_budget = 60", 'time_budget = "5m"'),
+        "[task] time_budget: found '5m', expected a number",
+    ),
+    (
+        "timeout below budget",
+        GOOD.replace("time_budget = 60", "time_budget = 60\ntimeout = 10"),
+        "[task] timeout: found 10.0, expected at least time_budget",
+    ),
+    (
+        "bad direction",
+        GOOD + 'direction = "lower"\n',
+        "[metric] direction: found 'lower', expected one of 'minimize', 'maximize'",
+    ),
+    (
+        "bad format",
+        GOOD + 'format = "xml"\n',
+        "[metric] format: found 'xml', expected one of 'summary', 'regex', 'json'",
+    ),
+    (
+        "regex without group",
+        GOOD + 'format = "regex"\npattern = "val: [0-9.]+"\n',
+        "[metric] pattern: found 'val: [0-9.]+', expected a regular expression with exactly one group",
+    ),
+    (
+        "broken regex",
+        GOOD + 'format = "regex"\npattern = "val: ([0-9.]+"\n',
+        "expected a valid regular expression",
+    ),
     ("no metric name", GOOD.replace('name = "val_bpb"', ""), "[metric] name: found None"),
     ("unknown judge key", GOOD + "[judge]\nmin_detla = 0.1\n", "[judge] unknown key 'min_detla'"),
-    ("baseline runs zero", GOOD + "[judge]\nbaseline_runs = 0\n", "[judge] baseline_runs: found 0, expected an integer >= 1"),
-    ("bool as number", GOOD + "[judge]\nmin_delta = true\n", "[judge] min_delta: found True, expected a number"),
-    ("agent not a table", GOOD + "[agent]\ntuner = 3\n", "[agent.tuner]: found 3, expected a table"),
+    (
+        "baseline runs zero",
+        GOOD + "[judge]\nbaseline_runs = 0\n",
+        "[judge] baseline_runs: found 0, expected an integer >= 1",
+    ),
+    (
+        "bool as number",
+        GOOD + "[judge]\nmin_delta = true\n",
+        "[judge] min_delta: found True, expected a number",
+    ),
+    (
+        "agent not a table",
+        GOOD + "[agent]\ntuner = 3\n",
+        "[agent.tuner]: found 3, expected a table",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("case", "text", "message"), BAD, ids=[b[0] for b in BAD])
-def test_bad_config_names_file_key_and_value(tmp_path: Path, case: str, text: str | None, message: str) -> None:
+def test_bad_config_names_file_key_and_value(
+    tmp_path: Path, case: str, text: str | None, message: str
+) -> None:
     path = tmp_path / "autoresearch.toml"
     if text is not None:
         path.write_text(text)

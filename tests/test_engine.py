@@ -27,11 +27,18 @@ def sr(path: str, search: str, replace: str, title: str) -> str:
 def toy(tmp_path: Path, *, timeout: float = 20, extra: str = "") -> Path:
     toml = TOY_TOML.replace("{python}", PY).replace("timeout = 20", f"timeout = {timeout}")
     toml = toml.replace("time_budget = 5", f"time_budget = {min(5, timeout)}") + extra
-    files = {"params.py": TOY_PARAMS, "score.py": TOY_SCORE, "program.md": "Minimise.\n", "autoresearch.toml": toml}
+    files = {
+        "params.py": TOY_PARAMS,
+        "score.py": TOY_SCORE,
+        "program.md": "Minimise.\n",
+        "autoresearch.toml": toml,
+    }
     return make_repo(tmp_path / "task", files)
 
 
-def run_session(repo: Path, patches: Path, **options: object) -> tuple[Engine, list[ExperimentEvent]]:
+def run_session(
+    repo: Path, patches: Path, **options: object
+) -> tuple[Engine, list[ExperimentEvent]]:
     events: list[ExperimentEvent] = []
     opts = SessionOptions(**{"tag": "t", **options})  # type: ignore[arg-type]
     engine = Engine(load_config(repo), ReplayAgent(patches), options=opts, on_event=events.append)
@@ -46,10 +53,11 @@ PATCHES = {
     "04-hang": sr("params.py", "Y = 2.0", "Y = 2.0\nimport time\ntime.sleep(60)", "hang"),
     "05-outside": sr("score.py", "score = (", "score = 0 * (", "edit the ruler"),
     "06-tamper": sr(
-        "params.py", "Y = 2.0",
+        "params.py",
+        "Y = 2.0",
         "Y = 2.0\nimport pathlib\npathlib.Path(__file__).with_name('score.py').write_text(\"print('---'); print('score: 0')\")",
         "rewrite the harness at run time",
-    ),  # fmt: skip
+    ),
     "07-nan": sr("params.py", "X = 2.0", "X = float('nan')", "nan"),
     "08-improve-again": sr("params.py", "Y = 2.0", "Y = 0.0", "Y 2 -> 0"),
     "09-new-file": "# new module\nhelper.py\n<<<<<<< SEARCH\nx\n=======\ny\n>>>>>>> REPLACE\n",
@@ -75,7 +83,9 @@ def test_a_full_session_records_every_outcome(tmp_path: Path) -> None:
     # The branch sits at the best commit; every discarded commit stays reachable.
     assert git(repo, "rev-parse", "autoresearch/t") == by_id[8].commit
     assert git(repo, "rev-parse", f"{by_id[8].commit}~1") == by_id[1].commit
-    refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/autoresearch/t/discarded/").split()
+    refs = git(
+        repo, "for-each-ref", "--format=%(refname)", "refs/autoresearch/t/discarded/"
+    ).split()
     assert sorted(int(r.rsplit("/", 1)[1]) for r in refs) == [2, 3, 4, 6, 7]
     # The user's checkout is untouched and clean, and the harness in the worktree was restored.
     assert git(repo, "status", "--porcelain") == ""
@@ -94,10 +104,12 @@ def test_a_full_session_records_every_outcome(tmp_path: Path) -> None:
 def test_proposals_and_runs_are_in_sqlite(tmp_path: Path) -> None:
     repo = toy(tmp_path)
     patches = write_patch_dir(tmp_path / "p", {"01": PATCHES["01-improve"]})
-    engine, _ = run_session(repo, patches)
+    run_session(repo, patches)
     db = sqlite3.connect(repo / ".autoresearch" / "ledger.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    agent, diff, meta = db.execute("SELECT agent, diff, meta FROM proposals WHERE experiment_id = 1").fetchone()
+    agent, diff, meta = db.execute(
+        "SELECT agent, diff, meta FROM proposals WHERE experiment_id = 1"
+    ).fetchone()
     assert agent == "replay" and "+X = 2.0" in diff and '"patch": "01"' in meta
     seeds = [r[0] for r in db.execute("SELECT seed FROM runs ORDER BY experiment_id")]
     assert len(seeds) == 2 and seeds[0] != seeds[1]  # seeds vary per run
@@ -105,11 +117,16 @@ def test_proposals_and_runs_are_in_sqlite(tmp_path: Path) -> None:
 
 def test_max_experiments_and_consecutive_failures(tmp_path: Path) -> None:
     repo = toy(tmp_path)
-    crash = {f"{i:02d}": sr("params.py", "Y = 2.0", f"Y = 2.0\nraise SystemExit({i})", f"crash {i}") for i in range(1, 9)}
+    crash = {
+        f"{i:02d}": sr("params.py", "Y = 2.0", f"Y = 2.0\nraise SystemExit({i})", f"crash {i}")
+        for i in range(1, 9)
+    }
     engine, _ = run_session(repo, write_patch_dir(tmp_path / "p", crash), max_failures=3)
     assert engine.summary().stop_reason.startswith("3 crashes/invalid experiments in a row")
     assert len(engine.ledger.experiments(engine.session)) == 4
-    engine2, _ = run_session(toy(tmp_path / "b"), write_patch_dir(tmp_path / "p2", crash), max_experiments=2)
+    engine2, _ = run_session(
+        toy(tmp_path / "b"), write_patch_dir(tmp_path / "p2", crash), max_experiments=2
+    )
     assert engine2.summary().stop_reason == "reached --max-experiments 2"
     assert len(engine2.ledger.experiments(engine2.session)) == 3
 
@@ -119,7 +136,11 @@ def test_min_delta_and_confirmation_runs(tmp_path: Path) -> None:
     patches = {"01": PATCHES["01-improve"], "02": sr("params.py", "X = 1.0", "X = 3.0", "X 1 -> 3")}
     engine, _ = run_session(repo, write_patch_dir(tmp_path / "p", patches))
     rows = engine.ledger.experiments(engine.session)
-    assert [r.verdict for r in rows] == ["baseline", "discard", "keep"]  # 13 -> 10 is within min_delta, 13 -> 9 is not
+    assert [r.verdict for r in rows] == [
+        "baseline",
+        "discard",
+        "keep",
+    ]  # 13 -> 10 is within min_delta, 13 -> 9 is not
     assert len(engine.ledger.runs(engine.session, 0)) == 2  # baseline repeated
     assert len(engine.ledger.runs(engine.session, 1)) == 1  # not better: no confirmation
     assert len(engine.ledger.runs(engine.session, 2)) == 2  # better: confirmed once more
@@ -128,7 +149,11 @@ def test_min_delta_and_confirmation_runs(tmp_path: Path) -> None:
 
 def test_over_budget_run_is_discarded(tmp_path: Path) -> None:
     repo = toy(tmp_path, extra="")
-    toml = (repo / "autoresearch.toml").read_text().replace("time_budget = 5\n", "time_budget = 0.5\nbudget_allowance = 0.5\n")
+    toml = (
+        (repo / "autoresearch.toml")
+        .read_text()
+        .replace("time_budget = 5\n", "time_budget = 0.5\nbudget_allowance = 0.5\n")
+    )
     (repo / "autoresearch.toml").write_text(toml)
     git(repo, "commit", "-qam", "short budget")
     slow = sr("params.py", "X = 1.0", "X = 2.0\nimport time\ntime.sleep(1.5)", "slow but better")
@@ -193,10 +218,14 @@ def test_max_cost_stops_before_the_spend_passes_it(tmp_path: Path) -> None:
 
     repo = toy(tmp_path)
     replies: list[object] = [
-        Proposal(f"X {v}", edits=(Edit("params.py", "X = 1.0", f"X = {v}"),), usage=Usage(1, 0, 1, 0.4))
+        Proposal(
+            f"X {v}", edits=(Edit("params.py", "X = 1.0", f"X = {v}"),), usage=Usage(1, 0, 1, 0.4)
+        )
         for v in (1.5, 2.0, 2.5, 2.8)
     ]
-    engine = Engine(load_config(repo), ScriptedAgent(replies), options=SessionOptions(tag="t", max_cost=1.0))
+    engine = Engine(
+        load_config(repo), ScriptedAgent(replies), options=SessionOptions(tag="t", max_cost=1.0)
+    )
     summary = engine.run()
     assert "--max-cost $1.00" in summary.stop_reason
     assert summary.cost_usd == pytest.approx(0.8)
@@ -215,7 +244,10 @@ def test_parallel_slots(tmp_path: Path) -> None:
     from autoresearch.executors import LocalExecutor
 
     repo = toy(tmp_path)
-    patches = {f"{i:02d}": sr("params.py", "Y = 2.0", f"Y = {v}", f"Y {v}") for i, v in enumerate([1.0, 0.0, -1.0, 3.0])}
+    patches = {
+        f"{i:02d}": sr("params.py", "Y = 2.0", f"Y = {v}", f"Y {v}")
+        for i, v in enumerate([1.0, 0.0, -1.0, 3.0])
+    }
     executor = LocalExecutor(slots=2)
     engine = Engine(load_config(repo), ReplayAgent(write_patch_dir(tmp_path / "p", patches)),
                     options=SessionOptions(tag="t"), executor=executor)  # fmt: skip

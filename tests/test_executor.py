@@ -83,7 +83,9 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
 
 
-def test_timeout_kills_grandchildren_that_ignore_sigterm(executor: Executor, tmp_path: Path) -> None:
+def test_timeout_kills_grandchildren_that_ignore_sigterm(
+    executor: Executor, tmp_path: Path
+) -> None:
     run = script(tmp_path, "hang.py", (
         "import os, signal, subprocess, sys, time\n"
         "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
@@ -101,19 +103,27 @@ def test_timeout_kills_grandchildren_that_ignore_sigterm(executor: Executor, tmp
     assert not any(_alive(pid) for pid in pids)
 
 
-def test_leftover_background_processes_die_with_the_step(executor: Executor, tmp_path: Path) -> None:
-    run = f"sleep 120 & echo $! > bg; echo ---; echo score: 1"
+def test_leftover_background_processes_die_with_the_step(
+    executor: Executor, tmp_path: Path
+) -> None:
+    run = "sleep 120 & echo $! > bg; echo ---; echo score: 1"
     result = executor.submit(job(tmp_path, run)).result()
     assert result.status is RunStatus.OK
     time.sleep(0.2)
     assert not _alive(int((tmp_path / "bg").read_text()))
 
 
-def test_a_run_that_rewrites_protected_files_is_invalid_and_never_evaluated(executor: Executor, tmp_path: Path) -> None:
+def test_a_run_that_rewrites_protected_files_is_invalid_and_never_evaluated(
+    executor: Executor, tmp_path: Path
+) -> None:
     (tmp_path / "harness.py").write_text("print('---'); print('score: 5')\n")
     protected = sha256_files(tmp_path, ["harness.py"])
-    run = script(tmp_path, "r.py", "open('harness.py', 'w').write(\"print('---'); print('score: 0')\")\n")
-    result = executor.submit(job(tmp_path, run, evaluate=f"{PY} harness.py", protected=protected)).result()
+    run = script(
+        tmp_path, "r.py", "open('harness.py', 'w').write(\"print('---'); print('score: 0')\")\n"
+    )
+    result = executor.submit(
+        job(tmp_path, run, evaluate=f"{PY} harness.py", protected=protected)
+    ).result()
     assert result.status is RunStatus.INVALID and "harness.py" in result.reason
     assert not (tmp_path / "logs" / "0001-0.evaluate.log").exists()
 

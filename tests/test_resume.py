@@ -11,17 +11,18 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import git
+from conftest import git, write_patch_dir
 from test_engine import sr, toy
 
+from autoresearch.agents.replay import ReplayAgent
 from autoresearch.config import load_config
 from autoresearch.engine import Engine, SessionOptions
-from autoresearch.agents.replay import ReplayAgent
-from conftest import write_patch_dir
 
 VALUES = [2.0, 1.5, 2.5, 3.0, 0.5, 2.9]
 SLOW_PARAMS = "".join(f"V{i} = None\n" for i in range(len(VALUES))) + (
-    "X = next(v for v in [" + ", ".join(f"V{i}" for i in reversed(range(len(VALUES)))) + ", 1.0] if v is not None)\n"
+    "X = next(v for v in ["
+    + ", ".join(f"V{i}" for i in reversed(range(len(VALUES))))
+    + ", 1.0] if v is not None)\n"
     "Y = 2.0\n"
     "import time\n"
     "time.sleep(0.4)  # every run takes a moment, so kills land mid-run too\n"
@@ -37,7 +38,10 @@ def slow_task(tmp_path: Path) -> Path:
 
 def slow_patches(folder: Path) -> Path:
     """Patch i sets V{i}; the latest set V wins, so every patch applies to any parent."""
-    patches = {f"{i:02d}": sr("params.py", f"V{i} = None", f"V{i} = {v}", f"X {v}") for i, v in enumerate(VALUES)}
+    patches = {
+        f"{i:02d}": sr("params.py", f"V{i} = None", f"V{i} = {v}", f"X {v}")
+        for i, v in enumerate(VALUES)
+    }
     return write_patch_dir(folder, patches)
 
 
@@ -60,14 +64,20 @@ def check_consistent(repo: Path) -> None:
     best = min((r for r in rows if r[1] in ("baseline", "keep")), key=lambda r: r[2])
     assert best[2] <= 13.0 and all(r[2] >= best[2] for r in rows if r[2] is not None)
     assert git(repo, "rev-parse", "autoresearch/t") == best[3]
-    refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/autoresearch/t/discarded/").split()
-    assert sorted(int(r.rsplit("/", 1)[1]) for r in refs) == [r[0] for r in rows if r[1] == "discard"]
+    refs = git(
+        repo, "for-each-ref", "--format=%(refname)", "refs/autoresearch/t/discarded/"
+    ).split()
+    assert sorted(int(r.rsplit("/", 1)[1]) for r in refs) == [
+        r[0] for r in rows if r[1] == "discard"
+    ]
     assert git(repo, "status", "--porcelain") == ""
     assert not list((repo / ".autoresearch" / "logs" / "t").glob("*.pid"))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("delays", [(0.4,), (1.1,), (2.3,), (1.6, 1.2)], ids=["setup", "baseline", "mid", "twice"])
+@pytest.mark.parametrize(
+    "delays", [(0.4,), (1.1,), (2.3,), (1.6, 1.2)], ids=["setup", "baseline", "mid", "twice"]
+)
 def test_sigkill_then_resume(tmp_path: Path, delays: tuple[float, ...]) -> None:
     repo = slow_task(tmp_path)
     patches = slow_patches(tmp_path / "p")
@@ -89,7 +99,9 @@ def test_resume_moves_the_branch_when_the_kill_came_after_the_verdict(tmp_path: 
     opts = SessionOptions(tag="t", max_experiments=2)
     Engine(load_config(repo), ReplayAgent(patches), options=opts).run()
     best = git(repo, "rev-parse", "autoresearch/t")
-    git(repo, "update-ref", "refs/heads/autoresearch/t", f"{best}~1")  # as if killed before the move
+    git(
+        repo, "update-ref", "refs/heads/autoresearch/t", f"{best}~1"
+    )  # as if killed before the move
     git(repo, "update-ref", "-d", "refs/autoresearch/t/discarded/2")
     messages: list[str] = []
     engine = Engine(load_config(repo), ReplayAgent(patches), options=SessionOptions(tag="t", resume=True),
@@ -104,13 +116,17 @@ def test_resume_refuses_a_branch_moved_by_hand(tmp_path: Path) -> None:
 
     repo = slow_task(tmp_path)
     patches = slow_patches(tmp_path / "p")
-    Engine(load_config(repo), ReplayAgent(patches), options=SessionOptions(tag="t", max_experiments=1)).run()
+    Engine(
+        load_config(repo), ReplayAgent(patches), options=SessionOptions(tag="t", max_experiments=1)
+    ).run()
     (repo / "other.txt").write_text("x")
     git(repo, "add", "other.txt")
     git(repo, "commit", "-qm", "unrelated")
     git(repo, "update-ref", "refs/heads/autoresearch/t", "HEAD")
     with pytest.raises(WorkspaceError, match="moved by hand"):
-        Engine(load_config(repo), ReplayAgent(patches), options=SessionOptions(tag="t", resume=True)).run()
+        Engine(
+            load_config(repo), ReplayAgent(patches), options=SessionOptions(tag="t", resume=True)
+        ).run()
 
 
 def test_orphaned_run_is_killed_on_resume(tmp_path: Path) -> None:

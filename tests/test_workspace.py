@@ -29,7 +29,10 @@ def test_start_creates_the_branch_and_excludes_state(toy_repo: Path) -> None:
 def test_refuses_a_dirty_tree_naming_the_files(toy_repo: Path) -> None:
     (toy_repo / "params.py").write_text("X = 9\n")
     (toy_repo / "notes.txt").write_text("scratch\n")
-    with pytest.raises(WorkspaceError, match=r"uncommitted changes: .*params\.py.*notes\.txt|notes\.txt.*params\.py"):
+    with pytest.raises(
+        WorkspaceError,
+        match=r"uncommitted changes: .*params\.py.*notes\.txt|notes\.txt.*params\.py",
+    ):
         workspace(toy_repo).start()
 
 
@@ -89,7 +92,9 @@ def test_apply_commit_and_refs(toy_repo: Path) -> None:
 def test_rejected_edit_writes_nothing(toy_repo: Path) -> None:
     ws = workspace(toy_repo)
     ws.checkout(0, ws.start())
-    proposal = Proposal("x", edits=(Edit("params.py", "X = 1.0", "X = 5.0"), Edit("score.py", content="print(0)\n")))
+    proposal = Proposal(
+        "x", edits=(Edit("params.py", "X = 1.0", "X = 5.0"), Edit("score.py", content="print(0)\n"))
+    )
     with pytest.raises(EditRejected, match="protected"):
         ws.apply(0, proposal)
     assert "X = 1.0" in (ws.slot_dir(0) / "params.py").read_text()
@@ -125,6 +130,8 @@ def test_commit_refuses_stray_files_left_in_the_worktree(toy_repo: Path) -> None
     ws = workspace(toy_repo)
     ws.checkout(0, ws.start())
     ws.apply(0, Proposal("x", edits=(Edit("params.py", "X = 1.0", "X = 2.0"),)))
-    (ws.slot_dir(0) / "score.py").write_text("print('---'); print('score: 0')\n")  # e.g. a CLI agent
-    with pytest.raises(EditRejected, match="score.py: protected"):
+    (ws.slot_dir(0) / "score.py").write_text(
+        "print('---'); print('score: 0')\n"
+    )  # e.g. a CLI agent
+    with pytest.raises(EditRejected, match=r"score\.py: protected"):
         ws.commit(0, "sneaky")

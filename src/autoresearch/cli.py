@@ -11,11 +11,11 @@ import os
 import subprocess
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from autoresearch import __version__, templates
+from autoresearch import __version__, templates, views
 from autoresearch.agents import AGENT_NAMES, get_agent
 from autoresearch.config import CONFIG_NAME, TaskConfig, load_config
 from autoresearch.engine import Engine, ExperimentEvent, SessionOptions
@@ -23,7 +23,6 @@ from autoresearch.errors import AutoresearchError, ConfigError
 from autoresearch.executors.local import LocalExecutor
 from autoresearch.ledger import Ledger, SessionRow, export_tsv
 from autoresearch.workspace import STATE_DIR
-from autoresearch import views
 
 # Flags of `run` that configure an agent, and the agents that take them.
 _AGENT_FLAGS = {
@@ -36,34 +35,54 @@ _AGENT_FLAGS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autoresearch", description="An autonomous research loop.")
+    parser = argparse.ArgumentParser(
+        prog="autoresearch", description="An autonomous research loop."
+    )
     parser.add_argument("--version", action="version", version=f"autoresearch {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("-C", "--dir", type=Path, default=Path("."), help="the task folder (default: .)")
+    parser.add_argument(
+        "-C", "--dir", type=Path, default=Path("."), help="the task folder (default: .)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("init", help="write autoresearch.toml and program.md, or a whole task from a template")
+    p = sub.add_parser(
+        "init", help="write autoresearch.toml and program.md, or a whole task from a template"
+    )
     p.add_argument("dest", nargs="?", type=Path, help="folder (default: the task folder)")
-    p.add_argument("--template", choices=templates.available(), help="create a task from a built-in template")
+    p.add_argument(
+        "--template", choices=templates.available(), help="create a task from a built-in template"
+    )
     p.add_argument("--size", help="template size preset (gpt: cpu | h100; default: by hardware)")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
 
     p = sub.add_parser("run", help="run a session: baseline, then experiments until a stop rule")
-    p.add_argument("--tag", help="session name; branch autoresearch/<tag> (default: today, e.g. nov26)")
-    p.add_argument("--resume", action="store_true", help="carry on a session after a crash or Ctrl-C")
+    p.add_argument(
+        "--tag", help="session name; branch autoresearch/<tag> (default: today, e.g. nov26)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="carry on a session after a crash or Ctrl-C"
+    )
     p.add_argument("--agent", choices=AGENT_NAMES, default="tuner", help="who proposes experiments")
     p.add_argument("--patches", help="replay: folder of patches, used in name order")
     p.add_argument("--sampler", choices=("tpe", "random", "cmaes"), help="tuner: Optuna sampler")
     p.add_argument("--model", help="anthropic / openai: model name")
-    p.add_argument("--base-url", help="anthropic / openai: API base URL (OpenAI-compatible servers)")
+    p.add_argument(
+        "--base-url", help="anthropic / openai: API base URL (OpenAI-compatible servers)"
+    )
     p.add_argument("--cmd", help='command: CLI to run, e.g. "claude -p {prompt_file}"')
     p.add_argument("--seed", type=int, default=0, help="session seed (run seeds derive from it)")
     p.add_argument("--max-experiments", type=int, help="stop after this many experiments")
     p.add_argument("--max-hours", type=float, help="stop after this many hours")
-    p.add_argument("--max-failures", type=int, default=10, help="stop after this many failures in a row")
-    p.add_argument("--max-cost", type=float, help="stop before agent + compute spend passes this (USD)")
+    p.add_argument(
+        "--max-failures", type=int, default=10, help="stop after this many failures in a row"
+    )
+    p.add_argument(
+        "--max-cost", type=float, help="stop before agent + compute spend passes this (USD)"
+    )
     p.add_argument("--gpu-price", type=float, help="compute price per slot-hour (USD)")
-    p.add_argument("--slots", type=int, default=1, help="experiments run at once (one worktree each)")
+    p.add_argument(
+        "--slots", type=int, default=1, help="experiments run at once (one worktree each)"
+    )
     p.add_argument("--gpus", help="comma-separated GPU ids, one per slot (CUDA_VISIBLE_DEVICES)")
     p.add_argument("--no-setup", action="store_true", help="skip the task's setup step")
 
@@ -76,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", help="session (default: the most recent)")
     p = sub.add_parser("export", help="write results.tsv (upstream's columns)")
     p.add_argument("--tag", help="session (default: the most recent)")
-    p.add_argument("--tsv", type=Path, default=Path("results.tsv"), help="output file (default: results.tsv)")
+    p.add_argument(
+        "--tsv", type=Path, default=Path("results.tsv"), help="output file (default: results.tsv)"
+    )
     sub.add_parser("prepare", help="run the task's setup step now")
     return parser
 
@@ -109,7 +130,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     written = templates.init_plain(dest, force=args.force)
     for path in written:
         print(f"wrote {path}")
-    print(f"next: edit {CONFIG_NAME} (editable files, run command, metric), commit, then `autoresearch run`")
+    print(
+        f"next: edit {CONFIG_NAME} (editable files, run command, metric), commit, then `autoresearch run`"
+    )
     return 0
 
 
@@ -141,16 +164,20 @@ def _agent_options(args: argparse.Namespace, config: TaskConfig) -> dict[str, An
         if value is None:
             continue
         if args.agent not in agents:
-            raise ConfigError(f"--{flag.replace('_', '-')} applies to --agent {' / '.join(agents)}, not {args.agent}")
+            raise ConfigError(
+                f"--{flag.replace('_', '-')} applies to --agent {' / '.join(agents)}, not {args.agent}"
+            )
         options[flag] = value
     if args.agent == "replay" and "patches" not in options:
-        raise ConfigError("--agent replay needs --patches DIR (or [agent.replay] patches in the toml)")
+        raise ConfigError(
+            "--agent replay needs --patches DIR (or [agent.replay] patches in the toml)"
+        )
     if args.agent == "tuner":
         options.setdefault("seed", args.seed)
     return options
 
 
-def _print_event(config: TaskConfig):  # type: ignore[no-untyped-def]
+def _print_event(config: TaskConfig) -> Callable[[ExperimentEvent], None]:
     def show(event: ExperimentEvent) -> None:
         print(views.event_line(event, config.metric.direction), flush=True)
 
@@ -200,7 +227,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
     done = subprocess.run(config.setup, shell=True, cwd=config.root, env=env)
     if done.returncode != 0:
-        raise AutoresearchError(f"setup step {config.setup!r} failed with exit code {done.returncode}")
+        raise AutoresearchError(
+            f"setup step {config.setup!r} failed with exit code {done.returncode}"
+        )
     return 0
 
 

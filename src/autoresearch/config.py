@@ -126,7 +126,11 @@ class _Section:
 
     def number(self, key: str, default: float, *, positive: bool = False) -> float:
         value = self.table.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
             self.fail(key, value, "a number")
         if positive and value <= 0:
             self.fail(key, value, "a number > 0")

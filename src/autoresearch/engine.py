@@ -38,7 +38,15 @@ from autoresearch.errors import (
 from autoresearch.executors._base import Executor, Job, RunResult, RunStatus
 from autoresearch.executors.local import LocalExecutor, StepRunner, kill_orphans, run_environment
 from autoresearch.judge import Decision, Judge, Verdict, noise_of
-from autoresearch.ledger import PENDING, ExperimentRow, Ledger, ProposalRecord, RunRow, SessionRow, best_row
+from autoresearch.ledger import (
+    PENDING,
+    ExperimentRow,
+    Ledger,
+    ProposalRecord,
+    RunRow,
+    SessionRow,
+    best_row,
+)
 from autoresearch.workspace import STATE_DIR, Workspace
 
 SETUP_TIMEOUT = 24 * 3600.0
@@ -118,7 +126,9 @@ class Engine:
         self.ledger = ledger or Ledger(config.root / STATE_DIR / "ledger.db")
         self._own_executor = executor is None
         self.executor: Executor = executor or LocalExecutor()
-        self.judge = Judge(config.judge, config.metric, max_seconds=config.time_budget + config.allowance)
+        self.judge = Judge(
+            config.judge, config.metric, max_seconds=config.time_budget + config.allowance
+        )
         self._on_event = on_event or (lambda event: None)
         self._say = on_message or (lambda text: None)
         self._inflight: dict[int, _InFlight] = {}  # slot -> experiment
@@ -159,7 +169,9 @@ class Engine:
             self._repair()
             return self.ledger.session(opts.tag)
         if self.ledger.has_session(opts.tag):
-            raise WorkspaceError(f"tag {opts.tag!r} is already in the ledger; pass --resume or pick another tag")
+            raise WorkspaceError(
+                f"tag {opts.tag!r} is already in the ledger; pass --resume or pick another tag"
+            )
         base = ws.start()
         return self.ledger.create_session(
             opts.tag, ws.branch, base, getattr(self.agent, "name", type(self.agent).__name__),
@@ -169,7 +181,9 @@ class Engine:
     def _repair(self) -> None:
         """Make git match the ledger after a crash of the orchestrator."""
         for pgid in kill_orphans(self._log_dir()):
-            self._say(f"resume: killed process group {pgid} left running by the previous orchestrator")
+            self._say(
+                f"resume: killed process group {pgid} left running by the previous orchestrator"
+            )
         ws, rows = self.workspace, self.ledger.experiments(self.session)
         for row in rows:
             if row.verdict != PENDING:
@@ -181,7 +195,11 @@ class Engine:
                                               "interrupted; its commit is gone", {}, 0.0)  # fmt: skip
         refs = ws.discarded_refs()
         for row in rows:
-            if row.verdict not in (PENDING, Verdict.KEEP, Verdict.BASELINE) and row.commit and row.id not in refs:
+            if (
+                row.verdict not in (PENDING, Verdict.KEEP, Verdict.BASELINE)
+                and row.commit
+                and row.id not in refs
+            ):
                 ws.keep_discarded(row.id, row.commit)
         best, head = best_row(rows), ws.branch_head()
         if best is not None and head != best.commit:
@@ -192,7 +210,9 @@ class Engine:
                     f"`git update-ref refs/heads/{ws.branch} {best.commit}` and resume again"
                 )
             ws.move_branch(best.commit)
-            self._say(f"resume: moved {ws.branch} to experiment {best.id} ({best.commit[:10]}), recorded as kept")
+            self._say(
+                f"resume: moved {ws.branch} to experiment {best.id} ({best.commit[:10]}), recorded as kept"
+            )
 
     def _setup(self) -> None:
         command = self.config.setup.strip()
@@ -215,7 +235,10 @@ class Engine:
                    time_budget=self.config.time_budget, env=self._task_env())  # fmt: skip
 
     def _task_env(self) -> dict[str, str]:
-        return {"AUTORESEARCH_TASK_DIR": str(self.config.root), "AUTORESEARCH_TAG": self.options.tag}
+        return {
+            "AUTORESEARCH_TASK_DIR": str(self.config.root),
+            "AUTORESEARCH_TAG": self.options.tag,
+        }
 
     def _log_dir(self) -> Path:
         return self.config.root / STATE_DIR / "logs" / self.options.tag
@@ -242,7 +265,9 @@ class Engine:
         self._drain()
         if self._baseline() is None and not self._stop:
             row = self.ledger.experiment(self.session, exp_id)
-            self._stop = f"the baseline failed ({row.verdict}: {row.reason}); fix the task, then run again"
+            self._stop = (
+                f"the baseline failed ({row.verdict}: {row.reason}); fix the task, then run again"
+            )
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -299,7 +324,11 @@ class Engine:
     def spent(self, rows: list[ExperimentRow] | None = None) -> float:
         """Dollars so far: agent tokens plus compute at the GPU price."""
         rows = self.ledger.experiments(self.session) if rows is None else rows
-        price = self.options.gpu_price if self.options.gpu_price is not None else self.config.cost.gpu_per_hour
+        price = (
+            self.options.gpu_price
+            if self.options.gpu_price is not None
+            else self.config.cost.gpu_per_hour
+        )
         tokens = sum(r.cost_usd or 0.0 for r in rows)
         return tokens + sum(r.compute_seconds for r in rows) * price / 3600.0
 
@@ -326,7 +355,10 @@ class Engine:
         ws = self.workspace
         try:
             ws.apply(slot, proposal)  # a stray file an agent left in the worktree fails the commit
-            commit = ws.commit(slot, f"autoresearch {self.options.tag} #{exp_id}: {_one_line(proposal.description)}")
+            commit = ws.commit(
+                slot,
+                f"autoresearch {self.options.tag} #{exp_id}: {_one_line(proposal.description)}",
+            )
         except (EditRejected, ProposalError) as exc:
             self._record_invalid(exp_id, parent, proposal, str(exc))
             ws.checkout(slot, parent)
@@ -337,15 +369,21 @@ class Engine:
 
     def _record_invalid(self, exp_id: int, parent: str, proposal: Proposal, reason: str) -> None:
         record = _record(self._agent_name(), proposal, "")
-        self.ledger.begin_experiment(self.session, exp_id, parent, "", record, verdict=Verdict.INVALID, reason=reason)
+        self.ledger.begin_experiment(
+            self.session, exp_id, parent, "", record, verdict=Verdict.INVALID, reason=reason
+        )
         self._say(f"#{exp_id} invalid: {reason}")
         self._emit(exp_id)
 
     def _agent_name(self) -> str:
         return str(getattr(self.agent, "name", type(self.agent).__name__))
 
-    def _launch(self, slot: int, exp_id: int, commit: str, *, baseline: bool, checked_out: bool = False) -> None:
-        workdir = self.workspace.slot_dir(slot) if checked_out else self.workspace.checkout(slot, commit)
+    def _launch(
+        self, slot: int, exp_id: int, commit: str, *, baseline: bool, checked_out: bool = False
+    ) -> None:
+        workdir = (
+            self.workspace.slot_dir(slot) if checked_out else self.workspace.checkout(slot, commit)
+        )
         if self._protected is None:  # protected files are identical in every commit of the session
             self._protected = self.workspace.protected_hashes(slot)
         flight = _InFlight(slot, exp_id, commit, baseline, workdir, self._protected)
@@ -417,7 +455,11 @@ class Engine:
         row = self.ledger.experiment(self.session, exp_id)
         baseline = self._baseline()
         best = best_row(self.ledger.experiments(self.session))
-        self._on_event(ExperimentEvent(row, best.metric if best else None, baseline.metric if baseline else None))
+        self._on_event(
+            ExperimentEvent(
+                row, best.metric if best else None, baseline.metric if baseline else None
+            )
+        )
 
     # --- context for the agent ----------------------------------------------------------------
 
@@ -451,7 +493,9 @@ class Engine:
         if not failed:
             return ""
         runs = self.ledger.runs(self.session, failed[-1].id)
-        return f"experiment {failed[-1].id} ({failed[-1].reason}):\n" + (runs[-1].log_tail if runs else "")
+        return f"experiment {failed[-1].id} ({failed[-1].reason}):\n" + (
+            runs[-1].log_tail if runs else ""
+        )
 
     # --- signals and shutdown -------------------------------------------------------------------
 
@@ -468,7 +512,9 @@ class Engine:
         self._interrupts += 1
         if self._interrupts == 1:
             self._stop = "interrupted (Ctrl-C)"
-            self._say("Ctrl-C: finishing the current experiment, then stopping (Ctrl-C again kills it)")
+            self._say(
+                "Ctrl-C: finishing the current experiment, then stopping (Ctrl-C again kills it)"
+            )
             return
         self._say("Ctrl-C again: killing the running experiment")
         kill = getattr(self.executor, "kill_all", None)
@@ -486,7 +532,10 @@ class Engine:
 
     def summary(self) -> SessionSummary:
         rows = self.ledger.experiments(self.session)
-        best, baseline = best_row(rows), next((r for r in rows if r.verdict == Verdict.BASELINE), None)
+        best, baseline = (
+            best_row(rows),
+            next((r for r in rows if r.verdict == Verdict.BASELINE), None),
+        )
         counts: dict[str, int] = {}
         for row in rows:
             counts[row.verdict] = counts.get(row.verdict, 0) + 1
@@ -501,7 +550,11 @@ class Engine:
 
 def _trailing_failures(rows: list[ExperimentRow]) -> int:
     count = 0
-    for row in sorted((r for r in rows if r.verdict != PENDING), key=lambda r: (r.finished or 0.0, r.id), reverse=True):
+    for row in sorted(
+        (r for r in rows if r.verdict != PENDING),
+        key=lambda r: (r.finished or 0.0, r.id),
+        reverse=True,
+    ):
         if not Verdict(row.verdict).failed:
             break
         count += 1
@@ -513,7 +566,9 @@ def _result_of(flight: _InFlight) -> RunResult:
     try:
         return flight.future.result()
     except (ExecutorError, OSError) as exc:
-        return RunResult(flight.experiment_id, len(flight.runs), 0, RunStatus.CRASH, reason=f"executor: {exc}")
+        return RunResult(
+            flight.experiment_id, len(flight.runs), 0, RunStatus.CRASH, reason=f"executor: {exc}"
+        )
 
 
 def _run_row(result: RunResult) -> RunRow:
@@ -531,7 +586,11 @@ def _mean_metrics(runs: list[RunResult]) -> dict[str, float]:
 
 
 def _noise_text(noise: float | None) -> str:
-    return "noise unknown (one baseline run)" if noise is None else f"noise (stdev between runs) {noise:.4g}"
+    return (
+        "noise unknown (one baseline run)"
+        if noise is None
+        else f"noise (stdev between runs) {noise:.4g}"
+    )
 
 
 def _record(agent: str, proposal: Proposal, diff: str) -> ProposalRecord:
@@ -544,7 +603,16 @@ def _record(agent: str, proposal: Proposal, diff: str) -> ProposalRecord:
 
 
 def _history_row(row: ExperimentRow) -> HistoryRow:
-    return HistoryRow(row.id, row.verdict, row.metric, row.description, row.commit, row.reason, row.agent, row.meta)
+    return HistoryRow(
+        row.id,
+        row.verdict,
+        row.metric,
+        row.description,
+        row.commit,
+        row.reason,
+        row.agent,
+        row.meta,
+    )
 
 
 def _one_line(text: str) -> str:

@@ -44,7 +44,9 @@ class EditRejected(WorkspaceError):
 class AgentError(AutoresearchError):
     """An agent failed to produce a proposal."""
 
-    def __init__(self, message: str, *, usage: Usage | None = None, meta: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, message: str, *, usage: Usage | None = None, meta: Mapping[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.usage = usage  # tokens spent on the failed attempt, still paid for
         self.meta = dict(meta or {})  # recorded with the invalid experiment (e.g. which patch)

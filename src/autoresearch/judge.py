@@ -52,7 +52,9 @@ def noise_of(values: Sequence[float]) -> float | None:
 class Judge:
     """Decides keep or discard from an experiment's runs."""
 
-    def __init__(self, config: JudgeConfig, metric: MetricConfig, *, max_seconds: float | None = None) -> None:
+    def __init__(
+        self, config: JudgeConfig, metric: MetricConfig, *, max_seconds: float | None = None
+    ) -> None:
         self.config = config
         self.metric = metric
         self.max_seconds = max_seconds  # budget + allowance; a slower run is over budget
@@ -60,7 +62,9 @@ class Judge:
     def margin(self, noise: float | None) -> float:
         return max(self.config.min_delta, self.config.noise_factor * (noise or 0.0))
 
-    def decide(self, runs: Sequence[RunResult], best: float | None, noise: float | None = None) -> Decision:
+    def decide(
+        self, runs: Sequence[RunResult], best: float | None, noise: float | None = None
+    ) -> Decision:
         failed = self._failure(runs)
         if failed is not None:
             return failed
@@ -70,7 +74,9 @@ class Judge:
             return Decision(Verdict.KEEP, mean, "no best yet")
         margin = self.margin(noise)
         if not self.metric.better(mean, best, margin):
-            return Decision(Verdict.DISCARD, mean, self._delta_text(mean, best, margin, "not better"))
+            return Decision(
+                Verdict.DISCARD, mean, self._delta_text(mean, best, margin, "not better")
+            )
         wanted = 1 + self.config.confirm_runs
         if len(runs) < wanted:
             return Decision(None, mean, "looks better; confirming", more_runs=wanted - len(runs))

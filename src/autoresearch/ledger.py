@@ -137,7 +137,9 @@ class Ledger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
@@ -168,7 +170,17 @@ class Ledger:
             db.execute(
                 "INSERT INTO sessions (tag, branch, base_commit, agent, metric, direction, created,"
                 " updated, status, config) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', ?)",
-                (tag, branch, base_commit, agent, metric, direction, now, now, json.dumps(config or {})),
+                (
+                    tag,
+                    branch,
+                    base_commit,
+                    agent,
+                    metric,
+                    direction,
+                    now,
+                    now,
+                    json.dumps(config or {}),
+                ),
             )
         return self.session(tag)
 
@@ -177,14 +189,21 @@ class Ledger:
         sql = "SELECT id, tag, branch, base_commit, agent, metric, direction, created, updated, status,"
         sql += " stop_reason, noise, setup_done FROM sessions "
         row = self._db.execute(
-            sql + ("WHERE tag = ?" if tag else "ORDER BY created DESC, id DESC LIMIT 1"), (tag,) if tag else ()
+            sql + ("WHERE tag = ?" if tag else "ORDER BY created DESC, id DESC LIMIT 1"),
+            (tag,) if tag else (),
         ).fetchone()
         if row is None:
-            raise LedgerError(f"no session {tag!r} in {self.path}" if tag else f"no sessions yet in {self.path}")
-        return SessionRow(*row[:12], bool(row[12]))
+            raise LedgerError(
+                f"no session {tag!r} in {self.path}" if tag else f"no sessions yet in {self.path}"
+            )
+        values: list[Any] = list(row)
+        values[12] = bool(values[12])
+        return SessionRow(*values)
 
     def has_session(self, tag: str) -> bool:
-        return self._db.execute("SELECT 1 FROM sessions WHERE tag = ?", (tag,)).fetchone() is not None
+        return (
+            self._db.execute("SELECT 1 FROM sessions WHERE tag = ?", (tag,)).fetchone() is not None
+        )
 
     def sessions(self) -> list[SessionRow]:
         tags = [r[0] for r in self._db.execute("SELECT tag FROM sessions ORDER BY created, id")]
@@ -202,7 +221,9 @@ class Ledger:
     # --- experiments -------------------------------------------------------------------
 
     def next_experiment_id(self, session: SessionRow) -> int:
-        row = self._db.execute("SELECT MAX(id) FROM experiments WHERE session_id = ?", (session.id,)).fetchone()
+        row = self._db.execute(
+            "SELECT MAX(id) FROM experiments WHERE session_id = ?", (session.id,)
+        ).fetchone()
         return 0 if row[0] is None else int(row[0]) + 1
 
     def begin_experiment(self, session: SessionRow, experiment_id: int, parent: str, commit: str,
@@ -246,7 +267,10 @@ class Ledger:
 
     def clear_runs(self, session: SessionRow, experiment_id: int) -> None:
         with self._tx() as db:
-            db.execute("DELETE FROM runs WHERE session_id = ? AND experiment_id = ?", (session.id, experiment_id))
+            db.execute(
+                "DELETE FROM runs WHERE session_id = ? AND experiment_id = ?",
+                (session.id, experiment_id),
+            )
 
     def experiments(self, session: SessionRow) -> list[ExperimentRow]:
         """Every experiment of ``session`` by id (cached until this ledger writes again)."""
@@ -257,7 +281,9 @@ class Ledger:
         return list(self._cache[key])
 
     def experiment(self, session: SessionRow, experiment_id: int) -> ExperimentRow:
-        row = self._db.execute(_EXPERIMENT_SELECT + " AND e.id = ?", (session.id, experiment_id)).fetchone()
+        row = self._db.execute(
+            _EXPERIMENT_SELECT + " AND e.id = ?", (session.id, experiment_id)
+        ).fetchone()
         if row is None:
             raise LedgerError(f"session {session.tag!r} has no experiment {experiment_id}")
         return _experiment(row)
@@ -268,7 +294,10 @@ class Ledger:
             " cost_usd, meta FROM proposals WHERE session_id = ? AND experiment_id = ?",
             (session.id, experiment_id),
         ).fetchone()
-        return None if row is None else ProposalRecord(*row[:8], meta=json.loads(row[8]))
+        if row is None:
+            return None
+        values: list[Any] = [*row[:8], json.loads(row[8])]
+        return ProposalRecord(*values)
 
     def runs(self, session: SessionRow, experiment_id: int) -> list[RunRow]:
         rows = self._db.execute(
@@ -276,7 +305,10 @@ class Ledger:
             " FROM runs WHERE session_id = ? AND experiment_id = ? ORDER BY idx",
             (session.id, experiment_id),
         ).fetchall()
-        return [RunRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8], r[9]) for r in rows]
+        return [
+            RunRow(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8], r[9])
+            for r in rows
+        ]
 
 
 def _experiment(r: Sequence[Any]) -> ExperimentRow:
@@ -303,10 +335,21 @@ def export_tsv(rows: Sequence[ExperimentRow], metric: str, path: Path) -> int:
         value = f"{row.metric:.6f}" if row.metric is not None else "0.000000"
         memory = row.metrics.get("peak_vram_mb", 0.0) / 1024
         description = " ".join(row.description.split())
-        lines.append(f"{row.commit[:7] or '-'}\t{value}\t{memory:.1f}\t{row.verdict}\t{description}")
+        lines.append(
+            f"{row.commit[:7] or '-'}\t{value}\t{memory:.1f}\t{row.verdict}\t{description}"
+        )
         count += 1
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return count
 
 
-__all__ = ["PENDING", "ExperimentRow", "Ledger", "ProposalRecord", "RunRow", "SessionRow", "best_row", "export_tsv"]
+__all__ = [
+    "PENDING",
+    "ExperimentRow",
+    "Ledger",
+    "ProposalRecord",
+    "RunRow",
+    "SessionRow",
+    "best_row",
+    "export_tsv",
+]

@@ -10,7 +10,16 @@ from autoresearch.engine import ExperimentEvent, SessionSummary
 from autoresearch.ledger import ExperimentRow, Ledger, SessionRow, best_row
 
 EVENT_HEADER = "   #  verdict      {metric:>12}  vs best     description"
-VERDICT_ORDER = ("baseline", "keep", "discard", "crash", "timeout", "invalid", "interrupted", "pending")
+VERDICT_ORDER = (
+    "baseline",
+    "keep",
+    "discard",
+    "crash",
+    "timeout",
+    "invalid",
+    "interrupted",
+    "pending",
+)
 
 
 def _value(value: float | None) -> str:
@@ -21,10 +30,18 @@ def event_line(event: ExperimentEvent, direction: str) -> str:
     """One line of the live table, printed as each experiment is recorded."""
     row = event.experiment
     delta = ""
-    if row.metric is not None and event.best is not None and row.verdict not in ("baseline", "keep"):
+    if (
+        row.metric is not None
+        and event.best is not None
+        and row.verdict not in ("baseline", "keep")
+    ):
         delta = f"{row.metric - event.best:+.4g}"
     marker = " *" if row.verdict == "keep" else ""
-    text = row.description if row.verdict not in ("crash", "timeout", "invalid") else f"{row.description} [{row.reason}]"
+    text = (
+        row.description
+        if row.verdict not in ("crash", "timeout", "invalid")
+        else f"{row.description} [{row.reason}]"
+    )
     return f"{row.id:4d}  {row.verdict:<11}  {_value(row.metric):>12}  {delta:<9}  {text}{marker}"
 
 
@@ -33,7 +50,9 @@ def summary_text(summary: SessionSummary, metric: str) -> str:
     if summary.best_metric is not None:
         gain = ""
         if summary.baseline_metric not in (None, 0.0) and summary.baseline_metric is not None:
-            change = (summary.best_metric - summary.baseline_metric) / abs(summary.baseline_metric) * 100
+            change = (
+                (summary.best_metric - summary.baseline_metric) / abs(summary.baseline_metric) * 100
+            )
             gain = f" ({change:+.2f}% vs baseline {summary.baseline_metric:.6f})"
         lines.append(f"best {metric}: {summary.best_metric:.6f}{gain} at {summary.best_commit[:10]} "
                      f"on branch {summary.branch}")  # fmt: skip
@@ -58,7 +77,9 @@ def status_text(config: TaskConfig, ledger: Ledger, session: SessionRow) -> str:
         f"status: {session.status}" + (f" — {session.stop_reason}" if session.stop_reason else ""),
     ]
     if best is not None:
-        lines.append(f"best {config.metric.name}: {_value(best.metric)} (experiment {best.id}, {best.commit[:10]})")
+        lines.append(
+            f"best {config.metric.name}: {_value(best.metric)} (experiment {best.id}, {best.commit[:10]})"
+        )
     if baseline is not None:
         noise = f", noise {session.noise:.4g}" if session.noise is not None else ""
         lines.append(f"baseline: {_value(baseline.metric)}{noise}")
@@ -90,7 +111,9 @@ def _spend_lines(config: TaskConfig, rows: Sequence[ExperimentRow]) -> list[str]
 
 
 def _log_line(row: ExperimentRow) -> str:
-    reason = f" [{row.reason}]" if row.verdict in ("crash", "timeout", "invalid", "interrupted") else ""
+    reason = (
+        f" [{row.reason}]" if row.verdict in ("crash", "timeout", "invalid", "interrupted") else ""
+    )
     return f"{row.id:4d}  {row.commit[:7] or '-------'}  {row.verdict:<11}  {_value(row.metric):>12}  {row.description}{reason}"
 
 
@@ -103,7 +126,8 @@ def show_text(ledger: Ledger, session: SessionRow, experiment_id: int, metric: s
     row = ledger.experiment(session, experiment_id)
     proposal = ledger.proposal(session, experiment_id)
     lines = [
-        f"experiment {row.id} of session {session.tag}: {row.verdict}" + (f" — {row.reason}" if row.reason else ""),
+        f"experiment {row.id} of session {session.tag}: {row.verdict}"
+        + (f" — {row.reason}" if row.reason else ""),
         f"description: {row.description}",
         f"agent: {row.agent}   commit: {row.commit or '-'}   parent: {row.parent[:10]}",
         f"{metric}: {_value(row.metric)}",

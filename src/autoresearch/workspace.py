@@ -52,7 +52,12 @@ class Git:
 
     def ok(self, *args: str) -> bool:
         """True when the git command exits 0 (for questions such as ``show-ref``)."""
-        return subprocess.run(["git", *args], cwd=self.cwd, capture_output=True, env=self.env).returncode == 0
+        return (
+            subprocess.run(
+                ["git", *args], cwd=self.cwd, capture_output=True, env=self.env
+            ).returncode
+            == 0
+        )
 
 
 def glob_regex(pattern: str) -> re.Pattern[str]:
@@ -170,7 +175,9 @@ class Workspace:
         text = exclude.read_text() if exclude.exists() else ""
         if f"{STATE_DIR}/" not in text.splitlines():
             exclude.parent.mkdir(parents=True, exist_ok=True)
-            exclude.write_text(text + ("" if text.endswith("\n") or not text else "\n") + f"{STATE_DIR}/\n")
+            exclude.write_text(
+                text + ("" if text.endswith("\n") or not text else "\n") + f"{STATE_DIR}/\n"
+            )
 
     def dirty_files(self) -> list[str]:
         out = self.git("status", "--porcelain", "--untracked-files=normal", "--", ".")
@@ -189,9 +196,13 @@ class Workspace:
         dirty = self.dirty_files()
         if dirty:
             shown = ", ".join(dirty[:10]) + (" ..." if len(dirty) > 10 else "")
-            raise WorkspaceError(f"the work tree has uncommitted changes: {shown}; commit or stash them first")
+            raise WorkspaceError(
+                f"the work tree has uncommitted changes: {shown}; commit or stash them first"
+            )
         if self.branch_head() is not None:
-            raise WorkspaceError(f"tag {self.tag!r} is in use (branch {self.branch}); pass --resume or pick another tag")
+            raise WorkspaceError(
+                f"tag {self.tag!r} is in use (branch {self.branch}); pass --resume or pick another tag"
+            )
         head = self.head()
         self.git("update-ref", self.branch_ref, head, "")
         return head
@@ -211,7 +222,11 @@ class Workspace:
         self.git("update-ref", self.discarded_ref(experiment_id), commit)
 
     def discarded_refs(self) -> dict[int, str]:
-        out = self.git("for-each-ref", "--format=%(refname) %(objectname)", f"refs/autoresearch/{self.tag}/discarded/")
+        out = self.git(
+            "for-each-ref",
+            "--format=%(refname) %(objectname)",
+            f"refs/autoresearch/{self.tag}/discarded/",
+        )
         refs = {}
         for line in out.splitlines():
             name, sha = line.split()
@@ -254,7 +269,11 @@ class Workspace:
         files = self._tracked(slot)
         out = {}
         for rel in files:
-            if any(r.match(rel) for r in regexes) and (base / rel).is_file() and not (base / rel).is_symlink():
+            if (
+                any(r.match(rel) for r in regexes)
+                and (base / rel).is_file()
+                and not (base / rel).is_symlink()
+            ):
                 out[rel] = (base / rel).read_text(encoding="utf-8", errors="replace")
         return out
 
@@ -312,7 +331,9 @@ class Workspace:
         return None
 
     def _patch_paths(self, base: Path, patch: str) -> list[str]:
-        out = Git(self._top(base), self._env)("apply", "--numstat", "-z", *self._directory(), input=patch)
+        out = Git(self._top(base), self._env)(
+            "apply", "--numstat", "-z", *self._directory(), input=patch
+        )
         paths: list[str] = []
         fields = out.split("\0")
         i = 0
@@ -329,7 +350,14 @@ class Workspace:
                 paths.extend(fields[i + 1 : i + 3])
                 i += 3
         prefix = "" if self.task_rel == "." else self.task_rel + "/"
-        return [p.removeprefix(prefix) if prefix and p.startswith(prefix) else "../" + p if prefix else p for p in paths]
+        return [
+            p.removeprefix(prefix)
+            if prefix and p.startswith(prefix)
+            else "../" + p
+            if prefix
+            else p
+            for p in paths
+        ]
 
     def _top(self, base: Path) -> Path:
         """The worktree root holding the task folder ``base``."""
@@ -344,7 +372,9 @@ class Workspace:
 
         args = ["apply", "--whitespace=nowarn", "--recount", *self._directory()]
         try:
-            Git(self._top(base), self._env)(*args, *(["--check"] if check_only else []), input=patch)
+            Git(self._top(base), self._env)(
+                *args, *(["--check"] if check_only else []), input=patch
+            )
         except WorkspaceError as exc:
             raise ProposalError(f"the patch does not apply: {exc}") from exc
 
@@ -358,7 +388,9 @@ class Workspace:
 
     def _check_changes(self, slot: int) -> None:
         """Every changed or new file in the worktree must be editable (whoever wrote it)."""
-        out = Git(self.slot_dir(slot), self._env)("status", "--porcelain", "-z", "--untracked-files=all", "--", ".")
+        out = Git(self.slot_dir(slot), self._env)(
+            "status", "--porcelain", "-z", "--untracked-files=all", "--", "."
+        )
         entries = iter(out.split("\0"))
         for entry in entries:
             if not entry:

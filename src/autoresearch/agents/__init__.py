@@ -42,4 +42,13 @@ def get_agent(name_or_obj: str | Agent, **options: Any) -> Agent:
     raise ConfigError(f"unknown agent {name!r}; choose one of: {', '.join(AGENT_NAMES)}")
 
 
-__all__ = ["AGENT_NAMES", "Agent", "Context", "Edit", "HistoryRow", "Proposal", "Usage", "get_agent"]
+__all__ = [
+    "AGENT_NAMES",
+    "Agent",
+    "Context",
+    "Edit",
+    "HistoryRow",
+    "Proposal",
+    "Usage",
+    "get_agent",
+]

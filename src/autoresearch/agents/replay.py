@@ -37,7 +37,8 @@ def parse_patch_file(name: str, text: str) -> Proposal:
         start = text.find("diff --git") if "diff --git" in text else text.find("--- ")
         return Proposal(description=description, patch=text[start:], meta={"patch": name})
     edits = tuple(
-        Edit(path=m["path"].strip(), search=m["search"], replace=m["replace"]) for m in _BLOCK.finditer(text)
+        Edit(path=m["path"].strip(), search=m["search"], replace=m["replace"])
+        for m in _BLOCK.finditer(text)
     )
     if not edits:
         raise ProposalError(f"patch {name}: neither a unified diff nor search/replace blocks")
@@ -67,7 +68,9 @@ class ReplayAgent:
         self.folder = Path(patches)
         if not self.folder.is_dir():
             raise ConfigError(f"--patches {self.folder}: not a folder")
-        self.files = sorted(p for p in self.folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        self.files = sorted(
+            p for p in self.folder.iterdir() if p.is_file() and not p.name.startswith(".")
+        )
 
     def propose(self, context: Context) -> Proposal:
         used = {str(row.meta.get("patch")) for row in context.history if row.meta.get("patch")}
@@ -77,4 +80,6 @@ class ReplayAgent:
                     return parse_patch_file(path.name, path.read_text(encoding="utf-8"))
                 except (ProposalError, UnicodeDecodeError) as exc:
                     raise ProposalError(str(exc), meta={"patch": path.name}) from exc
-        raise AgentExhausted(f"replay: all {len(self.files)} patches in {self.folder} have been used")
+        raise AgentExhausted(
+            f"replay: all {len(self.files)} patches in {self.folder} have been used"
+        )

@@ -8,6 +8,7 @@ evaluation. Whatever a step leaves behind in its process group is killed when it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -77,10 +78,8 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _kill_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class StepRunner:
@@ -112,7 +111,9 @@ class StepRunner:
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         start_new_session=True)  # fmt: skip
             except OSError as exc:
-                raise ExecutorError(f"cannot start {name} step {command!r} in {cwd}: {exc}") from exc
+                raise ExecutorError(
+                    f"cannot start {name} step {command!r} in {cwd}: {exc}"
+                ) from exc
             with self._lock:
                 self._groups.add(proc.pid)
             pidfile = log.with_suffix(".pid")  # lets a resumed session kill what a dead one left
@@ -123,10 +124,8 @@ class StepRunner:
             except subprocess.TimeoutExpired:
                 timed_out = True
                 _kill_group(proc.pid, signal.SIGTERM)
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=TERM_GRACE)
-                except subprocess.TimeoutExpired:
-                    pass
             finally:
                 _kill_group(proc.pid, signal.SIGKILL)  # leftovers in the group die with the step
                 proc.wait()
@@ -155,7 +154,12 @@ def execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None = None) 
             return _result(job, steps, *failure)
         tampered = _tampered(job)
         if tampered:
-            return _result(job, steps, RunStatus.INVALID, f"the {name} step changed protected files: {', '.join(tampered)}")
+            return _result(
+                job,
+                steps,
+                RunStatus.INVALID,
+                f"the {name} step changed protected files: {', '.join(tampered)}",
+            )
     return _measure(job, steps)
 
 
@@ -213,7 +217,9 @@ class LocalExecutor:
         if slots < 1:
             raise ExecutorError(f"slots must be >= 1, got {slots}")
         if gpus is not None and len(gpus) < slots:
-            raise ExecutorError(f"{slots} slots but only {len(gpus)} GPUs given ({', '.join(gpus)})")
+            raise ExecutorError(
+                f"{slots} slots but only {len(gpus)} GPUs given ({', '.join(gpus)})"
+            )
         self._slots, self._gpus, self._env = slots, list(gpus or []), env
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="autoresearch-slot")
         self._runner = StepRunner()

@@ -41,7 +41,9 @@ def default_size(name: str) -> str | None:
     return "h100" if on_gpu and "h100" in sizes else ("cpu" if "cpu" in sizes else sizes[0])
 
 
-def write_template(name: str, dest: Path, *, size: str | None = None, overwrite: bool = False) -> list[Path]:
+def write_template(
+    name: str, dest: Path, *, size: str | None = None, overwrite: bool = False
+) -> list[Path]:
     """Copy template ``name`` (with its ``size`` preset) into ``dest``; return the files written."""
     folder = _folder(name)
     sizes = presets(name)
@@ -67,11 +69,15 @@ def write_template(name: str, dest: Path, *, size: str | None = None, overwrite:
 def _folder(name: str) -> Traversable:
     folder = resources.files("autoresearch.templates") / name
     if not folder.is_dir() or name.startswith("_"):
-        raise ConfigError(f"unknown template {name!r}; available: {', '.join(available()) or 'none'}")
+        raise ConfigError(
+            f"unknown template {name!r}; available: {', '.join(available()) or 'none'}"
+        )
     return folder
 
 
-def _walk(folder: Traversable, *, skip_presets: bool, prefix: str = "") -> list[tuple[str, Traversable]]:
+def _walk(
+    folder: Traversable, *, skip_presets: bool, prefix: str = ""
+) -> list[tuple[str, Traversable]]:
     out: list[tuple[str, Traversable]] = []
     for item in folder.iterdir():
         if item.name in ("__pycache__",) or (skip_presets and item.name == PRESETS_DIR):
@@ -131,7 +137,9 @@ def init_plain(dest: Path, *, force: bool = False) -> list[Path]:
     return written
 
 
-def init_template(name: str, dest: Path, *, size: str | None = None, force: bool = False) -> list[Path]:
+def init_template(
+    name: str, dest: Path, *, size: str | None = None, force: bool = False
+) -> list[Path]:
     """Create ``dest`` as a git repository holding template ``name``, committed."""
     import subprocess
 
@@ -147,7 +155,12 @@ def init_template(name: str, dest: Path, *, size: str | None = None, force: bool
     git("add", "-A")
     env_identity = ["-c", "user.name=autoresearch", "-c", "user.email=autoresearch@localhost"]
     has_identity = bool(git("config", "user.email", check=False))
-    args = ([] if has_identity else env_identity) + ["commit", "-q", "-m", f"autoresearch template {name}"]
+    args = ([] if has_identity else env_identity) + [
+        "commit",
+        "-q",
+        "-m",
+        f"autoresearch template {name}",
+    ]
     done = subprocess.run(["git", *args], cwd=dest, capture_output=True, text=True)
     if done.returncode != 0:
         raise ConfigError(f"{dest}: could not commit the template: {done.stderr.strip()}")
