@@ -116,3 +116,23 @@ def test_ctrl_c_finishes_the_experiment_then_stops(tmp_path: Path) -> None:
     assert (
         len(log_lines) == 3 and "discard" in log_lines[2]
     )  # finished and recorded; patch 02 never ran
+
+
+def test_second_ctrl_c_kills_the_run_and_records_it(tmp_path: Path) -> None:
+    repo = toy(tmp_path)
+    hang = "# hang\nparams.py\n<<<<<<< SEARCH\nY = 2.0\n=======\nY = 2.0\nimport time\ntime.sleep(60)\n>>>>>>> REPLACE\n"
+    patches = write_patch_dir(tmp_path / "p", {"01": hang})
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", "--tag", "k", "--agent", "replay",
+                             "--patches", str(patches)], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    log = repo / ".autoresearch" / "logs" / "k" / "0001-0.log"
+    deadline = time.monotonic() + 30
+    while not log.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Ctrl-C again: killing" in err
+    assert "interrupted" in ar("log", cwd=repo).stdout.splitlines()[2]

@@ -259,3 +259,35 @@ def test_parallel_slots(tmp_path: Path) -> None:
     judged = [r for r in rows if r.verdict in ("baseline", "keep")]
     assert summary.best_metric == min(r.metric for r in judged if r.metric is not None) <= 5.0
     assert git(repo, "rev-parse", "autoresearch/t") == summary.best_commit
+
+
+def test_replay_of_git_diffs_and_linked_untracked_data(tmp_path: Path) -> None:
+    repo = toy(tmp_path, extra="")
+    toml = (repo / "autoresearch.toml").read_text().replace("[task]\n", '[task]\nlink = ["data"]\n')
+    (repo / "autoresearch.toml").write_text(toml)
+    (repo / ".gitignore").write_text("data/\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "link data")
+    (repo / "data").mkdir()
+    (repo / "data" / "offset.txt").write_text("0.5\n")
+    diff = (
+        "From 0000 Mon Sep 17 00:00:00 2001\nSubject: [PATCH] read the offset from data/\n\n"
+        "diff --git a/params.py b/params.py\n--- a/params.py\n+++ b/params.py\n@@ -1,3 +1,4 @@\n"
+        " # Constants the agent tunes. The score is smallest at X = 3.0, Y = -1.0.\n"
+        "-X = 1.0\n+import pathlib\n+X = 2.0 + float(pathlib.Path('data/offset.txt').read_text())\n Y = 2.0\n"
+    )
+    engine, _ = run_session(repo, write_patch_dir(tmp_path / "p", {"01.patch": diff}))
+    row = engine.ledger.experiment(engine.session, 1)
+    assert (row.verdict, row.metric, row.description) == (
+        "keep",
+        9.25,
+        "read the offset from data/",
+    )
+
+
+def test_max_hours_stops_after_the_baseline(tmp_path: Path) -> None:
+    engine, _ = run_session(
+        toy(tmp_path), write_patch_dir(tmp_path / "p", {"01": PATCHES["01-improve"]}), max_hours=0.0
+    )
+    assert engine.summary().stop_reason == "reached --max-hours 0"
+    assert [r.verdict for r in engine.ledger.experiments(engine.session)] == ["baseline"]
