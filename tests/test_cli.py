@@ -96,17 +96,35 @@ def test_prepare_runs_the_setup_step(tmp_path: Path) -> None:
     assert (repo / "prepared.txt").read_text().strip() == str(repo.resolve())
 
 
+def start_in_first_experiment(repo: Path, patches: Path, tag: str) -> subprocess.Popen[str]:
+    """Start `autoresearch run` and return once experiment 1's run has started."""
+    command = [
+        sys.executable,
+        "-m",
+        "autoresearch",
+        "run",
+        "--tag",
+        tag,
+        "--agent",
+        "replay",
+        "--patches",
+        str(patches),
+    ]
+    proc = subprocess.Popen(
+        command, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    log = repo / ".autoresearch" / "logs" / tag / "0001-0.log"
+    deadline = time.monotonic() + 30
+    while not log.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return proc
+
+
 def test_ctrl_c_finishes_the_experiment_then_stops(tmp_path: Path) -> None:
     repo = toy(tmp_path)
     slow = "# slow\nparams.py\n<<<<<<< SEARCH\nY = 2.0\n=======\nY = 2.0\nimport time\ntime.sleep(2)\n>>>>>>> REPLACE\n"
     patches = write_patch_dir(tmp_path / "p", {"01": slow, "02": PATCHES["01-improve"]})
-    proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", "--tag", "c", "--agent", "replay",
-                             "--patches", str(patches)], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
-    log = repo / ".autoresearch" / "logs" / "c" / "0001-0.log"
-    deadline = time.monotonic() + 30
-    while not log.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc = start_in_first_experiment(repo, patches, "c")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
@@ -122,13 +140,7 @@ def test_second_ctrl_c_kills_the_run_and_records_it(tmp_path: Path) -> None:
     repo = toy(tmp_path)
     hang = "# hang\nparams.py\n<<<<<<< SEARCH\nY = 2.0\n=======\nY = 2.0\nimport time\ntime.sleep(60)\n>>>>>>> REPLACE\n"
     patches = write_patch_dir(tmp_path / "p", {"01": hang})
-    proc = subprocess.Popen([sys.executable, "-m", "autoresearch", "run", "--tag", "k", "--agent", "replay",
-                             "--patches", str(patches)], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
-    log = repo / ".autoresearch" / "logs" / "k" / "0001-0.log"
-    deadline = time.monotonic() + 30
-    while not log.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc = start_in_first_experiment(repo, patches, "k")
     proc.send_signal(signal.SIGINT)
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
