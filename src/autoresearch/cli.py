@@ -174,6 +174,8 @@ def _agent_options(args: argparse.Namespace, config: TaskConfig) -> dict[str, An
         )
     if args.agent == "tuner":
         options.setdefault("seed", args.seed)
+    if args.agent in ("anthropic", "openai") and config.cost.models:
+        options.setdefault("prices", config.cost.models)
     return options
 
 

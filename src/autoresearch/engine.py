@@ -26,6 +26,7 @@ from typing import Any
 
 from autoresearch.agents._base import Agent, Context, HistoryRow, Proposal, Usage
 from autoresearch.config import TaskConfig
+from autoresearch.cost import compute_cost
 from autoresearch.errors import (
     AgentError,
     AgentExhausted,
@@ -135,6 +136,7 @@ class Engine:
         self._requeue: list[ExperimentRow] = []  # pending experiments to run again (resume)
         self._stop = ""
         self._protected: dict[str, str] | None = None
+        self._warned_unknown_cost = False
         self._interrupts = 0
         self._started = time.monotonic()
         self.session: SessionRow
@@ -175,7 +177,8 @@ class Engine:
         base = ws.start()
         return self.ledger.create_session(
             opts.tag, ws.branch, base, getattr(self.agent, "name", type(self.agent).__name__),
-            self.config.metric.name, self.config.metric.direction, {"seed": opts.seed},
+            self.config.metric.name, self.config.metric.direction,
+            {"seed": opts.seed, "gpu_price": self._gpu_price()},
         )  # fmt: skip
 
     def _repair(self) -> None:
@@ -315,6 +318,11 @@ class Engine:
             why = f" (last: {last.verdict}: {last.reason})" if last else ""
             return f"{failures} crashes/invalid experiments in a row{why}"
         if opts.max_cost is not None:
+            if any(r.cost_usd is None for r in rows) and not self._warned_unknown_cost:
+                self._warned_unknown_cost = True
+                self._say(
+                    "warning: some proposals have no known price; --max-cost counts them as $0"
+                )
             spent = self.spent(rows)
             per = spent / max(1, len(done))
             if spent + per > opts.max_cost:
@@ -324,13 +332,12 @@ class Engine:
     def spent(self, rows: list[ExperimentRow] | None = None) -> float:
         """Dollars so far: agent tokens plus compute at the GPU price."""
         rows = self.ledger.experiments(self.session) if rows is None else rows
-        price = (
-            self.options.gpu_price
-            if self.options.gpu_price is not None
-            else self.config.cost.gpu_per_hour
-        )
         tokens = sum(r.cost_usd or 0.0 for r in rows)
-        return tokens + sum(r.compute_seconds for r in rows) * price / 3600.0
+        return tokens + compute_cost(sum(r.compute_seconds for r in rows), self._gpu_price())
+
+    def _gpu_price(self) -> float:
+        price = self.options.gpu_price
+        return self.config.cost.gpu_per_hour if price is None else price
 
     def _propose_and_launch(self, slot: int) -> None:
         best = self._best()

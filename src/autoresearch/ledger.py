@@ -68,6 +68,7 @@ class SessionRow:
     stop_reason: str
     noise: float | None
     setup_done: bool
+    config: Mapping[str, Any] = field(default_factory=dict)  # options the session started with
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,7 @@ class Ledger:
     def session(self, tag: str | None = None) -> SessionRow:
         """The session with ``tag``, or the most recent one."""
         sql = "SELECT id, tag, branch, base_commit, agent, metric, direction, created, updated, status,"
-        sql += " stop_reason, noise, setup_done FROM sessions "
+        sql += " stop_reason, noise, setup_done, config FROM sessions "
         row = self._db.execute(
             sql + ("WHERE tag = ?" if tag else "ORDER BY created DESC, id DESC LIMIT 1"),
             (tag,) if tag else (),
@@ -198,6 +199,7 @@ class Ledger:
             )
         values: list[Any] = list(row)
         values[12] = bool(values[12])
+        values[13] = json.loads(values[13])
         return SessionRow(*values)
 
     def has_session(self, tag: str) -> bool:

@@ -6,6 +6,7 @@ import datetime as _dt
 from collections.abc import Sequence
 
 from autoresearch.config import TaskConfig
+from autoresearch.cost import compute_cost
 from autoresearch.engine import ExperimentEvent, SessionSummary
 from autoresearch.ledger import ExperimentRow, Ledger, SessionRow, best_row
 
@@ -87,15 +88,17 @@ def status_text(config: TaskConfig, ledger: Ledger, session: SessionRow) -> str:
     for row in rows:
         counts[row.verdict] = counts.get(row.verdict, 0) + 1
     lines.append(f"experiments: {len(rows)} ({_counts(counts)})")
-    lines.extend(_spend_lines(config, rows))
+    lines.extend(
+        _spend_lines(float(session.config.get("gpu_price", config.cost.gpu_per_hour)), rows)
+    )
     lines.append("last experiments:")
     lines.extend("  " + _log_line(r) for r in rows[-5:])
     return "\n".join(lines)
 
 
-def _spend_lines(config: TaskConfig, rows: Sequence[ExperimentRow]) -> list[str]:
+def _spend_lines(gpu_per_hour: float, rows: Sequence[ExperimentRow]) -> list[str]:
     tokens = sum(r.cost_usd or 0.0 for r in rows)
-    compute = sum(r.compute_seconds for r in rows) * config.cost.gpu_per_hour / 3600
+    compute = compute_cost(sum(r.compute_seconds for r in rows), gpu_per_hour)
     unknown = sum(1 for r in rows if r.cost_usd is None)
     if not tokens and not compute and not unknown:
         return []

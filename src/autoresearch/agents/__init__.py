@@ -18,27 +18,37 @@ def get_agent(name_or_obj: str | Agent, **options: Any) -> Agent:
     """
     if not isinstance(name_or_obj, str):
         return name_or_obj
-    name = name_or_obj
+    backend = _backend(name_or_obj)
+    try:
+        return backend(**options)
+    except TypeError as exc:
+        raise ConfigError(
+            f"agent {name_or_obj!r}: bad option ({exc}); check [agent.{name_or_obj}]"
+        ) from exc
+
+
+def _backend(name: str) -> Any:
+    """The class of backend ``name``; its optional dependencies are imported only here."""
     if name == "replay":
         from autoresearch.agents.replay import ReplayAgent
 
-        return ReplayAgent(**options)
+        return ReplayAgent
     if name == "tuner":
         from autoresearch.agents.tuner import TunerAgent
 
-        return TunerAgent(**options)
+        return TunerAgent
     if name == "anthropic":
         from autoresearch.agents.anthropic import AnthropicAgent
 
-        return AnthropicAgent(**options)
+        return AnthropicAgent
     if name == "openai":
         from autoresearch.agents.openai import OpenAIAgent
 
-        return OpenAIAgent(**options)
+        return OpenAIAgent
     if name == "command":
         from autoresearch.agents.command import CommandAgent
 
-        return CommandAgent(**options)
+        return CommandAgent
     raise ConfigError(f"unknown agent {name!r}; choose one of: {', '.join(AGENT_NAMES)}")
 
 

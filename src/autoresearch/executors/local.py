@@ -28,9 +28,14 @@ TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL of a timed-out group
 TAIL_LINES = 40
 
 
+# Credentials of the agents' APIs: code the agent wrote must never see them (it could print
+# them into logs and the ledger).
+SECRET_ENV = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "OPENAI_API_KEY", "OPENAI_ADMIN_KEY")
+
+
 def run_environment(job: Job, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of a run: the caller's, plus the job's, plus the AUTORESEARCH_* contract."""
-    env = dict(os.environ if base is None else base)
+    """The environment of a run: the caller's less API keys, plus the job's, plus AUTORESEARCH_*."""
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in SECRET_ENV}
     env.update(job.env)
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")  # `python` is the interpreter we run on

@@ -1,0 +1,525 @@
+"""What an LLM agent is told, and how its reply becomes a ``Proposal``: one place for every backend.
+
+A ``Context`` is rendered in three parts, in an order that keeps provider prompt caches warm:
+
+- ``system``: the rules, the research brief (program.md) and the read-only context files.
+  Stable for a whole session, so Anthropic caches it once and OpenAI's automatic prefix
+  cache reuses it.
+- ``code``: the editable files in full, as they are at the parent commit. It changes only
+  when an experiment is kept, so it is cached too.
+- ``variable``: the state (best and baseline metric, noise), the history table trimmed to a
+  token budget, the last failure's log tail and why the last proposal was rejected.
+
+The reply is one call of the tool ``propose_change(description, rationale, edits[])``;
+``parse_proposal`` turns its arguments into a ``Proposal`` or raises ``ProposalError`` with
+a reason the model will read next time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any, TypeVar
+
+from autoresearch.agents._base import Context, Edit, HistoryRow, Proposal
+from autoresearch.errors import AgentUnavailable, ProposalError
+
+log = logging.getLogger(__name__)
+
+TOOL_NAME = "propose_change"
+DEFAULT_HISTORY_TOKENS = 6000  # budget of the history table (about 200 rows)
+LOG_TAIL_LINES = 60
+LOG_TAIL_CHARS = 4000
+DESCRIPTION_CHARS = 200
+MAX_BACKOFF = 600.0  # seconds between two failed calls, at most
+
+TOOL_DESCRIPTION = (
+    "Propose the next experiment: one focused change to the editable files. "
+    "The harness applies the edits, runs the code under the time budget and measures the metric."
+)
+
+_EDIT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "path": {"type": "string", "description": "File to change, relative to the task root."},
+        "search": {
+            "type": "string",
+            "description": "Exact text copied from the current file; must match exactly once.",
+        },
+        "replace": {"type": "string", "description": "Text that replaces `search`."},
+        "content": {
+            "type": "string",
+            "description": "The whole new file; use instead of search/replace to rewrite or create a file.",
+        },
+    },
+    "required": ["path"],
+}
+
+TOOL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "description": {
+            "type": "string",
+            "description": "One line, under 100 characters: what this experiment changes.",
+        },
+        "rationale": {
+            "type": "string",
+            "description": "Why you expect it to improve the metric, given the history.",
+        },
+        "edits": {
+            "type": "array",
+            "minItems": 1,
+            "description": "Each edit is {path, search, replace} or {path, content}.",
+            "items": _EDIT_SCHEMA,
+        },
+    },
+    "required": ["description", "rationale", "edits"],
+}
+
+_RULES = """\
+You are an autonomous research engineer. Each turn you propose ONE experiment: a focused
+change to the code. A trusted harness runs the changed code under a fixed time budget and
+measures `{metric}` ({better} is better). A change that beats the best result by more than
+the noise is kept and becomes the code you edit next; anything else is discarded.
+
+Rules:
+- Reply by calling the tool `{tool}` exactly once. If you cannot call tools, reply
+  with one JSON object with the tool's fields (description, rationale, edits) and nothing else.
+- Only these files may be changed: {editable}. Every other file, the harness included, is
+  read-only: an edit to it is rejected.
+- An edit is either {{path, search, replace}} or {{path, content}}. `search` must be copied
+  exactly from the current file and match exactly once: include enough surrounding lines.
+  `content` replaces (or creates) the whole file.
+- `description` is one line under 100 characters (e.g. "double the learning rate to 0.08");
+  it goes in the results table. `rationale` says why it should help.
+- Change one idea at a time, so the result says something. Learn from the history: do not
+  repeat a discarded idea unchanged; crashes and timeouts show what breaks.
+- The run must finish within the time budget; code that crashes or runs over is discarded.
+"""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A rendered context: the cacheable parts first, the per-experiment part last."""
+
+    system: str  # rules, brief, read-only files: stable for the session
+    code: str  # the editable files: stable until the next keep
+    variable: str  # state, history, last failure, last rejection
+
+    @property
+    def user(self) -> str:
+        """The user message: the code, then the variable part."""
+        return f"{self.code}\n\n{self.variable}"
+
+    @property
+    def text(self) -> str:
+        """Everything as one document."""
+        return f"{self.system}\n\n{self.user}"
+
+
+def estimate_tokens(text: str) -> int:
+    """A cheap token estimate (about four characters a token), for budgets only."""
+    return len(text) // 4 + 1
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+
+def render(context: Context, *, history_tokens: int = DEFAULT_HISTORY_TOKENS) -> Prompt:
+    """The prompt of an API agent: files in full, the history trimmed to ``history_tokens``."""
+    system = "\n\n".join(
+        [_rules(context), _brief(context), _files("Read-only files", context.readonly)]
+    )
+    code = _files(
+        "Editable files (the current best code; your edits apply to this text)", context.editable
+    )
+    task = f"# Task\n\nPropose experiment #{context.experiment_id} now: call `{TOOL_NAME}`."
+    variable = "\n\n".join([*_variable_sections(context, history_tokens), task])
+    return Prompt(system=system.strip(), code=code, variable=variable)
+
+
+def render_brief(
+    context: Context, description_file: str, *, history_tokens: int = DEFAULT_HISTORY_TOKENS
+) -> str:
+    """The prompt of a coding-agent CLI that works in a checkout and reads the files itself."""
+    editable = ", ".join(context.editable_globs or tuple(context.editable)) or "(none)"
+    readonly = ", ".join(context.readonly) or "(none)"
+    head = f"""\
+# Research experiment #{context.experiment_id}
+
+You are working in a git checkout of the current best code of a research task. Make ONE
+focused change that you expect to improve `{context.metric_name}` ({_better(context)} is better),
+by editing files in this directory. A trusted harness will run the code afterwards under a
+fixed time budget and keep the change only if it beats the best result by more than the noise.
+
+Rules:
+- Only these files may be changed: {editable}. Others (read them, do not change them): {readonly}.
+  A change to any other file makes the whole experiment invalid.
+- Do not commit, do not switch branches, and do not run the full experiment yourself.
+- When done, write a one-line description of the change (under 100 characters) as the first
+  line of the file {description_file}, then a blank line and your rationale.
+"""
+    sections = [head, _brief(context), *_variable_sections(context, history_tokens)]
+    return "\n\n".join(s for s in sections if s).strip() + "\n"
+
+
+def _better(context: Context) -> str:
+    return "lower" if context.direction == "minimize" else "higher"
+
+
+def _rules(context: Context) -> str:
+    editable = ", ".join(context.editable_globs or tuple(context.editable)) or "(none)"
+    return _RULES.format(
+        metric=context.metric_name, better=_better(context), tool=TOOL_NAME, editable=editable
+    ).strip()
+
+
+def _brief(context: Context) -> str:
+    text = context.instructions.strip()
+    return f"# Research brief\n\n{text}" if text else ""
+
+
+def _fence(text: str) -> str:
+    """A backtick fence longer than any run of backticks inside ``text``."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def _file_block(path: str, text: str) -> str:
+    fence = _fence(text)
+    body = text if text.endswith("\n") or not text else text + "\n"
+    return f"## {path}\n\n{fence}\n{body}{fence}"
+
+
+def _files(title: str, files: Mapping[str, str]) -> str:
+    if not files:
+        return ""
+    return "\n\n".join([f"# {title}", *(_file_block(p, t) for p, t in sorted(files.items()))])
+
+
+def _variable_sections(context: Context, history_tokens: int) -> list[str]:
+    sections = [_state(context), history_table(context, history_tokens)]
+    if context.last_failure.strip():
+        tail = log_tail(context.last_failure)
+        fence = _fence(tail)
+        sections.append(f"# Last failure (log tail)\n\n{fence}\n{tail}\n{fence}")
+    if context.last_rejection.strip():
+        sections.append(
+            "# Your previous proposal was rejected\n\n"
+            f"{context.last_rejection.strip()}\n\nFix this in the next proposal."
+        )
+    return [s for s in sections if s]
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else format(value, ".6g")
+
+
+def _state(context: Context) -> str:
+    lines = [f"# State\n\n- metric: `{context.metric_name}`, {_better(context)} is better"]
+    lines.append(f"- best so far: {_num(context.best_metric)}")
+    lines.append(f"- baseline (unchanged code): {_num(context.baseline_metric)}")
+    if context.noise is not None:
+        lines.append(
+            f"- noise (std of the metric between baseline runs): {_num(context.noise)}; "
+            "smaller differences are chance"
+        )
+    if context.time_budget:
+        lines.append(f"- time budget per run: {context.time_budget:g} s")
+    return "\n".join(lines)
+
+
+# --- history ----------------------------------------------------------------------------------
+
+_ALWAYS = ("baseline", "keep")
+
+
+def _one_line(text: str, limit: int) -> str:
+    flat = " ".join(text.split()).replace("|", "/")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _deltas(rows: Sequence[HistoryRow], direction: str) -> dict[int, float | None]:
+    """Each row's metric minus the best recorded before it (negative is better when minimizing)."""
+    best: float | None = None
+    out: dict[int, float | None] = {}
+    for row in rows:
+        out[row.id] = None if row.metric is None or best is None else row.metric - best
+        if row.verdict in _ALWAYS and row.metric is not None:
+            beats = best is None or (
+                row.metric < best if direction == "minimize" else row.metric > best
+            )
+            best = row.metric if beats else best
+    return out
+
+
+def _row_line(row: HistoryRow, delta: float | None) -> str:
+    text = row.description
+    if row.reason and row.verdict not in _ALWAYS:
+        text = f"{text} ({row.verdict}: {row.reason})"
+    shown = "-" if delta is None else f"{delta:+.6g}"
+    return f"| {row.id} | {row.verdict} | {_num(row.metric)} | {shown} | {_one_line(text, 160)} |"
+
+
+def _priority(rows: Sequence[HistoryRow]) -> list[HistoryRow]:
+    """Rows that are not always shown, most informative first: two recent discards for each
+    recent failure (crash, timeout, invalid), newest first."""
+    discards = [r for r in reversed(rows) if r.verdict == "discard"]
+    failures = [r for r in reversed(rows) if r.verdict not in (*_ALWAYS, "discard")]
+    order: list[HistoryRow] = []
+    for i in range(max(len(discards) // 2 + 1, len(failures))):
+        order += discards[2 * i : 2 * i + 2] + failures[i : i + 1]
+    return order
+
+
+def select_history(
+    rows: Sequence[HistoryRow], budget_tokens: int, direction: str
+) -> list[HistoryRow]:
+    """The rows shown: all baselines and keeps, then recent discards and failures while the
+    table fits ``budget_tokens``; in their original order."""
+    deltas = _deltas(rows, direction)
+    chosen = {r.id for r in rows if r.verdict in _ALWAYS}
+    used = sum(estimate_tokens(_row_line(r, deltas[r.id])) for r in rows if r.id in chosen)
+    for row in _priority(rows):
+        cost = estimate_tokens(_row_line(row, deltas[row.id]))
+        if used + cost > budget_tokens:
+            break
+        chosen.add(row.id)
+        used += cost
+    return [r for r in rows if r.id in chosen]
+
+
+def history_table(context: Context, budget_tokens: int = DEFAULT_HISTORY_TOKENS) -> str:
+    """The history as a table trimmed to ``budget_tokens``, with a note on what was left out."""
+    rows = context.history
+    if not rows:
+        return "# History\n\nNo experiments yet."
+    shown = select_history(rows, budget_tokens, context.direction)
+    deltas = _deltas(rows, context.direction)
+    head = [
+        f"# History ({len(rows)} experiments, oldest first; delta = metric minus the best before it)",
+        "",
+        "| id | verdict | metric | delta | description |",
+        "|---|---|---|---|---|",
+    ]
+    lines = head + [_row_line(r, deltas[r.id]) for r in shown]
+    shown_ids = {r.id for r in shown}
+    left_out = _count_verdicts(r for r in rows if r.id not in shown_ids)
+    if left_out:
+        lines += ["", f"({left_out} left out to save space)"]
+    return "\n".join(lines)
+
+
+def _count_verdicts(rows: Iterable[HistoryRow]) -> str:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.verdict] = counts.get(row.verdict, 0) + 1
+    return ", ".join(f"{n} older {verdict}" for verdict, n in sorted(counts.items()))
+
+
+def log_tail(text: str, lines: int = LOG_TAIL_LINES, chars: int = LOG_TAIL_CHARS) -> str:
+    """The last ``lines`` lines of a log, at most ``chars`` characters."""
+    tail = "\n".join(text.rstrip().splitlines()[-lines:])
+    return tail if len(tail) <= chars else "…" + tail[-chars:]
+
+
+# --- parsing the reply --------------------------------------------------------------------------
+
+
+def parse_proposal(arguments: str | Mapping[str, Any] | None) -> Proposal:
+    """A ``Proposal`` from ``propose_change`` arguments (a JSON string or an object).
+
+    Raises ``ProposalError`` naming what is wrong, so the model can fix it next time.
+    """
+    args = _load_arguments(arguments)
+    description = _optional_str(args, "description")
+    rationale = _optional_str(args, "rationale")
+    edits = _edits(args.get("edits"))
+    line = next((x.strip() for x in (description or rationale).splitlines() if x.strip()), "")
+    if not line:
+        raise ProposalError(
+            f"{TOOL_NAME}: 'description' is empty; give one line saying what changes"
+        )
+    return Proposal(
+        description=_one_line(line, DESCRIPTION_CHARS), rationale=rationale.strip(), edits=edits
+    )
+
+
+def _load_arguments(arguments: str | Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if arguments is None:
+        raise ProposalError(f"{TOOL_NAME} was called without arguments")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError as exc:
+            raise ProposalError(
+                f"{TOOL_NAME} arguments are not valid JSON ({exc.msg} at position {exc.pos})"
+            ) from exc
+    if not isinstance(arguments, Mapping):
+        raise ProposalError(
+            f"{TOOL_NAME} arguments must be a JSON object, got {type(arguments).__name__}"
+        )
+    return arguments
+
+
+def _optional_str(args: Mapping[str, Any], key: str) -> str:
+    value = args.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ProposalError(f"{TOOL_NAME}: '{key}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def _edits(raw: Any) -> tuple[Edit, ...]:
+    if isinstance(raw, str):  # some models send the list JSON-encoded a second time
+        with contextlib.suppress(json.JSONDecodeError):
+            raw = json.loads(raw)
+    if isinstance(raw, Mapping):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise ProposalError(
+            f"{TOOL_NAME}: 'edits' must be a non-empty list of {{path, search, replace}} "
+            "or {path, content} objects"
+        )
+    return tuple(_edit(i, item) for i, item in enumerate(raw))
+
+
+def _edit(index: int, item: Any) -> Edit:
+    where = f"{TOOL_NAME}: edits[{index}]"
+    if not isinstance(item, Mapping):
+        raise ProposalError(f"{where} must be an object, got {type(item).__name__}")
+    fields: dict[str, str | None] = {}
+    for key in ("path", "search", "replace", "content"):
+        value = item.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ProposalError(f"{where}: '{key}' must be a string, got {type(value).__name__}")
+        fields[key] = value
+    path = _clean_path(where, fields["path"])
+    search, replace, content = fields["search"], fields["replace"], fields["content"]
+    if content is not None and search is None and replace is None:
+        return Edit(path=path, content=content)
+    if content is not None:
+        raise ProposalError(
+            f"{where} to {path}: give either content, or search and replace, not both"
+        )
+    if not search or replace is None:
+        raise ProposalError(f"{where} to {path}: a non-empty 'search' and a 'replace' are required")
+    return Edit(path=path, search=search, replace=replace)
+
+
+def _clean_path(where: str, path: str | None) -> str:
+    if not path or not path.strip():
+        raise ProposalError(f"{where}: 'path' is missing")
+    clean = PurePosixPath(path.strip().replace("\\", "/"))
+    if clean.is_absolute() or ".." in clean.parts:
+        raise ProposalError(
+            f"{where}: path {path!r} must be relative to the task root, without '..'"
+        )
+    return clean.as_posix()
+
+
+def parse_text_reply(text: str) -> Proposal:
+    """A ``Proposal`` from a reply that called no tool but wrote the arguments as JSON."""
+    for candidate in _json_candidates(text):
+        try:
+            args = json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(args, dict) and "edits" in args:
+            return parse_proposal(args)
+    preview = _one_line(text, 200) or "(empty reply)"
+    raise ProposalError(f"the reply did not call {TOOL_NAME}; it said: {preview}")
+
+
+def _json_candidates(text: str) -> list[str]:
+    fenced = re.findall(r"```(?:json)?\s*\n(.*?)\n\s*```", text, flags=re.DOTALL)
+    start, end = text.find("{"), text.rfind("}")
+    whole = [text[start : end + 1]] if 0 <= start < end else []
+    return fenced + whole
+
+
+# --- the call -------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def call_with_retries(
+    call: Callable[[], T],
+    *,
+    agent: str,
+    errors: tuple[type[Exception], ...],
+    transient: Callable[[Exception], bool],
+    max_failures: int,
+    backoff: float,
+    secrets: Sequence[str] = (),
+) -> T:
+    """``call()``, tried again after a transient error (the SDK has already retried it).
+
+    ``max_failures`` transient errors in a row, or one error that retrying cannot fix
+    (a bad key, an unknown model), raise ``AgentUnavailable``: the session stops.
+    """
+    failures = 0
+    while True:
+        try:
+            return call()
+        except errors as exc:
+            message = redact(f"{type(exc).__name__}: {exc}", secrets)
+            if not transient(exc):
+                raise AgentUnavailable(f"{agent}: {message}") from exc
+            failures += 1
+            if failures >= max(1, max_failures):
+                raise AgentUnavailable(
+                    f"{agent}: the backend failed {failures} times in a row; last error: {message}"
+                ) from exc
+            wait = min(backoff * 2 ** (failures - 1), MAX_BACKOFF)
+            log.warning("%s: %s; trying again in %.0f s", agent, message, wait)
+            time.sleep(wait)
+
+
+# --- secrets ----------------------------------------------------------------------------------
+
+_SECRET_NAME = re.compile(r"(API_KEY|_KEY|_TOKEN|_SECRET|PASSWORD)$", re.IGNORECASE)
+
+
+def secret_values(
+    env: Mapping[str, str] | None = None, extra: Iterable[str | None] = ()
+) -> list[str]:
+    """Values that must never be recorded: keys and tokens from the environment, and ``extra``."""
+    env = os.environ if env is None else env
+    found = [v for k, v in env.items() if _SECRET_NAME.search(k)]
+    return sorted({v for v in [*found, *extra] if v and len(v) >= 8}, key=len, reverse=True)
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret replaced by ``***``."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+__all__ = [
+    "DEFAULT_HISTORY_TOKENS",
+    "TOOL_DESCRIPTION",
+    "TOOL_NAME",
+    "TOOL_SCHEMA",
+    "Prompt",
+    "call_with_retries",
+    "estimate_tokens",
+    "history_table",
+    "log_tail",
+    "parse_proposal",
+    "parse_text_reply",
+    "redact",
+    "render",
+    "render_brief",
+    "secret_values",
+    "select_history",
+]

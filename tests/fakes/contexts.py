@@ -1,0 +1,30 @@
+"""A ready ``Context`` for agent tests: the toy task after a baseline, a keep and a crash."""
+
+from __future__ import annotations
+
+from autoresearch.agents._base import Context, HistoryRow
+
+
+def make_context(**over: object) -> Context:
+    """The toy task's context; keyword arguments replace fields."""
+    fields: dict[str, object] = {
+        "instructions": "Minimise the score by changing the constants in params.py.",
+        "editable": {"params.py": "X = 1.0\nY = 2.0\n"},
+        "readonly": {"score.py": "print('score')\n"},
+        "history": (
+            HistoryRow(1, "baseline", 5.0, "baseline"),
+            HistoryRow(2, "discard", 6.0, "set Y to 3"),
+            HistoryRow(3, "keep", 1.0, "set X to 3.0"),
+            HistoryRow(4, "crash", None, "break everything", reason="NameError: Z"),
+        ),
+        "metric_name": "score",
+        "direction": "minimize",
+        "best_metric": 1.0,
+        "baseline_metric": 5.0,
+        "noise": 0.01,
+        "editable_globs": ("params.py",),
+        "experiment_id": 5,
+        "time_budget": 5.0,
+    }
+    fields.update(over)
+    return Context(**fields)  # type: ignore[arg-type]

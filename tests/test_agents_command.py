@@ -1,0 +1,331 @@
+"""The command backend: fake coding-agent CLIs (edit, new file, protected file, hang, fail) in a real checkout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import git, make_repo
+from fakes.contexts import make_context
+from fakes.session import BEST_PARAMS, run_toy_session
+
+from autoresearch.agents import Agent, get_agent
+from autoresearch.agents._base import Context, HistoryRow
+from autoresearch.agents.command import CommandAgent
+from autoresearch.errors import AgentUnavailable, ConfigError, ProposalError
+
+
+def script(tmp_path: Path, name: str, body: str) -> str:
+    """A fake CLI: a Python script; returns the command line that runs it."""
+    path = tmp_path / name
+    path.write_text("import os, sys, time, subprocess\n" + textwrap.dedent(body))
+    return f"{sys.executable} {path}"
+
+
+def context_in(repo: Path) -> Context:
+    return make_context(workdir=repo, parent=git(repo, "rev-parse", "HEAD"))
+
+
+def assert_clean(repo: Path, head: str) -> None:
+    assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
+    assert git(repo, "rev-parse", "HEAD") == head
+
+
+EDIT_X = """
+open("params.py", "w").write("X = 3.0\\nY = 2.0\\n")
+with open(sys.argv[2], "w") as f:
+    f.write("set X to 3.0\\n\\nthe minimum is at X = 3\\n")
+print("done")
+"""
+
+
+def test_edit_becomes_a_patch_and_the_checkout_is_left_clean(
+    toy_repo: Path, tmp_path: Path
+) -> None:
+    head = git(toy_repo, "rev-parse", "HEAD")
+    cmd = script(tmp_path, "cli.py", EDIT_X) + " {prompt_file} {description_file}"
+    proposal = CommandAgent(cmd, timeout=30).propose(context_in(toy_repo))
+    assert proposal.description == "set X to 3.0"
+    assert proposal.rationale == "the minimum is at X = 3"
+    assert "-X = 1.0\n+X = 3.0" in proposal.patch and not proposal.edits
+    assert proposal.usage.cost_usd is None  # a CLI's spend is unknown unless it reports it
+    assert_clean(toy_repo, head)
+    subprocess.run(
+        ["git", "apply", "--check", "-"], cwd=toy_repo, input=proposal.patch, text=True, check=True
+    )
+
+
+def test_prompt_file_holds_the_brief(toy_repo: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "seen.md"
+    body = f"""
+    import shutil
+    shutil.copy(sys.argv[1], {str(copy)!r})
+    open("params.py", "a").write("# touched\\n")
+    """
+    CommandAgent(script(tmp_path, "cli.py", body) + " {prompt_file}", timeout=30).propose(
+        context_in(toy_repo)
+    )
+    brief = copy.read_text()
+    assert "Minimise the score" in brief and "params.py" in brief and "| 3 | keep |" in brief
+    assert "description" in brief
+
+
+def test_prompt_on_stdin_and_description_from_last_output_line(
+    toy_repo: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "stdin.md"
+    body = f"""
+    open({str(copy)!r}, "w").write(sys.stdin.read())
+    open("params.py", "w").write("X = 2.0\\nY = 2.0\\n")
+    print("thinking...")
+    print("Moved X halfway to 3")
+    """
+    proposal = CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(
+        context_in(toy_repo)
+    )
+    assert "Minimise the score" in copy.read_text()
+    assert proposal.description == "Moved X halfway to 3"
+
+
+def test_inline_prompt_placeholder_is_one_quoted_argument(toy_repo: Path, tmp_path: Path) -> None:
+    body = """
+    assert len(sys.argv) == 2 and "Minimise the score" in sys.argv[1], sys.argv
+    open("params.py", "a").write("# ok\\n")
+    print("appended a comment")
+    """
+    proposal = CommandAgent(script(tmp_path, "cli.py", body) + " {prompt}", timeout=30).propose(
+        context_in(toy_repo)
+    )
+    assert proposal.description == "appended a comment"
+
+
+def test_new_file_and_commit_by_the_cli_are_captured_and_undone(
+    toy_repo: Path, tmp_path: Path
+) -> None:
+    head = git(toy_repo, "rev-parse", "HEAD")
+    body = """
+    open("params.py", "w").write("X = 3.0\\nY = -1.0\\n")
+    subprocess.run(["git", "commit", "-qam", "agent commit"], check=True)
+    os.makedirs("lib", exist_ok=True)
+    open("lib/helper.py", "w").write("H = 1\\n")
+    print("set X and Y, add helper")
+    """
+    proposal = CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(
+        context_in(toy_repo)
+    )
+    assert "+Y = -1.0" in proposal.patch and "+++ b/lib/helper.py" in proposal.patch
+    assert_clean(toy_repo, head)
+    assert not (toy_repo / "lib").exists()
+
+
+def test_protected_file_edit_is_in_the_patch_for_the_workspace_to_reject(
+    toy_repo: Path, tmp_path: Path
+) -> None:
+    body = """
+    open("score.py", "a").write("score = 0\\n")
+    print("improve the score directly")
+    """
+    proposal = CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(
+        context_in(toy_repo)
+    )
+    assert "+++ b/score.py" in proposal.patch
+    assert git(toy_repo, "status", "--porcelain") == ""
+
+
+def test_untracked_files_present_before_are_left_alone(toy_repo: Path, tmp_path: Path) -> None:
+    (toy_repo / "data").mkdir()
+    (toy_repo / "data" / "shard.bin").write_bytes(b"\0" * 10)
+    body = """
+    open("params.py", "a").write("# x\\n")
+    open("scratch.txt", "w").write("notes")
+    print("x")
+    """
+    proposal = CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(
+        context_in(toy_repo)
+    )
+    assert "data/shard.bin" not in proposal.patch and "scratch.txt" in proposal.patch
+    assert (toy_repo / "data" / "shard.bin").exists() and not (toy_repo / "scratch.txt").exists()
+
+
+def test_hung_cli_is_killed_with_its_children(toy_repo: Path, tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    body = f"""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    open({str(pid_file)!r}, "w").write(str(child.pid))
+    open("params.py", "a").write("# half done\\n")
+    print("working", flush=True)
+    time.sleep(60)
+    """
+    head = git(toy_repo, "rev-parse", "HEAD")
+    start = time.monotonic()
+    with pytest.raises(
+        ProposalError, match=r"timed out after 1 s and was killed; output tail:\nworking"
+    ):
+        CommandAgent(script(tmp_path, "cli.py", body), timeout=1).propose(context_in(toy_repo))
+    assert time.monotonic() - start < 10
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.05)
+    assert not _alive(child)
+    assert_clean(toy_repo, head)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by init) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_failing_cli_is_invalid_and_keys_are_not_echoed(
+    toy_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-secret-for-cli-123")
+    body = """
+    open("params.py", "a").write("# x\\n")
+    print("using key", os.environ["ANTHROPIC_API_KEY"])
+    sys.exit(3)
+    """
+    with pytest.raises(ProposalError, match="exited with status 3") as info:
+        CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(context_in(toy_repo))
+    assert "sk-ant-secret-for-cli-123" not in str(info.value) and "using key ***" in str(info.value)
+    assert git(toy_repo, "status", "--porcelain") == ""
+
+
+def test_no_change_is_invalid(toy_repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(ProposalError, match="made no change"):
+        CommandAgent(script(tmp_path, "cli.py", "print('nothing to do')\n"), timeout=30).propose(
+            context_in(toy_repo)
+        )
+
+
+def test_reported_cost_from_a_json_result_line(toy_repo: Path, tmp_path: Path) -> None:
+    result = {
+        "type": "result",
+        "result": "Tuned X.\nset X to 3.0",
+        "total_cost_usd": 0.042,
+        "usage": {
+            "input_tokens": 10,
+            "cache_read_input_tokens": 900,
+            "cache_creation_input_tokens": 90,
+            "output_tokens": 55,
+        },
+    }
+    body = f"""
+    open("params.py", "w").write("X = 3.0\\nY = 2.0\\n")
+    print({json.dumps(json.dumps(result))})
+    """
+    proposal = CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(
+        context_in(toy_repo)
+    )
+    assert proposal.description == "set X to 3.0"
+    usage = proposal.usage
+    assert (usage.input_tokens, usage.cached_tokens, usage.output_tokens, usage.cost_usd) == (
+        1000,
+        900,
+        55,
+        0.042,
+    )
+
+
+def test_shell_features_and_literal_braces_survive(toy_repo: Path, tmp_path: Path) -> None:
+    cli = script(
+        tmp_path, "cli.py", 'open("params.py", "a").write(sys.argv[1] + "\\n")\nprint("ok")\n'
+    )
+    cmd = cli + ' "$(head -c 9 {prompt_file})${UNSET_VAR:-}"'
+    proposal = CommandAgent(cmd, timeout=30).propose(context_in(toy_repo))
+    assert "+# Researc" in proposal.patch
+
+
+def test_settings_and_missing_workdir(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--cmd is empty"):
+        CommandAgent(" ")
+    with pytest.raises(AgentUnavailable, match="no work directory"):
+        CommandAgent("true").propose(make_context())
+    agent = get_agent("command", cmd="aider --message-file {prompt_file}", timeout=5)
+    assert (
+        isinstance(agent, CommandAgent)
+        and isinstance(agent, Agent)
+        and agent.name == "command"
+        and agent.timeout == 5
+    )
+
+
+def test_task_in_a_subfolder_gets_task_relative_paths(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "mono", {"README.md": "top\n", "task/params.py": "X = 1.0\n"})
+    head = git(repo, "rev-parse", "HEAD")
+    inside = script(
+        tmp_path, "inside.py", 'open("params.py", "w").write("X = 3.0\\n")\nprint("set X")\n'
+    )
+    proposal = CommandAgent(inside, timeout=30).propose(
+        make_context(workdir=repo / "task", parent=head)
+    )
+    assert "+++ b/params.py" in proposal.patch and "task/" not in proposal.patch
+    outside = script(
+        tmp_path, "outside.py", 'open("../README.md", "a").write("x\\n")\nprint("x")\n'
+    )
+    with pytest.raises(ProposalError, match=r"outside the task folder: README\.md"):
+        CommandAgent(outside, timeout=30).propose(make_context(workdir=repo / "task", parent=head))
+    assert_clean(repo, head)
+
+
+# --- a whole session -------------------------------------------------------------------------
+
+
+def test_full_session_with_a_fake_cli(toy_repo: Path, tmp_path: Path) -> None:
+    counter = tmp_path / "calls"
+    body = f"""
+    n = int(open({str(counter)!r}).read()) + 1 if os.path.exists({str(counter)!r}) else 1
+    open({str(counter)!r}, "w").write(str(n))
+    text = open("params.py").read()
+    if n == 1:
+        open("params.py", "w").write(text.replace("X = 1.0", "X = 3.0"))
+        open(sys.argv[1], "w").write("set X to 3.0\\n\\nX is squared away from 3\\n")
+    elif n == 2:
+        open("score.py", "a").write("score = 0\\n")
+        print("rewrite the ruler")
+    elif n == 3:
+        open("params.py", "w").write("X = 0\\n")
+        time.sleep(60)
+    else:
+        open("params.py", "w").write(text.replace("Y = 2.0", "Y = -1.0"))
+        open(sys.argv[1], "w").write("set Y to -1\\n")
+    """
+    agent = CommandAgent(script(tmp_path, "cli.py", body) + " {description_file}", timeout=1.5)
+    engine, rows = run_toy_session(toy_repo, agent, max_experiments=4)
+    assert [(r.id, r.verdict) for r in rows] == [
+        (0, "baseline"),
+        (1, "keep"),
+        (2, "invalid"),
+        (3, "invalid"),
+        (4, "keep"),
+    ]
+    by_id = {r.id: r for r in rows}
+    assert [by_id[i].description for i in (1, 4)] == ["set X to 3.0", "set Y to -1"]
+    assert "protected" in by_id[2].reason and "timed out after 1.5 s" in by_id[3].reason
+    assert git(toy_repo, "show", "autoresearch/t:params.py") == BEST_PARAMS.strip()
+    proposal = engine.ledger.proposal(engine.session, 1)
+    assert (
+        proposal is not None
+        and "+X = 3.0" in proposal.diff
+        and proposal.rationale == "X is squared away from 3"
+    )
+
+
+def test_cli_that_ignores_a_large_stdin(toy_repo: Path, tmp_path: Path) -> None:
+    history = tuple(HistoryRow(i, "discard", 1.0, "x" * 150) for i in range(1, 2000))
+    body = 'open("params.py", "a").write("# x\\n")\nprint("did not read stdin")\n'
+    agent = CommandAgent(script(tmp_path, "cli.py", body), timeout=30, history_tokens=100_000)
+    ctx = make_context(workdir=toy_repo, parent=git(toy_repo, "rev-parse", "HEAD"), history=history)
+    assert agent.propose(ctx).description == "did not read stdin"
