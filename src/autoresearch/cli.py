@@ -115,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autoresearch: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `autoresearch log | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 # --- commands ---------------------------------------------------------------------------------

@@ -490,7 +490,7 @@ class Engine:
             noise=self.ledger.session(self.options.tag).noise,
             last_failure=self._last_failure(rows),
             last_rejection=rows[-1].reason if rows and rows[-1].verdict == Verdict.INVALID else "",
-            parent=best.commit, workdir=workdir, experiment_id=exp_id,
+            parent=best.commit, workdir=workdir, experiment_id=exp_id, tag=self.options.tag,
             seed=experiment_seed(self.options.seed, exp_id, 0),
             editable_globs=self.config.editable, time_budget=self.config.time_budget,
         )  # fmt: skip

@@ -20,11 +20,12 @@ def get_agent(name_or_obj: str | Agent, **options: Any) -> Agent:
         return name_or_obj
     backend = _backend(name_or_obj)
     try:
-        return backend(**options)
+        agent: Agent = backend(**options)
     except TypeError as exc:
         raise ConfigError(
             f"agent {name_or_obj!r}: bad option ({exc}); check [agent.{name_or_obj}]"
         ) from exc
+    return agent
 
 
 def _backend(name: str) -> Any:

@@ -101,6 +101,7 @@ class Context:
     parent: str = ""  # the commit the proposal will be applied to
     workdir: Path | None = None  # a clean checkout of ``parent`` an agent may work in
     experiment_id: int = 0
+    tag: str = ""  # the session's tag
     seed: int = 0
     editable_globs: tuple[str, ...] = ()
     time_budget: float = 0.0
