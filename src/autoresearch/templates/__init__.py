@@ -1,7 +1,9 @@
 """Task templates: files copied by ``autoresearch init [--template NAME]``.
 
 A template is a folder of package data under ``autoresearch/templates/<name>/``.
-Files under ``<name>/_presets/<size>/`` overlay the base files for ``--size <size>``.
+Files under ``<name>/_presets/<size>/`` overlay the base files for ``--size <size>``; a
+preset file ``<name>.constants.toml`` instead sets module-level UPPER_CASE constants of the
+base ``<name>.py`` (one train.py for every size, only its hyperparameters differ).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from autoresearch.errors import ConfigError
 
 PRESETS_DIR = "_presets"
+CONSTANTS_SUFFIX = ".constants.toml"
 
 
 def available() -> list[str]:
@@ -52,18 +55,41 @@ def write_template(
     elif size not in sizes:
         allowed = ", ".join(sizes) or "none (this template has no sizes)"
         raise ConfigError(f"template {name!r}: unknown size {size!r}; allowed: {allowed}")
-    files = dict(_walk(folder, skip_presets=True))
+    files = {rel: item.read_bytes() for rel, item in _walk(folder, skip_presets=True)}
     if size is not None:
-        files.update(_walk(folder / PRESETS_DIR / size, skip_presets=False))
+        for rel, item in _walk(folder / PRESETS_DIR / size, skip_presets=False):
+            if rel.endswith(CONSTANTS_SUFFIX):
+                base = rel.removesuffix(CONSTANTS_SUFFIX) + ".py"
+                files[base] = _set_constants(
+                    base, files[base].decode("utf-8"), item.read_text()
+                ).encode()
+            else:
+                files[rel] = item.read_bytes()
     written = []
-    for rel, source in sorted(files.items()):
+    for rel, data in sorted(files.items()):
         target = dest / rel
         if target.exists() and not overwrite:
             raise ConfigError(f"{target}: already exists; not overwriting")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(source.read_bytes())
+        target.write_bytes(data)
         written.append(target)
     return written
+
+
+def _set_constants(path: str, text: str, toml_text: str) -> str:
+    """``text`` with the constants named in ``toml_text`` set; every other byte unchanged."""
+    import tomllib
+
+    from autoresearch.agents._constants import discover, rewrite
+
+    wanted = tomllib.loads(toml_text)
+    found = {c.name: c for c in discover(path, text)}
+    missing = sorted(set(wanted) - set(found))
+    if missing:
+        raise ConfigError(
+            f"template preset sets {', '.join(missing)}, which {path} does not define"
+        )
+    return rewrite(text, {found[name]: value for name, value in wanted.items()})
 
 
 def _folder(name: str) -> Traversable:

