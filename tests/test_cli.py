@@ -148,3 +148,29 @@ def test_second_ctrl_c_kills_the_run_and_records_it(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert "Ctrl-C again: killing" in err
     assert "interrupted" in ar("log", cwd=repo).stdout.splitlines()[2]
+
+
+def test_resume_carries_over_the_agent_and_its_flags(tmp_path: Path) -> None:
+    repo = toy(tmp_path)
+    patches = write_patch_dir(tmp_path / "p", {k: PATCHES[k] for k in ("01-improve", "02-worse")})
+    first = ar(
+        "run",
+        "--tag",
+        "r",
+        "--agent",
+        "replay",
+        "--patches",
+        str(patches),
+        "--max-experiments",
+        "1",
+        cwd=repo,
+    )
+    assert first.returncode == 0, first.stderr
+    again = ar("run", "--tag", "r", "--resume", cwd=repo)
+    assert again.returncode == 0, again.stderr
+    assert "all 2 patches" in again.stdout
+    assert [line.split()[2] for line in ar("log", cwd=repo).stdout.splitlines()[1:]] == [
+        "baseline",
+        "keep",
+        "discard",
+    ]

@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", action="store_true", help="carry on a session after a crash or Ctrl-C"
     )
-    p.add_argument("--agent", choices=AGENT_NAMES, default="tuner", help="who proposes experiments")
+    p.add_argument("--agent", choices=AGENT_NAMES, help="who proposes experiments (default: tuner; "
+                   "with --resume: the session's agent and its flags)")  # fmt: skip
     p.add_argument("--patches", help="replay: folder of patches, used in name order")
     p.add_argument("--sampler", choices=("tpe", "random", "cmaes"), help="tuner: Optuna sampler")
     p.add_argument("--model", help="anthropic / openai: model name")
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-url", help="anthropic / openai: API base URL (OpenAI-compatible servers)"
     )
     p.add_argument("--cmd", help='command: CLI to run, e.g. "claude -p {prompt_file}"')
-    p.add_argument("--seed", type=int, default=0, help="session seed (run seeds derive from it)")
+    p.add_argument("--seed", type=int, help="session seed; run seeds derive from it (default: 0)")
     p.add_argument("--max-experiments", type=int, help="stop after this many experiments")
     p.add_argument("--max-hours", type=float, help="stop after this many hours")
     p.add_argument(
@@ -141,12 +142,20 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.dir)
+    tag = args.tag or _default_tag()
+    if args.resume:
+        _carry_over(args, config, tag)
+    args.agent = args.agent or "tuner"
+    args.seed = 0 if args.seed is None else args.seed
     agent = get_agent(args.agent, **_agent_options(args, config))
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+    flags = {f: getattr(args, f) for f in _AGENT_FLAGS if getattr(args, f) is not None}
+    if "patches" in flags:
+        flags["patches"] = str(Path(flags["patches"]).resolve())
     options = SessionOptions(
-        tag=args.tag or _default_tag(), max_experiments=args.max_experiments, max_hours=args.max_hours,
+        tag=tag, max_experiments=args.max_experiments, max_hours=args.max_hours,
         max_failures=args.max_failures, max_cost=args.max_cost, gpu_price=args.gpu_price,
-        resume=args.resume, seed=args.seed, run_setup=not args.no_setup,
+        resume=args.resume, seed=args.seed, run_setup=not args.no_setup, agent_flags=flags,
     )  # fmt: skip
     executor = LocalExecutor(args.slots, gpus=gpus)
     engine = Engine(config, agent, options=options, executor=executor, on_event=_print_event(config),
@@ -158,6 +167,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         executor.close()
     print(views.summary_text(summary, config.metric.name))
     return 0
+
+
+def _carry_over(args: argparse.Namespace, config: TaskConfig, tag: str) -> None:
+    """On --resume, default the agent, its flags and the seed to those the session started with."""
+    path = config.root / STATE_DIR / "ledger.db"
+    if not path.exists():
+        return
+    ledger = Ledger(path)
+    if not ledger.has_session(tag):
+        return
+    session = ledger.session(tag)
+    if args.agent is None or args.agent == session.agent:
+        args.agent = session.agent
+        for flag, value in dict(session.config.get("agent_flags", {})).items():
+            if flag in _AGENT_FLAGS and getattr(args, flag) is None:
+                setattr(args, flag, value)
+    if args.seed is None:
+        args.seed = int(session.config.get("seed", 0))
 
 
 def _agent_options(args: argparse.Namespace, config: TaskConfig) -> dict[str, Any]:

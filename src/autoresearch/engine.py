@@ -66,6 +66,7 @@ class SessionOptions:
     resume: bool = False
     seed: int = 0
     run_setup: bool = True
+    agent_flags: Mapping[str, Any] = field(default_factory=dict)  # recorded for --resume
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,7 @@ class Engine:
         return self.ledger.create_session(
             opts.tag, ws.branch, base, getattr(self.agent, "name", type(self.agent).__name__),
             self.config.metric.name, self.config.metric.direction,
-            {"seed": opts.seed, "gpu_price": self._gpu_price()},
+            {"seed": opts.seed, "gpu_price": self._gpu_price(), "agent_flags": dict(opts.agent_flags)},
         )  # fmt: skip
 
     def _repair(self) -> None:
