@@ -148,3 +148,22 @@ def test_orphaned_run_is_killed_on_resume(tmp_path: Path) -> None:
     time.sleep(0.2)
     with pytest.raises(ProcessLookupError):
         os.kill(orphan, 0)
+
+
+def test_resume_with_two_slots_waits_for_a_rerun_baseline(tmp_path: Path) -> None:
+    from autoresearch.executors import LocalExecutor
+
+    repo = slow_task(tmp_path)
+    patches = slow_patches(tmp_path / "p")
+    proc = cli(repo, "--patches", str(patches))
+    log = repo / ".autoresearch" / "logs" / "t" / "0000-0.log"
+    deadline = time.monotonic() + 30
+    while not log.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # killed during the baseline
+    proc.wait()
+    executor = LocalExecutor(slots=2)
+    opts = SessionOptions(tag="t", resume=True)
+    Engine(load_config(repo), ReplayAgent(patches), options=opts, executor=executor).run()
+    executor.close()
+    check_consistent(repo)

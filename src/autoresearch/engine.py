@@ -299,6 +299,12 @@ class Engine:
             self._say(f"resume: running experiment {row.id} again ({row.description})")
             self._launch(slot, row.id, row.commit, baseline=row.agent == "baseline")
             return True
+        if (
+            best_row(self.ledger.experiments(self.session)) is None
+        ):  # a re-run baseline is in flight
+            if not self._inflight:
+                self._stop = "the baseline failed; fix the task, then run again"
+            return False
         self._stop = self._stop_reason()
         if self._stop:
             return False
