@@ -16,33 +16,33 @@ from typing import Any
 import anthropic
 from anthropic.types import CacheControlEphemeralParam, Message, TextBlockParam, UserMessageParam
 
-from autoresearch.agents._base import Context, Proposal, Usage
+from autoresearch.agents._base import Proposal, Usage
+from autoresearch.agents._chat import ChatAgent, transient_status
 from autoresearch.agents.prompt import (
     DEFAULT_HISTORY_TOKENS,
     TOOL_DESCRIPTION,
     TOOL_NAME,
     TOOL_SCHEMA,
     Prompt,
-    call_with_retries,
     parse_proposal,
     parse_text_reply,
-    redact,
-    render,
     secret_values,
 )
-from autoresearch.cost import PriceTable, TokenCounts
+from autoresearch.cost import TokenCounts
 from autoresearch.errors import ConfigError, ProposalError
 
 DEFAULT_MODEL = "claude-sonnet-5-5"
 MAX_NONSTREAMING_TOKENS = 21_000  # above this the SDK insists on streaming
-_TOOL_CHOICES = ("auto", "any", "tool")
 _CACHE: CacheControlEphemeralParam = {"type": "ephemeral"}
 
 
-class AnthropicAgent:
+class AnthropicAgent(ChatAgent):
     """Proposes experiments with a Claude model."""
 
     name = "anthropic"
+    default_model = DEFAULT_MODEL
+    tool_choices = ("auto", "any", "tool")
+    sdk_error = anthropic.AnthropicError
 
     def __init__(
         self,
@@ -65,37 +65,13 @@ class AnthropicAgent:
             raise ConfigError(
                 f"anthropic: max_tokens must be between 1 and {MAX_NONSTREAMING_TOKENS}, got {max_tokens}"
             )
-        if tool_choice not in _TOOL_CHOICES:
-            raise ConfigError(
-                f"anthropic: tool_choice must be one of {', '.join(_TOOL_CHOICES)}, got {tool_choice!r}"
-            )
-        self.model = model or DEFAULT_MODEL
-        self.max_tokens, self.max_failures, self.backoff = max_tokens, max_failures, backoff
-        self.tool_choice, self.temperature = tool_choice, temperature
-        self.history_tokens = history_tokens
-        self.extra_body = dict(extra_body or {})
-        self.prices = PriceTable(prices)
+        super().__init__(
+            model, max_tokens=max_tokens, max_failures=max_failures, backoff=backoff,
+            tool_choice=tool_choice, temperature=temperature, history_tokens=history_tokens,
+            prices=prices, extra_body=extra_body,
+        )  # fmt: skip
         self.client = _client(api_key, base_url, max_retries, timeout)
         self._secrets = secret_values(extra=[api_key, self.client.api_key, self.client.auth_token])
-
-    def propose(self, context: Context) -> Proposal:
-        prompt = render(context, history_tokens=self.history_tokens)
-        message = call_with_retries(
-            lambda: self._create(prompt),
-            agent=self.name,
-            errors=(anthropic.AnthropicError,),
-            transient=_transient,
-            max_failures=self.max_failures,
-            backoff=self.backoff,
-            secrets=self._secrets,
-        )
-        usage = self._usage(message)
-        try:
-            proposal = self._parse(message)
-        except ProposalError as exc:
-            raise ProposalError(redact(str(exc), self._secrets), usage=usage) from exc
-        meta = {"model": self.model, "stop_reason": message.stop_reason, "message_id": message.id}
-        return replace(proposal, usage=usage, meta=meta)
 
     def _create(self, prompt: Prompt) -> Message:
         blocks: list[TextBlockParam] = []
@@ -122,11 +98,16 @@ class AnthropicAgent:
         )
         return message
 
+    def _transient(self, exc: Exception) -> bool:
+        status = exc.status_code if isinstance(exc, anthropic.APIStatusError) else None
+        return transient_status(status, isinstance(exc, anthropic.APIConnectionError))
+
+    def _reply_meta(self, message: Message) -> dict[str, Any]:
+        return {"stop_reason": message.stop_reason, "message_id": message.id}
+
     def _parse(self, message: Message) -> Proposal:
         if message.stop_reason == "max_tokens":
-            raise ProposalError(
-                f"the reply was cut off at max_tokens ({self.max_tokens}); propose a smaller change"
-            )
+            raise self.cut_off()
         if message.stop_reason == "refusal":
             raise ProposalError("the model refused to answer")
         text = "\n".join(b.text for b in message.content if b.type == "text").strip()
@@ -169,13 +150,6 @@ def _client(
     if not (client.api_key or client.auth_token or getattr(client, "credentials", None)):
         raise ConfigError("anthropic: no API key: set ANTHROPIC_API_KEY (or pass api_key)")
     return client
-
-
-def _transient(exc: Exception) -> bool:
-    """Worth trying again: a connection error, a timeout, 408/409/429 or a 5xx."""
-    if isinstance(exc, anthropic.APIStatusError):
-        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
-    return isinstance(exc, anthropic.APIConnectionError)
 
 
 __all__ = ["DEFAULT_MODEL", "AnthropicAgent"]

@@ -19,32 +19,32 @@ from typing import Any
 import openai
 from openai.types.chat import ChatCompletion
 
-from autoresearch.agents._base import Context, Proposal, Usage
+from autoresearch.agents._base import Proposal, Usage
+from autoresearch.agents._chat import ChatAgent, transient_status
 from autoresearch.agents.prompt import (
     DEFAULT_HISTORY_TOKENS,
     TOOL_DESCRIPTION,
     TOOL_NAME,
     TOOL_SCHEMA,
     Prompt,
-    call_with_retries,
     parse_proposal,
     parse_text_reply,
-    redact,
-    render,
     secret_values,
 )
-from autoresearch.cost import PriceTable, TokenCounts
+from autoresearch.cost import TokenCounts
 from autoresearch.errors import ConfigError, ProposalError
 
 DEFAULT_MODEL = "gpt-5.4"
 NO_KEY = "no-key-needed"  # sent to local servers, which ignore it
-_TOOL_CHOICES = ("auto", "required", "function", "none")
 
 
-class OpenAIAgent:
+class OpenAIAgent(ChatAgent):
     """Proposes experiments with an OpenAI model or an OpenAI-compatible server."""
 
     name = "openai"
+    default_model = DEFAULT_MODEL
+    tool_choices = ("auto", "required", "function", "none")
+    sdk_error = openai.OpenAIError
 
     def __init__(
         self,
@@ -68,47 +68,29 @@ class OpenAIAgent:
         if compatible is None:  # a server of another kind than api.openai.com
             compatible = base_url is not None and "api.openai.com" not in base_url
         self.compatible = compatible
-        if tool_choice is None:
-            tool_choice = "auto" if self.compatible else "required"
-        if tool_choice not in _TOOL_CHOICES:
-            raise ConfigError(
-                f"openai: tool_choice must be one of {', '.join(_TOOL_CHOICES)}, got {tool_choice!r}"
-            )
+        super().__init__(
+            model, max_tokens=max_tokens, max_failures=max_failures, backoff=backoff,
+            tool_choice=tool_choice or ("auto" if compatible else "required"),
+            temperature=temperature, history_tokens=history_tokens, prices=prices,
+            extra_body=extra_body,
+        )  # fmt: skip
         key = api_key or os.environ.get("OPENAI_API_KEY") or (NO_KEY if self.compatible else None)
         if key is None:
             raise ConfigError(
                 "openai: no API key: set OPENAI_API_KEY, or give --base-url for a local OpenAI-compatible server"
             )
-        self.model = model or DEFAULT_MODEL
-        self.max_tokens, self.max_failures, self.backoff = max_tokens, max_failures, backoff
-        self.tool_choice, self.temperature = tool_choice, temperature
-        self.history_tokens = history_tokens
-        self.extra_body = dict(extra_body or {})
-        self.prices = PriceTable(prices)
         self.client = openai.OpenAI(
             api_key=key, base_url=base_url, max_retries=max_retries, timeout=timeout
         )
         self._secrets = secret_values(extra=[api_key, key if key != NO_KEY else None])
 
-    def propose(self, context: Context) -> Proposal:
-        prompt = render(context, history_tokens=self.history_tokens)
-        completion = call_with_retries(
-            lambda: self._create(prompt),
-            agent=self.name,
-            errors=(openai.OpenAIError,),
-            transient=_transient,
-            max_failures=self.max_failures,
-            backoff=self.backoff,
-            secrets=self._secrets,
-        )
-        usage = self._usage(completion)
-        try:
-            proposal = self._parse(completion)
-        except ProposalError as exc:
-            raise ProposalError(redact(str(exc), self._secrets), usage=usage) from exc
+    def _reply_meta(self, completion: ChatCompletion) -> dict[str, Any]:
         finish = completion.choices[0].finish_reason if completion.choices else None
-        meta = {"model": self.model, "finish_reason": finish, "completion_id": completion.id}
-        return replace(proposal, usage=usage, meta=meta)
+        return {"finish_reason": finish, "completion_id": completion.id}
+
+    def _transient(self, exc: Exception) -> bool:
+        status = exc.status_code if isinstance(exc, openai.APIStatusError) else None
+        return transient_status(status, isinstance(exc, openai.APIConnectionError))
 
     def _create(self, prompt: Prompt) -> ChatCompletion:
         options: dict[str, Any] = {}
@@ -152,9 +134,7 @@ class OpenAIAgent:
             raise ProposalError("the reply had no choices")
         choice = completion.choices[0]
         if choice.finish_reason == "length":
-            raise ProposalError(
-                f"the reply was cut off at max_tokens ({self.max_tokens}); propose a smaller change"
-            )
+            raise self.cut_off()
         message = choice.message
         if message.refusal:
             raise ProposalError(f"the model refused: {message.refusal}")
@@ -177,13 +157,6 @@ class OpenAIAgent:
             counts = TokenCounts(input=u.prompt_tokens, output=u.completion_tokens, cached=cached)
         cost = self.prices.cost(self.model, counts)
         return Usage(counts.input, counts.cached, counts.output, cost)
-
-
-def _transient(exc: Exception) -> bool:
-    """Worth trying again: a connection error, a timeout, 408/409/429 or a 5xx."""
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
-    return isinstance(exc, openai.APIConnectionError)
 
 
 __all__ = ["DEFAULT_MODEL", "OpenAIAgent"]

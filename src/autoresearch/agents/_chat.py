@@ -1,0 +1,112 @@
+"""What the chat-API agents (``anthropic``, ``openai``) share: settings and one ``propose``.
+
+A backend supplies four small methods — send the rendered prompt (``_create``), read the
+tokens (``_usage``), turn the reply into a ``Proposal`` (``_parse``) and describe the
+reply for the ledger (``_reply_meta``) — plus the SDK's error class and which errors are
+worth retrying. Retries, secret redaction and usage on failed replies live here once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any, ClassVar
+
+from autoresearch.agents._base import Context, Proposal, Usage
+from autoresearch.agents.prompt import (
+    DEFAULT_HISTORY_TOKENS,
+    Prompt,
+    call_with_retries,
+    redact,
+    render,
+)
+from autoresearch.cost import PriceTable
+from autoresearch.errors import ConfigError, ProposalError
+
+
+class ChatAgent(ABC):
+    """A model behind a chat API that answers with one ``propose_change`` tool call."""
+
+    name: ClassVar[str]
+    default_model: ClassVar[str]
+    tool_choices: ClassVar[tuple[str, ...]]
+    sdk_error: ClassVar[type[Exception]]
+
+    def __init__(
+        self,
+        model: str | None,
+        *,
+        max_tokens: int,
+        max_failures: int,
+        backoff: float,
+        tool_choice: str,
+        temperature: float | None,
+        history_tokens: int = DEFAULT_HISTORY_TOKENS,
+        prices: Mapping[str, Mapping[str, float]] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+    ) -> None:
+        if tool_choice not in self.tool_choices:
+            choices = ", ".join(self.tool_choices)
+            raise ConfigError(
+                f"{self.name}: tool_choice must be one of {choices}, got {tool_choice!r}"
+            )
+        self.model = model or self.default_model
+        self.max_tokens, self.max_failures, self.backoff = max_tokens, max_failures, backoff
+        self.tool_choice, self.temperature = tool_choice, temperature
+        self.history_tokens = history_tokens
+        self.extra_body = dict(extra_body or {})
+        self.prices = PriceTable(prices)
+        self._secrets: list[str] = []
+
+    def propose(self, context: Context) -> Proposal:
+        prompt = render(context, history_tokens=self.history_tokens)
+        reply = call_with_retries(
+            lambda: self._create(prompt),
+            agent=self.name,
+            errors=(self.sdk_error,),
+            transient=self._transient,
+            max_failures=self.max_failures,
+            backoff=self.backoff,
+            secrets=self._secrets,
+        )
+        usage = self._usage(reply)
+        try:
+            proposal = self._parse(reply)
+        except ProposalError as exc:  # the tokens were spent all the same
+            raise ProposalError(redact(str(exc), self._secrets), usage=usage) from exc
+        return replace(proposal, usage=usage, meta={"model": self.model, **self._reply_meta(reply)})
+
+    def cut_off(self) -> ProposalError:
+        return ProposalError(
+            f"the reply was cut off at max_tokens ({self.max_tokens}); propose a smaller change"
+        )
+
+    # --- the backend's part ------------------------------------------------------------
+
+    @abstractmethod
+    def _create(self, prompt: Prompt) -> Any:
+        """Send ``prompt``; return the SDK's reply object."""
+
+    @abstractmethod
+    def _usage(self, reply: Any) -> Usage:
+        """Tokens and dollars of ``reply``."""
+
+    @abstractmethod
+    def _parse(self, reply: Any) -> Proposal:
+        """The proposal in ``reply``, or ``ProposalError``."""
+
+    @abstractmethod
+    def _reply_meta(self, reply: Any) -> dict[str, Any]:
+        """What the ledger keeps of ``reply`` besides the proposal (ids, stop reason)."""
+
+    @abstractmethod
+    def _transient(self, exc: Exception) -> bool:
+        """Whether ``exc`` is worth another try (rate limits, 5xx, timeouts)."""
+
+
+def transient_status(status: int | None, connection_error: bool) -> bool:
+    """Worth trying again: a connection error, a timeout, 408/409/429 or a 5xx."""
+    if status is not None:
+        return status in (408, 409, 429) or status >= 500
+    return connection_error
