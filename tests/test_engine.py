@@ -13,7 +13,13 @@ from autoresearch.agents._base import Context, Proposal
 from autoresearch.agents.replay import ReplayAgent
 from autoresearch.config import load_config
 from autoresearch.engine import Engine, ExperimentEvent, SessionOptions
-from autoresearch.errors import AgentExhausted, AgentUnavailable, ProposalError, WorkspaceError
+from autoresearch.errors import (
+    AgentExhausted,
+    AgentUnavailable,
+    AutoresearchError,
+    ProposalError,
+    WorkspaceError,
+)
 from autoresearch.ledger import Ledger, export_tsv
 
 PY = sys.executable
@@ -291,3 +297,32 @@ def test_max_hours_stops_after_the_baseline(tmp_path: Path) -> None:
     )
     assert engine.summary().stop_reason == "reached --max-hours 0"
     assert [r.verdict for r in engine.ledger.experiments(engine.session)] == ["baseline"]
+
+
+def test_a_run_that_rewrites_protected_data_stops_the_session(tmp_path: Path) -> None:
+    repo = toy(tmp_path)
+    toml = (repo / "autoresearch.toml").read_text()
+    (repo / "autoresearch.toml").write_text(
+        toml.replace("[task]\n", '[task]\nprotected_data = ["data/*.txt"]\n')
+    )
+    (repo / ".gitignore").write_text("data/\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "protect the data")
+    (repo / "data").mkdir()
+    (repo / "data" / "val.txt").write_text("the validation set\n")
+    code = (
+        "import os\nopen(os.environ['AUTORESEARCH_TASK_DIR'] + '/data/val.txt', 'w').write('easy')"
+    )
+    patches = {
+        "01": sr("params.py", "Y = 2.0", "Y = 2.0\n" + code, "rewrite val"),
+        "02": PATCHES["01-improve"],
+    }
+    engine, _ = run_session(repo, write_patch_dir(tmp_path / "p", patches))
+    rows = engine.ledger.experiments(engine.session)
+    assert [r.verdict for r in rows] == ["baseline", "invalid"]
+    assert "data/val.txt" in rows[1].reason
+    assert "changed protected data" in engine.summary().stop_reason
+    messages: list[str] = []
+    with pytest.raises(AutoresearchError, match="protected data changed since the session started"):
+        Engine(load_config(repo), ReplayAgent(tmp_path / "p"), options=SessionOptions(tag="t", resume=True),
+               on_message=messages.append).run()  # fmt: skip

@@ -135,3 +135,22 @@ def test_slots_run_in_parallel(executor: Executor, tmp_path: Path) -> None:
     assert all(f.result().status is RunStatus.OK for f in futures)
     assert executor.slots() == 2
     assert time.monotonic() - start < 1.9
+
+
+def test_json_result_counts_only_from_the_evaluate_step(executor: Executor, tmp_path: Path) -> None:
+    metric = MetricConfig(name="loss", format="json", path="result.json")
+    run = script(
+        tmp_path,
+        "r.py",
+        "import json, os\njson.dump({'loss': 0.0001}, open(os.environ['AUTORESEARCH_OUT'] + '/result.json', 'w'))\n",
+    )
+    result = executor.submit(job(tmp_path, run, evaluate="true", metric=metric)).result()
+    assert result.status is RunStatus.CRASH and "was not written" in result.reason
+    honest = script(
+        tmp_path,
+        "ev.py",
+        "import json, os\njson.dump({'loss': 2.5}, open(os.environ['AUTORESEARCH_OUT'] + '/result.json', 'w'))\n",
+    )
+    assert (
+        executor.submit(job(tmp_path, run, evaluate=honest, metric=metric)).result().metric == 2.5
+    )

@@ -81,7 +81,8 @@ def test_apply_commit_and_refs(toy_repo: Path) -> None:
     ws.checkout(0, base)
     changed = ws.apply(0, Proposal("x", edits=(Edit("params.py", "X = 1.0", "X = 2.0"),)))
     assert changed == ["params.py"]
-    sha = ws.commit(0, "try X = 2")
+    sha, diff = ws.commit(0, "try X = 2")
+    assert "-X = 1.0\n+X = 2.0" in diff
     assert git(toy_repo, "show", f"{sha}:params.py").count("X = 2.0") == 1
     assert git(toy_repo, "rev-parse", "autoresearch/t") == base  # committing never moves the branch
     ws.keep_discarded(1, sha)
@@ -124,6 +125,26 @@ def test_unified_diff_patch_is_checked_and_applied(toy_repo: Path) -> None:
     stale = "--- a/params.py\n+++ b/params.py\n@@ -2,1 +2,1 @@\n-X = 7.0\n+X = 3.0\n"
     with pytest.raises(ProposalError, match="does not apply"):
         ws.apply(0, Proposal("p", patch=stale))
+
+
+def test_a_proposal_that_changes_nothing_is_rejected(toy_repo: Path) -> None:
+    ws = workspace(toy_repo)
+    ws.checkout(0, ws.start())
+    ws.apply(0, Proposal("x", edits=(Edit("params.py", "X = 1.0", "X = 1.0"),)))
+    with pytest.raises(EditRejected, match="changes nothing"):
+        ws.commit(0, "no-op")
+
+
+def test_crlf_files_stay_crlf(toy_repo: Path) -> None:
+    (toy_repo / "params.py").write_bytes(b"X = 1.0\r\nY = 2.0\r\n")
+    git(toy_repo, "commit", "-qam", "crlf")
+    ws = workspace(toy_repo)
+    ws.checkout(0, ws.start())
+    assert ws.read_files(0, ["params.py"])["params.py"] == "X = 1.0\r\nY = 2.0\r\n"
+    ws.apply(0, Proposal("x", edits=(Edit("params.py", "X = 1.0", "X = 4.0"),)))
+    _, diff = ws.commit(0, "crlf edit")
+    assert (ws.slot_dir(0) / "params.py").read_bytes() == b"X = 4.0\r\nY = 2.0\r\n"
+    assert "-X = 1.0\r\n+X = 4.0\r\n" in diff
 
 
 def test_commit_refuses_stray_files_left_in_the_worktree(toy_repo: Path) -> None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
-import subprocess
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,9 +19,9 @@ from typing import Any
 from autoresearch import __version__, templates, views
 from autoresearch.agents import AGENT_NAMES, get_agent
 from autoresearch.config import CONFIG_NAME, TaskConfig, load_config
-from autoresearch.engine import Engine, ExperimentEvent, SessionOptions
+from autoresearch.engine import Engine, ExperimentEvent, SessionOptions, run_setup
 from autoresearch.errors import AutoresearchError, ConfigError
-from autoresearch.executors.local import LocalExecutor
+from autoresearch.executors.local import LocalExecutor, StepRunner
 from autoresearch.ledger import Ledger, SessionRow, export_tsv
 from autoresearch.workspace import STATE_DIR
 
@@ -255,14 +256,34 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if not config.setup.strip():
         print("this task has no setup step")
         return 0
-    env = {**os.environ, "AUTORESEARCH_TASK_DIR": str(config.root),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
-    done = subprocess.run(config.setup, shell=True, cwd=config.root, env=env)
-    if done.returncode != 0:
-        raise AutoresearchError(
-            f"setup step {config.setup!r} failed with exit code {done.returncode}"
-        )
+    log = config.root / STATE_DIR / "logs" / "prepare.log"
+    print(f"setup: {config.setup} (log: {log})", flush=True)
+    runner = StepRunner()
+    env = {"AUTORESEARCH_TASK_DIR": str(config.root)}
+    worker = threading.Thread(target=_follow, args=(log, runner), daemon=True)
+    worker.start()
+    try:
+        run_setup(config, log, runner, env)
+    finally:
+        runner.kill_all()  # also tells the follower to finish
+        worker.join()
     return 0
+
+
+def _follow(log: Path, runner: StepRunner) -> None:
+    """Print ``log`` as it grows until ``runner`` is done (the setup step's live output)."""
+    while not log.exists() and not runner.killed:
+        time.sleep(0.05)
+    with log.open("rb") as fh:
+        while True:
+            done = runner.killed
+            chunk = fh.read()
+            if chunk:
+                sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+                sys.stdout.flush()
+            if done:
+                return
+            time.sleep(0.1)
 
 
 def _default_tag() -> str:

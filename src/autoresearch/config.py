@@ -18,6 +18,7 @@ from autoresearch.errors import ConfigError
 CONFIG_NAME = "autoresearch.toml"
 DIRECTIONS = ("minimize", "maximize")
 FORMATS = ("summary", "regex", "json")
+AGENT_NAMES = ("replay", "tuner", "anthropic", "openai", "command")  # the [agent.NAME] tables
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ class TaskConfig:
     protected: tuple[str, ...] = ()
     context: tuple[str, ...] = ()
     link: tuple[str, ...] = ()  # untracked paths (data, caches) symlinked into each worktree
+    protected_data: tuple[
+        str, ...
+    ] = ()  # untracked files (e.g. validation data) hashed after setup
     setup: str = ""
     check: str = ""
     run: str = ""
@@ -154,7 +158,7 @@ class _Section:
 # --- sections -------------------------------------------------------------------------------
 
 _TASK_KEYS = (
-    "instructions", "editable", "protected", "context", "link", "setup", "check", "run",
+    "instructions", "editable", "protected", "protected_data", "context", "link", "setup", "check", "run",
     "evaluate", "time_budget", "timeout", "budget_allowance",
 )  # fmt: skip
 
@@ -176,6 +180,7 @@ def _task(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
         "protected": _relative_paths(sec, "protected"),
         "context": _relative_paths(sec, "context"),
         "link": _relative_paths(sec, "link"),
+        "protected_data": _relative_paths(sec, "protected_data"),
     }
     for key in ("setup", "check", "run", "evaluate"):
         out[key] = sec.string(key, "")
@@ -203,8 +208,13 @@ def _metric(path: Path, raw: dict[str, Any]) -> MetricConfig:
     if fmt == "regex":
         _check_pattern(sec, pattern)
     result_path = sec.string("path", "result.json")
-    if fmt == "json" and (Path(result_path).is_absolute() or ".." in Path(result_path).parts):
-        sec.fail("path", result_path, "a path relative to AUTORESEARCH_OUT")
+    bad_path = (
+        not result_path.strip()
+        or Path(result_path).is_absolute()
+        or ".." in Path(result_path).parts
+    )
+    if fmt == "json" and bad_path:
+        sec.fail("path", result_path, "a file name relative to AUTORESEARCH_OUT")
     direction = sec.choice("direction", "minimize", DIRECTIONS)
     return MetricConfig(name, direction, fmt, pattern, result_path)
 
@@ -248,6 +258,7 @@ def _cost(path: Path, raw: dict[str, Any]) -> CostConfig:
 
 def _agents(path: Path, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     sec = _Section(path, "agent", raw.get("agent", {}))
+    sec.check_keys(AGENT_NAMES)
     for name, table in sec.table.items():
         _Section(path, f"agent.{name}", table)  # each backend validates its own keys
     return dict(sec.table)

@@ -37,7 +37,13 @@ from autoresearch.errors import (
     WorkspaceError,
 )
 from autoresearch.executors._base import Executor, Job, RunResult, RunStatus
-from autoresearch.executors.local import LocalExecutor, StepRunner, kill_orphans, run_environment
+from autoresearch.executors.local import (
+    LocalExecutor,
+    StepRunner,
+    kill_orphans,
+    run_environment,
+    tail,
+)
 from autoresearch.judge import Decision, Judge, Verdict, noise_of
 from autoresearch.ledger import (
     PENDING,
@@ -48,7 +54,7 @@ from autoresearch.ledger import (
     SessionRow,
     best_row,
 )
-from autoresearch.workspace import STATE_DIR, Workspace
+from autoresearch.workspace import STATE_DIR, Workspace, sha256_files
 
 SETUP_TIMEOUT = 24 * 3600.0
 
@@ -104,6 +110,29 @@ class _InFlight:
     runs: list[RunResult] = field(default_factory=list)
 
 
+def run_setup(config: TaskConfig, log: Path, runner: StepRunner, env: Mapping[str, str]) -> None:
+    """Run the task's ``setup`` step in the task folder (output to ``log``); raise if it fails."""
+    job = Job(0, 0, "", config.root, "", config.metric, log.parent, log.parent,
+              time_budget=config.time_budget, env=env)  # fmt: skip
+    environment = run_environment(job)
+    environment.pop("AUTORESEARCH_OUT", None)
+    step = runner.step("setup", config.setup, config.root, environment, log, SETUP_TIMEOUT)
+    if runner.killed:
+        return
+    if step.returncode != 0:
+        raise AutoresearchError(
+            f"setup step {config.setup!r} failed (exit {step.returncode}); log: {log}\n{tail(log, 15)}"
+        )
+
+
+def data_hashes(config: TaskConfig) -> dict[str, str]:
+    """sha256 of every file matching the task's ``protected_data`` globs (absolute paths)."""
+    files = sorted(
+        {p.resolve() for g in config.protected_data for p in config.root.glob(g) if p.is_file()}
+    )
+    return sha256_files(Path("/"), [str(p) for p in files])
+
+
 def experiment_seed(session_seed: int, experiment_id: int, run_index: int) -> int:
     """Seeds vary per run, so a change that only moves the seed cannot look like a gain."""
     return (session_seed * 1_000_003 + experiment_id * 7_919 + run_index * 104_729 + 17) % 2**31
@@ -137,6 +166,8 @@ class Engine:
         self._requeue: list[ExperimentRow] = []  # pending experiments to run again (resume)
         self._stop = ""
         self._protected: dict[str, str] | None = None
+        self._protected_data: dict[str, str] = {}
+        self._setup_runner = StepRunner()
         self._warned_unknown_cost = False
         self._interrupts = 0
         self._started = time.monotonic()
@@ -151,7 +182,9 @@ class Engine:
         try:
             if not self.session.setup_done and self.options.run_setup:
                 self._setup()
-            if self._baseline() is None and not self._requeue_has_baseline():
+            if not self._stop:
+                self._protect_data()
+            if not self._stop and self._baseline() is None and not self._requeue_has_baseline():
                 self._run_baseline()
             self._loop()
         except BaseException as exc:
@@ -219,24 +252,32 @@ class Engine:
             )
 
     def _setup(self) -> None:
-        command = self.config.setup.strip()
-        if command:
-            self._say(f"setup: {command}")
-            log = self._log_dir() / "setup.log"
-            env = run_environment(self._job_stub(), None)
-            env.pop("AUTORESEARCH_OUT", None)
-            step = StepRunner().step("setup", command, self.config.root, env, log, SETUP_TIMEOUT)
-            if step.returncode != 0:
-                from autoresearch.executors.local import tail
+        if self.config.setup.strip():
+            self._say(f"setup: {self.config.setup.strip()}")
+            run_setup(
+                self.config, self._log_dir() / "setup.log", self._setup_runner, self._task_env()
+            )
+        if not self._stop:  # a setup cut short by Ctrl-C is not done
+            self.ledger.update_session(self.session, setup_done=1)
 
-                raise AutoresearchError(
-                    f"setup step {command!r} failed (exit {step.returncode}); log: {log}\n{tail(log, 15)}"
-                )
-        self.ledger.update_session(self.session, setup_done=1)
-
-    def _job_stub(self) -> Job:
-        return Job(0, 0, "", self.config.root, "", self.config.metric, self._log_dir(), self._log_dir(),
-                   time_budget=self.config.time_budget, env=self._task_env())  # fmt: skip
+    def _protect_data(self) -> None:
+        """Hash the task's protected data; on resume it must still match the session's record."""
+        recorded = dict(self.session.config.get("protected_data", {}))
+        current = data_hashes(self.config)
+        if recorded and recorded != current:
+            changed = sorted(
+                k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k)
+            )
+            raise AutoresearchError(
+                f"protected data changed since the session started: {', '.join(changed)}; "
+                "restore it (autoresearch prepare) or start a new session"
+            )
+        if not recorded and current:
+            self.ledger.update_session(
+                self.session, config={**self.session.config, "protected_data": current}
+            )
+            self.session = self.ledger.session(self.options.tag)
+        self._protected_data = current
 
     def _task_env(self) -> dict[str, str]:
         return {
@@ -367,17 +408,17 @@ class Engine:
 
     def _apply_and_launch(self, slot: int, exp_id: int, parent: str, proposal: Proposal) -> None:
         ws = self.workspace
+        if getattr(self.agent, "uses_workdir", False):
+            ws.checkout(slot, parent)  # nothing the agent left there (ignored files too) may run
+        message = f"autoresearch {self.options.tag} #{exp_id}: {_one_line(proposal.description)}"
         try:
-            ws.apply(slot, proposal)  # a stray file an agent left in the worktree fails the commit
-            commit = ws.commit(
-                slot,
-                f"autoresearch {self.options.tag} #{exp_id}: {_one_line(proposal.description)}",
-            )
+            ws.apply(slot, proposal)
+            commit, diff = ws.commit(slot, message)
         except (EditRejected, ProposalError) as exc:
             self._record_invalid(exp_id, parent, proposal, str(exc))
             ws.checkout(slot, parent)
             return
-        record = _record(self._agent_name(), proposal, ws.diff(parent, commit))
+        record = _record(self._agent_name(), proposal, diff)
         self.ledger.begin_experiment(self.session, exp_id, parent, commit, record)
         self._launch(slot, exp_id, commit, baseline=False, checked_out=True)
 
@@ -412,7 +453,7 @@ class Engine:
             run=cfg.run, metric=cfg.metric, log_dir=self._log_dir(), out_dir=self._out_dir(name),
             check=cfg.check, evaluate=cfg.evaluate, time_budget=cfg.time_budget, timeout=cfg.timeout,
             seed=experiment_seed(self.options.seed, flight.experiment_id, index), env=self._task_env(),
-            slot=flight.slot, protected=flight.protected,
+            slot=flight.slot, protected=flight.protected, protected_data=self._protected_data,
         )  # fmt: skip
         flight.future = self.executor.submit(job)
 
@@ -431,6 +472,11 @@ class Engine:
         self.ledger.add_run(self.session, _run_row(result))
         if result.status is RunStatus.INVALID:
             self.workspace.restore(flight.slot, list(flight.protected))
+            if data_hashes(self.config) != self._protected_data:
+                self._stop = (
+                    f"experiment {flight.experiment_id} changed protected data ({result.reason}); "
+                    "restore it with `autoresearch prepare`, then --resume"
+                )
         decision = self._decide(flight)
         if decision.verdict is None:
             self._say(f"#{flight.experiment_id}: {decision.reason} (run {len(flight.runs) + 1})")
@@ -530,7 +576,8 @@ class Engine:
                 "Ctrl-C: finishing the current experiment, then stopping (Ctrl-C again kills it)"
             )
             return
-        self._say("Ctrl-C again: killing the running experiment")
+        self._say("Ctrl-C again: killing the running step")
+        self._setup_runner.kill_all()
         kill = getattr(self.executor, "kill_all", None)
         if callable(kill):
             kill()

@@ -212,9 +212,11 @@ class Ledger:
         return [self.session(t) for t in tags]
 
     def update_session(self, session: SessionRow, **fields: Any) -> None:
-        allowed = {"status", "stop_reason", "noise", "setup_done", "agent"}
+        allowed = {"status", "stop_reason", "noise", "setup_done", "agent", "config"}
         if not set(fields) <= allowed:
             raise LedgerError(f"cannot update session fields {sorted(set(fields) - allowed)}")
+        if "config" in fields:
+            fields["config"] = json.dumps(dict(fields["config"]))
         sets = ", ".join(f"{k} = ?" for k in fields)
         with self._tx() as db:
             db.execute(f"UPDATE sessions SET {sets}, updated = ? WHERE id = ?",

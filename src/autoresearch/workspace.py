@@ -42,13 +42,21 @@ class Git:
         self.env = dict(env) if env is not None else None
 
     def __call__(self, *args: str, input: str | None = None, check: bool = True) -> str:
-        done = subprocess.run(
-            ["git", *args], cwd=self.cwd, input=input, capture_output=True, text=True, env=self.env
-        )
-        if check and done.returncode != 0:
-            message = (done.stderr or done.stdout).strip().splitlines()
+        code, stdout, stderr = self.run(*args, input=input)
+        if check and code != 0:
+            message = (stderr or stdout).strip().splitlines()
             raise WorkspaceError(f"git {args[0]} failed in {self.cwd}: {' / '.join(message[-3:])}")
-        return done.stdout.rstrip("\n")
+        return stdout.rstrip("\n")
+
+    def run(self, *args: str, input: str | None = None) -> tuple[int, str, str]:
+        """Exit code, stdout and stderr of one git command."""
+        done = subprocess.run(
+            ["git", *args], cwd=self.cwd, input=None if input is None else input.encode(),
+            capture_output=True, env=self.env,
+        )  # fmt: skip
+        # Bytes decoded by hand: text mode would turn CRLF into LF in diffs and file lists.
+        out, err = (data.decode("utf-8", errors="replace") for data in (done.stdout, done.stderr))
+        return done.returncode, out, err
 
     def ok(self, *args: str) -> bool:
         """True when the git command exits 0 (for questions such as ``show-ref``)."""
@@ -108,6 +116,12 @@ class Allowlist:
         if not any(p.match(rel) for p in self._editable):
             return f"{rel}: not editable (allowed: {', '.join(self.editable)})"
         return None
+
+
+def _read_exact(path: Path, errors: str = "strict") -> str:
+    """A file's text with its line endings as they are on disk."""
+    with path.open(encoding="utf-8", errors=errors, newline="") as fh:
+        return fh.read()
 
 
 def sha256_files(root: Path, paths: Iterable[str]) -> dict[str, str]:
@@ -274,7 +288,7 @@ class Workspace:
                 and (base / rel).is_file()
                 and not (base / rel).is_symlink()
             ):
-                out[rel] = (base / rel).read_text(encoding="utf-8", errors="replace")
+                out[rel] = _read_exact(base / rel, errors="replace")
         return out
 
     def _tracked(self, slot: int) -> list[str]:
@@ -304,7 +318,8 @@ class Workspace:
         for rel, text in changed.items():
             target = base / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text, encoding="utf-8")
+            with target.open("w", encoding="utf-8", newline="") as fh:  # CRLF stays CRLF
+                fh.write(text)
         if proposal.patch.strip():
             self._git_apply(base, proposal.patch, check_only=False)
         if not paths:
@@ -313,7 +328,7 @@ class Workspace:
 
     def _read(self, base: Path, rel: str) -> str | None:
         target = base / rel
-        return target.read_text(encoding="utf-8") if target.is_file() else None
+        return _read_exact(target) if target.is_file() else None
 
     def _check_path(self, base: Path, rel: str) -> None:
         reason = self.allow.reason(rel)
@@ -378,13 +393,24 @@ class Workspace:
         except WorkspaceError as exc:
             raise ProposalError(f"the patch does not apply: {exc}") from exc
 
-    def commit(self, slot: int, message: str) -> str:
-        """Commit everything changed in ``slot``'s worktree; returns the new commit's sha."""
+    def commit(self, slot: int, message: str) -> tuple[str, str]:
+        """Commit everything changed in ``slot``'s worktree; returns the commit's sha and diff.
+
+        Raises ``EditRejected`` when a changed file is not editable, or nothing changed.
+        """
         git = Git(self.slot_root(slot), self._env)
         self._check_changes(slot)
         git("add", "-A", "--", self.task_rel)
-        git("commit", "-q", "--no-verify", "--allow-empty", "-m", message)
-        return git("rev-parse", "HEAD")
+        code, out, err = git.run("commit", "-q", "--no-verify", "-m", message)
+        if code != 0 and "nothing to commit" in out + err:
+            raise EditRejected("the proposal changes nothing")
+        if code != 0:
+            raise WorkspaceError(f"git commit failed in {git.cwd}: {(err or out).strip()}")
+        shown = Git(self.slot_dir(slot), self._env)(
+            "show", "--relative", "--format=%H", "HEAD", "--", "."
+        )
+        sha, _, diff = shown.partition("\n")
+        return sha, diff.lstrip("\n") + "\n"
 
     def _check_changes(self, slot: int) -> None:
         """Every changed or new file in the worktree must be editable (whoever wrote it)."""
@@ -419,9 +445,6 @@ class Workspace:
         Git(self.slot_dir(slot), self._env)("checkout", "-f", "HEAD", "--", *paths)
 
     # --- history -------------------------------------------------------------------------
-
-    def diff(self, parent: str, commit: str) -> str:
-        return self.git("diff", f"{parent}..{commit}", "--", ".")
 
     def exists(self, commit: str) -> bool:
         return self.git.ok("cat-file", "-e", f"{commit}^{{commit}}")

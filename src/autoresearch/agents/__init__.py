@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from autoresearch.agents._base import Agent, Context, Edit, HistoryRow, Proposal, Usage
+from autoresearch.config import AGENT_NAMES
 from autoresearch.errors import ConfigError
-
-AGENT_NAMES = ("replay", "tuner", "anthropic", "openai", "command")
 
 
 def get_agent(name_or_obj: str | Agent, **options: Any) -> Agent:

@@ -54,6 +54,7 @@ class CommandAgent:
     """Runs a coding-agent CLI in the candidate's checkout; its diff is the proposal."""
 
     name = "command"
+    uses_workdir = True  # the engine checks the worktree out again before applying the diff
 
     def __init__(
         self,

@@ -47,6 +47,7 @@ class Job:
     env: Mapping[str, str] = field(default_factory=dict)  # extra environment variables
     slot: int = 0
     protected: Mapping[str, str] = field(default_factory=dict)  # path -> sha256 that must hold
+    protected_data: Mapping[str, str] = field(default_factory=dict)  # absolute path -> sha256
 
     @property
     def name(self) -> str:

@@ -152,6 +152,8 @@ def execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None = None) 
             continue
         suffix = "" if name == "run" else f".{name}"
         log = job.log_dir / f"{job.name}{suffix}.log"
+        if name == "evaluate" and job.metric.format == "json":
+            (job.out_dir / job.metric.path).unlink(missing_ok=True)  # only the harness may write it
         result = runner.step(name, command, job.workdir, environment, log, job.timeout)
         steps.append(result)
         failure = _failure(job, result, runner)
@@ -181,10 +183,13 @@ def _failure(job: Job, step: StepResult, runner: StepRunner) -> tuple[RunStatus,
 
 
 def _tampered(job: Job) -> list[str]:
-    if not job.protected:
-        return []
-    now = sha256_files(job.workdir, job.protected)
-    return sorted(p for p, digest in job.protected.items() if now[p] != digest)
+    """Protected files (in the worktree) and protected data (anywhere) whose hash changed."""
+    changed = []
+    for root, expected in ((job.workdir, job.protected), (Path("/"), job.protected_data)):
+        if expected:
+            now = sha256_files(root, expected)
+            changed += [p for p, digest in expected.items() if now[p] != digest]
+    return sorted(changed)
 
 
 def _measure(job: Job, steps: Sequence[StepResult]) -> RunResult:
