@@ -326,3 +326,31 @@ def test_a_run_that_rewrites_protected_data_stops_the_session(tmp_path: Path) ->
     with pytest.raises(AutoresearchError, match="protected data changed since the session started"):
         Engine(load_config(repo), ReplayAgent(tmp_path / "p"), options=SessionOptions(tag="t", resume=True),
                on_message=messages.append).run()  # fmt: skip
+
+
+def test_one_orchestrator_per_session(tmp_path: Path) -> None:
+    from autoresearch.errors import LedgerError
+    from autoresearch.ledger import SessionLock
+
+    repo = toy(tmp_path)
+    lock = SessionLock(repo / ".autoresearch", "t")
+    lock.acquire()
+    try:
+        with pytest.raises(
+            LedgerError, match=r"session 't' is running in another process \(pid \d+\)"
+        ):
+            run_session(repo, write_patch_dir(tmp_path / "p", {"01": PATCHES["01-improve"]}))
+    finally:
+        lock.release()
+    run_session(repo, tmp_path / "p")  # free again
+
+
+def test_run_outputs_are_kept_for_the_baseline_and_the_best_only(tmp_path: Path) -> None:
+    repo = toy(tmp_path)
+    patches = {k: PATCHES[k] for k in ("01-improve", "02-worse", "08-improve-again")}
+    run_session(repo, write_patch_dir(tmp_path / "p", patches))
+    runs = sorted(p.name for p in (repo / ".autoresearch" / "runs" / "t").iterdir())
+    assert runs == ["0000-0", "0003-0"]
+    assert not list((repo / ".autoresearch" / "worktrees").glob("t-*"))  # removed at the end
+    kept = git(repo, "for-each-ref", "--format=%(refname)", "refs/autoresearch/t/kept/").split()
+    assert kept == ["refs/autoresearch/t/kept/1", "refs/autoresearch/t/kept/3"]

@@ -19,7 +19,13 @@ from typing import Any
 from autoresearch import __version__, templates, views
 from autoresearch.agents import AGENT_NAMES, get_agent
 from autoresearch.config import CONFIG_NAME, TaskConfig, load_config
-from autoresearch.engine import Engine, ExperimentEvent, SessionOptions, run_setup
+from autoresearch.engine import (
+    Engine,
+    ExperimentEvent,
+    SessionOptions,
+    resume_defaults,
+    run_setup,
+)
 from autoresearch.errors import AutoresearchError, ConfigError
 from autoresearch.executors.local import LocalExecutor, StepRunner
 from autoresearch.ledger import Ledger, SessionRow, export_tsv
@@ -114,6 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"autoresearch: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a file the user named cannot be written, a full disk, ...
+        if args.debug:
+            traceback.print_exc()
+        print(f"autoresearch: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("autoresearch: interrupted", file=sys.stderr)
         return 130
@@ -172,20 +183,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _carry_over(args: argparse.Namespace, config: TaskConfig, tag: str) -> None:
     """On --resume, default the agent, its flags and the seed to those the session started with."""
-    path = config.root / STATE_DIR / "ledger.db"
-    if not path.exists():
+    previous = resume_defaults(config, tag)
+    if previous is None:
         return
-    ledger = Ledger(path)
-    if not ledger.has_session(tag):
-        return
-    session = ledger.session(tag)
-    if args.agent is None or args.agent == session.agent:
-        args.agent = session.agent
-        for flag, value in dict(session.config.get("agent_flags", {})).items():
+    if args.agent is None or args.agent == previous.agent:
+        args.agent = previous.agent
+        for flag, value in previous.agent_flags.items():
             if flag in _AGENT_FLAGS and getattr(args, flag) is None:
                 setattr(args, flag, value)
     if args.seed is None:
-        args.seed = int(session.config.get("seed", 0))
+        args.seed = previous.seed
 
 
 def _agent_options(args: argparse.Namespace, config: TaskConfig) -> dict[str, Any]:

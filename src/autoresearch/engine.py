@@ -14,6 +14,7 @@ carried out; missing discarded refs are recreated.
 from __future__ import annotations
 
 import math
+import shutil
 import signal
 import threading
 import time
@@ -51,6 +52,7 @@ from autoresearch.ledger import (
     Ledger,
     ProposalRecord,
     RunRow,
+    SessionLock,
     SessionRow,
     best_row,
 )
@@ -108,6 +110,31 @@ class _InFlight:
     protected: dict[str, str]
     future: Future[RunResult] | None = None
     runs: list[RunResult] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ResumeDefaults:
+    """What a session was started with, for ``run --resume`` without repeating the flags."""
+
+    agent: str
+    agent_flags: Mapping[str, Any]
+    seed: int
+
+
+def resume_defaults(config: TaskConfig, tag: str) -> ResumeDefaults | None:
+    """The agent, its CLI flags and the seed session ``tag`` started with; None if unknown."""
+    path = config.root / STATE_DIR / "ledger.db"
+    if not path.exists():
+        return None
+    ledger = Ledger(path)
+    try:
+        if not ledger.has_session(tag):
+            return None
+        session = ledger.session(tag)
+    finally:
+        ledger.close()
+    flags = dict(session.config.get("agent_flags", {}))
+    return ResumeDefaults(session.agent, flags, int(session.config.get("seed", 0)))
 
 
 def run_setup(config: TaskConfig, log: Path, runner: StepRunner, env: Mapping[str, str]) -> None:
@@ -177,7 +204,13 @@ class Engine:
 
     def run(self) -> SessionSummary:
         """Run the session to its end; the ledger is up to date whatever happens."""
-        self.session = self._open_session()
+        lock = SessionLock(self.config.root / STATE_DIR, self.options.tag)
+        lock.acquire()
+        try:
+            self.session = self._open_session()
+        except BaseException:
+            lock.release()
+            raise
         previous = self._install_sigint()
         try:
             if not self.session.setup_done and self.options.run_setup:
@@ -192,7 +225,10 @@ class Engine:
             raise
         finally:
             self._restore_sigint(previous)
-            self._shutdown()
+            try:
+                self._shutdown()
+            finally:
+                lock.release()
         return self.summary()
 
     def _open_session(self) -> SessionRow:
@@ -239,8 +275,9 @@ class Engine:
             ):
                 ws.keep_discarded(row.id, row.commit)
         best, head = best_row(rows), ws.branch_head()
+        judged = {r.commit for r in rows if r.verdict in (Verdict.KEEP, Verdict.BASELINE)}
         if best is not None and head != best.commit:
-            if head is None or not ws.is_ancestor(head, best.commit):
+            if head is None or (head not in judged and not ws.is_ancestor(head, best.commit)):
                 raise WorkspaceError(
                     f"branch {ws.branch} is at {(head or '?')[:10]} but the ledger's best is "
                     f"experiment {best.id} ({best.commit[:10]}); it was moved by hand. Reset it with "
@@ -346,7 +383,9 @@ class Engine:
             if not self._inflight:
                 self._stop = "the baseline failed; fix the task, then run again"
             return False
-        self._stop = self._stop_reason()
+        reason = self._stop_reason()
+        if reason:
+            self._stop = self._stop or reason
         if self._stop:
             return False
         self._propose_and_launch(slot)
@@ -506,10 +545,28 @@ class Engine:
         self.ledger.finish_experiment(self.session, flight.experiment_id, decision.verdict, decision.metric,
                                       decision.reason, _mean_metrics(flight.runs), seconds)  # fmt: skip
         if decision.verdict in (Verdict.KEEP, Verdict.BASELINE):
+            previous = self.workspace.branch_head()
+            if decision.verdict is Verdict.KEEP:  # reachable even if a parallel keep supersedes it
+                self.workspace.keep_kept(flight.experiment_id, flight.commit)
             self.workspace.move_branch(flight.commit)
+            self._drop_outputs(previous)
         else:
             self.workspace.keep_discarded(flight.experiment_id, flight.commit)
+            self._drop_outputs_of(flight.experiment_id)
         self._emit(flight.experiment_id)
+
+    def _drop_outputs(self, commit: str | None) -> None:
+        """Delete the run outputs (checkpoints) of the keep at ``commit``, now superseded."""
+        rows = self.ledger.experiments(self.session)
+        for row in rows:
+            if row.commit == commit and row.verdict == Verdict.KEEP:
+                self._drop_outputs_of(row.id)
+
+    def _drop_outputs_of(self, exp_id: int) -> None:
+        """Run outputs are kept for the best experiment and the baseline only."""
+        folder = self.config.root / STATE_DIR / "runs" / self.options.tag
+        for out in folder.glob(f"{exp_id:04d}-*") if folder.is_dir() else []:
+            shutil.rmtree(out, ignore_errors=True)
 
     def _emit(self, exp_id: int) -> None:
         row = self.ledger.experiment(self.session, exp_id)
@@ -588,6 +645,8 @@ class Engine:
         finally:
             if self._own_executor:
                 self.executor.close()
+            if not self._inflight:
+                self.workspace.remove_worktrees()
             status = "finished" if not self._stop.startswith("error") else "stopped"
             self.ledger.update_session(self.session, status=status, stop_reason=self._stop)
 

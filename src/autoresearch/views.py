@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from autoresearch.config import TaskConfig
 from autoresearch.cost import compute_cost
 from autoresearch.engine import ExperimentEvent, SessionSummary
-from autoresearch.ledger import ExperimentRow, Ledger, SessionRow, best_row
+from autoresearch.ledger import ExperimentRow, Ledger, SessionLock, SessionRow, best_row
+from autoresearch.workspace import STATE_DIR
 
 EVENT_HEADER = "   #  verdict      {metric:>12}  vs best     description"
 VERDICT_ORDER = (
@@ -75,7 +76,8 @@ def status_text(config: TaskConfig, ledger: Ledger, session: SessionRow) -> str:
     started = _dt.datetime.fromtimestamp(session.created).strftime("%Y-%m-%d %H:%M")
     lines = [
         f"session {session.tag} (branch {session.branch}, agent {session.agent}, started {started})",
-        f"status: {session.status}" + (f" — {session.stop_reason}" if session.stop_reason else ""),
+        f"status: {_status(config, session)}"
+        + (f" — {session.stop_reason}" if session.stop_reason else ""),
     ]
     if best is not None:
         lines.append(
@@ -94,6 +96,15 @@ def status_text(config: TaskConfig, ledger: Ledger, session: SessionRow) -> str:
     lines.append("last experiments:")
     lines.extend("  " + _log_line(r) for r in rows[-5:])
     return "\n".join(lines)
+
+
+def _status(config: TaskConfig, session: SessionRow) -> str:
+    if (
+        session.status != "running"
+        or SessionLock(config.root / STATE_DIR, session.tag).held_elsewhere()
+    ):
+        return session.status
+    return f"not running (its orchestrator died; `autoresearch run --tag {session.tag} --resume` carries on)"
 
 
 def _spend_lines(gpu_per_hour: float, rows: Sequence[ExperimentRow]) -> list[str]:

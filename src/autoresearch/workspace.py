@@ -194,7 +194,8 @@ class Workspace:
             )
 
     def dirty_files(self) -> list[str]:
-        out = self.git("status", "--porcelain", "--untracked-files=normal", "--", ".")
+        # Untracked files are not part of the commit a session starts from: they do not count.
+        out = self.git("status", "--porcelain", "--untracked-files=no", "--", ".")
         return [line[3:] for line in out.splitlines() if line.strip()]
 
     def head(self) -> str:
@@ -234,6 +235,10 @@ class Workspace:
 
     def keep_discarded(self, experiment_id: int, commit: str) -> None:
         self.git("update-ref", self.discarded_ref(experiment_id), commit)
+
+    def keep_kept(self, experiment_id: int, commit: str) -> None:
+        """Every keep stays reachable, also when a parallel slot's keep replaces it as best."""
+        self.git("update-ref", f"refs/autoresearch/{self.tag}/kept/{experiment_id}", commit)
 
     def discarded_refs(self) -> dict[int, str]:
         out = self.git(

@@ -20,6 +20,7 @@ experiment is ``invalid``. The checkout is reset to the parent afterwards, whate
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -43,6 +44,7 @@ from autoresearch.agents.prompt import (
     secret_values,
 )
 from autoresearch.errors import AgentUnavailable, ConfigError, ProposalError
+from autoresearch.executors.local import kill_group
 
 PLACEHOLDERS = ("prompt_file", "prompt", "description_file", "workdir")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
@@ -173,20 +175,12 @@ def _wait(proc: subprocess.Popen[bytes], stdin_text: str | None, timeout: float)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    for sig, grace in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-            if sig == signal.SIGTERM:  # the leader is gone; make sure its children are too
-                os.killpg(proc.pid, signal.SIGKILL)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-        except ProcessLookupError:
-            return
+    """SIGTERM the CLI's whole group, then SIGKILL whatever is left after a grace period."""
+    kill_group(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=KILL_GRACE)
+    kill_group(proc.pid, signal.SIGKILL)  # the leader may be gone; its children are not
+    proc.wait()
 
 
 # --- git ----------------------------------------------------------------------------------------

@@ -64,14 +64,31 @@ def kill_orphans(log_dir: Path) -> list[int]:
     killed = []
     for pidfile in sorted(log_dir.glob("*.pid")) if log_dir.is_dir() else []:
         try:
-            pgid = int(pidfile.read_text().strip())
-        except (OSError, ValueError):
-            pgid = 0
+            fields = pidfile.read_text().split()
+            pgid, started = int(fields[0]), fields[1] if len(fields) > 1 else None
+        except (OSError, ValueError, IndexError):
+            pgid, started = 0, None
+        leader = _start_time(pgid) if pgid > 0 else None
+        if leader is not None and started is not None and leader != started:
+            pidfile.unlink(missing_ok=True)  # the pid was reused by an unrelated process
+            continue
         if pgid > 0 and _group_alive(pgid):
-            _kill_group(pgid, signal.SIGKILL)
+            kill_group(pgid, signal.SIGKILL)
             killed.append(pgid)
         pidfile.unlink(missing_ok=True)
     return killed
+
+
+def _start_time(pid: int) -> str | None:
+    """When ``pid`` started (clock ticks since boot), where /proc tells; None otherwise.
+
+    While a process group has members its id is not reused, so a group whose leader is
+    gone is still safe to kill; a live leader must be the process that was recorded.
+    """
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def _group_alive(pgid: int) -> bool:
@@ -82,7 +99,8 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def _kill_group(pgid: int, sig: int) -> None:
+def kill_group(pgid: int, sig: int) -> None:
+    """Send ``sig`` to process group ``pgid``; a group already gone is no error."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
@@ -100,7 +118,7 @@ class StepRunner:
             self._killed = True
             groups = list(self._groups)
         for pgid in groups:
-            _kill_group(pgid, signal.SIGKILL)
+            kill_group(pgid, signal.SIGKILL)
 
     @property
     def killed(self) -> bool:
@@ -122,17 +140,17 @@ class StepRunner:
             with self._lock:
                 self._groups.add(proc.pid)
             pidfile = log.with_suffix(".pid")  # lets a resumed session kill what a dead one left
-            pidfile.write_text(str(proc.pid))
+            pidfile.write_text(f"{proc.pid} {_start_time(proc.pid) or ''}")
             timed_out = False
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 timed_out = True
-                _kill_group(proc.pid, signal.SIGTERM)
+                kill_group(proc.pid, signal.SIGTERM)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=TERM_GRACE)
             finally:
-                _kill_group(proc.pid, signal.SIGKILL)  # leftovers in the group die with the step
+                kill_group(proc.pid, signal.SIGKILL)  # leftovers in the group die with the step
                 proc.wait()
                 pidfile.unlink(missing_ok=True)
                 with self._lock:
