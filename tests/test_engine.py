@@ -354,3 +354,21 @@ def test_run_outputs_are_kept_for_the_baseline_and_the_best_only(tmp_path: Path)
     assert not list((repo / ".autoresearch" / "worktrees").glob("t-*"))  # removed at the end
     kept = git(repo, "for-each-ref", "--format=%(refname)", "refs/autoresearch/t/kept/").split()
     assert kept == ["refs/autoresearch/t/kept/1", "refs/autoresearch/t/kept/3"]
+
+
+def test_agent_options_are_checked_before_setup_and_baseline(tmp_path: Path) -> None:
+    from autoresearch.agents.tuner import TunerAgent
+    from autoresearch.errors import ConfigError
+
+    repo = toy(tmp_path)
+    toml = (
+        (repo / "autoresearch.toml")
+        .read_text()
+        .replace("[task]\n", '[task]\nsetup = "touch setup-ran"\n')
+    )
+    (repo / "autoresearch.toml").write_text(toml)
+    git(repo, "commit", "-qam", "setup")
+    agent = TunerAgent(include=["NOPE"])
+    with pytest.raises(ConfigError, match=r"\[agent.tuner\] include: NOPE not found"):
+        Engine(load_config(repo), agent, options=SessionOptions(tag="t")).run()
+    assert not (repo / "setup-ran").exists()

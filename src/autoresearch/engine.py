@@ -213,6 +213,7 @@ class Engine:
             raise
         previous = self._install_sigint()
         try:
+            self._check_agent()
             if not self.session.setup_done and self.options.run_setup:
                 self._setup()
             if not self._stop:
@@ -287,6 +288,14 @@ class Engine:
             self._say(
                 f"resume: moved {ws.branch} to experiment {best.id} ({best.commit[:10]}), recorded as kept"
             )
+
+    def _check_agent(self) -> None:
+        """Let an agent validate its options against the code before setup and baseline run."""
+        check = getattr(self.agent, "check", None)
+        if callable(check):
+            head = self.workspace.branch_head() or self.session.base_commit
+            self.workspace.checkout(0, head)
+            check(self.workspace.read_files(0, self.config.editable))
 
     def _setup(self) -> None:
         if self.config.setup.strip():

@@ -406,10 +406,16 @@ class TunerAgent:
             _check_storage(self.options.storage)
         self._checked_names = False
 
+    def check(self, editable: Mapping[str, str]) -> None:
+        """Validate the options against the code before the session spends time on setup."""
+        consts = _constants_of(editable)
+        self._check_names(consts, editable)
+        current = {key: const.value for key, const in keyed(consts).items()}
+        build_space(consts, self.options, current, {k: [v] for k, v in current.items()})
+
     def propose(self, context: Context) -> Proposal:
-        consts = [c for path, text in sorted(context.editable.items()) if path.endswith(".py")
-                  for c in discover(path, text)]  # fmt: skip
-        self._check_names(consts, context)
+        consts = _constants_of(context.editable)
+        self._check_names(consts, context.editable)
         current = {key: const.value for key, const in keyed(consts).items()}
         configs = _row_configs(context, current)
         anchors = next(iter(configs.values()), current)
@@ -452,7 +458,7 @@ class TunerAgent:
         config, trial_number, state = found
         return _proposal(context, dims, notes, best, config, how, seed, trial_number, state)
 
-    def _check_names(self, consts: Sequence[Constant], context: Context) -> None:
+    def _check_names(self, consts: Sequence[Constant], editable: Mapping[str, str]) -> None:
         """Names in params/include/exclude must exist (checked on this process's first call)."""
         if self._checked_names:
             return
@@ -467,9 +473,19 @@ class TunerAgent:
             if missing:
                 raise ConfigError(
                     f"[agent.tuner] {where}: {', '.join(missing)} not found among the module-level "
-                    f"UPPER_CASE constants of {', '.join(sorted(context.editable)) or 'the editable files'}"
+                    f"UPPER_CASE constants of {', '.join(sorted(editable)) or 'the editable files'}"
                     f" (found: {', '.join(sorted({c.name for c in consts})) or 'none'})"
                 )
+
+
+def _constants_of(editable: Mapping[str, str]) -> list[Constant]:
+    """The tunable constants of the editable Python files, in path order."""
+    return [
+        c
+        for path, text in sorted(editable.items())
+        if path.endswith(".py")
+        for c in discover(path, text)
+    ]
 
 
 def _require_cmaes() -> None:
