@@ -372,3 +372,21 @@ def test_agent_options_are_checked_before_setup_and_baseline(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match=r"\[agent.tuner\] include: NOPE not found"):
         Engine(load_config(repo), agent, options=SessionOptions(tag="t")).run()
     assert not (repo / "setup-ran").exists()
+
+
+def test_a_task_in_a_subfolder_records_task_relative_diffs(tmp_path: Path) -> None:
+    toml = TOY_TOML.replace("{python}", PY)
+    files = {"README.md": "monorepo\n", "sub/params.py": TOY_PARAMS, "sub/score.py": TOY_SCORE,
+             "sub/program.md": "Minimise.\n", "sub/autoresearch.toml": toml}  # fmt: skip
+    repo = make_repo(tmp_path / "mono", files)
+    engine, _ = run_session(
+        repo / "sub", write_patch_dir(tmp_path / "p", {"01": PATCHES["01-improve"]})
+    )
+    diff = engine.ledger.proposal(engine.session, 1).diff  # type: ignore[union-attr]
+    assert "--- a/params.py" in diff and "sub/" not in diff
+    assert engine.ledger.experiment(engine.session, 1).verdict == "keep"
+    # The recorded diff replays as a patch on a fresh session of the same task.
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "01.patch").write_text(diff)
+    engine2, _ = run_session(repo / "sub", tmp_path / "again", tag="t2")
+    assert engine2.ledger.experiment(engine2.session, 1).metric == 10.0
