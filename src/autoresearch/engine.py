@@ -237,7 +237,13 @@ class Engine:
         if opts.resume:
             ws.resume()
             session = self.ledger.session(opts.tag)
-            self.ledger.update_session(session, status="running", stop_reason="")
+            config = {
+                **session.config,
+                "agent_flags": dict(opts.agent_flags),
+            }  # a later resume's defaults
+            self.ledger.update_session(
+                session, status="running", stop_reason="", agent=self._agent_name(), config=config
+            )
             self.session = session
             self._repair()
             return self.ledger.session(opts.tag)
@@ -527,7 +533,10 @@ class Engine:
                 )
         decision = self._decide(flight)
         if decision.verdict is None:
-            self._say(f"#{flight.experiment_id}: {decision.reason} (run {len(flight.runs) + 1})")
+            total = len(flight.runs) + decision.more_runs
+            self._say(
+                f"#{flight.experiment_id}: {decision.reason} (run {len(flight.runs) + 1} of {total})"
+            )
             self._submit(flight)
             return
         del self._inflight[flight.slot]
@@ -542,7 +551,8 @@ class Engine:
         if decision.verdict is not Verdict.KEEP:
             return decision
         if len(flight.runs) < self.config.judge.baseline_runs:
-            return Decision(None, reason="baseline")
+            more = self.config.judge.baseline_runs - len(flight.runs)
+            return Decision(None, reason="baseline", more_runs=more)
         values = [r.metric for r in flight.runs if r.metric is not None]
         noise = noise_of(values)
         self.ledger.update_session(self.session, noise=noise)
