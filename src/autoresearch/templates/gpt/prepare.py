@@ -6,7 +6,10 @@ It owns everything the metric depends on:
   - the data (a pinned, deterministic validation split for every source),
   - the tokenizer (BPE trained with rustbpe, wrapped as a tiktoken Encoding, or plain bytes),
   - the data loader (BOS-aligned rows, packed best-fit, no padding),
-  - the metric: bits per byte on the validation split, computed here from the model's logits.
+  - the metric: bits per byte on the validation split, computed here from the model's logits,
+    in a process that also runs train.py's code (to rebuild the model), so it guards itself:
+    private references, a snapshot of the runtime checked after train.py ran (RuntimeGuard),
+    train.py's output quarantined (see README.md, "What the harness guarantees").
 
 Usage:
     python prepare.py                       # prepare data + tokenizer (source from preset.toml)
@@ -18,24 +21,55 @@ Usage:
 
 Data lives in $AUTORESEARCH_DATA_DIR, else $AUTORESEARCH_TASK_DIR/.autoresearch/data, else
 .autoresearch/data next to this file: every run (in its own git worktree) finds the same data.
+The validation split sits alone in its val/ folder, which the loop hashes (`protected_data`).
 """
 
+import os
+import sys
+
+# Run as a script, Python puts this file's folder first on sys.path, so a file the run step left
+# there (json.py, torch.py...) would shadow the modules the harness imports. Drop it.
+# ruff: noqa: E402
+_here = os.path.dirname(os.path.abspath(__file__))
+if __name__ == "__main__" and sys.path and os.path.realpath(sys.path[0]) == os.path.realpath(_here):
+    del sys.path[0]
+
 import argparse
+import contextlib
 import importlib.util
 import json
 import math
-import os
 import random
 import re
-import sys
+import shutil
+import tempfile
+import threading
 import time
 import tomllib
+import traceback
 from pathlib import Path
+from types import ModuleType
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
+
+# Private references to what the metric is computed with, taken when the harness is imported,
+# before train.py runs in this process (see `evaluate`): patching torch.nn.functional or
+# torch.Tensor from train.py does not reach these names (and RuntimeGuard reports the patch).
+_cross_entropy = F.cross_entropy
+_autocast = torch.autocast
+_frombuffer = torch.frombuffer
+_Tensor = torch.Tensor
+_tensor_item = torch.Tensor.item
+_tensor_sum = torch.Tensor.sum
+_float64 = torch.float64
+_LN2 = math.log(2)
+_isfinite = math.isfinite
+_stdout, _stderr = sys.stdout, sys.stderr
+_enumerate_threads = threading.enumerate
 
 # ---------------------------------------------------------------------------
 # Constants (from preset.toml, fixed per size preset)
@@ -52,6 +86,8 @@ BOS_TOKEN = "<|bos|>"
 # GPT-4 style split pattern, with \p{N}{1,2} instead of {1,3} (small vocabularies)
 SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 VAL_EVERY = 20  # local sources: every 20th document is validation (pinned, deterministic)
+VAL_DIR = "val"  # data_dir()/val/: the validation file(s) alone; the loop hashes them
+DATA_LAYOUT = 2  # version of the prepared data's layout; another version is prepared again
 HUB_REVISION = "main"
 HUB_SOURCES = {  # name -> (dataset repo, shard name pattern or None to list the repo, last shard)
     "climbmix": ("karpathy/climbmix-400b-shuffle", "shard_{:05d}.parquet", 6542),
@@ -149,6 +185,16 @@ def merge_blocks(text, min_chars=2000):
     return docs
 
 
+def val_folder():
+    """data_dir()/val, emptied: validation data sits in its own files, apart from training data,
+    so that the loop can hash exactly them (autoresearch.toml's `protected_data`)."""
+    folder = data_dir() / VAL_DIR
+    if folder.is_dir():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return folder
+
+
 def write_local_source(name, docs):
     """Pin the split (every VAL_EVERY-th document is validation), shuffle train, write parquet."""
     val = [d for i, d in enumerate(docs) if i % VAL_EVERY == 0]
@@ -156,13 +202,11 @@ def write_local_source(name, docs):
     random.Random(1234).shuffle(train)  # fixed shuffle: the training order is part of the data
     folder = data_dir() / name
     folder.mkdir(parents=True, exist_ok=True)
-    for split, texts in (("train", train), ("val", val)):
-        pq.write_table(pa.table({"text": texts}), folder / f"{split}.parquet", row_group_size=64)
+    train_path, val_path = folder / "train.parquet", val_folder() / "val.parquet"
+    for path, texts in ((train_path, train), (val_path, val)):
+        pq.write_table(pa.table({"text": texts}), path, row_group_size=64)
     print(f"Data: {name}: {len(train)} training and {len(val)} validation documents")
-    return {
-        "train": [[str(folder / "train.parquet"), 0, False]],
-        "val": [[str(folder / "val.parquet"), 0, True]],
-    }
+    return {"train": [[str(train_path), 0, False]], "val": [[str(val_path), 0, True]]}
 
 
 def hub_download(repo_id, filename, attempts=5, delay=1.0):
@@ -217,9 +261,20 @@ def hub_source(name, num_shards):
         f"Data: {repo_id}: {len(names) - 1} training shard(s) + pinned validation shard {names[-1]}"
     )
     paths = [str(hub_download(repo_id, n)) for n in names]
+    folder = val_folder()  # the validation data is copied out of the hub cache, into its own file
     if len(paths) == 1:  # a one-file dataset: every VAL_EVERY-th row is validation
-        return {"train": [[paths[0], VAL_EVERY, False]], "val": [[paths[0], VAL_EVERY, True]]}
-    return {"train": [[p, 0, False] for p in paths[:-1]], "val": [[paths[-1], 0, True]]}
+        with pq.ParquetWriter(folder / "val.parquet", pa.schema([("text", pa.string())])) as out:
+            rows, first = [], 0
+            for batch in pq.ParquetFile(paths[0]).iter_batches(columns=["text"]):
+                texts = batch.column("text").to_pylist()
+                rows.extend(t for i, t in enumerate(texts) if (first + i) % VAL_EVERY == 0)
+                first += len(texts)
+            out.write_table(pa.table({"text": rows}, schema=out.schema), row_group_size=64)
+        val = [[str(folder / "val.parquet"), 0, True]]
+        return {"train": [[paths[0], VAL_EVERY, False]], "val": val}
+    val = folder / names[-1].rsplit("/", 1)[-1]
+    shutil.copyfile(paths[-1], val)  # byte for byte (the cache holds a link to its blob)
+    return {"train": [[p, 0, False] for p in paths[:-1]], "val": [[str(val), 0, True]]}
 
 
 def prepare_data(source, num_shards):
@@ -480,17 +535,63 @@ def validation_rows(tokenizer, tokens=EVAL_TOKENS, seq_len=MAX_SEQ_LEN):
     return torch.tensor(rows, dtype=torch.long)
 
 
+class ValidationData:
+    """The validation rows and which targets count, frozen as immutable bytes.
+
+    `evaluate` builds it before train.py is imported. The model is handed a fresh copy of each
+    batch's inputs only (its own storage: nothing behind the view to peek at); the targets and
+    their byte mask are rebuilt from these bytes after the model has returned, and the total byte
+    count is a plain int computed up front, so code running inside the model cannot reach them."""
+
+    def __init__(self, rows, token_bytes):
+        rows = rows.detach().to("cpu", torch.int64).contiguous()
+        if rows.ndim != 2 or rows.shape[1] < 2:
+            raise ValueError(f"validation rows must be (N, T+1); got {tuple(rows.shape)}")
+        token_bytes = token_bytes.detach().to("cpu", torch.int64)
+        sizes = token_bytes[rows[:, 1:]]
+        self.num_rows, self.row_len = rows.shape
+        self.vocab = int(token_bytes.numel())
+        self.total_bytes = int(sizes.sum())
+        self._rows = rows.numpy().tobytes()
+        self._counted = (sizes > 0).numpy().tobytes()
+        if self.total_bytes <= 0:
+            raise SystemExit("the validation rows hold no bytes to score")
+
+    def _fresh(self, data, start, stop, width, dtype):
+        size = np.dtype(dtype).itemsize * width
+        chunk = bytearray(data[start * size : stop * size])
+        return _frombuffer(chunk, dtype=getattr(torch, dtype)).view(stop - start, width)
+
+    def inputs(self, start, stop):
+        """Tokens [0, T) of rows [start, stop): a new contiguous tensor."""
+        rows = self._fresh(self._rows, start, stop, self.row_len, "int64")
+        return rows[:, :-1].clone(memory_format=torch.contiguous_format)
+
+    def targets(self, start, stop):
+        """Tokens [1, T+1) of rows [start, stop), and whether each target counts (has bytes)."""
+        rows = self._fresh(self._rows, start, stop, self.row_len, "int64")
+        counted = self._fresh(self._counted, start, stop, self.row_len - 1, "bool")
+        return rows[:, 1:].clone(memory_format=torch.contiguous_format), counted
+
+
 def check_logits(logits, B, T, vocab_size):
-    """The model's contract: model(idx) -> logits of shape (B, T, V) with V >= the vocabulary."""
+    """The model's contract: model(idx) -> logits of shape (B, T, V) with V >= the vocabulary, a
+    plain floating-point torch.Tensor (a subclass could intercept the harness's own calls)."""
     if (
-        not isinstance(logits, torch.Tensor)
+        type(logits) is not _Tensor
+        or logits.layout != torch.strided
+        or not logits.dtype.is_floating_point
         or logits.ndim != 3
         or tuple(logits.shape[:2]) != (B, T)
         or logits.shape[2] < vocab_size
     ):
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        shape = (
+            f"{type(logits).__name__} {tuple(logits.shape)} {logits.dtype}"
+            if isinstance(logits, torch.Tensor)
+            else type(logits).__name__
+        )
         raise ModelContractError(
-            f"model(idx) must return logits of shape ({B}, {T}, >={vocab_size}); got {shape}"
+            f"model(idx) must return logits of shape ({B}, {T}, >={vocab_size}), a plain floating-point torch.Tensor; got {shape}"
         )
 
 
@@ -499,28 +600,30 @@ class ModelContractError(Exception):
 
 
 @torch.no_grad()
-def evaluate_bpb(model, tokenizer, rows, device, batch_size=16, autocast=False):
-    """Bits per byte of `model` on validation `rows` (N, T+1).
+def evaluate_bpb(model, tokenizer, rows, device, batch_size=16, autocast=False, guard=None):
+    """Bits per byte of `model` on validation `rows` (N, T+1), or on a frozen ValidationData.
 
     Cross-entropy is taken here in fp32 from the logits, in nats, summed over targets; the byte
     count is the exact bytes of each target token; special tokens (0 bytes) are left out of both.
+    Each batch's sum comes back to the CPU before the model runs again; `guard` (a RuntimeGuard)
+    is checked after every batch.
     """
-    token_bytes = tokenizer.token_bytes.to(device)
-    vocab = tokenizer.vocab_size
-    total_nats = torch.zeros((), dtype=torch.float64, device=device)
-    total_bytes = torch.zeros((), dtype=torch.int64, device=device)
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size].to(device)
-        x, y = batch[:, :-1], batch[:, 1:]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+    data = rows if isinstance(rows, ValidationData) else ValidationData(rows, tokenizer.token_bytes)
+    vocab = data.vocab
+    total_nats = 0.0
+    for start in range(0, data.num_rows, batch_size):
+        stop = min(start + batch_size, data.num_rows)
+        x = data.inputs(start, stop).to(device)
+        with _autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             logits = model(x)
-        check_logits(logits, *x.shape, vocab)
+        check_logits(logits, stop - start, data.row_len - 1, vocab)
         logits = logits[..., :vocab].float()  # padded vocabularies: score the real tokens only
-        nats = F.cross_entropy(logits.reshape(-1, vocab), y.reshape(-1), reduction="none")
-        nbytes = token_bytes[y.reshape(-1)]
-        total_nats += (nats * (nbytes > 0)).sum(dtype=torch.float64)
-        total_bytes += nbytes.sum()
-    return total_nats.item() / (math.log(2) * total_bytes.item())
+        y, counted = (t.to(device) for t in data.targets(start, stop))
+        nats = _cross_entropy(logits.reshape(-1, vocab), y.reshape(-1), reduction="none")
+        total_nats += _tensor_item(_tensor_sum(nats * counted.reshape(-1), dtype=_float64))
+        if guard is not None:
+            guard.check()
+    return total_nats / (_LN2 * data.total_bytes)
 
 
 @torch.no_grad()
@@ -537,19 +640,181 @@ def check_causality(model, vocab_size, seq_len, device, seed=0):
     for t in cuts:
         changed = x.clone()
         changed[:, t + 1 :] = torch.randint(0, vocab_size, (2, seq_len - t - 1), generator=gen)
-        out = model(changed.to(device)).float().cpu()
-        diff = (out[:, : t + 1] - base[:, : t + 1]).abs().max().item()
-        if diff > 1e-3 * scale:
+        out = model(changed.to(device))
+        check_logits(out, 2, seq_len, vocab_size)
+        diff = (out.float().cpu()[:, : t + 1] - base[:, : t + 1]).abs().max().item()
+        if not diff <= 1e-3 * scale:
             raise ModelContractError(
                 f"causality check failed: changing tokens after position {t} changed the logits at positions <= {t} (max difference {diff:.3g})"
             )
     other = x.clone()
     other[1] = torch.randint(0, vocab_size, (seq_len,), generator=gen)
-    diff = (model(other.to(device)).float().cpu()[0] - base[0]).abs().max().item()
-    if diff > 1e-3 * scale:
+    out = model(other.to(device))
+    check_logits(out, 2, seq_len, vocab_size)
+    diff = (out.float().cpu()[0] - base[0]).abs().max().item()
+    if not diff <= 1e-3 * scale:
         raise ModelContractError(
             f"causality check failed: changing another row of the batch changed a row's logits (max difference {diff:.3g})"
         )
+
+
+# ---------------------------------------------------------------------------
+# The runtime guard. `evaluate` imports train.py to rebuild the model, so train.py's module-level
+# code (and the model's code) runs inside this trusted process and could patch what the metric
+# is computed with (F.cross_entropy, torch.Tensor methods, this module's functions, print...).
+# The metric path uses private references taken at import (above); RuntimeGuard snapshots the
+# namespaces it depends on before train.py is imported and compares them after the model is
+# built and after every batch: any difference is refused. Best effort: see the README.
+# ---------------------------------------------------------------------------
+
+
+class HarnessTampered(Exception):
+    """train.py changed the runtime the metric is computed with: the run is not measured."""
+
+
+GUARDED_MODULES = (
+    "builtins", "math", "sys", "gc", "threading", "numpy", "torch", "torch.nn.functional",
+    "torch._C", "torch._C._nn", "torch._tensor", "torch.functional", "torch.overrides",
+    "torch.nn.modules.module", "torch.autograd.grad_mode", "torch.amp.autocast_mode",
+    "torch.serialization",
+)  # fmt: skip
+GUARDED_CLASSES = {
+    "torch.Tensor": torch.Tensor,
+    "torch.nn.Module": torch.nn.Module,
+    "torch.autocast": torch.autocast,
+    "torch.no_grad": torch.no_grad,
+}
+# Changes that torch makes by itself: importing torch._dynamo (train.py's @torch.compiler.disable)
+# wraps torch.manual_seed; running a torch.compile'd function patches nn.Module's constructor.
+# The metric does not use them (building modules is train.py's business anyway).
+ALLOWED_CHANGES = frozenset({
+    "torch.manual_seed", "torch.nn.Module.__init__", "torch.nn.Module.__setstate__",
+    "torch.nn.Module.___needs_generation_tag_patch",
+})  # fmt: skip
+
+
+def _mode_stacks():
+    """Lengths of torch's function-mode and dispatch-mode stacks (a mode intercepts every op)."""
+    return (
+        torch._C._len_torch_function_stack() if hasattr(torch._C, "_len_torch_function_stack") else 0,
+        torch._C._len_torch_dispatch_stack() if hasattr(torch._C, "_len_torch_dispatch_stack") else 0,
+    )  # fmt: skip
+
+
+class RuntimeGuard:
+    """A snapshot of the namespaces the metric depends on (each attribute's object, held so its
+    id cannot be reused), the trace/profile hooks, torch's mode stacks and the live threads."""
+
+    def __init__(self):
+        spaces = {name: sys.modules[name] for name in GUARDED_MODULES if name in sys.modules}
+        spaces.update(GUARDED_CLASSES)
+        live = {label: space.__dict__ for label, space in spaces.items()}
+        live["prepare"] = globals()  # this harness's own functions and private references
+        self._spaces = {label: (now, dict(now)) for label, now in live.items()}
+        self._hooks = (sys.gettrace(), sys.getprofile())
+        self._modes = _mode_stacks()
+        self._threads = frozenset(_enumerate_threads())
+
+    def changes(self):
+        """What differs from the snapshot, as 'torch.nn.functional.cross_entropy' etc."""
+        found = []
+        for label, (now, before) in self._spaces.items():
+            for key in before.keys() - now.keys():
+                found.append(f"{label}.{key} (deleted)")
+            for key, value in list(now.items()):
+                if key not in before:
+                    # importing a submodule adds it: fine
+                    if type(value) is not ModuleType and f"{label}.{key}" not in ALLOWED_CHANGES:
+                        found.append(f"{label}.{key} (added)")
+                elif value is not before[key] and f"{label}.{key}" not in ALLOWED_CHANGES:
+                    found.append(f"{label}.{key}")
+        if (sys.gettrace(), sys.getprofile()) != self._hooks:
+            found.append("sys.settrace/setprofile (a hook runs inside the harness)")
+        if _mode_stacks() != self._modes:
+            found.append("torch's mode stack (a TorchFunctionMode/TorchDispatchMode is active)")
+        if any(type(t) is not _tqdm_monitor() for t in set(_enumerate_threads()) - self._threads):
+            found.append("threading (it left a thread running)")
+        return sorted(found)
+
+    def check(self):
+        found = self.changes()
+        if found:
+            more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+            raise HarnessTampered(
+                f"train.py modified {', '.join(found[:5])}{more}; refusing to measure"
+            )
+
+
+def _tqdm_monitor():
+    """tqdm's monitor thread class (torch.compile's progress bars start one), if loaded."""
+    module = sys.modules.get("tqdm._monitor")
+    return getattr(module, "TMonitor", None) if module is not None else None
+
+
+class Quarantine:
+    """While train.py's code runs in this process, file descriptors 1 and 2 point to a temporary
+    file; afterwards its lines are copied to stderr prefixed with `train.py| `, which no summary
+    parser reads as `key: value`. So train.py cannot print a summary of its own and then end the
+    process (os._exit(0)) before the harness prints the real one."""
+
+    def __enter__(self):
+        _stdout.flush()
+        _stderr.flush()
+        self._file = tempfile.TemporaryFile()
+        self._saved = (os.dup(1), os.dup(2))
+        os.dup2(self._file.fileno(), 1)
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc_info):
+        for stream in (_stdout, _stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os.dup2(self._saved[0], 1)
+        os.dup2(self._saved[1], 2)
+        for fd in self._saved:
+            os.close(fd)
+        self._file.seek(0)
+        text = self._file.read().decode("utf-8", errors="replace")
+        self._file.close()
+        for line in text.splitlines():
+            _stderr.write(f"train.py| {line}\n")
+        _stderr.flush()
+        return False
+
+
+def _this_module():
+    """This harness as a module object (`__main__` when run as a script), or None."""
+    for name in (__name__, "__main__", "prepare"):
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "__dict__", None) is globals():
+            return module
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Rebuilding the model and the `evaluate` step
+# ---------------------------------------------------------------------------
+
+_STAT_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def summary_stats(stats):
+    """The checkpoint's statistics that are safe to print: identifier keys (not a metric the
+    harness prints) and finite int/float values. Anything else (text, bools, keys or values with
+    newlines that would inject summary lines) is dropped."""
+    if not isinstance(stats, dict):
+        return {}
+    reserved = {"val_bpb", "eval_tokens", "eval_seconds"}
+    return {
+        key: value
+        for key, value in stats.items()
+        if type(key) is str
+        and _STAT_KEY.match(key)
+        and key.lower() not in reserved
+        and type(value) in (int, float)
+        and _isfinite(value)
+    }
 
 
 def pick_device():
@@ -561,17 +826,24 @@ def pick_device():
 
 
 def load_train_module(path):
-    """train.py as a module; its training code sits under `if __name__ == "__main__"`."""
-    sys.path.insert(0, str(Path(path).parent))
-    spec = importlib.util.spec_from_file_location("train", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """train.py as a module; its training code sits under `if __name__ == "__main__"`. Its
+    `import prepare` gets this very module (so a patch to it is seen by RuntimeGuard)."""
+    folder = str(Path(path).resolve().parent)
+    if _this_module() is not None:
+        sys.modules["prepare"] = _this_module()
+    sys.path.insert(0, folder)
+    try:
+        spec = importlib.util.spec_from_file_location("train", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
     return module
 
 
-def load_model(checkpoint_path, train_path, device):
+def build_from_checkpoint(ckpt, train_path, device):
     """Rebuild the model with train.py's builder named in the checkpoint; load its weights."""
-    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     module = load_train_module(train_path)
     builder = getattr(module, ckpt["builder"], None)
     if not callable(builder):
@@ -581,11 +853,18 @@ def load_model(checkpoint_path, train_path, device):
     model = builder(**ckpt["config"])
     state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["state_dict"].items()}
     model.load_state_dict(state, strict=True)
-    return model.to(device).eval(), ckpt.get("stats", {})
+    return model.to(device).eval()
+
+
+def load_model(checkpoint_path, train_path, device):
+    """(model, printable stats) of a checkpoint, rebuilt with train.py (no guard: see evaluate)."""
+    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    return build_from_checkpoint(ckpt, train_path, device), summary_stats(ckpt.get("stats"))
 
 
 def evaluate(checkpoint_path=None, train_path=None, batch_size=None):
-    """The task's `evaluate` step: rebuild, check causality, score; print the summary."""
+    """The task's `evaluate` step: freeze the data, snapshot the runtime, rebuild the model from
+    train.py, check the runtime and causality, score; print the summary, `val_bpb` last."""
     t0 = time.time()
     checkpoint_path = Path(checkpoint_path or out_dir() / "model.pt")
     if not checkpoint_path.is_file():
@@ -593,20 +872,35 @@ def evaluate(checkpoint_path=None, train_path=None, batch_size=None):
             f"no checkpoint at {checkpoint_path}: train.py must save one (see save_checkpoint)"
         )
     device = pick_device()
+    # Everything the metric needs is read before train.py runs in this process.
     tokenizer = Tokenizer.from_directory()
-    model, stats = load_model(checkpoint_path, train_path or HERE / "train.py", device)
-    check_causality(model, tokenizer.vocab_size, MAX_SEQ_LEN, device)
-    rows = validation_rows(tokenizer)
+    data = ValidationData(validation_rows(tokenizer), tokenizer.token_bytes)
+    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    stats = summary_stats(ckpt.get("stats"))
     on_cuda = device.type == "cuda"
     batch_size = batch_size or max(1, (2**16 if on_cuda else 2**13) // MAX_SEQ_LEN)
-    val_bpb = evaluate_bpb(model, tokenizer, rows, device, batch_size=batch_size, autocast=on_cuda)
-    print("---")
-    print(f"val_bpb:          {val_bpb:.6f}")
-    print(f"eval_tokens:      {rows.shape[0] * MAX_SEQ_LEN}")
-    print(f"eval_seconds:     {time.time() - t0:.1f}")
-    for key, value in stats.items():  # reported by train.py: informative, never the metric
-        if key != "val_bpb":
-            print(f"{key + ':':17s} {value}")
+    guard = RuntimeGuard()
+    with Quarantine():  # train.py's code runs in here: its output cannot pass for the summary
+        try:
+            model = build_from_checkpoint(ckpt, train_path or HERE / "train.py", device)
+            guard.check()
+            check_causality(model, data.vocab, MAX_SEQ_LEN, device)
+            guard.check()
+            val_bpb = evaluate_bpb(model, None, data, device, batch_size, on_cuda, guard)
+        except SystemExit as exc:
+            raise ModelContractError(
+                f"train.py exited ({exc.code!r}) while being evaluated"
+            ) from None
+    guard.check()
+    lines = ["---"]
+    lines += [f"{key + ':':17s} {value}" for key, value in stats.items()]  # train.py's: informative
+    lines += [
+        f"eval_tokens:      {data.num_rows * (data.row_len - 1)}",
+        f"eval_seconds:     {time.time() - t0:.1f}",
+        f"val_bpb:          {val_bpb:.6f}",  # the metric: last, so nothing before it can override
+    ]
+    _stdout.write("\n".join(lines) + "\n")
+    _stdout.flush()
     return val_bpb
 
 
@@ -636,6 +930,7 @@ def prepare(source, vocab_size, tokenizer_kind, num_shards, force=False):
         "vocab_size": vocab_size,
         "tokenizer": tokenizer_kind,
         "num_shards": num_shards,
+        "layout": DATA_LAYOUT,
     }
     manifest_path = folder / "manifest.json"
     if manifest_path.is_file() and not force:
@@ -684,12 +979,25 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     if args.command == "evaluate":
+        code = 0
         try:
             evaluate(args.checkpoint)
         except ModelContractError as exc:
-            print(f"FAIL: {exc}", file=sys.stderr)
-            return 1
-        return 0
+            _stderr.write(f"FAIL: {exc}\n")
+            code = 1
+        except HarnessTampered as exc:
+            _stderr.write(f"harness: {exc}\n")
+            code = 3
+        except Exception:  # train.py's model failed: a crash, with its traceback
+            traceback.print_exc(file=_stderr)
+            code = 1
+        if __name__ == "__main__":
+            # Leave now: atexit handlers, finalizers or threads that train.py left behind must
+            # not get to print after the summary (the loop reads the last `val_bpb:` line).
+            _stdout.flush()
+            _stderr.flush()
+            os._exit(code)
+        return code
     prepare(args.data, args.vocab_size, args.tokenizer, args.num_shards, force=args.force)
     return 0
 

@@ -1,0 +1,335 @@
+"""The GPT template's harness against a train.py that tries to game `val_bpb`.
+
+Every variant below rebuilds the same checkpoint (a zero bigram table: the uniform distribution)
+with a train.py carrying one attack; `python prepare.py evaluate` must refuse it (exit code 3, a
+`harness:` line, no `val_bpb`) or measure the honest value anyway. The evaluations run two at a
+time in one module fixture: each is a fresh interpreter (torch import included).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("tiktoken")
+pytest.importorskip("rustbpe")
+
+import test_gpt_template as gpt  # noqa: E402
+from test_gpt_template import import_file, sh, task_env  # noqa: E402
+
+from autoresearch import metrics, templates  # noqa: E402
+from autoresearch.config import load_config  # noqa: E402
+
+VOCAB = 2048  # the cpu preset's vocabulary
+prepared = gpt.prepared  # the cpu-preset task with kjv prepared (once for this module)
+
+TRAIN = """
+import torch
+import torch.nn.functional as F
+
+class Model(torch.nn.Module):
+    def __init__(self, vocab_size):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.zeros(vocab_size, vocab_size))
+
+    def forward(self, idx):
+        return self.table[idx]
+
+def build_model(vocab_size):
+    return Model(vocab_size)
+
+if __name__ != "__main__":  # the attack: runs when prepare.py imports this file to rebuild
+{attack}
+"""
+
+REFUSED = {  # attack -> what the refusal names
+    "cross_entropy": (
+        "_ce = F.cross_entropy\nF.cross_entropy = lambda *a, **k: _ce(*a, **k) * 0.01",
+        "torch.nn.functional.cross_entropy",
+    ),
+    "tensor_sum": (
+        "_sum = torch.Tensor.sum\ntorch.Tensor.sum = lambda self, *a, **k: _sum(self, *a, **k) * 0.01",
+        "torch.Tensor.sum",
+    ),
+    "aten_loss": (
+        "_l = torch._C._nn.cross_entropy_loss\n"
+        "torch._C._nn.cross_entropy_loss = lambda *a, **k: _l(*a, **k) * 0.01",
+        "torch._C._nn.cross_entropy_loss",
+    ),
+    "prepare_function": (
+        "import prepare\nprepare.evaluate_bpb = lambda *a, **k: 0.001",
+        "prepare.evaluate_bpb",
+    ),
+    "prepare_private_ref": (
+        "import prepare\n_ce = prepare._cross_entropy\n"
+        "prepare._cross_entropy = lambda *a, **k: _ce(*a, **k) * 0.01",
+        "prepare._cross_entropy",
+    ),
+    "function_mode": (
+        "from torch.overrides import TorchFunctionMode\n"
+        "class Cheap(TorchFunctionMode):\n"
+        "    def __torch_function__(self, func, types, args=(), kwargs=None):\n"
+        "        out = func(*args, **(kwargs or {}))\n"
+        "        return out * 0.01 if func is F.cross_entropy else out\n"
+        "Cheap().__enter__()",
+        "mode stack",
+    ),
+    "stdout": (
+        "import sys\n"
+        "class Out:\n"
+        "    def write(self, s): return sys.__stdout__.write(s.replace('val_bpb:', 'ignored:'))\n"
+        "    def flush(self): sys.__stdout__.flush()\n"
+        "sys.stdout = Out()",
+        "sys.stdout",
+    ),
+    # patched while the model runs on the validation rows, restored at its next call: only a
+    # check after every batch sees it
+    "during_forward": (
+        "import prepare\n_ce = prepare._cross_entropy\n"
+        "_forward = Model.forward\n"
+        "def forward(self, idx):\n"
+        "    prepare._cross_entropy = _ce\n"
+        "    if idx.shape[0] > 2:  # the causality check uses 2 rows; the evaluation more\n"
+        "        prepare._cross_entropy = lambda *a, **k: _ce(*a, **k) * 0.01\n"
+        "    return _forward(self, idx)\n"
+        "Model.forward = forward",
+        "prepare._cross_entropy",
+    ),
+}
+
+MEASURED_HONESTLY = {  # attack -> the harness measures the uniform distribution anyway
+    # print a better score after the harness's summary, at interpreter exit
+    "atexit": "import atexit\natexit.register(lambda: print('---\\nval_bpb: 0.000100', flush=True))",
+    # read the targets through the storage behind the input view (rows of T+1 tokens)
+    "storage_peek": (
+        "def forward(self, idx):\n"
+        "    B, T = idx.shape\n"
+        "    full = torch.empty(0, dtype=idx.dtype).set_(idx.untyped_storage())\n"
+        "    if idx.stride(0) == T + 1 and full.numel() >= idx.storage_offset() + B * (T + 1):\n"
+        "        nxt = torch.as_strided(full, (B, T), idx.stride(), idx.storage_offset() + 1)\n"
+        "        return self.table[idx] + 50 * F.one_hot(nxt, self.table.size(0)).float()\n"
+        "    return self.table[idx]\n"
+        "Model.forward = forward"
+    ),
+}
+
+EXITS = {  # attack -> the evaluate step's exit code: print a summary, then end the process
+    "os_exit": ("print('---\\nval_bpb: 0.000100', flush=True)\nimport os\nos._exit(0)", 0),
+    "sys_exit": ("print('---\\nval_bpb: 0.000100', flush=True)\nimport sys\nsys.exit(0)", 1),
+}
+
+SUBCLASS = (  # logits as a Tensor subclass that shrinks the harness's cross-entropy
+    "class Cheap(torch.Tensor):\n"
+    "    @classmethod\n"
+    "    def __torch_function__(cls, func, types, args=(), kwargs=None):\n"
+    "        out = super().__torch_function__(func, types, args, kwargs)\n"
+    "        return out * 0.01 if func is F.cross_entropy else out\n"
+    "_forward = Model.forward\n"
+    "Model.forward = lambda self, idx: _forward(self, idx).as_subclass(Cheap)"
+)
+
+INJECTED_STATS = {
+    "depth": "4\nval_bpb: 0.0001",  # a text value with a newline: a second val_bpb line
+    "num_steps": 12,
+    "tokens_per_sec": 1234.5,
+    "val_bpb": 0.0001,
+    "VAL_BPB": 0.0002,
+    "x\nval_bpb": 0.0003,
+    "flag": True,
+    "nan_value": float("nan"),
+    "mfu_percent": "unknown",
+}
+
+
+def indent(code: str) -> str:
+    return "\n".join("    " + line for line in code.splitlines())
+
+
+@pytest.fixture(scope="module")
+def outcomes(prepared: tuple[Path, Path, str], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """name -> the evaluate step's CompletedProcess, for every variant (two at a time)."""
+    task, data, _ = prepared
+    root = tmp_path_factory.mktemp("attacks")
+    harness = import_file(task / "prepare.py", "prepare_attacks")  # for save_checkpoint
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = torch.nn.Parameter(torch.zeros(VOCAB, VOCAB))
+
+    plain, injected = root / "plain.pt", root / "injected.pt"
+    harness.save_checkpoint(Model(), "build_model", {"vocab_size": VOCAB}, {"num_steps": 12}, plain)
+    harness.save_checkpoint(Model(), "build_model", {"vocab_size": VOCAB}, INJECTED_STATS, injected)
+    variants = {
+        "honest": (TRAIN.format(attack="    pass"), plain),
+        "stats": (TRAIN.format(attack="    pass"), injected),
+        "subclass": (TRAIN.format(attack=indent(SUBCLASS)), plain),
+        **{k: (TRAIN.format(attack=indent(c)), plain) for k, (c, _) in REFUSED.items()},
+        **{k: (TRAIN.format(attack=indent(c)), plain) for k, c in MEASURED_HONESTLY.items()},
+        **{k: (TRAIN.format(attack=indent(c)), plain) for k, (c, _) in EXITS.items()},
+    }
+
+    def evaluate(name: str) -> tuple[str, object]:
+        code, checkpoint = variants[name]
+        folder = root / name
+        folder.mkdir()
+        for file in ("prepare.py", "preset.toml"):
+            (folder / file).write_bytes((task / file).read_bytes())
+        (folder / "train.py").write_text(code)
+        # a module the run step could leave next to prepare.py: it must not shadow the stdlib's
+        (folder / "json.py").write_text("raise SystemExit('json.py shadowed the stdlib')\n")
+        env = task_env(folder, data, AUTORESEARCH_OUT=str(root / "out"))
+        return name, sh(f"python prepare.py evaluate --checkpoint {checkpoint}", folder, env)
+
+    with ThreadPoolExecutor(2) as pool:
+        return dict(pool.map(evaluate, variants))
+
+
+def val_bpb_lines(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if re.match(r"\s*val_bpb\s*:", line)]
+
+
+def honest_value(outcomes: dict) -> float:
+    done = outcomes["honest"]
+    assert done.returncode == 0, done.stdout + done.stderr
+    return metrics.parse_summary(done.stdout)["val_bpb"]
+
+
+def test_the_honest_model_is_measured_with_val_bpb_last(outcomes: dict) -> None:
+    done = outcomes["honest"]
+    value = honest_value(outcomes)
+    assert value == pytest.approx(math.log2(VOCAB) * 0.27, rel=0.2)  # uniform
+    assert val_bpb_lines(done.stdout) == [done.stdout.strip().splitlines()[-1]]
+    assert metrics.parse_summary(done.stdout)["num_steps"] == 12
+
+
+def test_stats_cannot_inject_a_val_bpb_line(outcomes: dict) -> None:
+    done = outcomes["stats"]
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = val_bpb_lines(done.stdout)
+    assert len(lines) == 1 and lines[0] == done.stdout.strip().splitlines()[-1]
+    summary = metrics.parse_summary(done.stdout)
+    assert summary["val_bpb"] == honest_value(outcomes)
+    assert "VAL_BPB" not in summary
+    assert not any(f"0.000{i}" in done.stdout for i in (1, 2, 3))
+    assert summary["num_steps"] == 12 and summary["tokens_per_sec"] == 1234.5
+    for dropped in ("depth", "flag", "nan_value", "mfu_percent"):
+        assert dropped not in summary and f"{dropped}:" not in done.stdout, dropped
+
+
+@pytest.mark.parametrize("attack", sorted(REFUSED))
+def test_a_train_py_that_patches_the_runtime_is_refused(outcomes: dict, attack: str) -> None:
+    done = outcomes[attack]
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "harness: train.py modified" in done.stderr and "refusing to measure" in done.stderr
+    assert REFUSED[attack][1] in done.stderr
+    assert "val_bpb" not in done.stdout
+
+
+def test_logits_of_a_tensor_subclass_break_the_contract(outcomes: dict) -> None:
+    done = outcomes["subclass"]
+    assert done.returncode == 1
+    assert "a plain floating-point torch.Tensor; got Cheap" in done.stderr
+    assert "val_bpb" not in done.stdout
+
+
+@pytest.mark.parametrize("attack", sorted(MEASURED_HONESTLY))
+def test_attacks_that_are_measured_honestly(outcomes: dict, attack: str) -> None:
+    done = outcomes[attack]
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(val_bpb_lines(done.stdout)) == 1
+    assert metrics.parse_summary(done.stdout)["val_bpb"] == honest_value(outcomes)
+
+
+@pytest.mark.parametrize("attack", sorted(EXITS))
+def test_train_py_cannot_print_a_summary_and_leave(outcomes: dict, attack: str) -> None:
+    done = outcomes[attack]
+    assert done.returncode == EXITS[attack][1], done.stdout + done.stderr
+    # the loop reads stdout and stderr together: no val_bpb in either
+    assert "val_bpb" not in metrics.parse_summary(done.stdout + "\n" + done.stderr)
+    if attack == "sys_exit":
+        assert "train.py exited (0) while being evaluated" in done.stderr
+        assert "train.py| ---" in done.stderr  # what it printed, shown, prefixed
+
+
+@pytest.fixture
+def harness(
+    prepared: tuple[Path, Path, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ModuleType]:
+    task, data, _ = prepared
+    monkeypatch.setenv("AUTORESEARCH_DATA_DIR", str(data))
+    module = import_file(task / "prepare.py", "prepare")
+    monkeypatch.setitem(sys.modules, "prepare", module)
+    yield module
+
+
+def test_the_template_model_scores_as_the_unguarded_formula(
+    prepared: tuple[Path, Path, str], harness: ModuleType, tmp_path: Path
+) -> None:
+    """The real template train.py passes the guard (its @torch.compiler.disable imports
+    torch._dynamo, which wraps torch.manual_seed) and scores what the plain formula gives."""
+    task, data, _ = prepared
+    torch.manual_seed(0)
+    train = import_file(task / "train.py", "train_guarded")
+    tok = harness.Tokenizer.from_directory()
+    config = train.model_config(tok.vocab_size)
+    model = train.build_model(**config).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # a model with an opinion (zero-init projections learn)
+            p.add_(torch.randn_like(p) * 0.05)
+    checkpoint = harness.save_checkpoint(model, "build_model", config, {}, tmp_path / "m.pt")
+    env = task_env(task, data, AUTORESEARCH_OUT=str(tmp_path))
+    done = sh(f"python prepare.py evaluate --checkpoint {checkpoint}", task, env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = metrics.parse_summary(done.stdout)["val_bpb"]
+    # the formula as it stood before the guard: CE in fp32 over the rows, masked by byte count
+    rows = harness.validation_rows(tok)
+    x, y = rows[:, :-1], rows[:, 1:]
+    with torch.no_grad():
+        logits = model(x).float()
+    nats = torch.nn.functional.cross_entropy(logits.reshape(-1, tok.vocab_size), y.reshape(-1),
+                                             reduction="none")  # fmt: skip
+    nbytes = tok.token_bytes[y.reshape(-1)]
+    expected = float((nats * (nbytes > 0)).sum(dtype=torch.float64)) / (
+        math.log(2) * int(nbytes.sum())
+    )
+    assert got == pytest.approx(expected, abs=2e-6)
+    assert got < math.log2(VOCAB) * 0.27 * 1.3  # not a degenerate model
+
+
+# --- protected data ------------------------------------------------------------------------
+
+
+def test_protected_data_covers_validation_and_tokenizer_not_training(
+    prepared: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    _, data, _ = prepared
+    paths = json.loads((data / "manifest.json").read_text())
+    val_files = {Path(p).resolve() for p, *_ in paths["val"]}
+    train_files = {Path(p).resolve() for p, *_ in paths["train"]}
+    assert all(p.parent == (data / "val").resolve() for p in val_files)  # their own folder
+    wanted = val_files | {(data / n).resolve() for n in ("tokenizer.tiktoken", "tokenizer.json",
+                                                         "manifest.json")}  # fmt: skip
+    for size in ("cpu", "h100"):
+        task = tmp_path / size
+        templates.write_template("gpt", task, size=size)
+        globs = load_config(task).protected_data
+        assert globs and all(g.startswith(".autoresearch/data/") for g in globs), globs
+        # the default data folder is .autoresearch/data of the task: match there
+        covered = {
+            p.resolve()
+            for g in globs
+            for p in data.glob(g.removeprefix(".autoresearch/data/"))
+            if p.is_file()
+        }
+        assert covered == wanted, size
+        assert not covered & train_files
