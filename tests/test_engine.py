@@ -390,3 +390,25 @@ def test_a_task_in_a_subfolder_records_task_relative_diffs(tmp_path: Path) -> No
     (tmp_path / "again" / "01.patch").write_text(diff)
     engine2, _ = run_session(repo / "sub", tmp_path / "again", tag="t2")
     assert engine2.ledger.experiment(engine2.session, 1).metric == 10.0
+
+
+def test_the_evaluate_step_runs_on_a_clean_checkout(tmp_path: Path) -> None:
+    repo = toy(tmp_path)
+    judge = "import json\nimport params\nprint('---')\nprint('score:', json.dumps((params.X - 3) ** 2 + (params.Y + 1) ** 2))\n"
+    (repo / "judge.py").write_text(judge)
+    toml = (
+        (repo / "autoresearch.toml")
+        .read_text()
+        .replace('protected = ["score.py"]', 'protected = ["score.py", "judge.py"]')
+    )
+    (repo / "autoresearch.toml").write_text(
+        toml.replace("time_budget = 5", f'evaluate = "{PY} judge.py"\ntime_budget = 5')
+    )
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "a trusted judge")
+    shadow = "open('json.py', 'w').write(\"def dumps(x): return '-1000'\")"
+    patches = {"01": sr("params.py", "Y = 2.0", "Y = 0.0\n" + shadow, "Y 0, and shadow json")}
+    engine, _ = run_session(repo, write_patch_dir(tmp_path / "p", patches))
+    assert (
+        engine.ledger.experiment(engine.session, 1).metric == 5.0
+    )  # the real json module measured it

@@ -154,3 +154,25 @@ def test_json_result_counts_only_from_the_evaluate_step(executor: Executor, tmp_
     assert (
         executor.submit(job(tmp_path, run, evaluate=honest, metric=metric)).result().metric == 2.5
     )
+
+
+def test_a_process_that_leaves_the_group_dies_with_the_step(
+    executor: Executor, tmp_path: Path
+) -> None:
+    run = script(tmp_path, "escape.py", (
+        "import os, sys, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        open('daemon', 'w').write(str(os.getpid()))\n"
+        "        time.sleep(1.5)\n"
+        "        print('---'); print('score: -1000', flush=True)\n"
+        "        time.sleep(300)\n"
+        "    os._exit(0)\n"
+        "time.sleep(0.5)\n"
+        "print('---'); print('score: 5', flush=True)\n"
+    ))  # fmt: skip
+    result = executor.submit(job(tmp_path, run)).result()
+    assert result.status is RunStatus.OK and result.metric == 5.0
+    time.sleep(0.2)
+    assert not _alive(int((tmp_path / "daemon").read_text()))

@@ -508,6 +508,7 @@ class Engine:
             check=cfg.check, evaluate=cfg.evaluate, time_budget=cfg.time_budget, timeout=cfg.timeout,
             seed=experiment_seed(self.options.seed, flight.experiment_id, index), env=self._task_env(),
             slot=flight.slot, protected=flight.protected, protected_data=self._protected_data,
+            reset_root=self.workspace.slot_root(flight.slot), reset_keep=self.workspace.linked_paths(),
         )  # fmt: skip
         flight.future = self.executor.submit(job)
 

@@ -270,6 +270,10 @@ class Workspace:
         self._link(slot)
         return self.slot_dir(slot)
 
+    def linked_paths(self) -> tuple[str, ...]:
+        """The task's ``link`` paths, relative to the worktree root."""
+        return tuple(self._in_repo(p) for p in self.config.link)
+
     def _in_repo(self, rel: str) -> str:
         return rel if self.task_rel == "." else f"{self.task_rel}/{rel}"
 

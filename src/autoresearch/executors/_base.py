@@ -48,6 +48,10 @@ class Job:
     slot: int = 0
     protected: Mapping[str, str] = field(default_factory=dict)  # path -> sha256 that must hold
     protected_data: Mapping[str, str] = field(default_factory=dict)  # absolute path -> sha256
+    # Put back before ``evaluate``: the worktree root, and the repo-relative paths to keep
+    # (links). The trusted step never sees files the run step wrote or changed.
+    reset_root: Path | None = None
+    reset_keep: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -63,6 +67,7 @@ class StepResult:
     seconds: float
     log_path: Path
     timed_out: bool = False
+    output: str = ""  # the end of the step's output, as read from the step itself
 
 
 @dataclass(frozen=True)

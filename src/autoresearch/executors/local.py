@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +26,7 @@ from autoresearch.errors import ExecutorError, MetricError
 from autoresearch.executors._base import Job, RunResult, RunStatus, StepResult
 from autoresearch.workspace import sha256_files
 
+MARKER = "AUTORESEARCH_STEP"  # environment variable that tags every process of one step
 TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL of a timed-out group
 TAIL_LINES = 40
 
@@ -126,37 +129,115 @@ class StepRunner:
 
     def step(self, name: str, command: str, cwd: Path, env: Mapping[str, str], log: Path,
              timeout: float) -> StepResult:  # fmt: skip
+        """Run ``command``; its output goes to ``log`` and, through a pipe we hold, to the result."""
         log.parent.mkdir(parents=True, exist_ok=True)
+        marker = uuid.uuid4().hex  # finds processes that left the group (setsid, double fork)
         start = time.monotonic()
-        with log.open("wb") as out:
-            try:
-                proc = subprocess.Popen(command, shell=True, cwd=cwd, env=dict(env), stdout=out,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)  # fmt: skip
-            except OSError as exc:
-                raise ExecutorError(
-                    f"cannot start {name} step {command!r} in {cwd}: {exc}"
-                ) from exc
-            with self._lock:
-                self._groups.add(proc.pid)
-            pidfile = log.with_suffix(".pid")  # lets a resumed session kill what a dead one left
-            pidfile.write_text(f"{proc.pid} {_start_time(proc.pid) or ''}")
-            timed_out = False
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
+        read_fd, write_fd = os.pipe()
+        try:
+            proc = subprocess.Popen(command, shell=True, cwd=cwd, env={**env, MARKER: marker},
+                                    stdout=write_fd, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        except OSError as exc:
+            os.close(read_fd)
+            raise ExecutorError(f"cannot start {name} step {command!r} in {cwd}: {exc}") from exc
+        finally:
+            os.close(write_fd)
+        with self._lock:
+            self._groups.add(proc.pid)
+        pidfile = log.with_suffix(".pid")  # lets a resumed session kill what a dead one left
+        pidfile.write_text(f"{proc.pid} {_start_time(proc.pid) or ''}")
+        output = _Output(log)
+        try:
+            timed_out = not output.pump(read_fd, proc, start + timeout)
+            if timed_out:
                 kill_group(proc.pid, signal.SIGTERM)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=TERM_GRACE)
-            finally:
-                kill_group(proc.pid, signal.SIGKILL)  # leftovers in the group die with the step
-                proc.wait()
-                pidfile.unlink(missing_ok=True)
-                with self._lock:
-                    self._groups.discard(proc.pid)
+        finally:
+            kill_group(proc.pid, signal.SIGKILL)  # leftovers in the group die with the step
+            kill_marked(marker)  # and so do processes that left the group
+            proc.wait()
+            output.drain(read_fd)
+            os.close(read_fd)
+            output.close()
+            pidfile.unlink(missing_ok=True)
+            with self._lock:
+                self._groups.discard(proc.pid)
         seconds = time.monotonic() - start
-        return StepResult(name, None if timed_out else proc.returncode, seconds, log, timed_out)
+        code = None if timed_out else proc.returncode
+        return StepResult(name, code, seconds, log, timed_out, output.text())
+
+
+class _Output:
+    """A step's output: copied to its log file, the last ``KEEP_BYTES`` kept in memory.
+
+    The metric is parsed from this copy, read from a pipe only the orchestrator holds, so
+    nothing that writes to the log file afterwards can change what was measured.
+    """
+
+    KEEP_BYTES = 1 << 20
+
+    def __init__(self, log: Path) -> None:
+        self._file = log.open("wb")
+        self._tail = bytearray()
+
+    def _add(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+        self._file.flush()
+        self._tail += chunk
+        if len(self._tail) > 2 * self.KEEP_BYTES:
+            del self._tail[: -self.KEEP_BYTES]
+
+    def pump(self, fd: int, proc: subprocess.Popen[bytes], deadline: float) -> bool:
+        """Copy output until the process exits (True) or the deadline passes (False)."""
+        while proc.poll() is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            ready, _, _ = select.select([fd], [], [], min(0.2, left))
+            if ready:
+                chunk = os.read(fd, 65536)
+                if chunk:
+                    self._add(chunk)
+                else:  # the step closed its output; wait for it to exit
+                    try:
+                        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                    except subprocess.TimeoutExpired:
+                        return False
+        return True
+
+    def drain(self, fd: int, grace: float = 1.0) -> None:
+        """Read what is left in the pipe (its writers are dead by now)."""
+        end = time.monotonic() + grace
+        while time.monotonic() < end:
+            ready, _, _ = select.select([fd], [], [], 0.05)
+            if not ready:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return
+            self._add(chunk)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def text(self) -> str:
+        return bytes(self._tail[-self.KEEP_BYTES :]).decode("utf-8", errors="replace")
+
+
+def kill_marked(marker: str) -> list[int]:
+    """SIGKILL every process whose environment carries ``MARKER=marker`` (Linux /proc)."""
+    needle = f"{MARKER}={marker}".encode()
+    killed = []
+    for entry in Path("/proc").glob("[0-9]*") if Path("/proc").is_dir() else []:
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return killed
 
 
 def execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None = None) -> RunResult:
@@ -170,8 +251,12 @@ def execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None = None) 
             continue
         suffix = "" if name == "run" else f".{name}"
         log = job.log_dir / f"{job.name}{suffix}.log"
-        if name == "evaluate" and job.metric.format == "json":
-            (job.out_dir / job.metric.path).unlink(missing_ok=True)  # only the harness may write it
+        if name == "evaluate":
+            _pristine(job)
+            if job.metric.format == "json":
+                (job.out_dir / job.metric.path).unlink(
+                    missing_ok=True
+                )  # only the harness writes it
         result = runner.step(name, command, job.workdir, environment, log, job.timeout)
         steps.append(result)
         failure = _failure(job, result, runner)
@@ -200,6 +285,18 @@ def _failure(job: Job, step: StepResult, runner: StepRunner) -> tuple[RunStatus,
     return None
 
 
+def _pristine(job: Job) -> None:
+    """Reset the worktree to the commit before the trusted step (outputs live in AUTORESEARCH_OUT)."""
+    if job.reset_root is None:
+        return
+    keep = [f"--exclude=/{path}" for path in job.reset_keep]
+    for args in (["reset", "-q", "--hard"], ["clean", "-qffdx", *keep]):
+        done = subprocess.run(["git", *args], cwd=job.reset_root, capture_output=True)
+        if done.returncode != 0:
+            message = done.stderr.decode("utf-8", errors="replace").strip()
+            raise ExecutorError(f"cannot reset {job.reset_root} before evaluate: {message}")
+
+
 def _tampered(job: Job) -> list[str]:
     """Protected files (in the worktree) and protected data (anywhere) whose hash changed."""
     changed = []
@@ -213,8 +310,7 @@ def _tampered(job: Job) -> list[str]:
 def _measure(job: Job, steps: Sequence[StepResult]) -> RunResult:
     source = steps[-1]  # evaluate when the task has one, else run: the harness's word wins
     try:
-        text = source.log_path.read_text(encoding="utf-8", errors="replace")
-        found = metrics.parse(job.metric, text, job.out_dir)
+        found = metrics.parse(job.metric, source.output, job.out_dir)
     except MetricError as exc:
         return _result(job, steps, RunStatus.CRASH, str(exc))
     return _result(job, steps, RunStatus.OK, "", found)
@@ -230,7 +326,7 @@ def _result(job: Job, steps: Sequence[StepResult], status: RunStatus, reason: st
         metric=found.get(job.metric.name), metrics=found,
         seconds=run_step.seconds if run_step else 0.0, reason=reason,
         log_path=run_step.log_path if run_step else (last.log_path if last else None),
-        log_tail=tail(last.log_path) if last else "", steps=tuple(steps),
+        log_tail="\n".join(last.output.splitlines()[-TAIL_LINES:]) if last else "", steps=tuple(steps),
     )  # fmt: skip
 
 
