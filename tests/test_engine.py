@@ -412,3 +412,23 @@ def test_the_evaluate_step_runs_on_a_clean_checkout(tmp_path: Path) -> None:
     assert (
         engine.ledger.experiment(engine.session, 1).metric == 5.0
     )  # the real json module measured it
+
+
+def test_a_run_that_rewrites_the_ledger_stops_the_session(tmp_path: Path) -> None:
+    from autoresearch.errors import LedgerError
+
+    repo = toy(tmp_path)
+    code = (
+        "import os, sqlite3\n"
+        "db = sqlite3.connect(os.environ['AUTORESEARCH_TASK_DIR'] + '/.autoresearch/ledger.db')\n"
+        "db.execute(\"UPDATE experiments SET metric = 1000 WHERE verdict IN ('baseline', 'keep')\")\n"
+        "db.commit()"
+    )
+    patches = {
+        "01": sr("params.py", "X = 1.0", "X = 0.0\n" + code, "worse, and rewrite the ledger")
+    }
+    with pytest.raises(LedgerError, match="changed by another process"):
+        run_session(repo, write_patch_dir(tmp_path / "p", patches))
+    assert git(repo, "rev-parse", "autoresearch/t") == git(
+        repo, "rev-parse", "main"
+    )  # nothing kept

@@ -7,6 +7,7 @@ experiment or nothing. ``export_tsv`` writes upstream's ``results.tsv`` columns.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -147,6 +148,7 @@ class Ledger:
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path}: cannot open the ledger: {exc}") from exc
         self._cache: dict[tuple[str, int], list[ExperimentRow]] = {}
+        self._expected: str | None = None  # the experiments' digest after this ledger's last write
 
     def close(self) -> None:
         self._db.close()
@@ -156,11 +158,25 @@ class Ledger:
         self._cache.clear()  # this process's reads are cached between its own writes
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            if self._expected is not None and self._fingerprint() != self._expected:
+                raise LedgerError(
+                    f"{self.path} was changed by another process since this orchestrator last wrote "
+                    "it (a run writing to the ledger?); refusing to record on top of it"
+                )
             yield self._db
+            self._expected = self._fingerprint()
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def _fingerprint(self) -> str:
+        """A digest of every experiment's outcome: what another writer must not change."""
+        rows = self._db.execute(
+            "SELECT session_id, id, parent, commit_sha, verdict, metric, metrics FROM experiments"
+            " ORDER BY session_id, id"
+        ).fetchall()
+        return hashlib.sha256(repr(rows).encode()).hexdigest()
 
     # --- sessions --------------------------------------------------------------------
 
