@@ -372,6 +372,7 @@ def test_agent_options_are_checked_before_setup_and_baseline(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match=r"\[agent.tuner\] include: NOPE not found"):
         Engine(load_config(repo), agent, options=SessionOptions(tag="t")).run()
     assert not (repo / "setup-ran").exists()
+    assert "autoresearch/t" not in git(repo, "branch", "--list")  # the tag is still free
 
 
 def test_a_task_in_a_subfolder_records_task_relative_diffs(tmp_path: Path) -> None:

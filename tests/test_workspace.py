@@ -158,3 +158,23 @@ def test_commit_refuses_stray_files_left_in_the_worktree(toy_repo: Path) -> None
     )  # e.g. a CLI agent
     with pytest.raises(EditRejected, match=r"score\.py: protected"):
         ws.commit(0, "sneaky")
+
+
+def test_lf_blocks_edit_crlf_files_without_mixing_line_endings(toy_repo: Path) -> None:
+    (toy_repo / "params.py").write_bytes(b"X = 1.0\r\nY = 2.0\r\n")
+    git(toy_repo, "commit", "-qam", "crlf")
+    ws = workspace(toy_repo)
+    ws.checkout(0, ws.start())
+    ws.apply(
+        0, Proposal("x", edits=(Edit("params.py", "X = 1.0\nY = 2.0\n", "X = 2.0\nY = 0.0\n"),))
+    )
+    assert (ws.slot_dir(0) / "params.py").read_bytes() == b"X = 2.0\r\nY = 0.0\r\n"
+
+
+def test_an_edit_to_a_file_that_is_not_utf8_is_a_clear_rejection(toy_repo: Path) -> None:
+    (toy_repo / "params.py").write_bytes(b"# caf\xe9\nX = 1.0\nY = 2.0\n")
+    git(toy_repo, "commit", "-qam", "latin-1")
+    ws = workspace(toy_repo)
+    ws.checkout(0, ws.start())
+    with pytest.raises(ProposalError, match="not UTF-8 text"):
+        ws.apply(0, Proposal("x", edits=(Edit("params.py", "X = 1.0", "X = 2.0"),)))

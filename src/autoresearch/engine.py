@@ -207,13 +207,13 @@ class Engine:
         lock = SessionLock(self.config.root / STATE_DIR, self.options.tag)
         lock.acquire()
         try:
+            self._check_agent()  # before anything is created: a typo costs no session
             self.session = self._open_session()
         except BaseException:
             lock.release()
             raise
         previous = self._install_sigint()
         try:
-            self._check_agent()
             if not self.session.setup_done and self.options.run_setup:
                 self._setup()
             if not self._stop:
@@ -299,9 +299,11 @@ class Engine:
         """Let an agent validate its options against the code before setup and baseline run."""
         check = getattr(self.agent, "check", None)
         if callable(check):
-            head = self.workspace.branch_head() or self.session.base_commit
-            self.workspace.checkout(0, head)
-            check(self.workspace.read_files(0, self.config.editable))
+            ws = self.workspace
+            ws.ensure_excluded()
+            head = ws.branch_head() if self.options.resume else None
+            ws.checkout(0, head or ws.head())
+            check(ws.read_files(0, self.config.editable))
 
     def _setup(self) -> None:
         if self.config.setup.strip():

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from autoresearch.agents._base import Proposal
 from autoresearch.agents.edits import apply_edits
 from autoresearch.config import CONFIG_NAME, TaskConfig
-from autoresearch.errors import EditRejected, WorkspaceError
+from autoresearch.errors import EditRejected, ProposalError, WorkspaceError
 
 STATE_DIR = ".autoresearch"
 _FALLBACK_IDENTITY = {
@@ -337,7 +337,14 @@ class Workspace:
 
     def _read(self, base: Path, rel: str) -> str | None:
         target = base / rel
-        return _read_exact(target) if target.is_file() else None
+        if not target.is_file():
+            return None
+        try:
+            return _read_exact(target)
+        except UnicodeDecodeError as exc:
+            raise ProposalError(
+                f"edit to {rel}: the file is not UTF-8 text ({exc.reason}); use a patch"
+            ) from exc
 
     def _check_path(self, base: Path, rel: str) -> None:
         reason = self.allow.reason(rel)
@@ -392,8 +399,6 @@ class Workspace:
         return [] if self.task_rel == "." else [f"--directory={self.task_rel}"]
 
     def _git_apply(self, base: Path, patch: str, *, check_only: bool) -> None:
-        from autoresearch.errors import ProposalError
-
         args = ["apply", "--whitespace=nowarn", "--recount", *self._directory()]
         try:
             Git(self._top(base), self._env)(

@@ -26,8 +26,15 @@ def apply_edits(files: Mapping[str, str], edits: Iterable[Edit]) -> dict[str, st
         current = changed.get(edit.path, files.get(edit.path))
         if current is None:
             raise ProposalError(f"edit to {edit.path}: no such file (use content to create one)")
-        changed[edit.path] = replace_once(current, edit.search, edit.replace, edit.path)
+        search, replace = edit.search, edit.replace
+        if "\r\n" in current:  # a CRLF file: blocks written with LF match and stay CRLF
+            search, replace = _crlf(search), _crlf(replace)
+        changed[edit.path] = replace_once(current, search, replace, edit.path)
     return changed
+
+
+def _crlf(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\n", "\r\n")
 
 
 def replace_once(text: str, search: str, replace: str, path: str = "") -> str:
