@@ -106,6 +106,41 @@ REFUSED = {  # attack -> what the refusal names
     ),
 }
 
+PEEK = (  # the answer: the next input token, read from the batch
+    "_forward = Model.forward\n"
+    "def peek(self, idx):\n"
+    "    ahead = F.one_hot(torch.roll(idx, -1, 1), self.table.size(0)).float()\n"
+    "    return _forward(self, idx) + 50 * ahead\n"
+)
+
+LOOKS_AHEAD = {  # attack -> the model looks ahead only where the old probe (2 random rows) did not
+    "peek_unless_batch_of_2": PEEK
+    + "Model.forward = lambda self, idx: _forward(self, idx) if idx.shape[0] == 2 else peek(self, idx)",
+    "peek_without_gradients": PEEK
+    + "Model.forward = lambda self, idx: _forward(self, idx) if torch.is_grad_enabled() else peek(self, idx)",
+    "peek_on_real_text": PEEK  # real rows start with BOS (the last id); random tokens rarely do
+    + "Model.forward = lambda self, idx: peek(self, idx) if bool((idx[:, 0] == 2047).all()) else _forward(self, idx)",
+}
+
+# Causal, so every check passes, and nearly perfect: the validation text, read from disk while
+# the model is rebuilt, looked up by the last 16 tokens. Only the plausibility floor catches it.
+LOOKUP = (
+    "import prepare\n"
+    "_next = {}\n"
+    "for _row in prepare.validation_rows(prepare.Tokenizer.from_directory()).tolist():\n"
+    "    for _i in range(len(_row) - 1):\n"
+    "        _next[tuple(_row[max(0, _i - 15) : _i + 1])] = _row[_i + 1]\n"
+    "def forward(self, idx):\n"
+    "    logits = self.table[idx].clone()\n"
+    "    for b, row in enumerate(idx.tolist()):\n"
+    "        for i in range(len(row)):\n"
+    "            nxt = _next.get(tuple(row[max(0, i - 15) : i + 1]))\n"
+    "            if nxt is not None:\n"
+    "                logits[b, i, nxt] += 30\n"
+    "    return logits\n"
+    "Model.forward = forward"
+)
+
 MEASURED_HONESTLY = {  # attack -> the harness measures the uniform distribution anyway
     # print a better score after the harness's summary, at interpreter exit
     "atexit": "import atexit\natexit.register(lambda: print('---\\nval_bpb: 0.000100', flush=True))",
@@ -176,6 +211,8 @@ def outcomes(prepared: tuple[Path, Path, str], tmp_path_factory: pytest.TempPath
         **{k: (TRAIN.format(attack=indent(c)), plain) for k, (c, _) in REFUSED.items()},
         **{k: (TRAIN.format(attack=indent(c)), plain) for k, c in MEASURED_HONESTLY.items()},
         **{k: (TRAIN.format(attack=indent(c)), plain) for k, (c, _) in EXITS.items()},
+        **{k: (TRAIN.format(attack=indent(c)), plain) for k, c in LOOKS_AHEAD.items()},
+        "lookup": (TRAIN.format(attack=indent(LOOKUP)), plain),
     }
 
     def evaluate(name: str) -> tuple[str, object]:
@@ -232,6 +269,27 @@ def test_a_train_py_that_patches_the_runtime_is_refused(outcomes: dict, attack: 
     assert done.returncode == 3, done.stdout + done.stderr
     assert "harness: train.py modified" in done.stderr and "refusing to measure" in done.stderr
     assert REFUSED[attack][1] in done.stderr
+    assert "val_bpb" not in done.stdout
+
+
+@pytest.mark.parametrize("attack", sorted(LOOKS_AHEAD))
+def test_a_model_that_looks_ahead_only_when_scored_is_refused(outcomes: dict, attack: str) -> None:
+    done = outcomes[attack]
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert re.search(
+        r"^harness: causality check failed on a validation batch of 32 x 256", done.stderr, re.M
+    )
+    assert "val_bpb" not in done.stdout
+
+
+def test_a_score_below_the_plausible_floor_is_refused(outcomes: dict) -> None:
+    done = outcomes["lookup"]
+    assert done.returncode == 3, done.stdout + done.stderr
+    found = re.search(
+        r"^harness: val_bpb (\S+) is below the plausible floor 0.3 for this data", done.stderr, re.M
+    )
+    assert found and float(found[1]) < 0.3, done.stderr
+    assert "the model must have seen the targets" in done.stderr
     assert "val_bpb" not in done.stdout
 
 

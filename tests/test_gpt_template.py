@@ -270,23 +270,53 @@ def test_evaluate_bpb_matches_a_hand_computation(harness: ModuleType) -> None:
     assert again == pytest.approx(got, rel=1e-9)
 
 
-def test_causality_check_catches_a_model_that_peeks(harness: ModuleType) -> None:
-    vocab = 64
+def test_causality_is_checked_on_the_scored_batches(harness: ModuleType) -> None:
+    tok = harness.Tokenizer.from_directory()
+    vocab = tok.vocab_size
+    data = harness.ValidationData(harness.validation_rows(tok, tokens=8 * 32, seq_len=32),
+                                  tok.token_bytes)  # fmt: skip
+    cpu = torch.device("cpu")
 
-    class Peek(Bigram):
+    class Peek(Bigram):  # looks ahead only on batches of the evaluation's size
         def forward(self, idx: torch.Tensor) -> torch.Tensor:
-            ahead = torch.roll(idx, -1, dims=1)  # the next token: the answer
-            return self.table[idx] + 10 * torch.nn.functional.one_hot(ahead, vocab).float()
+            logits = self.table[idx]
+            if idx.shape[0] != 2:
+                ahead = torch.roll(idx, -1, dims=1)  # the next token: the answer
+                logits = logits + 10 * torch.nn.functional.one_hot(ahead, vocab).float()
+            return logits
 
     class CrossRow(Bigram):
         def forward(self, idx: torch.Tensor) -> torch.Tensor:
             return self.table[idx] + self.table[idx.flip(0)] * 0.5  # reads another row
 
-    harness.check_causality(Bigram(vocab), vocab, 32, torch.device("cpu"))
-    with pytest.raises(harness.ModelContractError, match="changing tokens after position"):
-        harness.check_causality(Peek(vocab), vocab, 32, torch.device("cpu"))
-    with pytest.raises(harness.ModelContractError, match="another row"):
-        harness.check_causality(CrossRow(vocab), vocab, 32, torch.device("cpu"))
+    class Later(Bigram):  # honest on its first 2 calls (a check before scoring), then peeks
+        calls = 0
+
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
+            Later.calls += 1
+            if Later.calls <= 2:
+                return self.table[idx]
+            ahead = torch.roll(idx, -1, dims=1)
+            return self.table[idx] + 10 * torch.nn.functional.one_hot(ahead, vocab).float()
+
+    honest = harness.evaluate_bpb(Bigram(vocab), None, data, cpu, batch_size=4)
+    assert honest > 1.0
+    harness.check_causality(Bigram(vocab), data, 0, 4, cpu)
+    for model, match in ((Peek(vocab), "position"), (CrossRow(vocab), "other row"),
+                         (Later(vocab), "position")):  # fmt: skip
+        with pytest.raises(harness.CausalityError, match=f"causality check failed.*{match}"):
+            harness.evaluate_bpb(model, None, data, cpu, batch_size=4)
+    # refused even when only the probes inside the scoring loop can see it
+    Later.calls = 0
+    with pytest.raises(harness.CausalityError):
+        harness.evaluate_bpb(Later(vocab), None, data, cpu, batch_size=4, probes=1)
+
+
+def test_the_loader_serves_the_training_split_only(harness: ModuleType) -> None:
+    tok = harness.Tokenizer.from_directory()
+    for split in ("val", "validation", "test"):
+        with pytest.raises(ValueError, match="training split only"):
+            harness.make_dataloader(tok, 4, 64, split)
 
 
 CHEAT_TRAIN = """
@@ -317,10 +347,11 @@ if __name__ == "__main__":
 
 
 @pytest.mark.parametrize(
-    ("kind", "error"), [("peek", "causality check failed"), ("loss", "must return logits of shape")]
+    ("kind", "code", "error"),
+    [("peek", 3, "harness: causality check failed"), ("loss", 1, "must return logits of shape")],
 )
 def test_evaluate_step_rejects_cheating_models(
-    prepared: tuple[Path, Path, str], tmp_path: Path, kind: str, error: str
+    prepared: tuple[Path, Path, str], tmp_path: Path, kind: str, code: int, error: str
 ) -> None:
     task, data, _ = prepared
     cheat = tmp_path / "cheat"
@@ -332,7 +363,7 @@ def test_evaluate_step_rejects_cheating_models(
     trained = sh("python train.py", cheat, env)
     assert trained.returncode == 0, trained.stderr
     evaluated = sh("python prepare.py evaluate", cheat, env)
-    assert evaluated.returncode == 1
+    assert evaluated.returncode == code, evaluated.stderr
     assert error in evaluated.stderr
     assert "val_bpb" not in evaluated.stdout
 

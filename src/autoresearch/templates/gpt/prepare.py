@@ -5,11 +5,12 @@ The fixed harness of the GPT task. DO NOT EDIT: the agent edits train.py only, a
 It owns everything the metric depends on:
   - the data (a pinned, deterministic validation split for every source),
   - the tokenizer (BPE trained with rustbpe, wrapped as a tiktoken Encoding, or plain bytes),
-  - the data loader (BOS-aligned rows, packed best-fit, no padding),
+  - the data loader (BOS-aligned rows, packed best-fit, no padding; the training split only),
   - the metric: bits per byte on the validation split, computed here from the model's logits,
-    in a process that also runs train.py's code (to rebuild the model), so it guards itself:
-    private references, a snapshot of the runtime checked after train.py ran (RuntimeGuard),
-    train.py's output quarantined (see README.md, "What the harness guarantees").
+    in a process that also runs train.py's code (to rebuild the model), so it guards itself,
+    best effort: private references, a snapshot of the runtime checked after train.py ran
+    (RuntimeGuard), train.py's output quarantined, causality checked on the scored batches, and
+    a floor below which a score is refused (see README.md, "What the harness guarantees").
 
 Usage:
     python prepare.py                       # prepare data + tokenizer (source from preset.toml)
@@ -70,6 +71,8 @@ _LN2 = math.log(2)
 _isfinite = math.isfinite
 _stdout, _stderr = sys.stdout, sys.stderr
 _enumerate_threads = threading.enumerate
+_urandom = os.urandom
+_Random = random.Random
 
 # ---------------------------------------------------------------------------
 # Constants (from preset.toml, fixed per size preset)
@@ -81,6 +84,7 @@ MAX_SEQ_LEN = int(PRESET["max_seq_len"])  # tokens per row, training and evaluat
 EVAL_TOKENS = int(PRESET["eval_tokens"])  # validation tokens scored per evaluation
 TIME_BUDGET = float(PRESET["time_budget"])  # seconds, when AUTORESEARCH_TIME_BUDGET is unset
 VOCAB_SIZE = int(PRESET["vocab_size"])  # tokenizer vocabulary, BOS included
+MIN_PLAUSIBLE_BPB = float(PRESET["min_plausible_bpb"])  # a val_bpb below it is refused
 
 BOS_TOKEN = "<|bos|>"
 # GPT-4 style split pattern, with \p{N}{1,2} instead of {1,3} (small vocabularies)
@@ -492,14 +496,24 @@ def tokenized_documents(tokenizer, split, seed=None, batch=64):
 
 
 def make_dataloader(tokenizer, B, T, split="train", device="cpu", seed=None):
-    """Yields (inputs, targets) of shape (B, T) on `device`, forever for train (once for val).
+    """Yields (inputs, targets) of shape (B, T) of the training split on `device`, forever.
 
-    Rows are T+1 tokens packed by pack_rows: inputs are tokens [0, T), targets [1, T+1)."""
-    assert split in ("train", "val")
-    device = torch.device(device)
-    if seed is None and split == "train":
-        seed = run_seed()
-    rows = pack_rows(tokenized_documents(tokenizer, split, seed), T + 1)
+    Rows are T+1 tokens packed by pack_rows: inputs are tokens [0, T), targets [1, T+1).
+    It serves the training split only: the validation split is the metric's, read by
+    `prepare.py evaluate` alone (`split` is kept so that an explicit "train" still works)."""
+    if split != "train":
+        raise ValueError(
+            f"make_dataloader serves the training split only, not {split!r}: the validation "
+            "split is the metric's, scored by `python prepare.py evaluate`; training on it or "
+            "looking at it from train.py is cheating"
+        )
+    return _training_batches(
+        tokenizer, B, T, torch.device(device), run_seed() if seed is None else seed
+    )
+
+
+def _training_batches(tokenizer, B, T, device, seed):
+    rows = pack_rows(tokenized_documents(tokenizer, "train", seed), T + 1)
     pin = device.type == "cuda"
     while True:
         batch = [row for _, row in zip(range(B), rows, strict=False)]
@@ -518,7 +532,8 @@ def make_dataloader(tokenizer, B, T, split="train", device="cpu", seed=None):
 
 
 def validation_rows(tokenizer, tokens=EVAL_TOKENS, seq_len=MAX_SEQ_LEN):
-    """The fixed validation rows, (N, seq_len + 1): the same for every run of this preset."""
+    """The fixed validation rows, (N, seq_len + 1): the same for every run of this preset.
+    The harness's own (`evaluate`): train.py must not read the validation split."""
     n = max(1, tokens // seq_len)
     rows = [
         row
@@ -541,7 +556,12 @@ class ValidationData:
     `evaluate` builds it before train.py is imported. The model is handed a fresh copy of each
     batch's inputs only (its own storage: nothing behind the view to peek at); the targets and
     their byte mask are rebuilt from these bytes after the model has returned, and the total byte
-    count is a plain int computed up front, so code running inside the model cannot reach them."""
+    count is a plain int computed up front. That keeps the targets out of the model's arguments,
+    not out of its reach: isolation inside one process is best effort. The model's code runs in
+    this process and can walk the stack or scan memory to find these bytes, or read the
+    validation file from disk itself. The causality checks and the plausibility floor
+    (MIN_PLAUSIBLE_BPB) are tripwires for that; only a sandbox that hides the data from the run
+    and evaluate steps' code would close it (README.md, "What the harness guarantees")."""
 
     def __init__(self, rows, token_bytes):
         rows = rows.detach().to("cpu", torch.int64).contiguous()
@@ -596,65 +616,129 @@ def check_logits(logits, B, T, vocab_size):
 
 
 class ModelContractError(Exception):
-    """The model broke the harness's contract (wrong output, or it looks at future tokens)."""
+    """The model broke the harness's contract (wrong output, or train.py exited)."""
+
+
+class MeasurementRefused(Exception):
+    """The harness will not report a val_bpb for this model (printed as a `harness:` line)."""
+
+
+class CausalityError(MeasurementRefused):
+    """The model's logits at positions <= t depend on tokens after t, or on other rows."""
+
+
+CAUSALITY_PROBES = 2  # scored batches, picked at random, re-run with their future changed
+CAUSALITY_TOLERANCE = {False: 1e-3, True: 0.1}  # nats of log-probability; True: bf16/fp16
+LOGPROB_FLOOR = -30.0  # log-probabilities are compared above this (noise of improbable tokens)
+
+
+def _forward(model, x, device, autocast, vocab):
+    """model(x) with the evaluation's settings; the checked logits of the real vocabulary."""
+    with _autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        logits = model(x.to(device, copy=True))  # a copy: x stays the harness's
+    check_logits(logits, x.shape[0], x.shape[1], vocab)
+    return logits[..., :vocab]
 
 
 @torch.no_grad()
-def evaluate_bpb(model, tokenizer, rows, device, batch_size=16, autocast=False, guard=None):
+def evaluate_bpb(
+    model, tokenizer, rows, device, batch_size=16, autocast=False, guard=None, rng=None, probes=None
+):
     """Bits per byte of `model` on validation `rows` (N, T+1), or on a frozen ValidationData.
 
     Cross-entropy is taken here in fp32 from the logits, in nats, summed over targets; the byte
     count is the exact bytes of each target token; special tokens (0 bytes) are left out of both.
     Each batch's sum comes back to the CPU before the model runs again; `guard` (a RuntimeGuard)
     is checked after every batch.
+
+    Causality is checked on the evaluation's own batches, with its exact shapes and settings
+    (batch size, sequence length, autocast, no_grad, real text): on one full batch before
+    scoring, and inside the scoring loop on `probes` scored batches picked at random (from
+    `rng`, by default seeded by os.urandom: the model cannot tell which). A model that fails is
+    refused (CausalityError).
     """
     data = rows if isinstance(rows, ValidationData) else ValidationData(rows, tokenizer.token_bytes)
     vocab = data.vocab
+    rng = rng if rng is not None else _Random(_urandom(16))
+    starts = list(range(0, data.num_rows, batch_size))
+    full = [s for s in starts if s + batch_size <= data.num_rows] or starts
+    check_causality(model, data, rng.choice(full), batch_size, device, autocast, rng)
+    if guard is not None:
+        guard.check()
+    probes = CAUSALITY_PROBES if probes is None else probes
+    probed = set(rng.sample(starts, min(probes, len(starts))))
     total_nats = 0.0
-    for start in range(0, data.num_rows, batch_size):
+    for start in starts:
         stop = min(start + batch_size, data.num_rows)
-        x = data.inputs(start, stop).to(device)
-        with _autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(x)
-        check_logits(logits, stop - start, data.row_len - 1, vocab)
-        logits = logits[..., :vocab].float()  # padded vocabularies: score the real tokens only
+        logits = _forward(model, data.inputs(start, stop), device, autocast, vocab)
+        # kept apart from what the model returned: it must not rewrite it before the check
+        kept = logits.clone() if start in probed else None
+        logits = logits.float()
         y, counted = (t.to(device) for t in data.targets(start, stop))
         nats = _cross_entropy(logits.reshape(-1, vocab), y.reshape(-1), reduction="none")
         total_nats += _tensor_item(_tensor_sum(nats * counted.reshape(-1), dtype=_float64))
+        del logits, nats
+        if kept is not None:
+            check_causality(model, data, start, batch_size, device, autocast, rng, base=kept)
         if guard is not None:
             guard.check()
     return total_nats / (_LN2 * data.total_bytes)
 
 
+def _donor_rows(data, start, stop, T, rng):
+    """Other real validation text for the rows [start, stop): rows from outside the batch, else
+    the batch's own rows moved by one (a lone row: itself, rotated)."""
+    B = stop - start
+    others = [i for i in range(data.num_rows) if not start <= i < stop]
+    if len(others) >= B:
+        picked = rng.sample(others, B)
+    elif B > 1:
+        picked = [start + (r + 1) % B for r in range(B)]
+    else:
+        return data.inputs(start, stop).roll(T // 2 + 1, dims=1)
+    return torch.cat([data.inputs(i, i + 1) for i in picked])
+
+
 @torch.no_grad()
-def check_causality(model, vocab_size, seq_len, device, seed=0):
-    """Changing tokens after position t (or another row of the batch) must not change the logits
-    at positions <= t. A model that looks ahead raises ModelContractError."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, vocab_size, (2, seq_len), generator=gen)
-    base = model(x.to(device))
-    check_logits(base, 2, seq_len, vocab_size)
-    base = base.float().cpu()
-    scale = base.abs().max().item() + 1.0
-    cuts = sorted({0, seq_len // 3, seq_len // 2, seq_len - 2} & set(range(seq_len - 1)))
-    for t in cuts:
-        changed = x.clone()
-        changed[:, t + 1 :] = torch.randint(0, vocab_size, (2, seq_len - t - 1), generator=gen)
-        out = model(changed.to(device))
-        check_logits(out, 2, seq_len, vocab_size)
-        diff = (out.float().cpu()[:, : t + 1] - base[:, : t + 1]).abs().max().item()
-        if not diff <= 1e-3 * scale:
-            raise ModelContractError(
-                f"causality check failed: changing tokens after position {t} changed the logits at positions <= {t} (max difference {diff:.3g})"
-            )
-    other = x.clone()
-    other[1] = torch.randint(0, vocab_size, (seq_len,), generator=gen)
-    out = model(other.to(device))
-    check_logits(out, 2, seq_len, vocab_size)
-    diff = (out.float().cpu()[0] - base[0]).abs().max().item()
-    if not diff <= 1e-3 * scale:
-        raise ModelContractError(
-            f"causality check failed: changing another row of the batch changed a row's logits (max difference {diff:.3g})"
+def check_causality(model, data, start, batch_size, device, autocast=False, rng=None, base=None):
+    """Changing a row's tokens after position t, or other rows of the batch, must not change its
+    logits at positions <= t. Checked on the real batch [start, start + batch_size) of `data` (a
+    ValidationData), exactly as it is scored: in the copy, each row's tokens after a random cut
+    are replaced by other real tokens, and about a quarter of the rows entirely; the kept rows'
+    log-probabilities at positions <= their cut are compared (`base`: the batch's logits, if
+    already computed). A difference beyond CAUSALITY_TOLERANCE raises CausalityError."""
+    rng = rng if rng is not None else _Random(_urandom(16))
+    stop = min(start + batch_size, data.num_rows)
+    x = data.inputs(start, stop)
+    B, T = x.shape
+    if base is None:
+        base = _forward(model, x, device, autocast, data.vocab).clone()
+    donor = _donor_rows(data, start, stop, T, rng)
+    whole = set(rng.sample(range(B), (B + 3) // 4)) if B > 1 else set()
+    cuts = {r: rng.randrange(max(T - 1, 1)) for r in range(B) if r not in whole}
+    changed = x.clone()
+    for r in range(B):
+        first = 0 if r in whole else cuts[r] + 1
+        changed[r, first:] = donor[r, first:]
+    out = _forward(model, changed, device, autocast, data.vocab)
+    low = autocast or base.dtype.itemsize < 4 or out.dtype.itemsize < 4
+    worst, where = 0.0, None
+    for r, t in cuts.items():
+        a = torch.log_softmax(base[r, : t + 1].float(), -1).clamp_min(LOGPROB_FLOOR)
+        b = torch.log_softmax(out[r, : t + 1].float(), -1).clamp_min(LOGPROB_FLOOR)
+        diff = _tensor_item((a - b).abs().max())
+        if not diff <= worst:  # NaN included
+            worst, where = diff, (r, t)
+            if not diff <= CAUSALITY_TOLERANCE[low]:
+                break
+    if not worst <= CAUSALITY_TOLERANCE[low]:
+        r, t = where
+        raise CausalityError(
+            f"causality check failed on a validation batch of {B} x {T} tokens: changing the "
+            f"tokens after position {t} of row {r}, and {len(whole)} other row(s) of the batch, "
+            f"changed its log-probabilities at positions <= {t} (max difference {worst:.3g} "
+            f"nats, tolerance {CAUSALITY_TOLERANCE[low]:g}); the model looks ahead or across "
+            "rows: refusing to measure"
         )
 
 
@@ -668,7 +752,7 @@ def check_causality(model, vocab_size, seq_len, device, seed=0):
 # ---------------------------------------------------------------------------
 
 
-class HarnessTampered(Exception):
+class HarnessTampered(MeasurementRefused):
     """train.py changed the runtime the metric is computed with: the run is not measured."""
 
 
@@ -864,7 +948,8 @@ def load_model(checkpoint_path, train_path, device):
 
 def evaluate(checkpoint_path=None, train_path=None, batch_size=None):
     """The task's `evaluate` step: freeze the data, snapshot the runtime, rebuild the model from
-    train.py, check the runtime and causality, score; print the summary, `val_bpb` last."""
+    train.py, check the runtime and causality, score, refuse a score below the plausibility
+    floor; print the summary, `val_bpb` last."""
     t0 = time.time()
     checkpoint_path = Path(checkpoint_path or out_dir() / "model.pt")
     if not checkpoint_path.is_file():
@@ -879,19 +964,24 @@ def evaluate(checkpoint_path=None, train_path=None, batch_size=None):
     stats = summary_stats(ckpt.get("stats"))
     on_cuda = device.type == "cuda"
     batch_size = batch_size or max(1, (2**16 if on_cuda else 2**13) // MAX_SEQ_LEN)
+    rng = _Random(_urandom(16))  # which batches and cuts the causality checks use
     guard = RuntimeGuard()
     with Quarantine():  # train.py's code runs in here: its output cannot pass for the summary
         try:
             model = build_from_checkpoint(ckpt, train_path or HERE / "train.py", device)
             guard.check()
-            check_causality(model, data.vocab, MAX_SEQ_LEN, device)
-            guard.check()
-            val_bpb = evaluate_bpb(model, None, data, device, batch_size, on_cuda, guard)
+            # causality is checked inside, on the scored batches themselves
+            val_bpb = evaluate_bpb(model, None, data, device, batch_size, on_cuda, guard, rng)
         except SystemExit as exc:
             raise ModelContractError(
                 f"train.py exited ({exc.code!r}) while being evaluated"
             ) from None
     guard.check()
+    if val_bpb < MIN_PLAUSIBLE_BPB:
+        raise MeasurementRefused(
+            f"val_bpb {val_bpb:.4f} is below the plausible floor {MIN_PLAUSIBLE_BPB:g} for this "
+            "data (preset.toml's min_plausible_bpb); the model must have seen the targets"
+        )
     lines = ["---"]
     lines += [f"{key + ':':17s} {value}" for key, value in stats.items()]  # train.py's: informative
     lines += [
@@ -985,7 +1075,7 @@ def main(argv=None):
         except ModelContractError as exc:
             _stderr.write(f"FAIL: {exc}\n")
             code = 1
-        except HarnessTampered as exc:
+        except MeasurementRefused as exc:  # tampering, looking ahead, an implausible score
             _stderr.write(f"harness: {exc}\n")
             code = 3
         except Exception:  # train.py's model failed: a crash, with its traceback
