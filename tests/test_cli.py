@@ -85,13 +85,7 @@ def test_init_writes_a_valid_skeleton(tmp_path: Path) -> None:
 
 
 def test_prepare_runs_the_setup_step(tmp_path: Path) -> None:
-    repo = toy(tmp_path)
-    toml = (
-        (repo / "autoresearch.toml")
-        .read_text()
-        .replace("[task]\n", '[task]\nsetup = "echo $AUTORESEARCH_TASK_DIR > prepared.txt"\n')
-    )
-    (repo / "autoresearch.toml").write_text(toml)
+    repo = toy(tmp_path, task='setup = "echo $AUTORESEARCH_TASK_DIR > prepared.txt"')
     assert ar("prepare", cwd=repo).returncode == 0
     assert (repo / "prepared.txt").read_text().strip() == str(repo.resolve())
 

@@ -30,16 +30,21 @@ def sr(path: str, search: str, replace: str, title: str) -> str:
     return f"# {title}\n{path}\n<<<<<<< SEARCH\n{search}\n=======\n{replace}\n>>>>>>> REPLACE\n"
 
 
-def toy(tmp_path: Path, *, timeout: float = 20, extra: str = "") -> Path:
+def toy(tmp_path: Path, *, timeout: float = 20, budget: float | None = None, task: str = "",
+        extra: str = "", files: dict[str, str] | None = None) -> Path:  # fmt: skip
+    """The toy task as a committed repo; ``task`` lines go under [task], ``extra`` at the end."""
     toml = TOY_TOML.replace("{python}", PY).replace("timeout = 20", f"timeout = {timeout}")
-    toml = toml.replace("time_budget = 5", f"time_budget = {min(5, timeout)}") + extra
-    files = {
+    toml = toml.replace(
+        "time_budget = 5", f"time_budget = {budget if budget is not None else min(5, timeout)}"
+    )
+    toml = toml.replace("[task]\n", f"[task]\n{task}\n" if task else "[task]\n") + extra
+    base = {
         "params.py": TOY_PARAMS,
         "score.py": TOY_SCORE,
         "program.md": "Minimise.\n",
         "autoresearch.toml": toml,
     }
-    return make_repo(tmp_path / "task", files)
+    return make_repo(tmp_path / "task", {**base, **(files or {})})
 
 
 def run_session(
@@ -154,14 +159,7 @@ def test_min_delta_and_confirmation_runs(tmp_path: Path) -> None:
 
 
 def test_over_budget_run_is_discarded(tmp_path: Path) -> None:
-    repo = toy(tmp_path, extra="")
-    toml = (
-        (repo / "autoresearch.toml")
-        .read_text()
-        .replace("time_budget = 5\n", "time_budget = 0.5\nbudget_allowance = 0.5\n")
-    )
-    (repo / "autoresearch.toml").write_text(toml)
-    git(repo, "commit", "-qam", "short budget")
+    repo = toy(tmp_path, budget=0.5, task="budget_allowance = 0.5")
     slow = sr("params.py", "X = 1.0", "X = 2.0\nimport time\ntime.sleep(1.5)", "slow but better")
     engine, _ = run_session(repo, write_patch_dir(tmp_path / "p", {"01": slow}))
     row = engine.ledger.experiment(engine.session, 1)
@@ -268,12 +266,7 @@ def test_parallel_slots(tmp_path: Path) -> None:
 
 
 def test_replay_of_git_diffs_and_linked_untracked_data(tmp_path: Path) -> None:
-    repo = toy(tmp_path, extra="")
-    toml = (repo / "autoresearch.toml").read_text().replace("[task]\n", '[task]\nlink = ["data"]\n')
-    (repo / "autoresearch.toml").write_text(toml)
-    (repo / ".gitignore").write_text("data/\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "link data")
+    repo = toy(tmp_path, task='link = ["data"]', files={".gitignore": "data/\n"})
     (repo / "data").mkdir()
     (repo / "data" / "offset.txt").write_text("0.5\n")
     diff = (
@@ -300,14 +293,7 @@ def test_max_hours_stops_after_the_baseline(tmp_path: Path) -> None:
 
 
 def test_a_run_that_rewrites_protected_data_stops_the_session(tmp_path: Path) -> None:
-    repo = toy(tmp_path)
-    toml = (repo / "autoresearch.toml").read_text()
-    (repo / "autoresearch.toml").write_text(
-        toml.replace("[task]\n", '[task]\nprotected_data = ["data/*.txt"]\n')
-    )
-    (repo / ".gitignore").write_text("data/\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "protect the data")
+    repo = toy(tmp_path, task='protected_data = ["data/*.txt"]', files={".gitignore": "data/\n"})
     (repo / "data").mkdir()
     (repo / "data" / "val.txt").write_text("the validation set\n")
     code = (
@@ -360,14 +346,7 @@ def test_agent_options_are_checked_before_setup_and_baseline(tmp_path: Path) -> 
     from autoresearch.agents.tuner import TunerAgent
     from autoresearch.errors import ConfigError
 
-    repo = toy(tmp_path)
-    toml = (
-        (repo / "autoresearch.toml")
-        .read_text()
-        .replace("[task]\n", '[task]\nsetup = "touch setup-ran"\n')
-    )
-    (repo / "autoresearch.toml").write_text(toml)
-    git(repo, "commit", "-qam", "setup")
+    repo = toy(tmp_path, task='setup = "touch setup-ran"')
     agent = TunerAgent(include=["NOPE"])
     with pytest.raises(ConfigError, match=r"\[agent.tuner\] include: NOPE not found"):
         Engine(load_config(repo), agent, options=SessionOptions(tag="t")).run()
@@ -394,19 +373,14 @@ def test_a_task_in_a_subfolder_records_task_relative_diffs(tmp_path: Path) -> No
 
 
 def test_the_evaluate_step_runs_on_a_clean_checkout(tmp_path: Path) -> None:
-    repo = toy(tmp_path)
     judge = "import json\nimport params\nprint('---')\nprint('score:', json.dumps((params.X - 3) ** 2 + (params.Y + 1) ** 2))\n"
-    (repo / "judge.py").write_text(judge)
+    task = f'evaluate = "{PY} judge.py"'
+    repo = toy(tmp_path, task=task, files={"judge.py": judge})
     toml = (
-        (repo / "autoresearch.toml")
-        .read_text()
-        .replace('protected = ["score.py"]', 'protected = ["score.py", "judge.py"]')
+        (repo / "autoresearch.toml").read_text().replace('["score.py"]', '["score.py", "judge.py"]')
     )
-    (repo / "autoresearch.toml").write_text(
-        toml.replace("time_budget = 5", f'evaluate = "{PY} judge.py"\ntime_budget = 5')
-    )
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "a trusted judge")
+    (repo / "autoresearch.toml").write_text(toml)
+    git(repo, "commit", "-qam", "protect the judge")
     shadow = "open('json.py', 'w').write(\"def dumps(x): return '-1000'\")"
     patches = {"01": sr("params.py", "Y = 2.0", "Y = 0.0\n" + shadow, "Y 0, and shadow json")}
     engine, _ = run_session(repo, write_patch_dir(tmp_path / "p", patches))
