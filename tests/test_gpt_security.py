@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
@@ -319,15 +317,7 @@ def test_train_py_cannot_print_a_summary_and_leave(outcomes: dict, attack: str) 
         assert "train.py| ---" in done.stderr  # what it printed, shown, prefixed
 
 
-@pytest.fixture
-def harness(
-    prepared: tuple[Path, Path, str], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[ModuleType]:
-    task, data, _ = prepared
-    monkeypatch.setenv("AUTORESEARCH_DATA_DIR", str(data))
-    module = import_file(task / "prepare.py", "prepare")
-    monkeypatch.setitem(sys.modules, "prepare", module)
-    yield module
+harness = gpt.harness  # prepare.py imported in-process, data prepared
 
 
 def test_the_template_model_scores_as_the_unguarded_formula(
