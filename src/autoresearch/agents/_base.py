@@ -43,19 +43,6 @@ class Usage:
     output_tokens: int = 0
     cost_usd: float | None = 0.0  # None: a model missing from the price table
 
-    def __add__(self, other: Usage) -> Usage:
-        cost = (
-            None
-            if self.cost_usd is None or other.cost_usd is None
-            else self.cost_usd + other.cost_usd
-        )
-        return Usage(
-            self.input_tokens + other.input_tokens,
-            self.cached_tokens + other.cached_tokens,
-            self.output_tokens + other.output_tokens,
-            cost,
-        )
-
 
 @dataclass(frozen=True)
 class Proposal:

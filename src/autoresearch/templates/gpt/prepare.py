@@ -940,12 +940,6 @@ def build_from_checkpoint(ckpt, train_path, device):
     return model.to(device).eval()
 
 
-def load_model(checkpoint_path, train_path, device):
-    """(model, printable stats) of a checkpoint, rebuilt with train.py (no guard: see evaluate)."""
-    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    return build_from_checkpoint(ckpt, train_path, device), summary_stats(ckpt.get("stats"))
-
-
 def evaluate(checkpoint_path=None, train_path=None, batch_size=None):
     """The task's `evaluate` step: freeze the data, snapshot the runtime, rebuild the model from
     train.py, check the runtime and causality, score, refuse a score below the plausibility
