@@ -26,10 +26,10 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from autoresearch.agents import Context, HistoryRow
+from autoresearch.agents import Context, Experiment
 from autoresearch.agents._constants import discover
-from autoresearch.agents.edits import apply_edits
 from autoresearch.agents.tuner import TunerAgent
+from autoresearch.edits import apply_edits
 
 SOURCE = """\
 # constants of a pretend training run
@@ -70,7 +70,7 @@ def session(task: str, sampler: str, seed: int, n: int = max(CHECKPOINTS)) -> li
     values = _values(files)
     best_measured, best_true = measure(values, rng), bowl(values)
     assert best_measured is not None
-    history = [HistoryRow(0, "baseline", best_measured, "baseline", commit="c0")]
+    history = [Experiment(0, "baseline", best_measured, "baseline", commit="c0")]
     parent, regrets = "c0", []
     for i in range(1, n + 1):
         context = Context("", files, {}, tuple(history), "loss", "minimize", parent=parent)
@@ -83,7 +83,7 @@ def session(task: str, sampler: str, seed: int, n: int = max(CHECKPOINTS)) -> li
             verdict, best_measured, best_true = "keep", metric, bowl(values)
             files, parent = candidate, f"c{i}"
         history.append(
-            HistoryRow(i, verdict, metric, proposal.description, f"c{i}", meta=proposal.meta)
+            Experiment(i, verdict, metric, proposal.description, f"c{i}", meta=proposal.meta)
         )
         regrets.append(best_true - 1.0)
     return regrets

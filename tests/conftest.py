@@ -39,6 +39,9 @@ timeout = 20
 [metric]
 name = "score"
 direction = "minimize"
+
+[judge]
+baseline_runs = 1  # the toy task is deterministic: one run tells its value
 """
 
 

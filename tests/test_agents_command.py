@@ -16,7 +16,7 @@ from fakes.contexts import make_context
 from fakes.session import BEST_PARAMS, run_toy_session
 
 from autoresearch.agents import Agent, get_agent
-from autoresearch.agents._base import Context, HistoryRow
+from autoresearch.agents._base import Context, Experiment
 from autoresearch.agents.command import CommandAgent
 from autoresearch.errors import AgentUnavailable, ConfigError, ProposalError
 
@@ -315,16 +315,15 @@ def test_full_session_with_a_fake_cli(toy_repo: Path, tmp_path: Path) -> None:
     assert [by_id[i].description for i in (1, 4)] == ["set X to 3.0", "set Y to -1"]
     assert "protected" in by_id[2].reason and "timed out after 1.5 s" in by_id[3].reason
     assert git(toy_repo, "show", "autoresearch/t:params.py") == BEST_PARAMS.strip()
-    proposal = engine.ledger.proposal(engine.session, 1)
+    proposal = engine.ledger.experiment(engine.session, 1)
     assert (
-        proposal is not None
-        and "+X = 3.0" in proposal.diff
+        "+X = 3.0" in proposal.diff
         and proposal.rationale == "X is squared away from 3"
     )
 
 
 def test_cli_that_ignores_a_large_stdin(toy_repo: Path, tmp_path: Path) -> None:
-    history = tuple(HistoryRow(i, "discard", 1.0, "x" * 150) for i in range(1, 2000))
+    history = tuple(Experiment(i, "discard", 1.0, "x" * 150) for i in range(1, 2000))
     body = 'open("params.py", "a").write("# x\\n")\nprint("did not read stdin")\n'
     agent = CommandAgent(script(tmp_path, "cli.py", body), timeout=30, history_tokens=100_000)
     ctx = make_context(workdir=toy_repo, parent=git(toy_repo, "rev-parse", "HEAD"), history=history)

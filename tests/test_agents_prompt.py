@@ -7,7 +7,7 @@ import json
 import pytest
 from fakes.contexts import make_context
 
-from autoresearch.agents._base import Edit, HistoryRow
+from autoresearch.agents._base import Edit, Experiment
 from autoresearch.agents.prompt import (
     TOOL_SCHEMA,
     estimate_tokens,
@@ -28,7 +28,7 @@ def test_stable_prefix_does_not_change_with_history_or_code() -> None:
     a = render(make_context())
     b = render(
         make_context(
-            history=(HistoryRow(1, "baseline", 5.0, "baseline"),),
+            history=(Experiment(1, "baseline", 5.0, "baseline"),),
             editable={"params.py": "X = 3.0\nY = 2.0\n"},
             last_rejection="edit to score.py: not editable",
             last_failure="Traceback\nBoom",
@@ -70,11 +70,11 @@ def test_file_fence_is_longer_than_backticks_inside() -> None:
 
 
 def test_history_trimmed_keeps_all_keeps_and_recent_rows() -> None:
-    rows = [HistoryRow(1, "baseline", 10.0, "baseline")]
+    rows = [Experiment(1, "baseline", 10.0, "baseline")]
     for i in range(2, 402):
         verdict = "keep" if i % 50 == 0 else ("crash" if i % 7 == 0 else "discard")
         rows.append(
-            HistoryRow(i, verdict, None if verdict == "crash" else 10.0 - i / 1000, f"idea {i}")
+            Experiment(i, verdict, None if verdict == "crash" else 10.0 - i / 1000, f"idea {i}")
         )
     shown = select_history(rows, budget_tokens=800, direction="minimize")
     ids = [r.id for r in shown]

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import git, make_repo, write_patch_dir
 from test_engine import PATCHES, toy
 
@@ -114,34 +115,46 @@ def start_in_first_experiment(repo: Path, patches: Path, tag: str) -> subprocess
     return proc
 
 
-def test_ctrl_c_finishes_the_experiment_then_stops(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("sig", "name", "code"),
+    [(signal.SIGINT, "Ctrl-C", 130), (signal.SIGTERM, "SIGTERM", 143), (signal.SIGHUP, "SIGHUP", 129)],
+)
+def test_a_signal_finishes_the_experiment_then_stops(tmp_path: Path, sig: int, name: str,
+                                                     code: int) -> None:  # fmt: skip
     repo = toy(tmp_path)
     slow = "# slow\nparams.py\n<<<<<<< SEARCH\nY = 2.0\n=======\nY = 2.0\nimport time\ntime.sleep(2)\n>>>>>>> REPLACE\n"
     patches = write_patch_dir(tmp_path / "p", {"01": slow, "02": PATCHES["01-improve"]})
     proc = start_in_first_experiment(repo, patches, "c")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    assert "Ctrl-C: finishing the current experiment" in err
-    assert "stopped: interrupted (Ctrl-C)" in out
+    assert proc.returncode == code, err
+    assert f"{name}: finishing the current experiment" in err
+    assert f"stopped: interrupted ({name})" in out
     log_lines = ar("log", cwd=repo).stdout.splitlines()
-    assert (
-        len(log_lines) == 3 and "discard" in log_lines[2]
-    )  # finished and recorded; patch 02 never ran
+    assert len(log_lines) == 3 and "discard" in log_lines[2]  # finished and recorded; 02 never ran
+    assert "pending" not in ar("log", cwd=repo).stdout
 
 
-def test_second_ctrl_c_kills_the_run_and_records_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_signal_kills_the_run_and_records_it(tmp_path: Path, sig: int) -> None:
     repo = toy(tmp_path)
-    hang = "# hang\nparams.py\n<<<<<<< SEARCH\nY = 2.0\n=======\nY = 2.0\nimport time\ntime.sleep(60)\n>>>>>>> REPLACE\n"
+    pidfile = tmp_path / "run.pid"
+    hang = ("# hang\nparams.py\n<<<<<<< SEARCH\nY = 2.0\n=======\nY = 2.0\nimport os, time\n"
+            f"open({str(pidfile)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\n>>>>>>> REPLACE\n")  # fmt: skip
     patches = write_patch_dir(tmp_path / "p", {"01": hang})
     proc = start_in_first_experiment(repo, patches, "k")
-    proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 30
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(sig)
     time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    assert "Ctrl-C again: killing" in err
+    assert proc.returncode == 128 + sig, err
+    assert "killing the running steps" in err
     assert "interrupted" in ar("log", cwd=repo).stdout.splitlines()[2]
+    run_pid = int(pidfile.read_text())
+    assert not Path(f"/proc/{run_pid}").exists() or "Z" in Path(f"/proc/{run_pid}/stat").read_text().split()[2]
 
 
 def test_resume_carries_over_the_agent_and_its_flags(tmp_path: Path) -> None:
@@ -160,7 +173,9 @@ def test_resume_carries_over_the_agent_and_its_flags(tmp_path: Path) -> None:
         cwd=repo,
     )
     assert first.returncode == 0, first.stderr
-    again = ar("run", "--tag", "r", "--resume", cwd=repo)
+    kept = ar("run", "--tag", "r", "--resume", cwd=repo)  # the session's --max-experiments 1 holds
+    assert kept.returncode == 0 and "reached --max-experiments 1" in kept.stdout, kept.stderr
+    again = ar("run", "--tag", "r", "--resume", "--max-experiments", "5", cwd=repo)
     assert again.returncode == 0, again.stderr
     assert "all 2 patches" in again.stdout
     assert [line.split()[2] for line in ar("log", cwd=repo).stdout.splitlines()[1:]] == [

@@ -34,7 +34,8 @@ def test_valid_config_loads_with_defaults(tmp_path: Path) -> None:
     assert config.metric.name == "val_bpb" and config.metric.direction == "minimize"
     assert config.time_budget == 60.0 and config.timeout == 600.0
     assert config.allowance == 30.0  # max(30 s, budget / 2)
-    assert config.judge.min_delta == 0.0 and config.judge.baseline_runs == 1
+    assert config.judge.min_delta == 0.0 and config.judge.baseline_runs == 5
+    assert config.judge.rule == "sequential" and config.judge.max_runs == 5
 
 
 def test_folder_path_finds_the_file(tmp_path: Path) -> None:

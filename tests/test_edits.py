@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from autoresearch.agents._base import Edit
-from autoresearch.agents.edits import apply_edits
+from autoresearch.edits import apply_edits
 from autoresearch.errors import ProposalError
 
 SOURCE = "def f():\n    x = 1\n    return x\n\ndef g():\n    return 2\n"

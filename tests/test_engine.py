@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import TOY_PARAMS, TOY_SCORE, TOY_TOML, git, make_repo, write_patch_dir
 
-from autoresearch.agents._base import Context, Proposal
+from autoresearch.agents._base import Agent, Context, Proposal
 from autoresearch.agents.replay import ReplayAgent
 from autoresearch.config import load_config
 from autoresearch.engine import Engine, ExperimentEvent, SessionOptions
@@ -38,6 +38,8 @@ def toy(tmp_path: Path, *, timeout: float = 20, budget: float | None = None, tas
         "time_budget = 5", f"time_budget = {budget if budget is not None else min(5, timeout)}"
     )
     toml = toml.replace("[task]\n", f"[task]\n{task}\n" if task else "[task]\n") + extra
+    if "baseline_runs" in extra:  # the extra lines set their own
+        toml = toml.replace("baseline_runs = 1", "", 1)
     base = {
         "params.py": TOY_PARAMS,
         "score.py": TOY_SCORE,
@@ -123,7 +125,7 @@ def test_proposals_and_runs_are_in_sqlite(tmp_path: Path) -> None:
     ).fetchone()
     assert agent == "replay" and "+X = 2.0" in diff and '"patch": "01"' in meta
     seeds = [r[0] for r in db.execute("SELECT seed FROM runs ORDER BY experiment_id")]
-    assert len(seeds) == 2 and seeds[0] != seeds[1]  # seeds vary per run
+    assert len(seeds) == 3 and len(set(seeds)) == 3  # seeds vary per run (a keep is run twice)
 
 
 def test_max_experiments_and_consecutive_failures(tmp_path: Path) -> None:
@@ -143,7 +145,7 @@ def test_max_experiments_and_consecutive_failures(tmp_path: Path) -> None:
 
 
 def test_min_delta_and_confirmation_runs(tmp_path: Path) -> None:
-    repo = toy(tmp_path, extra="\n[judge]\nmin_delta = 3.5\nbaseline_runs = 2\nconfirm_runs = 1\n")
+    repo = toy(tmp_path, extra="rule = \"naive\"\nmin_delta = 3.5\nbaseline_runs = 2\nconfirm_runs = 1\n")
     patches = {"01": PATCHES["01-improve"], "02": sr("params.py", "X = 1.0", "X = 3.0", "X 1 -> 3")}
     engine, _ = run_session(repo, write_patch_dir(tmp_path / "p", patches))
     rows = engine.ledger.experiments(engine.session)
@@ -152,10 +154,10 @@ def test_min_delta_and_confirmation_runs(tmp_path: Path) -> None:
         "discard",
         "keep",
     ]  # 13 -> 10 is within min_delta, 13 -> 9 is not
-    assert len(engine.ledger.runs(engine.session, 0)) == 2  # baseline repeated
-    assert len(engine.ledger.runs(engine.session, 1)) == 1  # not better: no confirmation
-    assert len(engine.ledger.runs(engine.session, 2)) == 2  # better: confirmed once more
-    assert engine.ledger.session("t").noise == 0.0
+    assert len(engine.ledger.experiment(engine.session, 0).runs) == 2  # baseline repeated
+    assert len(engine.ledger.experiment(engine.session, 1).runs) == 1  # not better: no confirmation
+    assert len(engine.ledger.experiment(engine.session, 2).runs) == 2  # better: confirmed once more
+    assert engine.history.noise().sigma == 0.0
 
 
 def test_over_budget_run_is_discarded(tmp_path: Path) -> None:
@@ -175,7 +177,7 @@ def test_a_failing_baseline_stops_the_session(tmp_path: Path) -> None:
     assert [r.verdict for r in engine.ledger.experiments(engine.session)] == ["crash"]
 
 
-class ScriptedAgent:
+class ScriptedAgent(Agent):
     """An agent whose replies are given up front (exceptions are raised)."""
 
     name = "scripted"
@@ -210,11 +212,13 @@ def test_agent_errors_become_verdicts_or_stop_reasons(tmp_path: Path) -> None:
     assert summary.stop_reason == "the agent failed: rate limited 5 times in a row"
     assert summary.cost_usd == pytest.approx(0.012)
     # The next context told the agent why its last proposal was rejected, and what happened.
+    # Proposals are made while runs train: the baseline may still be running for the second.
     second = agent.contexts[1]
     assert second.last_rejection == "tool arguments are not JSON"
-    assert [h.verdict for h in second.history] == ["baseline", "invalid"]
-    assert second.best_metric == 13.0 and "X = 1.0" in second.editable["params.py"]
-    assert agent.contexts[2].best_metric == 9.25
+    assert [h.verdict for h in second.history][1:] == ["invalid"]
+    assert "X = 1.0" in second.editable["params.py"]
+    third = agent.contexts[2]  # asked for as soon as "good" started its run
+    assert third.best_metric == 13.0 and [h.verdict for h in third.history][-1] == "pending"
 
 
 def test_max_cost_stops_before_the_spend_passes_it(tmp_path: Path) -> None:
@@ -336,8 +340,8 @@ def test_run_outputs_are_kept_for_the_baseline_and_the_best_only(tmp_path: Path)
     patches = {k: PATCHES[k] for k in ("01-improve", "02-worse", "08-improve-again")}
     run_session(repo, write_patch_dir(tmp_path / "p", patches))
     runs = sorted(p.name for p in (repo / ".autoresearch" / "runs" / "t").iterdir())
-    assert runs == ["0000-0", "0003-0"]
-    assert not list((repo / ".autoresearch" / "worktrees").glob("t-*"))  # removed at the end
+    assert runs == ["0000-0", "0003-0"]  # #1 ran twice (noise unknown), then sigma was 0
+    assert not (repo / ".autoresearch" / "worktrees" / "t").exists()  # removed at the end
     kept = git(repo, "for-each-ref", "--format=%(refname)", "refs/autoresearch/t/kept/").split()
     assert kept == ["refs/autoresearch/t/kept/1", "refs/autoresearch/t/kept/3"]
 
@@ -362,7 +366,7 @@ def test_a_task_in_a_subfolder_records_task_relative_diffs(tmp_path: Path) -> No
     engine, _ = run_session(
         repo / "sub", write_patch_dir(tmp_path / "p", {"01": PATCHES["01-improve"]})
     )
-    diff = engine.ledger.proposal(engine.session, 1).diff  # type: ignore[union-attr]
+    diff = engine.ledger.experiment(engine.session, 1).diff
     assert "--- a/params.py" in diff and "sub/" not in diff
     assert engine.ledger.experiment(engine.session, 1).verdict == "keep"
     # The recorded diff replays as a patch on a fresh session of the same task.

@@ -1,61 +1,126 @@
-"""The keep/discard rule: strict improvement, min_delta, noise margin, confirmation runs, failures."""
+"""The keep/discard rules on scripted run values: screening, early discard, pooled noise, re-scoring, naive, time."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 
 from autoresearch.config import JudgeConfig, MetricConfig
-from autoresearch.executors import RunResult, RunStatus
-from autoresearch.judge import Judge, Verdict, noise_of
-
-
-def ok(value: float, seconds: float = 1.0) -> RunResult:
-    return RunResult(1, 0, 0, RunStatus.OK, metric=value, metrics={"m": value}, seconds=seconds)
-
+from autoresearch.judge import Judge, Noise, Standing, pooled_noise
+from autoresearch.records import Run, RunStatus, Verdict
 
 MIN = MetricConfig(name="m", direction="minimize")
 MAX = MetricConfig(name="m", direction="maximize")
 
 
-def test_strictly_better_is_kept_ties_and_worse_are_discarded() -> None:
-    judge = Judge(JudgeConfig(), MIN)
-    assert judge.decide([ok(0.9)], 1.0).verdict is Verdict.KEEP
-    assert judge.decide([ok(1.0)], 1.0).verdict is Verdict.DISCARD
-    assert judge.decide([ok(1.1)], 1.0).verdict is Verdict.DISCARD
-    assert Judge(JudgeConfig(), MAX).decide([ok(1.1)], 1.0).verdict is Verdict.KEEP
+def ok(value: float, seconds: float = 1.0) -> Run:
+    return Run(1, 0, 0, RunStatus.OK, metric=value, metrics={"m": value}, seconds=seconds)
 
 
-def test_min_delta_and_noise_margin() -> None:
-    assert Judge(JudgeConfig(min_delta=0.2), MIN).decide([ok(0.85)], 1.0).verdict is Verdict.DISCARD
-    noisy = Judge(JudgeConfig(noise_factor=2.0), MIN)
-    assert noisy.decide([ok(0.9)], 1.0, noise=0.06).verdict is Verdict.DISCARD  # within 2 sigma
-    assert noisy.decide([ok(0.85)], 1.0, noise=0.06).verdict is Verdict.KEEP
+def judge(metric: MetricConfig = MIN, **config: object) -> Judge:
+    return Judge(JudgeConfig(**config), metric, budget=10.0, allowance=30.0)  # type: ignore[arg-type]
 
 
-def test_confirmation_runs_judge_on_the_mean() -> None:
-    judge = Judge(JudgeConfig(confirm_runs=2), MIN)
-    first = judge.decide([ok(0.5)], 1.0)
-    assert first.verdict is None and first.more_runs == 2
-    assert (
-        judge.decide([ok(0.5), ok(1.6)], 1.0).verdict is Verdict.DISCARD
-    )  # the lucky seed is exposed
-    kept = judge.decide([ok(0.5), ok(0.9), ok(0.7)], 1.0)
-    assert kept.verdict is Verdict.KEEP and kept.metric == pytest.approx(0.7)
+SIGMA = Noise(sigma=1.0, runs=10, groups=2)
+BEST = Standing(100.0, runs=5)
 
 
-def test_failures_and_over_budget() -> None:
-    judge = Judge(JudgeConfig(), MIN, max_seconds=10)
-    crash = RunResult(1, 0, 0, RunStatus.CRASH, reason="boom")
-    assert judge.decide([crash], 1.0).verdict is Verdict.CRASH
-    assert judge.decide([RunResult(1, 0, 0, RunStatus.TIMEOUT)], 1.0).verdict is Verdict.TIMEOUT
-    assert (
-        judge.decide([RunResult(1, 0, 0, RunStatus.INVALID, reason="x")], 1.0).verdict
-        is Verdict.INVALID
-    )
-    slow = judge.decide([ok(0.1, seconds=11)], 1.0)
-    assert slow.verdict is Verdict.DISCARD and slow.reason.startswith("over budget")
+def test_pooled_noise_weights_each_experiment_by_its_degrees_of_freedom() -> None:
+    noise = pooled_noise([[1.0, 3.0], [10.0, 10.0, 13.0, 13.0], [5.0]])  # variances 2 and 3
+    assert noise.sigma == pytest.approx(math.sqrt((2 * 1 + 3 * 3) / 4))
+    assert (noise.runs, noise.groups) == (6, 2)  # the single run does not count
+    assert pooled_noise([[1.0], [2.0]]).sigma is None
 
 
-def test_noise_estimate() -> None:
-    assert noise_of([1.0]) is None
-    assert abs((noise_of([1.0, 1.2, 0.8]) or 0) - 0.2) < 1e-12
+def test_first_run_not_better_is_screened_out_after_one_run() -> None:
+    decision = judge().decide([ok(100.5)], BEST, SIGMA)
+    assert decision.verdict is Verdict.DISCARD and "screened out" in decision.reason
+
+
+def test_lucky_first_run_is_not_kept_and_runs_again() -> None:
+    # 1.5 sigma better once: below 1.645 * sigma * sqrt(1/1 + 1/5) = 1.80
+    decision = judge().decide([ok(98.5)], BEST, SIGMA)
+    assert decision.verdict is None and decision.more_runs == 1
+
+
+def test_early_discard_when_the_running_mean_is_no_longer_better() -> None:
+    decision = judge().decide([ok(98.5), ok(102.0)], BEST, SIGMA)
+    assert decision.verdict is Verdict.DISCARD and "not better after 2 runs" in decision.reason
+
+
+def test_keep_when_the_mean_clears_the_margin_of_a_difference_of_means() -> None:
+    runs = [ok(98.6), ok(98.7), ok(98.5)]  # mean 98.6; margin 1.645 * sqrt(1/3 + 1/5) = 1.20
+    decision = judge().decide(runs, BEST, SIGMA)
+    assert decision.verdict is Verdict.KEEP and decision.metric == pytest.approx(98.6)
+    assert decision.rescore == 2  # fresh runs for the new best: max(2, max_runs - 3)
+
+
+def test_not_significant_after_max_runs_is_discarded() -> None:
+    runs = [ok(99.5)] * 5  # better, but 0.5 < 1.645 * sqrt(2/5) = 1.04
+    decision = judge().decide(runs, BEST, SIGMA)
+    assert decision.verdict is Verdict.DISCARD and "not significant after 5 runs" in decision.reason
+
+
+def test_more_runs_of_the_best_shrink_the_margin() -> None:
+    runs = [ok(98.9)] * 3
+    assert judge().decide(runs, Standing(100.0, runs=1), SIGMA).verdict is None  # 1.1 < 1.34
+    assert judge().decide(runs, Standing(100.0, runs=20), SIGMA).verdict is Verdict.KEEP  # 1.1 > 1.0
+
+
+def test_unknown_noise_needs_a_second_run_and_no_noise_needs_no_rescore() -> None:
+    first = judge().decide([ok(99.0)], BEST, Noise())
+    assert first.verdict is None and "noise unknown" in first.reason
+    exact = judge().decide([ok(99.0)], BEST, Noise(sigma=0.0, runs=5, groups=1))
+    assert exact.verdict is Verdict.KEEP and exact.rescore == 0
+
+
+def test_min_delta_applies_on_top_of_the_sequential_rule() -> None:
+    runs = [ok(99.0)] * 3
+    exact = Noise(sigma=0.0, runs=5, groups=1)
+    assert judge(min_delta=2.0).decide(runs, BEST, exact).verdict is Verdict.DISCARD
+    assert judge(min_delta=0.5).decide(runs, BEST, exact).verdict is Verdict.KEEP
+
+
+def test_maximize_direction() -> None:
+    assert judge(MAX).decide([ok(101.0)], BEST, Noise(0.0, 2, 1)).verdict is Verdict.KEEP
+    assert judge(MAX).decide([ok(99.0)], BEST, Noise(0.0, 2, 1)).verdict is Verdict.DISCARD
+
+
+def test_naive_rule_is_upstreams_strictly_better_once() -> None:
+    naive = judge(rule="naive")
+    assert naive.decide([ok(99.99)], BEST, SIGMA).verdict is Verdict.KEEP
+    assert naive.decide([ok(100.0)], BEST, SIGMA).verdict is Verdict.DISCARD
+    assert naive.rescore_runs(1, SIGMA) == 0
+    confirming = judge(rule="naive", confirm_runs=1, noise_factor=0.5)
+    assert confirming.decide([ok(99.0)], BEST, SIGMA).more_runs == 1
+    assert confirming.decide([ok(99.8)], BEST, SIGMA).verdict is Verdict.DISCARD  # margin 0.5
+
+
+def test_baseline_runs_its_count_and_is_never_discarded_for_time() -> None:
+    j = judge(baseline_runs=3)
+    slow = [ok(100.0, seconds=500.0), ok(101.0, seconds=500.0)]
+    assert j.decide_baseline(slow).more_runs == 1
+    done = j.decide_baseline([*slow, ok(102.0, seconds=500.0)])
+    assert done.verdict is Verdict.BASELINE and done.metric == pytest.approx(101.0)
+
+
+def test_over_budget_is_measured_against_the_baselines_wall_time() -> None:
+    base = Standing(100.0, runs=5, seconds=50.0)  # a slow machine: the baseline took 50 s
+    j = judge()
+    assert j.decide([ok(90.0, seconds=70.0)], base, Noise(0.0, 2, 1)).verdict is Verdict.KEEP
+    slow = j.decide([ok(90.0, seconds=100.0)], base, Noise(0.0, 2, 1))
+    assert slow.verdict is Verdict.DISCARD and "over budget" in slow.reason
+    absolute = j.decide([ok(90.0, seconds=45.0)], Standing(100.0), Noise(0.0, 2, 1))
+    assert absolute.verdict is Verdict.DISCARD  # no baseline timing: budget 10 + allowance 30
+
+
+def test_failures_become_verdicts() -> None:
+    runs = {
+        RunStatus.TIMEOUT: Verdict.TIMEOUT, RunStatus.INVALID: Verdict.INVALID,
+        RunStatus.KILLED: Verdict.INTERRUPTED, RunStatus.CRASH: Verdict.CRASH,
+    }  # fmt: skip
+    for status, verdict in runs.items():
+        run = Run(1, 0, 0, status, reason="why")
+        assert judge().decide([run], BEST, SIGMA).verdict is verdict
+        assert judge().decide_baseline([run]).verdict is verdict

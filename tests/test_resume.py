@@ -104,8 +104,8 @@ def test_resume_moves_the_branch_when_the_kill_came_after_the_verdict(tmp_path: 
     )  # as if killed before the move
     git(repo, "update-ref", "-d", "refs/autoresearch/t/discarded/2")
     messages: list[str] = []
-    engine = Engine(load_config(repo), ReplayAgent(patches), options=SessionOptions(tag="t", resume=True),
-                    on_message=messages.append)  # fmt: skip
+    opts = SessionOptions(tag="t", resume=True, max_experiments=len(VALUES))  # lifts the limit of 2
+    engine = Engine(load_config(repo), ReplayAgent(patches), options=opts, on_message=messages.append)
     engine.run()
     assert any("moved autoresearch/t" in m for m in messages)
     check_consistent(repo)

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from autoresearch.agents import Context, HistoryRow, Proposal, get_agent
+from autoresearch.agents import Context, Experiment, Proposal, get_agent
 from autoresearch.agents._constants import discover, rewrite
-from autoresearch.agents.edits import apply_edits
 from autoresearch.agents.tuner import TunerAgent, parse_spec
+from autoresearch.edits import apply_edits
 from autoresearch.errors import AgentExhausted, ConfigError
 
 MESSY = '''\
@@ -150,14 +150,14 @@ def proposal_for(files: Mapping[str, str], **options: Any) -> Proposal:
 
 def context(
     files: Mapping[str, str],
-    history: tuple[HistoryRow, ...] | None = None,
+    history: tuple[Experiment, ...] | None = None,
     parent: str = "c0",
     direction: str = "minimize",
 ) -> Context:
     rows = (
         history
         if history is not None
-        else (HistoryRow(0, "baseline", 10.0, "baseline", commit="c0"),)
+        else (Experiment(0, "baseline", 10.0, "baseline", commit="c0"),)
     )
     return Context("", dict(files), {}, rows, "score", direction, parent=parent)
 
@@ -200,14 +200,14 @@ def test_description_names_each_change_old_to_new() -> None:
 def test_default_ranges() -> None:
     text = "LR = 0.04\nDEPTH = 6\nBATCH = 2**10\nFLAG = False\nMODE = 'a'\nZERO = 0.0\n"
     seen: dict[str, set[object]] = {}
-    history: list[HistoryRow] = [HistoryRow(0, "baseline", 10.0, "baseline", commit="c0")]
+    history: list[Experiment] = [Experiment(0, "baseline", 10.0, "baseline", commit="c0")]
     agent = TunerAgent(sampler="random", seed=0)
     for i in range(1, 40):
         proposal = agent.propose(context({"p.py": text}, tuple(history)))
         for key, value in proposal.meta["config"].items():
             seen.setdefault(key, set()).add(value)
         history.append(
-            HistoryRow(i, "discard", 11.0, proposal.description, f"c{i}", meta=proposal.meta)
+            Experiment(i, "discard", 11.0, proposal.description, f"c{i}", meta=proposal.meta)
         )
     assert set(seen) == {"LR", "DEPTH", "BATCH", "FLAG"}  # strings and 0.0 need ranges
     assert all(isinstance(v, float) and 0.01 <= v <= 0.16 for v in seen["LR"])
@@ -301,14 +301,14 @@ def drive(
     direction: str = "minimize",
     agent: TunerAgent | None = None,
     **options: Any,
-) -> tuple[float, list[HistoryRow], dict[str, str]]:
+) -> tuple[float, list[Experiment], dict[str, str]]:
     """A session without the engine: propose, apply, score, keep or discard, n times."""
     agent = agent or TunerAgent(**options)
     path = next(iter(files))
     values = {c.name: c.value for c in discover(path, files[path])}
     best = objective(values)
     assert best is not None
-    history = [HistoryRow(0, "baseline", best, "baseline", commit="c0")]
+    history = [Experiment(0, "baseline", best, "baseline", commit="c0")]
     parent = "c0"
     better = (lambda a, b: a < b) if direction == "minimize" else (lambda a, b: a > b)
     for i in range(1, n + 1):
@@ -322,7 +322,7 @@ def drive(
         else:
             verdict = "discard"
         history.append(
-            HistoryRow(i, verdict, metric, proposal.description, f"c{i}", meta=proposal.meta)
+            Experiment(i, verdict, metric, proposal.description, f"c{i}", meta=proposal.meta)
         )
     return best, history, files
 
@@ -379,7 +379,7 @@ def test_a_fresh_agent_resumes_from_the_history_alone() -> None:
 
 def json_roundtrip(ctx: Context) -> Context:
     rows = tuple(
-        HistoryRow(
+        Experiment(
             r.id, r.verdict, r.metric, r.description, r.commit, meta=json.loads(json.dumps(r.meta))
         )
         for r in ctx.history
@@ -418,7 +418,7 @@ def test_constants_changed_by_another_agent_are_picked_up() -> None:
     """An LLM agent's kept change (new values, a new constant) becomes the tuner's starting point."""
     _, history, _ = drive({"p.py": TOY}, toy_objective, 4, seed=0)
     llm_code = "# toy task\nLR = 0.02  # learning rate\nWD: float = 0.3\nDEPTH = 5\nWARMUP = 100\n"
-    history.append(HistoryRow(5, "keep", 1.1, "LLM: new warmup", "llm5", agent="anthropic"))
+    history.append(Experiment(5, "keep", 1.1, "LLM: new warmup", "llm5", agent="anthropic"))
     proposal = TunerAgent(seed=0).propose(context({"p.py": llm_code}, tuple(history), "llm5"))
     assert "WARMUP" in proposal.meta["config"]
     assert proposal.meta["parent_config"] == {"LR": 0.02, "WD": 0.3, "DEPTH": 5, "WARMUP": 100}

@@ -6,13 +6,14 @@ trusted harness measures one metric, and the change is kept or reverted.
 
 from __future__ import annotations
 
-from autoresearch.agents import Agent, Context, Edit, HistoryRow, Proposal, Usage, get_agent
+from autoresearch.agents import Agent, Context, Edit, Experiment, Proposal, Usage, get_agent
 from autoresearch.config import MetricConfig, TaskConfig, load_config
 from autoresearch.engine import Engine, ExperimentEvent, SessionOptions, SessionSummary
 from autoresearch.errors import AutoresearchError
 from autoresearch.executors import Executor, Job, LocalExecutor, RunResult, RunStatus
-from autoresearch.judge import Judge, Verdict
+from autoresearch.judge import Judge
 from autoresearch.ledger import Ledger
+from autoresearch.records import Verdict
 
 __version__ = "0.1.0"
 
@@ -23,8 +24,8 @@ __all__ = [
     "Edit",
     "Engine",
     "Executor",
+    "Experiment",
     "ExperimentEvent",
-    "HistoryRow",
     "Job",
     "Judge",
     "Ledger",

@@ -18,7 +18,7 @@ from typing import Any
 
 from autoresearch import __version__, templates, views
 from autoresearch.agents import AGENT_NAMES, get_agent
-from autoresearch.config import CONFIG_NAME, TaskConfig, load_config
+from autoresearch.config import CONFIG_NAME, STATE_DIR, TaskConfig, load_config
 from autoresearch.engine import (
     Engine,
     ExperimentEvent,
@@ -27,9 +27,9 @@ from autoresearch.engine import (
     run_setup,
 )
 from autoresearch.errors import AutoresearchError, ConfigError
-from autoresearch.executors.local import LocalExecutor, StepRunner
+from autoresearch.executors.local import LocalExecutor
 from autoresearch.ledger import Ledger, SessionRow, export_tsv
-from autoresearch.workspace import STATE_DIR
+from autoresearch.process import StepRunner
 
 # Flags of `run` that configure an agent, and the agents that take them.
 _AGENT_FLAGS = {
@@ -81,17 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="session seed; run seeds derive from it (default: 0)")
     p.add_argument("--max-experiments", type=int, help="stop after this many experiments")
     p.add_argument("--max-hours", type=float, help="stop after this many hours")
-    p.add_argument(
-        "--max-failures", type=int, default=10, help="stop after this many failures in a row"
-    )
+    p.add_argument("--max-failures", type=int, help="stop after this many failures in a row (10)")
     p.add_argument(
         "--max-cost", type=float, help="stop before agent + compute spend passes this (USD)"
     )
     p.add_argument("--gpu-price", type=float, help="compute price per slot-hour (USD)")
-    p.add_argument(
-        "--slots", type=int, default=1, help="experiments run at once (one worktree each)"
-    )
-    p.add_argument("--gpus", help="comma-separated GPU ids, one per slot (CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--slots", type=int, help="experiments run at once (default: 1, or one per GPU)")
+    p.add_argument("--gpus", help="comma-separated GPU ids, one slot each (CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--lookahead", type=int,
+                   help="proposals the agent keeps ready while runs train (default: one per slot)")  # fmt: skip
     p.add_argument("--no-setup", action="store_true", help="skip the task's setup step")
 
     for name, text in (("status", "best so far, counts per verdict, spend, last experiments"),
@@ -168,6 +166,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         tag=tag, max_experiments=args.max_experiments, max_hours=args.max_hours,
         max_failures=args.max_failures, max_cost=args.max_cost, gpu_price=args.gpu_price,
         resume=args.resume, seed=args.seed, run_setup=not args.no_setup, agent_flags=flags,
+        lookahead=args.lookahead,
     )  # fmt: skip
     executor = LocalExecutor(args.slots, gpus=gpus)
     engine = Engine(config, agent, options=options, executor=executor, on_event=_print_event(config),
@@ -178,7 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         executor.close()
     print(views.summary_text(summary, config.metric.name))
-    return 0
+    return 128 + summary.signal if summary.signal else 0
 
 
 def _carry_over(args: argparse.Namespace, config: TaskConfig, tag: str) -> None:

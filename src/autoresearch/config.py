@@ -16,8 +16,10 @@ from typing import Any
 from autoresearch.errors import ConfigError
 
 CONFIG_NAME = "autoresearch.toml"
+STATE_DIR = ".autoresearch"  # per-task state: ledger, logs, worktrees, locks
 DIRECTIONS = ("minimize", "maximize")
 FORMATS = ("summary", "regex", "json")
+JUDGE_RULES = ("sequential", "naive")
 AGENT_NAMES = ("replay", "tuner", "anthropic", "openai", "command")  # the [agent.NAME] tables
 
 
@@ -38,12 +40,15 @@ class MetricConfig:
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    """The keep/discard rule's settings."""
+    """The keep/discard rule's settings (see ``autoresearch.judge``)."""
 
+    rule: str = "sequential"  # sequential | naive
     min_delta: float = 0.0  # a keep must beat the best by strictly more than this
-    baseline_runs: int = 1  # runs of the unchanged code, to estimate noise
-    confirm_runs: int = 0  # extra runs of a candidate that looks better, before keeping
-    noise_factor: float = 0.0  # a keep must also beat the best by this many noise sigmas
+    baseline_runs: int = 5  # runs of the unchanged code: the first noise estimate
+    max_runs: int = 5  # sequential: most runs of one candidate, and of a new best's re-score
+    confidence: float = 0.95  # sequential: one-sided confidence that a keep is better
+    confirm_runs: int = 0  # naive: extra runs of a candidate that looks better
+    noise_factor: float = 0.0  # naive: a keep must also beat the best by this many sigmas
 
 
 @dataclass(frozen=True)
@@ -233,10 +238,17 @@ def _check_pattern(sec: _Section, pattern: str) -> None:
 
 def _judge(path: Path, raw: dict[str, Any]) -> JudgeConfig:
     sec = _Section(path, "judge", raw.get("judge", {}))
-    sec.check_keys(("min_delta", "baseline_runs", "confirm_runs", "noise_factor"))
+    sec.check_keys(("rule", "min_delta", "baseline_runs", "max_runs", "confidence",
+                    "confirm_runs", "noise_factor"))  # fmt: skip
+    confidence = sec.number("confidence", 0.95)
+    if not 0.5 <= confidence < 1.0:
+        sec.fail("confidence", confidence, "a number in [0.5, 1), e.g. 0.95")
     return JudgeConfig(
+        rule=sec.choice("rule", "sequential", JUDGE_RULES),
         min_delta=sec.number("min_delta", 0.0),
-        baseline_runs=sec.integer("baseline_runs", 1, minimum=1),
+        baseline_runs=sec.integer("baseline_runs", 5, minimum=1),
+        max_runs=sec.integer("max_runs", 5, minimum=1),
+        confidence=confidence,
         confirm_runs=sec.integer("confirm_runs", 0),
         noise_factor=sec.number("noise_factor", 0.0),
     )

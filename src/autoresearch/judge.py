@@ -1,37 +1,78 @@
-"""The keep/discard rule, the noise estimate, and the verdict enum.
+"""The keep/discard rules and the pooled noise estimate. No I/O.
 
-A candidate is kept only when its metric beats the best by strictly more than a margin:
-``max(min_delta, noise_factor * noise)``, where ``noise`` is the standard deviation of the
-baseline's repeated runs. With ``confirm_runs``, a candidate that looks better is run
-again (other seeds) and judged on the mean, so a lucky seed is not kept.
+``rule = "sequential"`` (the default) treats every run as evidence, not as a verdict:
+
+- screen: a candidate whose first run is not better than the best is discarded (one run);
+- otherwise it runs again, up to ``max_runs``, and is discarded as soon as its running
+  mean is no longer better than the best;
+- it is kept once its mean beats the best's by ``z * sigma * sqrt(1/n_c + 1/n_b)`` (and by
+  more than ``min_delta``), ``z`` from the one-sided ``confidence``, ``sigma`` the standard
+  deviation pooled over every experiment of the session with two runs or more;
+- a keep is re-run on fresh seeds and recorded at the mean of those fresh runs, so the
+  best is not the luckiest draw of many (the winner's curse). With no noise seen at all
+  (sigma 0: a deterministic task) that costs nothing.
+
+``rule = "naive"`` is upstream's: strictly better (by ``min_delta``) once, with the older
+``noise_factor`` margin and ``confirm_runs`` for comparison.
+
+Time: the baseline is never discarded for time (the hard timeout still applies). A
+candidate is over budget when its run step took longer than the baseline's mean wall
+time plus the allowance; with no baseline timing yet, than the budget plus the allowance.
 """
 
 from __future__ import annotations
 
-import enum
+import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from autoresearch.config import JudgeConfig, MetricConfig
-from autoresearch.executors._base import RunResult, RunStatus
+from autoresearch.records import Run, RunStatus, Verdict
 
 
-class Verdict(enum.StrEnum):
-    """The outcome of one experiment, as recorded in the ledger."""
+@dataclass(frozen=True)
+class Noise:
+    """The pooled within-experiment standard deviation of the metric, and what it rests on."""
 
-    BASELINE = "baseline"
-    KEEP = "keep"
-    DISCARD = "discard"
-    CRASH = "crash"
-    TIMEOUT = "timeout"
-    INVALID = "invalid"
-    INTERRUPTED = "interrupted"  # the orchestrator died before the experiment was judged
+    sigma: float | None = None  # None: no experiment has two successful runs yet
+    runs: int = 0  # runs of the experiments that contributed
+    groups: int = 0  # experiments that contributed
 
-    @property
-    def failed(self) -> bool:
-        """A verdict that counts towards the consecutive-failure stop rule."""
-        return self in (Verdict.CRASH, Verdict.TIMEOUT, Verdict.INVALID)
+    def detectable(self, z: float, n_candidate: int, n_best: int) -> float | None:
+        """The smallest difference of means this noise lets a test at ``z`` detect."""
+        if self.sigma is None:
+            return None
+        return z * self.sigma * math.sqrt(1 / max(1, n_candidate) + 1 / max(1, n_best))
+
+    def text(self) -> str:
+        if self.sigma is None:
+            return "noise unknown (no experiment has two runs yet)"
+        return f"noise sigma {self.sigma:.4g} ({self.runs} runs in {self.groups} experiments)"
+
+
+def pooled_noise(groups: Iterable[Sequence[float]]) -> Noise:
+    """Pool the variance of every group with two values or more (weights: degrees of freedom)."""
+    squares, dof, runs, count = 0.0, 0, 0, 0
+    for values in groups:
+        if len(values) < 2:
+            continue
+        squares += statistics.variance(values) * (len(values) - 1)
+        dof += len(values) - 1
+        runs += len(values)
+        count += 1
+    if dof == 0:
+        return Noise()
+    return Noise(math.sqrt(squares / dof), runs, count)
+
+
+@dataclass(frozen=True)
+class Standing:
+    """The current best as the judge sees it: its recorded value and how many runs it rests on."""
+
+    metric: float
+    runs: int = 1
+    seconds: float | None = None  # the baseline's mean run-step wall time, for the budget rule
 
 
 @dataclass(frozen=True)
@@ -39,70 +80,107 @@ class Decision:
     """A verdict, or a request for more runs before one can be given."""
 
     verdict: Verdict | None
-    metric: float | None = None  # the value recorded for the experiment (mean of its runs)
+    metric: float | None = None  # the mean of the runs judged
     reason: str = ""
-    more_runs: int = 0
-
-
-def noise_of(values: Sequence[float]) -> float | None:
-    """Sample standard deviation, or None with fewer than two values."""
-    return statistics.stdev(values) if len(values) >= 2 else None
+    more_runs: int = 0  # selection runs still wanted before a verdict
+    rescore: int = 0  # with a keep: fresh runs to make; the recorded value is their mean
 
 
 class Judge:
     """Decides keep or discard from an experiment's runs."""
 
     def __init__(
-        self, config: JudgeConfig, metric: MetricConfig, *, max_seconds: float | None = None
+        self, config: JudgeConfig, metric: MetricConfig, *, budget: float, allowance: float
     ) -> None:
-        self.config = config
-        self.metric = metric
-        self.max_seconds = max_seconds  # budget + allowance; a slower run is over budget
+        self.config, self.metric = config, metric
+        self.budget, self.allowance = budget, allowance
+        self.z = statistics.NormalDist().inv_cdf(config.confidence)
 
-    def margin(self, noise: float | None) -> float:
-        return max(self.config.min_delta, self.config.noise_factor * (noise or 0.0))
+    # --- the baseline ------------------------------------------------------------------
 
-    def decide(
-        self, runs: Sequence[RunResult], best: float | None, noise: float | None = None
-    ) -> Decision:
-        failed = self._failure(runs)
+    def decide_baseline(self, runs: Sequence[Run]) -> Decision:
+        """The unchanged code: never discarded for time; runs ``baseline_runs`` times."""
+        failed = _failure(runs)
+        if failed is not None:
+            return failed
+        wanted = max(1, self.config.baseline_runs)
+        values = [r.metric for r in runs if r.metric is not None]
+        if len(values) < wanted:
+            return Decision(None, reason="baseline", more_runs=wanted - len(values))
+        noise = pooled_noise([values])
+        return Decision(Verdict.BASELINE, statistics.fmean(values), noise.text())
+
+    # --- candidates ----------------------------------------------------------------------
+
+    def decide(self, runs: Sequence[Run], best: Standing, noise: Noise) -> Decision:
+        failed = _failure(runs) or self._over_budget(runs, best)
         if failed is not None:
             return failed
         values = [r.metric for r in runs if r.metric is not None]
-        mean = statistics.fmean(values)
-        if best is None:
-            return Decision(Verdict.KEEP, mean, "no best yet")
-        margin = self.margin(noise)
-        if not self.metric.better(mean, best, margin):
-            return Decision(
-                Verdict.DISCARD, mean, self._delta_text(mean, best, margin, "not better")
-            )
-        wanted = 1 + self.config.confirm_runs
-        if len(runs) < wanted:
-            return Decision(None, mean, "looks better; confirming", more_runs=wanted - len(runs))
-        return Decision(Verdict.KEEP, mean, self._delta_text(mean, best, margin, "better"))
+        if self.config.rule == "naive":
+            return self._naive(values, best, noise)
+        return self._sequential(values, best, noise)
 
-    def _failure(self, runs: Sequence[RunResult]) -> Decision | None:
+    def rescore_runs(self, selected: int, noise: Noise) -> int:
+        """Fresh runs a new best gets before its value is recorded (none without noise)."""
+        if self.config.rule == "naive" or noise.sigma == 0.0:
+            return 0
+        return max(2, self.config.max_runs - selected)
+
+    def _sequential(self, values: list[float], best: Standing, noise: Noise) -> Decision:
+        n, mean = len(values), statistics.fmean(values)
+        if not self.metric.better(mean, best.metric, self.config.min_delta):
+            word = "screened out" if n == 1 else f"not better after {n} runs"
+            return Decision(Verdict.DISCARD, mean, self._delta(word, mean, best.metric))
+        if noise.sigma is None:
+            if n < 2:
+                return Decision(None, mean, "looks better; noise unknown, running again", 1)
+            return Decision(Verdict.KEEP, mean, self._delta("better", mean, best.metric),
+                            rescore=self.rescore_runs(n, noise))  # fmt: skip
+        margin = max(self.config.min_delta, noise.detectable(self.z, n, best.runs) or 0.0)
+        if self.metric.better(mean, best.metric, margin):
+            reason = self._delta(f"better at {self.config.confidence:.0%}", mean, best.metric, margin)
+            return Decision(Verdict.KEEP, mean, reason, rescore=self.rescore_runs(n, noise))
+        if n >= self.config.max_runs:
+            word = f"not significant after {n} runs"
+            return Decision(Verdict.DISCARD, mean, self._delta(word, mean, best.metric, margin))
+        return Decision(None, mean, "looks better; running again", 1)
+
+    def _naive(self, values: list[float], best: Standing, noise: Noise) -> Decision:
+        mean = statistics.fmean(values)
+        margin = max(self.config.min_delta, self.config.noise_factor * (noise.sigma or 0.0))
+        if not self.metric.better(mean, best.metric, margin):
+            return Decision(Verdict.DISCARD, mean, self._delta("not better", mean, best.metric, margin))
+        wanted = 1 + self.config.confirm_runs
+        if len(values) < wanted:
+            return Decision(None, mean, "looks better; confirming", wanted - len(values))
+        return Decision(Verdict.KEEP, mean, self._delta("better", mean, best.metric, margin))
+
+    def _over_budget(self, runs: Sequence[Run], best: Standing) -> Decision | None:
+        limit = (self.budget if best.seconds is None else best.seconds) + self.allowance
         for run in runs:
-            if run.status is RunStatus.TIMEOUT:
-                return Decision(Verdict.TIMEOUT, None, run.reason or "hard timeout")
-            if run.status is RunStatus.INVALID:
-                return Decision(Verdict.INVALID, None, run.reason)
-            if run.status is RunStatus.KILLED:
-                return Decision(Verdict.INTERRUPTED, None, run.reason)
-            if run.status is not RunStatus.OK or run.metric is None:
-                return Decision(Verdict.CRASH, None, run.reason or "crashed")
-        for run in runs:
-            if self.max_seconds is not None and run.seconds > self.max_seconds:
-                return Decision(
-                    Verdict.DISCARD, run.metric,
-                    f"over budget: ran {run.seconds:.1f} s, limit {self.max_seconds:.1f} s",
-                )  # fmt: skip
+            if run.seconds > limit:
+                basis = "budget" if best.seconds is None else f"baseline's {best.seconds:.1f} s"
+                return Decision(Verdict.DISCARD, run.metric, f"over budget: ran {run.seconds:.1f} s, "
+                                f"limit {limit:.1f} s ({basis} + {self.allowance:g} s)")  # fmt: skip
         return None
 
-    def _delta_text(self, value: float, best: float, margin: float, word: str) -> str:
+    def _delta(self, word: str, value: float, best: float, margin: float = 0.0) -> str:
         text = f"{word}: {value:.6g} vs best {best:.6g} (delta {value - best:+.4g}"
         return text + (f", margin {margin:.4g})" if margin else ")")
 
 
-__all__ = ["Decision", "Judge", "Verdict", "noise_of"]
+def _failure(runs: Sequence[Run]) -> Decision | None:
+    for run in runs:
+        if run.status is RunStatus.TIMEOUT:
+            return Decision(Verdict.TIMEOUT, None, run.reason or "hard timeout")
+        if run.status is RunStatus.INVALID:
+            return Decision(Verdict.INVALID, None, run.reason)
+        if run.status is RunStatus.KILLED:
+            return Decision(Verdict.INTERRUPTED, None, run.reason)
+        if run.status is not RunStatus.OK or run.metric is None:
+            return Decision(Verdict.CRASH, None, run.reason or "crashed")
+    return None
+
+
+__all__ = ["Decision", "Judge", "Noise", "Standing", "pooled_noise"]

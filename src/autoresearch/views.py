@@ -5,23 +5,17 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Sequence
 
-from autoresearch.config import TaskConfig
+from autoresearch.config import STATE_DIR, TaskConfig
 from autoresearch.cost import compute_cost
 from autoresearch.engine import ExperimentEvent, SessionSummary
-from autoresearch.ledger import ExperimentRow, Ledger, SessionLock, SessionRow, best_row
-from autoresearch.workspace import STATE_DIR
+from autoresearch.history import History
+from autoresearch.judge import Judge
+from autoresearch.ledger import Ledger, SessionLock, SessionRow
+from autoresearch.records import Experiment, Verdict
 
 EVENT_HEADER = "   #  verdict      {metric:>12}  vs best     description"
-VERDICT_ORDER = (
-    "baseline",
-    "keep",
-    "discard",
-    "crash",
-    "timeout",
-    "invalid",
-    "interrupted",
-    "pending",
-)
+VERDICT_ORDER = tuple(str(v) for v in (Verdict.BASELINE, Verdict.KEEP, Verdict.DISCARD, Verdict.DUPLICATE,
+    Verdict.CRASH, Verdict.TIMEOUT, Verdict.INVALID, Verdict.INTERRUPTED, Verdict.PENDING))  # fmt: skip
 
 
 def _value(value: float | None) -> str:
@@ -32,18 +26,11 @@ def event_line(event: ExperimentEvent, direction: str) -> str:
     """One line of the live table, printed as each experiment is recorded."""
     row = event.experiment
     delta = ""
-    if (
-        row.metric is not None
-        and event.best is not None
-        and row.verdict not in ("baseline", "keep")
-    ):
+    if row.metric is not None and event.best is not None and not row.verdict.judged:
         delta = f"{row.metric - event.best:+.4g}"
-    marker = " *" if row.verdict == "keep" else ""
-    text = (
-        row.description
-        if row.verdict not in ("crash", "timeout", "invalid")
-        else f"{row.description} [{row.reason}]"
-    )
+    marker = " *" if row.verdict is Verdict.KEEP else ""
+    failed = row.verdict.failed or row.verdict in (Verdict.DUPLICATE, Verdict.INTERRUPTED)
+    text = f"{row.description} [{row.reason}]" if failed else row.description
     return f"{row.id:4d}  {row.verdict:<11}  {_value(row.metric):>12}  {delta:<9}  {text}{marker}"
 
 
@@ -70,9 +57,8 @@ def _counts(counts: dict[str, int] | object) -> str:
 
 
 def status_text(config: TaskConfig, ledger: Ledger, session: SessionRow) -> str:
-    rows = ledger.experiments(session)
-    best = best_row(rows)
-    baseline = next((r for r in rows if r.verdict == "baseline"), None)
+    history = History(ledger.experiments(session))
+    rows, best, baseline = list(history.rows), history.best, history.baseline
     started = _dt.datetime.fromtimestamp(session.created).strftime("%Y-%m-%d %H:%M")
     lines = [
         f"session {session.tag} (branch {session.branch}, agent {session.agent}, started {started})",
@@ -84,11 +70,9 @@ def status_text(config: TaskConfig, ledger: Ledger, session: SessionRow) -> str:
             f"best {config.metric.name}: {_value(best.metric)} (experiment {best.id}, {best.commit[:10]})"
         )
     if baseline is not None:
-        noise = f", noise {session.noise:.4g}" if session.noise is not None else ""
-        lines.append(f"baseline: {_value(baseline.metric)}{noise}")
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row.verdict] = counts.get(row.verdict, 0) + 1
+        lines.append(f"baseline: {_value(baseline.metric)}")
+    lines.append(_noise_line(config, history))
+    counts = {str(k): v for k, v in history.counts.items()}
     lines.append(f"experiments: {len(rows)} ({_counts(counts)})")
     lines.extend(
         _spend_lines(float(session.config.get("gpu_price", config.cost.gpu_per_hour)), rows)
@@ -96,6 +80,18 @@ def status_text(config: TaskConfig, ledger: Ledger, session: SessionRow) -> str:
     lines.append("last experiments:")
     lines.extend("  " + _log_line(r) for r in rows[-5:])
     return "\n".join(lines)
+
+
+def _noise_line(config: TaskConfig, history: History) -> str:
+    """Sigma, the runs behind it, and the smallest effect the judge can confirm with it."""
+    judge = Judge(config.judge, config.metric, budget=config.time_budget, allowance=config.allowance)
+    noise, standing = history.noise(), history.standing()
+    if noise.sigma is None:
+        return f"{noise.text()}: every keep needs a second run to tell a gain from luck"
+    n_best = standing.runs if standing else 1
+    smallest = noise.detectable(judge.z, config.judge.max_runs, n_best)
+    return (f"{noise.text()}; smallest effect detectable at {config.judge.confidence:.0%} with "
+            f"{config.judge.max_runs} runs: {smallest:.4g} ({config.judge.rule} rule)")  # fmt: skip
 
 
 def _status(config: TaskConfig, session: SessionRow) -> str:
@@ -107,7 +103,7 @@ def _status(config: TaskConfig, session: SessionRow) -> str:
     return f"not running (its orchestrator died; `autoresearch run --tag {session.tag} --resume` carries on)"
 
 
-def _spend_lines(gpu_per_hour: float, rows: Sequence[ExperimentRow]) -> list[str]:
+def _spend_lines(gpu_per_hour: float, rows: Sequence[Experiment]) -> list[str]:
     tokens = sum(r.cost_usd or 0.0 for r in rows)
     compute = compute_cost(sum(r.compute_seconds for r in rows), gpu_per_hour)
     unknown = sum(1 for r in rows if r.cost_usd is None)
@@ -115,7 +111,7 @@ def _spend_lines(gpu_per_hour: float, rows: Sequence[ExperimentRow]) -> list[str
         return []
     total = tokens + compute
     done = [r for r in rows if r.agent != "baseline"] or list(rows)
-    keeps = sum(1 for r in rows if r.verdict == "keep")
+    keeps = sum(1 for r in rows if r.verdict is Verdict.KEEP)
     text = f"spend: ${total:.2f} (agent ${tokens:.2f}, compute ${compute:.2f})"
     text += f"; ${total / len(done):.3f} per experiment"
     text += f", ${total / keeps:.2f} per kept improvement" if keeps else ""
@@ -124,21 +120,19 @@ def _spend_lines(gpu_per_hour: float, rows: Sequence[ExperimentRow]) -> list[str
     return [text]
 
 
-def _log_line(row: ExperimentRow) -> str:
-    reason = (
-        f" [{row.reason}]" if row.verdict in ("crash", "timeout", "invalid", "interrupted") else ""
-    )
+def _log_line(row: Experiment) -> str:
+    shown = (Verdict.CRASH, Verdict.TIMEOUT, Verdict.INVALID, Verdict.INTERRUPTED, Verdict.DUPLICATE)
+    reason = f" [{row.reason}]" if row.verdict in shown else ""
     return f"{row.id:4d}  {row.commit[:7] or '-------'}  {row.verdict:<11}  {_value(row.metric):>12}  {row.description}{reason}"
 
 
-def log_text(rows: Sequence[ExperimentRow], metric: str) -> str:
+def log_text(rows: Sequence[Experiment], metric: str) -> str:
     header = f"   #  commit   verdict      {metric:>12}  description"
     return "\n".join([header, *(_log_line(r) for r in rows)])
 
 
 def show_text(ledger: Ledger, session: SessionRow, experiment_id: int, metric: str) -> str:
     row = ledger.experiment(session, experiment_id)
-    proposal = ledger.proposal(session, experiment_id)
     lines = [
         f"experiment {row.id} of session {session.tag}: {row.verdict}"
         + (f" — {row.reason}" if row.reason else ""),
@@ -149,18 +143,19 @@ def show_text(ledger: Ledger, session: SessionRow, experiment_id: int, metric: s
     others = {k: v for k, v in row.metrics.items() if k != metric}
     if others:
         lines.append("metrics: " + ", ".join(f"{k}={v:g}" for k, v in sorted(others.items())))
-    if proposal is not None and (proposal.input_tokens or proposal.output_tokens):
-        cost = "unknown" if proposal.cost_usd is None else f"${proposal.cost_usd:.4f}"
-        lines.append(f"tokens: in {proposal.input_tokens} (cached {proposal.cached_tokens}), "
-                     f"out {proposal.output_tokens}; cost {cost}")  # fmt: skip
-    if proposal is not None and proposal.rationale:
-        lines += ["", "rationale:", proposal.rationale]
-    for run in ledger.runs(session, experiment_id):
-        lines.append(f"run {run.idx}: seed {run.seed}, {run.status}, {metric} {_value(run.metric)}, "
-                     f"{run.seconds:.1f} s, log {run.log_path}" + (f" — {run.reason}" if run.reason else ""))  # fmt: skip
-    if proposal is not None and proposal.diff:
-        lines += ["", "diff:", proposal.diff]
-    runs = ledger.runs(session, experiment_id)
-    if runs and runs[-1].log_tail:
-        lines += ["", "log tail:", runs[-1].log_tail]
+    usage = row.usage
+    if usage.input_tokens or usage.output_tokens:
+        cost = "unknown" if usage.cost_usd is None else f"${usage.cost_usd:.4f}"
+        lines.append(f"tokens: in {usage.input_tokens} (cached {usage.cached_tokens}), "
+                     f"out {usage.output_tokens}; cost {cost}")  # fmt: skip
+    if row.rationale:
+        lines += ["", "rationale:", row.rationale]
+    for run in row.runs:
+        lines.append(f"run {run.index} ({run.purpose}): seed {run.seed}, {run.status}, {metric} "
+                     f"{_value(run.metric)}, {run.seconds:.1f} s, log {run.log_path}"
+                     + (f" — {run.reason}" if run.reason else ""))  # fmt: skip
+    if row.diff:
+        lines += ["", "diff:", row.diff]
+    if row.runs and row.runs[-1].log_tail:
+        lines += ["", "log tail:", row.runs[-1].log_tail]
     return "\n".join(lines)

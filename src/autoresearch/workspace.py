@@ -9,22 +9,19 @@ stay reachable under ``refs/autoresearch/<tag>/discarded/<id>``.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path, PurePosixPath
 
-from autoresearch.agents._base import Proposal
-from autoresearch.agents.edits import apply_edits
-from autoresearch.config import CONFIG_NAME, TaskConfig
+from autoresearch.config import CONFIG_NAME, STATE_DIR, TaskConfig
+from autoresearch.edits import Allowlist, apply_edits, glob_regex
 from autoresearch.errors import EditRejected, ProposalError, WorkspaceError
+from autoresearch.integrity import sha256_files
+from autoresearch.process import without_secrets
+from autoresearch.records import Proposal
 
-STATE_DIR = ".autoresearch"
 _FALLBACK_IDENTITY = {
     "GIT_AUTHOR_NAME": "autoresearch",
     "GIT_AUTHOR_EMAIL": "autoresearch@localhost",
@@ -32,6 +29,10 @@ _FALLBACK_IDENTITY = {
     "GIT_COMMITTER_EMAIL": "autoresearch@localhost",
 }
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Every git call: no hooks, no fsmonitor. A run (or an agent) that plants either in the
+# repository must not get the orchestrator to execute it.
+HARDENED_GIT = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
+SlotKey = int | str  # a run slot (0, 1, ...) or a proposal checkout ("p0", ...)
 
 
 class Git:
@@ -39,7 +40,7 @@ class Git:
 
     def __init__(self, cwd: Path, env: Mapping[str, str] | None = None) -> None:
         self.cwd = cwd
-        self.env = dict(env) if env is not None else None
+        self.env = dict(env) if env is not None else without_secrets()
 
     def __call__(self, *args: str, input: str | None = None, check: bool = True) -> str:
         code, stdout, stderr = self.run(*args, input=input)
@@ -51,8 +52,8 @@ class Git:
     def run(self, *args: str, input: str | None = None) -> tuple[int, str, str]:
         """Exit code, stdout and stderr of one git command."""
         done = subprocess.run(
-            ["git", *args], cwd=self.cwd, input=None if input is None else input.encode(),
-            capture_output=True, env=self.env,
+            ["git", *HARDENED_GIT, *args], cwd=self.cwd, capture_output=True, env=self.env,
+            input=None if input is None else input.encode(),
         )  # fmt: skip
         # Bytes decoded by hand: text mode would turn CRLF into LF in diffs and file lists.
         out, err = (data.decode("utf-8", errors="replace") for data in (done.stdout, done.stderr))
@@ -60,77 +61,13 @@ class Git:
 
     def ok(self, *args: str) -> bool:
         """True when the git command exits 0 (for questions such as ``show-ref``)."""
-        return (
-            subprocess.run(
-                ["git", *args], cwd=self.cwd, capture_output=True, env=self.env
-            ).returncode
-            == 0
-        )
-
-
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """``**`` crosses folders, ``*`` and ``?`` do not; a pattern without ``/`` matches names anywhere."""
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        else:
-            ch = pattern[i]
-            out.append("[^/]*" if ch == "*" else "[^/]" if ch == "?" else re.escape(ch))
-            i += 1
-    prefix = "" if "/" in pattern else "(?:.*/)?"
-    return re.compile(prefix + "".join(out) + r"\Z")
-
-
-@dataclass(frozen=True)
-class Allowlist:
-    """Which task-relative paths the agent may change."""
-
-    editable: tuple[str, ...]
-    protected: tuple[str, ...]
-
-    @cached_property
-    def _editable(self) -> list[re.Pattern[str]]:
-        return [glob_regex(g) for g in self.editable]
-
-    @cached_property
-    def _protected(self) -> list[re.Pattern[str]]:
-        return [glob_regex(g) for g in (*self.protected, CONFIG_NAME)]
-
-    def reason(self, path: str) -> str | None:
-        """Why ``path`` may not be edited, or None when it may."""
-        pure = PurePosixPath(path.replace("\\", "/"))
-        if not path or pure.is_absolute() or path.startswith("~"):
-            return f"{path!r}: absolute paths are not allowed"
-        if ".." in pure.parts:
-            return f"{path!r}: escapes the task folder"
-        if ".git" in pure.parts or STATE_DIR in pure.parts:
-            return f"{path!r}: inside {'.git' if '.git' in pure.parts else STATE_DIR}"
-        rel = str(pure)
-        if any(p.match(rel) for p in self._protected):
-            return f"{rel}: protected (the harness must stay byte-identical)"
-        if not any(p.match(rel) for p in self._editable):
-            return f"{rel}: not editable (allowed: {', '.join(self.editable)})"
-        return None
+        return self.run(*args)[0] == 0
 
 
 def _read_exact(path: Path, errors: str = "strict") -> str:
     """A file's text with its line endings as they are on disk."""
     with path.open(encoding="utf-8", errors=errors, newline="") as fh:
         return fh.read()
-
-
-def sha256_files(root: Path, paths: Iterable[str]) -> dict[str, str]:
-    """sha256 of each file under ``root`` ('' for a missing one)."""
-    out = {}
-    for rel in paths:
-        target = root / rel
-        out[rel] = hashlib.sha256(target.read_bytes()).hexdigest() if target.is_file() else ""
-    return out
 
 
 class Workspace:
@@ -151,7 +88,7 @@ class Workspace:
         self.allow = Allowlist(config.editable, config.protected)
         self._env = self._identity_env()
         self.git = Git(config.root, self._env)
-        self._tracked_cache: dict[int, list[str]] = {}
+        self._tracked_cache: dict[SlotKey, list[str]] = {}
 
     # --- names -------------------------------------------------------------------------
 
@@ -166,18 +103,18 @@ class Workspace:
     def discarded_ref(self, experiment_id: int) -> str:
         return f"refs/autoresearch/{self.tag}/discarded/{experiment_id}"
 
-    def slot_root(self, slot: int) -> Path:
+    def slot_root(self, slot: SlotKey) -> Path:
         """The worktree of ``slot`` (its repository root)."""
-        return self.state / "worktrees" / f"{self.tag}-{slot}"
+        return self.state / "worktrees" / self.tag / str(slot)
 
-    def slot_dir(self, slot: int) -> Path:
+    def slot_dir(self, slot: SlotKey) -> Path:
         """The task folder inside the worktree of ``slot``: where runs execute."""
         return self.slot_root(slot) / self.task_rel
 
     # --- session -------------------------------------------------------------------------
 
     def _identity_env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = without_secrets()  # nothing git runs may see the agents' keys
         if not self.git("config", "user.email", check=False) and "GIT_AUTHOR_EMAIL" not in env:
             env.update(_FALLBACK_IDENTITY)
         return env
@@ -222,6 +159,26 @@ class Workspace:
         self.git("update-ref", self.branch_ref, head, "")
         return head
 
+    def restart(self) -> str:
+        """Point a session whose baseline failed at HEAD again (the task was fixed and committed)."""
+        self.ensure_excluded()
+        dirty = self.dirty_files()
+        if dirty:
+            raise WorkspaceError(
+                f"the work tree has uncommitted changes: {', '.join(dirty[:10])}; commit them first"
+            )
+        head = self.head()
+        self.git("update-ref", self.branch_ref, head)
+        return head
+
+    def adopt(self) -> str:
+        """The session branch, created now at HEAD if a killed start left none; returns its head."""
+        return self.branch_head() or self.start()
+
+    def tree(self, commit: str) -> str:
+        """The git tree of ``commit``: two commits with the same tree hold the same code."""
+        return self.git("rev-parse", f"{commit}^{{tree}}")
+
     def resume(self) -> str:
         """Check the session branch exists; return its head."""
         self.ensure_excluded()
@@ -254,7 +211,7 @@ class Workspace:
 
     # --- slots ---------------------------------------------------------------------------
 
-    def checkout(self, slot: int, commit: str) -> Path:
+    def checkout(self, slot: SlotKey, commit: str) -> Path:
         """Put ``slot``'s worktree at ``commit``, clean; create it on first use. Returns the task folder."""
         root = self.slot_root(slot)
         git = Git(root, self._env)
@@ -277,7 +234,7 @@ class Workspace:
     def _in_repo(self, rel: str) -> str:
         return rel if self.task_rel == "." else f"{self.task_rel}/{rel}"
 
-    def _link(self, slot: int) -> None:
+    def _link(self, slot: SlotKey) -> None:
         for rel in self.config.link:
             source, target = self.config.root / rel, self.slot_dir(slot) / rel
             if target.is_symlink() or not source.exists() or target.exists():
@@ -285,7 +242,7 @@ class Workspace:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.symlink_to(source.resolve(), target_is_directory=source.is_dir())
 
-    def read_files(self, slot: int, patterns: Iterable[str]) -> dict[str, str]:
+    def read_files(self, slot: SlotKey, patterns: Iterable[str]) -> dict[str, str]:
         """Text of the tracked task files matching ``patterns`` (globs) in ``slot``'s worktree."""
         regexes = [glob_regex(p) for p in patterns]
         base = self.slot_dir(slot)
@@ -300,14 +257,14 @@ class Workspace:
                 out[rel] = _read_exact(base / rel, errors="replace")
         return out
 
-    def _tracked(self, slot: int) -> list[str]:
+    def _tracked(self, slot: SlotKey) -> list[str]:
         """Tracked task files in ``slot`` (cached per checkout)."""
         if slot not in self._tracked_cache:
             out = Git(self.slot_dir(slot), self._env)("ls-files", "-z", "--", ".")
             self._tracked_cache[slot] = [p for p in out.split("\0") if p]
         return self._tracked_cache[slot]
 
-    def apply(self, slot: int, proposal: Proposal) -> list[str]:
+    def apply(self, slot: SlotKey, proposal: Proposal) -> list[str]:
         """Apply a proposal's edits and patch in ``slot``; returns the changed task-relative paths.
 
         Raises ``EditRejected`` (nothing is written) when an edit leaves the allowlist,
@@ -407,7 +364,7 @@ class Workspace:
         except WorkspaceError as exc:
             raise ProposalError(f"the patch does not apply: {exc}") from exc
 
-    def commit(self, slot: int, message: str) -> tuple[str, str]:
+    def commit(self, slot: SlotKey, message: str) -> tuple[str, str]:
         """Commit everything changed in ``slot``'s worktree; returns the commit's sha and diff.
 
         Raises ``EditRejected`` when a changed file is not editable, or nothing changed.
@@ -426,7 +383,7 @@ class Workspace:
         sha, _, diff = shown.partition("\n")
         return sha, diff.lstrip("\n") + "\n"
 
-    def _check_changes(self, slot: int) -> None:
+    def _check_changes(self, slot: SlotKey) -> None:
         """Every changed or new file in the worktree must be editable (whoever wrote it)."""
         out = Git(self.slot_dir(slot), self._env)(
             "status", "--porcelain", "-z", "--untracked-files=all", "--", "."
@@ -447,14 +404,14 @@ class Workspace:
 
     # --- protected files -------------------------------------------------------------------
 
-    def protected_files(self, slot: int) -> list[str]:
+    def protected_files(self, slot: SlotKey) -> list[str]:
         regexes = [glob_regex(p) for p in (*self.config.protected, CONFIG_NAME)]
         return [p for p in self._tracked(slot) if any(r.match(p) for r in regexes)]
 
-    def protected_hashes(self, slot: int) -> dict[str, str]:
+    def protected_hashes(self, slot: SlotKey) -> dict[str, str]:
         return sha256_files(self.slot_dir(slot), self.protected_files(slot))
 
-    def restore(self, slot: int, paths: Iterable[str]) -> None:
+    def restore(self, slot: SlotKey, paths: Iterable[str]) -> None:
         """Put tracked files back as committed (after a run rewrote the harness)."""
         Git(self.slot_dir(slot), self._env)("checkout", "-f", "HEAD", "--", *paths)
 
@@ -467,9 +424,10 @@ class Workspace:
         return self.git.ok("merge-base", "--is-ancestor", older, newer)
 
     def remove_worktrees(self) -> None:
-        """Remove this session's slot worktrees (the commits stay)."""
-        folder = self.state / "worktrees"
-        for root in sorted(folder.glob(f"{self.tag}-*")) if folder.exists() else []:
+        """Remove this session's worktrees (the commits stay); other tags' are left alone."""
+        folder = self.state / "worktrees" / self.tag
+        for root in sorted(folder.iterdir()) if folder.is_dir() else []:
             self.git("worktree", "remove", "--force", str(root), check=False)
             shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
         self.git("worktree", "prune", check=False)

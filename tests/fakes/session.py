@@ -13,14 +13,14 @@ from conftest import TOY_PARAMS
 from autoresearch.agents._base import Agent
 from autoresearch.config import load_config
 from autoresearch.engine import Engine, SessionOptions
-from autoresearch.ledger import ExperimentRow
+from autoresearch.records import Experiment
 
 BEST_PARAMS = TOY_PARAMS.replace("X = 1.0", "X = 3.0").replace("Y = 2.0", "Y = -1.0")
 
 
 def run_toy_session(
     repo: Path, agent: Agent, max_experiments: int, **options: object
-) -> tuple[Engine, list[ExperimentRow]]:
+) -> tuple[Engine, list[Experiment]]:
     """Run a session tagged ``t`` on ``repo``; the engine and its ledger rows."""
     opts = SessionOptions(tag="t", max_experiments=max_experiments, **options)  # type: ignore[arg-type]
     engine = Engine(load_config(repo), agent, options=opts)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from autoresearch.agents._base import Agent, Context, Edit, HistoryRow, Proposal, Usage
+from autoresearch.agents._base import Agent, Context, Edit, Experiment, Proposal, Usage
 from autoresearch.config import AGENT_NAMES
 from autoresearch.errors import ConfigError
 
@@ -57,7 +57,7 @@ __all__ = [
     "Agent",
     "Context",
     "Edit",
-    "HistoryRow",
+    "Experiment",
     "Proposal",
     "Usage",
     "get_agent",

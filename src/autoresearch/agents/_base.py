@@ -6,6 +6,10 @@ blocks or whole files (``Edit``), or a unified diff (``Proposal.patch``, as the 
 command agents produce). The workspace, not the agent, applies them and enforces the
 allowlist.
 
+``Agent`` declares everything the engine may ask of an agent, with defaults: a backend
+subclasses it and overrides what it needs. ``propose`` runs on the engine's agent
+thread, one call at a time, while runs go on.
+
 An agent signals trouble by raising (see ``autoresearch.errors``):
 ``ProposalError`` for an unusable reply (recorded as ``invalid``; the loop goes on),
 ``AgentUnavailable`` when its backend keeps failing (the session stops),
@@ -15,59 +19,10 @@ An agent signals trouble by raising (see ``autoresearch.errors``):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
 
-
-@dataclass(frozen=True)
-class Edit:
-    """One change to one file: ``search`` -> ``replace``, or the whole ``content``."""
-
-    path: str
-    search: str | None = None
-    replace: str | None = None
-    content: str | None = None
-
-    @property
-    def is_whole_file(self) -> bool:
-        return self.content is not None
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Tokens an agent spent on one proposal, and their price when known."""
-
-    input_tokens: int = 0
-    cached_tokens: int = 0  # input tokens read from a prompt cache
-    output_tokens: int = 0
-    cost_usd: float | None = 0.0  # None: a model missing from the price table
-
-
-@dataclass(frozen=True)
-class Proposal:
-    """What an agent returns for one experiment."""
-
-    description: str  # one line; goes into results.tsv
-    rationale: str = ""
-    edits: tuple[Edit, ...] = ()
-    patch: str = ""  # a unified diff (git format), applied after ``edits``
-    usage: Usage = field(default_factory=Usage)
-    meta: Mapping[str, Any] = field(default_factory=dict)  # JSON-able; stored in the ledger
-
-
-@dataclass(frozen=True)
-class HistoryRow:
-    """One recorded experiment, as agents see it."""
-
-    id: int
-    verdict: str  # a Verdict value: baseline keep discard crash timeout invalid interrupted
-    metric: float | None
-    description: str
-    commit: str = ""
-    reason: str = ""
-    agent: str = ""
-    meta: Mapping[str, Any] = field(default_factory=dict)  # the proposal's meta
+from autoresearch.records import Edit, Experiment, Proposal, Usage
 
 
 @dataclass(frozen=True)
@@ -77,30 +32,46 @@ class Context:
     instructions: str  # the brief (program.md)
     editable: Mapping[str, str]  # path -> text of each editable file at the parent commit
     readonly: Mapping[str, str]  # path -> text of each context file
-    history: tuple[HistoryRow, ...]  # oldest first
+    history: tuple[Experiment, ...]  # oldest first; pending ones (still running) included
     metric_name: str
     direction: str  # "minimize" | "maximize"
     best_metric: float | None = None
     baseline_metric: float | None = None
-    noise: float | None = None  # standard deviation of the metric between baseline runs
+    noise: float | None = None  # pooled standard deviation of the metric between runs
+    noise_runs: int = 0  # runs the noise estimate rests on
+    detectable: float | None = None  # smallest effect the judge can confirm at this noise
     last_failure: str = ""  # log tail of the most recent crash or timeout
     last_rejection: str = ""  # why the previous proposal was invalid, if it was
-    parent: str = ""  # the commit the proposal will be applied to
+    parent: str = ""  # the commit the proposal is made against
     workdir: Path | None = None  # a clean checkout of ``parent`` an agent may work in
     experiment_id: int = 0
     tag: str = ""  # the session's tag
     seed: int = 0
     editable_globs: tuple[str, ...] = ()
     time_budget: float = 0.0
+    log_dir: Path | None = None  # where an agent's own processes leave logs and pid files
+    note: str = ""  # what happened to the previous proposal on the way to a run (stale parent)
 
 
-@runtime_checkable
-class Agent(Protocol):
-    """Proposes one code change per call."""
+class Agent:
+    """Proposes one code change per call. Subclass and override; the defaults are no-ops."""
 
-    name: str
+    name: str = "agent"
 
-    def propose(self, context: Context) -> Proposal: ...
+    def check(self, editable: Mapping[str, str]) -> None:
+        """Validate the agent's options against the code before setup runs (raise ConfigError)."""
+
+    def describe(self) -> str:
+        """Lines printed once at session start (a search space, a model); empty: nothing."""
+        return ""
+
+    @property
+    def needs_workdir(self) -> bool:
+        """True when ``propose`` edits ``Context.workdir`` itself (the command CLIs)."""
+        return False
+
+    def propose(self, context: Context) -> Proposal:
+        raise NotImplementedError(f"{type(self).__name__} must implement propose()")
 
 
-__all__ = ["Agent", "Context", "Edit", "HistoryRow", "Proposal", "Usage"]
+__all__ = ["Agent", "Context", "Edit", "Experiment", "Proposal", "Usage"]

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from autoresearch.agents._base import Context, Proposal, Usage
+from autoresearch.agents._base import Agent, Context, Proposal, Usage
 from autoresearch.agents.prompt import (
     DEFAULT_HISTORY_TOKENS,
     Prompt,
@@ -25,10 +25,10 @@ from autoresearch.cost import PriceTable
 from autoresearch.errors import ConfigError, ProposalError
 
 
-class ChatAgent(ABC):
+class ChatAgent(Agent, ABC):
     """A model behind a chat API that answers with one ``propose_change`` tool call."""
 
-    name: ClassVar[str]
+    name: str
     default_model: ClassVar[str]
     tool_choices: ClassVar[tuple[str, ...]]
     sdk_error: ClassVar[type[Exception]]

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from autoresearch.agents._base import Context, Proposal, Usage
+from autoresearch.agents._base import Agent, Context, Proposal, Usage
 from autoresearch.agents.prompt import (
     DEFAULT_HISTORY_TOKENS,
     DESCRIPTION_CHARS,
@@ -44,7 +44,7 @@ from autoresearch.agents.prompt import (
     secret_values,
 )
 from autoresearch.errors import AgentUnavailable, ConfigError, ProposalError
-from autoresearch.executors.local import kill_group
+from autoresearch.process import kill_group
 
 PLACEHOLDERS = ("prompt_file", "prompt", "description_file", "workdir")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
@@ -52,11 +52,13 @@ MAX_COMMAND_BYTES = 120_000  # one argument may not exceed 128 KiB on Linux
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL of a timed-out command
 
 
-class CommandAgent:
+class CommandAgent(Agent):
     """Runs a coding-agent CLI in the candidate's checkout; its diff is the proposal."""
 
     name = "command"
-    uses_workdir = True  # the engine checks the worktree out again before applying the diff
+    @property
+    def needs_workdir(self) -> bool:
+        return True  # the CLI edits the proposal checkout; its diff is the proposal
 
     def __init__(
         self,

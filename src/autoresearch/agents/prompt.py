@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
-from autoresearch.agents._base import Context, Edit, HistoryRow, Proposal
+from autoresearch.agents._base import Context, Edit, Experiment, Proposal
 from autoresearch.errors import AgentUnavailable, ProposalError
+from autoresearch.process import secret_values
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ def _one_line(text: str, limit: int) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def _deltas(rows: Sequence[HistoryRow], direction: str) -> dict[int, float | None]:
+def _deltas(rows: Sequence[Experiment], direction: str) -> dict[int, float | None]:
     """Each row's metric minus the best recorded before it (negative is better when minimizing)."""
     best: float | None = None
     out: dict[int, float | None] = {}
@@ -260,7 +260,7 @@ def _deltas(rows: Sequence[HistoryRow], direction: str) -> dict[int, float | Non
     return out
 
 
-def _row_line(row: HistoryRow, delta: float | None) -> str:
+def _row_line(row: Experiment, delta: float | None) -> str:
     text = row.description
     if row.reason and row.verdict not in _ALWAYS:
         text = f"{text} ({row.verdict}: {row.reason})"
@@ -268,20 +268,20 @@ def _row_line(row: HistoryRow, delta: float | None) -> str:
     return f"| {row.id} | {row.verdict} | {_num(row.metric)} | {shown} | {_one_line(text, 160)} |"
 
 
-def _priority(rows: Sequence[HistoryRow]) -> list[HistoryRow]:
+def _priority(rows: Sequence[Experiment]) -> list[Experiment]:
     """Rows that are not always shown, most informative first: two recent discards for each
     recent failure (crash, timeout, invalid), newest first."""
     discards = [r for r in reversed(rows) if r.verdict == "discard"]
     failures = [r for r in reversed(rows) if r.verdict not in (*_ALWAYS, "discard")]
-    order: list[HistoryRow] = []
+    order: list[Experiment] = []
     for i in range(max(len(discards) // 2 + 1, len(failures))):
         order += discards[2 * i : 2 * i + 2] + failures[i : i + 1]
     return order
 
 
 def select_history(
-    rows: Sequence[HistoryRow], budget_tokens: int, direction: str
-) -> list[HistoryRow]:
+    rows: Sequence[Experiment], budget_tokens: int, direction: str
+) -> list[Experiment]:
     """The rows shown: all baselines and keeps, then recent discards and failures while the
     table fits ``budget_tokens``; in their original order."""
     deltas = _deltas(rows, direction)
@@ -317,7 +317,7 @@ def history_table(context: Context, budget_tokens: int = DEFAULT_HISTORY_TOKENS)
     return "\n".join(lines)
 
 
-def _count_verdicts(rows: Iterable[HistoryRow]) -> str:
+def _count_verdicts(rows: Iterable[Experiment]) -> str:
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.verdict] = counts.get(row.verdict, 0) + 1
@@ -485,18 +485,6 @@ def call_with_retries(
 
 
 # --- secrets ----------------------------------------------------------------------------------
-
-_SECRET_NAME = re.compile(r"(API_KEY|_KEY|_TOKEN|_SECRET|PASSWORD)$", re.IGNORECASE)
-
-
-def secret_values(
-    env: Mapping[str, str] | None = None, extra: Iterable[str | None] = ()
-) -> list[str]:
-    """Values that must never be recorded: keys and tokens from the environment, and ``extra``."""
-    env = os.environ if env is None else env
-    found = [v for k, v in env.items() if _SECRET_NAME.search(k)]
-    return sorted({v for v in [*found, *extra] if v and len(v) >= 8}, key=len, reverse=True)
-
 
 def redact(text: str, secrets: Iterable[str]) -> str:
     """``text`` with every secret replaced by ``***``."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from autoresearch.agents._base import Context, Edit, Proposal
+from autoresearch.agents._base import Agent, Context, Edit, Proposal
 from autoresearch.errors import AgentExhausted, ConfigError, ProposalError
 
 _BLOCK = re.compile(
@@ -59,7 +59,7 @@ def _description(name: str, text: str) -> str:
     return Path(name).stem
 
 
-class ReplayAgent:
+class ReplayAgent(Agent):
     """Proposes the patches of ``patches`` (a folder) in name order."""
 
     name = "replay"

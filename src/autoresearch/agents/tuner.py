@@ -54,7 +54,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from autoresearch.agents._base import Context, Edit, Proposal
+from autoresearch.agents._base import Agent, Context, Edit, Proposal
 from autoresearch.agents._constants import (
     Constant,
     Value,
@@ -64,7 +64,7 @@ from autoresearch.agents._constants import (
     round_float,
     statement_lines,
 )
-from autoresearch.agents.edits import apply_edits
+from autoresearch.edits import apply_edits
 from autoresearch.errors import AgentExhausted, ConfigError, ProposalError
 
 SAMPLERS = ("tpe", "random", "cmaes")
@@ -391,7 +391,7 @@ class _Trial:
     system_attrs: Mapping[str, Any]
 
 
-class TunerAgent:
+class TunerAgent(Agent):
     """Proposes new values for the task's UPPER_CASE constants, guided by an Optuna sampler."""
 
     name = "tuner"

@@ -2,12 +2,12 @@
 
 An executor runs one experiment's code: the optional ``check`` step, the ``run`` step
 under the time budget and hard timeout, then the optional trusted ``evaluate`` step,
-and parses the metric. It knows nothing of agents, verdicts or git history.
+and parses the metric (the step plan is ``executors/_steps.py``, shared by every
+executor). It knows nothing of agents, verdicts or git history.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -15,16 +15,8 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from autoresearch.config import MetricConfig
-
-
-class RunStatus(enum.StrEnum):
-    """How one run ended, before any judging."""
-
-    OK = "ok"  # every step exited 0 and the metric was read
-    CRASH = "crash"  # a step failed, or the metric is missing / not finite
-    TIMEOUT = "timeout"  # the hard timeout killed the process group
-    INVALID = "invalid"  # the run changed a protected file (the harness)
-    KILLED = "killed"  # stopped from outside (a second Ctrl-C, executor shutdown)
+from autoresearch.process import StepResult
+from autoresearch.records import RunPurpose, RunStatus
 
 
 @dataclass(frozen=True)
@@ -52,22 +44,11 @@ class Job:
     # (links). The trusted step never sees files the run step wrote or changed.
     reset_root: Path | None = None
     reset_keep: tuple[str, ...] = ()
+    purpose: RunPurpose = RunPurpose.SELECT
 
     @property
     def name(self) -> str:
         return f"{self.experiment_id:04d}-{self.run_index}"
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """One step (check, run or evaluate) of a run."""
-
-    name: str
-    returncode: int | None  # None when killed on timeout
-    seconds: float
-    log_path: Path
-    timed_out: bool = False
-    output: str = ""  # the end of the step's output, as read from the step itself
 
 
 @dataclass(frozen=True)
@@ -86,14 +67,22 @@ class RunResult:
     log_tail: str = ""  # the last lines of the failing (or last) step's log
     steps: tuple[StepResult, ...] = ()
 
+    @property
+    def compute_seconds(self) -> float:
+        """Wall time of every step of this run (what a slot was busy for)."""
+        return sum(s.seconds for s in self.steps) or self.seconds
+
 
 @runtime_checkable
 class Executor(Protocol):
-    """Runs jobs, one per slot at a time."""
+    """Runs jobs, at most ``slots()`` at a time."""
 
     def slots(self) -> int: ...
 
     def submit(self, job: Job) -> Future[RunResult]: ...
+
+    def kill_all(self) -> None:
+        """Kill every running step now (a second Ctrl-C or SIGTERM)."""
 
     def close(self) -> None: ...
 

@@ -1,4 +1,4 @@
-"""Applying search/replace and whole-file edits to text, in memory.
+"""What an agent may change, and applying its search/replace and whole-file edits to text, in memory.
 
 A search block must match exactly once. When it matches nowhere, a whitespace-tolerant
 match is tried (each line compared with its surrounding whitespace stripped); the
@@ -8,10 +8,15 @@ replacement then takes the indentation of the matched text. Anything else is a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import PurePosixPath
 
-from autoresearch.agents._base import Edit
+from autoresearch.config import CONFIG_NAME, STATE_DIR
 from autoresearch.errors import ProposalError
+from autoresearch.records import Edit
 
 
 def apply_edits(files: Mapping[str, str], edits: Iterable[Edit]) -> dict[str, str]:
@@ -83,4 +88,56 @@ def _reindent(block: str, target: str, source: str) -> str:
     return "\n".join(out)
 
 
-__all__ = ["apply_edits", "replace_once"]
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """``**`` crosses folders, ``*`` and ``?`` do not; a pattern without ``/`` matches names anywhere."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        else:
+            ch = pattern[i]
+            out.append("[^/]*" if ch == "*" else "[^/]" if ch == "?" else re.escape(ch))
+            i += 1
+    prefix = "" if "/" in pattern else "(?:.*/)?"
+    return re.compile(prefix + "".join(out) + r"\Z")
+
+
+@dataclass(frozen=True)
+class Allowlist:
+    """Which task-relative paths the agent may change."""
+
+    editable: tuple[str, ...]
+    protected: tuple[str, ...]
+
+    @cached_property
+    def _editable(self) -> list[re.Pattern[str]]:
+        return [glob_regex(g) for g in self.editable]
+
+    @cached_property
+    def _protected(self) -> list[re.Pattern[str]]:
+        return [glob_regex(g) for g in (*self.protected, CONFIG_NAME)]
+
+    def reason(self, path: str) -> str | None:
+        """Why ``path`` may not be edited, or None when it may."""
+        pure = PurePosixPath(path.replace("\\", "/"))
+        if not path or pure.is_absolute() or path.startswith("~"):
+            return f"{path!r}: absolute paths are not allowed"
+        if ".." in pure.parts:
+            return f"{path!r}: escapes the task folder"
+        if ".git" in pure.parts or STATE_DIR in pure.parts:
+            return f"{path!r}: inside {'.git' if '.git' in pure.parts else STATE_DIR}"
+        rel = str(pure)
+        if any(p.match(rel) for p in self._protected):
+            return f"{rel}: protected (the harness must stay byte-identical)"
+        if not any(p.match(rel) for p in self._editable):
+            return f"{rel}: not editable (allowed: {', '.join(self.editable)})"
+        return None
+
+
+__all__ = ["Allowlist", "apply_edits", "glob_regex", "replace_once"]

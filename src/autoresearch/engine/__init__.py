@@ -1,0 +1,436 @@
+"""The engine: one session, from setup and baseline to the last experiment.
+
+``Engine`` is the conductor: it holds the session's state and hands the work to the
+modules beside it: ``_loop`` (the scheduler: run slots and the agent's proposal queue),
+``_experiment`` (one experiment as functions), ``_resume`` (repair after a crash) and
+``_stop`` (stop rules and signals). Backends come in as arguments; nothing is global.
+The engine never parses output, talks to git or formats prompts itself.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoresearch.agents._base import Agent
+from autoresearch.config import STATE_DIR, TaskConfig
+from autoresearch.engine._experiment import Flight, experiment_seed, launch
+from autoresearch.engine._loop import Proposer, drain, run_loop
+from autoresearch.engine._resume import ResumeDefaults, repair, resume_defaults
+from autoresearch.engine._stop import Clock, Signals, StopRules, carried_over, stop_reason
+from autoresearch.errors import AutoresearchError, LedgerError, WorkspaceError
+from autoresearch.executors._base import Executor, Job
+from autoresearch.executors._steps import run_environment
+from autoresearch.executors.local import LocalExecutor
+from autoresearch.history import History
+from autoresearch.integrity import sha256_files
+from autoresearch.judge import Judge
+from autoresearch.ledger import Ledger, SessionLock, SessionRow
+from autoresearch.process import StepRunner, tail
+from autoresearch.records import Experiment, Verdict
+from autoresearch.workspace import Workspace
+
+SETUP_TIMEOUT = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """How one ``autoresearch run`` behaves. Stop rules left None carry over on resume."""
+
+    tag: str
+    max_experiments: int | None = None  # experiments in the session, baseline excluded
+    max_hours: float | None = None  # wall-clock hours of the session, all invocations
+    max_failures: int | None = None  # consecutive crash / timeout / invalid (default 10)
+    max_cost: float | None = None  # dollars: agent spend plus compute
+    gpu_price: float | None = None  # dollars per slot-hour; None: the task's [cost] gpu_per_hour
+    resume: bool = False
+    seed: int = 0
+    run_setup: bool = True
+    lookahead: int | None = None  # proposals kept ready; None: one per slot
+    agent_flags: Mapping[str, Any] = field(default_factory=dict)  # recorded for --resume
+
+    def rules(self) -> dict[str, Any]:
+        return {"max_experiments": self.max_experiments, "max_hours": self.max_hours,
+                "max_failures": self.max_failures, "max_cost": self.max_cost}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ExperimentEvent:
+    """Sent to ``on_event`` after each experiment is recorded."""
+
+    experiment: Experiment
+    best: float | None
+    baseline: float | None
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    """Sent to ``on_run`` when a run is handed to the executor (for live views)."""
+
+    slot: int
+    experiment_id: int
+    run_index: int
+    log_path: Path
+    time_budget: float
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    tag: str
+    branch: str
+    best_metric: float | None
+    best_commit: str
+    baseline_metric: float | None
+    counts: Mapping[str, int]
+    stop_reason: str
+    cost_usd: float
+    signal: int | None = None  # the signal that stopped the session, if one did
+
+
+def run_setup(config: TaskConfig, log: Path, runner: StepRunner, env: Mapping[str, str]) -> None:
+    """Run the task's ``setup`` step in the task folder (output to ``log``); raise if it fails."""
+    job = Job(0, 0, "", config.root, "", config.metric, log.parent, log.parent,
+              time_budget=config.time_budget, env=env)  # fmt: skip
+    environment = run_environment(job)
+    environment.pop("AUTORESEARCH_OUT", None)
+    step = runner.step("setup", config.setup, config.root, environment, log, SETUP_TIMEOUT)
+    if runner.killed:
+        return
+    if step.returncode != 0:
+        raise AutoresearchError(
+            f"setup step {config.setup!r} failed (exit {step.returncode}); log: {log}\n{tail(log, 15)}"
+        )
+
+
+def data_hashes(config: TaskConfig) -> dict[str, str]:
+    """sha256 of every file matching the task's ``protected_data`` globs (absolute paths)."""
+    files = sorted(
+        {p.resolve() for g in config.protected_data for p in config.root.glob(g) if p.is_file()}
+    )
+    return sha256_files(Path("/"), [str(p) for p in files])
+
+
+class Engine:
+    """Runs one session. Backends come in as arguments; nothing is global."""
+
+    def __init__(
+        self,
+        config: TaskConfig,
+        agent: Agent,
+        *,
+        options: SessionOptions,
+        executor: Executor | None = None,
+        ledger: Ledger | None = None,
+        on_event: Callable[[ExperimentEvent], None] | None = None,
+        on_message: Callable[[str], None] | None = None,
+        on_run: Callable[[RunStarted], None] | None = None,
+    ) -> None:
+        self.config, self.agent, self.options = config, agent, options
+        self.workspace = Workspace(config, options.tag)
+        self.ledger = ledger or Ledger(config.root / STATE_DIR / "ledger.db")
+        self._own_executor = executor is None
+        self.executor: Executor = executor or LocalExecutor()
+        self.judge = Judge(config.judge, config.metric, budget=config.time_budget,
+                           allowance=config.allowance)  # fmt: skip
+        self._on_event = on_event or (lambda event: None)
+        self._on_run = on_run or (lambda event: None)
+        self.say: Callable[[str], None] = on_message or (lambda text: None)
+        self.flights: dict[int, Flight] = {}  # slot -> experiment in flight
+        self.requeue: list[Experiment] = []  # pending experiments to run again (resume)
+        self.protected: dict[str, str] | None = None
+        self.protected_data: dict[str, str] = {}
+        self.note = ""  # for the agent's next context
+        self.history = History(())
+        self.rules = StopRules()
+        self.clock = Clock()
+        self._stop, self._clean_stop, self._killed = "", False, False
+        self._setup_runner = StepRunner()
+        self._signals = Signals(self._on_first_signal, self.kill)
+        self._next_id = 0
+        self.session: SessionRow
+
+    # --- the session --------------------------------------------------------------------
+
+    def run(self) -> SessionSummary:
+        """Run the session to its end; the ledger is up to date whatever happens."""
+        lock = SessionLock(self.config.root / STATE_DIR, self.options.tag)
+        lock.acquire()
+        try:
+            self._check_agent()  # before anything is created: a typo costs no session
+            self.session = self._open_session()
+        except BaseException:
+            lock.release()
+            raise
+        self._signals.install()
+        proposer = Proposer(self, self.options.lookahead or self.executor.slots())
+        try:
+            self._prepare()
+            run_loop(self, proposer)
+        except BaseException as exc:
+            self._stop = self._stop or f"error: {exc}"
+            raise
+        finally:
+            self._signals.restore()
+            try:
+                self._shutdown(proposer)
+            finally:
+                lock.release()
+        return self.summary()
+
+    def _prepare(self) -> None:
+        if not self.session.setup_done and self.options.run_setup:
+            self._setup()
+        if not self._stop:
+            self._protect_data()
+            describe = self.agent.describe()
+            if describe:
+                self.say(describe)
+        if not self._stop and self.history.best is None and not self._baseline_queued():
+            self._start_baseline()
+
+    def _open_session(self) -> SessionRow:
+        opts, ledger = self.options, self.ledger
+        existing = ledger.session(opts.tag) if ledger.has_session(opts.tag) else None
+        if existing is None:
+            if opts.resume:
+                self.say(f"resume: no session {opts.tag!r} yet; starting it")
+            base = self.workspace.adopt() if opts.resume else self.workspace.start()
+            session = ledger.create_session(opts.tag, self.workspace.branch, base, self.agent.name,
+                                            self.config.metric.name, self.config.metric.direction,
+                                            self._recorded_config({}))  # fmt: skip
+            return self._adopt(session)
+        self.history = History(ledger.experiments(existing))
+        if opts.resume:
+            return self._resume(existing)
+        if self.history.best is None and not self.history.pending:
+            return self._restart(existing)
+        raise WorkspaceError(
+            f"tag {opts.tag!r} is already in the ledger; pass --resume or pick another tag"
+        )
+
+    def _recorded_config(self, previous: Mapping[str, Any]) -> dict[str, Any]:
+        rules = carried_over(self.options.rules(), previous.get("stop_rules", {}))
+        self.rules = rules
+        self.clock = Clock(float(previous.get("hours_used", 0.0)))
+        return {**previous, "seed": self.options.seed, "gpu_price": self._gpu_price(),
+                "agent_flags": dict(self.options.agent_flags), "stop_rules": rules.recorded()}  # fmt: skip
+
+    def _adopt(self, session: SessionRow) -> SessionRow:
+        self.session = session
+        self.history = History(self.ledger.experiments(session))
+        self._next_id = max((r.id for r in self.history.rows), default=-1) + 1
+        return session
+
+    def _resume(self, session: SessionRow) -> SessionRow:
+        if self.history.rows:
+            self.workspace.resume()
+        else:  # killed between creating the session and its first experiment
+            self.workspace.adopt()
+        session = self.ledger.update_session(
+            session, status="running", stop_reason="", agent=self.agent.name,
+            config=self._recorded_config(session.config),
+        )  # fmt: skip
+        self._adopt(session)
+        repair(self)
+        return self.session
+
+    def _restart(self, session: SessionRow) -> SessionRow:
+        """A session whose baseline failed runs again under its tag, from today's HEAD."""
+        base = self.workspace.restart()
+        self.say(f"session {session.tag!r}: its baseline failed before; running it again at {base[:10]}")
+        session = self.ledger.update_session(
+            session, status="running", stop_reason="", agent=self.agent.name, base_commit=base,
+            setup_done=0, config=self._recorded_config(session.config),
+        )  # fmt: skip
+        return self._adopt(session)
+
+    def _check_agent(self) -> None:
+        """Let an agent validate its options against the code before setup and baseline run."""
+        ws = self.workspace
+        ws.ensure_excluded()
+        head = ws.branch_head() if self.options.resume else None
+        ws.checkout(0, head or ws.head())
+        self.agent.check(ws.read_files(0, self.config.editable))
+
+    def _setup(self) -> None:
+        if self.config.setup.strip():
+            self.say(f"setup: {self.config.setup.strip()}")
+            run_setup(self.config, self.log_dir / "setup.log", self._setup_runner, self.task_env())
+        if not self._stop:  # a setup cut short by a signal is not done
+            self.session = self.ledger.update_session(self.session, setup_done=1)
+
+    def _protect_data(self) -> None:
+        """Hash the task's protected data; on resume it must still match the session's record."""
+        recorded = dict(self.session.config.get("protected_data", {}))
+        current = data_hashes(self.config)
+        if recorded and recorded != current:
+            changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+            raise AutoresearchError(
+                f"protected data changed since the session started: {', '.join(changed)}; "
+                "restore it (autoresearch prepare) or start a new session"
+            )
+        if not recorded and current:
+            config = {**self.session.config, "protected_data": current}
+            self.session = self.ledger.update_session(self.session, config=config)
+        self.protected_data = current
+
+    # --- the baseline ---------------------------------------------------------------------
+
+    def _baseline_queued(self) -> bool:
+        return any(r.agent == "baseline" for r in self.requeue)
+
+    def _start_baseline(self) -> None:
+        head = self.workspace.branch_head() or self.session.base_commit
+        row = Experiment(self.reserve_id(), Verdict.PENDING, None, "baseline", commit=head,
+                         agent="baseline", parent=head, tree=self.workspace.tree(head))  # fmt: skip
+        self.record(self.ledger.begin(self.session, row))
+        self.say(f"baseline: {self.config.judge.baseline_runs} run(s) of {head[:10]}")
+        launch(self, 0, row.id, head, baseline=True)
+
+    def baseline_failure(self) -> str:
+        failed = [r for r in self.history.rows if r.agent == "baseline" and r.verdict.failed]
+        why = f" ({failed[-1].verdict}: {failed[-1].reason})" if failed else ""
+        return f"the baseline failed{why}; fix the task, commit, then run again with the same tag"
+
+    # --- what the modules call ---------------------------------------------------------------
+
+    @property
+    def log_dir(self) -> Path:
+        return self.config.root / STATE_DIR / "logs" / self.options.tag
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where runs keep their outputs (AUTORESEARCH_OUT), one folder each."""
+        return self.config.root / STATE_DIR / "runs" / self.options.tag
+
+    def out_dir(self, job_name: str) -> Path:
+        return self.runs_dir / job_name
+
+    def task_env(self) -> dict[str, str]:
+        return {"AUTORESEARCH_TASK_DIR": str(self.config.root), "AUTORESEARCH_TAG": self.options.tag}
+
+    def reserve_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
+
+    def record(self, row: Experiment) -> None:
+        """A row was written: the history everyone reads is computed again, once."""
+        self.history = History(self.ledger.experiments(self.session))
+
+    def emit(self, exp_id: int) -> None:
+        history = self.history
+        row = self.ledger.experiment(self.session, exp_id)
+        best, base = history.best, history.baseline
+        self._on_event(ExperimentEvent(row, best.metric if best else None, base.metric if base else None))
+
+    def observe_run(self, flight: Flight, job: Job) -> None:
+        self._on_run(RunStarted(flight.slot, flight.experiment_id, job.run_index,
+                                job.log_dir / f"{job.name}.log", job.time_budget))  # fmt: skip
+
+    def relaunch(self, slot: int, row: Experiment) -> None:
+        self.ledger.clear_runs(self.session, row.id)
+        self.say(f"resume: running experiment {row.id} again ({row.description})")
+        launch(self, slot, row.id, row.commit, baseline=row.agent == "baseline")
+
+    def after_tampering(self, flight: Flight, reason: str) -> None:
+        self.workspace.restore(flight.slot, list(self.protected or {}))
+        if data_hashes(self.config) != self.protected_data:
+            self.stop(f"experiment {flight.experiment_id} changed protected data ({reason}); "
+                      "restore it with `autoresearch prepare`, then --resume")  # fmt: skip
+
+    def take_note(self) -> str:
+        note, self.note = self.note, ""
+        return note
+
+    # --- stopping ------------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return bool(self._stop)
+
+    @property
+    def killed(self) -> bool:
+        return self._killed
+
+    def stop(self, reason: str, *, clean: bool = False) -> None:
+        if not self._stop:
+            self._stop, self._clean_stop = reason, clean
+
+    def check_stop_rules(self) -> bool:
+        """True (and the session stops) when a stop rule fires on what is recorded."""
+        reason = stop_reason(self.rules, self.history, clock=self.clock, spent=self.spent())
+        if reason:
+            self.stop(reason, clean=True)
+        return bool(reason)
+
+    def enough_planned(self, planned: int) -> bool:
+        """Proposals asked for already make up ``--max-experiments``: ask for no more."""
+        cap = self.rules.max_experiments
+        return cap is not None and len(self.history.finished) + planned >= cap
+
+    def spent(self) -> float:
+        return self.history.spent(self._gpu_price())
+
+    def _gpu_price(self) -> float:
+        price = self.options.gpu_price
+        return self.config.cost.gpu_per_hour if price is None else price
+
+    def _on_first_signal(self, name: str) -> None:
+        self.stop(f"interrupted ({name})")
+        again = "Ctrl-C" if name == "Ctrl-C" else "a second signal"
+        self.say(f"{name}: finishing the current experiment, then stopping ({again} kills it)")
+
+    def kill(self) -> None:
+        """Kill every running step now (a second signal)."""
+        self._killed = True
+        self.say("killing the running steps")
+        self._setup_runner.kill_all()
+        self.executor.kill_all()
+
+    def _shutdown(self, proposer: Proposer) -> None:
+        try:
+            drain(self)
+            proposer.abandon()
+        finally:
+            proposer.close()
+            if self._own_executor:
+                self.executor.close()
+            if not self.flights:
+                self.workspace.remove_worktrees()
+            self._close_session()
+
+    def _close_session(self) -> None:
+        status = "stopped" if self._stop.startswith("error") else "finished"
+        config = {**self.session.config, "hours_used": self.clock.hours()}
+        try:
+            self.session = self.ledger.update_session(self.session, status=status,
+                                                      stop_reason=self._stop, config=config)  # fmt: skip
+        except LedgerError as exc:  # the ledger itself is what went wrong: say so, once
+            print(f"autoresearch: {exc}", file=sys.stderr)
+
+    def summary(self) -> SessionSummary:
+        history = self.history
+        best, base = history.best, history.baseline
+        return SessionSummary(
+            self.options.tag, self.workspace.branch, best.metric if best else None,
+            best.commit if best else "", base.metric if base else None,
+            {str(k): v for k, v in history.counts.items()}, self._stop, self.spent(),
+            self._signals.received,
+        )  # fmt: skip
+
+
+__all__ = [
+    "Engine",
+    "ExperimentEvent",
+    "ResumeDefaults",
+    "RunStarted",
+    "SessionOptions",
+    "SessionSummary",
+    "data_hashes",
+    "experiment_seed",
+    "resume_defaults",
+    "run_setup",
+]

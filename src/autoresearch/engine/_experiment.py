@@ -1,0 +1,320 @@
+"""One experiment as functions: context -> apply and commit -> runs -> judge -> record -> move.
+
+The order is the guarantee: the ledger row is written before the branch moves, so a kill
+anywhere leaves a recorded experiment or a ``pending`` one that resume runs again.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import statistics
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from autoresearch.agents._base import Context
+from autoresearch.errors import EditRejected, ExecutorError, ProposalError
+from autoresearch.executors._base import Job, RunResult
+from autoresearch.judge import Decision
+from autoresearch.records import Experiment, Proposal, Run, RunPurpose, RunStatus, Verdict
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from autoresearch.engine import Engine
+
+PROPOSAL_CHECKOUT = "p0"  # where contexts are read and command agents work (one at a time)
+
+
+@dataclass
+class Flight:
+    """An experiment whose runs are under way on one slot."""
+
+    slot: int
+    experiment_id: int
+    commit: str
+    baseline: bool
+    workdir: Path
+    future: Future[RunResult] | None = None
+    runs: list[Run] = field(default_factory=list)
+    compute: float = 0.0  # seconds of every step of every run so far
+    keep: Decision | None = None  # a keep waiting for its fresh re-runs
+    rescore_left: int = 0
+
+    @property
+    def purpose(self) -> RunPurpose:
+        return RunPurpose.RESCORE if self.keep is not None else RunPurpose.SELECT
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A proposal back from the agent, not yet applied."""
+
+    experiment_id: int
+    parent: str  # the best when it was asked for
+    proposal: Proposal
+
+
+def experiment_seed(session_seed: int, experiment_id: int, run_index: int) -> int:
+    """Seeds vary per run, so a change that only moves the seed cannot look like a gain."""
+    return (session_seed * 1_000_003 + experiment_id * 7_919 + run_index * 104_729 + 17) % 2**31
+
+
+def one_line(text: str) -> str:
+    line = " ".join(text.split())
+    return (line[:197] + "...") if len(line) > 200 else (line or "(no description)")
+
+
+# --- the agent's context ------------------------------------------------------------------------
+
+
+def context_for(engine: Engine, exp_id: int, parent: str, planned: list[Ready]) -> Context:
+    """What the agent sees for experiment ``exp_id``, made against ``parent`` (the best now).
+
+    Its history ends with the proposals it made that are waiting for a slot (``pending``),
+    so an agent that reads its history never proposes the same thing twice.
+    """
+    ws, cfg, history = engine.workspace, engine.config, engine.history
+    workdir = ws.checkout(PROPOSAL_CHECKOUT, parent)
+    best, base = history.best, history.baseline
+    noise = history.noise()
+    standing = history.standing()
+    failure = history.last_failure
+    return Context(
+        instructions=_read(cfg.root / cfg.instructions),
+        editable=ws.read_files(PROPOSAL_CHECKOUT, cfg.editable),
+        readonly=ws.read_files(PROPOSAL_CHECKOUT, cfg.context),
+        history=(*history.rows, *(_row(engine, r, Verdict.PENDING, parent=r.parent) for r in planned)),
+        metric_name=cfg.metric.name, direction=cfg.metric.direction,
+        best_metric=best.metric if best else None, baseline_metric=base.metric if base else None,
+        noise=noise.sigma, noise_runs=noise.runs,
+        detectable=noise.detectable(engine.judge.z, 1, standing.runs if standing else 1),
+        last_failure=_failure_text(failure), last_rejection=history.last_rejection,
+        parent=parent, workdir=workdir, experiment_id=exp_id, tag=engine.options.tag,
+        seed=experiment_seed(engine.options.seed, exp_id, 0), editable_globs=cfg.editable,
+        time_budget=cfg.time_budget, log_dir=engine.log_dir, note=engine.take_note(),
+    )  # fmt: skip
+
+
+def _failure_text(row: Experiment | None) -> str:
+    if row is None:
+        return ""
+    return f"experiment {row.id} ({row.reason}):\n" + (row.runs[-1].log_tail if row.runs else "")
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+
+# --- from proposal to a running candidate ------------------------------------------------------------
+
+
+def start_candidate(engine: Engine, slot: int, ready: Ready) -> None:
+    """Apply ``ready`` on the current best (else on its own parent), commit, and run it."""
+    best = engine.history.best
+    assert best is not None
+    attempts = [best.commit] + ([ready.parent] if ready.parent != best.commit else [])
+    error: Exception | None = None
+    for parent in attempts:
+        try:
+            commit, diff = _apply(engine, slot, parent, ready)
+        except (EditRejected, ProposalError) as exc:
+            error = exc
+            continue
+        _note_parent(engine, ready, parent, best.commit)
+        _record_candidate(engine, slot, ready, parent, commit, diff)
+        return
+    engine.workspace.checkout(slot, best.commit)
+    record_unrun(engine, ready, Verdict.INVALID, str(error), parent=ready.parent)
+
+
+def _apply(engine: Engine, slot: int, parent: str, ready: Ready) -> tuple[str, str]:
+    ws = engine.workspace
+    ws.checkout(slot, parent)
+    tag, description = engine.options.tag, one_line(ready.proposal.description)
+    ws.apply(slot, ready.proposal)
+    return ws.commit(slot, f"autoresearch {tag} #{ready.experiment_id}: {description}")
+
+
+def _note_parent(engine: Engine, ready: Ready, parent: str, best: str) -> None:
+    if ready.parent == best:
+        return
+    if parent == best:
+        engine.note = (f"experiment {ready.experiment_id} was proposed against {ready.parent[:10]}; "
+                       f"the best moved to {best[:10]} meanwhile and it was applied there")  # fmt: skip
+    else:
+        engine.note = (f"experiment {ready.experiment_id} does not apply to the new best {best[:10]}; "
+                       f"it ran on its own parent {parent[:10]} and is judged against the best")  # fmt: skip
+
+
+def _record_candidate(engine: Engine, slot: int, ready: Ready, parent: str, commit: str,
+                      diff: str) -> None:  # fmt: skip
+    tree = engine.workspace.tree(commit)
+    twin = engine.history.duplicate_of(tree)
+    row = _row(engine, ready, Verdict.PENDING, parent=parent, commit=commit, diff=diff, tree=tree)
+    if twin is not None:
+        row = replace(row, verdict=Verdict.DUPLICATE, metric=twin.metric,
+                      reason=f"duplicate of #{twin.id} (the same code; not run again)")  # fmt: skip
+        engine.record(engine.ledger.begin(engine.session, row))
+        engine.workspace.keep_discarded(row.id, commit)
+        engine.say(f"#{row.id} {row.reason}")
+        engine.emit(row.id)
+        return
+    engine.record(engine.ledger.begin(engine.session, row))
+    launch(engine, slot, row.id, commit, baseline=False, checked_out=True)
+
+
+def record_unrun(engine: Engine, ready: Ready, verdict: Verdict, reason: str, *,
+                 parent: str) -> None:  # fmt: skip
+    """A proposal that never ran (invalid, or left over when the session stopped)."""
+    row = _row(engine, ready, verdict, parent=parent, reason=reason)
+    engine.record(engine.ledger.begin(engine.session, row))
+    engine.say(f"#{row.id} {verdict}: {reason}")
+    engine.emit(row.id)
+
+
+def _row(engine: Engine, ready: Ready, verdict: Verdict, *, parent: str, commit: str = "",
+         diff: str = "", tree: str = "", reason: str = "") -> Experiment:  # fmt: skip
+    proposal = ready.proposal
+    return Experiment(
+        id=ready.experiment_id, verdict=verdict, metric=None, reason=reason,
+        description=one_line(proposal.description), agent=engine.agent.name, meta=proposal.meta,
+        rationale=proposal.rationale, usage=proposal.usage, parent=parent, commit=commit,
+        diff=diff, tree=tree,
+    )  # fmt: skip
+
+
+# --- runs --------------------------------------------------------------------------------------------
+
+
+def launch(engine: Engine, slot: int, exp_id: int, commit: str, *, baseline: bool,
+           checked_out: bool = False) -> None:  # fmt: skip
+    ws = engine.workspace
+    workdir = ws.slot_dir(slot) if checked_out else ws.checkout(slot, commit)
+    if engine.protected is None:  # protected files are identical in every commit of the session
+        engine.protected = ws.protected_hashes(slot)
+    flight = Flight(slot, exp_id, commit, baseline, workdir)
+    engine.flights[slot] = flight
+    submit(engine, flight)
+
+
+def submit(engine: Engine, flight: Flight) -> None:
+    cfg, index = engine.config, len(flight.runs)
+    name = f"{flight.experiment_id:04d}-{index}"
+    job = Job(
+        experiment_id=flight.experiment_id, run_index=index, commit=flight.commit,
+        workdir=flight.workdir, run=cfg.run, metric=cfg.metric, log_dir=engine.log_dir,
+        out_dir=engine.out_dir(name), check=cfg.check, evaluate=cfg.evaluate,
+        time_budget=cfg.time_budget, timeout=cfg.timeout,
+        seed=experiment_seed(engine.options.seed, flight.experiment_id, index),
+        env=engine.task_env(), slot=flight.slot, protected=engine.protected or {},
+        protected_data=engine.protected_data, reset_root=engine.workspace.slot_root(flight.slot),
+        reset_keep=engine.workspace.linked_paths(), purpose=flight.purpose,
+    )  # fmt: skip
+    flight.future = engine.executor.submit(job)
+    engine.observe_run(flight, job)
+
+
+def collect(engine: Engine, flight: Flight) -> None:
+    """Record the run that just ended, then decide: another run, or a verdict."""
+    result = _result_of(flight)
+    run = _run_record(result, flight.purpose)
+    flight.runs.append(run)
+    flight.compute += result.compute_seconds
+    engine.record(engine.ledger.add_run(engine.session, run))
+    if run.status is RunStatus.INVALID:
+        engine.after_tampering(flight, run.reason)
+    decision = _decide(engine, flight)
+    if decision.verdict is None:
+        total = len(flight.runs) + decision.more_runs
+        engine.say(f"#{flight.experiment_id}: {decision.reason} (run {len(flight.runs) + 1} of {total})")
+        submit(engine, flight)
+        return
+    del engine.flights[flight.slot]
+    finish(engine, flight, decision)
+
+
+def _result_of(flight: Flight) -> RunResult:
+    assert flight.future is not None
+    try:
+        return flight.future.result()
+    except (ExecutorError, OSError) as exc:
+        return RunResult(flight.experiment_id, len(flight.runs), 0, RunStatus.CRASH,
+                         reason=f"executor: {exc}")  # fmt: skip
+
+
+def _run_record(result: RunResult, purpose: RunPurpose) -> Run:
+    return Run(
+        experiment_id=result.experiment_id, index=result.run_index, seed=result.seed,
+        status=result.status, metric=result.metric, metrics=dict(result.metrics),
+        seconds=result.seconds, reason=result.reason, log_path=str(result.log_path or ""),
+        log_tail=result.log_tail, purpose=purpose,
+    )  # fmt: skip
+
+
+def _decide(engine: Engine, flight: Flight) -> Decision:
+    judge, history = engine.judge, engine.history
+    if flight.baseline:
+        return judge.decide_baseline(flight.runs)
+    if flight.keep is not None:
+        return _rescored(flight)
+    standing = history.standing()
+    assert standing is not None, "candidates start only once the baseline is recorded"
+    select = [r.metric for r in flight.runs if r.metric is not None]
+    decision = judge.decide(flight.runs, standing, history.noise([select]))
+    if decision.verdict is Verdict.KEEP and decision.rescore > 0:
+        flight.keep, flight.rescore_left = decision, decision.rescore
+        return Decision(None, decision.metric, "kept; re-scoring on fresh seeds", decision.rescore)
+    return decision
+
+
+def _rescored(flight: Flight) -> Decision:
+    """A keep's fresh runs: it is recorded at their mean, not at the runs that selected it."""
+    assert flight.keep is not None
+    flight.rescore_left -= 1
+    if flight.rescore_left > 0:
+        return Decision(None, flight.keep.metric, "re-scoring on fresh seeds", flight.rescore_left)
+    fresh = [r.metric for r in flight.runs if r.purpose is RunPurpose.RESCORE and r.metric is not None]
+    value = statistics.fmean(fresh) if fresh else flight.keep.metric
+    note = f"; re-scored on {len(fresh)} fresh seeds: {value:.6g}" if fresh else ""
+    return Decision(Verdict.KEEP, value, flight.keep.reason + note)
+
+
+def finish(engine: Engine, flight: Flight, decision: Decision) -> None:
+    """Record the verdict, then (only then) move the branch or keep the commit reachable."""
+    assert decision.verdict is not None
+    ws = engine.workspace
+    row = engine.ledger.finish(engine.session, flight.experiment_id, decision.verdict,
+                               decision.metric, decision.reason, mean_metrics(flight.runs),
+                               flight.compute)  # fmt: skip
+    previous = engine.history.best
+    engine.record(row)
+    if decision.verdict.judged:
+        if decision.verdict is Verdict.KEEP:  # reachable even if a parallel keep supersedes it
+            ws.keep_kept(flight.experiment_id, flight.commit)
+        ws.move_branch(flight.commit)
+        if previous is not None and previous.verdict is Verdict.KEEP:
+            drop_outputs(engine, previous.id)
+    else:
+        ws.keep_discarded(flight.experiment_id, flight.commit)
+        drop_outputs(engine, flight.experiment_id)
+    engine.emit(flight.experiment_id)
+
+
+def mean_metrics(runs: list[Run]) -> dict[str, float]:
+    keys: dict[str, list[float]] = {}
+    for run in runs:
+        for key, value in run.metrics.items():
+            keys.setdefault(key, []).append(value)
+    return {k: sum(v) / len(v) for k, v in keys.items() if all(math.isfinite(x) for x in v)}
+
+
+def drop_outputs(engine: Engine, exp_id: int) -> None:
+    """Run outputs (checkpoints) are kept for the best experiment and the baseline only."""
+    folder = engine.runs_dir
+    for out in folder.glob(f"{exp_id:04d}-*") if folder.is_dir() else []:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+__all__ = ["Flight", "Ready", "experiment_seed"]

@@ -1,0 +1,143 @@
+"""What a session's experiments add up to, computed once and read by everyone.
+
+``History(rows)`` is built from the ledger's records of one session; the engine, the
+stop rules, the agents' context, the views and the reports all read its properties
+instead of re-deriving best, baseline, noise, counts and spend on their own.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from functools import cached_property
+
+from autoresearch.cost import compute_cost
+from autoresearch.judge import Noise, Standing, pooled_noise
+from autoresearch.records import Experiment, RunPurpose, Verdict
+
+
+class History:
+    """One session's experiments, oldest first, with what follows from them."""
+
+    def __init__(self, rows: Iterable[Experiment]) -> None:
+        self.rows: tuple[Experiment, ...] = tuple(sorted(rows, key=lambda r: r.id))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    # --- best and baseline --------------------------------------------------------------
+
+    @cached_property
+    def best(self) -> Experiment | None:
+        """The current best: the last baseline or keep to be judged."""
+        judged = [r for r in self.rows if r.verdict.judged]
+        return max(judged, key=lambda r: (r.finished or 0.0, r.id)) if judged else None
+
+    @cached_property
+    def baseline(self) -> Experiment | None:
+        return next((r for r in self.rows if r.verdict is Verdict.BASELINE), None)
+
+    def standing(self) -> Standing | None:
+        """The best as the judge sees it: its value, the runs behind it, the baseline's timing."""
+        best = self.best
+        if best is None or best.metric is None:
+            return None
+        rescored = best.values(RunPurpose.RESCORE)
+        runs = len(rescored) or len(best.values()) or 1
+        return Standing(best.metric, runs, self.baseline_seconds)
+
+    @cached_property
+    def baseline_seconds(self) -> float | None:
+        """Mean wall time of the baseline's run steps: the yardstick of the budget rule."""
+        base = self.baseline
+        seconds = [r.seconds for r in base.runs if r.metric is not None] if base else []
+        return statistics.fmean(seconds) if seconds else None
+
+    # --- noise -----------------------------------------------------------------------------
+
+    def noise(self, extra: Iterable[Sequence[float]] = ()) -> Noise:
+        """Pooled within-experiment sigma over every experiment with two runs (plus ``extra``)."""
+        return pooled_noise([*self._groups, *extra])
+
+    @cached_property
+    def _groups(self) -> list[list[float]]:
+        groups = []
+        for row in self.rows:
+            for purpose in RunPurpose:  # lucky selection runs and fresh re-runs apart
+                values = row.values(purpose)
+                if len(values) >= 2:
+                    groups.append(values)
+        return groups
+
+    # --- counts, failures and spend ----------------------------------------------------------
+
+    @cached_property
+    def counts(self) -> Counter[Verdict]:
+        return Counter(r.verdict for r in self.rows)
+
+    @cached_property
+    def finished(self) -> list[Experiment]:
+        """Experiments with a verdict, baseline excluded: what ``--max-experiments`` counts."""
+        return [r for r in self.rows if r.verdict is not Verdict.BASELINE and r.agent != "baseline"]
+
+    @cached_property
+    def pending(self) -> list[Experiment]:
+        return [r for r in self.rows if r.verdict is Verdict.PENDING]
+
+    @cached_property
+    def trailing_failures(self) -> int:
+        """Crashes, timeouts and invalid proposals since the last experiment that worked."""
+        count = 0
+        done = [r for r in self.rows if r.verdict is not Verdict.PENDING]
+        for row in sorted(done, key=lambda r: (r.finished or 0.0, r.id), reverse=True):
+            if not row.verdict.failed:
+                break
+            count += 1
+        return count
+
+    @cached_property
+    def last_failure(self) -> Experiment | None:
+        """The most recent crash or timeout (whose log the agent should read)."""
+        failed = [r for r in self.rows if r.verdict in (Verdict.CRASH, Verdict.TIMEOUT)]
+        return failed[-1] if failed else None
+
+    @cached_property
+    def last_rejection(self) -> str:
+        done = [r for r in self.rows if r.verdict is not Verdict.PENDING]
+        last = done[-1] if done else None
+        return last.reason if last is not None and last.verdict is Verdict.INVALID else ""
+
+    @cached_property
+    def unknown_cost(self) -> bool:
+        return any(r.usage.cost_usd is None for r in self.rows)
+
+    def spent(self, gpu_per_hour: float) -> float:
+        """Dollars so far: agent tokens plus compute at ``gpu_per_hour`` per slot-hour."""
+        tokens = sum(r.usage.cost_usd or 0.0 for r in self.rows)
+        return tokens + compute_cost(self.compute_seconds, gpu_per_hour)
+
+    @cached_property
+    def compute_seconds(self) -> float:
+        return sum(r.compute_seconds for r in self.rows)
+
+    def per_hour(self) -> float | None:
+        """Experiments finished per wall-clock hour since the first one started."""
+        done = [r for r in self.rows if r.finished is not None]
+        if len(done) < 2:
+            return None
+        span = max(r.finished or 0.0 for r in done) - min(r.started for r in self.rows)
+        return len(done) / (span / 3600) if span > 0 else None
+
+    def duplicate_of(self, tree: str) -> Experiment | None:
+        """An earlier experiment that ran exactly this tree (the same code)."""
+        if not tree:
+            return None
+        return next(
+            (r for r in self.rows if r.tree == tree and r.verdict is not Verdict.DUPLICATE
+             and r.verdict is not Verdict.PENDING and r.verdict is not Verdict.INVALID),
+            None,
+        )  # fmt: skip
+
+
+__all__ = ["History"]

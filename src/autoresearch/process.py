@@ -1,0 +1,309 @@
+"""Processes: start, mark, time out and kill process groups; which variables are secret.
+
+The one place that runs a command for autoresearch: the steps of a run, the task's
+``setup`` and the ``command`` agent's CLI all go through ``StepRunner.step``. Each command
+starts in a new session (its own process group), carries an environment marker so that
+processes which leave the group (``setsid``, a double fork) are found too, and leaves a
+pid file (pid and start time) so that a resumed orchestrator can kill what a dead one
+left running. Whatever a step leaves behind when it ends is killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import select
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+MARKER = "AUTORESEARCH_STEP"  # environment variable that tags every process of one step
+TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL of a timed-out group
+TAIL_LINES = 40
+DEFAULT_LOG_BYTES = 64 << 20  # a step's log is cut here; the tail in memory is kept
+
+# --- secrets ------------------------------------------------------------------------------------
+
+# The one rule: a variable is secret when its name says key, token, secret or password.
+# Code the agent wrote never sees such a variable, and no record holds its value.
+_SECRET_NAME = re.compile(r"(API_KEY|_KEY|_TOKEN|_SECRET|PASSWORD)$", re.IGNORECASE)
+
+
+def is_secret(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name))
+
+
+def without_secrets(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's environment) less every secret variable."""
+    return {k: v for k, v in (os.environ if env is None else env).items() if not is_secret(k)}
+
+
+def secret_values(
+    env: Mapping[str, str] | None = None, extra: Iterable[str | None] = ()
+) -> list[str]:
+    """Values that must never be recorded: secret variables' values, and ``extra``."""
+    env = os.environ if env is None else env
+    found = [v for k, v in env.items() if is_secret(k)]
+    return sorted({v for v in [*found, *extra] if v and len(v) >= 8}, key=len, reverse=True)
+
+
+# --- groups and orphans -------------------------------------------------------------------------
+
+
+def kill_group(pgid: int, sig: int) -> None:
+    """Send ``sig`` to process group ``pgid``; a group already gone is no error."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def start_time(pid: int) -> str | None:
+    """When ``pid`` started (clock ticks since boot), where /proc tells; None otherwise."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def kill_orphans(log_dir: Path) -> list[int]:
+    """Kill the process groups of steps whose orchestrator died (their ``.pid`` files remain).
+
+    A pid file names the group leader and its start time. One without a start time, or
+    whose leader is now another process (the pid was reused), is ignored: a planted or
+    stale file never makes us kill an unrelated group.
+    """
+    killed = []
+    for pidfile in sorted(log_dir.glob("*.pid")) if log_dir.is_dir() else []:
+        try:
+            fields = pidfile.read_text().split()
+            pgid, started = int(fields[0]), fields[1]
+        except (OSError, ValueError, IndexError):
+            pidfile.unlink(missing_ok=True)
+            continue
+        if pgid > 1 and start_time(pgid) == started and _group_alive(pgid):
+            kill_group(pgid, signal.SIGKILL)
+            killed.append(pgid)
+        pidfile.unlink(missing_ok=True)
+    return killed
+
+
+def kill_marked(marker: str) -> list[int]:
+    """SIGKILL every process whose environment carries ``MARKER=marker`` (Linux /proc)."""
+    needle = f"{MARKER}={marker}".encode()
+    killed = []
+    for entry in Path("/proc").glob("[0-9]*") if Path("/proc").is_dir() else []:
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return killed
+
+
+def tail(path: Path, lines: int = TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log file ("" when there is none)."""
+    if not path.is_file():
+        return ""
+    with path.open("rb") as fh:
+        fh.seek(max(0, path.stat().st_size - 64_000))
+        text = fh.read().decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# --- running one command --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One command (a step of a run, setup, an agent's CLI) after it ended."""
+
+    name: str
+    returncode: int | None  # None when killed on timeout
+    seconds: float
+    log_path: Path
+    timed_out: bool = False
+    output: str = ""  # the end of the output, as read from the command itself
+    log_capped: bool = False  # the log file reached its cap; later output kept in memory only
+
+
+class StepRunner:
+    """Runs commands in fresh process groups; can kill every running group at once."""
+
+    def __init__(self, *, max_log_bytes: int = DEFAULT_LOG_BYTES) -> None:
+        self._lock = threading.Lock()
+        self._groups: set[int] = set()
+        self._killed = False
+        self.max_log_bytes = max_log_bytes
+
+    def kill_all(self) -> None:
+        with self._lock:
+            self._killed = True
+            groups = list(self._groups)
+        for pgid in groups:
+            kill_group(pgid, signal.SIGKILL)
+
+    @property
+    def killed(self) -> bool:
+        return self._killed
+
+    def step(self, name: str, command: str | list[str], cwd: Path, env: Mapping[str, str],
+             log: Path, timeout: float, *, stdin: bytes | None = None) -> StepResult:  # fmt: skip
+        """Run ``command`` (a shell line, or an argv); output to ``log`` and to the result."""
+        log.parent.mkdir(parents=True, exist_ok=True)
+        marker = uuid.uuid4().hex  # finds processes that left the group (setsid, double fork)
+        start = time.monotonic()
+        proc, read_fd = self._start(name, command, cwd, {**env, MARKER: marker}, stdin)
+        with self._lock:
+            self._groups.add(proc.pid)
+        pidfile = log.with_suffix(".pid")  # lets a resumed session kill what a dead one left
+        pidfile.write_text(f"{proc.pid} {start_time(proc.pid) or ''}")
+        output = _Output(log, self.max_log_bytes)
+        try:
+            if stdin is not None:
+                _feed(proc, stdin)
+            timed_out = not output.pump(read_fd, proc, start + timeout)
+            if timed_out:
+                kill_group(proc.pid, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=TERM_GRACE)
+        finally:
+            kill_group(proc.pid, signal.SIGKILL)  # leftovers in the group die with the step
+            kill_marked(marker)  # and so do processes that left the group
+            proc.wait()
+            output.drain(read_fd)
+            os.close(read_fd)
+            output.close()
+            pidfile.unlink(missing_ok=True)
+            with self._lock:
+                self._groups.discard(proc.pid)
+        code = None if timed_out else proc.returncode
+        return StepResult(name, code, time.monotonic() - start, log, timed_out, output.text(),
+                          output.capped)  # fmt: skip
+
+    def _start(self, name: str, command: str | list[str], cwd: Path, env: Mapping[str, str],
+               stdin: bytes | None) -> tuple[subprocess.Popen[bytes], int]:  # fmt: skip
+        from autoresearch.errors import ExecutorError
+
+        read_fd, write_fd = os.pipe()
+        try:
+            proc = subprocess.Popen(
+                command, shell=isinstance(command, str), cwd=cwd, env=dict(env), stdout=write_fd,
+                stderr=subprocess.STDOUT, start_new_session=True,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            )  # fmt: skip
+        except OSError as exc:
+            os.close(read_fd)
+            raise ExecutorError(f"cannot start {name} {command!r} in {cwd}: {exc}") from exc
+        finally:
+            os.close(write_fd)
+        return proc, read_fd
+
+
+def _feed(proc: subprocess.Popen[bytes], data: bytes) -> None:
+    """Write ``data`` to the command's stdin from a thread (a command that never reads is fine)."""
+
+    def write() -> None:
+        assert proc.stdin is not None
+        with contextlib.suppress(OSError):
+            proc.stdin.write(data)
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+
+    threading.Thread(target=write, daemon=True).start()
+
+
+class _Output:
+    """A command's output: copied to its log file (up to a cap), the last bytes kept in memory.
+
+    The metric is parsed from this copy, read from a pipe only the orchestrator holds, so
+    nothing that writes to the log file afterwards can change what was measured; a
+    command that floods its output fills neither memory nor the disk.
+    """
+
+    KEEP_BYTES = 1 << 20
+
+    def __init__(self, log: Path, max_bytes: int) -> None:
+        self._file = log.open("wb")
+        self._tail = bytearray()
+        self._written, self._max = 0, max_bytes
+        self.capped = False
+
+    def _add(self, chunk: bytes) -> None:
+        room = self._max - self._written
+        if room > 0:
+            self._file.write(chunk[:room])
+            self._file.flush()
+            self._written += min(room, len(chunk))
+        if len(chunk) > room and not self.capped:
+            self.capped = True
+            self._file.write(f"\n[autoresearch: log capped at {self._max} bytes]\n".encode())
+            self._file.flush()
+        self._tail += chunk
+        if len(self._tail) > 2 * self.KEEP_BYTES:
+            del self._tail[: -self.KEEP_BYTES]
+
+    def pump(self, fd: int, proc: subprocess.Popen[bytes], deadline: float) -> bool:
+        """Copy output until the process exits (True) or the deadline passes (False)."""
+        while proc.poll() is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            ready, _, _ = select.select([fd], [], [], min(0.2, left))
+            if not ready:
+                continue
+            chunk = os.read(fd, 65536)
+            if chunk:
+                self._add(chunk)
+                continue
+            try:  # the command closed its output; wait for it to exit
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                return False
+        return True
+
+    def drain(self, fd: int, grace: float = 1.0) -> None:
+        """Read what is left in the pipe (its writers are dead by now)."""
+        end = time.monotonic() + grace
+        while time.monotonic() < end:
+            ready, _, _ = select.select([fd], [], [], 0.05)
+            if not ready:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return
+            self._add(chunk)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def text(self) -> str:
+        return bytes(self._tail[-self.KEEP_BYTES :]).decode("utf-8", errors="replace")
+
+
+__all__ = [
+    "MARKER",
+    "StepResult",
+    "StepRunner",
+    "is_secret",
+    "kill_group",
+    "kill_marked",
+    "kill_orphans",
+    "secret_values",
+    "start_time",
+    "tail",
+    "without_secrets",
+]

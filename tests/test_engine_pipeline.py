@@ -1,0 +1,226 @@
+"""The scheduler on the fake executor: pipelined proposals, full slots, stale parents, the judge, stop rules on resume, duplicates."""
+
+from __future__ import annotations
+
+import difflib
+import random
+import threading
+import time
+from pathlib import Path
+
+from conftest import make_repo
+
+from autoresearch.agents._base import Agent, Context
+from autoresearch.config import load_config
+from autoresearch.engine import Engine, SessionOptions
+from autoresearch.executors._base import Job
+from autoresearch.executors.fake import FakeExecutor, FakeRun
+from autoresearch.records import Edit, Proposal, RunPurpose, Verdict
+
+TOML = """\
+[task]
+editable = ["params.py"]
+run = "true"
+time_budget = 60
+[metric]
+name = "score"
+[judge]
+{judge}
+"""
+
+
+def task(tmp_path: Path, judge: str = "baseline_runs = 1", params: str = "A = 0\nB = 0\n") -> Path:
+    return make_repo(tmp_path / "task", {"params.py": params, "program.md": "Tune.\n",
+                                         "autoresearch.toml": TOML.format(judge=judge)})  # fmt: skip
+
+
+def params(job: Job) -> dict[str, float]:
+    scope: dict[str, float] = {}
+    exec((job.workdir / "params.py").read_text(), {}, scope)
+    return scope
+
+
+class Scripted(Agent):
+    """Proposes the given whole-file texts of params.py in order, noting when each call ran."""
+
+    name = "scripted"
+
+    def __init__(self, texts: list[str], think: float = 0.0) -> None:
+        self.texts, self.think = list(texts), think
+        self.calls: list[tuple[float, float, Context]] = []
+
+    def propose(self, context: Context) -> Proposal:
+        start = time.monotonic()
+        time.sleep(self.think)
+        text = self.texts.pop(0)
+        self.calls.append((start, time.monotonic(), context))
+        return Proposal(text.strip().splitlines()[-1], edits=(Edit("params.py", content=text),))
+
+
+def session(repo: Path, agent: Agent, executor: FakeExecutor, **options: object) -> Engine:
+    opts = SessionOptions(**{"tag": "t", **options})  # type: ignore[arg-type]
+    engine = Engine(load_config(repo), agent, options=opts, executor=executor)
+    engine.run()
+    executor.close()
+    return engine
+
+
+def test_the_agent_thinks_while_the_run_trains(tmp_path: Path) -> None:
+    repo = task(tmp_path)
+    agent = Scripted([f"A = {i}\nB = 0\n" for i in range(1, 4)], think=0.2)
+    starts: dict[int, float] = {}
+
+    def run(job: Job) -> FakeRun:
+        starts.setdefault(job.experiment_id, time.monotonic())
+        return FakeRun(10.0 - params(job)["A"], sleep=0.6)
+
+    engine = session(repo, agent, FakeExecutor(run, sleep=0.6), max_experiments=3)
+    first_call_start = agent.calls[0][0]
+    assert first_call_start < starts[0] + 0.6  # the first proposal overlaps the baseline's run
+    second_call_start = agent.calls[1][0]
+    assert second_call_start < starts[1] + 0.6  # the next proposal is made while #1 trains
+    assert [r.verdict for r in engine.history.rows] == [Verdict.BASELINE] + [Verdict.KEEP] * 3
+
+
+def test_every_slot_is_kept_busy(tmp_path: Path) -> None:
+    repo = task(tmp_path)
+    agent = Scripted([f"A = {i}\nB = 0\n" for i in range(1, 7)])
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def run(job: Job) -> FakeRun:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.5)
+        with lock:
+            running[0] -= 1
+        return FakeRun(100.0 + params(job)["A"], sleep=0.0)  # every candidate is worse
+
+    engine = session(repo, agent, FakeExecutor(run, slots=3), max_experiments=6)
+    assert peak[0] == 3
+    assert engine.history.counts[Verdict.DISCARD] == 6
+
+
+PAD = "# -\n# -\n# -\n"
+
+
+def test_a_stale_proposal_is_applied_onto_the_new_best_when_it_can_be(tmp_path: Path) -> None:
+    base = f"A = 0\n{PAD}B = 0\n"
+    repo = task(tmp_path, params=base)
+    # All three are proposed against the baseline while it runs. #1 is kept; #2 edits
+    # another line, so it is applied onto #1; #3 conflicts with #1, so it runs on the
+    # baseline it was made for and is judged against the best.
+    agent = Scripted([f"A = 5\n{PAD}B = 0\n", f"A = 0\n{PAD}B = 1\n", f"A = 7\n{PAD}B = 0\n"])
+
+    def run(job: Job) -> float:
+        p = params(job)
+        return 100.0 - p["A"] - p["B"]
+
+    engine = session(repo, PatchAgent(agent, base), FakeExecutor(run, sleep=0.3),
+                     max_experiments=3, lookahead=3)  # fmt: skip
+    rows = engine.history.rows
+    assert all(c.parent == rows[0].commit for _, _, c in agent.calls)
+    assert [r.verdict for r in rows] == [Verdict.BASELINE, Verdict.KEEP, Verdict.KEEP, Verdict.KEEP]
+    assert rows[2].parent == rows[1].commit  # rebased onto the new best
+    assert rows[3].parent == rows[0].commit  # ran where it was made
+    assert rows[2].metric == 94.0 and rows[3].metric == 93.0
+    assert "does not apply" in engine.note
+
+
+class PatchAgent(Agent):
+    """Turns the scripted texts into unified diffs against the baseline (so they can go stale)."""
+
+    name = "patches"
+
+    def __init__(self, inner: Scripted, base: str) -> None:
+        self.inner, self.base = inner, base
+
+    def propose(self, context: Context) -> Proposal:
+        proposal = self.inner.propose(context)
+        new = proposal.edits[0].content or ""
+        diff = difflib.unified_diff(self.base.splitlines(True), new.splitlines(True),
+                                    "a/params.py", "b/params.py", n=1)  # fmt: skip
+        return Proposal(proposal.description, patch="".join(diff))
+
+
+def lucky_session(tmp_path: Path, rule: str) -> Engine:
+    """A null edit whose first run is 1.5 sigma lucky; the other runs scatter around the truth."""
+    repo = task(tmp_path / rule, judge=f'rule = "{rule}"\nbaseline_runs = 5\nmax_runs = 5')
+    values = {0: [99.0, 101.0, 100.0, 99.0, 101.0], 1: [98.5, 100.5, 99.5, 100.5, 100.0]}
+
+    def run(job: Job) -> float:
+        return values[job.experiment_id][job.run_index]
+
+    agent = Scripted(["A = 0\nB = 0  # a comment changes nothing\n"])
+    return session(repo, agent, FakeExecutor(run), max_experiments=1)
+
+
+def test_a_lucky_first_run_is_not_kept(tmp_path: Path) -> None:
+    row = lucky_session(tmp_path, "sequential").history.rows[1]
+    assert row.verdict is Verdict.DISCARD
+    assert len(row.runs) >= 2  # it was run again before the verdict
+    assert lucky_session(tmp_path, "naive").history.rows[1].verdict is Verdict.KEEP  # upstream's
+
+
+def test_a_keep_is_recorded_at_the_mean_of_fresh_runs(tmp_path: Path) -> None:
+    repo = task(tmp_path, judge="baseline_runs = 3\nmax_runs = 3")
+    rng = random.Random(2)
+
+    def run(job: Job) -> float:
+        true = 100.0 - 5.0 * params(job)["A"]
+        return true + rng.gauss(0.0, 0.5)
+
+    engine = session(repo, Scripted(["A = 1\nB = 0\n"]), FakeExecutor(run), max_experiments=1)
+    row = engine.history.rows[1]
+    assert row.verdict is Verdict.KEEP
+    fresh = row.values(RunPurpose.RESCORE)
+    assert len(fresh) >= 2 and row.metric == sum(fresh) / len(fresh)
+    assert "re-scored" in row.reason
+
+
+def test_the_same_tree_is_not_run_twice(tmp_path: Path) -> None:
+    repo = task(tmp_path)
+    agent = Scripted(["A = 1\nB = 0\n", "A = 2\nB = 0\n", "A = 1\nB = 0\n"])
+    executor = FakeExecutor(lambda job: 100.0 + params(job)["A"])  # both candidates are worse
+    engine = session(repo, agent, executor, max_experiments=3)
+    rows = engine.history.rows
+    assert rows[3].verdict is Verdict.DUPLICATE and "duplicate of #1" in rows[3].reason
+    assert not rows[3].runs and len(executor.jobs) == 3  # baseline, #1, #2: no run for #3
+
+
+def test_baseline_is_not_discarded_for_time_but_a_much_slower_candidate_is(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "task", {
+        "params.py": "A = 0\n", "program.md": "x\n",
+        "autoresearch.toml": TOML.format(judge="baseline_runs = 1").replace(
+            "time_budget = 60", "time_budget = 10\nbudget_allowance = 5"),
+    })  # fmt: skip
+
+    def run(job: Job) -> FakeRun:
+        a = params(job)["A"]
+        seconds = 30.0 if job.experiment_id == 0 else 30.0 * (1 + a)  # the baseline: 3x budget
+        return FakeRun(100.0 - a, seconds=seconds)
+
+    agent = Scripted(["A = 0.1\n", "A = 1\n"])  # 33 s: within 5 s of 30; 60 s: not
+    engine = session(repo, agent, FakeExecutor(run), max_experiments=2)
+    verdicts = [r.verdict for r in engine.history.rows]
+    assert verdicts == [Verdict.BASELINE, Verdict.KEEP, Verdict.DISCARD]
+    assert "over budget" in engine.history.rows[2].reason
+
+
+def test_resume_keeps_the_stop_rules_it_started_with(tmp_path: Path) -> None:
+    repo = task(tmp_path)
+    texts = [f"A = {i}\nB = 0\n" for i in range(1, 9)]
+    worse = FakeExecutor(lambda job: 100.0 + params(job)["A"])
+    session(repo, Scripted(texts[:2]), worse, max_experiments=2)
+    again = session(repo, Scripted(texts[2:]), FakeExecutor(lambda j: 100.0), resume=True)
+    assert len(again.history.finished) == 2 and "max-experiments 2" in again.summary().stop_reason
+    more = session(repo, Scripted(texts[2:]), FakeExecutor(lambda j: 100.0 + params(j)["A"]),
+                   resume=True, max_experiments=3)  # fmt: skip
+    assert len(more.history.finished) == 3
+
+
+def test_resume_of_a_tag_never_created_starts_it(tmp_path: Path) -> None:
+    repo = task(tmp_path)
+    engine = session(repo, Scripted(["A = 1\nB = 0\n"]), FakeExecutor(lambda j: 1.0),
+                     resume=True, max_experiments=1)  # fmt: skip
+    assert next(r.verdict for r in engine.history.rows) is Verdict.BASELINE
