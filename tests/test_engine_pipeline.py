@@ -8,13 +8,14 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import make_repo
+from conftest import git, make_repo
 
 from autoresearch.agents._base import Agent, Context
 from autoresearch.config import load_config
 from autoresearch.engine import Engine, SessionOptions
 from autoresearch.executors._base import Job
 from autoresearch.executors.fake import FakeExecutor, FakeRun
+from autoresearch.ledger import Ledger
 from autoresearch.records import Edit, Proposal, RunPurpose, Verdict
 
 TOML = """\
@@ -224,3 +225,13 @@ def test_resume_of_a_tag_never_created_starts_it(tmp_path: Path) -> None:
     engine = session(repo, Scripted(["A = 1\nB = 0\n"]), FakeExecutor(lambda j: 1.0),
                      resume=True, max_experiments=1)  # fmt: skip
     assert next(r.verdict for r in engine.history.rows) is Verdict.BASELINE
+
+
+def test_resume_after_a_kill_between_branch_and_session_row(tmp_path: Path) -> None:
+    repo = task(tmp_path)
+    git(repo, "update-ref", "refs/heads/autoresearch/t", "HEAD")  # the branch, but no session
+    (repo / ".autoresearch").mkdir()
+    Ledger(repo / ".autoresearch" / "ledger.db").close()  # and an empty ledger
+    engine = session(repo, Scripted(["A = 1\nB = 0\n"]), FakeExecutor(lambda j: 1.0 - params(j)["A"]),
+                     resume=True, max_experiments=1)  # fmt: skip
+    assert [r.verdict for r in engine.history.rows] == [Verdict.BASELINE, Verdict.KEEP]

@@ -11,7 +11,7 @@ import pytest
 
 from autoresearch.config import MetricConfig
 from autoresearch.executors import Executor, Job, LocalExecutor, RunStatus
-from autoresearch.workspace import sha256_files
+from autoresearch.integrity import sha256_files
 
 PY = sys.executable
 

@@ -177,7 +177,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         executor.close()
     print(views.summary_text(summary, config.metric.name))
-    return 128 + summary.signal if summary.signal else 0
+    if summary.signal:
+        return 128 + summary.signal
+    return 1 if summary.baseline_metric is None else 0  # no baseline: nothing was measured
 
 
 def _carry_over(args: argparse.Namespace, config: TaskConfig, tag: str) -> None:

@@ -188,6 +188,9 @@ class Engine:
             describe = self.agent.describe()
             if describe:
                 self.say(describe)
+        if self.config.judge.baseline_runs < 2 and self.history.noise().sigma is None:
+            self.say("warning: the noise is unknown (baseline_runs < 2): each candidate that looks "
+                     "better runs twice before it can be kept; set [judge] baseline_runs = 5")  # fmt: skip
         if not self._stop and self.history.best is None and not self._baseline_queued():
             self._start_baseline()
 

@@ -1,0 +1,65 @@
+"""How people really run it, as real processes: two tags side by side, a failed baseline run again, a closed pipe."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import git, write_patch_dir
+from test_engine import toy
+from test_resume import slow_patches, slow_task
+
+
+def ar(repo: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "autoresearch", "-C", str(repo), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def test_two_tags_in_one_folder_run_side_by_side(tmp_path: Path) -> None:
+    repo = slow_task(tmp_path)
+    patches = slow_patches(tmp_path / "p")
+    procs = [ar(repo, "run", "--tag", tag, "--agent", "replay", "--patches", str(patches),
+                "--max-experiments", "3") for tag in ("a", "b")]  # fmt: skip
+    outputs = [p.communicate(timeout=180) for p in procs]
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err
+        assert "reached --max-experiments 3" in out
+    db = sqlite3.connect(repo / ".autoresearch" / "ledger.db")
+    for tag in ("a", "b"):
+        rows = db.execute(
+            "SELECT e.verdict FROM experiments e JOIN sessions s ON s.id = e.session_id"
+            " WHERE s.tag = ? ORDER BY e.id", (tag,)
+        ).fetchall()
+        assert [r[0] for r in rows][0] == "baseline" and len(rows) == 4
+        assert "pending" not in {r[0] for r in rows}
+        assert git(repo, "rev-parse", f"autoresearch/{tag}")
+
+
+def test_a_failed_baseline_runs_again_under_its_tag_once_fixed(tmp_path: Path) -> None:
+    repo = toy(tmp_path)
+    (repo / "params.py").write_text("raise SystemExit('broken task')\n")
+    git(repo, "commit", "-qam", "break the task")
+    patches = write_patch_dir(tmp_path / "p", {"01": "# nothing\nparams.py\n<<<<<<< SEARCH\nX = 1.0\n=======\nX = 2.0\n>>>>>>> REPLACE\n"})
+    first = ar(repo, "run", "--tag", "t", "--agent", "replay", "--patches", str(patches))
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 1 and "the baseline failed" in out + err
+    git(repo, "checkout", "-q", "HEAD~1", "--", "params.py")
+    git(repo, "commit", "-qam", "fix the task")
+    again = ar(repo, "run", "--tag", "t", "--agent", "replay", "--patches", str(patches))
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    assert "its baseline failed before; running it again" in err
+    log = ar(repo, "log", "--tag", "t").communicate(timeout=60)[0]
+    verdicts = [line.split()[2] for line in log.splitlines()[1:]]
+    assert verdicts == ["crash", "baseline", "keep"]  # the failed attempt stays recorded
+
+
+def test_log_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    repo = toy(tmp_path)
+    patches = write_patch_dir(tmp_path / "p", {f"{i:02d}": f"# p{i}\nparams.py\n<<<<<<< SEARCH\nY = 2.0\n=======\nY = {i}.5\n>>>>>>> REPLACE\n" for i in range(3)})
+    assert ar(repo, "run", "--tag", "t", "--agent", "replay", "--patches", str(patches)).wait(120) == 0
+    shell = f"{sys.executable} -m autoresearch -C {repo} log | head -1; exit ${{PIPESTATUS[0]}}"
+    done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
