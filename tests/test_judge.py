@@ -39,7 +39,7 @@ def test_first_run_not_better_is_screened_out_after_one_run() -> None:
 
 
 def test_lucky_first_run_is_not_kept_and_runs_again() -> None:
-    # 1.5 sigma better once: below 1.645 * sigma * sqrt(1/1 + 1/5) = 1.80
+    # 1.5 sigma better once: below z * sigma * sqrt(1/1 + 1/5) = 2.33 (z = 2.13: 5% over 3 looks)
     decision = judge().decide([ok(98.5)], BEST, SIGMA)
     assert decision.verdict is None and decision.more_runs == 1
 
@@ -50,22 +50,23 @@ def test_early_discard_when_the_running_mean_is_no_longer_better() -> None:
 
 
 def test_keep_when_the_mean_clears_the_margin_of_a_difference_of_means() -> None:
-    runs = [ok(98.6), ok(98.7), ok(98.5)]  # mean 98.6; margin 1.645 * sqrt(1/3 + 1/5) = 1.20
+    runs = [ok(98.2), ok(98.3), ok(98.1)]  # mean 98.2; margin 2.13 * sqrt(1/3 + 1/5) = 1.55
     decision = judge().decide(runs, BEST, SIGMA)
-    assert decision.verdict is Verdict.KEEP and decision.metric == pytest.approx(98.6)
-    assert decision.rescore == 2  # fresh runs for the new best: max(2, max_runs - 3)
+    assert decision.verdict is Verdict.KEEP and decision.metric == pytest.approx(98.2)
+    assert decision.rescore == 5  # the new best gets max_runs fresh runs
+    assert judge().z == pytest.approx(2.128, abs=1e-3)
 
 
 def test_not_significant_after_max_runs_is_discarded() -> None:
-    runs = [ok(99.5)] * 5  # better, but 0.5 < 1.645 * sqrt(2/5) = 1.04
+    runs = [ok(99.5)] * 5  # better, but 0.5 < 2.13 * sqrt(2/5) = 1.35
     decision = judge().decide(runs, BEST, SIGMA)
     assert decision.verdict is Verdict.DISCARD and "not significant after 5 runs" in decision.reason
 
 
 def test_more_runs_of_the_best_shrink_the_margin() -> None:
-    runs = [ok(98.9)] * 3
-    assert judge().decide(runs, Standing(100.0, runs=1), SIGMA).verdict is None  # 1.1 < 1.34
-    assert judge().decide(runs, Standing(100.0, runs=20), SIGMA).verdict is Verdict.KEEP  # 1.1 > 1.0
+    runs = [ok(98.5)] * 3
+    assert judge().decide(runs, Standing(100.0, runs=1), SIGMA).verdict is None  # 1.5 < 2.46
+    assert judge().decide(runs, Standing(100.0, runs=20), SIGMA).verdict is Verdict.KEEP  # > 1.32
 
 
 def test_unknown_noise_needs_a_second_run_and_no_noise_needs_no_rescore() -> None:

@@ -6,9 +6,10 @@
 - otherwise it runs again, up to ``max_runs``, and is discarded as soon as its running
   mean is no longer better than the best;
 - it is kept once its mean beats the best's by ``z * sigma * sqrt(1/n_c + 1/n_b)`` (and by
-  more than ``min_delta``), ``z`` from the one-sided ``confidence``, ``sigma`` the standard
+  more than ``min_delta``), ``z`` from the one-sided ``confidence`` shared by the looks
+  that can end in a keep (Bonferroni over half of ``max_runs``), ``sigma`` the standard
   deviation pooled over every experiment of the session with two runs or more;
-- a keep is re-run on fresh seeds and recorded at the mean of those fresh runs, so the
+- a keep is re-run ``max_runs`` times on fresh seeds and recorded at their mean, so the
   best is not the luckiest draw of many (the winner's curse). With no noise seen at all
   (sigma 0: a deterministic task) that costs nothing.
 
@@ -94,7 +95,11 @@ class Judge:
     ) -> None:
         self.config, self.metric = config, metric
         self.budget, self.allowance = budget, allowance
-        self.z = statistics.NormalDist().inv_cdf(config.confidence)
+        # A test after every run: the error is shared among the looks (Bonferroni) that can
+        # end in a keep, taken as half of max_runs (a candidate that stops looking better is
+        # discarded early), calibrated with benchmarks/verdict_trust.py.
+        looks = math.ceil(config.max_runs / 2) if config.rule == "sequential" else 1
+        self.z = statistics.NormalDist().inv_cdf(1 - (1 - config.confidence) / looks)
 
     # --- the baseline ------------------------------------------------------------------
 
@@ -125,7 +130,7 @@ class Judge:
         """Fresh runs a new best gets before its value is recorded (none without noise)."""
         if self.config.rule == "naive" or noise.sigma == 0.0:
             return 0
-        return max(2, self.config.max_runs - selected)
+        return self.config.max_runs
 
     def _sequential(self, values: list[float], best: Standing, noise: Noise) -> Decision:
         n, mean = len(values), statistics.fmean(values)
