@@ -283,7 +283,7 @@ def test_full_session_on_the_toy_task(server: FakeAnthropic, toy_repo: Path) -> 
     assert "'edits' must be" in bodies[4]["messages"][0]["content"][-1]["text"]
     # Tokens and cost are recorded per proposal (invalid ones too) and add up.
     assert [by_id[i].usage.input_tokens for i in range(1, 6)] == [1500, 1000, 1600, 1600, 1000]
-    assert by_id[4].cached_tokens == 1200 and by_id[5].output_tokens == 80
+    assert by_id[4].usage.cached_tokens == 1200 and by_id[5].usage.output_tokens == 80
     expected = [(1500 * 2 + 120 * 10) / 1e6, (1000 * 2 + 100 * 10) / 1e6, (1600 * 2 + 100 * 10) / 1e6,
                 (400 * 2 + 1200 * 0.1 + 100 * 10) / 1e6, (1000 * 2 + 80 * 10) / 1e6]  # fmt: skip
     assert [by_id[i].cost_usd for i in range(1, 6)] == pytest.approx(expected)

@@ -227,7 +227,7 @@ def test_full_session_on_the_toy_task(server: FakeOpenAI, toy_repo: Path) -> Non
     firsts = [r.body for r in server.requests if r.retry_count == 0]
     assert "not valid JSON" in firsts[3]["messages"][1]["content"]  # shown to the model next time
     assert [by_id[i].usage.input_tokens for i in range(1, 6)] == [2000, 2100, 1000, 1000, 1000]
-    assert by_id[4].cached_tokens == 800
+    assert by_id[4].usage.cached_tokens == 800
     expected = [(2000 * 2.5 + 150 * 15) / 1e6, (2100 * 2.5 + 100 * 15) / 1e6, (1000 * 2.5 + 100 * 15) / 1e6,
                 (200 * 2.5 + 800 * 0.25 + 100 * 15) / 1e6, (1000 * 2.5 + 100 * 15) / 1e6]  # fmt: skip
     assert [by_id[i].cost_usd for i in range(1, 6)] == pytest.approx(expected)

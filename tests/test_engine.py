@@ -320,7 +320,7 @@ def test_a_run_that_rewrites_protected_data_stops_the_session(tmp_path: Path) ->
 
 def test_one_orchestrator_per_session(tmp_path: Path) -> None:
     from autoresearch.errors import LedgerError
-    from autoresearch.ledger import SessionLock
+    from autoresearch.lock import SessionLock
 
     repo = toy(tmp_path)
     lock = SessionLock(repo / ".autoresearch", "t")

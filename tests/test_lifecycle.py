@@ -32,7 +32,7 @@ def test_two_tags_in_one_folder_run_side_by_side(tmp_path: Path) -> None:
             "SELECT e.verdict FROM experiments e JOIN sessions s ON s.id = e.session_id"
             " WHERE s.tag = ? ORDER BY e.id", (tag,)
         ).fetchall()
-        assert [r[0] for r in rows][0] == "baseline" and len(rows) == 4
+        assert rows[0][0] == "baseline" and len(rows) == 4
         assert "pending" not in {r[0] for r in rows}
         assert git(repo, "rev-parse", f"autoresearch/{tag}")
 

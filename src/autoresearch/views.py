@@ -10,7 +10,8 @@ from autoresearch.cost import compute_cost
 from autoresearch.engine import ExperimentEvent, SessionSummary
 from autoresearch.history import History
 from autoresearch.judge import Judge
-from autoresearch.ledger import Ledger, SessionLock, SessionRow
+from autoresearch.ledger import Ledger, SessionRow
+from autoresearch.lock import SessionLock
 from autoresearch.records import Experiment, Verdict
 
 EVENT_HEADER = "   #  verdict      {metric:>12}  vs best     description"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,97 +19,19 @@ from autoresearch.config import STATE_DIR, TaskConfig
 from autoresearch.engine._experiment import Flight, experiment_seed, launch
 from autoresearch.engine._loop import Proposer, drain, run_loop
 from autoresearch.engine._resume import ResumeDefaults, repair, resume_defaults
+from autoresearch.engine._setup import data_hashes, run_setup
 from autoresearch.engine._stop import Clock, Signals, StopRules, carried_over, stop_reason
+from autoresearch.engine._types import ExperimentEvent, RunStarted, SessionOptions, SessionSummary
 from autoresearch.errors import AutoresearchError, LedgerError, WorkspaceError
 from autoresearch.executors._base import Executor, Job
-from autoresearch.executors._steps import run_environment
 from autoresearch.executors.local import LocalExecutor
 from autoresearch.history import History
-from autoresearch.integrity import sha256_files
 from autoresearch.judge import Judge
-from autoresearch.ledger import Ledger, SessionLock, SessionRow
-from autoresearch.process import StepRunner, tail
+from autoresearch.ledger import Ledger, SessionRow
+from autoresearch.lock import SessionLock
+from autoresearch.process import StepRunner
 from autoresearch.records import Experiment, Verdict
 from autoresearch.workspace import Workspace
-
-SETUP_TIMEOUT = 24 * 3600.0
-
-
-@dataclass(frozen=True)
-class SessionOptions:
-    """How one ``autoresearch run`` behaves. Stop rules left None carry over on resume."""
-
-    tag: str
-    max_experiments: int | None = None  # experiments in the session, baseline excluded
-    max_hours: float | None = None  # wall-clock hours of the session, all invocations
-    max_failures: int | None = None  # consecutive crash / timeout / invalid (default 10)
-    max_cost: float | None = None  # dollars: agent spend plus compute
-    gpu_price: float | None = None  # dollars per slot-hour; None: the task's [cost] gpu_per_hour
-    resume: bool = False
-    seed: int = 0
-    run_setup: bool = True
-    lookahead: int | None = None  # proposals kept ready; None: one per slot
-    agent_flags: Mapping[str, Any] = field(default_factory=dict)  # recorded for --resume
-
-    def rules(self) -> dict[str, Any]:
-        return {"max_experiments": self.max_experiments, "max_hours": self.max_hours,
-                "max_failures": self.max_failures, "max_cost": self.max_cost}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ExperimentEvent:
-    """Sent to ``on_event`` after each experiment is recorded."""
-
-    experiment: Experiment
-    best: float | None
-    baseline: float | None
-
-
-@dataclass(frozen=True)
-class RunStarted:
-    """Sent to ``on_run`` when a run is handed to the executor (for live views)."""
-
-    slot: int
-    experiment_id: int
-    run_index: int
-    log_path: Path
-    time_budget: float
-
-
-@dataclass(frozen=True)
-class SessionSummary:
-    tag: str
-    branch: str
-    best_metric: float | None
-    best_commit: str
-    baseline_metric: float | None
-    counts: Mapping[str, int]
-    stop_reason: str
-    cost_usd: float
-    signal: int | None = None  # the signal that stopped the session, if one did
-
-
-def run_setup(config: TaskConfig, log: Path, runner: StepRunner, env: Mapping[str, str]) -> None:
-    """Run the task's ``setup`` step in the task folder (output to ``log``); raise if it fails."""
-    job = Job(0, 0, "", config.root, "", config.metric, log.parent, log.parent,
-              time_budget=config.time_budget, env=env)  # fmt: skip
-    environment = run_environment(job)
-    environment.pop("AUTORESEARCH_OUT", None)
-    step = runner.step("setup", config.setup, config.root, environment, log, SETUP_TIMEOUT)
-    if runner.killed:
-        return
-    if step.returncode != 0:
-        raise AutoresearchError(
-            f"setup step {config.setup!r} failed (exit {step.returncode}); log: {log}\n{tail(log, 15)}"
-        )
-
-
-def data_hashes(config: TaskConfig) -> dict[str, str]:
-    """sha256 of every file matching the task's ``protected_data`` globs (absolute paths)."""
-    files = sorted(
-        {p.resolve() for g in config.protected_data for p in config.root.glob(g) if p.is_file()}
-    )
-    return sha256_files(Path("/"), [str(p) for p in files])
 
 
 class Engine:

@@ -1,0 +1,55 @@
+"""One orchestrator per session: an exclusive ``flock`` on ``.autoresearch/locks/<tag>.lock``."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import Any
+
+from autoresearch.errors import LedgerError
+
+
+class SessionLock:
+    """One orchestrator per session: an exclusive ``flock`` on ``.autoresearch/locks/<tag>.lock``."""
+
+    def __init__(self, state_dir: Path, tag: str) -> None:
+        self.path = state_dir / "locks" / f"{tag}.lock"
+        self._fh: Any = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = self.path.open("a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            fh.close()
+            raise LedgerError(
+                f"session {self.path.stem!r} is running in another process (pid {holder})"
+            ) from exc
+        fh.truncate(0)
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing drops the flock
+            self._fh = None
+
+    def held_elsewhere(self) -> bool:
+        """True while some process holds the lock (for ``status``)."""
+        if not self.path.exists():
+            return False
+        with self.path.open("a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return False
+
+
+__all__ = ["SessionLock"]
