@@ -233,7 +233,7 @@ def run_session(
     dest: Path, task: str, experiments: int, seed: int, sampler: str | None, out: TextIO
 ) -> SessionSummary:
     """Run the demo session in ``dest``; print the live table to ``out``."""
-    from autoresearch import views
+    from autoresearch.report import text as views
 
     config = load_config(dest)
     agent = TunerAgent(**tuner_options(config, task, sampler, seed))

@@ -2,7 +2,7 @@
 
 An experiment row is written as ``pending`` once its candidate is committed, and its
 verdict is written before the branch moves: a kill at any point leaves either a recorded
-experiment or nothing. ``export_tsv`` writes upstream's ``results.tsv`` columns.
+experiment or nothing.
 """
 
 from __future__ import annotations
@@ -393,21 +393,10 @@ def best_row(rows: Sequence[ExperimentRow]) -> ExperimentRow | None:
 
 
 def export_tsv(rows: Sequence[ExperimentRow], metric: str, path: Path) -> int:
-    """Write upstream's results.tsv (``commit <metric> memory_gb status description``); returns rows."""
-    lines = [f"commit\t{metric}\tmemory_gb\tstatus\tdescription"]
-    count = 0
-    for row in rows:
-        if row.verdict == PENDING:
-            continue
-        value = f"{row.metric:.6f}" if row.metric is not None else "0.000000"
-        memory = row.metrics.get("peak_vram_mb", 0.0) / 1024
-        description = " ".join(row.description.split())
-        lines.append(
-            f"{row.commit[:7] or '-'}\t{value}\t{memory:.1f}\t{row.verdict}\t{description}"
-        )
-        count += 1
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return count
+    """results.tsv with our verdicts; ``autoresearch.report.export`` writes it now (old callers)."""
+    from autoresearch.report.export import write_tsv
+
+    return write_tsv(rows, metric, path, verdicts=True)
 
 
 __all__ = [
