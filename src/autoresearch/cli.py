@@ -308,7 +308,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.dir)
     server = serve.Dashboard(config.root, host=args.host, port=args.port, token=args.token)
     print(f"dashboard of {config.root} at {server.url} (Ctrl-C stops it)", flush=True)
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("dashboard stopped")
     return 0
 
 

@@ -4,8 +4,8 @@ The standard library's ``ThreadingHTTPServer`` is enough for a page, a few JSON 
 a PNG and one server-sent-event stream per open tab, and it adds no dependency to audit.
 It answers GET only; nothing it serves changes a session.
 
-Access: bound to a loopback address it serves anyone on this machine (unless ``token`` is
-given); bound to any other address it needs a token (generated when none is given, printed in
+Access: bound to 127.0.0.1 (or localhost, ::1) it serves anyone on this machine (unless
+``token`` is given); bound to any other address, 127.0.0.2 included, it needs a token (generated when none is given, printed in
 the URL). A request carries it as ``?token=``, an ``Authorization: Bearer`` header or the
 cookie the first authorised request sets; without it the answer is 403. The Host header must
 name the bound address or localhost (a page elsewhere cannot rebind its domain to us). Every
@@ -16,7 +16,6 @@ Content-Security-Policy allows only this server's script.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import re
 import secrets
@@ -42,13 +41,12 @@ CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; img-src 'self
        "style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def is_local(host: str) -> bool:
+    """The default addresses, served without a token; any other address needs one."""
+    return host.strip("[]").lower() in LOCAL_HOSTS
 
 
 class Dashboard:
@@ -58,7 +56,7 @@ class Dashboard:
                  token: str | None = None) -> None:
         self.store = Store(task_root)
         self.task_root = task_root
-        self.token = token or (None if is_loopback(host) else secrets.token_urlsafe(24))
+        self.token = token or (None if is_local(host) else secrets.token_urlsafe(24))
         self.host = host
         self._plots: dict[str, tuple[Any, bytes]] = {}
         self._plot_lock = threading.Lock()
@@ -210,7 +208,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _host_ok(self) -> bool:
         host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]").lower()
         board = self.dashboard
-        return host in ("localhost", "127.0.0.1", "::1", board.host.strip("[]").lower()) or (
+        return host in (*LOCAL_HOSTS, board.host.strip("[]").lower()) or (
             board.token is not None and host != ""  # a token makes any name safe to answer
         )
 
@@ -438,4 +436,4 @@ window.addEventListener("hashchange", () => { if (state.data) openFromHash(); })
 loadSessions();
 """
 
-__all__ = ["Dashboard", "is_loopback"]
+__all__ = ["Dashboard", "is_local"]
