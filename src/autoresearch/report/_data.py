@@ -178,9 +178,9 @@ class History:
 
     @property
     def per_hour(self) -> float | None:
-        """Experiments judged per wall-clock hour; None before a measurable hour fraction."""
+        """Experiments judged per wall-clock hour; None in the first minute (no rate yet)."""
         seconds = self.wall_seconds
-        return len(self.done) * 3600.0 / seconds if seconds >= 1.0 and self.done else None
+        return len(self.done) * 3600.0 / seconds if seconds >= 60.0 and self.done else None
 
     def gain(self, value: float | None) -> float | None:
         """``value`` against the baseline, in percent (negative: smaller)."""
