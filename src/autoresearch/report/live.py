@@ -270,29 +270,45 @@ class LiveView(_Base):
         self.console.print(Text(text, style="dim"))
 
     def render(self) -> Any:
+        """The slots and the footer; two lines per slot on a narrow terminal."""
         from rich.console import Group
+        from rich.text import Text
+
+        width, now = self.console.width, time.time()
+        running = sorted(self.running().items())
+        body = self._table(running, now, wide=width >= 100) if width >= 72 else self._lines(running, now)
+        footer = Text(self.tally.line(self.metric), style="bold", no_wrap=True, overflow="ellipsis")
+        return Group(body, footer)
+
+    def _table(self, running: list[tuple[int, Slot]], now: float, *, wide: bool) -> Any:
         from rich.table import Table
         from rich.text import Text
 
-        width = self.console.width
         table = Table(box=None, expand=True, show_header=True, header_style="bold", pad_edge=False)
         table.add_column("slot", no_wrap=True, width=4)
         table.add_column("#", no_wrap=True, justify="right", width=5)
-        if width >= 100:
+        if wide:
             table.add_column("experiment", no_wrap=True, overflow="ellipsis", ratio=1, max_width=40)
         table.add_column("step", no_wrap=True, width=8)
         table.add_column("time", no_wrap=True, min_width=5)
         table.add_column("last line", no_wrap=True, overflow="ellipsis", ratio=2)
-        now = time.time()
-        for number, slot in sorted(self.running().items()):
-            step, _ = slot.current()
+        for number, slot in running:
             cells = [str(number), str(slot.experiment_id)]
-            if width >= 100:
-                cells.append(slot.description)
-            cells += [step, budget_text(slot, now), slot.last_line()]
+            cells += [slot.description] if wide else []
+            cells += [slot.current()[0], budget_text(slot, now), slot.last_line()]
             table.add_row(*(Text(c) for c in cells))
-        footer = Text(self.tally.line(self.metric), style="bold", no_wrap=True, overflow="ellipsis")
-        return Group(table, footer)
+        return table
+
+    def _lines(self, running: list[tuple[int, Slot]], now: float) -> Any:
+        from rich.console import Group
+        from rich.text import Text
+
+        lines = []
+        for number, slot in running:
+            head = f"[{number}] #{slot.experiment_id} {slot.current()[0]} {budget_text(slot, now)}"
+            lines.append(Text(head, no_wrap=True, overflow="ellipsis"))
+            lines.append(Text("  " + slot.last_line(), no_wrap=True, overflow="ellipsis"))
+        return Group(*lines)
 
 
 # --- today's wiring: starts and steps from the ledger and the log files --------------------------
