@@ -50,7 +50,9 @@ def test_upstream_notebook_finds_the_top_hits(recorded: Path) -> None:
     assert total == pytest.approx(-11.0)
     statuses = [line.split("\t")[3] for line in tsv.read_text().splitlines()[1:]]
     assert statuses == ["keep", "keep", "discard", "crash", "crash", "keep", "crash"]
-    crash_values = [line.split("\t")[1] for line in tsv.read_text().splitlines()[1:] if "\tcrash\t" in line]
+    crash_values = [
+        line.split("\t")[1] for line in tsv.read_text().splitlines()[1:] if "\tcrash\t" in line
+    ]
     assert crash_values == ["0.000000"] * 3
 
 
@@ -60,12 +62,20 @@ def test_verdicts_flag_keeps_ours(recorded: Path) -> None:
     lines = (recorded / "ours.tsv").read_text().splitlines()
     assert lines[0] == "commit\tscore\tmemory_gb\tstatus\tdescription"
     assert [line.split("\t")[3] for line in lines[1:]] == [
-        "baseline", "keep", "discard", "crash", "invalid", "keep", "crash",
+        "baseline",
+        "keep",
+        "discard",
+        "crash",
+        "invalid",
+        "keep",
+        "crash",
     ]
 
 
 def test_every_verdict_has_an_upstream_status() -> None:
-    assert {str(v) for v in JudgeVerdict} <= {str(v) for v in Verdict}  # the mirror covers the judge
+    assert {str(v) for v in JudgeVerdict} <= {
+        str(v) for v in Verdict
+    }  # the mirror covers the judge
     for verdict in Verdict:
         if verdict is not Verdict.PENDING:
             assert upstream_status(verdict, 1.0) in ("keep", "discard", "crash")

@@ -45,13 +45,21 @@ def gated_task(tmp_path: Path) -> tuple[Path, Path, Path]:
     """A toy task whose run prints a progress line, then waits for a release file."""
     release = tmp_path / "release"
     toml = TOY_TOML.replace("{python}", sys.executable).replace("timeout = 20", "timeout = 300")
-    repo = make_repo(tmp_path / "task", {
-        "params.py": TOY_PARAMS, "program.md": "Minimise.\n", "autoresearch.toml": toml,
-        "score.py": GATED_SCORE.format(mark=MARK, release=str(release)),
-    })
-    patches = write_patch_dir(tmp_path / "patches", {
-        "01": "# X 1 -> 2\nparams.py\n<<<<<<< SEARCH\nX = 1.0\n=======\nX = 2.0\n>>>>>>> REPLACE\n",
-    })
+    repo = make_repo(
+        tmp_path / "task",
+        {
+            "params.py": TOY_PARAMS,
+            "program.md": "Minimise.\n",
+            "autoresearch.toml": toml,
+            "score.py": GATED_SCORE.format(mark=MARK, release=str(release)),
+        },
+    )
+    patches = write_patch_dir(
+        tmp_path / "patches",
+        {
+            "01": "# X 1 -> 2\nparams.py\n<<<<<<< SEARCH\nX = 1.0\n=======\nX = 2.0\n>>>>>>> REPLACE\n",
+        },
+    )
     return repo, patches, release
 
 
@@ -71,7 +79,9 @@ class Terminal:
         deadline = time.monotonic() + timeout
         while text not in self.output:
             if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} never appeared; output so far:\n{self.output[-3000:]}")
+                raise AssertionError(
+                    f"{text!r} never appeared; output so far:\n{self.output[-3000:]}"
+                )
             if not self._read(0.2):
                 raise AssertionError(f"the CLI exited before {text!r}:\n{self.output[-3000:]}")
         return self.output
@@ -100,8 +110,19 @@ class Terminal:
 
 def test_live_view_shows_the_running_experiments_progress_line(tmp_path: Path) -> None:
     repo, patches, release = gated_task(tmp_path)
-    term = Terminal("-C", str(repo), "run", "--tag", "live", "--agent", "replay", "--patches",
-                    str(patches), "--max-experiments", "1")
+    term = Terminal(
+        "-C",
+        str(repo),
+        "run",
+        "--tag",
+        "live",
+        "--agent",
+        "replay",
+        "--patches",
+        str(patches),
+        "--max-experiments",
+        "1",
+    )
     before = term.read_until(MARK)
     assert "13.000000" not in before  # the baseline has not finished: its line is not printed yet
     assert "ETA" in before and "best score" in before  # the slot's budget and the footer
@@ -114,8 +135,20 @@ def test_live_view_shows_the_running_experiments_progress_line(tmp_path: Path) -
 def test_quiet_in_a_terminal_prints_plain_lines(tmp_path: Path) -> None:
     repo, patches, release = gated_task(tmp_path)
     release.touch()
-    term = Terminal("-C", str(repo), "run", "--tag", "q", "--agent", "replay", "--patches",
-                    str(patches), "--max-experiments", "1", "--quiet")
+    term = Terminal(
+        "-C",
+        str(repo),
+        "run",
+        "--tag",
+        "q",
+        "--agent",
+        "replay",
+        "--patches",
+        str(patches),
+        "--max-experiments",
+        "1",
+        "--quiet",
+    )
     assert term.finish() == 0
     assert "\x1b[?25l" not in term.output and MARK not in term.output  # no live region drawn
     assert "   #  verdict" in term.output and "   1  keep" in term.output
@@ -124,8 +157,19 @@ def test_quiet_in_a_terminal_prints_plain_lines(tmp_path: Path) -> None:
 def test_a_pipe_gets_plain_lines(tmp_path: Path) -> None:
     repo, patches, release = gated_task(tmp_path)
     release.touch()
-    done = run_cli(repo, "run", "--tag", "p", "--agent", "replay", "--patches", str(patches),
-                   "--max-experiments", "1", env={"CI": ""})
+    done = run_cli(
+        repo,
+        "run",
+        "--tag",
+        "p",
+        "--agent",
+        "replay",
+        "--patches",
+        str(patches),
+        "--max-experiments",
+        "1",
+        env={"CI": ""},
+    )
     assert done.returncode == 0, done.stderr
     assert "\x1b[" not in done.stdout
     assert done.stdout.splitlines()[0].startswith("   #  verdict")
@@ -170,8 +214,9 @@ def render(view: LiveView) -> str:
 
 @pytest.mark.parametrize("width", [40, 72, 160])
 def test_the_table_fits_the_terminal(width: int, tmp_path: Path) -> None:
-    console = rich_console.Console(file=io.StringIO(), width=width, force_terminal=True,
-                                   color_system=None)
+    console = rich_console.Console(
+        file=io.StringIO(), width=width, force_terminal=True, color_system=None
+    )
     view = LiveView(metric="val_bpb", direction="minimize", console=console)
     log = tmp_path / "0003-0.log"
     log.write_text("step 00120 (41.2%) | loss: 3.2101 | lrm: 1.00 | dt: 310ms | tok/sec: 52,000\n")
@@ -191,7 +236,9 @@ def test_plain_view_prints_each_experiment_as_it_is_recorded(tmp_path: Path) -> 
     session = ledger.session(TAG)
     rows = ledger.experiments(session)
     out, err = io.StringIO(), io.StringIO()
-    with PlainView(metric="score", direction="minimize", gpu_price=3600.0, out=out, err=err) as view:
+    with PlainView(
+        metric="score", direction="minimize", gpu_price=3600.0, out=out, err=err
+    ) as view:
         for row in rows:
             view.experiment_finished(ExperimentEvent(row, 2.0, 13.0))
         view.message("a note")
@@ -214,7 +261,11 @@ def test_follower_reports_pending_experiments_and_their_newest_run(tmp_path: Pat
     follower = LedgerFollower(repo, TAG, view, budget=5.0)
     follower.poll()
     slot = view.running()[0]
-    assert (slot.experiment_id, slot.description, slot.log_path) == (7, "try this", logs / "0007-0.log")
+    assert (slot.experiment_id, slot.description, slot.log_path) == (
+        7,
+        "try this",
+        logs / "0007-0.log",
+    )
     assert slot.last_line() == "step 1" and slot.current()[0] == "run"
     first_start = slot.started
     (logs / "0007-1.log").write_text("again\n")  # a confirmation run of the same experiment
@@ -222,7 +273,10 @@ def test_follower_reports_pending_experiments_and_their_newest_run(tmp_path: Pat
     follower.poll()
     slot = view.running()[0]
     assert slot.log_path == logs / "0007-1.log" and slot.started == first_start
-    assert slot.current() == ("evaluate", logs / "0007-1.evaluate.log") and slot.last_line() == "scoring"
+    assert (
+        slot.current() == ("evaluate", logs / "0007-1.evaluate.log")
+        and slot.last_line() == "scoring"
+    )
     ledger.finish_experiment(session, 7, Verdict.DISCARD, 20.0, "not better", {}, 1.0)
     follower.poll()
     assert follower._seen == {}

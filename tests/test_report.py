@@ -25,15 +25,30 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def session_of(direction: str = "minimize", noise: float | None = None) -> Session:
-    return Session(tag="t", branch="autoresearch/t", base_commit="a" * 40, agent="tuner",
-                   metric="val_bpb", direction=direction, created=0.0, updated=0.0,
-                   status="finished", stop_reason="", noise=noise, gpu_price=2.0, alive=False)
+    return Session(
+        tag="t",
+        branch="autoresearch/t",
+        base_commit="a" * 40,
+        agent="tuner",
+        metric="val_bpb",
+        direction=direction,
+        created=0.0,
+        updated=0.0,
+        status="finished",
+        stop_reason="",
+        noise=noise,
+        gpu_price=2.0,
+        alive=False,
+    )
 
 
 def synthetic(n: int, *, keep_every: int = 7) -> list[Experiment]:
     """A baseline and ``n - 1`` experiments over one hour; every ``keep_every``-th keeps."""
-    rows = [Experiment(0, Verdict.BASELINE, 1.0, "baseline", started=0.0, finished=1.0,
-                       compute_seconds=60.0)]
+    rows = [
+        Experiment(
+            0, Verdict.BASELINE, 1.0, "baseline", started=0.0, finished=1.0, compute_seconds=60.0
+        )
+    ]
     best = 1.0
     for i in range(1, n):
         if i % keep_every == 0:
@@ -44,8 +59,17 @@ def synthetic(n: int, *, keep_every: int = 7) -> list[Experiment]:
         else:
             verdict, value = Verdict.DISCARD, best + 0.002 * (i % 5) + (5.0 if i % 97 == 0 else 0.0)
         finished = i * 3600.0 / (n - 1)
-        rows.append(Experiment(i, verdict, value, f"change number {i}", started=finished - 1,
-                               finished=finished, compute_seconds=60.0))
+        rows.append(
+            Experiment(
+                i,
+                verdict,
+                value,
+                f"change number {i}",
+                started=finished - 1,
+                finished=finished,
+                compute_seconds=60.0,
+            )
+        )
     return rows
 
 
@@ -90,10 +114,20 @@ def test_html_holds_every_keep_escaped_and_nothing_from_the_network(recorded: Pa
     assert links and all(link.startswith("data:") for link in links)
     assert "url(" not in page and "@import" not in page
     assert f"git diff {session.base_commit[:10]} autoresearch/{TAG}" in page
-    ranked = [k.experiment.description for k in kept_changes(store.history(session, rows), "minimize")]
+    ranked = [
+        k.experiment.description for k in kept_changes(store.history(session, rows), "minimize")
+    ]
     assert ranked == [KEPT[1], KEPT[0]] and page.index("keep-5") < page.index("keep-1")
-    for label in ("baseline → best", "total gain", "keep rate", "wall time", "experiments/hour",
-                  "spent", "$ per kept improvement", "noise (σ between runs)"):
+    for label in (
+        "baseline → best",
+        "total gain",
+        "keep rate",
+        "wall time",
+        "experiments/hour",
+        "spent",
+        "$ per kept improvement",
+        "noise (σ between runs)",
+    ):
         assert f"<th>{_escaped(label)}</th>" in page
 
 
@@ -170,7 +204,10 @@ def test_status_shows_pace_and_projection() -> None:
     assert f"projected at --max-hours 8: ~96 experiments, ~${spend * 8:.2f}" in text
     per = spend / 12
     more = (20.0 - spend) / per
-    assert f"projected at --max-cost $20.00: ~{12 + more:.0f} experiments in ~{1 + more / 12:.1f} h" in text
+    assert (
+        f"projected at --max-cost $20.00: ~{12 + more:.0f} experiments in ~{1 + more / 12:.1f} h"
+        in text
+    )
 
 
 def test_status_command_on_a_recorded_session(recorded: Path) -> None:

@@ -44,7 +44,9 @@ def dashboard(recorded: Path) -> Iterator[Dashboard]:
         yield board
 
 
-def status_of(url: str, *, method: str = "GET", headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
+def status_of(
+    url: str, *, method: str = "GET", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str]]:
     request = urllib.request.Request(url, method=method, headers=headers or {})
     try:
         with OPENER.open(request, timeout=30) as reply:
@@ -61,7 +63,9 @@ def record_experiment(task: Path, description: str) -> int:
     session = ledger.session(TAG)
     new = ledger.next_experiment_id(session)
     ledger.begin_experiment(session, new, "p" * 40, "c" * 40, ProposalRecord("replay", description))
-    ledger.finish_experiment(session, new, Verdict.DISCARD, 30.0, "not better", {"score": 30.0}, 0.5)
+    ledger.finish_experiment(
+        session, new, Verdict.DISCARD, 30.0, "not better", {"score": 30.0}, 0.5
+    )
     ledger.close()
     return new
 
@@ -71,24 +75,32 @@ def test_dashboard_in_a_real_browser(dashboard: Dashboard, recorded: Path, tmp_p
         page.goto(f"http://127.0.0.1:{dashboard.port}/")
         page.wait_for("document.querySelectorAll('#experiments tbody tr').length === 7")
         assert page.wait_for("document.getElementById('plot').naturalWidth") == 1600
-        cells = page.js("[...document.querySelectorAll('#experiments tbody tr')].map(r => r.cells[3].textContent)")
+        cells = page.js(
+            "[...document.querySelectorAll('#experiments tbody tr')].map(r => r.cells[3].textContent)"
+        )
         assert cells[5] == f"Y 2 -> 0 {HOSTILE}"
-        assert page.js("document.querySelectorAll('#experiments script, #experiments b').length") == 0
+        assert (
+            page.js("document.querySelectorAll('#experiments script, #experiments b').length") == 0
+        )
         summary = page.js("document.getElementById('summary').textContent")
         assert "13.000000 → 2.000000" in summary and "-84.62% vs baseline" in summary
 
         page.js("document.querySelector('#experiments tr[data-id=\"5\"]').click()")
-        diff = page.wait_for("!document.getElementById('detail').hidden && "
-                             "document.getElementById('detail').dataset.id === '5' && "
-                             "document.getElementById('detail-diff').textContent")
+        diff = page.wait_for(
+            "!document.getElementById('detail').hidden && "
+            "document.getElementById('detail').dataset.id === '5' && "
+            "document.getElementById('detail-diff').textContent"
+        )
         assert "+Y = 0.0  # <img src=x onerror=alert(1)>" in diff and "-Y = 2.0" in diff
         assert page.js("document.querySelectorAll('#detail img').length") == 0
         assert "score: 2.000000" in page.js("document.getElementById('detail-log').textContent")
         page.screenshot(tmp_path / "dashboard.png")
 
         page.js("document.querySelector('#filters input[data-verdict=\"crash\"]').click()")
-        shown = page.wait_for("(() => { const v = [...document.querySelectorAll('#experiments tbody tr')]"
-                              ".map(r => r.dataset.verdict); return v.length === 5 && v; })()")
+        shown = page.wait_for(
+            "(() => { const v = [...document.querySelectorAll('#experiments tbody tr')]"
+            ".map(r => r.dataset.verdict); return v.length === 5 && v; })()"
+        )
         assert "crash" not in shown and shown.count("keep") == 2
 
         new = record_experiment(recorded, "recorded while the page is open")
@@ -117,8 +129,15 @@ def test_another_address_needs_the_token(recorded: Path) -> None:
     with serving(Dashboard(recorded, host="127.0.0.2", port=0)) as board:
         assert board.token and f"?token={board.token}" in board.url
         base = f"http://127.0.0.2:{board.port}"
-        for path in ("/", "/app.js", "/api/sessions", f"/api/sessions/{TAG}", f"/plot/{TAG}.png",
-                     f"/api/sessions/{TAG}/experiments/1", f"/events?tag={TAG}"):
+        for path in (
+            "/",
+            "/app.js",
+            "/api/sessions",
+            f"/api/sessions/{TAG}",
+            f"/plot/{TAG}.png",
+            f"/api/sessions/{TAG}/experiments/1",
+            f"/events?tag={TAG}",
+        ):
             assert status_of(base + path)[0] == 403, path
             assert status_of(base + path + ("&" if "?" in path else "?") + "token=wrong")[0] == 403
         code, headers = status_of(board.url)
@@ -132,8 +151,21 @@ def test_another_address_needs_the_token(recorded: Path) -> None:
 
 def test_serve_command_prints_the_url_with_a_generated_token(recorded: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "autoresearch", "-C", str(recorded), "serve", "--host", "127.0.0.2",
-         "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "autoresearch",
+            "-C",
+            str(recorded),
+            "serve",
+            "--host",
+            "127.0.0.2",
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None

@@ -92,8 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--gpus", help="comma-separated GPU ids, one per slot (CUDA_VISIBLE_DEVICES)")
     p.add_argument("--no-setup", action="store_true", help="skip the task's setup step")
-    p.add_argument("--quiet", action="store_true",
-                   help="plain lines, one per experiment, instead of the live view")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="plain lines, one per experiment, instead of the live view",
+    )
 
     for name, about in (("status", "best so far, counts per verdict, spend, last experiments"),
                         ("log", "one line per experiment")):  # fmt: skip
@@ -113,22 +116,35 @@ def build_parser() -> argparse.ArgumentParser:
 def _report_parsers(sub: Any) -> None:
     """Options of the commands that look at a session from outside (autoresearch.report)."""
     status, log = sub.choices["status"], sub.choices["log"]
-    status.add_argument("--max-hours", type=float, help="project experiments and $ at this many hours")
-    status.add_argument("--max-cost", type=float, help="project experiments and hours at this spend")
+    status.add_argument(
+        "--max-hours", type=float, help="project experiments and $ at this many hours"
+    )
+    status.add_argument(
+        "--max-cost", type=float, help="project experiments and hours at this spend"
+    )
     log.add_argument("--json", action="store_true", help="every experiment with its runs, as JSON")
     p = sub.add_parser("export", help="results.tsv (upstream's columns and statuses), runs.json")
     p.add_argument("--tag", help="session (default: the most recent)")
-    p.add_argument("--tsv", type=Path, help="write results.tsv here (default without --json: results.tsv)")
-    p.add_argument("--verdicts", action="store_true",
-                   help="our verdicts in the status column instead of upstream's keep|discard|crash")
-    p.add_argument("--json", type=Path, help="write every experiment, run, metric, cost and timing here")
+    p.add_argument(
+        "--tsv", type=Path, help="write results.tsv here (default without --json: results.tsv)"
+    )
+    p.add_argument(
+        "--verdicts",
+        action="store_true",
+        help="our verdicts in the status column instead of upstream's keep|discard|crash",
+    )
+    p.add_argument(
+        "--json", type=Path, help="write every experiment, run, metric, cost and timing here"
+    )
     p = sub.add_parser("report", help="progress.png and a self-contained report.html")
     p.add_argument("--tag", help="session (default: the most recent)")
     p.add_argument("--out", type=Path, help="folder (default: .autoresearch/reports/<tag>)")
     p = sub.add_parser("serve", help="a local read-only dashboard that updates while sessions run")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0: any free port)")
-    p.add_argument("--token", help="required in every request; generated when binding beyond loopback")
+    p.add_argument(
+        "--token", help="required in every request; generated when binding beyond loopback"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

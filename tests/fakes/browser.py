@@ -20,9 +20,16 @@ from typing import Any
 import pytest
 
 FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-    "--disable-dev-shm-usage", "--mute-audio",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--disable-dev-shm-usage",
+    "--mute-audio",
 )
 
 
@@ -32,7 +39,9 @@ def chromium() -> str:
         found = shutil.which(name)
         if found:
             return found
-    pytest.skip("Chromium is not installed (Debian: apt-get install chromium); the browser tests need it")
+    pytest.skip(
+        "Chromium is not installed (Debian: apt-get install chromium); the browser tests need it"
+    )
 
 
 def run_once(url: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -40,7 +49,10 @@ def run_once(url: str, *args: str, timeout: float = 120) -> subprocess.Completed
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
         return subprocess.run(
             [chromium(), *FLAGS, f"--user-data-dir={profile}", *args, url],
-            capture_output=True, text=True, timeout=timeout, check=True,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
         )
 
 
@@ -63,10 +75,19 @@ class Page:
         # Chromium reads commands on fd 3 and writes replies on fd 4.
         wanted = {3: to_chrome_r, 4: from_chrome_w}
         self._proc = subprocess.Popen(
-            [chromium(), *FLAGS, f"--user-data-dir={self._profile.name}", "--remote-debugging-pipe",
-             f"--window-size={width},{height}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            pass_fds=(3, 4), preexec_fn=lambda: _place_fds(wanted),
+            [
+                chromium(),
+                *FLAGS,
+                f"--user-data-dir={self._profile.name}",
+                "--remote-debugging-pipe",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(3, 4),
+            preexec_fn=lambda: _place_fds(wanted),
         )
         os.close(to_chrome_r)
         os.close(from_chrome_w)
@@ -74,7 +95,9 @@ class Page:
         self._next = 0
         self._session = ""
         target = self.call("Target.createTarget", url="about:blank")["targetId"]
-        self._session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        self._session = self.call("Target.attachToTarget", targetId=target, flatten=True)[
+            "sessionId"
+        ]
 
     def close(self) -> None:
         self._proc.kill()
@@ -116,8 +139,9 @@ class Page:
 
     def js(self, expression: str) -> Any:
         """The value of ``expression`` in the page (promises awaited)."""
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
-                           awaitPromise=True)
+        result = self.call(
+            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
+        )
         if "exceptionDetails" in result:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")

@@ -37,8 +37,12 @@ KEPT = ("X 1 -> 2", f"Y 2 -> 0 {HOSTILE}")
 
 def toy_task(root: Path) -> Path:
     toml = TOY_TOML.replace("{python}", sys.executable)
-    files = {"params.py": TOY_PARAMS, "score.py": TOY_SCORE, "program.md": "Minimise.\n",
-             "autoresearch.toml": toml}
+    files = {
+        "params.py": TOY_PARAMS,
+        "score.py": TOY_SCORE,
+        "program.md": "Minimise.\n",
+        "autoresearch.toml": toml,
+    }
     return make_repo(root / "task", files)
 
 

@@ -13,7 +13,9 @@ from autoresearch.report._data import Store, ledger_path
 from autoresearch.workspace import STATE_DIR
 
 
-def make_report(task_root: Path, *, tag: str | None = None, out: Path | None = None) -> tuple[Path, Path]:
+def make_report(
+    task_root: Path, *, tag: str | None = None, out: Path | None = None
+) -> tuple[Path, Path]:
     """Write ``progress.png`` and ``report.html`` for session ``tag`` (default: the latest).
 
     ``out`` defaults to ``.autoresearch/reports/<tag>/`` in the task folder. Returns both paths.
@@ -23,7 +25,9 @@ def make_report(task_root: Path, *, tag: str | None = None, out: Path | None = N
 
     store = Store(task_root)
     if not store.exists():
-        raise AutoresearchError(f"no ledger at {ledger_path(task_root)}: run `autoresearch run` first")
+        raise AutoresearchError(
+            f"no ledger at {ledger_path(task_root)}: run `autoresearch run` first"
+        )
     session = store.session(tag)
     rows = store.experiments(session.tag, details=True)
     history = store.history(session, rows)

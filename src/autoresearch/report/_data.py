@@ -120,8 +120,14 @@ class Session:
 class History:
     """Best, baseline, noise, counts, spend and pace of one session's experiments."""
 
-    def __init__(self, rows: Sequence[Experiment], *, noise: float | None = None,
-                 gpu_price: float = 0.0, now: float | None = None) -> None:
+    def __init__(
+        self,
+        rows: Sequence[Experiment],
+        *,
+        noise: float | None = None,
+        gpu_price: float = 0.0,
+        now: float | None = None,
+    ) -> None:
         self.rows = list(rows)
         self.noise = noise
         self.gpu_price = gpu_price
@@ -259,14 +265,23 @@ class Store:
 
     def _session(self, row: SessionRow) -> Session:
         price = row.config.get("gpu_price")
-        alive = row.status == "running" and SessionLock(
-            self.root / STATE_DIR, row.tag
-        ).held_elsewhere()
+        alive = (
+            row.status == "running" and SessionLock(self.root / STATE_DIR, row.tag).held_elsewhere()
+        )
         return Session(
-            tag=row.tag, branch=row.branch, base_commit=row.base_commit, agent=row.agent,
-            metric=row.metric, direction=row.direction, created=row.created, updated=row.updated,
-            status=row.status, stop_reason=row.stop_reason, noise=row.noise,
-            gpu_price=None if price is None else float(price), alive=alive,
+            tag=row.tag,
+            branch=row.branch,
+            base_commit=row.base_commit,
+            agent=row.agent,
+            metric=row.metric,
+            direction=row.direction,
+            created=row.created,
+            updated=row.updated,
+            status=row.status,
+            stop_reason=row.stop_reason,
+            noise=row.noise,
+            gpu_price=None if price is None else float(price),
+            alive=alive,
         )
 
 
@@ -278,9 +293,19 @@ def from_row(row: ExperimentRow) -> Experiment:
 def _plain(r: ExperimentRow) -> Experiment:
     usage = Usage(r.input_tokens, r.cached_tokens, r.output_tokens, r.cost_usd)
     return Experiment(
-        id=r.id, verdict=Verdict(r.verdict), metric=r.metric, description=r.description,
-        commit=r.commit, reason=r.reason, agent=r.agent, meta=r.meta, parent=r.parent,
-        metrics=r.metrics, usage=usage, started=r.started, finished=r.finished,
+        id=r.id,
+        verdict=Verdict(r.verdict),
+        metric=r.metric,
+        description=r.description,
+        commit=r.commit,
+        reason=r.reason,
+        agent=r.agent,
+        meta=r.meta,
+        parent=r.parent,
+        metrics=r.metrics,
+        usage=usage,
+        started=r.started,
+        finished=r.finished,
         compute_seconds=r.compute_seconds,
     )
 
@@ -296,9 +321,16 @@ def _experiment(ledger: Ledger, session: SessionRow, r: ExperimentRow) -> Experi
 
 def _run(r: RunRow) -> Run:
     return Run(
-        experiment_id=r.experiment_id, index=r.idx, seed=r.seed, status=str(r.status),
-        metric=r.metric, metrics=r.metrics, seconds=r.seconds, reason=r.reason,
-        log_path=r.log_path, log_tail=r.log_tail,
+        experiment_id=r.experiment_id,
+        index=r.idx,
+        seed=r.seed,
+        status=str(r.status),
+        metric=r.metric,
+        metrics=r.metrics,
+        seconds=r.seconds,
+        reason=r.reason,
+        log_path=r.log_path,
+        log_tail=r.log_tail,
     )
 
 

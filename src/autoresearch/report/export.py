@@ -83,10 +83,18 @@ def json_document(session: Session, rows: Sequence[Experiment]) -> dict[str, Any
     return {
         "version": JSON_VERSION,
         "session": {
-            "tag": session.tag, "branch": session.branch, "base_commit": session.base_commit,
-            "agent": session.agent, "metric": session.metric, "direction": session.direction,
-            "created": session.created, "updated": session.updated, "status": session.status,
-            "stop_reason": session.stop_reason, "noise": session.noise, "gpu_price": session.gpu_price,
+            "tag": session.tag,
+            "branch": session.branch,
+            "base_commit": session.base_commit,
+            "agent": session.agent,
+            "metric": session.metric,
+            "direction": session.direction,
+            "created": session.created,
+            "updated": session.updated,
+            "status": session.status,
+            "stop_reason": session.stop_reason,
+            "noise": session.noise,
+            "gpu_price": session.gpu_price,
         },
         "experiments": [_experiment_json(r, price) for r in rows],
     }
@@ -99,25 +107,43 @@ def json_text(session: Session, rows: Sequence[Experiment]) -> str:
 def _experiment_json(row: Experiment, gpu_price: float) -> dict[str, Any]:
     compute = compute_cost(row.compute_seconds, gpu_price)
     return {
-        "id": row.id, "verdict": str(row.verdict), "metric": row.metric,
-        "description": row.description, "commit": row.commit, "parent": row.parent,
-        "reason": row.reason, "agent": row.agent, "metrics": dict(row.metrics),
-        "rationale": row.rationale, "diff": row.diff, "meta": dict(row.meta),
+        "id": row.id,
+        "verdict": str(row.verdict),
+        "metric": row.metric,
+        "description": row.description,
+        "commit": row.commit,
+        "parent": row.parent,
+        "reason": row.reason,
+        "agent": row.agent,
+        "metrics": dict(row.metrics),
+        "rationale": row.rationale,
+        "diff": row.diff,
+        "meta": dict(row.meta),
         "usage": {
-            "input_tokens": row.usage.input_tokens, "cached_tokens": row.usage.cached_tokens,
-            "output_tokens": row.usage.output_tokens, "cost_usd": row.usage.cost_usd,
+            "input_tokens": row.usage.input_tokens,
+            "cached_tokens": row.usage.cached_tokens,
+            "output_tokens": row.usage.output_tokens,
+            "cost_usd": row.usage.cost_usd,
         },
         "compute_cost_usd": compute,
-        "started": row.started, "finished": row.finished, "compute_seconds": row.compute_seconds,
+        "started": row.started,
+        "finished": row.finished,
+        "compute_seconds": row.compute_seconds,
         "runs": [_run_json(run) for run in row.runs],
     }
 
 
 def _run_json(run: Run) -> dict[str, Any]:
     return {
-        "index": run.index, "seed": run.seed, "status": run.status, "metric": run.metric,
-        "metrics": dict(run.metrics), "seconds": run.seconds, "reason": run.reason,
-        "log_path": run.log_path, "log_tail": run.log_tail,
+        "index": run.index,
+        "seed": run.seed,
+        "status": run.status,
+        "metric": run.metric,
+        "metrics": dict(run.metrics),
+        "seconds": run.seconds,
+        "reason": run.reason,
+        "log_path": run.log_path,
+        "log_tail": run.log_tail,
     }
 
 
@@ -129,9 +155,7 @@ def experiments_from_json(document: Mapping[str, Any]) -> list[Experiment]:
 
 
 def _experiment_of(item: Mapping[str, Any]) -> Experiment:
-    runs = tuple(
-        Run(experiment_id=item["id"], **run) for run in item["runs"]
-    )
+    runs = tuple(Run(experiment_id=item["id"], **run) for run in item["runs"])
     fields = {k: v for k, v in item.items() if k not in ("usage", "runs", "compute_cost_usd")}
     fields["verdict"] = Verdict(fields["verdict"])
     return Experiment(**fields, usage=Usage(**item["usage"]), runs=runs)

@@ -54,7 +54,9 @@ def kept_changes(history: History, direction: str) -> list[KeptChange]:
     """Every keep with its gain over the previous best, the largest gain first."""
     previous = history.baseline.metric if history.baseline else None
     found = []
-    judged = sorted((r for r in history.rows if r.verdict.judged), key=lambda r: (r.finished or 0.0, r.id))
+    judged = sorted(
+        (r for r in history.rows if r.verdict.judged), key=lambda r: (r.finished or 0.0, r.id)
+    )
     for row in judged:
         if row.verdict is Verdict.KEEP:
             gain = None
@@ -68,7 +70,8 @@ def kept_changes(history: History, direction: str) -> list[KeptChange]:
 def diff_html(diff: str) -> str:
     """A unified diff as escaped HTML: one block per line, classed for the inline style."""
     return "".join(
-        f'<span class="{_diff_class(line)}">{escape(line) or " "}</span>' for line in diff.splitlines()
+        f'<span class="{_diff_class(line)}">{escape(line) or " "}</span>'
+        for line in diff.splitlines()
     )
 
 
@@ -84,7 +87,9 @@ def verdict_html(verdict: Verdict) -> str:
 
 def _duration(seconds: float) -> str:
     minutes = int(seconds // 60)
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{seconds / 60:.1f} min"
+    return (
+        f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{seconds / 60:.1f} min"
+    )
 
 
 def summary_rows(session: Session, history: History) -> list[tuple[str, str]]:
@@ -93,15 +98,21 @@ def summary_rows(session: Session, history: History) -> list[tuple[str, str]]:
     done, kept = len(history.done), len(history.kept)
     gain = history.gain(best.metric if best else None)
     rows = [
-        ("baseline → best", f"{value_text(base.metric if base else None)} → "
-                            f"{value_text(best.metric if best else None)}"),
+        (
+            "baseline → best",
+            f"{value_text(base.metric if base else None)} → "
+            f"{value_text(best.metric if best else None)}",
+        ),
         ("total gain", "-" if gain is None else f"{gain:+.2f}% vs baseline"),
         ("experiments", f"{done} (+ baseline)" if base else str(done)),
         ("keep rate", f"{kept}/{done} ({kept / done:.0%})" if done else "-"),
         ("wall time", _duration(history.wall_seconds)),
         ("experiments/hour", "-" if history.per_hour is None else f"{history.per_hour:.1f}"),
-        ("spent", f"${history.spend:.2f} (agent ${history.agent_cost:.2f}, "
-                  f"compute ${history.compute_cost:.2f})"),
+        (
+            "spent",
+            f"${history.spend:.2f} (agent ${history.agent_cost:.2f}, "
+            f"compute ${history.compute_cost:.2f})",
+        ),
         ("$ per kept improvement", f"${history.spend / kept:.2f}" if kept else "-"),
         ("noise (σ between runs)", "unknown" if history.noise is None else f"{history.noise:.4g}"),
     ]
@@ -117,7 +128,9 @@ def _table(rows: Sequence[tuple[str, str]]) -> str:
 
 def _counts(history: History) -> str:
     cells = [(str(v), str(history.counts[v])) for v in VERDICT_ORDER if history.counts.get(v)]
-    body = "".join(f"<tr><td>{verdict_html(Verdict(v))}</td><td class=num>{n}</td></tr>" for v, n in cells)
+    body = "".join(
+        f"<tr><td>{verdict_html(Verdict(v))}</td><td class=num>{n}</td></tr>" for v, n in cells
+    )
     return f"<table><tr><th>verdict</th><th>experiments</th></tr>{body}</table>"
 
 
@@ -166,8 +179,10 @@ def commands(session: Session) -> list[tuple[str, str]]:
 
 
 def _commands_html(session: Session) -> str:
-    items = "".join(f"<li>{escape(what)}:<br><code class=cmd>{escape(cmd)}</code></li>"
-                    for what, cmd in commands(session))
+    items = "".join(
+        f"<li>{escape(what)}:<br><code class=cmd>{escape(cmd)}</code></li>"
+        for what, cmd in commands(session)
+    )
     return f"<ul>{items}</ul>"
 
 
@@ -184,11 +199,17 @@ def report_html(session: Session, history: History, *, png: bytes | None) -> str
         f"<p class=muted>metric {escape(session.metric)} ({escape(session.direction)}) · branch "
         f"<code>{escape(session.branch)}</code> · agent {escape(session.agent)} · started {when} · "
         f"{escape(session.status)}{' — ' + escape(session.stop_reason) if session.stop_reason else ''}</p>",
-        "<h2>Summary</h2>", _table(summary_rows(session, history)), image,
-        "<h2>Kept changes, largest gain first</h2>", _kept_section(session, history),
-        "<h2>Verdicts</h2>", _counts(history),
-        "<h2>Review and adopt</h2>", _commands_html(session),
-        "<h2>Every experiment</h2>", _all_table(history),
+        "<h2>Summary</h2>",
+        _table(summary_rows(session, history)),
+        image,
+        "<h2>Kept changes, largest gain first</h2>",
+        _kept_section(session, history),
+        "<h2>Verdicts</h2>",
+        _counts(history),
+        "<h2>Review and adopt</h2>",
+        _commands_html(session),
+        "<h2>Every experiment</h2>",
+        _all_table(history),
     ]
     return page(title, "".join(sections))
 

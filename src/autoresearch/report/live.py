@@ -36,8 +36,9 @@ STEPS = ("check", "run", "evaluate")
 class View(Protocol):
     """What the engine calls while a session runs (both views implement it)."""
 
-    def experiment_started(self, slot: int, experiment_id: int, description: str,
-                           log_path: Path | str, budget: float) -> None: ...
+    def experiment_started(
+        self, slot: int, experiment_id: int, description: str, log_path: Path | str, budget: float
+    ) -> None: ...
     def step(self, slot: int, name: str) -> None: ...
     def experiment_finished(self, event: ExperimentEvent) -> None: ...
     def message(self, text: str) -> None: ...
@@ -155,8 +156,10 @@ class Tally:
             gain = f" ({(self.best - self.baseline) / abs(self.baseline) * 100:+.2f}% vs baseline)"
         rate = self.per_hour()
         pace = f"{rate:.1f}/h" if rate is not None else "-"
-        return (f"best {metric} {value_text(self.best)}{gain} · {self.done} experiments, "
-                f"{self.kept} kept · ${self.spend:.2f} · {pace}")
+        return (
+            f"best {metric} {value_text(self.best)}{gain} · {self.done} experiments, "
+            f"{self.kept} kept · ${self.spend:.2f} · {pace}"
+        )
 
 
 def clock(seconds: float) -> str:
@@ -189,8 +192,9 @@ class _Base:
         self.tally = Tally(gpu_price=gpu_price)
         self._lock = threading.Lock()
 
-    def experiment_started(self, slot: int, experiment_id: int, description: str,
-                           log_path: Path | str, budget: float) -> None:
+    def experiment_started(
+        self, slot: int, experiment_id: int, description: str, log_path: Path | str, budget: float
+    ) -> None:
         with self._lock:
             old = self.slots.get(slot)
             state = Slot(experiment_id, description, Path(log_path), budget)
@@ -219,8 +223,15 @@ class _Base:
 class PlainView(_Base):
     """One line per experiment on ``out``, messages on ``err``: for logs, CI and pipes."""
 
-    def __init__(self, *, metric: str, direction: str, gpu_price: float = 0.0,
-                 out: IO[str] | None = None, err: IO[str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        metric: str,
+        direction: str,
+        gpu_price: float = 0.0,
+        out: IO[str] | None = None,
+        err: IO[str] | None = None,
+    ) -> None:
         super().__init__(metric=metric, direction=direction, gpu_price=gpu_price)
         self.out, self.err = out or sys.stdout, err or sys.stderr
 
@@ -242,15 +253,27 @@ class PlainView(_Base):
 class LiveView(_Base):
     """The rich Live table: finished experiments scroll above it, running ones in it."""
 
-    def __init__(self, *, metric: str, direction: str, gpu_price: float = 0.0,
-                 console: Any = None, refresh_per_second: float = 4) -> None:
+    def __init__(
+        self,
+        *,
+        metric: str,
+        direction: str,
+        gpu_price: float = 0.0,
+        console: Any = None,
+        refresh_per_second: float = 4,
+    ) -> None:
         from rich.console import Console
         from rich.live import Live
 
         super().__init__(metric=metric, direction=direction, gpu_price=gpu_price)
         self.console = console or Console()
-        self._live = Live(console=self.console, get_renderable=self.render, transient=True,
-                          refresh_per_second=refresh_per_second, redirect_stderr=False)
+        self._live = Live(
+            console=self.console,
+            get_renderable=self.render,
+            transient=True,
+            refresh_per_second=refresh_per_second,
+            redirect_stderr=False,
+        )
 
     def __enter__(self) -> LiveView:
         self.console.print(EVENT_HEADER.format(metric=self.metric), highlight=False)
@@ -276,7 +299,11 @@ class LiveView(_Base):
 
         width, now = self.console.width, time.time()
         running = sorted(self.running().items())
-        body = self._table(running, now, wide=width >= 100) if width >= 72 else self._lines(running, now)
+        body = (
+            self._table(running, now, wide=width >= 100)
+            if width >= 72
+            else self._lines(running, now)
+        )
         footer = Text(self.tally.line(self.metric), style="bold", no_wrap=True, overflow="ellipsis")
         return Group(body, footer)
 
@@ -317,8 +344,9 @@ class LiveView(_Base):
 class LedgerFollower:
     """Reports pending experiments of session ``tag`` to ``view`` as they start and run again."""
 
-    def __init__(self, task_root: Path, tag: str, view: View, *, budget: float,
-                 interval: float = 0.5) -> None:
+    def __init__(
+        self, task_root: Path, tag: str, view: View, *, budget: float, interval: float = 0.5
+    ) -> None:
         self.store, self.tag, self.view = Store(task_root), tag, view
         self.logs = log_dir(task_root, tag)
         self.budget, self.interval = budget, interval
@@ -378,8 +406,14 @@ def _run_index(path: Path) -> int:
         return -1
 
 
-def make_view(*, metric: str, direction: str, gpu_price: float = 0.0, quiet: bool = False,
-              stream: IO[str] | None = None) -> View:
+def make_view(
+    *,
+    metric: str,
+    direction: str,
+    gpu_price: float = 0.0,
+    quiet: bool = False,
+    stream: IO[str] | None = None,
+) -> View:
     """``LiveView`` on a terminal (with the ``report`` extra installed), else ``PlainView``."""
     stream = stream or sys.stdout
     if wants_live(stream, quiet=quiet) and importlib.util.find_spec("rich") is not None:

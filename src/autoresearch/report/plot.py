@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from autoresearch.errors import AutoresearchError
 from autoresearch.report._data import Experiment, History, Session, Verdict
 
 WIDTH, HEIGHT, DPI = 1600, 900, 100
@@ -37,11 +38,17 @@ def title_text(history: History) -> str:
     return text
 
 
-def progress_figure(session: Session, history: History, *, width: int = WIDTH,
-                    height: int = HEIGHT) -> Any:
+def progress_figure(
+    session: Session, history: History, *, width: int = WIDTH, height: int = HEIGHT
+) -> Any:
     """The figure (a ``matplotlib.figure.Figure``), ``width`` x ``height`` pixels."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise AutoresearchError(
+            "the plot needs matplotlib: pip install 'autoresearch[report]'"
+        ) from exc
 
     figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     FigureCanvasAgg(figure)
@@ -60,8 +67,16 @@ def progress_figure(session: Session, history: History, *, width: int = WIDTH,
     ax.set_ylabel(f"{session.metric} ({better} is better)", fontsize=12)
     ax.grid(True, alpha=0.25)
     if not measured:
-        ax.text(0.5, 0.5, "no measured experiments yet", transform=ax.transAxes,
-                ha="center", va="center", fontsize=14, color=GREY)
+        ax.text(
+            0.5,
+            0.5,
+            "no measured experiments yet",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            fontsize=14,
+            color=GREY,
+        )
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper right", fontsize=10, framealpha=0.9)
     figure.tight_layout()
@@ -81,23 +96,40 @@ def _draw_points(ax: Any, rows: Sequence[Experiment], scale: float) -> None:
     )
     for label, color, marker, size, group in groups:
         if group:
-            ax.scatter([r.id for r in group], [r.metric for r in group], s=size * scale, c=color,
-                       marker=marker, label=label, zorder=3 if group[0].verdict.judged else 2,
-                       alpha=0.6 if label == "discarded" else 1.0, edgecolors="none")
+            ax.scatter(
+                [r.id for r in group],
+                [r.metric for r in group],
+                s=size * scale,
+                c=color,
+                marker=marker,
+                label=label,
+                zorder=3 if group[0].verdict.judged else 2,
+                alpha=0.6 if label == "discarded" else 1.0,
+                edgecolors="none",
+            )
 
 
 def _draw_failures(ax: Any, rows: Sequence[Experiment], scale: float) -> None:
     """No metric: a red mark at the bottom edge, whatever the y range."""
     if not rows:
         return
-    ax.scatter([r.id for r in rows], [0.015] * len(rows), transform=ax.get_xaxis_transform(),
-               marker="x", c=RED, s=40 * scale, label="crash / timeout / invalid", zorder=3,
-               clip_on=False)
+    ax.scatter(
+        [r.id for r in rows],
+        [0.015] * len(rows),
+        transform=ax.get_xaxis_transform(),
+        marker="x",
+        c=RED,
+        s=40 * scale,
+        label="crash / timeout / invalid",
+        zorder=3,
+        clip_on=False,
+    )
 
 
 def _draw_best(ax: Any, history: History, rows: Sequence[Experiment]) -> None:
-    steps = sorted((r for r in rows if r.verdict.judged and r.metric is not None),
-                   key=lambda r: r.id)
+    steps = sorted(
+        (r for r in rows if r.verdict.judged and r.metric is not None), key=lambda r: r.id
+    )
     if not steps:
         return
     end = max(r.id for r in rows)
@@ -109,8 +141,13 @@ def _draw_best(ax: Any, history: History, rows: Sequence[Experiment]) -> None:
         ax.axhline(base.metric, color=BLUE, linestyle="--", linewidth=1, alpha=0.6)
     best = history.best
     if best is not None and best.metric is not None and history.noise:
-        ax.axhspan(best.metric - history.noise, best.metric + history.noise, color=GREEN,
-                   alpha=0.10, label=f"best ± noise (σ {history.noise:.3g})")
+        ax.axhspan(
+            best.metric - history.noise,
+            best.metric + history.noise,
+            color=GREEN,
+            alpha=0.10,
+            label=f"best ± noise (σ {history.noise:.3g})",
+        )
 
 
 def _draw_labels(ax: Any, history: History, direction: str) -> None:
@@ -118,8 +155,16 @@ def _draw_labels(ax: Any, history: History, direction: str) -> None:
     kept = [r for r in history.kept if r.metric is not None]
     for row in _labelled(kept, history, direction):
         text = _shorten(row.description, LABEL_CHARS)
-        ax.annotate(text, (row.id, row.metric), xytext=(6, 6), textcoords="offset points",
-                    fontsize=8, color="#145c2e", rotation=20, zorder=4)
+        ax.annotate(
+            text,
+            (row.id, row.metric),
+            xytext=(6, 6),
+            textcoords="offset points",
+            fontsize=8,
+            color="#145c2e",
+            rotation=20,
+            zorder=4,
+        )
 
 
 def _shorten(text: str, limit: int) -> str:
@@ -156,16 +201,24 @@ def _limits(ax: Any, history: History, rows: Sequence[Experiment], direction: st
     clipped = [r for r in rows if r.metric is not None and not lo - pad <= r.metric <= hi + pad]
     if clipped:
         edge = 0.985 if direction == "minimize" else 0.015
-        ax.scatter([r.id for r in clipped], [edge] * len(clipped), transform=ax.get_xaxis_transform(),
-                   marker="^" if edge > 0.5 else "v", c=GREY, s=25, clip_on=False,
-                   label=f"off the chart ({len(clipped)})")
+        ax.scatter(
+            [r.id for r in clipped],
+            [edge] * len(clipped),
+            transform=ax.get_xaxis_transform(),
+            marker="^" if edge > 0.5 else "v",
+            c=GREY,
+            s=25,
+            clip_on=False,
+            label=f"off the chart ({len(clipped)})",
+        )
     ids = [r.id for r in history.rows]
     margin = 0.5 + len(ids) * 0.01
     ax.set_xlim(min(ids) - margin, max(ids) + margin)
 
 
-def progress_png(session: Session, history: History, *, width: int = WIDTH,
-                 height: int = HEIGHT) -> bytes:
+def progress_png(
+    session: Session, history: History, *, width: int = WIDTH, height: int = HEIGHT
+) -> bytes:
     """progress.png as bytes."""
     buffer = io.BytesIO()
     figure = progress_figure(session, history, width=width, height=height)

@@ -37,8 +37,10 @@ COOKIE = "autoresearch_token"
 POLL_SECONDS = 1.0  # how often an event stream looks at the ledger
 HEARTBEAT_SECONDS = 15.0
 LOG_TAIL_BYTES = 16 * 1024
-CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; img-src 'self' data:; "
-       "style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -52,8 +54,14 @@ def is_local(host: str) -> bool:
 class Dashboard:
     """The dashboard server for the task folder ``task_root``."""
 
-    def __init__(self, task_root: Path, *, host: str = "127.0.0.1", port: int = 8765,
-                 token: str | None = None) -> None:
+    def __init__(
+        self,
+        task_root: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8765,
+        token: str | None = None,
+    ) -> None:
         self.store = Store(task_root)
         self.task_root = task_root
         self.token = token or (None if is_local(host) else secrets.token_urlsafe(24))
@@ -91,9 +99,17 @@ class Dashboard:
         for session in reversed(self.store.sessions()):
             history = self.store.history(session)
             best = history.best
-            found.append({"tag": session.tag, "status": session.status, "alive": session.alive,
-                          "metric": session.metric, "experiments": len(history.rows),
-                          "best": best.metric if best else None, "created": session.created})
+            found.append(
+                {
+                    "tag": session.tag,
+                    "status": session.status,
+                    "alive": session.alive,
+                    "metric": session.metric,
+                    "experiments": len(history.rows),
+                    "best": best.metric if best else None,
+                    "created": session.created,
+                }
+            )
         return found
 
     def session(self, tag: str) -> dict[str, Any]:
@@ -101,9 +117,14 @@ class Dashboard:
         rows = self.store.experiments(tag)
         history = self.store.history(session, rows)
         return {
-            "tag": session.tag, "branch": session.branch, "metric": session.metric,
-            "direction": session.direction, "status": session.status, "alive": session.alive,
-            "stop_reason": session.stop_reason, "version": _version_text(self.store.version(tag)),
+            "tag": session.tag,
+            "branch": session.branch,
+            "metric": session.metric,
+            "direction": session.direction,
+            "status": session.status,
+            "alive": session.alive,
+            "stop_reason": session.stop_reason,
+            "version": _version_text(self.store.version(tag)),
             "summary": html.summary_rows(session, history),
             "commands": html.commands(session),
             "verdicts": [str(v) for v in Verdict if history.counts.get(v)],
@@ -115,20 +136,39 @@ class Dashboard:
         tail = row.runs[-1].log_tail if row.runs else ""
         if row.verdict is Verdict.PENDING:
             tail = self._running_tail(tag, experiment_id) or tail
-        return {**_row_json(row), "rationale": row.rationale, "diff": row.diff, "log_tail": tail,
-                "runs": [{"index": r.index, "seed": r.seed, "status": r.status, "metric": r.metric,
-                          "seconds": r.seconds, "reason": r.reason} for r in row.runs]}
+        return {
+            **_row_json(row),
+            "rationale": row.rationale,
+            "diff": row.diff,
+            "log_tail": tail,
+            "runs": [
+                {
+                    "index": r.index,
+                    "seed": r.seed,
+                    "status": r.status,
+                    "metric": r.metric,
+                    "seconds": r.seconds,
+                    "reason": r.reason,
+                }
+                for r in row.runs
+            ],
+        }
 
     def _running_tail(self, tag: str, experiment_id: int) -> str:
         """The end of the newest log of a running experiment (paths built here, never taken)."""
-        logs = sorted(log_dir(self.task_root, tag).glob(f"{experiment_id:04d}-*.log"),
-                      key=lambda p: p.stat().st_mtime)
-        if not logs:
+        try:
+            logs = sorted(
+                log_dir(self.task_root, tag).glob(f"{experiment_id:04d}-*.log"),
+                key=lambda p: p.stat().st_mtime,
+            )
+            if not logs:
+                return ""
+            with logs[-1].open("rb") as fh:
+                size = fh.seek(0, 2)
+                fh.seek(max(0, size - LOG_TAIL_BYTES))
+                text = fh.read().decode("utf-8", errors="replace")
+        except OSError:  # the run moved on between listing and reading
             return ""
-        with logs[-1].open("rb") as fh:
-            size = fh.seek(0, 2)
-            fh.seek(max(0, size - LOG_TAIL_BYTES))
-            text = fh.read().decode("utf-8", errors="replace")
         return "\n".join(text.replace("\r", "\n").splitlines()[-60:])
 
     def plot(self, tag: str) -> bytes:
@@ -155,9 +195,17 @@ def _version_text(version: Any) -> str:
 
 
 def _row_json(row: Experiment) -> dict[str, Any]:
-    return {"id": row.id, "verdict": str(row.verdict), "metric": row.metric,
-            "description": row.description, "reason": row.reason, "commit": row.commit[:10],
-            "agent": row.agent, "started": row.started, "finished": row.finished}
+    return {
+        "id": row.id,
+        "verdict": str(row.verdict),
+        "metric": row.metric,
+        "description": row.description,
+        "reason": row.reason,
+        "commit": row.commit[:10],
+        "agent": row.agent,
+        "started": row.started,
+        "finished": row.finished,
+    }
 
 
 # --- HTTP ------------------------------------------------------------------------------------
@@ -284,8 +332,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Referrer-Policy", "no-referrer")
         if getattr(self, "_grant_cookie", False) and self.dashboard.token:
-            self.send_header("Set-Cookie", f"{COOKIE}={self.dashboard.token}; HttpOnly; "
-                                           "SameSite=Strict; Path=/")
+            self.send_header(
+                "Set-Cookie", f"{COOKIE}={self.dashboard.token}; HttpOnly; SameSite=Strict; Path=/"
+            )
 
     def _send(self, body: bytes, kind: str, status: HTTPStatus = HTTPStatus.OK) -> None:
         self.send_response(status)
@@ -301,8 +350,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _refuse(self, status: HTTPStatus, why: str) -> None:
         self._grant_cookie = False
-        self._send(f"{status.value} {status.phrase}: {why}\n".encode(), "text/plain; charset=utf-8",
-                   status)
+        self._send(
+            f"{status.value} {status.phrase}: {why}\n".encode(), "text/plain; charset=utf-8", status
+        )
 
 
 # --- the page ----------------------------------------------------------------------------------
@@ -323,8 +373,8 @@ PAGE = html.page(
 <h2>Review and adopt</h2><ul id=commands></ul>""",
     csp=CSP,
     head='<script src="/app.js" defer></script><style>tr.row { cursor: pointer; } '
-         "tr.row:hover td { background: #eef4ff; } tr.open td { background: #dde9ff; } "
-         "#filters label { margin-right: 1em; }</style>",
+    "tr.row:hover td { background: #eef4ff; } tr.open td { background: #dde9ff; } "
+    "#filters label { margin-right: 1em; }</style>",
 )
 
 APP_JS = r"""

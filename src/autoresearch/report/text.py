@@ -27,7 +27,9 @@ def event_line(event: ExperimentEvent, direction: str) -> str:
     text = row.description
     if row.verdict in (Verdict.CRASH, Verdict.TIMEOUT, Verdict.INVALID):
         text += f" [{row.reason}]"
-    return f"{row.id:4d}  {row.verdict:<11}  {value_text(row.metric):>12}  {delta:<9}  {text}{marker}"
+    return (
+        f"{row.id:4d}  {row.verdict:<11}  {value_text(row.metric):>12}  {delta:<9}  {text}{marker}"
+    )
 
 
 def summary_text(summary: SessionSummary, metric: str) -> str:
@@ -56,18 +58,26 @@ def counts_text(counts: Mapping[Verdict, int]) -> str:
 # --- status ------------------------------------------------------------------------------------
 
 
-def status_text(session: Session, history: History, *, max_hours: float | None = None,
-                max_cost: float | None = None) -> str:
+def status_text(
+    session: Session,
+    history: History,
+    *,
+    max_hours: float | None = None,
+    max_cost: float | None = None,
+) -> str:
     """Best so far, counts, spend, pace and projection, and the last experiments."""
     started = _dt.datetime.fromtimestamp(session.created).strftime("%Y-%m-%d %H:%M")
     lines = [
         f"session {session.tag} (branch {session.branch}, agent {session.agent}, started {started})",
-        f"status: {_status(session)}" + (f" — {session.stop_reason}" if session.stop_reason else ""),
+        f"status: {_status(session)}"
+        + (f" — {session.stop_reason}" if session.stop_reason else ""),
     ]
     best, baseline = history.best, history.baseline
     if best is not None:
-        lines.append(f"best {session.metric}: {value_text(best.metric)} "
-                     f"(experiment {best.id}, {best.commit[:10]})")
+        lines.append(
+            f"best {session.metric}: {value_text(best.metric)} "
+            f"(experiment {best.id}, {best.commit[:10]})"
+        )
     if baseline is not None:
         noise = f", noise {history.noise:.4g}" if history.noise is not None else ""
         lines.append(f"baseline: {value_text(baseline.metric)}{noise}")
@@ -113,12 +123,16 @@ def _pace_lines(history: History, *, max_hours: float | None, max_cost: float | 
     if max_hours is not None:
         left = max(0.0, max_hours - hours)
         dollars = spend + (spend / hours * left if hours > 0 else 0.0)
-        lines.append(f"projected at --max-hours {max_hours:g}: ~{done + rate * left:.0f} "
-                     f"experiments, ~${dollars:.2f}")
+        lines.append(
+            f"projected at --max-hours {max_hours:g}: ~{done + rate * left:.0f} "
+            f"experiments, ~${dollars:.2f}"
+        )
     if max_cost is not None and spend > 0 and done:
         more = max(0.0, (max_cost - spend) / (spend / done))
-        lines.append(f"projected at --max-cost ${max_cost:.2f}: ~{done + more:.0f} experiments "
-                     f"in ~{hours + more / rate:.1f} h")
+        lines.append(
+            f"projected at --max-cost ${max_cost:.2f}: ~{done + more:.0f} experiments "
+            f"in ~{hours + more / rate:.1f} h"
+        )
     return lines
 
 
@@ -153,14 +167,18 @@ def show_text(store: Store, session: Session, experiment_id: int) -> str:
     usage = row.usage
     if usage.input_tokens or usage.output_tokens:
         cost = "unknown" if usage.cost_usd is None else f"${usage.cost_usd:.4f}"
-        lines.append(f"tokens: in {usage.input_tokens} (cached {usage.cached_tokens}), "
-                     f"out {usage.output_tokens}; cost {cost}")
+        lines.append(
+            f"tokens: in {usage.input_tokens} (cached {usage.cached_tokens}), "
+            f"out {usage.output_tokens}; cost {cost}"
+        )
     if row.rationale:
         lines += ["", "rationale:", row.rationale]
     for run in row.runs:
         reason = f" — {run.reason}" if run.reason else ""
-        lines.append(f"run {run.index}: seed {run.seed}, {run.status}, {metric} "
-                     f"{value_text(run.metric)}, {run.seconds:.1f} s, log {run.log_path}{reason}")
+        lines.append(
+            f"run {run.index}: seed {run.seed}, {run.status}, {metric} "
+            f"{value_text(run.metric)}, {run.seconds:.1f} s, log {run.log_path}{reason}"
+        )
     if row.diff:
         lines += ["", "diff:", row.diff]
     if row.runs and row.runs[-1].log_tail:
