@@ -45,6 +45,7 @@ def progress_figure(
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ImportError as exc:
         raise AutoresearchError(
             "the plot needs matplotlib: pip install 'autoresearch[report]'"
@@ -66,6 +67,7 @@ def progress_figure(
     ax.set_xlabel("experiment #", fontsize=12)
     ax.set_ylabel(f"{session.metric} ({better} is better)", fontsize=12)
     ax.grid(True, alpha=0.25)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if not measured:
         ax.text(
             0.5,
@@ -181,7 +183,14 @@ def _labelled(kept: Sequence[Experiment], history: History, direction: str) -> l
         gain = abs(row.metric - previous) if previous is not None else 0.0
         steps.append((gain, row))
         previous = row.metric
-    return [row for _, row in sorted(steps, key=lambda s: -s[0])[:MAX_LABELS]]
+    # The largest steps first, each at least a share of the x range away from those taken.
+    ids = [r.id for r in history.rows]
+    spacing = 0.9 * (max(ids) - min(ids)) / MAX_LABELS
+    chosen: list[Experiment] = []
+    for _, row in sorted(steps, key=lambda s: (-s[0], s[1].id)):
+        if len(chosen) < MAX_LABELS and all(abs(row.id - c.id) >= spacing for c in chosen):
+            chosen.append(row)
+    return chosen
 
 
 def _limits(ax: Any, history: History, rows: Sequence[Experiment], direction: str) -> None:
