@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -177,3 +178,19 @@ def test_serve_command_prints_the_url_with_a_generated_token(recorded: Path) -> 
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_running_experiment_shows_its_growing_log(dashboard: Dashboard, recorded: Path) -> None:
+    ledger = Ledger(recorded / ".autoresearch" / "ledger.db")
+    ledger.begin_experiment(
+        ledger.session(TAG), 7, "p" * 40, "c" * 40, ProposalRecord("replay", "still training")
+    )
+    ledger.close()
+    log = recorded / ".autoresearch" / "logs" / TAG / "0007-0.log"
+    log.write_text("step 1 | loss 4.0\nstep 2 | loss 3.5\n")
+    url = f"http://127.0.0.1:{dashboard.port}/api/sessions/{TAG}/experiments/7"
+    with OPENER.open(url, timeout=30) as reply:
+        row = json.loads(reply.read())
+    assert row["verdict"] == "pending" and row["log_tail"].endswith("step 2 | loss 3.5")
+    table = json.loads(OPENER.open(f"http://127.0.0.1:{dashboard.port}/api/sessions/{TAG}").read())
+    assert table["experiments"][-1]["verdict"] == "pending"

@@ -8,9 +8,11 @@ Tests skip with a clear reason where Chromium is missing (CI installs it).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -46,7 +48,7 @@ def chromium() -> str:
 
 def run_once(url: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """One headless Chromium call (``--dump-dom``, ``--screenshot=...``) on ``url``."""
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+    with tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True) as profile:
         return subprocess.run(
             [chromium(), *FLAGS, f"--user-data-dir={profile}", *args, url],
             capture_output=True,
@@ -69,7 +71,7 @@ class Page:
     """One Chromium tab controlled over the DevTools protocol on a pair of pipes."""
 
     def __init__(self, width: int = 1280, height: int = 1000) -> None:
-        self._profile = tempfile.TemporaryDirectory(prefix="chromium-")
+        self._profile = tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True)
         to_chrome_r, self._to_chrome = os.pipe()
         self._from_chrome, from_chrome_w = os.pipe()
         # Chromium reads commands on fd 3 and writes replies on fd 4.
@@ -88,6 +90,7 @@ class Page:
             stderr=subprocess.DEVNULL,
             pass_fds=(3, 4),
             preexec_fn=lambda: _place_fds(wanted),
+            start_new_session=True,
         )
         os.close(to_chrome_r)
         os.close(from_chrome_w)
@@ -100,7 +103,8 @@ class Page:
         ]
 
     def close(self) -> None:
-        self._proc.kill()
+        with contextlib.suppress(ProcessLookupError):  # the browser and its helper processes
+            os.killpg(self._proc.pid, signal.SIGKILL)
         self._proc.wait(timeout=30)
         for fd in (self._to_chrome, self._from_chrome):
             os.close(fd)

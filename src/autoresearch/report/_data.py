@@ -39,8 +39,8 @@ class Verdict(enum.StrEnum):
 
     @property
     def failed(self) -> bool:
-        """No metric: the code did not run to a measurement (drawn at the bottom of plots)."""
-        return self in (Verdict.CRASH, Verdict.TIMEOUT, Verdict.INVALID, Verdict.INTERRUPTED)
+        """A verdict that counts towards the consecutive-failure stop rule."""
+        return self in (Verdict.CRASH, Verdict.TIMEOUT, Verdict.INVALID)
 
     @property
     def judged(self) -> bool:
