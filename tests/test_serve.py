@@ -194,3 +194,11 @@ def test_a_running_experiment_shows_its_growing_log(dashboard: Dashboard, record
     assert row["verdict"] == "pending" and row["log_tail"].endswith("step 2 | loss 3.5")
     table = json.loads(OPENER.open(f"http://127.0.0.1:{dashboard.port}/api/sessions/{TAG}").read())
     assert table["experiments"][-1]["verdict"] == "pending"
+
+
+def test_a_folder_without_a_ledger_is_served_empty_and_left_alone(tmp_path: Path) -> None:
+    with serving(Dashboard(tmp_path, port=0)) as board:
+        base = f"http://127.0.0.1:{board.port}"
+        assert json.loads(OPENER.open(base + "/api/sessions", timeout=30).read()) == []
+        assert status_of(base + "/api/sessions/nope")[0] == 404
+    assert not (tmp_path / ".autoresearch").exists()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from autoresearch.cost import compute_cost
+from autoresearch.errors import LedgerError
 from autoresearch.ledger import ExperimentRow, Ledger, RunRow, SessionLock, SessionRow
 from autoresearch.workspace import STATE_DIR
 
@@ -215,6 +216,8 @@ class Store:
 
     def _open(self) -> Ledger:
         # A fresh connection per read: the Ledger caches its reads until it writes itself.
+        if not self.exists():  # a reader never creates the ledger
+            raise LedgerError(f"no ledger at {self.path}: run `autoresearch run` first")
         return Ledger(self.path)
 
     def sessions(self) -> list[Session]:
