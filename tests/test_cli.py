@@ -45,7 +45,7 @@ def test_run_then_inspect(tmp_path: Path) -> None:
     )
 
     assert ar("export", "--tsv", "out.tsv", cwd=repo).returncode == 0
-    assert (repo / "out.tsv").read_text().splitlines()[1].split("\t")[3] == "baseline"
+    assert (repo / "out.tsv").read_text().splitlines()[1].split("\t")[3] == "keep"  # upstream statuses
     assert git(repo, "status", "--porcelain") == "?? out.tsv"
 
 

@@ -20,7 +20,8 @@ from autoresearch.errors import (
     ProposalError,
     WorkspaceError,
 )
-from autoresearch.ledger import Ledger, export_tsv
+from autoresearch.ledger import Ledger
+from autoresearch.report.export import write_tsv
 
 PY = sys.executable
 
@@ -107,7 +108,7 @@ def test_a_full_session_records_every_outcome(tmp_path: Path) -> None:
     assert [e.experiment.id for e in events] == list(range(10))
     assert "sleep" in by_id[4].description or by_id[4].description == "hang"
     tsv = tmp_path / "results.tsv"
-    export_tsv(rows, "score", tsv)
+    write_tsv(rows, "score", tsv, verdicts=True)
     lines = tsv.read_text().splitlines()
     assert lines[0] == "commit\tscore\tmemory_gb\tstatus\tdescription"
     assert lines[2] == f"{by_id[1].commit[:7]}\t10.000000\t0.0\tkeep\tX 1 -> 2"

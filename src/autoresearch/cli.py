@@ -12,24 +12,23 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autoresearch import __version__, templates, views
+from autoresearch import __version__, templates
 from autoresearch.agents import AGENT_NAMES, get_agent
 from autoresearch.config import CONFIG_NAME, STATE_DIR, TaskConfig, load_config
 from autoresearch.engine import (
     Engine,
-    ExperimentEvent,
     SessionOptions,
     resume_defaults,
     run_setup,
 )
 from autoresearch.errors import AutoresearchError, ConfigError
 from autoresearch.executors.local import LocalExecutor
-from autoresearch.ledger import Ledger, SessionRow, export_tsv
 from autoresearch.process import StepRunner
+from autoresearch.report import Store, export, live, make_report, text
 
 # Flags of `run` that configure an agent, and the agents that take them.
 _AGENT_FLAGS = {
@@ -91,21 +90,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lookahead", type=int,
                    help="proposals the agent keeps ready while runs train (default: one per slot)")  # fmt: skip
     p.add_argument("--no-setup", action="store_true", help="skip the task's setup step")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="plain lines, one per experiment, instead of the live view",
+    )
 
-    for name, text in (("status", "best so far, counts per verdict, spend, last experiments"),
-                       ("log", "one line per experiment")):  # fmt: skip
-        p = sub.add_parser(name, help=text)
+    for name, about in (("status", "best so far, counts per verdict, spend, last experiments"),
+                        ("log", "one line per experiment")):  # fmt: skip
+        p = sub.add_parser(name, help=about)
         p.add_argument("--tag", help="session (default: the most recent)")
     p = sub.add_parser("show", help="one experiment: description, diff, verdict, metrics, log tail")
     p.add_argument("experiment", type=int)
     p.add_argument("--tag", help="session (default: the most recent)")
-    p = sub.add_parser("export", help="write results.tsv (upstream's columns)")
+    sub.add_parser("prepare", help="run the task's setup step now")
+    _report_parsers(sub)
+    return parser
+
+
+# --- the morning after: report, serve, export, log --json, status projection ----------------
+
+
+def _report_parsers(sub: Any) -> None:
+    """Options of the commands that look at a session from outside (autoresearch.report)."""
+    status, log = sub.choices["status"], sub.choices["log"]
+    status.add_argument(
+        "--max-hours", type=float, help="project experiments and $ at this many hours"
+    )
+    status.add_argument(
+        "--max-cost", type=float, help="project experiments and hours at this spend"
+    )
+    log.add_argument("--json", action="store_true", help="every experiment with its runs, as JSON")
+    p = sub.add_parser("export", help="results.tsv (upstream's columns and statuses), runs.json")
     p.add_argument("--tag", help="session (default: the most recent)")
     p.add_argument(
-        "--tsv", type=Path, default=Path("results.tsv"), help="output file (default: results.tsv)"
+        "--tsv", type=Path, help="write results.tsv here (default without --json: results.tsv)"
     )
-    sub.add_parser("prepare", help="run the task's setup step now")
-    return parser
+    p.add_argument(
+        "--verdicts",
+        action="store_true",
+        help="our verdicts in the status column instead of upstream's keep|discard|crash",
+    )
+    p.add_argument(
+        "--json", type=Path, help="write every experiment, run, metric, cost and timing here"
+    )
+    p = sub.add_parser("report", help="progress.png and a self-contained report.html")
+    p.add_argument("--tag", help="session (default: the most recent)")
+    p.add_argument("--out", type=Path, help="folder (default: .autoresearch/reports/<tag>)")
+    p = sub.add_parser("serve", help="a local read-only dashboard that updates while sessions run")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0: any free port)")
+    p.add_argument(
+        "--token", help="required in every request; generated when binding beyond loopback"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -169,17 +206,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         lookahead=args.lookahead,
     )  # fmt: skip
     executor = LocalExecutor(args.slots, gpus=gpus)
-    engine = Engine(config, agent, options=options, executor=executor, on_event=_print_event(config),
-                    on_message=lambda text: print(text, file=sys.stderr, flush=True))  # fmt: skip
-    print(views.EVENT_HEADER.format(metric=config.metric.name), flush=True)
+    view = _view(args, config)
+    engine = Engine(config, agent, options=options, executor=executor,
+                    on_event=view.experiment_finished, on_message=view.message,
+                    on_run=lambda run: view.experiment_started(
+                        slot=run.slot, experiment_id=run.experiment_id, description=run.description,
+                        log_path=run.log_path, budget=run.time_budget))  # fmt: skip
     try:
-        summary = engine.run()
+        with view:
+            summary = engine.run()
     finally:
         executor.close()
-    print(views.summary_text(summary, config.metric.name))
+    print(text.summary_text(summary, config.metric.name))
     if summary.signal:
         return 128 + summary.signal
     return 1 if summary.baseline_metric is None else 0  # no baseline: nothing was measured
+
+
+def _view(args: argparse.Namespace, config: TaskConfig) -> live.View:
+    """The live view on a terminal; plain lines with --quiet, under CI, or into a pipe."""
+    price = args.gpu_price if args.gpu_price is not None else config.cost.gpu_per_hour
+    return live.make_view(metric=config.metric.name, direction=config.metric.direction,
+                          gpu_price=price, quiet=args.quiet)  # fmt: skip
 
 
 def _carry_over(args: argparse.Namespace, config: TaskConfig, tag: str) -> None:
@@ -218,44 +266,72 @@ def _agent_options(args: argparse.Namespace, config: TaskConfig) -> dict[str, An
     return options
 
 
-def _print_event(config: TaskConfig) -> Callable[[ExperimentEvent], None]:
-    def show(event: ExperimentEvent) -> None:
-        print(views.event_line(event, config.metric.direction), flush=True)
-
-    return show
-
-
-def _ledger(args: argparse.Namespace) -> tuple[TaskConfig, Ledger, SessionRow]:
+def _store(args: argparse.Namespace) -> tuple[TaskConfig, Store]:
     config = load_config(args.dir)
-    path = config.root / STATE_DIR / "ledger.db"
-    if not path.exists():
-        raise AutoresearchError(f"no ledger at {path}: run `autoresearch run` first")
-    ledger = Ledger(path)
-    return config, ledger, ledger.session(args.tag)
+    store = Store(config.root)
+    if not store.exists():
+        raise AutoresearchError(f"no ledger at {store.path}: run `autoresearch run` first")
+    return config, store
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    config, ledger, session = _ledger(args)
-    print(views.status_text(config, ledger, session))
+    config, store = _store(args)
+    session = store.session(args.tag)
+    history = store.history(session)
+    print(text.status_text(session, history, max_hours=args.max_hours, max_cost=args.max_cost,
+                           judge=config.judge))  # fmt: skip
     return 0
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    config, ledger, session = _ledger(args)
-    print(views.log_text(ledger.experiments(session), config.metric.name))
+    _, store = _store(args)
+    session = store.session(args.tag)
+    if args.json:
+        sys.stdout.write(export.json_text(session, store.experiments(session.tag, details=True)))
+        return 0
+    print(text.log_text(store.experiments(session.tag), session.metric))
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    config, ledger, session = _ledger(args)
-    print(views.show_text(ledger, session, args.experiment, config.metric.name))
+    _, store = _store(args)
+    print(text.show_text(store, store.session(args.tag), args.experiment))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    config, ledger, session = _ledger(args)
-    count = export_tsv(ledger.experiments(session), config.metric.name, args.tsv)
-    print(f"wrote {count} experiments of session {session.tag!r} to {args.tsv}")
+    _, store = _store(args)
+    session = store.session(args.tag)
+    tsv = args.tsv if args.tsv is not None or args.json is not None else Path("results.tsv")
+    if tsv is not None:
+        rows = store.experiments(session.tag)
+        count = export.write_tsv(rows, session.metric, tsv, verdicts=args.verdicts)
+        kind = "our verdicts" if args.verdicts else "upstream's statuses"
+        print(f"wrote {count} experiments of session {session.tag!r} to {tsv} ({kind})")
+    if args.json is not None:
+        rows = store.experiments(session.tag, details=True)
+        args.json.write_text(export.json_text(session, rows), encoding="utf-8")
+        print(f"wrote {len(rows)} experiments of session {session.tag!r} to {args.json}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    config, _ = _store(args)
+    png, page = make_report(config.root, tag=args.tag, out=args.out)
+    print(f"wrote {png}\nwrote {page}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from autoresearch.report import serve
+
+    config = load_config(args.dir)
+    server = serve.Dashboard(config.root, host=args.host, port=args.port, token=args.token)
+    print(f"dashboard of {config.root} at {server.url} (Ctrl-C stops it)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("dashboard stopped")
     return 0
 
 
@@ -300,7 +376,7 @@ def _default_tag() -> str:
 
 _COMMANDS = {
     "init": cmd_init, "run": cmd_run, "status": cmd_status, "log": cmd_log, "show": cmd_show,
-    "export": cmd_export, "prepare": cmd_prepare,
+    "export": cmd_export, "prepare": cmd_prepare, "report": cmd_report, "serve": cmd_serve,
 }  # fmt: skip
 
 if __name__ == "__main__":

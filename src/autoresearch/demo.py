@@ -29,7 +29,7 @@ from autoresearch.agents.tuner import TunerAgent
 from autoresearch.config import TaskConfig, load_config
 from autoresearch.engine import Engine, ExperimentEvent, SessionOptions, SessionSummary
 from autoresearch.errors import AutoresearchError, ConfigError
-from autoresearch.ledger import export_tsv
+from autoresearch.report.export import write_tsv
 
 TAG = "demo"
 MARKER = "DEMO.md"  # written into every demo folder; only folders holding it are replaced
@@ -233,7 +233,7 @@ def run_session(
     dest: Path, task: str, experiments: int, seed: int, sampler: str | None, out: TextIO
 ) -> SessionSummary:
     """Run the demo session in ``dest``; print the live table to ``out``."""
-    from autoresearch import views
+    from autoresearch.report import text as views
 
     config = load_config(dest)
     agent = TunerAgent(**tuner_options(config, task, sampler, seed))
@@ -250,7 +250,7 @@ def run_session(
     print(views.EVENT_HEADER.format(metric=config.metric.name), file=out, flush=True)
     summary = engine.run()
     rows = engine.ledger.experiments(engine.session)
-    export_tsv(rows, config.metric.name, dest / "results.tsv")
+    write_tsv(rows, config.metric.name, dest / "results.tsv")
     print("", file=out)
     print(views.summary_text(summary, config.metric.name), file=out)
     return summary

@@ -8,6 +8,7 @@ instead of re-deriving best, baseline, noise, counts and spend on their own.
 from __future__ import annotations
 
 import statistics
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import cached_property
@@ -20,8 +21,11 @@ from autoresearch.records import Experiment, RunPurpose, Verdict
 class History:
     """One session's experiments, oldest first, with what follows from them."""
 
-    def __init__(self, rows: Iterable[Experiment]) -> None:
+    def __init__(self, rows: Iterable[Experiment], *, gpu_price: float = 0.0,
+                 now: float | None = None) -> None:  # fmt: skip
         self.rows: tuple[Experiment, ...] = tuple(sorted(rows, key=lambda r: r.id))
+        self.gpu_price = gpu_price  # dollars per slot-hour, for the compute spend
+        self._now = time.time() if now is None else now
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -109,25 +113,58 @@ class History:
         return last.reason if last is not None and last.verdict is Verdict.INVALID else ""
 
     @cached_property
-    def unknown_cost(self) -> bool:
-        return any(r.usage.cost_usd is None for r in self.rows)
-
-    def spent(self, gpu_per_hour: float) -> float:
-        """Dollars so far: agent tokens plus compute at ``gpu_per_hour`` per slot-hour."""
-        tokens = sum(r.usage.cost_usd or 0.0 for r in self.rows)
-        return tokens + compute_cost(self.compute_seconds, gpu_per_hour)
+    def unknown_prices(self) -> int:
+        """Proposals whose price is unknown (counted as $0 in the spend)."""
+        return sum(1 for r in self.rows if r.usage.cost_usd is None)
 
     @cached_property
-    def compute_seconds(self) -> float:
-        return sum(r.compute_seconds for r in self.rows)
+    def agent_cost(self) -> float:
+        return sum(r.usage.cost_usd or 0.0 for r in self.rows)
 
+    @cached_property
+    def compute_cost(self) -> float:
+        return compute_cost(sum(r.compute_seconds for r in self.rows), self.gpu_price)
+
+    @property
+    def spend(self) -> float:
+        """Dollars so far: agent tokens plus compute at ``gpu_price`` per slot-hour."""
+        return self.agent_cost + self.compute_cost
+
+    @cached_property
+    def kept(self) -> list[Experiment]:
+        return [r for r in self.rows if r.verdict is Verdict.KEEP]
+
+    @cached_property
+    def done(self) -> list[Experiment]:
+        """Judged experiments proposed by an agent (the baseline and pending ones excluded)."""
+        return [r for r in self.rows if r.verdict not in (Verdict.BASELINE, Verdict.PENDING)]
+
+    @property
+    def sigma(self) -> float | None:
+        """The pooled noise's standard deviation (None while unknown)."""
+        return self.noise().sigma
+
+    @cached_property
+    def wall_seconds(self) -> float:
+        """From the first experiment's start to the last finish (or now, while one is pending)."""
+        if not self.rows:
+            return 0.0
+        ends = [r.finished for r in self.rows if r.finished is not None]
+        end = self._now if self.pending or not ends else max(ends)
+        return max(0.0, end - min(r.started for r in self.rows))
+
+    @property
     def per_hour(self) -> float | None:
-        """Experiments finished per wall-clock hour since the first one started."""
-        done = [r for r in self.rows if r.finished is not None]
-        if len(done) < 2:
+        """Experiments judged per wall-clock hour; None in the first minute (no rate yet)."""
+        seconds = self.wall_seconds
+        return len(self.done) * 3600.0 / seconds if seconds >= 60.0 and self.done else None
+
+    def gain(self, value: float | None) -> float | None:
+        """``value`` against the baseline, in percent (negative: smaller)."""
+        base = self.baseline.metric if self.baseline else None
+        if value is None or base is None or base == 0:
             return None
-        span = max(r.finished or 0.0 for r in done) - min(r.started for r in self.rows)
-        return len(done) / (span / 3600) if span > 0 else None
+        return (value - base) / abs(base) * 100.0
 
     def duplicate_of(self, tree: str) -> Experiment | None:
         """An earlier experiment that ran exactly this tree (the same code)."""

@@ -375,22 +375,6 @@ def _experiment(r: Sequence[Any], runs: tuple[Run, ...]) -> Experiment:
     )  # fmt: skip
 
 
-def export_tsv(rows: Sequence[Experiment], metric: str, path: Path) -> int:
-    """Write upstream's results.tsv (``commit <metric> memory_gb status description``); returns rows."""
-    lines = [f"commit\t{metric}\tmemory_gb\tstatus\tdescription"]
-    count = 0
-    for row in rows:
-        if row.verdict is Verdict.PENDING:
-            continue
-        value = f"{row.metric:.6f}" if row.metric is not None else "0.000000"
-        memory = row.metrics.get("peak_vram_mb", 0.0) / 1024
-        description = " ".join(row.description.split())
-        lines.append(
-            f"{row.commit[:7] or '-'}\t{value}\t{memory:.1f}\t{row.verdict}\t{description}"
-        )
-        count += 1
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return count
 
 
-__all__ = ["SCHEMA_VERSION", "Ledger", "SessionRow", "export_tsv"]
+__all__ = ["SCHEMA_VERSION", "Ledger", "SessionRow"]

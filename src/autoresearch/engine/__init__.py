@@ -126,7 +126,7 @@ class Engine:
                                             self.config.metric.name, self.config.metric.direction,
                                             self._recorded_config({}))  # fmt: skip
             return self._adopt(session)
-        self.history = History(ledger.experiments(existing))
+        self.history = History(ledger.experiments(existing), gpu_price=self._gpu_price())
         if opts.resume:
             return self._resume(existing)
         if self.history.best is None and not self.history.pending:
@@ -144,7 +144,7 @@ class Engine:
 
     def _adopt(self, session: SessionRow) -> SessionRow:
         self.session = session
-        self.history = History(self.ledger.experiments(session))
+        self.history = History(self.ledger.experiments(session), gpu_price=self._gpu_price())
         self._next_id = max((r.id for r in self.history.rows), default=-1) + 1
         return session
 
@@ -242,7 +242,7 @@ class Engine:
 
     def record(self, row: Experiment) -> None:
         """A row was written: the history everyone reads is computed again, once."""
-        self.history = History(self.ledger.experiments(self.session))
+        self.history = History(self.ledger.experiments(self.session), gpu_price=self._gpu_price())
 
     def emit(self, exp_id: int) -> None:
         history = self.history
@@ -251,8 +251,9 @@ class Engine:
         self._on_event(ExperimentEvent(row, best.metric if best else None, base.metric if base else None))
 
     def observe_run(self, flight: Flight, job: Job) -> None:
+        row = self.ledger.experiment(self.session, flight.experiment_id)
         self._on_run(RunStarted(flight.slot, flight.experiment_id, job.run_index,
-                                job.log_dir / f"{job.name}.log", job.time_budget))  # fmt: skip
+                                job.log_dir / f"{job.name}.log", job.time_budget, row.description))  # fmt: skip
 
     def relaunch(self, slot: int, row: Experiment) -> None:
         self.ledger.clear_runs(self.session, row.id)
@@ -296,7 +297,7 @@ class Engine:
         return cap is not None and len(self.history.finished) + planned >= cap
 
     def spent(self) -> float:
-        return self.history.spent(self._gpu_price())
+        return self.history.spend
 
     def _gpu_price(self) -> float:
         price = self.options.gpu_price

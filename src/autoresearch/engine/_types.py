@@ -49,6 +49,7 @@ class RunStarted:
     run_index: int
     log_path: Path
     time_budget: float
+    description: str = ""
 
 
 @dataclass(frozen=True)

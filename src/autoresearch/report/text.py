@@ -1,0 +1,218 @@
+"""Text views for the command line: the event lines of a run, status, log, show."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Mapping, Sequence
+
+from autoresearch.config import JudgeConfig, MetricConfig
+from autoresearch.engine import ExperimentEvent, SessionSummary
+from autoresearch.judge import Judge
+from autoresearch.report._data import Experiment, History, Session, Store, Verdict, from_row
+
+EVENT_HEADER = "   #  verdict      {metric:>12}  vs best     description"
+VERDICT_ORDER = (*(v for v in Verdict if v is not Verdict.PENDING), Verdict.PENDING)
+_WITH_REASON = (Verdict.CRASH, Verdict.TIMEOUT, Verdict.INVALID, Verdict.INTERRUPTED)
+
+
+def value_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6f}"
+
+
+def event_line(event: ExperimentEvent, direction: str) -> str:
+    """One line per recorded experiment, printed as the session runs."""
+    row = from_row(event.experiment)
+    delta = ""
+    if row.metric is not None and event.best is not None and not row.verdict.judged:
+        delta = f"{row.metric - event.best:+.4g}"
+    marker = " *" if row.verdict is Verdict.KEEP else ""
+    text = row.description
+    if row.verdict in (Verdict.CRASH, Verdict.TIMEOUT, Verdict.INVALID):
+        text += f" [{row.reason}]"
+    return (
+        f"{row.id:4d}  {row.verdict:<11}  {value_text(row.metric):>12}  {delta:<9}  {text}{marker}"
+    )
+
+
+def summary_text(summary: SessionSummary, metric: str) -> str:
+    """What ``run`` prints when the session ends."""
+    lines = [f"session {summary.tag!r} stopped: {summary.stop_reason or 'done'}"]
+    if summary.best_metric is not None:
+        gain = ""
+        base = summary.baseline_metric
+        if base is not None and base != 0.0:
+            change = (summary.best_metric - base) / abs(base) * 100
+            gain = f" ({change:+.2f}% vs baseline {base:.6f})"
+        lines.append(
+            f"best {metric}: {summary.best_metric:.6f}{gain} at {summary.best_commit[:10]} "
+            f"on branch {summary.branch}"
+        )
+    lines.append("counts: " + counts_text({Verdict(k): v for k, v in summary.counts.items()}))
+    if summary.cost_usd:
+        lines.append(f"spend: ${summary.cost_usd:.2f}")
+    return "\n".join(lines)
+
+
+def counts_text(counts: Mapping[Verdict, int]) -> str:
+    return ", ".join(f"{v} {counts[v]}" for v in VERDICT_ORDER if counts.get(v))
+
+
+# --- status ------------------------------------------------------------------------------------
+
+
+def status_text(
+    session: Session,
+    history: History,
+    *,
+    max_hours: float | None = None,
+    max_cost: float | None = None,
+    judge: JudgeConfig | None = None,
+) -> str:
+    """Best so far, noise, counts, spend, pace and projection, and the last experiments.
+
+    ``max_hours`` and ``max_cost`` default to the stop rules the session runs under.
+    """
+    max_hours = session.rules.get("max_hours") if max_hours is None else max_hours
+    max_cost = session.rules.get("max_cost") if max_cost is None else max_cost
+    started = _dt.datetime.fromtimestamp(session.created).strftime("%Y-%m-%d %H:%M")
+    lines = [
+        f"session {session.tag} (branch {session.branch}, agent {session.agent}, started {started})",
+        f"status: {_status(session)}"
+        + (f" — {session.stop_reason}" if session.stop_reason else ""),
+    ]
+    best, baseline = history.best, history.baseline
+    if best is not None:
+        lines.append(
+            f"best {session.metric}: {value_text(best.metric)} "
+            f"(experiment {best.id}, {best.commit[:10]})"
+        )
+    if baseline is not None:
+        lines.append(f"baseline: {value_text(baseline.metric)}")
+    lines.append(noise_text(history, judge or JudgeConfig()))
+    lines.append(f"experiments: {len(history.rows)} ({counts_text(history.counts)})")
+    lines.extend(_spend_lines(history))
+    lines.extend(_pace_lines(history, max_hours=max_hours, max_cost=max_cost))
+    lines.append("last experiments:")
+    lines.extend("  " + log_line(r) for r in history.rows[-5:])
+    return "\n".join(lines)
+
+
+def noise_text(history: History, judge: JudgeConfig) -> str:
+    """Sigma, the runs behind it, and the smallest effect the judge can confirm with it."""
+    noise, standing = history.noise(), history.standing()
+    if noise.sigma is None:
+        return f"{noise.text()}: a candidate that looks better runs twice before it can be kept"
+    z = Judge(judge, MetricConfig(), budget=1.0, allowance=0.0).z
+    smallest = noise.detectable(z, judge.max_runs, standing.runs if standing else 1)
+    return (f"{noise.text()}; smallest effect detectable with {judge.max_runs} runs: "
+            f"{smallest:.4g} ({judge.rule} rule, {judge.confidence:.0%})")  # fmt: skip
+
+
+def _status(session: Session) -> str:
+    if session.status != "running" or session.alive:
+        return session.status
+    return (
+        "not running (its orchestrator died; "
+        f"`autoresearch run --tag {session.tag} --resume` carries on)"
+    )
+
+
+def _spend_lines(history: History) -> list[str]:
+    tokens, compute, unknown = history.agent_cost, history.compute_cost, history.unknown_prices
+    if not tokens and not compute and not unknown:
+        return []
+    total = history.spend
+    done = len(history.done) or len(history.rows)
+    keeps = len(history.kept)
+    text = f"spend: ${total:.2f} (agent ${tokens:.2f}, compute ${compute:.2f})"
+    text += f"; ${total / done:.3f} per experiment"
+    text += f", ${total / keeps:.2f} per kept improvement" if keeps else ""
+    if unknown:
+        text += f"; {unknown} proposals of unknown price"
+    return [text]
+
+
+def _pace_lines(history: History, *, max_hours: float | None, max_cost: float | None) -> list[str]:
+    """Experiments per hour, and where the session ends up at ``max_hours`` / ``max_cost``."""
+    rate = history.per_hour
+    if rate is None:
+        return []
+    lines = [f"pace: {rate:.1f} experiments/hour over {history.wall_seconds / 3600:.2f} h"]
+    done, hours, spend = len(history.done), history.wall_seconds / 3600, history.spend
+    if max_hours is not None:
+        left = max(0.0, max_hours - hours)
+        dollars = spend + (spend / hours * left if hours > 0 else 0.0)
+        lines.append(
+            f"projected at --max-hours {max_hours:g}: ~{done + rate * left:.0f} "
+            f"experiments, ~${dollars:.2f}"
+        )
+    if max_cost is not None and spend > 0 and done:
+        more = max(0.0, (max_cost - spend) / (spend / done))
+        lines.append(
+            f"projected at --max-cost ${max_cost:.2f}: ~{done + more:.0f} experiments "
+            f"in ~{hours + more / rate:.1f} h"
+        )
+    return lines
+
+
+# --- log and show ---------------------------------------------------------------------------
+
+
+def log_line(row: Experiment) -> str:
+    reason = f" [{row.reason}]" if row.verdict in _WITH_REASON else ""
+    commit = row.commit[:7] or "-------"
+    return f"{row.id:4d}  {commit}  {row.verdict:<11}  {value_text(row.metric):>12}  {row.description}{reason}"
+
+
+def log_text(rows: Sequence[Experiment], metric: str) -> str:
+    header = f"   #  commit   verdict      {metric:>12}  description"
+    return "\n".join([header, *(log_line(r) for r in rows)])
+
+
+def show_text(store: Store, session: Session, experiment_id: int) -> str:
+    """One experiment: verdict, description, metrics, tokens, rationale, runs, diff, log tail."""
+    row = store.experiment(session.tag, experiment_id)
+    metric = session.metric
+    lines = [
+        f"experiment {row.id} of session {session.tag}: {row.verdict}"
+        + (f" — {row.reason}" if row.reason else ""),
+        f"description: {row.description}",
+        f"agent: {row.agent}   commit: {row.commit or '-'}   parent: {row.parent[:10]}",
+        f"{metric}: {value_text(row.metric)}",
+    ]
+    others = {k: v for k, v in row.metrics.items() if k != metric}
+    if others:
+        lines.append("metrics: " + ", ".join(f"{k}={v:g}" for k, v in sorted(others.items())))
+    usage = row.usage
+    if usage.input_tokens or usage.output_tokens:
+        cost = "unknown" if usage.cost_usd is None else f"${usage.cost_usd:.4f}"
+        lines.append(
+            f"tokens: in {usage.input_tokens} (cached {usage.cached_tokens}), "
+            f"out {usage.output_tokens}; cost {cost}"
+        )
+    if row.rationale:
+        lines += ["", "rationale:", row.rationale]
+    for run in row.runs:
+        reason = f" — {run.reason}" if run.reason else ""
+        lines.append(
+            f"run {run.index}: seed {run.seed}, {run.status}, {metric} "
+            f"{value_text(run.metric)}, {run.seconds:.1f} s, log {run.log_path}{reason}"
+        )
+    if row.diff:
+        lines += ["", "diff:", row.diff]
+    if row.runs and row.runs[-1].log_tail:
+        lines += ["", "log tail:", row.runs[-1].log_tail]
+    return "\n".join(lines)
+
+
+__all__ = [
+    "EVENT_HEADER",
+    "counts_text",
+    "event_line",
+    "log_line",
+    "log_text",
+    "show_text",
+    "status_text",
+    "summary_text",
+    "value_text",
+]

@@ -1,0 +1,104 @@
+"""results.tsv with upstream's statuses (its notebook finds the top hits), --verdicts, runs.json and log --json."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from fakes.recorded import KEPT, TAG, record_session
+from fakes.session import run_cli
+
+from autoresearch.judge import Verdict as JudgeVerdict
+from autoresearch.report._data import Store, Verdict
+from autoresearch.report.export import experiments_from_json, upstream_status
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return record_session(tmp_path_factory.mktemp("export"))
+
+
+def notebook_top_hits(path: Path, metric: str) -> tuple[list[tuple[str, float]], float]:
+    """Upstream's analysis steps (``read_csv(sep="\\t")``, keep rows, running best) without pandas.
+
+    The kept rows in order; the first is the baseline; a row that beats the running best is
+    a hit, by how much. Returns the hits, largest first, and the total delta (best - baseline).
+    """
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    kept = [r for r in rows if r["status"] == "keep"]
+    baseline = float(kept[0][metric])
+    best, hits = baseline, []
+    for row in kept[1:]:
+        value = float(row[metric])
+        if value < best:
+            hits.append((row["description"], best - value))
+            best = value
+    return sorted(hits, key=lambda h: -h[1]), best - baseline
+
+
+def test_upstream_notebook_finds_the_top_hits(recorded: Path) -> None:
+    done = run_cli(recorded, "export", "--tsv", str(recorded / "results.tsv"))
+    assert done.returncode == 0, done.stderr
+    assert "wrote 7 experiments of session 'night'" in done.stdout
+    tsv = recorded / "results.tsv"
+    hits, total = notebook_top_hits(tsv, "score")
+    assert [d for d, _ in hits] == [KEPT[1], KEPT[0]]  # Y 2->0 gained 8, X 1->2 gained 3
+    assert [g for _, g in hits] == pytest.approx([8.0, 3.0])
+    assert total == pytest.approx(-11.0)
+    statuses = [line.split("\t")[3] for line in tsv.read_text().splitlines()[1:]]
+    assert statuses == ["keep", "keep", "discard", "crash", "crash", "keep", "crash"]
+    crash_values = [
+        line.split("\t")[1] for line in tsv.read_text().splitlines()[1:] if "\tcrash\t" in line
+    ]
+    assert crash_values == ["0.000000"] * 3
+
+
+def test_verdicts_flag_keeps_ours(recorded: Path) -> None:
+    done = run_cli(recorded, "export", "--tsv", str(recorded / "ours.tsv"), "--verdicts")
+    assert done.returncode == 0, done.stderr
+    lines = (recorded / "ours.tsv").read_text().splitlines()
+    assert lines[0] == "commit\tscore\tmemory_gb\tstatus\tdescription"
+    assert [line.split("\t")[3] for line in lines[1:]] == [
+        "baseline",
+        "keep",
+        "discard",
+        "crash",
+        "invalid",
+        "keep",
+        "crash",
+    ]
+
+
+def test_every_verdict_has_an_upstream_status() -> None:
+    assert {str(v) for v in JudgeVerdict} <= {
+        str(v) for v in Verdict
+    }  # the mirror covers the judge
+    for verdict in Verdict:
+        if verdict is not Verdict.PENDING:
+            assert upstream_status(verdict, 1.0) in ("keep", "discard", "crash")
+    assert upstream_status(Verdict.DUPLICATE, None) == "crash"
+
+
+def test_json_round_trips_and_log_json_prints_the_same(recorded: Path) -> None:
+    done = run_cli(recorded, "export", "--json", str(recorded / "runs.json"))
+    assert done.returncode == 0, done.stderr
+    document = json.loads((recorded / "runs.json").read_text())
+    again = experiments_from_json(document)
+    assert again == Store(recorded).experiments(TAG, details=True)
+    first = document["experiments"][1]
+    assert first["verdict"] == "keep" and first["metric"] == 10.0 and "+X = 2.0" in first["diff"]
+    assert first["runs"][0]["status"] == "ok" and first["runs"][0]["seconds"] > 0
+    assert first["compute_seconds"] > 0 and first["usage"]["cost_usd"] == 0.0
+    assert first["compute_cost_usd"] == pytest.approx(first["compute_seconds"] * 2.74 / 3600)
+    assert document["session"]["tag"] == TAG and document["session"]["gpu_price"] == 2.74
+    logged = run_cli(recorded, "log", "--json")
+    assert logged.returncode == 0, logged.stderr
+    assert json.loads(logged.stdout) == document
+
+
+def test_json_of_another_tool_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"not an autoresearch runs\.json"):
+        experiments_from_json({"experiments": []})

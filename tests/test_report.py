@@ -1,0 +1,227 @@
+"""progress.png and report.html from a recorded session, the plot at 1, 10 and 1,000 experiments, status projection."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from fakes import browser
+from fakes.recorded import HOSTILE, KEPT, TAG, record_session
+from fakes.session import run_cli
+
+from autoresearch.history import History
+from autoresearch.records import Experiment, Run, RunStatus, Verdict
+from autoresearch.report import make_report
+from autoresearch.report._data import Session, Store
+from autoresearch.report.html import diff_html, kept_changes, report_html
+from autoresearch.report.plot import MAX_LABELS, progress_figure, title_text
+from autoresearch.report.text import status_text
+
+Image = pytest.importorskip("PIL.Image", reason="Pillow comes with matplotlib (the report extra)")
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return record_session(tmp_path_factory.mktemp("report"))
+
+
+def session_of(direction: str = "minimize") -> Session:
+    return Session(
+        tag="t",
+        branch="autoresearch/t",
+        base_commit="a" * 40,
+        agent="tuner",
+        metric="val_bpb",
+        direction=direction,
+        created=0.0,
+        updated=0.0,
+        status="finished",
+        stop_reason="",
+        rules={},
+        gpu_price=2.0,
+        alive=False,
+    )
+
+
+def synthetic(n: int, *, keep_every: int = 7) -> list[Experiment]:
+    """A baseline and ``n - 1`` experiments over one hour; every ``keep_every``-th keeps."""
+    rows = [
+        Experiment(
+            0, Verdict.BASELINE, 1.0, "baseline", started=0.0, finished=1.0, compute_seconds=60.0
+        )
+    ]
+    best = 1.0
+    for i in range(1, n):
+        if i % keep_every == 0:
+            best -= 0.001
+            verdict, value = Verdict.KEEP, best
+        elif i % 11 == 0:
+            verdict, value = Verdict.CRASH, None
+        else:
+            verdict, value = Verdict.DISCARD, best + 0.002 * (i % 5) + (5.0 if i % 97 == 0 else 0.0)
+        finished = i * 3600.0 / (n - 1)
+        rows.append(
+            Experiment(
+                i,
+                verdict,
+                value,
+                f"change number {i}",
+                started=finished - 1,
+                finished=finished,
+                compute_seconds=60.0,
+            )
+        )
+    return rows
+
+
+def red_green_pixels(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        colors = image.convert("RGB").getcolors(maxcolors=1 << 24) or []
+    green = sum(n for n, (r, g, b) in colors if g > 130 and r < 80 and b < 110)
+    red = sum(n for n, (r, g, b) in colors if r > 190 and g < 70 and b < 70)
+    return red, green
+
+
+def test_report_command_writes_png_and_html(recorded: Path, tmp_path: Path) -> None:
+    done = run_cli(recorded, "report", "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    png, page = tmp_path / "out" / "progress.png", tmp_path / "out" / "report.html"
+    assert f"wrote {png}" in done.stdout and f"wrote {page}" in done.stdout
+    with Image.open(png) as image:
+        image.load()
+        assert image.size == (1600, 900)
+    red, green = red_green_pixels(png)
+    assert red > 20 and green > 200  # crash marks and the keeps / running best are drawn
+    default = make_report(recorded)
+    assert default[0] == recorded / ".autoresearch" / "reports" / TAG / "progress.png"
+
+
+def test_html_holds_every_keep_escaped_and_nothing_from_the_network(recorded: Path) -> None:
+    store = Store(recorded)
+    session = store.session(TAG)
+    rows = store.experiments(TAG, details=True)
+    page = report_html(session, store.history(session, rows), png=b"\x89PNG fake")
+    for row in rows:
+        if row.verdict is Verdict.KEEP:
+            assert _escaped(row.description) in page
+            for line in row.diff.splitlines():
+                assert _escaped(line) in page
+    assert HOSTILE not in page and "<script" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert "http://" not in page and "https://" not in page
+    tags = parsed_tags(page)
+    assert not {"script", "link", "iframe", "object", "embed"} & {tag for tag, _ in tags}
+    links = [v or "" for _, attrs in tags for k, v in attrs if k in ("src", "href", "action")]
+    assert links and all(link.startswith("data:") for link in links)
+    assert "url(" not in page and "@import" not in page
+    assert f"git diff {session.base_commit[:10]} autoresearch/{TAG}" in page
+    ranked = [
+        k.experiment.description for k in kept_changes(store.history(session, rows), "minimize")
+    ]
+    assert ranked == [KEPT[1], KEPT[0]] and page.index("keep-5") < page.index("keep-1")
+    for label in (
+        "baseline → best",
+        "total gain",
+        "keep rate",
+        "wall time",
+        "experiments/hour",
+        "spent",
+        "$ per kept improvement",
+        "noise (σ between runs)",
+    ):
+        assert f"<th>{_escaped(label)}</th>" in page
+
+
+def parsed_tags(page: str) -> list[tuple[str, list[tuple[str, str | None]]]]:
+    """Every start tag of ``page`` with its attributes, as a browser's parser sees them."""
+    found: list[tuple[str, list[tuple[str, str | None]]]] = []
+
+    class Parser(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            found.append((tag, attrs))
+
+    Parser().feed(page)
+    return found
+
+
+def _escaped(text: str) -> str:
+    from html import escape
+
+    return escape(text)
+
+
+def test_report_in_a_real_browser(recorded: Path, tmp_path: Path) -> None:
+    _, page = make_report(recorded, out=tmp_path)
+    dom = browser.dump_dom(page.as_uri())
+    assert "X 1 -&gt; 2" in dom and "&lt;script&gt;alert" in dom and "<script" not in dom
+    assert dom.count('class="d-add"') >= 2 and 'alt="progress plot"' in dom
+    shot = browser.screenshot(page.as_uri(), tmp_path / "report.png", size="1280,2400")
+    with Image.open(shot) as image:
+        assert image.size == (1280, 2400)
+    red, green = red_green_pixels(shot)
+    assert red > 0 and green > 0  # the inline plot and the styled verdicts are painted
+
+
+@pytest.mark.parametrize("n", [1, 10, 1000])
+def test_plot_is_sensible_at_any_length(n: int, tmp_path: Path) -> None:
+    rows = synthetic(n)
+    noisy = (Run(0, 0, 1, RunStatus.OK, 1.0005), Run(0, 1, 2, RunStatus.OK, 0.9995))
+    rows[0] = replace(rows[0], runs=noisy)  # the baseline's two runs: the noise is known
+    history = History(rows, gpu_price=2.0)
+    figure = progress_figure(session_of(), history)
+    ax = figure.axes[0]
+    labels = [t for t in ax.texts if t.get_text().startswith("change number")]
+    assert 0 < len(labels) <= MAX_LABELS if history.kept else not labels
+    if len(history.kept) <= MAX_LABELS:
+        assert len(labels) == len(history.kept)
+    else:  # spread over the session, not piled on its first keeps
+        xs = sorted(t.xy[0] for t in labels)
+        assert len(labels) >= MAX_LABELS // 2 and xs[-1] - xs[0] > n / 2
+    low, high = ax.get_ylim()
+    best = history.best
+    assert best is not None and best.metric is not None
+    assert low < best.metric < high and low < 1.0 < high  # best and baseline in view
+    assert high < 2.0  # a few diverged runs (+5.0) do not flatten the rest
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "running best" in legend and any(t.startswith("best ± noise") for t in legend)
+    path = tmp_path / "p.png"
+    figure.savefig(path, dpi=100)
+    with Image.open(path) as image:
+        assert image.size == (1600, 900)
+
+
+def test_title_counts_keeps_and_gain() -> None:
+    history = History(synthetic(10))
+    assert title_text(history) == "10 experiments, 1 kept, best 0.999 (-0.10% vs baseline)"
+    assert title_text(History([])) == "0 experiments, 0 kept"
+
+
+def test_diff_lines_are_escaped_and_classed() -> None:
+    out = diff_html("--- a/x\n+<b>new</b>\n-old\n@@ -1 +1 @@\n ctx")
+    assert '<span class="d-add">+&lt;b&gt;new&lt;/b&gt;</span>' in out
+    assert '<span class="d-del">-old</span>' in out and 'class="d-hunk"' in out
+    assert '<span class="d-file">--- a/x</span>' in out and "<b>" not in out
+
+
+def test_status_shows_pace_and_projection() -> None:
+    rows = synthetic(13, keep_every=4)  # 12 experiments in the first hour
+    history = History(rows, gpu_price=2.0, now=3600.0)
+    text = status_text(session_of(), history, max_hours=8, max_cost=20.0)
+    assert "pace: 12.0 experiments/hour over 1.00 h" in text
+    spend = 13 * 60 * 2.0 / 3600  # 13 minutes of compute at $2/h
+    assert f"projected at --max-hours 8: ~96 experiments, ~${spend * 8:.2f}" in text
+    per = spend / 12
+    more = (20.0 - spend) / per
+    assert (
+        f"projected at --max-cost $20.00: ~{12 + more:.0f} experiments in ~{1 + more / 12:.1f} h"
+        in text
+    )
+
+
+def test_status_command_on_a_recorded_session(recorded: Path) -> None:
+    done = run_cli(recorded, "status", "--max-hours", "8")
+    assert done.returncode == 0, done.stderr
+    assert "experiments: 7 (baseline 1, keep 2, discard 1, crash 2, invalid 1)" in done.stdout
+    assert "best score: 2.000000 (experiment 5" in done.stdout
