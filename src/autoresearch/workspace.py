@@ -89,6 +89,8 @@ class Workspace:
         self._env = self._identity_env()
         self.git = Git(config.root, self._env)
         self._tracked_cache: dict[SlotKey, list[str]] = {}
+        self._at: dict[SlotKey, str] = {}  # the commit each checkout was last put at
+        self._trees: dict[str, str] = {}  # commit -> tree, for the commits made here
 
     # --- names -------------------------------------------------------------------------
 
@@ -177,7 +179,9 @@ class Workspace:
 
     def tree(self, commit: str) -> str:
         """The git tree of ``commit``: two commits with the same tree hold the same code."""
-        return self.git("rev-parse", f"{commit}^{{tree}}")
+        if commit not in self._trees:
+            self._trees[commit] = self.git("rev-parse", f"{commit}^{{tree}}")
+        return self._trees[commit]
 
     def resume(self) -> str:
         """Check the session branch exists; return its head."""
@@ -211,11 +215,18 @@ class Workspace:
 
     # --- slots ---------------------------------------------------------------------------
 
-    def checkout(self, slot: SlotKey, commit: str) -> Path:
-        """Put ``slot``'s worktree at ``commit``, clean; create it on first use. Returns the task folder."""
+    def checkout(self, slot: SlotKey, commit: str, *, reuse: bool = False) -> Path:
+        """Put ``slot``'s worktree at ``commit``, clean; create it on first use. Returns the task folder.
+
+        ``reuse``: nothing but this workspace writes to the checkout, so one already at
+        ``commit`` is taken as it is (two git calls saved per experiment).
+        """
         root = self.slot_root(slot)
+        if reuse and self._at.get(slot) == commit and (root / ".git").exists():
+            return self.slot_dir(slot)
         git = Git(root, self._env)
         self._tracked_cache.pop(slot, None)
+        self._at[slot] = commit
         if not (root / ".git").exists():
             if root.exists():
                 shutil.rmtree(root)
@@ -377,10 +388,13 @@ class Workspace:
             raise EditRejected("the proposal changes nothing")
         if code != 0:
             raise WorkspaceError(f"git commit failed in {git.cwd}: {(err or out).strip()}")
+        self._at.pop(slot, None)
         shown = Git(self.slot_dir(slot), self._env)(
-            "show", "--relative", "--format=%H", "HEAD", "--", "."
+            "show", "--relative", "--format=%H %T", "HEAD", "--", "."
         )
-        sha, _, diff = shown.partition("\n")
+        head, _, diff = shown.partition("\n")
+        sha, tree = head.split()
+        self._trees[sha] = tree
         return sha, diff.lstrip("\n") + "\n"
 
     def _check_changes(self, slot: SlotKey) -> None:

@@ -76,7 +76,7 @@ def context_for(engine: Engine, exp_id: int, parent: str, planned: list[Ready]) 
     so an agent that reads its history never proposes the same thing twice.
     """
     ws, cfg, history = engine.workspace, engine.config, engine.history
-    workdir = ws.checkout(PROPOSAL_CHECKOUT, parent)
+    workdir = ws.checkout(PROPOSAL_CHECKOUT, parent, reuse=not engine.agent.needs_workdir)
     best, base = history.best, history.baseline
     noise = history.noise()
     standing = history.standing()
