@@ -20,15 +20,20 @@ import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoresearch import metrics
 from autoresearch.errors import ExecutorError, MetricError
 from autoresearch.executors._base import Job, RunResult, RunStatus, StepResult
-from autoresearch.workspace import sha256_files
+from autoresearch.workspace import Git, sha256_files
+
+if TYPE_CHECKING:
+    from autoresearch.executors.sandbox import Sandbox
 
 MARKER = "AUTORESEARCH_STEP"  # environment variable that tags every process of one step
 TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL of a timed-out group
 TAIL_LINES = 40
+MAX_LOG_MB = 64.0  # per step; beyond it the log keeps its tail ([task] max_log_mb)
 
 
 # Credentials of the agents' APIs: code the agent wrote must never see them (it could print
@@ -36,9 +41,14 @@ TAIL_LINES = 40
 SECRET_ENV = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "OPENAI_API_KEY", "OPENAI_ADMIN_KEY")
 
 
+def without_secrets(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` less the agents' API keys: the one rule for runs, git calls and anything else."""
+    return {k: v for k, v in env.items() if k not in SECRET_ENV}
+
+
 def run_environment(job: Job, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a run: the caller's less API keys, plus the job's, plus AUTORESEARCH_*."""
-    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in SECRET_ENV}
+    env = without_secrets(os.environ if base is None else base)
     env.update(job.env)
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")  # `python` is the interpreter we run on
@@ -63,23 +73,34 @@ def tail(path: Path, lines: int = TAIL_LINES) -> str:
 
 
 def kill_orphans(log_dir: Path) -> list[int]:
-    """Kill the process groups of steps whose orchestrator died (their ``.pid`` files remain)."""
+    """Kill the process groups of steps whose orchestrator died (their ``.pid`` files remain).
+
+    A pid file reads ``pgid start-time marker``. One without the start time is ignored (it
+    was not written by us). A live leader must have started at that time; when the leader
+    is gone, only the processes carrying the step's marker are killed, so a planted or stale
+    file never kills an unrelated process group.
+    """
     killed = []
     for pidfile in sorted(log_dir.glob("*.pid")) if log_dir.is_dir() else []:
-        try:
-            fields = pidfile.read_text().split()
-            pgid, started = int(fields[0]), fields[1] if len(fields) > 1 else None
-        except (OSError, ValueError, IndexError):
-            pgid, started = 0, None
-        leader = _start_time(pgid) if pgid > 0 else None
-        if leader is not None and started is not None and leader != started:
-            pidfile.unlink(missing_ok=True)  # the pid was reused by an unrelated process
+        pgid, started, marker = _read_pidfile(pidfile)
+        pidfile.unlink(missing_ok=True)
+        if pgid <= 0 or not started:
             continue
-        if pgid > 0 and _group_alive(pgid):
+        leader = _start_time(pgid)
+        if leader == started and _group_alive(pgid):
             kill_group(pgid, signal.SIGKILL)
             killed.append(pgid)
-        pidfile.unlink(missing_ok=True)
+        elif leader is None and marker and kill_marked(marker):
+            killed.append(pgid)
     return killed
+
+
+def _read_pidfile(path: Path) -> tuple[int, str, str]:
+    try:
+        pgid, started, marker = [*path.read_text().split(), "", "", ""][:3]
+        return int(pgid), started, marker
+    except (OSError, ValueError, IndexError):
+        return 0, "", ""
 
 
 def _start_time(pid: int) -> str | None:
@@ -111,7 +132,8 @@ def kill_group(pgid: int, sig: int) -> None:
 class StepRunner:
     """Runs shell commands in fresh process groups; can kill every running group at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_log_mb: float = MAX_LOG_MB) -> None:
+        self.max_log_bytes = int(max_log_mb * 2**20)
         self._lock = threading.Lock()
         self._groups: set[int] = set()
         self._killed = False
@@ -128,14 +150,18 @@ class StepRunner:
         return self._killed
 
     def step(self, name: str, command: str, cwd: Path, env: Mapping[str, str], log: Path,
-             timeout: float) -> StepResult:  # fmt: skip
-        """Run ``command``; its output goes to ``log`` and, through a pipe we hold, to the result."""
+             timeout: float, prefix: Sequence[str] = ()) -> StepResult:  # fmt: skip
+        """Run ``command``; its output goes to ``log`` and, through a pipe we hold, to the result.
+
+        ``prefix`` (a sandbox's argv, e.g. bwrap's) runs the shell inside it.
+        """
         log.parent.mkdir(parents=True, exist_ok=True)
         marker = uuid.uuid4().hex  # finds processes that left the group (setsid, double fork)
         start = time.monotonic()
+        argv: str | list[str] = [*prefix, "/bin/sh", "-c", command] if prefix else command
         read_fd, write_fd = os.pipe()
         try:
-            proc = subprocess.Popen(command, shell=True, cwd=cwd, env={**env, MARKER: marker},
+            proc = subprocess.Popen(argv, shell=not prefix, cwd=cwd, env={**env, MARKER: marker},
                                     stdout=write_fd, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
         except OSError as exc:
@@ -146,8 +172,8 @@ class StepRunner:
         with self._lock:
             self._groups.add(proc.pid)
         pidfile = log.with_suffix(".pid")  # lets a resumed session kill what a dead one left
-        pidfile.write_text(f"{proc.pid} {_start_time(proc.pid) or ''}")
-        output = _Output(log)
+        pidfile.write_text(f"{proc.pid} {_start_time(proc.pid) or '?'} {marker}")
+        output = _Output(log, self.max_log_bytes)
         try:
             timed_out = not output.pump(read_fd, proc, start + timeout)
             if timed_out:
@@ -173,21 +199,49 @@ class _Output:
     """A step's output: copied to its log file, the last ``KEEP_BYTES`` kept in memory.
 
     The metric is parsed from this copy, read from a pipe only the orchestrator holds, so
-    nothing that writes to the log file afterwards can change what was measured.
+    nothing that writes to the log file afterwards can change what was measured. The log
+    holds at most ``cap`` bytes: past it, the start is dropped (the tail is what matters)
+    and a first line says so, so a step that floods its output cannot fill the disk.
     """
 
     KEEP_BYTES = 1 << 20
 
-    def __init__(self, log: Path) -> None:
-        self._file = log.open("wb")
+    def __init__(self, log: Path, cap: int = int(MAX_LOG_MB * 2**20)) -> None:
+        self._file = log.open("w+b")
         self._tail = bytearray()
+        self._cap, self._dropped, self._header = max(cap, 1 << 16), 0, 0
 
     def _add(self, chunk: bytes) -> None:
-        self._file.write(chunk)
+        if self._file.tell() + len(chunk) > self._cap:
+            self._compact(chunk)
+        else:
+            self._file.write(chunk)
         self._file.flush()
         self._tail += chunk
         if len(self._tail) > 2 * self.KEEP_BYTES:
             del self._tail[: -self.KEEP_BYTES]
+
+    def _compact(self, chunk: bytes) -> None:
+        """Rewrite the log as a header and its last half-cap bytes (amortized O(1) per byte)."""
+        self._file.seek(self._header)
+        data = self._file.read() + chunk
+        cut = len(data) - self._cap // 2
+        newline = data.find(b"\n", cut, len(data) - 1)
+        cut = newline + 1 if newline >= 0 else cut  # the kept part starts at a line
+        self._dropped += cut
+        header = (
+            f"[autoresearch: this log is capped at {self._cap / 2**20:g} MB ([task] max_log_mb); "
+            f"the first {self._dropped} bytes of output were dropped]\n"
+        ).encode()
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(header + data[cut:])
+        self._header = len(header)
+
+    @property
+    def dropped(self) -> int:
+        """Bytes of output not in the log (0 unless the cap was reached)."""
+        return self._dropped
 
     def pump(self, fd: int, proc: subprocess.Popen[bytes], deadline: float) -> bool:
         """Copy output until the process exits (True) or the deadline passes (False)."""
@@ -240,10 +294,16 @@ def kill_marked(marker: str) -> list[int]:
     return killed
 
 
-def execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None = None) -> RunResult:
-    """Run one job's steps and read its metric. Never raises for a failing run."""
+def execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None = None,
+            sandbox: Sandbox | None = None) -> RunResult:  # fmt: skip
+    """Run one job's steps and read its metric. Never raises for a failing run.
+
+    With a ``sandbox`` each step runs inside it, and a step that changed what the sandbox
+    fingerprints (git's admin files, the Python environment...) makes the run invalid.
+    """
     job.out_dir.mkdir(parents=True, exist_ok=True)
     environment = run_environment(job, env)
+    environment = sandbox.environment(environment) if sandbox else environment
     steps: list[StepResult] = []
     plan = [("check", job.check), ("run", job.run), ("evaluate", job.evaluate)]
     for name, command in plan:
@@ -253,24 +313,37 @@ def execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None = None) 
         log = job.log_dir / f"{job.name}{suffix}.log"
         if name == "evaluate":
             _pristine(job)
+            tampered = _tampered(job)  # the ruler is the session start's, byte for byte
+            if tampered:
+                reason = f"protected files differ from the session's before evaluate: {', '.join(tampered)}"
+                return _result(job, steps, RunStatus.INVALID, reason)
             if job.metric.format == "json":
-                (job.out_dir / job.metric.path).unlink(
-                    missing_ok=True
-                )  # only the harness writes it
-        result = runner.step(name, command, job.workdir, environment, log, job.timeout)
+                (job.out_dir / job.metric.path).unlink(missing_ok=True)  # only the harness writes it
+        result, reached = _sandboxed_step(job, runner, sandbox, name, command, environment, log)
         steps.append(result)
+        if reached:
+            return _result(job, steps, RunStatus.INVALID, f"the {name} step changed {', '.join(reached)}")
         failure = _failure(job, result, runner)
         if failure is not None:
             return _result(job, steps, *failure)
         tampered = _tampered(job)
         if tampered:
-            return _result(
-                job,
-                steps,
-                RunStatus.INVALID,
-                f"the {name} step changed protected files: {', '.join(tampered)}",
-            )
+            reason = f"the {name} step changed protected files: {', '.join(tampered)}"
+            return _result(job, steps, RunStatus.INVALID, reason)
     return _measure(job, steps)
+
+
+def _sandboxed_step(job: Job, runner: StepRunner, sandbox: Sandbox | None, name: str, command: str,
+                    env: Mapping[str, str], log: Path) -> tuple[StepResult, list[str]]:  # fmt: skip
+    """One step, in ``sandbox`` when there is one; also what it changed that it must not."""
+    if sandbox is None:
+        return runner.step(name, command, job.workdir, env, log, job.timeout), []
+    worktree = job.reset_root or job.workdir
+    writable = [job.out_dir] if name == "evaluate" else [worktree, job.out_dir]
+    prefix = sandbox.prefix(name, cwd=job.workdir, worktree=worktree, writable=writable)
+    before = sandbox.fingerprint(worktree)
+    result = runner.step(name, command, job.workdir, env, log, job.timeout, prefix)
+    return result, sandbox.changes(before, sandbox.fingerprint(worktree))
 
 
 def _failure(job: Job, step: StepResult, runner: StepRunner) -> tuple[RunStatus, str] | None:
@@ -290,11 +363,12 @@ def _pristine(job: Job) -> None:
     if job.reset_root is None:
         return
     keep = [f"--exclude=/{path}" for path in job.reset_keep]
-    for args in (["reset", "-q", "--hard"], ["clean", "-qffdx", *keep]):
-        done = subprocess.run(["git", *args], cwd=job.reset_root, capture_output=True)
-        if done.returncode != 0:
-            message = done.stderr.decode("utf-8", errors="replace").strip()
-            raise ExecutorError(f"cannot reset {job.reset_root} before evaluate: {message}")
+    git = Git(job.reset_root)
+    # To the job's commit by sha: a run that committed in its worktree moved HEAD.
+    for args in (["reset", "-q", "--hard", job.commit or "HEAD"], ["clean", "-qffdx", *keep]):
+        code, _, err = git.run(*args)
+        if code != 0:
+            raise ExecutorError(f"cannot reset {job.reset_root} before evaluate: {err.strip()}")
 
 
 def _tampered(job: Job) -> list[str]:
@@ -337,7 +411,8 @@ class LocalExecutor:
     """
 
     def __init__(self, slots: int = 1, *, gpus: Sequence[str] | None = None,
-                 env: Mapping[str, str] | None = None) -> None:  # fmt: skip
+                 env: Mapping[str, str] | None = None, sandbox: Sandbox | None = None,
+                 max_log_mb: float = MAX_LOG_MB) -> None:  # fmt: skip
         if slots < 1:
             raise ExecutorError(f"slots must be >= 1, got {slots}")
         if gpus is not None and len(gpus) < slots:
@@ -345,8 +420,9 @@ class LocalExecutor:
                 f"{slots} slots but only {len(gpus)} GPUs given ({', '.join(gpus)})"
             )
         self._slots, self._gpus, self._env = slots, list(gpus or []), env
+        self.sandbox = sandbox
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="autoresearch-slot")
-        self._runner = StepRunner()
+        self._runner = StepRunner(max_log_mb=max_log_mb)
 
     def slots(self) -> int:
         return self._slots
@@ -354,7 +430,7 @@ class LocalExecutor:
     def submit(self, job: Job) -> Future[RunResult]:
         if self._gpus:
             job = _with_env(job, CUDA_VISIBLE_DEVICES=self._gpus[job.slot % len(self._gpus)])
-        return self._pool.submit(execute, job, self._runner, self._env)
+        return self._pool.submit(execute, job, self._runner, self._env, self.sandbox)
 
     def kill_all(self) -> None:
         """Kill every running step now (a second Ctrl-C)."""
