@@ -92,10 +92,10 @@ def venv_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def make_task(tmp_path: Path, venv_template: Path, mode: str) -> Task:
+def make_task(tmp_path: Path, venv_template: Path, mode: str, extra: str = "") -> Task:
     env = tmp_path / "venv"
     shutil.copytree(venv_template, env, symlinks=True)
-    toml = TOML.format(python=env / "bin" / "python", mode=mode)
+    toml = TOML.format(python=env / "bin" / "python", mode=mode).replace("[metric]", extra + "\n[metric]")
     repo = make_repo(tmp_path / "task", {
         "autoresearch.toml": toml, "evaluate.py": EVALUATE, "train.py": "print('trained')\n",
         "program.md": "Lower the score.\n",
@@ -356,6 +356,38 @@ def test_moving_the_session_branch(task: Task) -> None:
     else:  # it moved; the engine's check of Workspace.fingerprint() after each run says so
         assert ws.branch_head() != branch_before
         assert Sandbox.changes(prints_before, ws.fingerprint()) == [ws.branch_ref]
+
+
+SWAP_LINK = """\
+import os, shutil
+try:
+    os.unlink("shared")  # the link to the user's untracked data: replaced by the run's own
+    os.mkdir("shared")
+    open("shared/answer.txt", "w").write("0.0\\n")
+    print("swapped")
+except OSError as exc:
+    print("refused:", exc)
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_replacing_a_linked_data_folder(mode: str, tmp_path: Path, venv_template: Path) -> None:
+    task = make_task(tmp_path, venv_template, mode, extra='link = ["shared"]')
+    (task.repo / "shared").mkdir()
+    (task.repo / "shared" / "answer.txt").write_text(f"{HONEST}\n")
+    evaluate = EVALUATE.replace('os.path.join(os.environ["AUTORESEARCH_TASK_DIR"], ".autoresearch", "data", "answer.txt")',
+                                '"shared/answer.txt"')  # fmt: skip
+    (task.repo / "evaluate.py").write_text(evaluate)
+    (task.repo / ".gitignore").write_text("shared\n")  # data stays out of the commits
+    git(task.repo, "add", "-A")
+    git(task.repo, "commit", "-qm", "evaluate reads the linked folder")
+    ws = Workspace(task.config, "u")
+    ws.start()
+    task.workspace = ws
+    outcome = attack(task, SWAP_LINK)
+    assert "swapped" in outcome.log  # the worktree is the run's to write, links included
+    assert_honest(outcome)  # evaluate saw the link put back, not the run's folder
+    assert (task.repo / "shared" / "answer.txt").read_text() == f"{HONEST}\n"
 
 
 # --- processes, output, data, network ------------------------------------------------------------

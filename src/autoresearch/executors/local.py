@@ -302,6 +302,7 @@ def execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None = None,
     fingerprints (git's admin files, the Python environment...) makes the run invalid.
     """
     job.out_dir.mkdir(parents=True, exist_ok=True)
+    links = _links(job)  # where the worktree's links point before any step ran
     environment = run_environment(job, env)
     environment = sandbox.environment(environment) if sandbox else environment
     steps: list[StepResult] = []
@@ -312,7 +313,7 @@ def execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None = None,
         suffix = "" if name == "run" else f".{name}"
         log = job.log_dir / f"{job.name}{suffix}.log"
         if name == "evaluate":
-            _pristine(job)
+            _pristine(job, links)
             tampered = _tampered(job)  # the ruler is the session start's, byte for byte
             if tampered:
                 reason = f"protected files differ from the session's before evaluate: {', '.join(tampered)}"
@@ -358,17 +359,36 @@ def _failure(job: Job, step: StepResult, runner: StepRunner) -> tuple[RunStatus,
     return None
 
 
-def _pristine(job: Job) -> None:
-    """Reset the worktree to the commit before the trusted step (outputs live in AUTORESEARCH_OUT)."""
+def _links(job: Job) -> dict[str, str]:
+    """Target of each linked path of the worktree (``reset_keep``) that is a symlink now."""
+    root = job.reset_root
+    if root is None:
+        return {}
+    return {rel: os.readlink(root / rel) for rel in job.reset_keep if (root / rel).is_symlink()}
+
+
+def _pristine(job: Job, links: Mapping[str, str]) -> None:
+    """Reset the worktree to the commit before the trusted step (outputs live in AUTORESEARCH_OUT).
+
+    The reset goes to the job's commit by sha (a run may have committed in its worktree), and
+    a link the run replaced or re-pointed is removed by the clean and put back as it was.
+    """
     if job.reset_root is None:
         return
-    keep = [f"--exclude=/{path}" for path in job.reset_keep]
-    git = Git(job.reset_root)
-    # To the job's commit by sha: a run that committed in its worktree moved HEAD.
+    root = job.reset_root
+    intact = [rel for rel, target in links.items() if (root / rel).is_symlink()
+              and os.readlink(root / rel) == target]  # fmt: skip
+    git = Git(root)
+    keep = [f"--exclude=/{path}" for path in intact]
     for args in (["reset", "-q", "--hard", job.commit or "HEAD"], ["clean", "-qffdx", *keep]):
         code, _, err = git.run(*args)
         if code != 0:
-            raise ExecutorError(f"cannot reset {job.reset_root} before evaluate: {err.strip()}")
+            raise ExecutorError(f"cannot reset {root} before evaluate: {err.strip()}")
+    for rel, target in links.items():
+        path = root / rel
+        if rel not in intact and not path.is_symlink() and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.symlink_to(target)
 
 
 def _tampered(job: Job) -> list[str]:
