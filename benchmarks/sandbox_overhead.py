@@ -73,7 +73,9 @@ def run_step(sandbox: Sandbox, mode: str, name: str, command: str, task: Path, o
     log = out / f"{name}-{mode}.log"
     result = StepRunner().step(name, command, task, env, log, timeout, prefix)
     if result.returncode != 0:
-        raise SystemExit(f"{name} step failed in {mode} (exit {result.returncode}):\n{result.output[-2000:]}")
+        raise SystemExit(
+            f"{name} step failed in {mode} (exit {result.returncode}):\n{result.output[-2000:]}"
+        )
     return result.seconds, result.output
 
 
@@ -91,8 +93,12 @@ def startup(sandboxes: dict[str, Sandbox], task: Path, steps: int) -> None:
         assert result.metric == 1.0, result.reason
     none, bwrap = (statistics.median(seconds[m]) for m in MODES)
     verdict = "ok" if bwrap - none <= 50 else "OVER TARGET"
-    print(f"trivial step through execute(), median of {steps}: unsandboxed {none:.1f} ms, bwrap {bwrap:.1f} ms")
-    print(f"  added per step: {bwrap - none:+.1f} ms (target <= 50 ms: {verdict}); ratio {bwrap / none:.2f}x")
+    print(
+        f"trivial step through execute(), median of {steps}: unsandboxed {none:.1f} ms, bwrap {bwrap:.1f} ms"
+    )
+    print(
+        f"  added per step: {bwrap - none:+.1f} ms (target <= 50 ms: {verdict}); ratio {bwrap / none:.2f}x"
+    )
 
 
 def gpt(sandbox: Sandbox, task: Path, budget: float, pairs: int) -> None:
@@ -125,7 +131,9 @@ def gpt(sandbox: Sandbox, task: Path, budget: float, pairs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=30, help="trivial steps per mode")
-    parser.add_argument("--budget", type=float, default=20.0, help="seconds of GPT training per run")
+    parser.add_argument(
+        "--budget", type=float, default=20.0, help="seconds of GPT training per run"
+    )
     parser.add_argument("--pairs", type=int, default=2, help="GPT runs per mode")
     parser.add_argument("--skip-gpt", action="store_true", help="only the start-up cost")
     args = parser.parse_args()

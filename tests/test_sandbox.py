@@ -9,6 +9,7 @@ from the holdout file); an attack that works makes it lower.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import shutil
 import signal
@@ -38,7 +39,9 @@ from autoresearch.workspace import Workspace, git_fingerprint
 HONEST = 5.0
 CANARY = "sk-proj-SANDBOXCANARY-0123456789"
 NO_BWRAP = bwrap_problem()
-needs_bwrap = pytest.mark.skipif(NO_BWRAP is not None, reason=f"bubblewrap cannot run here: {NO_BWRAP}")
+needs_bwrap = pytest.mark.skipif(
+    NO_BWRAP is not None, reason=f"bubblewrap cannot run here: {NO_BWRAP}"
+)
 MODES = [pytest.param("bwrap", marks=needs_bwrap), "none"]
 
 EVALUATE = """\
@@ -95,7 +98,9 @@ def venv_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_task(tmp_path: Path, venv_template: Path, mode: str, extra: str = "") -> Task:
     env = tmp_path / "venv"
     shutil.copytree(venv_template, env, symlinks=True)
-    toml = TOML.format(python=env / "bin" / "python", mode=mode).replace("[metric]", extra + "\n[metric]")
+    toml = TOML.format(python=env / "bin" / "python", mode=mode).replace(
+        "[metric]", extra + "\n[metric]"
+    )
     repo = make_repo(tmp_path / "task", {
         "autoresearch.toml": toml, "evaluate.py": EVALUATE, "train.py": "print('trained')\n",
         "program.md": "Lower the score.\n",
@@ -152,7 +157,13 @@ def outside(task: Task) -> dict[str, str]:
             rel = path.relative_to(root).as_posix()
             if root == task.repo and any(rel == s or rel.startswith(s + "/") for s in skip):
                 continue
-            data = os.readlink(path) if path.is_symlink() else path.read_bytes() if path.is_file() else ""
+            data = (
+                os.readlink(path)
+                if path.is_symlink()
+                else path.read_bytes()
+                if path.is_file()
+                else ""
+            )
             prints[str(path)] = hashlib.sha256(str(data).encode()).hexdigest()
     return prints
 
@@ -281,7 +292,7 @@ def test_writing_the_users_checkout_ledger_and_lock(task: Task) -> None:
         assert not (task.repo / ".autoresearch" / "locks" / "t.lock").exists()  # not stopped
 
 
-HOOK = "#!/bin/sh\nenv > \"$(git rev-parse --git-common-dir)/../hook-ran\"\n"
+HOOK = '#!/bin/sh\nenv > "$(git rev-parse --git-common-dir)/../hook-ran"\n'
 
 
 def test_planting_a_git_hook(task: Task, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -388,6 +399,23 @@ def test_replacing_a_linked_data_folder(mode: str, tmp_path: Path, venv_template
     assert "swapped" in outcome.log  # the worktree is the run's to write, links included
     assert_honest(outcome)  # evaluate saw the link put back, not the run's folder
     assert (task.repo / "shared" / "answer.txt").read_text() == f"{HONEST}\n"
+
+
+LINK_HARNESS = """\
+import os
+with open("big.bin", "wb") as fh:
+    fh.truncate(1 << 30)  # sparse: a GiB that costs nothing to make, much to read
+os.unlink("evaluate.py")
+os.symlink(os.path.abspath("big.bin"), "evaluate.py")
+print("linked")
+"""
+
+
+def test_a_protected_file_swapped_for_a_link_is_hashed_as_a_link(task: Task) -> None:
+    outcome = attack(task, LINK_HARNESS)
+    assert "linked" in outcome.log
+    assert outcome.result.status is RunStatus.INVALID
+    assert outcome.result.reason == "the run step changed protected files: evaluate.py"
 
 
 # --- processes, output, data, network ------------------------------------------------------------
@@ -562,10 +590,14 @@ def test_network_true_lets_the_step_connect(
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_a_session_never_keeps_the_pth_attack(mode: str, tmp_path: Path, venv_template: Path) -> None:
+def test_a_session_never_keeps_the_pth_attack(
+    mode: str, tmp_path: Path, venv_template: Path
+) -> None:
     task = make_task(tmp_path, venv_template, mode)
     (task.repo / ".autoresearch" / "ledger.db").unlink()  # the session makes a real one
-    patch = "# a .pth file that fakes evaluate\ntrain.py\n<<<<<<< SEARCH\nprint('trained')\n=======\n"
+    patch = (
+        "# a .pth file that fakes evaluate\ntrain.py\n<<<<<<< SEARCH\nprint('trained')\n=======\n"
+    )
     patches = write_patch_dir(tmp_path / "patches", {"01": patch + PTH + ">>>>>>> REPLACE\n"})
     options = SessionOptions(tag="s", max_experiments=2)
     executor = LocalExecutor(sandbox=task.sandbox())
@@ -588,9 +620,13 @@ def test_a_session_never_keeps_the_pth_attack(mode: str, tmp_path: Path, venv_te
 def test_auto_without_bwrap_warns_and_bwrap_without_it_is_an_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("autoresearch.executors.sandbox.bwrap_problem", lambda: "bwrap is not installed")
+    monkeypatch.setattr(
+        "autoresearch.executors.sandbox.bwrap_problem", lambda: "bwrap is not installed"
+    )
     mode, warning = resolve_mode("auto")
-    assert mode == "none" and warning.startswith("WARNING: steps run UNSANDBOXED: bwrap is not installed")
+    assert mode == "none" and warning.startswith(
+        "WARNING: steps run UNSANDBOXED: bwrap is not installed"
+    )
     with pytest.raises(ConfigError, match='sandbox = "bwrap", but bwrap is not installed'):
         resolve_mode("bwrap")
     assert resolve_mode("none")[0] == "none"
@@ -604,7 +640,10 @@ def test_auto_is_bwrap_where_it_works() -> None:
 def test_config_keys_are_validated(tmp_path: Path) -> None:
     base = "[metric]\nname = 's'\n[task]\neditable = ['a.py']\nrun = 'true'\n"
     for line, message in [
-        ("sandbox = 'docker'", "[task] sandbox: found 'docker', expected one of 'auto', 'bwrap', 'none'"),
+        (
+            "sandbox = 'docker'",
+            "[task] sandbox: found 'docker', expected one of 'auto', 'bwrap', 'none'",
+        ),
         ("network = 'yes'", "[task] network: found 'yes', expected true or false"),
         ("env = ['A B']", "[task] env: found 'A B', expected names of environment variables"),
         ("holdout = ['../val']", "[task] holdout: found '../val', expected paths relative"),
@@ -617,7 +656,11 @@ def test_config_keys_are_validated(tmp_path: Path) -> None:
     (tmp_path / "autoresearch.toml").write_text(base)
     config = load_config(tmp_path)
     assert (config.sandbox, config.network, config.env, config.holdout, config.max_log_mb) == (
-        "auto", False, (), (), 64.0,
+        "auto",
+        False,
+        (),
+        (),
+        64.0,
     )
 
 
@@ -692,3 +735,26 @@ def test_pid_files_without_a_start_time_are_ignored(tmp_path: Path) -> None:
     finally:
         victim.kill()
         victim.wait()
+
+
+def test_the_argv_binds_gpus_and_keeps_the_network_off(
+    tmp_path: Path, venv_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("autoresearch.executors.sandbox._gpu_devices", lambda: ["/dev/nvidia0"])
+    monkeypatch.setattr("autoresearch.executors.sandbox.bwrap_problem", lambda: None)
+    task = make_task(tmp_path, venv_template, "bwrap")
+    work = task.workspace.slot_root(0)
+    out = task.repo / ".autoresearch" / "runs" / "x"
+    argv = task.sandbox().prefix("run", cwd=work, worktree=work, writable=[work, out])
+    pairs = list(itertools.pairwise(argv))
+    assert ("--dev-bind", "/dev/nvidia0") in pairs
+    assert "--unshare-net" in argv and ("--cap-drop", "ALL") in pairs
+    assert ("--tmpfs", str(task.repo)) in pairs and ("--tmpfs", str(Path.home())) in pairs
+    assert ("--bind", str(work)) in pairs and ("--bind", str(out)) in pairs
+    assert argv.index("--tmpfs") < argv.index("--bind")  # hidden first, then shown again
+    evaluate = task.sandbox(network=True).prefix(
+        "evaluate", cwd=work, worktree=work, writable=[out]
+    )
+    assert "--unshare-net" not in evaluate and ("--ro-bind", str(work)) in itertools.pairwise(
+        evaluate
+    )

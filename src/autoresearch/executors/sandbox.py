@@ -24,6 +24,7 @@ import glob
 import hashlib
 import os
 import shutil
+import site
 import subprocess
 import sys
 import tempfile
@@ -89,9 +90,14 @@ def resolve_mode(mode: str) -> tuple[str, str]:
 
 
 def python_roots() -> tuple[Path, ...]:
-    """The folders of the Python environment steps run on (the venv and its base installation)."""
+    """The folders of the Python environment steps run on (the venv and its base installation).
+
+    The user site (``~/.local``) counts too where this interpreter reads it.
+    """
     roots = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix)}
     roots.add(Path(sys.executable).resolve().parent.parent)
+    if site.ENABLE_USER_SITE and site.USER_BASE:
+        roots.add(Path(site.USER_BASE))
     return tuple(sorted(p.resolve() for p in roots if p.is_dir()))
 
 
