@@ -332,3 +332,40 @@ def test_cli_session_with_the_base_url_from_the_environment(
     assert (
         status.returncode == 0 and "spend: $0.01" in status.stdout
     )  # 2 x (1000 in + 100 out) = $0.006
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        None,
+        {},
+        {"input_tokens": "1200", "output_tokens": 100},
+        {"input_tokens": 1200, "output_tokens": None},
+        {"input_tokens": -5, "output_tokens": 100},
+        {"input_tokens": 1200, "output_tokens": 100, "cache_read_input_tokens": "lots"},
+        "not a block",
+    ],
+)
+def test_a_malformed_usage_block_is_unknown_usage_not_an_error(
+    server: FakeAnthropic, usage: object
+) -> None:
+    reply = FakeAnthropic.tool(edit_args())
+    if usage == {}:
+        del reply.body["usage"]
+    else:
+        reply.body["usage"] = usage
+    server.queue(reply)
+    proposal = agent_for(server).propose(make_context())
+    assert proposal.edits == (Edit("params.py", "X = 1.0", "X = 3.0"),)
+    assert proposal.usage.cost_usd is None  # unknown: neither free nor a crash
+    assert (proposal.usage.input_tokens, proposal.usage.output_tokens) == (0, 0)
+
+
+def test_null_cache_counts_are_zero(server: FakeAnthropic) -> None:
+    reply = FakeAnthropic.tool(edit_args(), input_tokens=1000, output_tokens=100)
+    reply.body["usage"]["cache_read_input_tokens"] = None
+    del reply.body["usage"]["cache_creation_input_tokens"]
+    server.queue(reply)
+    usage = agent_for(server).propose(make_context()).usage
+    assert (usage.input_tokens, usage.cached_tokens, usage.output_tokens) == (1000, 0, 100)
+    assert usage.cost_usd is not None and usage.cost_usd > 0

@@ -271,3 +271,39 @@ def test_lenient_with_servers_that_leave_fields_out(server: FakeOpenAI) -> None:
     ).propose(make_context())
     assert proposal.edits == (Edit("params.py", "X = 1.0", "X = 3.0"),)
     assert (proposal.usage.input_tokens, proposal.usage.output_tokens) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        None,
+        {},
+        {"prompt_tokens": "900", "completion_tokens": 100},
+        {"prompt_tokens": 900, "completion_tokens": None},
+        {"prompt_tokens": 900.5, "completion_tokens": 100},
+        {"prompt_tokens": 900, "completion_tokens": 100, "prompt_tokens_details": {"cached_tokens": "x"}},
+        ["not", "a", "block"],
+    ],
+)
+def test_a_malformed_usage_block_is_unknown_usage_not_an_error(
+    server: FakeOpenAI, usage: object
+) -> None:
+    reply = FakeOpenAI.tool(edit_args())
+    if usage == {}:
+        del reply.body["usage"]
+    else:
+        reply.body["usage"] = usage
+    server.queue(reply)
+    proposal = agent_for(server).propose(make_context())
+    assert proposal.edits == (Edit("params.py", "X = 1.0", "X = 3.0"),)
+    assert proposal.usage.cost_usd is None  # unknown: neither free nor a crash
+    assert (proposal.usage.input_tokens, proposal.usage.output_tokens) == (0, 0)
+
+
+def test_null_cache_details_count_zero(server: FakeOpenAI) -> None:
+    reply = FakeOpenAI.tool(edit_args(), prompt_tokens=1000, completion_tokens=100)
+    reply.body["usage"]["prompt_tokens_details"] = None
+    server.queue(reply)
+    usage = agent_for(server).propose(make_context()).usage
+    assert (usage.input_tokens, usage.cached_tokens, usage.output_tokens) == (1000, 0, 100)
+    assert usage.cost_usd is not None and usage.cost_usd > 0

@@ -137,7 +137,7 @@ def test_a_signal_finishes_the_experiment_then_stops(tmp_path: Path, sig: int, n
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_second_signal_kills_the_run_and_records_it(tmp_path: Path, sig: int) -> None:
-    repo = toy(tmp_path)
+    repo = toy(tmp_path, task='sandbox = "none"')  # the run writes its host pid outside its worktree
     pidfile = tmp_path / "run.pid"
     hang = ("# hang\nparams.py\n<<<<<<< SEARCH\nY = 2.0\n=======\nY = 2.0\nimport os, time\n"
             f"open({str(pidfile)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\n>>>>>>> REPLACE\n")  # fmt: skip

@@ -35,7 +35,7 @@ def test_toy_demo_runs_a_session_and_leaves_everything_to_look_at(tmp_path: Path
 
     tsv = (dest / "results.tsv").read_text().splitlines()
     assert tsv[0] == "commit\tloss\tmemory_gb\tstatus\tdescription"
-    assert len(tsv) == 6 and tsv[1].split("\t")[3] == "baseline"
+    assert len(tsv) == 6 and tsv[1].split("\t")[3] == "keep"  # upstream's statuses: the baseline is a keep
     assert (dest / ".autoresearch" / "ledger.db").is_file()
     head = git(dest, "show", "autoresearch/demo:params.py")
     assert head.startswith("# The constants of a pretend training run.")

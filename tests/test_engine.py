@@ -298,7 +298,8 @@ def test_max_hours_stops_after_the_baseline(tmp_path: Path) -> None:
 
 
 def test_a_run_that_rewrites_protected_data_stops_the_session(tmp_path: Path) -> None:
-    repo = toy(tmp_path, task='protected_data = ["data/*.txt"]', files={".gitignore": "data/\n"})
+    # Unsandboxed: the run can reach the data, and the tripwire must catch it (test_sandbox: it cannot).
+    repo = toy(tmp_path, task='protected_data = ["data/*.txt"]\nsandbox = "none"', files={".gitignore": "data/\n"})
     (repo / "data").mkdir()
     (repo / "data" / "val.txt").write_text("the validation set\n")
     code = (
@@ -380,7 +381,7 @@ def test_a_task_in_a_subfolder_records_task_relative_diffs(tmp_path: Path) -> No
 def test_the_evaluate_step_runs_on_a_clean_checkout(tmp_path: Path) -> None:
     judge = "import json\nimport params\nprint('---')\nprint('score:', json.dumps((params.X - 3) ** 2 + (params.Y + 1) ** 2))\n"
     task = f'evaluate = "{PY} judge.py"'
-    repo = toy(tmp_path, task=task, files={"judge.py": judge})
+    repo = toy(tmp_path, task=task + '\nsandbox = "none"', files={"judge.py": judge})  # the run writes json.py
     toml = (
         (repo / "autoresearch.toml").read_text().replace('["score.py"]', '["score.py", "judge.py"]')
     )
@@ -397,7 +398,7 @@ def test_the_evaluate_step_runs_on_a_clean_checkout(tmp_path: Path) -> None:
 def test_a_run_that_rewrites_the_ledger_stops_the_session(tmp_path: Path) -> None:
     from autoresearch.errors import LedgerError
 
-    repo = toy(tmp_path)
+    repo = toy(tmp_path, task='sandbox = "none"')  # sandboxed, the ledger is out of reach
     code = (
         "import os, sqlite3\n"
         "db = sqlite3.connect(os.environ['AUTORESEARCH_TASK_DIR'] + '/.autoresearch/ledger.db')\n"

@@ -44,6 +44,8 @@ def gated_task(tmp_path: Path) -> tuple[Path, Path, Path]:
     """A toy task whose run prints a progress line, then waits for a release file."""
     release = tmp_path / "release"
     toml = TOY_TOML.replace("{python}", sys.executable).replace("timeout = 20", "timeout = 300")
+    # The release file lives in the test's folder, which a sandboxed run cannot see.
+    toml = toml.replace("[task]\n", '[task]\nsandbox = "none"\n')
     repo = make_repo(
         tmp_path / "task",
         {

@@ -129,7 +129,8 @@ def test_resume_refuses_a_branch_moved_by_hand(tmp_path: Path) -> None:
 
 
 def test_orphaned_run_is_killed_on_resume(tmp_path: Path) -> None:
-    repo = toy(tmp_path, timeout=3)  # the re-run of the hanging experiment times out fast
+    # The re-run of the hanging experiment times out fast; unsandboxed, its pid is the host's.
+    repo = toy(tmp_path, timeout=3, task='sandbox = "none"')
     code = "import os, time\nopen(os.environ['AUTORESEARCH_OUT'] + '/../pid', 'w').write(str(os.getpid()))\ntime.sleep(300)"
     hang = {"01": sr("params.py", "Y = 2.0", "Y = 2.0\n" + code, "hang")}
     patches = write_patch_dir(tmp_path / "p", hang)

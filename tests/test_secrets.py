@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,3 +145,78 @@ def test_runs_do_not_see_the_keys(keys: dict[str, str], toy_repo: Path) -> None:
     logs = files_under(toy_repo / ".autoresearch" / "logs")
     assert any("AUTORESEARCH_SEED" in p.read_text() for p in logs)  # the dump happened
     assert_no_keys(toy_repo, *reports(toy_repo, env))
+
+
+HOOK = "#!/bin/sh\nenv > {out}\n"
+
+
+def test_git_never_runs_a_planted_hook_or_fsmonitor(keys: dict[str, str], toy_repo: Path) -> None:
+    """What a run could plant in .git (hooks, core.fsmonitor) never runs in the orchestrator's git."""
+    from autoresearch.agents.command import _git
+    from autoresearch.config import load_config
+    from autoresearch.git import Git
+    from autoresearch.workspace import Workspace
+
+    ran = toy_repo / "ran"
+    hooks = toy_repo / ".git" / "hooks"
+    for name in ("post-checkout", "pre-commit", "post-commit", "reference-transaction"):
+        (hooks / name).write_text(HOOK.format(out=ran))
+        (hooks / name).chmod(0o755)
+    evil = toy_repo / "evil.sh"
+    evil.write_text(HOOK.format(out=ran))
+    evil.chmod(0o755)
+    with (toy_repo / ".git" / "config").open("a") as fh:
+        fh.write(f"[core]\n\tfsmonitor = {evil}\n")
+    assert not any(k in Git(toy_repo).env for k in keys)
+    ws = Workspace(load_config(toy_repo), "t")
+    ws.start()
+    workdir = ws.checkout(0, ws.head())
+    (workdir / "params.py").write_text("X = 2.0\nY = 2.0\n")
+    sha, _ = ws.commit(0, "an experiment")
+    ws.move_branch(sha)
+    ws.dirty_files()
+    _git(workdir, "status", "--porcelain")
+    assert not ran.exists()
+
+
+RUN_READS_PARENT = edit_args(
+    "read the orchestrator's environment",
+    "X = 1.0",
+    "X = 3.0\nimport glob\n"
+    "for p in glob.glob('/proc/[0-9]*/environ'):\n"
+    "    try:\n        print(p, open(p, 'rb').read())\n    except OSError:\n        pass",
+)
+SANDBOXED_SESSION = """\
+import sys
+from autoresearch.agents import get_agent
+from autoresearch.config import load_config
+from autoresearch.engine import Engine, SessionOptions
+from autoresearch.executors.local import LocalExecutor
+from autoresearch.executors.sandbox import Sandbox
+config = load_config(sys.argv[1])
+executor = LocalExecutor(sandbox=Sandbox.for_task(config, mode="bwrap"))
+agent = get_agent("anthropic", max_retries=0, backoff=0.0)
+Engine(config, agent, options=SessionOptions(tag="t", max_experiments=1), executor=executor).run()
+executor.close()
+"""
+
+
+def test_a_sandboxed_run_cannot_read_the_orchestrators_environment(
+    keys: dict[str, str], toy_repo: Path
+) -> None:
+    from autoresearch.executors.sandbox import bwrap_problem
+
+    if bwrap_problem() is not None:
+        pytest.skip(f"bubblewrap cannot run here: {bwrap_problem()}")
+    with FakeAnthropic(key=ANTHROPIC_KEY) as server:
+        server.queue(FakeAnthropic.tool(RUN_READS_PARENT))
+        env = {**os.environ, **keys, "ANTHROPIC_BASE_URL": server.url}
+        done = subprocess.run(
+            [sys.executable, "-c", SANDBOXED_SESSION, str(toy_repo)],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    logs = "".join(p.read_text() for p in files_under(toy_repo / ".autoresearch" / "logs"))
+    assert "/proc/1/environ" in logs  # it looked: it sees its own PID namespace only
+    for path in files_under(toy_repo / ".autoresearch"):
+        assert not any(key.encode() in path.read_bytes() for key in KEYS), path

@@ -27,6 +27,7 @@ from autoresearch.engine import (
 )
 from autoresearch.errors import AutoresearchError, ConfigError
 from autoresearch.executors.local import LocalExecutor
+from autoresearch.executors.sandbox import Sandbox, resolve_mode
 from autoresearch.process import StepRunner
 from autoresearch.report import Store, export, live, make_report, text
 
@@ -205,7 +206,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         resume=args.resume, seed=args.seed, run_setup=not args.no_setup, agent_flags=flags,
         lookahead=args.lookahead,
     )  # fmt: skip
-    executor = LocalExecutor(args.slots, gpus=gpus)
+    executor = LocalExecutor(args.slots, gpus=gpus, sandbox=Sandbox.for_task(config),
+                             max_log_mb=config.max_log_mb)  # fmt: skip
     view = _view(args, config)
     engine = Engine(config, agent, options=options, executor=executor,
                     on_event=view.experiment_finished, on_message=view.message,
@@ -280,6 +282,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     history = store.history(session)
     print(text.status_text(session, history, max_hours=args.max_hours, max_cost=args.max_cost,
                            judge=config.judge))  # fmt: skip
+    warning = resolve_mode(config.sandbox)[1]
+    if warning:
+        print(f"warning: {warning}")
     return 0
 
 

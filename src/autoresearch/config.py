@@ -7,6 +7,7 @@ unknown keys are errors: a typo must never be silently ignored.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ STATE_DIR = ".autoresearch"  # per-task state: ledger, logs, worktrees, locks
 DIRECTIONS = ("minimize", "maximize")
 FORMATS = ("summary", "regex", "json")
 JUDGE_RULES = ("sequential", "naive")
+SANDBOXES = ("auto", "bwrap", "none")  # [task] sandbox: bwrap where it works, or none
 AGENT_NAMES = ("replay", "tuner", "anthropic", "openai", "command")  # the [agent.NAME] tables
 
 
@@ -79,6 +81,11 @@ class TaskConfig:
     time_budget: float = 300.0
     timeout: float = 600.0
     budget_allowance: float | None = None  # None: max(30 s, budget / 2)
+    sandbox: str = "auto"  # steps in bubblewrap ("bwrap"), unsandboxed ("none"), or bwrap if it works
+    network: bool = False  # whether sandboxed steps may reach the network
+    env: tuple[str, ...] = ()  # names of environment variables passed into sandboxed steps
+    holdout: tuple[str, ...] = ()  # globs only the evaluate step may read (validation data)
+    max_log_mb: float = 64.0  # per step; a longer log keeps its tail
     metric: MetricConfig = field(default_factory=MetricConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     cost: CostConfig = field(default_factory=CostConfig)
@@ -164,8 +171,10 @@ class _Section:
 
 _TASK_KEYS = (
     "instructions", "editable", "protected", "protected_data", "context", "link", "setup", "check", "run",
-    "evaluate", "time_budget", "timeout", "budget_allowance",
+    "evaluate", "time_budget", "timeout", "budget_allowance", "sandbox", "network", "env", "holdout",
+    "max_log_mb",
 )  # fmt: skip
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _relative_paths(sec: _Section, key: str) -> tuple[str, ...]:
@@ -199,7 +208,26 @@ def _task(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
         sec.fail("timeout", out["timeout"], f"at least time_budget ({out['time_budget']:g})")
     if "budget_allowance" in sec.table:
         out["budget_allowance"] = sec.number("budget_allowance", 0.0)
+    out.update(_sandbox(sec))
     return out
+
+
+def _sandbox(sec: _Section) -> dict[str, Any]:
+    """The sandbox keys: sandbox, network, env, holdout, max_log_mb."""
+    network = sec.table.get("network", False)
+    if not isinstance(network, bool):
+        sec.fail("network", network, "true or false")
+    env = sec.strings("env")
+    for name in env:
+        if not _ENV_NAME.match(name):
+            sec.fail("env", name, "names of environment variables (letters, digits, '_')")
+    return {
+        "sandbox": sec.choice("sandbox", "auto", SANDBOXES),
+        "network": network,
+        "env": env,
+        "holdout": _relative_paths(sec, "holdout"),
+        "max_log_mb": sec.number("max_log_mb", 64.0, positive=True),
+    }
 
 
 def _metric(path: Path, raw: dict[str, Any]) -> MetricConfig:

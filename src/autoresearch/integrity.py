@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 
 def sha256_files(root: Path, paths: Iterable[str]) -> dict[str, str]:
-    """sha256 of each file under ``root`` ('' for a missing one)."""
+    """sha256 of each file under ``root`` ('' for a missing one or one that is not a regular file).
+
+    A symlink is hashed as its target's name, never followed, and files are read in chunks:
+    a run that swaps a protected file for a link to /dev/zero or a FIFO cannot hang us.
+    """
     out = {}
     for rel in paths:
         target = root / rel
-        out[rel] = hashlib.sha256(target.read_bytes()).hexdigest() if target.is_file() else ""
+        if target.is_symlink():
+            out[rel] = "link " + os.readlink(target)
+        elif target.is_file():
+            with target.open("rb") as fh:
+                out[rel] = hashlib.file_digest(fh, "sha256").hexdigest()
+        else:
+            out[rel] = ""
     return out
 
 

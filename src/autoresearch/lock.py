@@ -34,6 +34,16 @@ class SessionLock:
         fh.flush()
         self._fh = fh
 
+    def intact(self) -> bool:
+        """True while the file at our path is the one we hold locked (a run may delete it,
+        so that a second orchestrator could lock a new one)."""
+        if self._fh is None:
+            return False
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self._fh.fileno()).st_ino
+        except OSError:
+            return False
+
     def release(self) -> None:
         if self._fh is not None:
             self._fh.close()  # closing drops the flock

@@ -19,7 +19,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,13 +35,22 @@ DEFAULT_LOG_BYTES = 64 << 20  # a step's log is cut here; the tail in memory is 
 _SECRET_NAME = re.compile(r"(API_KEY|_KEY|_TOKEN|_SECRET|PASSWORD)$", re.IGNORECASE)
 
 
+# The agents' own credentials: never handed to a run, not even when [task] env names them.
+AGENT_KEYS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "OPENAI_API_KEY", "OPENAI_ADMIN_KEY")
+
+
 def is_secret(name: str) -> bool:
     return bool(_SECRET_NAME.search(name))
 
 
-def without_secrets(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """``env`` (default: this process's environment) less every secret variable."""
-    return {k: v for k, v in (os.environ if env is None else env).items() if not is_secret(k)}
+def without_secrets(
+    env: Mapping[str, str] | None = None, keep: Iterable[str] = ()
+) -> dict[str, str]:
+    """``env`` (default: this process's environment) less every secret variable, but those
+    named in ``keep`` (``[task] env``: a data hub token the user hands on); never an agent's key."""
+    kept = set(keep) - set(AGENT_KEYS)
+    env = os.environ if env is None else env
+    return {k: v for k, v in env.items() if k in kept or not is_secret(k)}
 
 
 def secret_values(
@@ -81,23 +90,32 @@ def _group_alive(pgid: int) -> bool:
 def kill_orphans(log_dir: Path) -> list[int]:
     """Kill the process groups of steps whose orchestrator died (their ``.pid`` files remain).
 
-    A pid file names the group leader and its start time. One without a start time, or
-    whose leader is now another process (the pid was reused), is ignored: a planted or
-    stale file never makes us kill an unrelated group.
+    A pid file reads ``pgid start-time marker``. One without the start time is ignored (it
+    was not written by us). A live leader must have started at that time; when the leader
+    is gone, only the processes carrying the step's marker are killed, so a planted or stale
+    file never kills an unrelated process group.
     """
     killed = []
     for pidfile in sorted(log_dir.glob("*.pid")) if log_dir.is_dir() else []:
-        try:
-            fields = pidfile.read_text().split()
-            pgid, started = int(fields[0]), fields[1]
-        except (OSError, ValueError, IndexError):
-            pidfile.unlink(missing_ok=True)
+        pgid, started, marker = _read_pidfile(pidfile)
+        pidfile.unlink(missing_ok=True)
+        if pgid <= 1 or not started:
             continue
-        if pgid > 1 and start_time(pgid) == started and _group_alive(pgid):
+        leader = start_time(pgid)
+        if leader == started and _group_alive(pgid):
             kill_group(pgid, signal.SIGKILL)
             killed.append(pgid)
-        pidfile.unlink(missing_ok=True)
+        elif leader is None and marker and kill_marked(marker):
+            killed.append(pgid)
     return killed
+
+
+def _read_pidfile(path: Path) -> tuple[int, str, str]:
+    try:
+        pgid, started, marker = [*path.read_text().split(), "", "", ""][:3]
+        return int(pgid), started, marker
+    except (OSError, ValueError, IndexError):
+        return 0, "", ""
 
 
 def kill_marked(marker: str) -> list[int]:
@@ -137,17 +155,17 @@ class StepResult:
     log_path: Path
     timed_out: bool = False
     output: str = ""  # the end of the output, as read from the command itself
-    log_capped: bool = False  # the log file reached its cap; later output kept in memory only
+    log_dropped: int = 0  # bytes of output the capped log file no longer holds (its start)
 
 
 class StepRunner:
     """Runs commands in fresh process groups; can kill every running group at once."""
 
-    def __init__(self, *, max_log_bytes: int = DEFAULT_LOG_BYTES) -> None:
+    def __init__(self, *, max_log_mb: float = DEFAULT_LOG_BYTES / 2**20) -> None:
+        self.max_log_bytes = int(max_log_mb * 2**20)
         self._lock = threading.Lock()
         self._groups: set[int] = set()
         self._killed = False
-        self.max_log_bytes = max_log_bytes
 
     def kill_all(self) -> None:
         with self._lock:
@@ -161,16 +179,22 @@ class StepRunner:
         return self._killed
 
     def step(self, name: str, command: str | list[str], cwd: Path, env: Mapping[str, str],
-             log: Path, timeout: float, *, stdin: bytes | None = None) -> StepResult:  # fmt: skip
-        """Run ``command`` (a shell line, or an argv); output to ``log`` and to the result."""
+             log: Path, timeout: float, *, prefix: Sequence[str] = (),
+             stdin: bytes | None = None) -> StepResult:  # fmt: skip
+        """Run ``command`` (a shell line, or an argv); output to ``log`` and to the result.
+
+        ``prefix`` (a sandbox's argv, e.g. bwrap's) runs the command inside it.
+        """
         log.parent.mkdir(parents=True, exist_ok=True)
         marker = uuid.uuid4().hex  # finds processes that left the group (setsid, double fork)
         start = time.monotonic()
+        if prefix:
+            command = [*prefix, *(["/bin/sh", "-c", command] if isinstance(command, str) else command)]
         proc, read_fd = self._start(name, command, cwd, {**env, MARKER: marker}, stdin)
         with self._lock:
             self._groups.add(proc.pid)
         pidfile = log.with_suffix(".pid")  # lets a resumed session kill what a dead one left
-        pidfile.write_text(f"{proc.pid} {start_time(proc.pid) or ''}")
+        pidfile.write_text(f"{proc.pid} {start_time(proc.pid) or '?'} {marker}")
         output = _Output(log, self.max_log_bytes)
         try:
             if stdin is not None:
@@ -192,7 +216,7 @@ class StepRunner:
                 self._groups.discard(proc.pid)
         code = None if timed_out else proc.returncode
         return StepResult(name, code, time.monotonic() - start, log, timed_out, output.text(),
-                          output.capped)  # fmt: skip
+                          output.dropped)  # fmt: skip
 
     def _start(self, name: str, command: str | list[str], cwd: Path, env: Mapping[str, str],
                stdin: bytes | None) -> tuple[subprocess.Popen[bytes], int]:  # fmt: skip
@@ -227,34 +251,52 @@ def _feed(proc: subprocess.Popen[bytes], data: bytes) -> None:
 
 
 class _Output:
-    """A command's output: copied to its log file (up to a cap), the last bytes kept in memory.
+    """A step's output: copied to its log file, the last ``KEEP_BYTES`` kept in memory.
 
     The metric is parsed from this copy, read from a pipe only the orchestrator holds, so
-    nothing that writes to the log file afterwards can change what was measured; a
-    command that floods its output fills neither memory nor the disk.
+    nothing that writes to the log file afterwards can change what was measured. The log
+    holds at most ``cap`` bytes: past it, the start is dropped (the tail is what matters)
+    and a first line says so, so a step that floods its output cannot fill the disk.
     """
 
     KEEP_BYTES = 1 << 20
 
-    def __init__(self, log: Path, max_bytes: int) -> None:
-        self._file = log.open("wb")
+    def __init__(self, log: Path, cap: int = DEFAULT_LOG_BYTES) -> None:
+        self._file = log.open("w+b")
         self._tail = bytearray()
-        self._written, self._max = 0, max_bytes
-        self.capped = False
+        self._cap, self._dropped, self._header = max(cap, 1 << 16), 0, 0
 
     def _add(self, chunk: bytes) -> None:
-        room = self._max - self._written
-        if room > 0:
-            self._file.write(chunk[:room])
-            self._file.flush()
-            self._written += min(room, len(chunk))
-        if len(chunk) > room and not self.capped:
-            self.capped = True
-            self._file.write(f"\n[autoresearch: log capped at {self._max} bytes]\n".encode())
-            self._file.flush()
+        if self._file.tell() + len(chunk) > self._cap:
+            self._compact(chunk)
+        else:
+            self._file.write(chunk)
+        self._file.flush()
         self._tail += chunk
         if len(self._tail) > 2 * self.KEEP_BYTES:
             del self._tail[: -self.KEEP_BYTES]
+
+    def _compact(self, chunk: bytes) -> None:
+        """Rewrite the log as a header and its last half-cap bytes (amortized O(1) per byte)."""
+        self._file.seek(self._header)
+        data = self._file.read() + chunk
+        cut = len(data) - self._cap // 2
+        newline = data.find(b"\n", cut, len(data) - 1)
+        cut = newline + 1 if newline >= 0 else cut  # the kept part starts at a line
+        self._dropped += cut
+        header = (
+            f"[autoresearch: this log is capped at {self._cap / 2**20:g} MB ([task] max_log_mb); "
+            f"the first {self._dropped} bytes of output were dropped]\n"
+        ).encode()
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(header + data[cut:])
+        self._header = len(header)
+
+    @property
+    def dropped(self) -> int:
+        """Bytes of output not in the log (0 unless the cap was reached)."""
+        return self._dropped
 
     def pump(self, fd: int, proc: subprocess.Popen[bytes], deadline: float) -> bool:
         """Copy output until the process exits (True) or the deadline passes (False)."""
@@ -263,16 +305,15 @@ class _Output:
             if left <= 0:
                 return False
             ready, _, _ = select.select([fd], [], [], min(0.2, left))
-            if not ready:
-                continue
-            chunk = os.read(fd, 65536)
-            if chunk:
-                self._add(chunk)
-                continue
-            try:  # the command closed its output; wait for it to exit
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                return False
+            if ready:
+                chunk = os.read(fd, 65536)
+                if chunk:
+                    self._add(chunk)
+                else:  # the step closed its output; wait for it to exit
+                    try:
+                        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                    except subprocess.TimeoutExpired:
+                        return False
         return True
 
     def drain(self, fd: int, grace: float = 1.0) -> None:
@@ -295,6 +336,7 @@ class _Output:
 
 
 __all__ = [
+    "AGENT_KEYS",
     "MARKER",
     "StepResult",
     "StepRunner",

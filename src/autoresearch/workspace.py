@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from autoresearch.config import CONFIG_NAME, STATE_DIR, TaskConfig
 from autoresearch.edits import Allowlist, apply_edits, glob_regex
 from autoresearch.errors import EditRejected, ProposalError, WorkspaceError
+from autoresearch.git import Git, git_environment, git_fingerprint
 from autoresearch.integrity import sha256_files
-from autoresearch.process import without_secrets
 from autoresearch.records import Proposal
 
 _FALLBACK_IDENTITY = {
@@ -29,39 +28,7 @@ _FALLBACK_IDENTITY = {
     "GIT_COMMITTER_EMAIL": "autoresearch@localhost",
 }
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-# Every git call: no hooks, no fsmonitor. A run (or an agent) that plants either in the
-# repository must not get the orchestrator to execute it.
-HARDENED_GIT = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
 SlotKey = int | str  # a run slot (0, 1, ...) or a proposal checkout ("p0", ...)
-
-
-class Git:
-    """Runs git in one folder; failures become ``WorkspaceError`` with git's own words."""
-
-    def __init__(self, cwd: Path, env: Mapping[str, str] | None = None) -> None:
-        self.cwd = cwd
-        self.env = dict(env) if env is not None else without_secrets()
-
-    def __call__(self, *args: str, input: str | None = None, check: bool = True) -> str:
-        code, stdout, stderr = self.run(*args, input=input)
-        if check and code != 0:
-            message = (stderr or stdout).strip().splitlines()
-            raise WorkspaceError(f"git {args[0]} failed in {self.cwd}: {' / '.join(message[-3:])}")
-        return stdout.rstrip("\n")
-
-    def run(self, *args: str, input: str | None = None) -> tuple[int, str, str]:
-        """Exit code, stdout and stderr of one git command."""
-        done = subprocess.run(
-            ["git", *HARDENED_GIT, *args], cwd=self.cwd, capture_output=True, env=self.env,
-            input=None if input is None else input.encode(),
-        )  # fmt: skip
-        # Bytes decoded by hand: text mode would turn CRLF into LF in diffs and file lists.
-        out, err = (data.decode("utf-8", errors="replace") for data in (done.stdout, done.stderr))
-        return done.returncode, out, err
-
-    def ok(self, *args: str) -> bool:
-        """True when the git command exits 0 (for questions such as ``show-ref``)."""
-        return self.run(*args)[0] == 0
 
 
 def _read_exact(path: Path, errors: str = "strict") -> str:
@@ -116,7 +83,7 @@ class Workspace:
     # --- session -------------------------------------------------------------------------
 
     def _identity_env(self) -> dict[str, str]:
-        env = without_secrets()  # nothing git runs may see the agents' keys
+        env = git_environment()  # nothing git runs may see the agents' keys
         if not self.git("config", "user.email", check=False) and "GIT_AUTHOR_EMAIL" not in env:
             env.update(_FALLBACK_IDENTITY)
         return env
@@ -390,7 +357,7 @@ class Workspace:
             raise WorkspaceError(f"git commit failed in {git.cwd}: {(err or out).strip()}")
         self._at.pop(slot, None)
         shown = Git(self.slot_dir(slot), self._env)(
-            "show", "--relative", "--format=%H %T", "HEAD", "--", "."
+            "show", "--no-ext-diff", "--no-textconv", "--relative", "--format=%H %T", "HEAD", "--", "."
         )
         head, _, diff = shown.partition("\n")
         sha, tree = head.split()
@@ -424,6 +391,10 @@ class Workspace:
 
     def protected_hashes(self, slot: SlotKey) -> dict[str, str]:
         return sha256_files(self.slot_dir(slot), self.protected_files(slot))
+
+    def fingerprint(self) -> dict[str, str]:
+        """What a step must not change in git: admin files, hooks and the session branch."""
+        return git_fingerprint(self.repo, refs=[self.branch_ref])
 
     def restore(self, slot: SlotKey, paths: Iterable[str]) -> None:
         """Put tracked files back as committed (after a run rewrote the harness)."""

@@ -8,6 +8,7 @@ worth retrying. Retries, secret redaction and usage on failed replies live here 
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import replace
@@ -103,6 +104,26 @@ class ChatAgent(Agent, ABC):
     @abstractmethod
     def _transient(self, exc: Exception) -> bool:
         """Whether ``exc`` is worth another try (rate limits, 5xx, timeouts)."""
+
+
+UNKNOWN_USAGE = Usage(cost_usd=None)  # a reply whose usage block is missing or malformed
+
+
+def token_count(block: Any, name: str, *, optional: bool = False) -> int | None:
+    """Field ``name`` of a usage block as a token count; None when null, missing or not a count.
+
+    SDK models of a reply are built without validation, so a server's usage block can hold
+    anything (``null``, ``"12"``, ``-1``): a bad count makes the usage unknown, never an error.
+    An ``optional`` field (cache counts) that is absent or null counts 0.
+    """
+    value = getattr(block, name, None) if block is not None else None
+    if value is None and optional:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or value < 0 or value != int(value):
+        return None
+    return int(value)
 
 
 def transient_status(status: int | None, connection_error: bool) -> bool:

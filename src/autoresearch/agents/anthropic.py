@@ -17,7 +17,7 @@ import anthropic
 from anthropic.types import CacheControlEphemeralParam, Message, TextBlockParam, UserMessageParam
 
 from autoresearch.agents._base import Proposal, Usage
-from autoresearch.agents._chat import ChatAgent, transient_status
+from autoresearch.agents._chat import UNKNOWN_USAGE, ChatAgent, token_count, transient_status
 from autoresearch.agents.prompt import (
     DEFAULT_HISTORY_TOKENS,
     TOOL_DESCRIPTION,
@@ -118,21 +118,15 @@ class AnthropicAgent(ChatAgent):
         return proposal if proposal.rationale or not text else replace(proposal, rationale=text)
 
     def _usage(self, message: Message) -> Usage:
-        u = message.usage
-        read, write = u.cache_read_input_tokens or 0, u.cache_creation_input_tokens or 0
-        counts = TokenCounts(
-            input=u.input_tokens + read + write,
-            output=u.output_tokens,
-            cached=read,
-            cache_write=write,
-        )
+        u = getattr(message, "usage", None)
+        inp, out = token_count(u, "input_tokens"), token_count(u, "output_tokens")
+        read = token_count(u, "cache_read_input_tokens", optional=True)
+        write = token_count(u, "cache_creation_input_tokens", optional=True)
+        if inp is None or out is None or read is None or write is None:
+            return UNKNOWN_USAGE
+        counts = TokenCounts(input=inp + read + write, output=out, cached=read, cache_write=write)
         cost = self.prices.cost(self.model, counts)
-        return Usage(
-            input_tokens=counts.input,
-            cached_tokens=read,
-            output_tokens=u.output_tokens,
-            cost_usd=cost,
-        )
+        return Usage(input_tokens=counts.input, cached_tokens=read, output_tokens=out, cost_usd=cost)
 
 
 def _client(

@@ -189,9 +189,12 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _git(workdir: Path, *args: str, check: bool = True) -> str:
+    from autoresearch.git import git_argv, git_environment  # hooks off, no API keys
+
     done = subprocess.run(
-        ["git", "-c", "core.quotepath=off", *args], cwd=workdir, capture_output=True, text=True
-    )
+        git_argv("-c", "core.quotepath=off", *args), cwd=workdir, capture_output=True, text=True,
+        env=git_environment(),
+    )  # fmt: skip
     if check and done.returncode != 0:
         raise AgentUnavailable(
             f"command: git {' '.join(args)} failed in {workdir}: {done.stderr.strip()}"

@@ -20,7 +20,7 @@ import openai
 from openai.types.chat import ChatCompletion
 
 from autoresearch.agents._base import Proposal, Usage
-from autoresearch.agents._chat import ChatAgent, transient_status
+from autoresearch.agents._chat import UNKNOWN_USAGE, ChatAgent, token_count, transient_status
 from autoresearch.agents.prompt import (
     DEFAULT_HISTORY_TOKENS,
     TOOL_DESCRIPTION,
@@ -148,15 +148,13 @@ class OpenAIAgent(ChatAgent):
         return proposal if proposal.rationale or not text else replace(proposal, rationale=text)
 
     def _usage(self, completion: ChatCompletion) -> Usage:
-        u = completion.usage
-        if u is None:
-            counts = TokenCounts()
-        else:
-            details = u.prompt_tokens_details
-            cached = (details.cached_tokens or 0) if details else 0
-            counts = TokenCounts(input=u.prompt_tokens, output=u.completion_tokens, cached=cached)
-        cost = self.prices.cost(self.model, counts)
-        return Usage(counts.input, counts.cached, counts.output, cost)
+        u = getattr(completion, "usage", None)
+        inp, out = token_count(u, "prompt_tokens"), token_count(u, "completion_tokens")
+        cached = token_count(getattr(u, "prompt_tokens_details", None), "cached_tokens", optional=True)
+        if inp is None or out is None or cached is None:
+            return UNKNOWN_USAGE
+        counts = TokenCounts(input=inp, output=out, cached=cached)
+        return Usage(inp, cached, out, self.prices.cost(self.model, counts))
 
 
 __all__ = ["DEFAULT_MODEL", "OpenAIAgent"]

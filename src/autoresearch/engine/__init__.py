@@ -25,6 +25,7 @@ from autoresearch.engine._types import ExperimentEvent, RunStarted, SessionOptio
 from autoresearch.errors import AutoresearchError, LedgerError, WorkspaceError
 from autoresearch.executors._base import Executor, Job
 from autoresearch.executors.local import LocalExecutor
+from autoresearch.executors.sandbox import Sandbox
 from autoresearch.history import History
 from autoresearch.judge import Judge
 from autoresearch.ledger import Ledger, SessionRow
@@ -53,7 +54,9 @@ class Engine:
         self.workspace = Workspace(config, options.tag)
         self.ledger = ledger or Ledger(config.root / STATE_DIR / "ledger.db")
         self._own_executor = executor is None
-        self.executor: Executor = executor or LocalExecutor()
+        self.executor: Executor = executor or LocalExecutor(
+            sandbox=Sandbox.for_task(config), max_log_mb=config.max_log_mb
+        )
         self.judge = Judge(config.judge, config.metric, budget=config.time_budget,
                            allowance=config.allowance)  # fmt: skip
         self._on_event = on_event or (lambda event: None)
@@ -71,13 +74,14 @@ class Engine:
         self._setup_runner = StepRunner()
         self._signals = Signals(self._on_first_signal, self.kill)
         self._next_id = 0
+        self._git_print: dict[str, str] = {}
         self.session: SessionRow
 
     # --- the session --------------------------------------------------------------------
 
     def run(self) -> SessionSummary:
         """Run the session to its end; the ledger is up to date whatever happens."""
-        lock = SessionLock(self.config.root / STATE_DIR, self.options.tag)
+        lock = self.lock = SessionLock(self.config.root / STATE_DIR, self.options.tag)
         lock.acquire()
         try:
             self._check_agent()  # before anything is created: a typo costs no session
@@ -104,6 +108,10 @@ class Engine:
     def _prepare(self) -> None:
         if not self.session.setup_done and self.options.run_setup:
             self._setup()
+        warning = getattr(self.executor, "sandbox", None)
+        if isinstance(warning, Sandbox) and warning.warning:
+            self.say(f"warning: {warning.warning}")
+        self._git_print = self.workspace.fingerprint()
         if not self._stop:
             self._protect_data()
             describe = self.agent.describe()
@@ -265,6 +273,16 @@ class Engine:
         if data_hashes(self.config) != self.protected_data:
             self.stop(f"experiment {flight.experiment_id} changed protected data ({reason}); "
                       "restore it with `autoresearch prepare`, then --resume")  # fmt: skip
+
+    def git_reached(self) -> list[str]:
+        """What a run changed of git (config, hooks, the session branch) or of our session lock."""
+        now = self.workspace.fingerprint()
+        changed = [k for k in set(now) | set(self._git_print) if now.get(k) != self._git_print.get(k)]
+        return sorted(changed) + ([] if self.lock.intact() else [f"the session lock {self.lock.path}"])
+
+    def moved_branch(self) -> None:
+        """The engine moved the branch itself: that is the state to compare runs against."""
+        self._git_print = self.workspace.fingerprint()
 
     def take_note(self) -> str:
         note, self.note = self.note, ""

@@ -208,7 +208,7 @@ def submit(engine: Engine, flight: Flight) -> None:
         out_dir=engine.out_dir(name), check=cfg.check, evaluate=cfg.evaluate,
         time_budget=cfg.time_budget, timeout=cfg.timeout,
         seed=experiment_seed(engine.options.seed, flight.experiment_id, index),
-        env=engine.task_env(), slot=flight.slot, protected=engine.protected or {},
+        env=engine.task_env(), pass_env=cfg.env, slot=flight.slot, protected=engine.protected or {},
         protected_data=engine.protected_data, reset_root=engine.workspace.slot_root(flight.slot),
         reset_keep=engine.workspace.linked_paths(), purpose=flight.purpose,
     )  # fmt: skip
@@ -218,7 +218,7 @@ def submit(engine: Engine, flight: Flight) -> None:
 
 def collect(engine: Engine, flight: Flight) -> None:
     """Record the run that just ended, then decide: another run, or a verdict."""
-    result = _result_of(flight)
+    result = _outside_damage(engine, _result_of(flight))
     run = _run_record(result, flight.purpose)
     flight.runs.append(run)
     flight.compute += result.compute_seconds
@@ -233,6 +233,18 @@ def collect(engine: Engine, flight: Flight) -> None:
         return
     del engine.flights[flight.slot]
     finish(engine, flight, decision)
+
+
+def _outside_damage(engine: Engine, result: RunResult) -> RunResult:
+    """A run that reached git or the Python environment is invalid, and the session stops."""
+    reached = engine.git_reached()
+    if reached:
+        why = f"the run changed git state outside its worktree: {', '.join(reached)}"
+        result = replace(result, status=RunStatus.INVALID, reason=why, fatal=True)
+    if result.fatal:
+        engine.stop(f"experiment {result.experiment_id}: {result.reason}; undo that by hand, "
+                    "then --resume")  # fmt: skip
+    return result
 
 
 def _result_of(flight: Flight) -> RunResult:
@@ -294,6 +306,7 @@ def finish(engine: Engine, flight: Flight, decision: Decision) -> None:
         if decision.verdict is Verdict.KEEP:  # reachable even if a parallel keep supersedes it
             ws.keep_kept(flight.experiment_id, flight.commit)
         ws.move_branch(flight.commit)
+        engine.moved_branch()
         if previous is not None and previous.verdict is Verdict.KEEP:
             drop_outputs(engine, previous.id)
     else:

@@ -18,7 +18,7 @@ SETUP_TIMEOUT = 24 * 3600.0
 def run_setup(config: TaskConfig, log: Path, runner: StepRunner, env: Mapping[str, str]) -> None:
     """Run the task's ``setup`` step in the task folder (output to ``log``); raise if it fails."""
     job = Job(0, 0, "", config.root, "", config.metric, log.parent, log.parent,
-              time_budget=config.time_budget, env=env)  # fmt: skip
+              time_budget=config.time_budget, env=env, pass_env=config.env)  # fmt: skip
     environment = run_environment(job)
     environment.pop("AUTORESEARCH_OUT", None)
     step = runner.step("setup", config.setup, config.root, environment, log, SETUP_TIMEOUT)

@@ -37,6 +37,7 @@ class Job:
     timeout: float = 600.0
     seed: int = 0
     env: Mapping[str, str] = field(default_factory=dict)  # extra environment variables
+    pass_env: tuple[str, ...] = ()  # [task] env: variables handed on even when secret-looking
     slot: int = 0
     protected: Mapping[str, str] = field(default_factory=dict)  # path -> sha256 that must hold
     protected_data: Mapping[str, str] = field(default_factory=dict)  # absolute path -> sha256
@@ -66,6 +67,7 @@ class RunResult:
     log_path: Path | None = None  # the ``run`` step's log
     log_tail: str = ""  # the last lines of the failing (or last) step's log
     steps: tuple[StepResult, ...] = ()
+    fatal: bool = False  # the run reached state outside its sandbox (git, the Python env, the checkout)
 
     @property
     def compute_seconds(self) -> float:

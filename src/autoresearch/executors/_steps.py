@@ -9,23 +9,28 @@ Executors differ only in where this runs (a thread here, a Ray worker there).
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoresearch import metrics
 from autoresearch.errors import ExecutorError, MetricError
 from autoresearch.executors._base import Job, RunResult
 from autoresearch.integrity import sha256_files
 from autoresearch.process import TAIL_LINES, StepResult, StepRunner, without_secrets
+
+if TYPE_CHECKING:
+    from autoresearch.executors.sandbox import Sandbox
+from autoresearch.git import Git
 from autoresearch.records import RunStatus
-from autoresearch.workspace import HARDENED_GIT
 
 
-def run_environment(job: Job, base: Mapping[str, str] | None = None) -> dict[str, str]:
+def run_environment(job: Job, base: Mapping[str, str] | None = None,
+                    keep: tuple[str, ...] = ()) -> dict[str, str]:  # fmt: skip
     """The environment of a run: the caller's less secrets, plus the job's, plus AUTORESEARCH_*."""
-    env = without_secrets(base)
+    env = without_secrets(base, keep=(*job.pass_env, *keep))
     env.update(job.env)
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")  # `python` is the interpreter we run on
@@ -40,30 +45,58 @@ def run_environment(job: Job, base: Mapping[str, str] | None = None) -> dict[str
     return env
 
 
-def execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None = None) -> RunResult:
-    """Run one job's steps and read its metric. Never raises for a failing run."""
+def execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None = None,
+            sandbox: Sandbox | None = None) -> RunResult:  # fmt: skip
+    """Run one job's steps and read its metric. Never raises for a failing run.
+
+    With a ``sandbox`` each step runs inside it, and a step that changed what the sandbox
+    fingerprints (git's admin files, the Python environment...) makes the run invalid.
+    """
     job.out_dir.mkdir(parents=True, exist_ok=True)
-    environment = run_environment(job, env)
+    links = _links(job)  # where the worktree's links point before any step ran
+    environment = run_environment(job, env, sandbox.env_names if sandbox else ())
+    environment = sandbox.environment(environment) if sandbox else environment
     steps: list[StepResult] = []
-    for name, command in (("check", job.check), ("run", job.run), ("evaluate", job.evaluate)):
+    plan = [("check", job.check), ("run", job.run), ("evaluate", job.evaluate)]
+    for name, command in plan:
         if not command.strip():
             continue
         suffix = "" if name == "run" else f".{name}"
         log = job.log_dir / f"{job.name}{suffix}.log"
         if name == "evaluate":
-            _pristine(job)
-            if job.metric.format == "json":  # only the harness writes it
-                (job.out_dir / job.metric.path).unlink(missing_ok=True)
-        result = runner.step(name, command, job.workdir, environment, log, job.timeout)
+            _pristine(job, links)
+            tampered = _tampered(job)  # the ruler is the session start's, byte for byte
+            if tampered:
+                reason = f"protected files differ from the session's before evaluate: {', '.join(tampered)}"
+                return _result(job, steps, RunStatus.INVALID, reason)
+            if job.metric.format == "json":
+                (job.out_dir / job.metric.path).unlink(missing_ok=True)  # only the harness writes it
+        result, reached = _sandboxed_step(job, runner, sandbox, name, command, environment, log)
         steps.append(result)
+        if reached:  # what it changed outlives the run: the session must stop
+            why = f"the {name} step changed {', '.join(reached)}"
+            return replace(_result(job, steps, RunStatus.INVALID, why), fatal=True)
         failure = _failure(job, result, runner)
         if failure is not None:
             return _result(job, steps, *failure)
         tampered = _tampered(job)
         if tampered:
-            why = f"the {name} step changed protected files: {', '.join(tampered)}"
-            return _result(job, steps, RunStatus.INVALID, why)
+            reason = f"the {name} step changed protected files: {', '.join(tampered)}"
+            return _result(job, steps, RunStatus.INVALID, reason)
     return _measure(job, steps)
+
+
+def _sandboxed_step(job: Job, runner: StepRunner, sandbox: Sandbox | None, name: str, command: str,
+                    env: Mapping[str, str], log: Path) -> tuple[StepResult, list[str]]:  # fmt: skip
+    """One step, in ``sandbox`` when there is one; also what it changed that it must not."""
+    if sandbox is None:
+        return runner.step(name, command, job.workdir, env, log, job.timeout), []
+    worktree = job.reset_root or job.workdir
+    writable = [job.out_dir] if name == "evaluate" else [worktree, job.out_dir]
+    prefix = sandbox.prefix(name, cwd=job.workdir, worktree=worktree, writable=writable)
+    before = sandbox.fingerprint(worktree)
+    result = runner.step(name, command, job.workdir, env, log, job.timeout, prefix=prefix)
+    return result, sandbox.changes(before, sandbox.fingerprint(worktree))
 
 
 def _failure(job: Job, step: StepResult, runner: StepRunner) -> tuple[RunStatus, str] | None:
@@ -78,18 +111,36 @@ def _failure(job: Job, step: StepResult, runner: StepRunner) -> tuple[RunStatus,
     return None
 
 
-def _pristine(job: Job) -> None:
-    """Put the worktree back to the job's commit (by sha, not whatever HEAD the run left)."""
+def _links(job: Job) -> dict[str, str]:
+    """Target of each linked path of the worktree (``reset_keep``) that is a symlink now."""
+    root = job.reset_root
+    if root is None:
+        return {}
+    return {rel: os.readlink(root / rel) for rel in job.reset_keep if (root / rel).is_symlink()}
+
+
+def _pristine(job: Job, links: Mapping[str, str]) -> None:
+    """Reset the worktree to the commit before the trusted step (outputs live in AUTORESEARCH_OUT).
+
+    The reset goes to the job's commit by sha (a run may have committed in its worktree), and
+    a link the run replaced or re-pointed is removed by the clean and put back as it was.
+    """
     if job.reset_root is None:
         return
-    keep = [f"--exclude=/{path}" for path in job.reset_keep]
-    target = [job.commit] if job.commit else []
-    for args in (["reset", "-q", "--hard", *target], ["clean", "-qffdx", *keep]):
-        done = subprocess.run(["git", *HARDENED_GIT, *args], cwd=job.reset_root,
-                              capture_output=True, env=without_secrets())  # fmt: skip
-        if done.returncode != 0:
-            message = done.stderr.decode("utf-8", errors="replace").strip()
-            raise ExecutorError(f"cannot reset {job.reset_root} before evaluate: {message}")
+    root = job.reset_root
+    intact = [rel for rel, target in links.items() if (root / rel).is_symlink()
+              and os.readlink(root / rel) == target]  # fmt: skip
+    git = Git(root, without_secrets())
+    keep = [f"--exclude=/{path}" for path in intact]
+    for args in (["reset", "-q", "--hard", job.commit or "HEAD"], ["clean", "-qffdx", *keep]):
+        code, _, err = git.run(*args)
+        if code != 0:
+            raise ExecutorError(f"cannot reset {root} before evaluate: {err.strip()}")
+    for rel, target in links.items():
+        path = root / rel
+        if rel not in intact and not path.is_symlink() and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.symlink_to(target)
 
 
 def _tampered(job: Job) -> list[str]:

@@ -1,0 +1,313 @@
+"""The sandbox: every step (check, run, evaluate) in bubblewrap, seeing its worktree and little else.
+
+Inside, the file system is read-only except the slot's worktree, ``AUTORESEARCH_OUT`` and a
+private ``/tmp``. The user's checkout (its ``.git`` and ``.autoresearch/`` with the ledger,
+logs, locks and other runs), ``$HOME`` and ``/run`` are empty; the Python environment, the
+prepared data (``.autoresearch/data``), the task's ``link`` targets and ``protected_data``
+are bound back read-only. The worktree's own ``.git`` is unreadable, so git inside a step
+fails: the run cannot commit, move the session branch or plant hooks. There is no network
+unless ``[task] network = true``, a new PID namespace (the step's death kills everything it
+started), no capabilities, and an allowlisted environment (never the agents' keys).
+``[task] holdout`` files are visible to ``evaluate`` only; ``check`` and ``run`` get
+"Permission denied" when they open them.
+
+Without bubblewrap (``sandbox = "none"``, or ``auto`` where it does not work) the same
+``Sandbox`` object is a tripwire only: :meth:`Sandbox.changes` reports a changed Python
+environment, ``.git`` admin files or user checkout after a step, which the executor turns
+into an ``invalid`` run.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import hashlib
+import os
+import shutil
+import site
+import subprocess
+import sys
+import tempfile
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from autoresearch.config import SANDBOXES, TaskConfig
+from autoresearch.errors import ConfigError, WorkspaceError
+from autoresearch.git import Git, git_fingerprint
+from autoresearch.process import AGENT_KEYS, MARKER
+
+MODES = SANDBOXES
+DATA_DIR = ".autoresearch/data"  # prepared data shared by every worktree (read-only inside)
+HOME_INSIDE = "/tmp/home"  # $HOME of a step: in its private /tmp
+GPU_DEVICES = ("/dev/nvidia*", "/dev/dri", "/dev/kfd")
+ENV_NAMES = (
+    "PATH", "LANG", "LANGUAGE", "TERM", "TZ", "LD_LIBRARY_PATH", "PYTHONUNBUFFERED",
+    "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
+)  # fmt: skip
+ENV_PREFIXES = ("AUTORESEARCH_", "LC_")
+PROBE_TIMEOUT = 10.0
+
+
+@functools.cache
+def bwrap_problem() -> str | None:
+    """Why bubblewrap cannot sandbox steps here, or None when it can (probed once)."""
+    exe = shutil.which("bwrap")
+    if exe is None:
+        return "bwrap is not installed (apt-get install bubblewrap)"
+    probe = [exe, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-pid",
+             "--unshare-net", "--die-with-parent", "--cap-drop", "ALL", "true"]  # fmt: skip
+    try:
+        done = subprocess.run(probe, capture_output=True, timeout=PROBE_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"bwrap does not start: {exc}"
+    if done.returncode != 0:
+        said = done.stderr.decode("utf-8", errors="replace").strip().splitlines()
+        return f"bwrap fails here: {said[-1] if said else f'exit {done.returncode}'}"
+    return None
+
+
+def resolve_mode(mode: str) -> tuple[str, str]:
+    """The mode steps run in (``bwrap`` or ``none``) and the warning to show ('' when sandboxed)."""
+    if mode not in MODES:
+        raise ConfigError(f"[task] sandbox: found {mode!r}, expected one of {', '.join(MODES)}")
+    if mode == "none":
+        return "none", (
+            'WARNING: [task] sandbox = "none": steps run unsandboxed, as you; the run can read '
+            "your files and API keys of this machine's processes and reach the network. "
+            "Tampering with git, the Python environment or your checkout is only detected."
+        )
+    problem = bwrap_problem()
+    if problem is None:
+        return "bwrap", ""
+    if mode == "bwrap":
+        raise ConfigError(f'[task] sandbox = "bwrap", but {problem}')
+    return "none", (
+        f"WARNING: steps run UNSANDBOXED: {problem}. The run can read your files, other "
+        "processes' environments and the network; tampering is only detected. Install "
+        'bubblewrap, or set [task] sandbox = "none" to silence this warning.'
+    )
+
+
+def python_roots() -> tuple[Path, ...]:
+    """The folders of the Python environment steps run on (the venv and its base installation).
+
+    The user site (``~/.local``) counts too where this interpreter reads it.
+    """
+    roots = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix)}
+    roots.add(Path(sys.executable).resolve().parent.parent)
+    if site.ENABLE_USER_SITE and site.USER_BASE:
+        roots.add(Path(site.USER_BASE))
+    return tuple(sorted(p.resolve() for p in roots if p.is_dir()))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _placeholders() -> tuple[Path, Path]:
+    """An unreadable file and folder, bound over what a step may not open."""
+    folder = Path(tempfile.mkdtemp(prefix="autoresearch-sandbox-"))
+    hidden_file, hidden_dir = folder / "hidden", folder / "hidden.d"
+    hidden_file.touch()
+    hidden_dir.mkdir()
+    for path in (hidden_file, hidden_dir):
+        path.chmod(0)
+    return hidden_file, hidden_dir
+
+
+class Sandbox:
+    """How the steps of one task run: the bwrap argv and environment, and the tripwires.
+
+    ``repo`` is the user's checkout (hidden inside), ``task_root`` the task folder in it;
+    ``python`` the environments steps may use (read-only inside, fingerprinted outside).
+    """
+
+    def __init__(
+        self,
+        *,
+        task_root: Path,
+        repo: Path,
+        mode: str = "auto",
+        network: bool = False,
+        env: Sequence[str] = (),
+        holdout: Sequence[str] = (),
+        readable: Sequence[str] = (),
+        python: Sequence[Path] | None = None,
+    ) -> None:
+        self.mode, self.warning = resolve_mode(mode)
+        self.task_root, self.repo = task_root.resolve(), repo.resolve()
+        self.network, self.holdout, self.readable = network, tuple(holdout), tuple(readable)
+        self.env_names = _checked_env_names(env)
+        self.python = tuple(python) if python is not None else python_roots()
+        self._hidden: tuple[Path, Path] | None = None
+
+    @classmethod
+    def for_task(cls, config: TaskConfig, **overrides: object) -> Sandbox:
+        """The sandbox ``[task]`` asks for (``sandbox``, ``network``, ``env``, ``holdout``)."""
+        settings: dict[str, object] = {
+            "task_root": config.root, "repo": _toplevel(config.root), "mode": config.sandbox,
+            "network": config.network, "env": config.env, "holdout": config.holdout,
+            "readable": (*config.link, *config.protected_data),
+        }  # fmt: skip
+        settings.update(overrides)
+        return cls(**settings)  # type: ignore[arg-type]
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode == "bwrap"
+
+    # --- inside: the environment and the argv --------------------------------------------
+
+    def environment(self, env: Mapping[str, str]) -> dict[str, str]:
+        """What a sandboxed step sees of ``env``: the allowlist, $HOME inside. Unchanged without bwrap."""
+        if not self.enabled:
+            return dict(env)
+        keep = {k: v for k, v in env.items() if self._allowed(k)}
+        keep.update(HOME=HOME_INSIDE, TMPDIR="/tmp")
+        return keep
+
+    def _allowed(self, name: str) -> bool:
+        return (
+            name in ENV_NAMES
+            or name in self.env_names
+            or name == MARKER
+            or name.startswith(ENV_PREFIXES)
+        )
+
+    def prefix(
+        self, step: str, *, cwd: Path, worktree: Path, writable: Sequence[Path]
+    ) -> list[str]:
+        """The bwrap argv that runs one step (the command follows it); [] without bwrap.
+
+        ``worktree`` (the slot's checkout) is visible, writable when it is in ``writable``
+        (with ``AUTORESEARCH_OUT``); its ``.git`` is unreadable, and ``evaluate`` alone may
+        read the holdout files.
+        """
+        if not self.enabled:
+            return []
+        exe = shutil.which("bwrap") or "bwrap"
+        argv = [exe, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc",
+                "--unshare-uts", "--cap-drop", "ALL"]  # fmt: skip
+        argv += [] if self.network else ["--unshare-net"]
+        argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+        argv += [arg for dev in _gpu_devices() for arg in ("--dev-bind", dev, dev)]
+        argv += ["--tmpfs", "/tmp", "--dir", HOME_INSIDE]
+        argv += [arg for path in self._hidden_roots() for arg in ("--tmpfs", str(path))]
+        argv += [arg for path in self._readable_roots() for arg in ("--ro-bind", path, path)]
+        argv += [] if worktree in writable else ["--ro-bind", str(worktree), str(worktree)]
+        argv += [arg for path in writable for arg in ("--bind", str(path), str(path))]
+        argv += self._unreadable(worktree / ".git")
+        argv += self._holdout_binds(step, cwd)
+        return [*argv, "--chdir", str(cwd)]
+
+    def _hidden_roots(self) -> list[Path]:
+        """Empty inside: the user's checkout, $HOME, /run (sockets); shallow ones first."""
+        roots = {self.repo, Path.home().resolve()}
+        roots |= {Path("/run")} if Path("/run").is_dir() and not self.network else set()
+        return sorted((p for p in roots if p != Path("/")), key=lambda p: len(p.parts))
+
+    def _readable_roots(self) -> list[str]:
+        """Bound back read-only: the Python environments, prepared data, links, protected data."""
+        hidden = self._hidden_roots()
+        paths = {*self.python, *self._task_paths((DATA_DIR, *self.readable))}
+        if os.environ.get("AUTORESEARCH_DATA_DIR"):
+            paths.add(Path(os.environ["AUTORESEARCH_DATA_DIR"]).resolve())
+        shown = [p for p in paths if p.exists() and not any(_inside(h, p) for h in hidden)]
+        return [str(p) for p in sorted(shown, key=lambda p: len(p.parts))]
+
+    def _task_paths(self, patterns: Iterable[str], *roots: Path) -> set[Path]:
+        """Existing paths matching task-relative globs, in the user's checkout and ``roots``."""
+        found: set[Path] = set()
+        for root in (self.task_root, *roots):
+            for pattern in patterns:
+                found |= {Path(p).resolve() for p in glob.glob(str(root / pattern), recursive=True)}
+        return found
+
+    def _holdout_binds(self, step: str, cwd: Path) -> list[str]:
+        paths = sorted(self._task_paths(self.holdout, cwd), key=lambda p: len(p.parts))
+        if step == "evaluate":
+            return [arg for path in paths for arg in ("--ro-bind", str(path), str(path))]
+        return [arg for path in paths for arg in self._unreadable(path)]
+
+    def _unreadable(self, path: Path) -> list[str]:
+        if not path.exists() and not path.is_symlink():
+            return []
+        if self._hidden is None:
+            self._hidden = _placeholders()
+            weakref.finalize(self, shutil.rmtree, self._hidden[0].parent, True)
+        source = self._hidden[1] if path.is_dir() and not path.is_symlink() else self._hidden[0]
+        return ["--ro-bind", str(source), str(path)]
+
+    # --- outside: the tripwires -------------------------------------------------------------
+
+    def fingerprint(self, worktree: Path | None = None) -> dict[str, str]:
+        """What a step must leave alone: git's admin files, the Python env, the user's checkout."""
+        prints = git_fingerprint(self.repo, worktrees=[worktree] if worktree else [])
+        prints.update(python_fingerprint(self.python))
+        if not self.enabled:  # inside bwrap the checkout is not even visible
+            prints["the user's checkout"] = _checkout_status(self.repo)
+        return prints
+
+    @staticmethod
+    def changes(before: Mapping[str, str], after: Mapping[str, str]) -> list[str]:
+        """The names whose fingerprint differs."""
+        return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def _checked_env_names(names: Sequence[str]) -> tuple[str, ...]:
+    secret = [n for n in names if n in AGENT_KEYS]
+    if secret:
+        raise ConfigError(
+            f"[task] env: {', '.join(secret)} would hand an agent's API key to the code it wrote; "
+            "remove it"
+        )
+    return tuple(names)
+
+
+def _gpu_devices() -> list[str]:
+    return sorted(p for pattern in GPU_DEVICES for p in glob.glob(pattern))
+
+
+def _toplevel(folder: Path) -> Path:
+    try:
+        return Path(Git(folder)("rev-parse", "--show-toplevel")).resolve()
+    except (WorkspaceError, OSError):  # not a repository: the task folder is all there is to hide
+        return folder.resolve()
+
+
+def python_fingerprint(roots: Iterable[Path]) -> dict[str, str]:
+    """What a planted ``.pth`` file or a replaced interpreter changes (cheap: no full tree walk).
+
+    Per root: the names in ``bin/`` and in each ``site-packages`` (``__pycache__`` aside), and
+    the inode, size and ctime of every ``bin/`` entry, ``*.pth`` and ``*customize.py`` file.
+    In-place edits deep inside installed packages are not covered (the sandbox stops those).
+    """
+    prints = {}
+    for root in roots:
+        digest = hashlib.sha256()
+        folders = [root / "bin", *sorted(root.glob("lib*/python*/site-packages"))]
+        for folder in (f for f in folders if f.is_dir()):
+            names = sorted(n for n in os.listdir(folder) if n != "__pycache__")
+            digest.update(f"{folder}\0{names}\n".encode())
+            for name in names:
+                if folder.name == "bin" or name.endswith((".pth", "customize.py")):
+                    digest.update(f"{name}\0{_stat(folder / name)}\n".encode())
+        prints[f"the Python environment {root}"] = digest.hexdigest()
+    return prints
+
+
+def _stat(path: Path) -> str:
+    try:
+        link, target = path.lstat(), path.stat()
+    except OSError:
+        return "missing"
+    return f"{link.st_ino} {link.st_ctime_ns} {target.st_ino} {target.st_size} {target.st_ctime_ns}"
+
+
+def _checkout_status(repo: Path) -> str:
+    code, out, err = Git(repo).run("status", "--porcelain", "-z", "--untracked-files=no")
+    return hashlib.sha256(f"{code}\0{out}\0{err}".encode()).hexdigest()
+
+
+__all__ = ["MODES", "Sandbox", "bwrap_problem", "python_fingerprint", "resolve_mode"]

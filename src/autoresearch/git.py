@@ -1,0 +1,117 @@
+"""The one small wrapper over the git CLI, hardened, and what a step must not change in git.
+
+Every git call of the orchestrator runs with hooks, fsmonitor, transports and ssh
+commands off, whatever a run wrote into the repository's config, and without the agents'
+keys in its environment. ``git_fingerprint`` digests what git obeys (config, hooks, info/,
+worktree admin files, refs), so a step that reached git is caught by comparing two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from autoresearch.errors import WorkspaceError
+from autoresearch.process import without_secrets
+
+# Every git call of the orchestrator: no hooks, no fsmonitor, no transports, no ssh command,
+# whatever a run wrote into the repository's config (the run step could write .git/config).
+GIT_HARDENING = (
+    "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false",
+    "-c", "core.sshCommand=false", "-c", "protocol.allow=never",
+)  # fmt: skip
+# What git reads or runs from the repository: checked before and after each step.
+_GIT_ADMIN = ("config", "hooks", "info", "commondir")
+_WORKTREE_ADMIN = ("commondir", "gitdir", "config.worktree")
+
+
+def git_argv(*args: str) -> list[str]:
+    """The argv of one hardened git call."""
+    return ["git", *GIT_HARDENING, *args]
+
+
+
+
+def git_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of git calls: the caller's, less every secret variable."""
+    return without_secrets(os.environ if base is None else base)
+
+
+class Git:
+    """Runs git in one folder; failures become ``WorkspaceError`` with git's own words.
+
+    Every call is hardened (``GIT_HARDENING``) and runs without the agents' API keys.
+    """
+
+    def __init__(self, cwd: Path, env: Mapping[str, str] | None = None) -> None:
+        self.cwd = cwd
+        self.env = git_environment(env)
+
+    def __call__(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        code, stdout, stderr = self.run(*args, input=input)
+        if check and code != 0:
+            message = (stderr or stdout).strip().splitlines()
+            raise WorkspaceError(f"git {args[0]} failed in {self.cwd}: {' / '.join(message[-3:])}")
+        return stdout.rstrip("\n")
+
+    def run(self, *args: str, input: str | None = None) -> tuple[int, str, str]:
+        """Exit code, stdout and stderr of one git command."""
+        done = subprocess.run(
+            git_argv(*args), cwd=self.cwd, input=None if input is None else input.encode(),
+            capture_output=True, env=self.env,
+        )  # fmt: skip
+        # Bytes decoded by hand: text mode would turn CRLF into LF in diffs and file lists.
+        out, err = (data.decode("utf-8", errors="replace") for data in (done.stdout, done.stderr))
+        return done.returncode, out, err
+
+    def ok(self, *args: str) -> bool:
+        """True when the git command exits 0 (for questions such as ``show-ref``)."""
+        return self.run(*args)[0] == 0
+
+
+def git_fingerprint(
+    repo: Path, *, refs: Iterable[str] = (), worktrees: Iterable[Path] = ()
+) -> dict[str, str]:
+    """Digests of what git obeys in ``repo``: config, hooks, info/, and the given refs' values.
+
+    ``worktrees`` adds each worktree's admin files (``commondir``, ``gitdir``). Compare two
+    fingerprints taken before and after a step: any difference means the step reached git.
+    """
+    git = Git(repo)
+    code, common, _ = git.run("rev-parse", "--path-format=absolute", "--git-common-dir")
+    if code != 0:
+        return {"git": "not a repository"}
+    admin = Path(common.strip())
+    prints = {f".git/{name}": _tree_digest(admin / name) for name in _GIT_ADMIN}
+    for root in worktrees:
+        gitfile = root / ".git"
+        text = gitfile.read_text(errors="replace") if gitfile.is_file() else ""
+        own = Path(text.removeprefix("gitdir:").strip()) if text.startswith("gitdir:") else None
+        for name in _WORKTREE_ADMIN:
+            digest = _tree_digest(own / name) if own is not None else "no gitdir"
+            prints[f"{root}/.git ({name})"] = digest
+        prints[f"{root}/.git"] = hashlib.sha256(text.encode()).hexdigest()
+    for ref in refs:
+        prints[ref] = git("rev-parse", "--verify", "--quiet", ref, check=False) or "missing"
+    return prints
+
+
+def _tree_digest(path: Path) -> str:
+    """sha256 over a file, or a folder's file names, modes and contents ('missing' when absent)."""
+    if path.is_symlink():
+        return "link " + os.readlink(path)
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    if not path.is_dir():
+        return "missing"
+    digest = hashlib.sha256()
+    for item in sorted(path.rglob("*")):
+        mode = item.lstat().st_mode
+        digest.update(f"{item.relative_to(path)}\0{mode:o}\0{_tree_digest(item)}\n".encode())
+    return digest.hexdigest()
+
+
+__all__ = ["GIT_HARDENING", "Git", "git_argv", "git_environment", "git_fingerprint"]

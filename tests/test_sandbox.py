@@ -1,0 +1,763 @@
+"""The sandbox: each attack a run can try, stopped inside bubblewrap and (where possible) detected without it.
+
+Every attack is the code of ``train.py`` in a committed experiment, run through the real
+executor (check/run/evaluate, a real git worktree, a throwaway venv) with ``sandbox = "bwrap"``
+and with ``sandbox = "none"``. The honest score is 5.0 (read by the protected ``evaluate.py``
+from the holdout file); an attack that works makes it lower.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import venv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import git, make_repo, write_patch_dir
+
+from autoresearch.agents.replay import ReplayAgent
+from autoresearch.config import TaskConfig, load_config
+from autoresearch.engine import Engine, SessionOptions
+from autoresearch.errors import ConfigError
+from autoresearch.executors._base import Job, RunResult, RunStatus
+from autoresearch.executors._steps import execute
+from autoresearch.executors.local import LocalExecutor
+from autoresearch.executors.sandbox import Sandbox, bwrap_problem, resolve_mode
+from autoresearch.git import git_fingerprint
+from autoresearch.process import StepRunner, kill_orphans
+from autoresearch.workspace import Workspace
+
+HONEST = 5.0
+CANARY = "sk-proj-SANDBOXCANARY-0123456789"
+NO_BWRAP = bwrap_problem()
+needs_bwrap = pytest.mark.skipif(
+    NO_BWRAP is not None, reason=f"bubblewrap cannot run here: {NO_BWRAP}"
+)
+MODES = [pytest.param("bwrap", marks=needs_bwrap), "none"]
+
+EVALUATE = """\
+import os
+answer = os.path.join(os.environ["AUTORESEARCH_TASK_DIR"], ".autoresearch", "data", "answer.txt")
+print("---")
+print("score:", open(answer).read().strip())
+"""
+
+TOML = """\
+[task]
+editable = ["train.py"]
+protected = ["evaluate.py"]
+run = "{python} train.py"
+evaluate = "{python} evaluate.py"
+holdout = [".autoresearch/data/answer.txt"]
+sandbox = "{mode}"
+time_budget = 5
+timeout = 30
+
+[metric]
+name = "score"
+"""
+
+
+@dataclass
+class Task:
+    """A committed attack task: its config, workspace, throwaway venv and python."""
+
+    config: TaskConfig
+    workspace: Workspace
+    venv: Path
+
+    @property
+    def repo(self) -> Path:
+        return self.config.root
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    def sandbox(self, **overrides: object) -> Sandbox:
+        return Sandbox.for_task(self.config, python=[self.venv, Path(sys.base_prefix)], **overrides)
+
+
+@pytest.fixture(scope="module")
+def venv_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bare venv (no pip), copied per test: attacks may wreck their copy, never a real venv."""
+    path = tmp_path_factory.mktemp("venv") / "venv"
+    venv.create(path, with_pip=False, symlinks=True)
+    return path
+
+
+def make_task(tmp_path: Path, venv_template: Path, mode: str, extra: str = "") -> Task:
+    env = tmp_path / "venv"
+    shutil.copytree(venv_template, env, symlinks=True)
+    toml = TOML.format(python=env / "bin" / "python", mode=mode).replace(
+        "[metric]", extra + "\n[metric]"
+    )
+    repo = make_repo(tmp_path / "task", {
+        "autoresearch.toml": toml, "evaluate.py": EVALUATE, "train.py": "print('trained')\n",
+        "program.md": "Lower the score.\n",
+    })  # fmt: skip
+    state = repo / ".autoresearch"
+    (state / "data").mkdir(parents=True)
+    (state / "data" / "answer.txt").write_text(f"{HONEST}\n")
+    (state / "locks").mkdir()
+    (state / "locks" / "t.lock").write_text("1234")
+    (state / "ledger.db").write_bytes(b"SQLite format 3\0 the ledger")
+    config = load_config(repo)
+    workspace = Workspace(config, "t")
+    workspace.start()
+    return Task(config, workspace, env)
+
+
+@pytest.fixture(params=MODES)
+def task(request: pytest.FixtureRequest, tmp_path: Path, venv_template: Path) -> Task:
+    return make_task(tmp_path, venv_template, request.param)
+
+
+@dataclass
+class Outcome:
+    result: RunResult
+    log: str  # the run step's log
+    job: Job
+
+
+def attack(task: Task, code: str, *, max_log_mb: float = 64.0, **sandbox: object) -> Outcome:
+    """Commit ``code`` as train.py (as a proposal would) and run the experiment's steps."""
+    ws, config = task.workspace, task.config
+    workdir = ws.checkout(0, ws.head())
+    protected = ws.protected_hashes(0)
+    (workdir / "train.py").write_text(textwrap.dedent(code))
+    sha, _ = ws.commit(0, "attack")
+    state = config.root / ".autoresearch"
+    job = Job(
+        experiment_id=1, run_index=0, commit=sha, workdir=workdir, run=config.run,
+        metric=config.metric, log_dir=state / "logs" / "t", out_dir=state / "runs" / "t" / "0001-0",
+        evaluate=config.evaluate, time_budget=config.time_budget, timeout=config.timeout,
+        env={"AUTORESEARCH_TASK_DIR": str(config.root)}, protected=protected,
+        reset_root=ws.slot_root(0), reset_keep=ws.linked_paths(),
+    )  # fmt: skip
+    result = execute(job, StepRunner(max_log_mb=max_log_mb), sandbox=task.sandbox(**sandbox))
+    return Outcome(result, (job.log_dir / f"{job.name}.log").read_text(errors="replace"), job)
+
+
+def outside(task: Task) -> dict[str, str]:
+    """Everything a run must not change: the checkout's files, .git's admin and refs, the venv."""
+    prints = git_fingerprint(task.repo, refs=[task.workspace.branch_ref, "refs/heads/main"])
+    skip = (".git", ".autoresearch/worktrees", ".autoresearch/runs", ".autoresearch/logs")
+    for root in (task.repo, task.venv):
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root).as_posix()
+            if root == task.repo and any(rel == s or rel.startswith(s + "/") for s in skip):
+                continue
+            data = (
+                os.readlink(path)
+                if path.is_symlink()
+                else path.read_bytes()
+                if path.is_file()
+                else ""
+            )
+            prints[str(path)] = hashlib.sha256(str(data).encode()).hexdigest()
+    return prints
+
+
+def mode_of(task: Task) -> str:
+    return task.config.sandbox
+
+
+def assert_honest(outcome: Outcome) -> None:
+    assert outcome.result.status is RunStatus.OK, outcome.result.reason
+    assert outcome.result.metric == HONEST
+
+
+# --- the Python environment ----------------------------------------------------------------------
+
+PTH = """\
+import os, sys, sysconfig
+site = sysconfig.get_paths()["purelib"]
+line = "import sys; sys.argv[0].endswith('evaluate.py') and (print('---'), print('score: 0.0'), sys.exit(0))"
+try:
+    open(os.path.join(site, "zz_fake.pth"), "w").write(line + "\\n")
+    print("planted")
+except OSError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_a_pth_file_in_site_packages(task: Task) -> None:
+    before = outside(task)
+    outcome = attack(task, PTH)
+    if mode_of(task) == "bwrap":
+        assert "refused: [Errno 30] Read-only file system" in outcome.log
+        assert_honest(outcome)
+        assert outside(task) == before
+    else:  # planted, and caught: the run is invalid, its fake score never read
+        assert "planted" in outcome.log
+        assert outcome.result.status is RunStatus.INVALID
+        assert "the run step changed the Python environment" in outcome.result.reason
+        assert [s.name for s in outcome.result.steps] == ["run"]
+
+
+REPLACE_PYTHON = """\
+import os, sys
+try:
+    os.unlink(sys.executable)  # the venv's link, never what it points to
+    with open(sys.executable, "w") as fh:
+        fh.write("#!/bin/sh\\necho ---\\necho 'score: 0.0'\\n")
+    os.chmod(sys.executable, 0o755)
+    print("replaced")
+except OSError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_the_python_next_to_sys_executable_replaced(task: Task) -> None:
+    before = outside(task)
+    outcome = attack(task, REPLACE_PYTHON)
+    if mode_of(task) == "bwrap":
+        assert "refused:" in outcome.log and "Read-only file system" in outcome.log
+        assert_honest(outcome)
+        assert outside(task) == before
+    else:
+        assert "replaced" in outcome.log
+        assert outcome.result.status is RunStatus.INVALID
+        assert "the Python environment" in outcome.result.reason
+
+
+# --- git ---------------------------------------------------------------------------------------
+
+COMMIT_HARNESS = """\
+import subprocess
+original = open("evaluate.py").read()
+open("evaluate.py", "w").write("print('---'); print('score: 0.0')\\n")
+done = subprocess.run("git commit -qam fake && git rev-parse HEAD", shell=True,
+                      capture_output=True, text=True)
+print("commit:", done.returncode, done.stdout.strip(), done.stderr.strip()[:200])
+open("evaluate.py", "w").write(original)  # on disk as it was: the hash check passes
+"""
+
+
+def test_a_commit_inside_the_worktree_then_restored_on_disk(task: Task) -> None:
+    before = outside(task)
+    outcome = attack(task, COMMIT_HARNESS)
+    assert_honest(outcome)  # evaluate ran on the recorded commit, not the run's HEAD
+    assert git(task.workspace.slot_root(0), "rev-parse", "HEAD") == outcome.job.commit
+    if mode_of(task) == "bwrap":
+        assert "commit: 128" in outcome.log  # git cannot even find the repository
+        assert outside(task) == before
+    else:
+        assert "commit: 0 " in outcome.log  # it committed; the reset by sha undid it
+
+
+def write_into(path_expr: str, text: str) -> str:
+    return f"""\
+import os
+repo = os.environ["AUTORESEARCH_TASK_DIR"]
+path = os.path.join(repo, {path_expr})
+try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write({text!r})
+    os.chmod(path, 0o755)
+    print("wrote", path)
+except OSError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_writing_the_users_checkout_ledger_and_lock(task: Task) -> None:
+    before = outside(task)
+    code = write_into('"evaluate.py"', "print('score: 0.0')\n") + textwrap.dedent("""\
+        for name in (".autoresearch/ledger.db", ".autoresearch/locks/t.lock"):
+            try:
+                os.unlink(os.path.join(repo, name))
+            except OSError as exc:
+                print("refused:", exc)
+        """)
+    outcome = attack(task, code)
+    if mode_of(task) == "bwrap":  # written into an empty, private tmpfs: nothing outside changed
+        assert_honest(outcome)
+        assert outside(task) == before
+        assert (task.repo / ".autoresearch" / "ledger.db").exists()
+    else:
+        assert outcome.result.status is RunStatus.INVALID
+        assert "the user's checkout" in outcome.result.reason
+        assert not (task.repo / ".autoresearch" / "locks" / "t.lock").exists()  # not stopped
+
+
+HOOK = '#!/bin/sh\nenv > "$(git rev-parse --git-common-dir)/../hook-ran"\n'
+
+
+def test_planting_a_git_hook(task: Task, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+    before = outside(task)
+    hooks = [write_into(f'".git/hooks/{name}"', HOOK) for name in ("post-checkout", "pre-commit")]
+    outcome = attack(task, "\n".join(hooks))
+    if mode_of(task) == "bwrap":
+        assert_honest(outcome)
+        assert outside(task) == before
+        assert not (task.repo / ".git" / "hooks" / "post-checkout").exists()
+    else:
+        assert outcome.result.status is RunStatus.INVALID
+        assert "the run step changed .git/hooks" in outcome.result.reason
+    # Either way the orchestrator's own git calls never run a hook.
+    (task.workspace.slot_dir(0) / "train.py").write_text("print('next')\n")
+    task.workspace.commit(0, "next")
+    task.workspace.checkout(0, task.workspace.head())
+    assert not (task.repo / "hook-ran").exists()
+
+
+FSMONITOR = """\
+import os
+repo = os.environ["AUTORESEARCH_TASK_DIR"]
+evil = os.path.join(repo, ".autoresearch", "runs", "evil.sh")
+open(evil, "w").write("#!/bin/sh\\nenv > " + os.path.join(repo, "fsmonitor-ran") + "\\n")
+os.chmod(evil, 0o755)
+try:
+    with open(os.path.join(repo, ".git", "config"), "a") as fh:
+        fh.write("[core]\\n\\tfsmonitor = " + evil + "\\n")
+    print("configured")
+except OSError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_setting_core_fsmonitor_in_git_config(task: Task, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", CANARY)
+    outcome = attack(task, FSMONITOR)
+    if mode_of(task) == "bwrap":
+        assert "refused:" in outcome.log
+        assert_honest(outcome)
+        assert "fsmonitor" not in (task.repo / ".git" / "config").read_text()
+    else:
+        assert "configured" in outcome.log
+        assert outcome.result.status is RunStatus.INVALID
+        assert "the run step changed .git/config" in outcome.result.reason
+    task.workspace.dirty_files()  # git status: where an fsmonitor hook would run
+    task.workspace.checkout(0, task.workspace.head())
+    assert not (task.repo / "fsmonitor-ran").exists()
+
+
+MOVE_BRANCH = """\
+import subprocess, os
+repo = os.environ["AUTORESEARCH_TASK_DIR"]
+mine = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+done = subprocess.run(["git", "-C", repo, "update-ref", "refs/heads/autoresearch/t", mine or "HEAD"],
+                      capture_output=True, text=True)
+print("update-ref:", done.returncode, done.stderr.strip()[:200])
+"""
+
+
+def test_moving_the_session_branch(task: Task) -> None:
+    ws = task.workspace  # the run points the branch at its own commit (HEAD of its worktree)
+    branch_before, prints_before = ws.branch_head(), ws.fingerprint()
+    outcome = attack(task, MOVE_BRANCH)
+    assert_honest(outcome)
+    if mode_of(task) == "bwrap":
+        assert "update-ref: 128" in outcome.log or "update-ref: 1" in outcome.log
+        assert ws.branch_head() == branch_before
+        assert ws.fingerprint() == prints_before
+    else:  # it moved; the engine's check of Workspace.fingerprint() after each run says so
+        assert ws.branch_head() != branch_before
+        assert Sandbox.changes(prints_before, ws.fingerprint()) == [ws.branch_ref]
+
+
+SWAP_LINK = """\
+import os, shutil
+try:
+    os.unlink("shared")  # the link to the user's untracked data: replaced by the run's own
+    os.mkdir("shared")
+    open("shared/answer.txt", "w").write("0.0\\n")
+    print("swapped")
+except OSError as exc:
+    print("refused:", exc)
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_replacing_a_linked_data_folder(mode: str, tmp_path: Path, venv_template: Path) -> None:
+    task = make_task(tmp_path, venv_template, mode, extra='link = ["shared"]')
+    (task.repo / "shared").mkdir()
+    (task.repo / "shared" / "answer.txt").write_text(f"{HONEST}\n")
+    evaluate = EVALUATE.replace('os.path.join(os.environ["AUTORESEARCH_TASK_DIR"], ".autoresearch", "data", "answer.txt")',
+                                '"shared/answer.txt"')  # fmt: skip
+    (task.repo / "evaluate.py").write_text(evaluate)
+    (task.repo / ".gitignore").write_text("shared\n")  # data stays out of the commits
+    git(task.repo, "add", "-A")
+    git(task.repo, "commit", "-qm", "evaluate reads the linked folder")
+    ws = Workspace(task.config, "u")
+    ws.start()
+    task.workspace = ws
+    outcome = attack(task, SWAP_LINK)
+    assert "swapped" in outcome.log  # the worktree is the run's to write, links included
+    assert_honest(outcome)  # evaluate saw the link put back, not the run's folder
+    assert (task.repo / "shared" / "answer.txt").read_text() == f"{HONEST}\n"
+
+
+LINK_HARNESS = """\
+import os
+with open("big.bin", "wb") as fh:
+    fh.truncate(1 << 30)  # sparse: a GiB that costs nothing to make, much to read
+os.unlink("evaluate.py")
+os.symlink(os.path.abspath("big.bin"), "evaluate.py")
+print("linked")
+"""
+
+
+def test_a_protected_file_swapped_for_a_link_is_hashed_as_a_link(task: Task) -> None:
+    outcome = attack(task, LINK_HARNESS)
+    assert "linked" in outcome.log
+    assert outcome.result.status is RunStatus.INVALID
+    assert outcome.result.reason == "the run step changed protected files: evaluate.py"
+
+
+# --- processes, output, data, network ------------------------------------------------------------
+
+ENVIRON = f"""\
+import glob
+found = set()
+for path in glob.glob("/proc/[0-9]*/environ"):
+    try:
+        data = open(path, "rb").read()
+    except OSError:
+        continue
+    if b"{CANARY[:12]}" in data:
+        found.add(path)
+print("leaked from", sorted(found) or "nowhere")
+"""
+
+
+def test_reading_a_parents_environment(task: Task) -> None:
+    # The orchestrator holds the key in its environment from the start (the SDKs read it there).
+    holder = subprocess.Popen(["sleep", "30"], env={**os.environ, "OPENAI_API_KEY": CANARY})
+    try:
+        outcome = attack(task, ENVIRON)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert_honest(outcome)
+    if mode_of(task) == "bwrap":
+        assert "leaked from nowhere" in outcome.log
+    else:  # not stopped without the sandbox (README: what `none` does not cover)
+        assert f"/proc/{holder.pid}/environ" in outcome.log
+
+
+FLOOD = """\
+import os
+block = b"x" * (1 << 20) + b"\\n"
+for _ in range(1024):
+    os.write(1, block)
+print("last line: the tail is kept")
+"""
+
+
+def test_a_one_gib_log(task: Task) -> None:
+    outcome = attack(task, FLOOD, max_log_mb=1)
+    assert_honest(outcome)
+    log = outcome.job.log_dir / f"{outcome.job.name}.log"
+    assert log.stat().st_size <= 1 << 20
+    assert outcome.log.startswith("[autoresearch: this log is capped at 1 MB ([task] max_log_mb)")
+    assert outcome.log.rstrip().endswith("last line: the tail is kept")
+    dropped = int(outcome.log.split("the first ", 1)[1].split(" ", 1)[0])
+    assert dropped > 1000 * (1 << 20)
+
+
+def escaper(tag: str) -> str:
+    return f"""\
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.execve("/bin/sleep", ["sleep", "{tag}"], {{}})  # no environment: no marker to find
+    os._exit(0)
+time.sleep(0.2)
+print("forked")
+"""
+
+
+def sleepers(tag: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if (entry / "cmdline").read_bytes() == f"sleep\0{tag}\0".encode():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_double_forked_process_outliving_the_step(task: Task) -> None:
+    tag = f"{time.time() % 1000 + 30:.6f}"
+    outcome = attack(task, escaper(tag))
+    assert_honest(outcome)
+    survivors = sleepers(tag)
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    if mode_of(task) == "bwrap":  # the PID namespace died with the step
+        assert survivors == []
+    else:  # not stopped without the sandbox (README: what `none` does not cover)
+        assert len(survivors) == 1
+
+
+READ_HOLDOUT = """\
+import os
+answer = os.path.join(os.environ["AUTORESEARCH_TASK_DIR"], ".autoresearch", "data", "answer.txt")
+try:
+    print("holdout says", open(answer).read().strip())
+except OSError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_reading_the_holdout_in_the_run_step(task: Task) -> None:
+    outcome = attack(task, READ_HOLDOUT)
+    assert_honest(outcome)  # evaluate, and only evaluate, reads it
+    if mode_of(task) == "bwrap":
+        assert "refused: [Errno 13] Permission denied" in outcome.log
+        assert "answer.txt" in outcome.log
+    else:  # not stopped without the sandbox
+        assert f"holdout says {HONEST}" in outcome.log
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[int, list[bytes]]]:
+    """A TCP server on the host's 127.0.0.1; what it receives."""
+    received: list[bytes] = []
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                received.append(conn.recv(100))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], received
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def exfiltrate(port: int) -> str:
+    return f"""\
+import socket
+try:
+    with socket.create_connection(("127.0.0.1", {port}), timeout=3) as conn:
+        conn.sendall(b"leak")
+    print("sent")
+except OSError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_network_access(task: Task, listener: tuple[int, list[bytes]]) -> None:
+    port, received = listener
+    outcome = attack(task, exfiltrate(port))
+    assert_honest(outcome)
+    time.sleep(0.3)
+    if mode_of(task) == "bwrap":
+        assert "refused:" in outcome.log and received == []
+    else:  # not stopped without the sandbox
+        assert received == [b"leak"]
+
+
+@needs_bwrap
+def test_network_true_lets_the_step_connect(
+    tmp_path: Path, venv_template: Path, listener: tuple[int, list[bytes]]
+) -> None:
+    task = make_task(tmp_path, venv_template, "bwrap")
+    port, received = listener
+    outcome = attack(task, exfiltrate(port), network=True)
+    assert "sent" in outcome.log
+    time.sleep(0.3)
+    assert received == [b"leak"]
+
+
+# --- a whole session ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_session_never_keeps_the_pth_attack(
+    mode: str, tmp_path: Path, venv_template: Path
+) -> None:
+    task = make_task(tmp_path, venv_template, mode)
+    (task.repo / ".autoresearch" / "ledger.db").unlink()  # the session makes a real one
+    patch = (
+        "# a .pth file that fakes evaluate\ntrain.py\n<<<<<<< SEARCH\nprint('trained')\n=======\n"
+    )
+    patches = write_patch_dir(tmp_path / "patches", {"01": patch + PTH + ">>>>>>> REPLACE\n"})
+    options = SessionOptions(tag="s", max_experiments=2)
+    executor = LocalExecutor(sandbox=task.sandbox())
+    engine = Engine(task.config, ReplayAgent(patches), options=options, executor=executor)
+    try:
+        engine.run()
+    finally:
+        executor.close()
+    rows = engine.ledger.experiments(engine.session)
+    verdicts = [(row.verdict, row.metric) for row in rows]
+    expected = "discard" if mode == "bwrap" else "invalid"
+    assert verdicts[0] == ("baseline", HONEST)
+    assert verdicts[1][0] == expected
+    assert git(task.repo, "rev-parse", "autoresearch/s") == rows[0].commit
+
+
+# --- settings and helpers -------------------------------------------------------------------------
+
+
+def test_auto_without_bwrap_warns_and_bwrap_without_it_is_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(
+        "autoresearch.executors.sandbox.bwrap_problem", lambda: "bwrap is not installed"
+    )
+    mode, warning = resolve_mode("auto")
+    assert mode == "none" and warning.startswith(
+        "WARNING: steps run UNSANDBOXED: bwrap is not installed"
+    )
+    with pytest.raises(ConfigError, match='sandbox = "bwrap", but bwrap is not installed'):
+        resolve_mode("bwrap")
+    assert resolve_mode("none")[0] == "none"
+
+
+@needs_bwrap
+def test_auto_is_bwrap_where_it_works() -> None:
+    assert resolve_mode("auto") == ("bwrap", "")
+
+
+def test_config_keys_are_validated(tmp_path: Path) -> None:
+    base = "[metric]\nname = 's'\n[task]\neditable = ['a.py']\nrun = 'true'\n"
+    for line, message in [
+        (
+            "sandbox = 'docker'",
+            "[task] sandbox: found 'docker', expected one of 'auto', 'bwrap', 'none'",
+        ),
+        ("network = 'yes'", "[task] network: found 'yes', expected true or false"),
+        ("env = ['A B']", "[task] env: found 'A B', expected names of environment variables"),
+        ("holdout = ['../val']", "[task] holdout: found '../val', expected paths relative"),
+        ("max_log_mb = 0", "[task] max_log_mb: found 0, expected a number > 0"),
+    ]:
+        (tmp_path / "autoresearch.toml").write_text(base + line + "\n")
+        with pytest.raises(ConfigError) as info:
+            load_config(tmp_path)
+        assert message in str(info.value)
+    (tmp_path / "autoresearch.toml").write_text(base)
+    config = load_config(tmp_path)
+    assert (config.sandbox, config.network, config.env, config.holdout, config.max_log_mb) == (
+        "auto",
+        False,
+        (),
+        (),
+        64.0,
+    )
+
+
+def test_an_api_key_named_in_task_env_is_refused(tmp_path: Path, venv_template: Path) -> None:
+    task = make_task(tmp_path, venv_template, "none")
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY would hand an agent's API key"):
+        task.sandbox(env=["HF_TOKEN", "OPENAI_API_KEY"])
+
+
+@needs_bwrap
+def test_the_environment_inside_is_an_allowlist(
+    tmp_path: Path, venv_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+    monkeypatch.setenv("HF_TOKEN", "hf-passed")
+    monkeypatch.setenv("SOME_SETTING", "not-passed")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    task = make_task(tmp_path, venv_template, "bwrap")
+    code = "import os\nfor k, v in sorted(os.environ.items()):\n    print(f'env {k}={v}')\n"
+    outcome = attack(task, code, env=["HF_TOKEN"])
+    assert_honest(outcome)
+    names = {line.split("=")[0][4:] for line in outcome.log.splitlines() if line.startswith("env ")}
+    assert "env HF_TOKEN=hf-passed" in outcome.log and "env CUDA_VISIBLE_DEVICES=3" in outcome.log
+    assert "env HOME=/tmp/home" in outcome.log
+    assert CANARY not in outcome.log and "SOME_SETTING" not in names
+    assert {"PATH", "AUTORESEARCH_SEED", "AUTORESEARCH_OUT", "AUTORESEARCH_TASK_DIR"} <= names
+
+
+@needs_bwrap
+def test_inside_home_and_other_runs_are_empty_and_tmp_is_private(
+    tmp_path: Path, venv_template: Path
+) -> None:
+    task = make_task(tmp_path, venv_template, "bwrap")
+    (Path.home() / ".autoresearch-sandbox-test").write_text("secret")
+    marker = Path("/tmp") / f"autoresearch-sandbox-{os.getpid()}"
+    try:
+        code = f"""\
+            import os
+            repo = os.environ["AUTORESEARCH_TASK_DIR"]
+            print("home:", sorted(os.listdir(os.path.expanduser("~"))))
+            print("state:", sorted(os.listdir(os.path.join(repo, ".autoresearch"))))
+            print("checkout:", sorted(os.listdir(repo)))
+            print("tmp sees marker:", os.path.exists({str(marker)!r}))
+            open("/tmp/left-behind", "w").write("x")
+            """
+        marker.write_text("host")
+        outcome = attack(task, code)
+    finally:
+        (Path.home() / ".autoresearch-sandbox-test").unlink()
+        marker.unlink()
+    assert_honest(outcome)
+    assert "home: []" in outcome.log
+    assert "state: ['data', 'runs', 'worktrees']" in outcome.log  # no ledger, logs, locks
+    assert "checkout: ['.autoresearch']" in outcome.log  # not even .git
+    assert "tmp sees marker: False" in outcome.log
+    assert not Path("/tmp/left-behind").exists()
+
+
+def test_pid_files_without_a_start_time_are_ignored(tmp_path: Path) -> None:
+    victim = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        (logs / "0001-0.pid").write_text(f"{victim.pid}")  # planted: no start time
+        (logs / "0002-0.pid").write_text(f"{victim.pid} 1 {'0' * 32}")  # the wrong start time
+        assert kill_orphans(logs) == []
+        assert victim.poll() is None and not list(logs.glob("*.pid"))
+        started = Path(f"/proc/{victim.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        (logs / "0003-0.pid").write_text(f"{victim.pid} {started} {'0' * 32}")
+        assert kill_orphans(logs) == [victim.pid]
+        assert victim.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_the_argv_binds_gpus_and_keeps_the_network_off(
+    tmp_path: Path, venv_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("autoresearch.executors.sandbox._gpu_devices", lambda: ["/dev/nvidia0"])
+    monkeypatch.setattr("autoresearch.executors.sandbox.bwrap_problem", lambda: None)
+    task = make_task(tmp_path, venv_template, "bwrap")
+    work = task.workspace.slot_root(0)
+    out = task.repo / ".autoresearch" / "runs" / "x"
+    argv = task.sandbox().prefix("run", cwd=work, worktree=work, writable=[work, out])
+    pairs = list(itertools.pairwise(argv))
+    assert ("--dev-bind", "/dev/nvidia0") in pairs
+    assert "--unshare-net" in argv and ("--cap-drop", "ALL") in pairs
+    assert ("--tmpfs", str(task.repo)) in pairs and ("--tmpfs", str(Path.home())) in pairs
+    assert ("--bind", str(work)) in pairs and ("--bind", str(out)) in pairs
+    assert argv.index("--tmpfs") < argv.index("--bind")  # hidden first, then shown again
+    evaluate = task.sandbox(network=True).prefix(
+        "evaluate", cwd=work, worktree=work, writable=[out]
+    )
+    assert "--unshare-net" not in evaluate and ("--ro-bind", str(work)) in itertools.pairwise(
+        evaluate
+    )
