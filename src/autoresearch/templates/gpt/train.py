@@ -291,19 +291,21 @@ def softcap(logits, cap):
 
 
 class SoftcapCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of softcap(logits), chunked over rows: each chunk goes to fp32, is
-    capped and reduced while in cache, and only the logits (as given, bf16 under autocast) and
-    one log-sum-exp per row are kept for the backward, which recomputes the cap per chunk.
-    The same math as F.cross_entropy(softcap(logits)), without fp32 (N, V) tensors. Capped
-    logits lie in [-cap, cap], so exp() needs no max subtracted first (cap <= ~80 in fp32)."""
+    """Mean cross-entropy of softcap(logits), chunked over rows: each chunk is converted to fp32
+    into one reused buffer, capped and reduced in place while in cache; only the logits (as
+    given, bf16 under autocast) and one log-sum-exp per row are kept for the backward, which
+    recomputes the cap per chunk. The same math as F.cross_entropy(softcap(logits)) without an
+    fp32 (N, V) tensor. Capped logits lie in [-cap, cap]: exp() needs no max subtracted first."""
 
     @staticmethod
     def forward(ctx, logits, targets, cap, chunk):  # logits (N, V), targets (N,)
-        N = logits.size(0)
+        N, V = logits.shape
         lse = torch.empty(N, dtype=torch.float32, device=logits.device)
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
+        buf = torch.empty((min(chunk, N), V), dtype=torch.float32, device=logits.device)
         for s in range(0, N, chunk):
-            z = softcap(logits[s : s + chunk], cap)  # (n, V) fp32
+            z = buf[: min(chunk, N - s)].copy_(logits[s : s + chunk])  # (n, V) fp32
+            z.div_(cap).tanh_().mul_(cap)  # softcap, in place
             picked = z.gather(1, targets[s : s + chunk, None]).squeeze(1)
             lse[s : s + chunk] = z.exp_().sum(-1).log_()
             total += (lse[s : s + chunk] - picked).sum()
@@ -314,14 +316,17 @@ class SoftcapCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         logits, targets, lse = ctx.saved_tensors
-        cap, chunk, N = ctx.cap, ctx.chunk, logits.size(0)
+        cap, chunk, (N, V) = ctx.cap, ctx.chunk, logits.shape
         dlogits = torch.empty_like(logits)
+        t_buf, p_buf = torch.empty((2, min(chunk, N), V), dtype=torch.float32, device=logits.device)
+        scale = -grad / N
         for s in range(0, N, chunk):
-            t = logits[s : s + chunk].to(torch.float32, copy=True).div_(cap).tanh_()  # (n, V)
-            p = (t * cap).sub_(lse[s : s + chunk, None]).exp_()  # softmax of the capped logits
-            p.scatter_add_(1, targets[s : s + chunk, None], p.new_full((p.size(0), 1), -1.0))
+            n = min(chunk, N - s)
+            t = t_buf[:n].copy_(logits[s : s + chunk]).div_(cap).tanh_()  # (n, V)
+            p = torch.mul(t, cap, out=p_buf[:n]).sub_(lse[s : s + chunk, None]).exp_()  # softmax
+            p.scatter_add_(1, targets[s : s + chunk, None], p.new_full((n, 1), -1.0))
             # d/dz of cap * tanh(z / cap) is 1 - tanh^2
-            dlogits[s : s + chunk] = p.mul_(t.mul_(t).sub_(1).mul_(-grad / N))
+            dlogits[s : s + chunk] = p.mul_(t.mul_(t).sub_(1).mul_(scale))
         return dlogits, None, None, None
 
 
