@@ -117,10 +117,17 @@ def apply_rotary(x, cos, sin):  # x: (B, T, H, D); cos, sin: (1, T, 1, D) in x's
     return x * cos + swapped * sin
 
 
+_flex_attention = None  # torch's flex_attention, once flex_block_masks has imported it
+
+
 def flex_block_masks(seq_len, windows, device):
     """FlexAttention block masks, causal and at most `window` tokens back, one per window below
     seq_len: built once, eagerly, before the loop (compiled CUDA only: they skip masked blocks)."""
-    from torch.nn.attention.flex_attention import create_block_mask  # imports torch._dynamo
+    global _flex_attention
+    # imported here, not at the top: it imports torch._dynamo (~1.5 s), which eager runs skip
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    _flex_attention = flex_attention
 
     def sliding(window):
         return lambda b, h, q, kv: (q >= kv) & (q - kv < window)
@@ -147,9 +154,7 @@ def attention(q, k, v, mask):  # q, k, v: (B, H, T, D) -> (B, H, T, D)
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # fused flash kernels
     if isinstance(mask, torch.Tensor):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    from torch.nn.attention.flex_attention import flex_attention
-
-    return flex_attention(q, k, v, block_mask=mask)
+    return _flex_attention(q, k, v, block_mask=mask)
 
 
 class CausalSelfAttention(nn.Module):
@@ -172,7 +177,7 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, ve, cos, sin, mask):
         B, T, C = x.shape
-        dtype = cos.dtype  # attention's dtype, chosen by GPT.forward
+        dtype = cos.dtype  # attention's dtype, chosen by GPT.raw_logits
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim).to(dtype)
         k = self.c_k(x).view(B, T, self.n_head, self.head_dim).to(dtype)
         v = self.c_v(x).view(B, T, self.n_head, self.head_dim).to(dtype)
