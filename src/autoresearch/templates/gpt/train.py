@@ -292,7 +292,10 @@ def model_config(vocab_size):
 
 def softcap(logits, cap):
     """cap * tanh(logits / cap) in fp32: keeps early training stable."""
-    return cap * torch.tanh(logits.float() / cap)
+    if torch.is_grad_enabled():
+        return cap * torch.tanh(logits.float() / cap)
+    # evaluation: the same ops in place, in one fp32 copy (each (B, T, V) allocation is page faults)
+    return logits.to(torch.float32, copy=True).div_(cap).tanh_().mul_(cap)
 
 
 class SoftcapCrossEntropy(torch.autograd.Function):
