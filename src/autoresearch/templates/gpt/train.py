@@ -505,6 +505,7 @@ if __name__ == "__main__":
     step = 0
     smooth_loss = 0.0
     last_log = time.time()
+    startup_time, loader_wait = time.time() - t_start, loader.wait_seconds  # until the timed steps
     while True:
         synchronize(device)
         t0 = time.time()
@@ -538,9 +539,8 @@ if __name__ == "__main__":
         if step >= STARTUP_STEPS:
             training_time += dt
             timed_tokens += TOTAL_BATCH_SIZE
-        else:  # start-up: process start to the first timed step (compilation included)
-            startup_time = time.time() - t_start
-            loader_wait = loader.wait_seconds  # the loader's wait is counted on timed steps
+        else:  # start-up: to the first timed step (compilation included); wait on timed steps only
+            startup_time, loader_wait = time.time() - t_start, loader.wait_seconds
         if step == 0:  # Python's GC causes long stalls; everything allocated so far lives forever
             gc.collect()
             gc.freeze()
