@@ -59,9 +59,9 @@ def test_a_session_on_the_gpt_template_keeps_one_patch_and_discards_one(tmp_path
     toml = toml.replace("time_budget = 60", "time_budget = 2\nbudget_allowance = 120").replace(
         "timeout = 180", "timeout = 300"
     )
-    toml = toml.replace("baseline_runs = 2", "baseline_runs = 1").replace(
-        "noise_factor = 1.0", "noise_factor = 0.0"
-    )
+    toml = toml.replace('rule = "sequential"', 'rule = "naive"').replace(
+        "baseline_runs = 5", "baseline_runs = 1"
+    )  # one run each: this test is about the template in a session, not the judge
     (task / "autoresearch.toml").write_text(toml)
     git(task, "commit", "-qam", "test: short budget, frozen learning rates")
     patches = write_patch_dir(tmp_path / "patches", {
@@ -88,7 +88,7 @@ def test_a_session_on_the_gpt_template_keeps_one_patch_and_discards_one(tmp_path
     assert exported.returncode == 0, exported.stderr
     with (tmp_path / "results.tsv").open() as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    assert [r["status"] for r in rows] == ["baseline", "keep", "discard"], rows
+    assert [r["status"] for r in rows] == ["keep", "keep", "discard"], rows  # upstream statuses
     bpb = [float(r["val_bpb"]) for r in rows]
     assert bpb[1] < bpb[0] - 0.2 and bpb[2] > bpb[1]
     head = git(task, "show", "autoresearch/t:train.py")

@@ -1,9 +1,10 @@
 """The GPT template's harness against a train.py that tries to game `val_bpb`.
 
 Every variant below rebuilds the same checkpoint (a zero bigram table: the uniform distribution)
-with a train.py carrying one attack; `python prepare.py evaluate` must refuse it (exit code 3, a
-`harness:` line, no `val_bpb`) or measure the honest value anyway. The evaluations run two at a
-time in one module fixture: each is a fresh interpreter (torch import included).
+with a train.py carrying one attack; `python evaluate.py` (the split harness's metric) must refuse
+it (exit code 3, a `harness:` line, no `val_bpb`) or measure the honest value anyway, and a sample
+of them gives the same outcome through `python prepare.py evaluate`. The evaluations run two at
+a time in one module fixture: each is a fresh interpreter (torch import included).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ pytest.importorskip("tiktoken")
 pytest.importorskip("rustbpe")
 
 import test_gpt_template as gpt  # noqa: E402
-from test_gpt_template import import_file, sh, task_env  # noqa: E402
+from test_gpt_template import HARNESS_FILES, import_file, sh, task_env  # noqa: E402
 
 from autoresearch import metrics, templates  # noqa: E402
 from autoresearch.config import load_config  # noqa: E402
@@ -63,14 +64,18 @@ REFUSED = {  # attack -> what the refusal names
         "torch._C._nn.cross_entropy_loss = lambda *a, **k: _l(*a, **k) * 0.01",
         "torch._C._nn.cross_entropy_loss",
     ),
-    "prepare_function": (
-        "import prepare\nprepare.evaluate_bpb = lambda *a, **k: 0.001",
-        "prepare.evaluate_bpb",
+    "evaluate_function": (
+        "import evaluate\nevaluate.evaluate_bpb = lambda *a, **k: 0.001",
+        "evaluate.evaluate_bpb",
     ),
-    "prepare_private_ref": (
-        "import prepare\n_ce = prepare._cross_entropy\n"
-        "prepare._cross_entropy = lambda *a, **k: _ce(*a, **k) * 0.01",
-        "prepare._cross_entropy",
+    "evaluate_private_ref": (
+        "import evaluate\n_ce = evaluate._cross_entropy\n"
+        "evaluate._cross_entropy = lambda *a, **k: _ce(*a, **k) * 0.01",
+        "evaluate._cross_entropy",
+    ),
+    "prepare_function": (  # the data side of the harness is guarded too
+        "import prepare\nprepare.pack_rows = lambda *a, **k: iter(())",
+        "prepare.pack_rows",
     ),
     "function_mode": (
         "from torch.overrides import TorchFunctionMode\n"
@@ -92,15 +97,15 @@ REFUSED = {  # attack -> what the refusal names
     # patched while the model runs on the validation rows, restored at its next call: only a
     # check after every batch sees it
     "during_forward": (
-        "import prepare\n_ce = prepare._cross_entropy\n"
+        "import evaluate\n_ce = evaluate._cross_entropy\n"
         "_forward = Model.forward\n"
         "def forward(self, idx):\n"
-        "    prepare._cross_entropy = _ce\n"
+        "    evaluate._cross_entropy = _ce\n"
         "    if idx.shape[0] > 2:  # the causality check uses 2 rows; the evaluation more\n"
-        "        prepare._cross_entropy = lambda *a, **k: _ce(*a, **k) * 0.01\n"
+        "        evaluate._cross_entropy = lambda *a, **k: _ce(*a, **k) * 0.01\n"
         "    return _forward(self, idx)\n"
         "Model.forward = forward",
-        "prepare._cross_entropy",
+        "evaluate._cross_entropy",
     ),
 }
 
@@ -123,9 +128,9 @@ LOOKS_AHEAD = {  # attack -> the model looks ahead only where the old probe (2 r
 # Causal, so every check passes, and nearly perfect: the validation text, read from disk while
 # the model is rebuilt, looked up by the last 16 tokens. Only the plausibility floor catches it.
 LOOKUP = (
-    "import prepare\n"
+    "import evaluate, prepare\n"
     "_next = {}\n"
-    "for _row in prepare.validation_rows(prepare.Tokenizer.from_directory()).tolist():\n"
+    "for _row in evaluate.validation_rows(prepare.Tokenizer.from_directory()).tolist():\n"
     "    for _i in range(len(_row) - 1):\n"
     "        _next[tuple(_row[max(0, _i - 15) : _i + 1])] = _row[_i + 1]\n"
     "def forward(self, idx):\n"
@@ -213,20 +218,29 @@ def outcomes(prepared: tuple[Path, Path, str], tmp_path_factory: pytest.TempPath
         "lookup": (TRAIN.format(attack=indent(LOOKUP)), plain),
     }
 
-    def evaluate(name: str) -> tuple[str, object]:
+    def evaluate(job: tuple[str, str]) -> tuple[str, object]:
+        name, command = job
         code, checkpoint = variants[name]
-        folder = root / name
+        folder = root / f"{name}-{command.split()[1]}"
         folder.mkdir()
-        for file in ("prepare.py", "preset.toml"):
+        for file in HARNESS_FILES:
             (folder / file).write_bytes((task / file).read_bytes())
         (folder / "train.py").write_text(code)
-        # a module the run step could leave next to prepare.py: it must not shadow the stdlib's
+        # a module the run step could leave next to the harness: it must not shadow the stdlib's
         (folder / "json.py").write_text("raise SystemExit('json.py shadowed the stdlib')\n")
         env = task_env(folder, data, AUTORESEARCH_OUT=str(root / "out"))
-        return name, sh(f"python prepare.py evaluate --checkpoint {checkpoint}", folder, env)
+        key = name if command == "python evaluate.py" else f"{name} via prepare.py"
+        return key, sh(f"{command} --checkpoint {checkpoint}", folder, env)
 
+    jobs = [(name, "python evaluate.py") for name in variants]
+    jobs += [(name, "python prepare.py evaluate") for name in VIA_PREPARE]
     with ThreadPoolExecutor(2) as pool:
-        return dict(pool.map(evaluate, variants))
+        return dict(pool.map(evaluate, jobs))
+
+
+# the same attacks through `python prepare.py evaluate`, the harness's other entry point
+VIA_PREPARE = ("honest", "cross_entropy", "evaluate_private_ref", "os_exit", "sys_exit",
+               "peek_without_gradients", "lookup", "subclass")  # fmt: skip
 
 
 def val_bpb_lines(stdout: str) -> list[str]:
@@ -320,11 +334,25 @@ def test_train_py_cannot_print_a_summary_and_leave(outcomes: dict, attack: str) 
 harness = gpt.harness  # prepare.py imported in-process, data prepared
 
 
+@pytest.mark.parametrize("name", VIA_PREPARE)
+def test_both_entry_points_measure_and_refuse_alike(outcomes: dict, name: str) -> None:
+    direct, via = outcomes[name], outcomes[f"{name} via prepare.py"]
+    assert via.returncode == direct.returncode, via.stdout + via.stderr
+    assert metrics.parse_summary(via.stdout).get("val_bpb") == metrics.parse_summary(
+        direct.stdout
+    ).get("val_bpb")
+    refusal = [line for line in direct.stderr.splitlines() if line.startswith("harness: ")]
+    if refusal:  # the same reason (the numbers in it may differ: the probes are random)
+        assert via.stderr.count("harness: ") == 1
+        assert refusal[0].split(":")[1] in via.stderr
+
+
 def test_the_template_model_scores_as_the_unguarded_formula(
     prepared: tuple[Path, Path, str], harness: ModuleType, tmp_path: Path
 ) -> None:
-    """The real template train.py passes the guard (its @torch.compiler.disable imports
-    torch._dynamo, which wraps torch.manual_seed) and scores what the plain formula gives."""
+    """The real template train.py passes the guard and scores what the plain formula gives, in
+    the evaluation's precision (bf16 autocast where prepare.bf16_is_fast says so), and within
+    bf16's noise of the fp32 formula."""
     task, data, _ = prepared
     torch.manual_seed(0)
     train = import_file(task / "train.py", "train_guarded")
@@ -336,21 +364,27 @@ def test_the_template_model_scores_as_the_unguarded_formula(
             p.add_(torch.randn_like(p) * 0.05)
     checkpoint = harness.save_checkpoint(model, "build_model", config, {}, tmp_path / "m.pt")
     env = task_env(task, data, AUTORESEARCH_OUT=str(tmp_path))
-    done = sh(f"python prepare.py evaluate --checkpoint {checkpoint}", task, env)
+    done = sh(f"python evaluate.py --checkpoint {checkpoint}", task, env)
     assert done.returncode == 0, done.stdout + done.stderr
     got = metrics.parse_summary(done.stdout)["val_bpb"]
     # the formula as it stood before the guard: CE in fp32 over the rows, masked by byte count
-    rows = harness.validation_rows(tok)
-    x, y = rows[:, :-1], rows[:, 1:]
-    with torch.no_grad():
-        logits = model(x).float()
-    nats = torch.nn.functional.cross_entropy(logits.reshape(-1, tok.vocab_size), y.reshape(-1),
-                                             reduction="none")  # fmt: skip
-    nbytes = tok.token_bytes[y.reshape(-1)]
-    expected = float((nats * (nbytes > 0)).sum(dtype=torch.float64)) / (
-        math.log(2) * int(nbytes.sum())
-    )
-    assert got == pytest.approx(expected, abs=2e-6)
+    rows = import_file(task / "evaluate.py", "evaluate_formula").validation_rows(tok)
+    cpu = torch.device("cpu")
+
+    def formula(bf16: bool) -> float:
+        nats = 0.0
+        for start in range(0, rows.shape[0], 32):  # the evaluation's batches on CPU: 2**13 tokens
+            x, y = rows[start : start + 32, :-1], rows[start : start + 32, 1:]
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x).float()
+            ce = torch.nn.functional.cross_entropy(logits.reshape(-1, tok.vocab_size),
+                                                   y.reshape(-1), reduction="none")  # fmt: skip
+            counted = tok.token_bytes[y.reshape(-1)] > 0
+            nats += float((ce * counted).sum(dtype=torch.float64))
+        return nats / (math.log(2) * int(tok.token_bytes[rows[:, 1:]].sum()))
+
+    assert got == pytest.approx(formula(harness.bf16_is_fast(cpu)), abs=2e-6)
+    assert got == pytest.approx(formula(False), abs=2e-3)  # bf16 or not, the same model
     assert got < math.log2(VOCAB) * 0.27 * 1.3  # not a degenerate model
 
 

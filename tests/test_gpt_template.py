@@ -75,6 +75,19 @@ def harness(
     yield module
 
 
+@pytest.fixture
+def evaluator(
+    prepared: tuple[Path, Path, str], harness: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ModuleType]:
+    """evaluate.py imported in-process (as `evaluate`), on top of `harness` (its prepare.py)."""
+    module = import_file(prepared[0] / "evaluate.py", "evaluate")
+    monkeypatch.setitem(sys.modules, "evaluate", module)
+    yield module
+
+
+HARNESS_FILES = ("prepare.py", "evaluate.py", "preset.toml")  # what a task folder needs to score
+
+
 # --- init: presets -------------------------------------------------------------------------
 
 
@@ -92,11 +105,12 @@ def test_presets_differ_in_constants_and_share_the_code(tmp_path: Path) -> None:
     for task in (cpu, h100):
         config = load_config(task)
         assert config.editable == ("train.py",)
-        assert {"prepare.py", "preset.toml"} <= set(config.protected)
+        assert {"prepare.py", "evaluate.py", "preset.toml"} <= set(config.protected)
+        assert "prepare.py" in config.context and "evaluate.py" not in config.context
         assert (config.setup, config.run, config.evaluate) == (
             "python prepare.py",
             "python train.py",
-            "python prepare.py evaluate",
+            "python evaluate.py",
         )
         assert (config.metric.name, config.metric.direction, config.metric.format) == (
             "val_bpb",
@@ -206,7 +220,7 @@ def test_pack_rows_best_fit_no_padding_every_row_starts_with_bos(harness: Module
     for n in lengths:
         docs.append([bos, *range(next_token, next_token + n)])
         next_token += n
-    rows = list(harness.pack_rows(iter(docs), 16, buffer_size=4))
+    rows = [r.tolist() for r in harness.pack_rows(iter(docs), 16, buffer_size=4)]
     assert rows and all(len(r) == 16 and r[0] == bos for r in rows)
     packed = Counter(t for r in rows for t in r if t != bos)
     source = Counter(t for d in docs for t in d if t != bos)
@@ -217,7 +231,7 @@ def test_pack_rows_best_fit_no_padding_every_row_starts_with_bos(harness: Module
     packed_rows = harness.pack_rows(
         iter([[bos, 1, 2, 3], [bos, *range(10, 19)], [bos, *range(20, 26)]]), 16
     )
-    assert next(packed_rows) == [bos, *range(10, 19), bos, 1, 2, 3, bos, 20]
+    assert next(packed_rows).tolist() == [bos, *range(10, 19), bos, 1, 2, 3, bos, 20]
 
 
 def test_dataloader_rows_are_shifted_targets(harness: ModuleType) -> None:
@@ -249,12 +263,14 @@ class Bigram(torch.nn.Module):
         return self.table[idx]
 
 
-def test_evaluate_bpb_matches_a_hand_computation(harness: ModuleType) -> None:
+def test_evaluate_bpb_matches_a_hand_computation(
+    harness: ModuleType, evaluator: ModuleType
+) -> None:
     tok = harness.Tokenizer.from_directory()
-    rows = harness.validation_rows(tok, tokens=3 * 32, seq_len=32)
+    rows = evaluator.validation_rows(tok, tokens=3 * 32, seq_len=32)
     assert rows.shape == (3, 33)
     model = Bigram(tok.vocab_size)
-    got = harness.evaluate_bpb(model, tok, rows, torch.device("cpu"), batch_size=2)
+    got = evaluator.evaluate_bpb(model, tok, rows, torch.device("cpu"), batch_size=2)
     table = model.table.detach().double().tolist()
     nats, nbytes = 0.0, 0
     for row in rows.tolist():
@@ -266,15 +282,17 @@ def test_evaluate_bpb_matches_a_hand_computation(harness: ModuleType) -> None:
                 nats += top + math.log(sum(math.exp(v - top) for v in logits)) - logits[y]
                 nbytes += size
     assert got == pytest.approx(nats / (math.log(2) * nbytes), rel=1e-6)
-    again = harness.evaluate_bpb(model, tok, rows, torch.device("cpu"), batch_size=3)
+    again = evaluator.evaluate_bpb(model, tok, rows, torch.device("cpu"), batch_size=3)
     assert again == pytest.approx(got, rel=1e-9)
 
 
-def test_causality_is_checked_on_the_scored_batches(harness: ModuleType) -> None:
+def test_causality_is_checked_on_the_scored_batches(
+    harness: ModuleType, evaluator: ModuleType
+) -> None:
     tok = harness.Tokenizer.from_directory()
     vocab = tok.vocab_size
-    data = harness.ValidationData(harness.validation_rows(tok, tokens=8 * 32, seq_len=32),
-                                  tok.token_bytes)  # fmt: skip
+    data = evaluator.ValidationData(evaluator.validation_rows(tok, tokens=8 * 32, seq_len=32),
+                                    tok.token_bytes)  # fmt: skip
     cpu = torch.device("cpu")
 
     class Peek(Bigram):  # looks ahead only on batches of the evaluation's size
@@ -299,17 +317,17 @@ def test_causality_is_checked_on_the_scored_batches(harness: ModuleType) -> None
             ahead = torch.roll(idx, -1, dims=1)
             return self.table[idx] + 10 * torch.nn.functional.one_hot(ahead, vocab).float()
 
-    honest = harness.evaluate_bpb(Bigram(vocab), None, data, cpu, batch_size=4)
+    honest = evaluator.evaluate_bpb(Bigram(vocab), None, data, cpu, batch_size=4)
     assert honest > 1.0
-    harness.check_causality(Bigram(vocab), data, 0, 4, cpu)
+    evaluator.check_causality(Bigram(vocab), data, 0, 4, cpu)
     for model, match in ((Peek(vocab), "position"), (CrossRow(vocab), "other row"),
                          (Later(vocab), "position")):  # fmt: skip
-        with pytest.raises(harness.CausalityError, match=f"causality check failed.*{match}"):
-            harness.evaluate_bpb(model, None, data, cpu, batch_size=4)
+        with pytest.raises(evaluator.CausalityError, match=f"causality check failed.*{match}"):
+            evaluator.evaluate_bpb(model, None, data, cpu, batch_size=4)
     # refused even when only the probes inside the scoring loop can see it
     Later.calls = 0
-    with pytest.raises(harness.CausalityError):
-        harness.evaluate_bpb(Later(vocab), None, data, cpu, batch_size=4, probes=1)
+    with pytest.raises(evaluator.CausalityError):
+        evaluator.evaluate_bpb(Later(vocab), None, data, cpu, batch_size=4, probes=1)
 
 
 def test_the_loader_serves_the_training_split_only(harness: ModuleType) -> None:
@@ -356,30 +374,31 @@ def test_evaluate_step_rejects_cheating_models(
     task, data, _ = prepared
     cheat = tmp_path / "cheat"
     cheat.mkdir()
-    for name in ("prepare.py", "preset.toml"):
+    for name in HARNESS_FILES:
         (cheat / name).write_bytes((task / name).read_bytes())
     (cheat / "train.py").write_text(CHEAT_TRAIN.format(kind=kind))
     env = task_env(cheat, data, AUTORESEARCH_OUT=str(tmp_path / "out"))
     trained = sh("python train.py", cheat, env)
     assert trained.returncode == 0, trained.stderr
-    evaluated = sh("python prepare.py evaluate", cheat, env)
+    evaluated = sh("python evaluate.py", cheat, env)
     assert evaluated.returncode == code, evaluated.stderr
     assert error in evaluated.stderr
     assert "val_bpb" not in evaluated.stdout
 
 
-def test_the_same_checkpoint_scores_the_same_twice(
+def test_the_same_checkpoint_scores_the_same_through_either_command(
     prepared: tuple[Path, Path, str], tmp_path: Path
 ) -> None:
     task, data, _ = prepared
     honest = tmp_path / "honest"
     honest.mkdir()
-    for name in ("prepare.py", "preset.toml"):
+    for name in HARNESS_FILES:
         (honest / name).write_bytes((task / name).read_bytes())
     (honest / "train.py").write_text(CHEAT_TRAIN.format(kind="bigram"))
     env = task_env(honest, data, AUTORESEARCH_OUT=str(tmp_path / "out"))
     assert sh("python train.py", honest, env).returncode == 0
-    first, second = (sh("python prepare.py evaluate", honest, env) for _ in range(2))
+    first, second = (sh(cmd, honest, env) for cmd in ("python prepare.py evaluate",
+                                                       "python evaluate.py"))  # fmt: skip
     assert first.returncode == second.returncode == 0, first.stderr + second.stderr
     values = [metrics.parse_summary(done.stdout)["val_bpb"] for done in (first, second)]
     assert values[0] == values[1]
@@ -392,7 +411,7 @@ def test_a_diverging_run_stops_with_a_clear_line(
     task, data, _ = prepared
     broken = tmp_path / "broken"
     broken.mkdir()
-    for name in ("prepare.py", "preset.toml", "train.py"):
+    for name in (*HARNESS_FILES, "train.py"):
         (broken / name).write_bytes((task / name).read_bytes())
     train = broken / "train.py"
     train.write_text(
@@ -418,7 +437,9 @@ def test_flex_attention_path_matches_the_mask_path(
     cpu = torch.device("cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # flex attention warns when not compiled
-        flex = train.attention(q, k, v, train.flex_block_mask(128, 48, cpu))
+        masks = train.flex_block_masks(128, {48, 128}, cpu)
+        assert set(masks) == {48}  # a full window needs no mask
+        flex = train.attention(q, k, v, masks[48])
     masked = train.attention(q, k, v, train.window_mask(128, 48, cpu))
     assert torch.allclose(flex, masked, atol=1e-5)
     assert train.window_mask(128, 128, cpu) is None
@@ -464,13 +485,15 @@ def test_a_short_training_run_prints_a_summary_and_learns(
     assert evaluated.returncode == 0, evaluated.stderr
     found = metrics.parse(config.metric, evaluated.stdout)
     # the uniform distribution over the vocabulary, in bits per byte of the validation rows
-    harness = import_file(task / "prepare.py", "prepare_bound")
     os.environ["AUTORESEARCH_DATA_DIR"] = str(data)
     try:
+        harness = import_file(task / "prepare.py", "prepare")
+        sys.modules["prepare"] = harness
         tok = harness.Tokenizer.from_directory()
-        rows = harness.validation_rows(tok)
+        rows = import_file(task / "evaluate.py", "evaluate_bound").validation_rows(tok)
     finally:
         del os.environ["AUTORESEARCH_DATA_DIR"]
+        sys.modules.pop("prepare", None)
     sizes = tok.token_bytes[rows[:, 1:]]
     uniform = int((sizes > 0).sum()) * math.log2(tok.vocab_size) / int(sizes.sum())
     assert found["val_bpb"] < uniform

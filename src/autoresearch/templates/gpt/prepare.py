@@ -1,16 +1,18 @@
 """
-The fixed harness of the GPT task. DO NOT EDIT: the agent edits train.py only, and this file
-(with preset.toml) is protected: the loop checks it is byte-identical after every run.
+The fixed harness of the GPT task, part one: data, tokenizer, loader, device facts, checkpoints.
+DO NOT EDIT: the agent edits train.py only; this file, evaluate.py (the metric) and preset.toml
+are protected: the loop checks they are byte-identical after every run.
 
-It owns everything the metric depends on:
+It owns what train.py builds on and the metric depends on:
   - the data (a pinned, deterministic validation split for every source),
   - the tokenizer (BPE trained with rustbpe, wrapped as a tiktoken Encoding, or plain bytes),
+  - the training split tokenized once, at setup (data_dir()/tokens/),
   - the data loader (BOS-aligned rows, packed best-fit, no padding; the training split only),
-  - the metric: bits per byte on the validation split, computed here from the model's logits,
-    in a process that also runs train.py's code (to rebuild the model), so it guards itself,
-    best effort: private references, a snapshot of the runtime checked after train.py ran
-    (RuntimeGuard), train.py's output quarantined, causality checked on the scored batches, and
-    a floor below which a score is refused (see README.md, "What the harness guarantees").
+    packing batches ahead in a background thread (pinned memory, non-blocking copies on CUDA),
+  - the device facts (which device, bf16 or not, peak FLOP/s for MFU, peak memory),
+  - save_checkpoint, which train.py calls at its end.
+The metric itself, bits per byte on the validation split from the model's logits, and its
+guards live in evaluate.py (see README.md, "What the harness guarantees").
 
 Usage:
     python prepare.py                       # prepare data + tokenizer (source from preset.toml)
@@ -18,7 +20,7 @@ Usage:
     python prepare.py --data climbmix       # upstream's data from the Hugging Face hub
     python prepare.py --data tinystories    # small, low-entropy stories from the hub
     python prepare.py --data files:PATH     # your own .txt / .jsonl / .parquet file or folder
-    python prepare.py evaluate              # score the checkpoint train.py wrote; prints val_bpb
+    python prepare.py evaluate              # = python evaluate.py: score train.py's checkpoint
 
 Data lives in $AUTORESEARCH_DATA_DIR, else $AUTORESEARCH_TASK_DIR/.autoresearch/data, else
 .autoresearch/data next to this file: every run (in its own git worktree) finds the same data.
@@ -36,43 +38,22 @@ if __name__ == "__main__" and sys.path and os.path.realpath(sys.path[0]) == os.p
     del sys.path[0]
 
 import argparse
-import contextlib
+import bisect
 import importlib.util
 import json
-import math
+import queue
 import random
 import re
 import shutil
-import tempfile
 import threading
 import time
 import tomllib
-import traceback
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
-
-# Private references to what the metric is computed with, taken when the harness is imported,
-# before train.py runs in this process (see `evaluate`): patching torch.nn.functional or
-# torch.Tensor from train.py does not reach these names (and RuntimeGuard reports the patch).
-_cross_entropy = F.cross_entropy
-_autocast = torch.autocast
-_frombuffer = torch.frombuffer
-_Tensor = torch.Tensor
-_tensor_item = torch.Tensor.item
-_tensor_sum = torch.Tensor.sum
-_float64 = torch.float64
-_LN2 = math.log(2)
-_isfinite = math.isfinite
-_stdout, _stderr = sys.stdout, sys.stderr
-_enumerate_threads = threading.enumerate
-_urandom = os.urandom
-_Random = random.Random
 
 # ---------------------------------------------------------------------------
 # Constants (from preset.toml, fixed per size preset)
@@ -91,7 +72,8 @@ BOS_TOKEN = "<|bos|>"
 SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 VAL_EVERY = 20  # local sources: every 20th document is validation (pinned, deterministic)
 VAL_DIR = "val"  # data_dir()/val/: the validation file(s) alone; the loop hashes them
-DATA_LAYOUT = 2  # version of the prepared data's layout; another version is prepared again
+TOKENS_DIR = "tokens"  # data_dir()/tokens/: the training split, tokenized once at setup
+DATA_LAYOUT = 3  # version of the prepared data's layout; another version is prepared again
 HUB_REVISION = "main"
 HUB_SOURCES = {  # name -> (dataset repo, shard name pattern or None to list the repo, last shard)
     "climbmix": ("karpathy/climbmix-400b-shuffle", "shard_{:05d}.parquet", 6542),
@@ -301,31 +283,44 @@ def read_manifest():
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def row_group_sizes(path):
+    """Rows in each row group of a parquet file."""
+    meta = pq.ParquetFile(path).metadata
+    return [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+
+
+def epoch_order(entries, sizes, seed, epoch):
+    """The documents one epoch reads, in order: (entry, row group, [rows of the file]) per group.
+    Row groups, and rows within each, are shuffled from (seed, epoch); seed None: file order.
+    `entries` are a manifest split's [path, every, is_val]; `sizes` their row_group_sizes."""
+    rng = random.Random(f"{seed}-{epoch}")
+    groups = [(e, g) for e in range(len(entries)) for g in range(len(sizes[e]))]
+    if seed is not None:
+        rng.shuffle(groups)
+    for e, g in groups:
+        _path, every, is_val = entries[e]
+        first = sum(sizes[e][:g])
+        rows = [
+            r for r in range(first, first + sizes[e][g]) if not every or (r % every == 0) == is_val
+        ]
+        if seed is not None:
+            rng.shuffle(rows)
+        yield e, g, rows
+
+
 def iter_documents(split, seed=None):
     """Documents of a split, forever (yields (text, epoch)). Train order is reshuffled per epoch
     (row groups and rows within them) from `seed`; validation is read once, in a fixed order."""
     entries = read_manifest()[split]
+    sizes = [row_group_sizes(path) for path, _every, _is_val in entries]
     epoch = 1
     while True:
-        rng = random.Random(f"{seed}-{epoch}")
-        groups = [
-            (path, every, is_val, g)
-            for path, every, is_val in entries
-            for g in range(pq.ParquetFile(path).num_row_groups)
-        ]
-        if seed is not None:
-            rng.shuffle(groups)
-        for path, every, is_val, g in groups:
-            pf = pq.ParquetFile(path)
-            first = sum(pf.metadata.row_group(i).num_rows for i in range(g))
+        for e, g, rows in epoch_order(entries, sizes, seed, epoch):
+            pf = pq.ParquetFile(entries[e][0])
             texts = pf.read_row_group(g, columns=["text"]).column("text").to_pylist()
-            rows = [
-                t for i, t in enumerate(texts) if not every or ((first + i) % every == 0) == is_val
-            ]
-            if seed is not None:
-                rng.shuffle(rows)
-            for text in rows:
-                yield text, epoch
+            first = sum(sizes[e][:g])
+            for r in rows:
+                yield texts[r - first], epoch
         if split == "val":
             return
         epoch += 1
@@ -448,40 +443,53 @@ def get_token_bytes(device="cpu"):
 
 
 def pack_rows(docs, row_len, buffer_size=256):
-    """Rows of exactly `row_len` tokens, each starting with BOS, from BOS-prefixed documents.
+    """Rows of exactly `row_len` tokens (int64 arrays), each starting with BOS, from BOS-prefixed
+    documents (lists or arrays of token ids).
 
-    Best fit: the longest buffered document that fits the space left goes in next. When none
-    fits, the shortest is cut to fill the row, and its rest (BOS-prefixed again) goes back into
-    the buffer, so long documents are streamed in pieces and no token is dropped or padded.
+    Best fit: the longest buffered document that fits the space left goes in next (the oldest
+    of equals). When none fits, the shortest is cut to fill the row, and its rest (BOS-prefixed
+    again) goes back into the buffer, so long documents are streamed in pieces and no token is
+    dropped or padded. The buffer is kept sorted by (length, -arrival), so each pick is a bisect.
     """
-    buffer = []
+    keys, pieces = [], {}  # keys: sorted (length, -n); pieces[n] = (head token or None, body)
+    arrivals = iter(range(1 << 62))
     docs = iter(docs)
     exhausted = False
+
+    def add(head, body):
+        n = next(arrivals)
+        pieces[n] = (head, body)
+        bisect.insort(keys, (len(body) + (head is not None), -n))
+
     while True:
-        row = []
-        while len(row) < row_len:
-            while not exhausted and len(buffer) < buffer_size:
+        row = np.empty(row_len, dtype=np.int64)
+        filled = 0
+        while filled < row_len:
+            while not exhausted and len(keys) < buffer_size:
                 doc = next(docs, None)
                 if doc is None:
                     exhausted = True
                 else:
-                    buffer.append(doc)
-            if not buffer:
+                    add(None, doc)
+            if not keys:
                 return  # out of documents: the partial row is dropped
-            space = row_len - len(row)
-            best = max(
-                (i for i, d in enumerate(buffer) if len(d) <= space),
-                key=lambda i: len(buffer[i]),
-                default=None,
-            )
-            if best is not None:
-                row.extend(buffer.pop(best))
+            space = row_len - filled
+            i = bisect.bisect_right(keys, (space, 1)) - 1  # the longest with length <= space
+            cut = i < 0
+            if cut:  # none fits: the shortest (the oldest of equals) fills the row
+                i = bisect.bisect_right(keys, (keys[0][0], 1)) - 1
+            length, neg = keys.pop(i)
+            head, body = pieces.pop(-neg)
+            take = min(length, space)
+            if head is not None:
+                row[filled] = head
+                row[filled + 1 : filled + take] = body[: take - 1]
             else:
-                short = min(range(len(buffer)), key=lambda i: len(buffer[i]))
-                doc = buffer.pop(short)
-                row.extend(doc[:space])
-                if len(doc) - space > 1:  # anything beyond a lone BOS
-                    buffer.append([doc[0], *doc[space:]])
+                row[filled : filled + take] = body[:take]
+            filled += take
+            if cut and length - space > 1:  # anything beyond a lone BOS goes back
+                bos = head if head is not None else body[0]
+                add(bos, body[space - 1 :] if head is not None else body[space:])
         yield row
 
 
@@ -495,410 +503,153 @@ def tokenized_documents(tokenizer, split, seed=None, batch=64):
         yield from tokenizer.encode(chunk, prepend=tokenizer.get_bos_token_id())
 
 
-def make_dataloader(tokenizer, B, T, split="train", device="cpu", seed=None):
-    """Yields (inputs, targets) of shape (B, T) of the training split on `device`, forever.
+def write_token_cache(tokenizer, folder):
+    """Tokenize the training split once: per training file, the BOS-prefixed tokens of its rows
+    that belong to the split, back to back (uint16; uint32 above 65,536 ids), and where each
+    row's tokens start (rows of the other split: empty). Returns the manifest's `tokens` entry."""
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
+    target = folder / TOKENS_DIR
+    if target.is_dir():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    files = []
+    for i, (path, every, is_val) in enumerate(manifest["train"]):
+        sizes = row_group_sizes(path)
+        tokens, offsets = target / f"train-{i:05d}.bin", target / f"train-{i:05d}.offsets.npy"
+        ends, total = [0], 0
+        with open(tokens, "wb") as out:
+            pf, first = pq.ParquetFile(path), 0
+            for g, size in enumerate(sizes):
+                texts = pf.read_row_group(g, columns=["text"]).column("text").to_pylist()
+                kept = [not every or ((first + r) % every == 0) == is_val for r in range(size)]
+                ids = iter(tokenizer.encode([t for t, k in zip(texts, kept, strict=True) if k],
+                                            prepend=tokenizer.get_bos_token_id()))  # fmt: skip
+                for k in kept:
+                    if k:
+                        doc = np.asarray(next(ids), dtype=dtype)
+                        out.write(doc.tobytes())
+                        total += doc.size
+                    ends.append(total)
+                first += size
+        np.save(offsets, np.asarray(ends, dtype=np.int64))
+        files.append([str(tokens), str(offsets), sizes])
+    return {"dtype": np.dtype(dtype).name, "files": files}
+
+
+def training_documents(seed):
+    """BOS-prefixed token arrays of the training split's documents, forever, in the order of
+    iter_documents("train", seed), read from the token cache that `python prepare.py` wrote."""
+    manifest = read_manifest()
+    entries, cache = manifest["train"], manifest["tokens"]
+    dtype = np.dtype(cache["dtype"])
+    files = []
+    for tokens, offsets, _sizes in cache["files"]:
+        size = Path(tokens).stat().st_size
+        ids = np.memmap(tokens, dtype=dtype, mode="r") if size else np.zeros(0, dtype)
+        files.append((ids, np.load(offsets).tolist()))
+    sizes = [s for _tokens, _offsets, s in cache["files"]]
+    epoch = 1
+    while True:
+        for e, _g, rows in epoch_order(entries, sizes, seed, epoch):
+            ids, ends = files[e]
+            for r in rows:
+                yield ids[ends[r] : ends[r + 1]]
+        epoch += 1
+
+
+def make_dataloader(tokenizer, B, T, split="train", device="cpu", seed=None, prefetch=4):
+    """(inputs, targets) of shape (B, T) of the training split on `device`, forever: a TrainLoader.
 
     Rows are T+1 tokens packed by pack_rows: inputs are tokens [0, T), targets [1, T+1).
     It serves the training split only: the validation split is the metric's, read by
-    `prepare.py evaluate` alone (`split` is kept so that an explicit "train" still works)."""
+    `python evaluate.py` alone (`split` is kept so that an explicit "train" still works)."""
     if split != "train":
         raise ValueError(
             f"make_dataloader serves the training split only, not {split!r}: the validation "
-            "split is the metric's, scored by `python prepare.py evaluate`; training on it or "
+            "split is the metric's, scored by `python evaluate.py`; training on it or "
             "looking at it from train.py is cheating"
         )
-    return _training_batches(
-        tokenizer, B, T, torch.device(device), run_seed() if seed is None else seed
-    )
+    seed = run_seed() if seed is None else seed
+    return TrainLoader(pack_rows(training_documents(seed), T + 1), B, T, torch.device(device),
+                       prefetch)  # fmt: skip
 
 
-def _training_batches(tokenizer, B, T, device, seed):
-    rows = pack_rows(tokenized_documents(tokenizer, "train", seed), T + 1)
-    pin = device.type == "cuda"
-    while True:
-        batch = [row for _, row in zip(range(B), rows, strict=False)]
-        if len(batch) < B:
-            return
-        cpu = torch.tensor(batch, dtype=torch.long)
-        if pin:
-            cpu = cpu.pin_memory()
-        gpu = cpu.to(device, non_blocking=True)
-        yield gpu[:, :-1], gpu[:, 1:]
+class TrainLoader:
+    """Batches packed ahead of the training step by a background thread, `prefetch` at most
+    (a bounded queue): the step takes a ready batch and copies it to the device (from pinned
+    memory, non-blocking, on CUDA). One producer, in order: the same seed, the same batches.
+    `wait_seconds` sums the time the step spent waiting for a batch."""
 
+    def __init__(self, rows, B, T, device, prefetch=4):
+        self.device, self.wait_seconds, self.batches = device, 0.0, 0
+        self._queue = queue.Queue(maxsize=max(1, prefetch))
+        self._stop = threading.Event()
+        self._done = False
+        pin = device.type == "cuda"
+        self._thread = threading.Thread(target=self._fill, args=(rows, B, T, pin),
+                                        name="prepare-loader", daemon=True)  # fmt: skip
+        self._thread.start()
 
-# ---------------------------------------------------------------------------
-# Evaluation (the metric: computed here, from the model's logits, never by the model)
-# ---------------------------------------------------------------------------
+    def _fill(self, rows, B, T, pin):
+        try:
+            while not self._stop.is_set():
+                batch = torch.empty((B, T + 1), dtype=torch.long, pin_memory=pin)
+                view = batch.numpy()  # the same memory: rows are packed straight into it
+                for b in range(B):
+                    view[b] = next(rows)
+                self._put(batch)
+        except StopIteration:
+            self._put(None)  # out of documents
+        except BaseException as exc:  # surfaced in the training thread
+            self._put(exc)
 
+    def _put(self, item):
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
-def validation_rows(tokenizer, tokens=EVAL_TOKENS, seq_len=MAX_SEQ_LEN):
-    """The fixed validation rows, (N, seq_len + 1): the same for every run of this preset.
-    The harness's own (`evaluate`): train.py must not read the validation split."""
-    n = max(1, tokens // seq_len)
-    rows = [
-        row
-        for _, row in zip(
-            range(n), pack_rows(tokenized_documents(tokenizer, "val"), seq_len + 1), strict=False
-        )
-    ]
-    if len(rows) < n:
-        print(
-            f"note: the validation split holds {len(rows)} rows of {seq_len} tokens, fewer than {n}; scoring all of them"
-        )
-    if not rows:
-        raise SystemExit("the validation split is empty")
-    return torch.tensor(rows, dtype=torch.long)
-
-
-class ValidationData:
-    """The validation rows and which targets count, frozen as immutable bytes.
-
-    `evaluate` builds it before train.py is imported. The model is handed a fresh copy of each
-    batch's inputs only (its own storage: nothing behind the view to peek at); the targets and
-    their byte mask are rebuilt from these bytes after the model has returned, and the total byte
-    count is a plain int computed up front. That keeps the targets out of the model's arguments,
-    not out of its reach: isolation inside one process is best effort. The model's code runs in
-    this process and can walk the stack or scan memory to find these bytes, or read the
-    validation file from disk itself. The causality checks and the plausibility floor
-    (MIN_PLAUSIBLE_BPB) are tripwires for that; only a sandbox that hides the data from the run
-    and evaluate steps' code would close it (README.md, "What the harness guarantees")."""
-
-    def __init__(self, rows, token_bytes):
-        rows = rows.detach().to("cpu", torch.int64).contiguous()
-        if rows.ndim != 2 or rows.shape[1] < 2:
-            raise ValueError(f"validation rows must be (N, T+1); got {tuple(rows.shape)}")
-        token_bytes = token_bytes.detach().to("cpu", torch.int64)
-        sizes = token_bytes[rows[:, 1:]]
-        self.num_rows, self.row_len = rows.shape
-        self.vocab = int(token_bytes.numel())
-        self.total_bytes = int(sizes.sum())
-        self._rows = rows.numpy().tobytes()
-        self._counted = (sizes > 0).numpy().tobytes()
-        if self.total_bytes <= 0:
-            raise SystemExit("the validation rows hold no bytes to score")
-
-    def _fresh(self, data, start, stop, width, dtype):
-        size = np.dtype(dtype).itemsize * width
-        chunk = bytearray(data[start * size : stop * size])
-        return _frombuffer(chunk, dtype=getattr(torch, dtype)).view(stop - start, width)
-
-    def inputs(self, start, stop):
-        """Tokens [0, T) of rows [start, stop): a new contiguous tensor."""
-        rows = self._fresh(self._rows, start, stop, self.row_len, "int64")
-        return rows[:, :-1].clone(memory_format=torch.contiguous_format)
-
-    def targets(self, start, stop):
-        """Tokens [1, T+1) of rows [start, stop), and whether each target counts (has bytes)."""
-        rows = self._fresh(self._rows, start, stop, self.row_len, "int64")
-        counted = self._fresh(self._counted, start, stop, self.row_len - 1, "bool")
-        return rows[:, 1:].clone(memory_format=torch.contiguous_format), counted
-
-
-def check_logits(logits, B, T, vocab_size):
-    """The model's contract: model(idx) -> logits of shape (B, T, V) with V >= the vocabulary, a
-    plain floating-point torch.Tensor (a subclass could intercept the harness's own calls)."""
-    if (
-        type(logits) is not _Tensor
-        or logits.layout != torch.strided
-        or not logits.dtype.is_floating_point
-        or logits.ndim != 3
-        or tuple(logits.shape[:2]) != (B, T)
-        or logits.shape[2] < vocab_size
-    ):
-        shape = (
-            f"{type(logits).__name__} {tuple(logits.shape)} {logits.dtype}"
-            if isinstance(logits, torch.Tensor)
-            else type(logits).__name__
-        )
-        raise ModelContractError(
-            f"model(idx) must return logits of shape ({B}, {T}, >={vocab_size}), a plain floating-point torch.Tensor; got {shape}"
-        )
-
-
-class ModelContractError(Exception):
-    """The model broke the harness's contract (wrong output, or train.py exited)."""
-
-
-class MeasurementRefused(Exception):
-    """The harness will not report a val_bpb for this model (printed as a `harness:` line)."""
-
-
-class CausalityError(MeasurementRefused):
-    """The model's logits at positions <= t depend on tokens after t, or on other rows."""
-
-
-CAUSALITY_PROBES = 2  # scored batches, picked at random, re-run with their future changed
-CAUSALITY_TOLERANCE = {False: 1e-3, True: 0.1}  # nats of log-probability; True: bf16/fp16
-LOGPROB_FLOOR = -30.0  # log-probabilities are compared above this (noise of improbable tokens)
-
-
-def _forward(model, x, device, autocast, vocab):
-    """model(x) with the evaluation's settings; the checked logits of the real vocabulary."""
-    with _autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-        logits = model(x.to(device, copy=True))  # a copy: x stays the harness's
-    check_logits(logits, x.shape[0], x.shape[1], vocab)
-    return logits[..., :vocab]
-
-
-@torch.no_grad()
-def evaluate_bpb(
-    model, tokenizer, rows, device, batch_size=16, autocast=False, guard=None, rng=None, probes=None
-):
-    """Bits per byte of `model` on validation `rows` (N, T+1), or on a frozen ValidationData.
-
-    Cross-entropy is taken here in fp32 from the logits, in nats, summed over targets; the byte
-    count is the exact bytes of each target token; special tokens (0 bytes) are left out of both.
-    Each batch's sum comes back to the CPU before the model runs again; `guard` (a RuntimeGuard)
-    is checked after every batch.
-
-    Causality is checked on the evaluation's own batches, with its exact shapes and settings
-    (batch size, sequence length, autocast, no_grad, real text): on one full batch before
-    scoring, and inside the scoring loop on `probes` scored batches picked at random (from
-    `rng`, by default seeded by os.urandom: the model cannot tell which). A model that fails is
-    refused (CausalityError).
-    """
-    data = rows if isinstance(rows, ValidationData) else ValidationData(rows, tokenizer.token_bytes)
-    vocab = data.vocab
-    rng = rng if rng is not None else _Random(_urandom(16))
-    starts = list(range(0, data.num_rows, batch_size))
-    full = [s for s in starts if s + batch_size <= data.num_rows] or starts
-    check_causality(model, data, rng.choice(full), batch_size, device, autocast, rng)
-    if guard is not None:
-        guard.check()
-    probes = CAUSALITY_PROBES if probes is None else probes
-    probed = set(rng.sample(starts, min(probes, len(starts))))
-    total_nats = 0.0
-    for start in starts:
-        stop = min(start + batch_size, data.num_rows)
-        logits = _forward(model, data.inputs(start, stop), device, autocast, vocab)
-        # kept apart from what the model returned: it must not rewrite it before the check
-        kept = logits.clone() if start in probed else None
-        logits = logits.float()
-        y, counted = (t.to(device) for t in data.targets(start, stop))
-        nats = _cross_entropy(logits.reshape(-1, vocab), y.reshape(-1), reduction="none")
-        total_nats += _tensor_item(_tensor_sum(nats * counted.reshape(-1), dtype=_float64))
-        del logits, nats
-        if kept is not None:
-            check_causality(model, data, start, batch_size, device, autocast, rng, base=kept)
-        if guard is not None:
-            guard.check()
-    return total_nats / (_LN2 * data.total_bytes)
-
-
-def _donor_rows(data, start, stop, T, rng):
-    """Other real validation text for the rows [start, stop): rows from outside the batch, else
-    the batch's own rows moved by one (a lone row: itself, rotated)."""
-    B = stop - start
-    others = [i for i in range(data.num_rows) if not start <= i < stop]
-    if len(others) >= B:
-        picked = rng.sample(others, B)
-    elif B > 1:
-        picked = [start + (r + 1) % B for r in range(B)]
-    else:
-        return data.inputs(start, stop).roll(T // 2 + 1, dims=1)
-    return torch.cat([data.inputs(i, i + 1) for i in picked])
-
-
-@torch.no_grad()
-def check_causality(model, data, start, batch_size, device, autocast=False, rng=None, base=None):
-    """Changing a row's tokens after position t, or other rows of the batch, must not change its
-    logits at positions <= t. Checked on the real batch [start, start + batch_size) of `data` (a
-    ValidationData), exactly as it is scored: in the copy, each row's tokens after a random cut
-    are replaced by other real tokens, and about a quarter of the rows entirely; the kept rows'
-    log-probabilities at positions <= their cut are compared (`base`: the batch's logits, if
-    already computed). A difference beyond CAUSALITY_TOLERANCE raises CausalityError."""
-    rng = rng if rng is not None else _Random(_urandom(16))
-    stop = min(start + batch_size, data.num_rows)
-    x = data.inputs(start, stop)
-    B, T = x.shape
-    if base is None:
-        base = _forward(model, x, device, autocast, data.vocab).clone()
-    donor = _donor_rows(data, start, stop, T, rng)
-    whole = set(rng.sample(range(B), (B + 3) // 4)) if B > 1 else set()
-    cuts = {r: rng.randrange(max(T - 1, 1)) for r in range(B) if r not in whole}
-    changed = x.clone()
-    for r in range(B):
-        first = 0 if r in whole else cuts[r] + 1
-        changed[r, first:] = donor[r, first:]
-    out = _forward(model, changed, device, autocast, data.vocab)
-    low = autocast or base.dtype.itemsize < 4 or out.dtype.itemsize < 4
-    worst, where = 0.0, None
-    for r, t in cuts.items():
-        a = torch.log_softmax(base[r, : t + 1].float(), -1).clamp_min(LOGPROB_FLOOR)
-        b = torch.log_softmax(out[r, : t + 1].float(), -1).clamp_min(LOGPROB_FLOOR)
-        diff = _tensor_item((a - b).abs().max())
-        if not diff <= worst:  # NaN included
-            worst, where = diff, (r, t)
-            if not diff <= CAUSALITY_TOLERANCE[low]:
-                break
-    if not worst <= CAUSALITY_TOLERANCE[low]:
-        r, t = where
-        raise CausalityError(
-            f"causality check failed on a validation batch of {B} x {T} tokens: changing the "
-            f"tokens after position {t} of row {r}, and {len(whole)} other row(s) of the batch, "
-            f"changed its log-probabilities at positions <= {t} (max difference {worst:.3g} "
-            f"nats, tolerance {CAUSALITY_TOLERANCE[low]:g}); the model looks ahead or across "
-            "rows: refusing to measure"
-        )
-
-
-# ---------------------------------------------------------------------------
-# The runtime guard. `evaluate` imports train.py to rebuild the model, so train.py's module-level
-# code (and the model's code) runs inside this trusted process and could patch what the metric
-# is computed with (F.cross_entropy, torch.Tensor methods, this module's functions, print...).
-# The metric path uses private references taken at import (above); RuntimeGuard snapshots the
-# namespaces it depends on before train.py is imported and compares them after the model is
-# built and after every batch: any difference is refused. Best effort: see the README.
-# ---------------------------------------------------------------------------
-
-
-class HarnessTampered(MeasurementRefused):
-    """train.py changed the runtime the metric is computed with: the run is not measured."""
-
-
-GUARDED_MODULES = (
-    "builtins", "math", "sys", "gc", "threading", "numpy", "torch", "torch.nn.functional",
-    "torch._C", "torch._C._nn", "torch._tensor", "torch.functional", "torch.overrides",
-    "torch.nn.modules.module", "torch.autograd.grad_mode", "torch.amp.autocast_mode",
-    "torch.serialization",
-)  # fmt: skip
-GUARDED_CLASSES = {
-    "torch.Tensor": torch.Tensor,
-    "torch.nn.Module": torch.nn.Module,
-    "torch.autocast": torch.autocast,
-    "torch.no_grad": torch.no_grad,
-}
-# Changes that torch makes by itself: importing torch._dynamo (train.py's @torch.compiler.disable)
-# wraps torch.manual_seed; running a torch.compile'd function patches nn.Module's constructor.
-# The metric does not use them (building modules is train.py's business anyway).
-ALLOWED_CHANGES = frozenset({
-    "torch.manual_seed", "torch.nn.Module.__init__", "torch.nn.Module.__setstate__",
-    "torch.nn.Module.___needs_generation_tag_patch",
-})  # fmt: skip
-
-
-def _mode_stacks():
-    """Lengths of torch's function-mode and dispatch-mode stacks (a mode intercepts every op)."""
-    return (
-        torch._C._len_torch_function_stack() if hasattr(torch._C, "_len_torch_function_stack") else 0,
-        torch._C._len_torch_dispatch_stack() if hasattr(torch._C, "_len_torch_dispatch_stack") else 0,
-    )  # fmt: skip
-
-
-class RuntimeGuard:
-    """A snapshot of the namespaces the metric depends on (each attribute's object, held so its
-    id cannot be reused), the trace/profile hooks, torch's mode stacks and the live threads."""
-
-    def __init__(self):
-        spaces = {name: sys.modules[name] for name in GUARDED_MODULES if name in sys.modules}
-        spaces.update(GUARDED_CLASSES)
-        live = {label: space.__dict__ for label, space in spaces.items()}
-        live["prepare"] = globals()  # this harness's own functions and private references
-        self._spaces = {label: (now, dict(now)) for label, now in live.items()}
-        self._hooks = (sys.gettrace(), sys.getprofile())
-        self._modes = _mode_stacks()
-        self._threads = frozenset(_enumerate_threads())
-
-    def changes(self):
-        """What differs from the snapshot, as 'torch.nn.functional.cross_entropy' etc."""
-        found = []
-        for label, (now, before) in self._spaces.items():
-            for key in before.keys() - now.keys():
-                found.append(f"{label}.{key} (deleted)")
-            for key, value in list(now.items()):
-                if key not in before:
-                    # importing a submodule adds it: fine
-                    if type(value) is not ModuleType and f"{label}.{key}" not in ALLOWED_CHANGES:
-                        found.append(f"{label}.{key} (added)")
-                elif value is not before[key] and f"{label}.{key}" not in ALLOWED_CHANGES:
-                    found.append(f"{label}.{key}")
-        if (sys.gettrace(), sys.getprofile()) != self._hooks:
-            found.append("sys.settrace/setprofile (a hook runs inside the harness)")
-        if _mode_stacks() != self._modes:
-            found.append("torch's mode stack (a TorchFunctionMode/TorchDispatchMode is active)")
-        if any(type(t) is not _tqdm_monitor() for t in set(_enumerate_threads()) - self._threads):
-            found.append("threading (it left a thread running)")
-        return sorted(found)
-
-    def check(self):
-        found = self.changes()
-        if found:
-            more = f" and {len(found) - 5} more" if len(found) > 5 else ""
-            raise HarnessTampered(
-                f"train.py modified {', '.join(found[:5])}{more}; refusing to measure"
-            )
-
-
-def _tqdm_monitor():
-    """tqdm's monitor thread class (torch.compile's progress bars start one), if loaded."""
-    module = sys.modules.get("tqdm._monitor")
-    return getattr(module, "TMonitor", None) if module is not None else None
-
-
-class Quarantine:
-    """While train.py's code runs in this process, file descriptors 1 and 2 point to a temporary
-    file; afterwards its lines are copied to stderr prefixed with `train.py| `, which no summary
-    parser reads as `key: value`. So train.py cannot print a summary of its own and then end the
-    process (os._exit(0)) before the harness prints the real one."""
-
-    def __enter__(self):
-        _stdout.flush()
-        _stderr.flush()
-        self._file = tempfile.TemporaryFile()
-        self._saved = (os.dup(1), os.dup(2))
-        os.dup2(self._file.fileno(), 1)
-        os.dup2(self._file.fileno(), 2)
+    def __iter__(self):
         return self
 
-    def __exit__(self, *exc_info):
-        for stream in (_stdout, _stderr):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-        os.dup2(self._saved[0], 1)
-        os.dup2(self._saved[1], 2)
-        for fd in self._saved:
-            os.close(fd)
-        self._file.seek(0)
-        text = self._file.read().decode("utf-8", errors="replace")
-        self._file.close()
-        for line in text.splitlines():
-            _stderr.write(f"train.py| {line}\n")
-        _stderr.flush()
-        return False
+    def __next__(self):
+        if self._done:
+            raise StopIteration
+        t0 = time.perf_counter()
+        item = self._queue.get()
+        self.wait_seconds += time.perf_counter() - t0
+        if item is None or isinstance(item, BaseException):
+            self._done = True
+            if item is None:
+                raise StopIteration
+            raise item
+        self.batches += 1
+        batch = item.to(self.device, non_blocking=True)
+        return batch[:, :-1], batch[:, 1:]
 
+    def close(self):
+        """Stop the background thread (it also stops when the loader is garbage-collected)."""
+        self._stop.set()
 
-def _this_module():
-    """This harness as a module object (`__main__` when run as a script), or None."""
-    for name in (__name__, "__main__", "prepare"):
-        module = sys.modules.get(name)
-        if module is not None and getattr(module, "__dict__", None) is globals():
-            return module
-    return None
+    def __del__(self):
+        self._stop.set()
 
 
 # ---------------------------------------------------------------------------
-# Rebuilding the model and the `evaluate` step
+# Device facts: which device, bf16 or not, peak FLOP/s (for MFU), peak memory
 # ---------------------------------------------------------------------------
 
-_STAT_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-
-def summary_stats(stats):
-    """The checkpoint's statistics that are safe to print: identifier keys (not a metric the
-    harness prints) and finite int/float values. Anything else (text, bools, keys or values with
-    newlines that would inject summary lines) is dropped."""
-    if not isinstance(stats, dict):
-        return {}
-    reserved = {"val_bpb", "eval_tokens", "eval_seconds"}
-    return {
-        key: value
-        for key, value in stats.items()
-        if type(key) is str
-        and _STAT_KEY.match(key)
-        and key.lower() not in reserved
-        and type(value) in (int, float)
-        and _isfinite(value)
-    }
+# Dense bf16 peak FLOP/s by device name; the first key found in the name wins (specific first).
+PEAK_FLOPS = {
+    "GH200": 989.5e12, "H200": 989.5e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989.5e12,
+    "H800": 989.5e12, "H20": 148e12, "B200": 2250e12, "B100": 1750e12, "A100": 312e12, "A800": 312e12,
+    "L40S": 362e12, "L40": 181e12, "L4": 121e12, "A10": 125e12, "RTX 6000 Ada": 364e12,
+    "RTX 5090": 209.5e12, "RTX 4090": 165.2e12, "RTX 3090": 71e12, "MI355X": 2500e12,
+    "MI325X": 1307e12, "MI300X": 1307e12, "MI250X": 383e12,
+}  # fmt: skip
 
 
 def pick_device():
@@ -909,83 +660,58 @@ def pick_device():
     return torch.device("cpu")
 
 
-def load_train_module(path):
-    """train.py as a module; its training code sits under `if __name__ == "__main__"`. Its
-    `import prepare` gets this very module (so a patch to it is seen by RuntimeGuard)."""
-    folder = str(Path(path).resolve().parent)
-    if _this_module() is not None:
-        sys.modules["prepare"] = _this_module()
-    sys.path.insert(0, folder)
-    try:
-        spec = importlib.util.spec_from_file_location("train", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        if folder in sys.path:
-            sys.path.remove(folder)
-    return module
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
-def build_from_checkpoint(ckpt, train_path, device):
-    """Rebuild the model with train.py's builder named in the checkpoint; load its weights."""
-    module = load_train_module(train_path)
-    builder = getattr(module, ckpt["builder"], None)
-    if not callable(builder):
-        raise ModelContractError(
-            f"train.py has no function {ckpt['builder']!r} to rebuild the model"
-        )
-    model = builder(**ckpt["config"])
-    state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["state_dict"].items()}
-    model.load_state_dict(state, strict=True)
-    return model.to(device).eval()
-
-
-def evaluate(checkpoint_path=None, train_path=None, batch_size=None):
-    """The task's `evaluate` step: freeze the data, snapshot the runtime, rebuild the model from
-    train.py, check the runtime and causality, score, refuse a score below the plausibility
-    floor; print the summary, `val_bpb` last."""
-    t0 = time.time()
-    checkpoint_path = Path(checkpoint_path or out_dir() / "model.pt")
-    if not checkpoint_path.is_file():
-        raise SystemExit(
-            f"no checkpoint at {checkpoint_path}: train.py must save one (see save_checkpoint)"
-        )
-    device = pick_device()
-    # Everything the metric needs is read before train.py runs in this process.
-    tokenizer = Tokenizer.from_directory()
-    data = ValidationData(validation_rows(tokenizer), tokenizer.token_bytes)
-    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    stats = summary_stats(ckpt.get("stats"))
-    on_cuda = device.type == "cuda"
-    batch_size = batch_size or max(1, (2**16 if on_cuda else 2**13) // MAX_SEQ_LEN)
-    rng = _Random(_urandom(16))  # which batches and cuts the causality checks use
-    guard = RuntimeGuard()
-    with Quarantine():  # train.py's code runs in here: its output cannot pass for the summary
+def bf16_is_fast(device):
+    """bf16 autocast pays on CUDA and on CPUs with native bf16 math; elsewhere fp32 is faster."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu" and sys.platform == "linux":
         try:
-            model = build_from_checkpoint(ckpt, train_path or HERE / "train.py", device)
-            guard.check()
-            # causality is checked inside, on the scored batches themselves
-            val_bpb = evaluate_bpb(model, None, data, device, batch_size, on_cuda, guard, rng)
-        except SystemExit as exc:
-            raise ModelContractError(
-                f"train.py exited ({exc.code!r}) while being evaluated"
-            ) from None
-    guard.check()
-    if val_bpb < MIN_PLAUSIBLE_BPB:
-        raise MeasurementRefused(
-            f"val_bpb {val_bpb:.4f} is below the plausible floor {MIN_PLAUSIBLE_BPB:g} for this "
-            "data (preset.toml's min_plausible_bpb); the model must have seen the targets"
-        )
-    lines = ["---"]
-    lines += [f"{key + ':':17s} {value}" for key, value in stats.items()]  # train.py's: informative
-    lines += [
-        f"eval_tokens:      {data.num_rows * (data.row_len - 1)}",
-        f"eval_seconds:     {time.time() - t0:.1f}",
-        f"val_bpb:          {val_bpb:.6f}",  # the metric: last, so nothing before it can override
-    ]
-    _stdout.write("\n".join(lines) + "\n")
-    _stdout.flush()
-    return val_bpb
+            with open("/proc/cpuinfo") as f:
+                flags = f.read()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return False
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def peak_memory_mb(device):
+    """Peak accelerator memory; on CPU the process's peak resident memory."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    if device.type == "mps":
+        return torch.mps.driver_allocated_memory() / 2**20
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return 0.0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
+
+
+def peak_flops(device):
+    """Dense bf16 peak FLOP/s of the device, or None where the table does not know it."""
+    name = device_name(device)
+    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------
 
 
 def save_checkpoint(model, builder, config, stats=None, path=None):
@@ -1019,7 +745,8 @@ def prepare(source, vocab_size, tokenizer_kind, num_shards, force=False):
     manifest_path = folder / "manifest.json"
     if manifest_path.is_file() and not force:
         have = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if {k: have.get(k) for k in wanted} == wanted and (folder / "tokenizer.json").is_file():
+        done = (folder / "tokenizer.json").is_file() and "tokens" in have
+        if {k: have.get(k) for k in wanted} == wanted and done:
             print(f"Data and tokenizer already prepared in {folder} ({source}); --force to redo")
             return
     t0 = time.time()
@@ -1032,7 +759,25 @@ def prepare(source, vocab_size, tokenizer_kind, num_shards, force=False):
     assert tokenizer.decode(tokenizer.encode(sample)) == sample, "tokenizer round trip failed"
     assert int(tokenizer.token_bytes[tokenizer.encode(sample)].sum()) == len(sample.encode("utf-8"))
     print(f"Tokenizer: {tokenizer_kind}, vocab {tokenizer.vocab_size}, in {folder}")
+    t1 = time.time()
+    manifest["tokens"] = write_token_cache(tokenizer, folder)
+    manifest_path.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    print(f"Training split tokenized into {folder / TOKENS_DIR} in {time.time() - t1:.1f}s")
     print(f"Prepared in {time.time() - t0:.1f}s. Ready: python train.py")
+
+
+def load_evaluate():
+    """evaluate.py, the metric, imported from this folder by path (this folder is not on
+    sys.path: see the top), as module `evaluate`; its `import prepare` gets this very module."""
+    if "evaluate" in sys.modules:
+        return sys.modules["evaluate"]
+    this = sys.modules.get(__name__)
+    sys.modules.setdefault("prepare", this)
+    spec = importlib.util.spec_from_file_location("evaluate", HERE / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["evaluate"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def main(argv=None):
@@ -1063,25 +808,8 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     if args.command == "evaluate":
-        code = 0
-        try:
-            evaluate(args.checkpoint)
-        except ModelContractError as exc:
-            _stderr.write(f"FAIL: {exc}\n")
-            code = 1
-        except MeasurementRefused as exc:  # tampering, looking ahead, an implausible score
-            _stderr.write(f"harness: {exc}\n")
-            code = 3
-        except Exception:  # train.py's model failed: a crash, with its traceback
-            traceback.print_exc(file=_stderr)
-            code = 1
-        if __name__ == "__main__":
-            # Leave now: atexit handlers, finalizers or threads that train.py left behind must
-            # not get to print after the summary (the loop reads the last `val_bpb:` line).
-            _stdout.flush()
-            _stderr.flush()
-            os._exit(code)
-        return code
+        return load_evaluate().main(["--checkpoint", args.checkpoint] if args.checkpoint else [],
+                                    exit_process=__name__ == "__main__")  # fmt: skip
     prepare(args.data, args.vocab_size, args.tokenizer, args.num_shards, force=args.force)
     return 0
 

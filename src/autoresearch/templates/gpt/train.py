@@ -1,8 +1,9 @@
 """
 GPT pretraining in one file: model, optimizer, training loop, summary. This is the file the
-agent edits. The fixed harness is prepare.py (data, tokenizer, loader, metric): it scores the
-checkpoint this script saves, in a separate process (`python prepare.py evaluate`), from the
-model's logits. The model's contract: model(idx) -> logits (B, T, V), causal.
+agent edits. The fixed harness is prepare.py (data, tokenizer, loader, device facts) and
+evaluate.py (the metric): it scores the checkpoint this script saves, in a separate process
+(`python evaluate.py`), from the model's logits. The model's contract: model(idx) -> logits
+(B, T, V), causal.
 
 Runs on CUDA (ROCm builds too), Apple MPS or CPU, chosen at run time.
 Usage: python train.py    (after `python prepare.py`)
@@ -18,12 +19,20 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from prepare import MAX_SEQ_LEN, Tokenizer, make_dataloader, run_seed, save_checkpoint, time_budget
-
-try:
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-except ImportError:  # torch < 2.5: sliding windows fall back to a boolean mask
-    create_block_mask = flex_attention = None
+from prepare import (
+    MAX_SEQ_LEN,
+    Tokenizer,
+    bf16_is_fast,
+    device_name,
+    make_dataloader,
+    peak_flops,
+    peak_memory_mb,
+    pick_device,
+    run_seed,
+    save_checkpoint,
+    synchronize,
+    time_budget,
+)  # fmt: skip
 
 # ---------------------------------------------------------------------------
 # Hyperparameters (edit these directly; no command-line flags)
@@ -61,6 +70,7 @@ AUTOCAST = "auto"  # "auto" (bf16 where fast: CUDA, AVX512-BF16/AMX CPUs), "bf16
 COMPILE = True  # torch.compile the model (CUDA only; elsewhere it costs more than it gains)
 STARTUP_STEPS = 2  # first steps left out of the training time (compilation, allocator warm-up)
 LOG_EVERY_SECONDS = 5.0  # seconds between progress lines
+LOSS_CHUNK_ROWS = 256  # rows of logits per chunk of the eager softcap + cross-entropy
 
 # ---------------------------------------------------------------------------
 # Model
@@ -91,53 +101,60 @@ def has_value_embedding(layer, n_layer):
 
 
 def rotary_tables(seq_len, head_dim, base):
-    """cos, sin of shape (1, T, 1, head_dim // 2) for rotary position embeddings."""
+    """cos, sin of shape (1, T, 1, head_dim) for rotary position embeddings, laid out so that
+    rotation is x * cos + swap_halves(x) * sin: cos repeated, sin as (sin, -sin)."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)  # (T, D/2)
-    return freqs.cos()[None, :, None, :], freqs.sin()[None, :, None, :]
+    cos, sin = freqs.cos(), freqs.sin()
+    return (torch.cat([cos, cos], -1)[None, :, None, :],
+            torch.cat([sin, -sin], -1)[None, :, None, :])  # fmt: skip
 
 
-def apply_rotary(x, cos, sin):  # x: (B, T, H, D)
-    d = x.size(-1) // 2
-    x1, x2 = x[..., :d], x[..., d:]
-    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1).type_as(x)
+def apply_rotary(x, cos, sin):  # x: (B, T, H, D); cos, sin: (1, T, 1, D) in x's dtype
+    """(x1 cos + x2 sin, x2 cos - x1 sin) per half, without a cat: the halves swapped by a view."""
+    B, T, H, D = x.shape
+    swapped = x.view(B, T, H, 2, D // 2).flip(3).view(B, T, H, D)  # (x2, x1)
+    return x * cos + swapped * sin
 
 
-_block_masks = {}  # (seq_len, window, device) -> BlockMask
+_flex_attention = None  # torch's flex_attention, once flex_block_masks has imported it
 
 
-@torch.compiler.disable
-def flex_block_mask(seq_len, window, device):
-    """FlexAttention block mask, causal and at most `window` tokens back (built once, eagerly)."""
-    key = (seq_len, window, str(device))
-    if key not in _block_masks:
+def flex_block_masks(seq_len, windows, device):
+    """FlexAttention block masks, causal and at most `window` tokens back, one per window below
+    seq_len: built once, eagerly, before the loop (compiled CUDA only: they skip masked blocks)."""
+    global _flex_attention
+    # imported here, not at the top: it imports torch._dynamo (~1.5 s), which eager runs skip
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-        def mask_mod(b, h, q, kv):
-            return (q >= kv) & (q - kv < window)
+    _flex_attention = flex_attention
 
-        _block_masks[key] = create_block_mask(mask_mod, None, None, seq_len, seq_len, device=device)
-    return _block_masks[key]
+    def sliding(window):
+        return lambda b, h, q, kv: (q >= kv) & (q - kv < window)
+
+    return {w: create_block_mask(sliding(w), None, None, seq_len, seq_len, device=device)
+            for w in windows if w < seq_len}  # fmt: skip
 
 
 def window_mask(seq_len, window, device):
-    """How a layer attends: None = full causal; else a sliding window of `window` tokens, as a
-    FlexAttention block mask (compiled CUDA: skips masked blocks) or a boolean (T, T) mask."""
+    """How a layer attends without block masks: None = full causal, else a boolean (T, T) mask
+    of a sliding window of `window` tokens."""
     if window >= seq_len:
         return None
-    if device.type == "cuda" and flex_attention is not None and torch.compiler.is_compiling():
-        return flex_block_mask(seq_len, window, device)
     pos = torch.arange(seq_len, device=device)
     dist = pos[:, None] - pos[None, :]  # query position minus key position
     return (dist >= 0) & (dist < window)
 
 
 def attention(q, k, v, mask):  # q, k, v: (B, H, T, D) -> (B, H, T, D)
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):  # autocast would cast them back to bf16
+            return attention(q, k, v, mask)
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)  # fused flash kernels
     if isinstance(mask, torch.Tensor):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    # flex_attention is not autocast-aware: v may be fp32 (value embeddings); match q's dtype
-    return flex_attention(q, k.to(q.dtype), v.to(q.dtype), block_mask=mask)
+    return _flex_attention(q, k, v, block_mask=mask)
 
 
 class CausalSelfAttention(nn.Module):
@@ -160,12 +177,13 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, ve, cos, sin, mask):
         B, T, C = x.shape
-        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
-        k = self.c_k(x).view(B, T, self.n_head, self.head_dim)
-        v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
+        dtype = cos.dtype  # attention's dtype, chosen by GPT.raw_logits
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim).to(dtype)
+        k = self.c_k(x).view(B, T, self.n_head, self.head_dim).to(dtype)
+        v = self.c_v(x).view(B, T, self.n_head, self.head_dim).to(dtype)
         if ve is not None:  # value residual: v += gate * value_embedding(token)
             gate = 2 * torch.sigmoid(self.ve_gate(x[..., : self.gate_channels]))  # (B, T, H)
-            v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_head, self.head_dim)
+            v = v + gate.unsqueeze(-1).to(dtype) * ve.view(B, T, self.n_head, self.head_dim)
         q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))  # QK-norm
         y = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)  # (B, H, T, D)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
@@ -232,18 +250,25 @@ class GPT(nn.Module):
         self.resid_lambdas.fill_(1.0)
         self.x0_lambdas.fill_(0.1)
 
-    def forward(self, idx):  # idx: (B, T) token ids -> logits (B, T, V)
+    def forward(self, idx):  # idx: (B, T) token ids -> softcapped fp32 logits (B, T, V)
+        return softcap(self.raw_logits(idx), self.config.softcap)
+
+    def raw_logits(self, idx, masks=None):  # (B, T) -> lm_head's logits (B, T, V), not capped
         T = idx.size(1)
-        cos, sin = self.cos[:, :T], self.sin[:, :T]
-        masks = {w: window_mask(T, w, idx.device) for w in set(self.windows)}
-        x = x0 = norm(self.wte(idx))  # (B, T, C)
+        # attention's dtype: the autocast dtype on accelerators; fp32 on CPU, where flash
+        # attention's bf16 kernels are about 2x slower than its fp32 ones
+        dtype = torch.float32
+        if idx.device.type != "cpu" and torch.is_autocast_enabled(idx.device.type):
+            dtype = torch.get_autocast_dtype(idx.device.type)
+        cos, sin = self.cos[:, :T].to(dtype), self.sin[:, :T].to(dtype)
+        if masks is None:  # eager: boolean masks for sliding windows (cheap at these sizes)
+            masks = {w: window_mask(T, w, idx.device) for w in set(self.windows)}
+        x = x0 = norm(self.wte(idx))  # (B, T, C), fp32: the residual stream
         for i, block in enumerate(self.blocks):
             x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
-            ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
-            x = block(x, ve, cos, sin, masks[self.windows[i]])
-        logits = self.lm_head(norm(x)).float()  # (B, T, V)
-        cap = self.config.softcap
-        return cap * torch.tanh(logits / cap)
+            ve = self.value_embeds[str(i)](idx).to(dtype) if str(i) in self.value_embeds else None
+            x = block(x, ve, cos, sin, masks.get(self.windows[i]))
+        return self.lm_head(norm(x))  # (B, T, V), bf16 under autocast
 
     def estimate_flops(self):
         """FLOPs per token of forward + backward: 6 per matrix weight, plus attention."""
@@ -265,10 +290,61 @@ def model_config(vocab_size):
     ))  # fmt: skip
 
 
-def forward_loss(model, x, y):
+def softcap(logits, cap):
+    """cap * tanh(logits / cap) in fp32: keeps early training stable."""
+    if torch.is_grad_enabled():
+        return cap * torch.tanh(logits.float() / cap)
+    # evaluation: the same ops in place, in one fp32 copy (each (B, T, V) allocation is page faults)
+    return logits.to(torch.float32, copy=True).div_(cap).tanh_().mul_(cap)
+
+
+class SoftcapCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of softcap(logits), chunked over rows: each chunk is converted to fp32
+    into one reused buffer, capped and reduced in place while in cache; only the logits (as
+    given, bf16 under autocast) and one log-sum-exp per row are kept for the backward, which
+    recomputes the cap per chunk. The same math as F.cross_entropy(softcap(logits)) without an
+    fp32 (N, V) tensor. Capped logits lie in [-cap, cap]: exp() needs no max subtracted first."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, cap, chunk):  # logits (N, V), targets (N,)
+        N, V = logits.shape
+        lse = torch.empty(N, dtype=torch.float32, device=logits.device)
+        total = torch.zeros((), dtype=torch.float32, device=logits.device)
+        buf = torch.empty((min(chunk, N), V), dtype=torch.float32, device=logits.device)
+        for s in range(0, N, chunk):
+            z = buf[: min(chunk, N - s)].copy_(logits[s : s + chunk])  # (n, V) fp32
+            z.div_(cap).tanh_().mul_(cap)  # softcap, in place
+            picked = z.gather(1, targets[s : s + chunk, None]).squeeze(1)
+            lse[s : s + chunk] = z.exp_().sum(-1).log_()
+            total += (lse[s : s + chunk] - picked).sum()
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.cap, ctx.chunk = cap, chunk
+        return total / N
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, targets, lse = ctx.saved_tensors
+        cap, chunk, (N, V) = ctx.cap, ctx.chunk, logits.shape
+        dlogits = torch.empty_like(logits)
+        t_buf, p_buf = torch.empty((2, min(chunk, N), V), dtype=torch.float32, device=logits.device)
+        scale = -grad / N
+        for s in range(0, N, chunk):
+            n = min(chunk, N - s)
+            t = t_buf[:n].copy_(logits[s : s + chunk]).div_(cap).tanh_()  # (n, V)
+            p = torch.mul(t, cap, out=p_buf[:n]).sub_(lse[s : s + chunk, None]).exp_()  # softmax
+            p.scatter_add_(1, targets[s : s + chunk, None], p.new_full((n, 1), -1.0))
+            # d/dz of cap * tanh(z / cap) is 1 - tanh^2
+            dlogits[s : s + chunk] = p.mul_(t.mul_(t).sub_(1).mul_(scale))
+        return dlogits, None, None, None
+
+
+def forward_loss(model, x, y, masks=None):
     """Mean next-token cross-entropy, for training (the harness computes its own for the metric)."""
-    logits = model(x)  # (B, T, V)
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+    logits = model.raw_logits(x, masks)  # (B, T, V)
+    V, cap = logits.size(-1), model.config.softcap
+    if torch.compiler.is_compiling():  # inductor fuses the cap into the loss's kernels itself
+        return F.cross_entropy(softcap(logits, cap).view(-1, V), y.reshape(-1))
+    return SoftcapCrossEntropy.apply(logits.view(-1, V), y.reshape(-1), cap, LOSS_CHUNK_ROWS)
 
 
 def build_model(**config):
@@ -378,78 +454,6 @@ def muon_momentum(step):
 
 
 # ---------------------------------------------------------------------------
-# Device, precision and accounting
-# ---------------------------------------------------------------------------
-
-# Dense bf16 peak FLOP/s by device name; the first key found in the name wins (specific first).
-PEAK_FLOPS = {
-    "GH200": 989.5e12, "H200": 989.5e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989.5e12,
-    "H800": 989.5e12, "H20": 148e12, "B200": 2250e12, "B100": 1750e12, "A100": 312e12, "A800": 312e12,
-    "L40S": 362e12, "L40": 181e12, "L4": 121e12, "A10": 125e12, "RTX 6000 Ada": 364e12,
-    "RTX 5090": 209.5e12, "RTX 4090": 165.2e12, "RTX 3090": 71e12, "MI355X": 2500e12,
-    "MI325X": 1307e12, "MI300X": 1307e12, "MI250X": 383e12,
-}  # fmt: skip
-
-
-def pick_device():
-    if torch.cuda.is_available():  # CUDA, and ROCm builds (they answer torch.cuda too)
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return (
-        "Apple MPS"
-        if device.type == "mps"
-        else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-    )
-
-
-def bf16_is_fast(device):
-    """bf16 autocast pays on CUDA and on CPUs with native bf16 math; elsewhere fp32 is faster."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu" and sys.platform == "linux":
-        try:
-            with open("/proc/cpuinfo") as f:
-                flags = f.read()
-        except OSError:
-            return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    return False
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def peak_memory_mb(device):
-    """Peak accelerator memory; on CPU the process's peak resident memory."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    if device.type == "mps":
-        return torch.mps.driver_allocated_memory() / 2**20
-    try:
-        import resource  # POSIX only
-    except ImportError:
-        return 0.0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
-
-
-def peak_flops(device):
-    name = device_name(device)
-    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
-
-
-# ---------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------
 
@@ -473,6 +477,8 @@ if __name__ == "__main__":
     compiled = COMPILE and device.type == "cuda"
     # one fused graph for the model and the loss (the softcap, log-softmax and loss fuse)
     loss_fn = torch.compile(forward_loss, dynamic=False) if compiled else forward_loss
+    # sliding windows: FlexAttention block masks, built once here, outside the compiled graph
+    masks = flex_block_masks(MAX_SEQ_LEN, set(model.windows), device) if compiled else None
 
     tokens_per_pass = DEVICE_BATCH_SIZE * MAX_SEQ_LEN
     assert TOTAL_BATCH_SIZE % tokens_per_pass == 0, (
@@ -499,15 +505,15 @@ if __name__ == "__main__":
     step = 0
     smooth_loss = 0.0
     last_log = time.time()
-    t_loop = time.time()
+    startup_time, loader_wait = time.time() - t_start, loader.wait_seconds  # until the timed steps
     while True:
         synchronize(device)
         t0 = time.time()
         for _ in range(grad_accum):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss = loss_fn(model, x, y)
+                loss = loss_fn(model, x, y, masks)
             (loss / grad_accum).backward()
-            x, y = next(loader)  # the next batch, built while the accelerator works
+            x, y = next(loader)  # the next batch: packed ahead by the loader's thread
 
         progress = min(training_time / budget, 1.0)
         lrm = lr_multiplier(progress)
@@ -533,6 +539,8 @@ if __name__ == "__main__":
         if step >= STARTUP_STEPS:
             training_time += dt
             timed_tokens += TOTAL_BATCH_SIZE
+        else:  # start-up: to the first timed step (compilation included); wait on timed steps only
+            startup_time, loader_wait = time.time() - t_start, loader.wait_seconds
         if step == 0:  # Python's GC causes long stalls; everything allocated so far lives forever
             gc.collect()
             gc.freeze()
@@ -551,7 +559,7 @@ if __name__ == "__main__":
             break
 
     # -----------------------------------------------------------------------
-    # Summary (val_bpb is measured by `python prepare.py evaluate`, not here)
+    # Summary (val_bpb is measured by `python evaluate.py`, not here)
     # -----------------------------------------------------------------------
 
     tokens_per_sec = timed_tokens / training_time
@@ -565,8 +573,11 @@ if __name__ == "__main__":
         "total_tokens_M": round(step * TOTAL_BATCH_SIZE / 1e6, 2),
         "num_steps": step,
         "num_params_M": round(num_params / 1e6, 2),
+        "flops_per_token": flops_per_token,
         "depth": DEPTH,
         "tokens_per_sec": round(tokens_per_sec),
+        "startup_seconds": round(startup_time, 1),
+        "loader_wait_percent": round(100 * (loader.wait_seconds - loader_wait) / training_time, 2),
         "final_train_loss": round(smooth_loss / (1 - 0.9**step), 4),
     }
     path = save_checkpoint(model, "build_model", config, stats)

@@ -1,0 +1,564 @@
+"""
+The fixed harness of the GPT task, part two: the metric. DO NOT EDIT: the agent edits train.py
+only; this file, prepare.py and preset.toml are protected (byte-identical after every run).
+
+`python evaluate.py` (or `python prepare.py evaluate`, the same step) scores the checkpoint that
+train.py saved: bits per byte on the validation split, computed here from the model's logits, in
+a process that also runs train.py's code (to rebuild the model), so it guards itself, best
+effort: private references, a snapshot of the runtime checked after train.py ran (RuntimeGuard),
+train.py's output quarantined, causality checked on the scored batches, and a floor below which
+a score is refused (see README.md, "What the harness guarantees"). It runs in bf16 where the
+device is fast at it (prepare.bf16_is_fast), the cross-entropy always in fp32.
+
+Usage:
+    python evaluate.py                      # score $AUTORESEARCH_OUT/model.pt; prints val_bpb last
+    python evaluate.py --checkpoint PATH
+"""
+
+import os
+import sys
+
+# Run as a script, Python puts this file's folder first on sys.path, so a file the run step left
+# there (json.py, torch.py...) would shadow the modules the harness imports. Drop it.
+# ruff: noqa: E402
+_here = os.path.dirname(os.path.abspath(__file__))
+if __name__ == "__main__" and sys.path and os.path.realpath(sys.path[0]) == os.path.realpath(_here):
+    del sys.path[0]
+if __name__ == "__main__":  # train.py's `import evaluate` must get this very module
+    sys.modules["evaluate"] = sys.modules["__main__"]
+
+import argparse
+import contextlib
+import importlib.util
+import math
+import random
+import re
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Private references to what the metric is computed with, taken when the harness is imported,
+# before train.py runs in this process (see `evaluate`): patching torch.nn.functional or
+# torch.Tensor from train.py does not reach these names (and RuntimeGuard reports the patch).
+_cross_entropy = F.cross_entropy
+_autocast = torch.autocast
+_frombuffer = torch.frombuffer
+_Tensor = torch.Tensor
+_tensor_item = torch.Tensor.item
+_tensor_sum = torch.Tensor.sum
+_float64 = torch.float64
+_LN2 = math.log(2)
+_isfinite = math.isfinite
+_stdout, _stderr = sys.stdout, sys.stderr
+_enumerate_threads = threading.enumerate
+_urandom = os.urandom
+_Random = random.Random
+
+
+def _load_prepare():
+    """prepare.py of this folder, as module `prepare` (the one train.py's `import prepare` gets)."""
+    if "prepare" in sys.modules:
+        return sys.modules["prepare"]
+    spec = importlib.util.spec_from_file_location("prepare", Path(_here) / "prepare.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["prepare"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+prepare = _load_prepare()
+HERE = prepare.HERE
+MAX_SEQ_LEN = prepare.MAX_SEQ_LEN  # tokens per row
+EVAL_TOKENS = prepare.EVAL_TOKENS  # validation tokens scored
+MIN_PLAUSIBLE_BPB = prepare.MIN_PLAUSIBLE_BPB  # a val_bpb below it is refused
+
+# ---------------------------------------------------------------------------
+# The validation rows (the metric's data: computed here, never by the model)
+# ---------------------------------------------------------------------------
+
+
+def validation_rows(tokenizer, tokens=EVAL_TOKENS, seq_len=MAX_SEQ_LEN):
+    """The fixed validation rows, (N, seq_len + 1): the same for every run of this preset.
+    The metric's own (`evaluate`): train.py must not read the validation split."""
+    n = max(1, tokens // seq_len)
+    packed = prepare.pack_rows(prepare.tokenized_documents(tokenizer, "val"), seq_len + 1)
+    rows = [row for _, row in zip(range(n), packed, strict=False)]
+    if len(rows) < n:
+        print(
+            f"note: the validation split holds {len(rows)} rows of {seq_len} tokens, fewer than {n}; scoring all of them"
+        )
+    if not rows:
+        raise SystemExit("the validation split is empty")
+    return torch.from_numpy(np.stack(rows))
+
+
+class ValidationData:
+    """The validation rows and which targets count, frozen as immutable bytes.
+
+    `evaluate` builds it before train.py is imported. The model is handed a fresh copy of each
+    batch's inputs only (its own storage: nothing behind the view to peek at); the targets and
+    their byte mask are rebuilt from these bytes after the model has returned, and the total byte
+    count is a plain int computed up front. That keeps the targets out of the model's arguments,
+    not out of its reach: isolation inside one process is best effort. The model's code runs in
+    this process and can walk the stack or scan memory to find these bytes, or read the
+    validation file from disk itself. The causality checks and the plausibility floor
+    (MIN_PLAUSIBLE_BPB) are tripwires for that; only a sandbox that hides the data from the run
+    and evaluate steps' code would close it (README.md, "What the harness guarantees")."""
+
+    def __init__(self, rows, token_bytes):
+        rows = rows.detach().to("cpu", torch.int64).contiguous()
+        if rows.ndim != 2 or rows.shape[1] < 2:
+            raise ValueError(f"validation rows must be (N, T+1); got {tuple(rows.shape)}")
+        token_bytes = token_bytes.detach().to("cpu", torch.int64)
+        sizes = token_bytes[rows[:, 1:]]
+        self.num_rows, self.row_len = rows.shape
+        self.vocab = int(token_bytes.numel())
+        self.total_bytes = int(sizes.sum())
+        self._rows = rows.numpy().tobytes()
+        self._counted = (sizes > 0).numpy().tobytes()
+        if self.total_bytes <= 0:
+            raise SystemExit("the validation rows hold no bytes to score")
+
+    def _fresh(self, data, start, stop, width, dtype):
+        size = np.dtype(dtype).itemsize * width
+        chunk = bytearray(data[start * size : stop * size])
+        return _frombuffer(chunk, dtype=getattr(torch, dtype)).view(stop - start, width)
+
+    def inputs(self, start, stop):
+        """Tokens [0, T) of rows [start, stop): a new contiguous tensor."""
+        rows = self._fresh(self._rows, start, stop, self.row_len, "int64")
+        return rows[:, :-1].clone(memory_format=torch.contiguous_format)
+
+    def targets(self, start, stop):
+        """Tokens [1, T+1) of rows [start, stop), and whether each target counts (has bytes)."""
+        rows = self._fresh(self._rows, start, stop, self.row_len, "int64")
+        counted = self._fresh(self._counted, start, stop, self.row_len - 1, "bool")
+        return rows[:, 1:].clone(memory_format=torch.contiguous_format), counted
+
+
+def check_logits(logits, B, T, vocab_size):
+    """The model's contract: model(idx) -> logits of shape (B, T, V) with V >= the vocabulary, a
+    plain floating-point torch.Tensor (a subclass could intercept the harness's own calls)."""
+    if (
+        type(logits) is not _Tensor
+        or logits.layout != torch.strided
+        or not logits.dtype.is_floating_point
+        or logits.ndim != 3
+        or tuple(logits.shape[:2]) != (B, T)
+        or logits.shape[2] < vocab_size
+    ):
+        shape = (
+            f"{type(logits).__name__} {tuple(logits.shape)} {logits.dtype}"
+            if isinstance(logits, torch.Tensor)
+            else type(logits).__name__
+        )
+        raise ModelContractError(
+            f"model(idx) must return logits of shape ({B}, {T}, >={vocab_size}), a plain floating-point torch.Tensor; got {shape}"
+        )
+
+
+class ModelContractError(Exception):
+    """The model broke the harness's contract (wrong output, or train.py exited)."""
+
+
+class MeasurementRefused(Exception):
+    """The harness will not report a val_bpb for this model (printed as a `harness:` line)."""
+
+
+class CausalityError(MeasurementRefused):
+    """The model's logits at positions <= t depend on tokens after t, or on other rows."""
+
+
+CAUSALITY_PROBES = 2  # scored batches, picked at random, re-run with their future changed
+# Nats of log-probability a causal model's logits may move when the future changes. Exact math
+# (fp32), and any precision on CPU, where kernels give a causal model the same bits whatever
+# the rest of the batch holds (measured under bf16: 0.0): 1e-3. bf16/fp16 on an accelerator,
+# where kernels may pick other tilings or reduction orders: 0.1.
+CAUSALITY_TOLERANCE = {False: 1e-3, True: 0.1}  # key: low precision on an accelerator
+LOGPROB_FLOOR = -30.0  # log-probabilities are compared above this (noise of improbable tokens)
+
+
+def _forward(model, x, device, autocast, vocab):
+    """model(x) with the evaluation's settings; the checked logits of the real vocabulary."""
+    with _autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        logits = model(x.to(device, copy=True))  # a copy: x stays the harness's
+    check_logits(logits, x.shape[0], x.shape[1], vocab)
+    return logits[..., :vocab]
+
+
+@torch.no_grad()
+def evaluate_bpb(
+    model, tokenizer, rows, device, batch_size=16, autocast=False, guard=None, rng=None, probes=None
+):
+    """Bits per byte of `model` on validation `rows` (N, T+1), or on a frozen ValidationData.
+
+    Cross-entropy is taken here in fp32 from the logits, in nats, summed over targets; the byte
+    count is the exact bytes of each target token; special tokens (0 bytes) are left out of both.
+    Each batch's sum comes back to the CPU before the model runs again (they are added up in
+    row order at the end, so the score does not depend on the order batches ran in); `guard` (a
+    RuntimeGuard) is checked after every batch.
+
+    Causality is checked on the evaluation's own batches, with their exact shapes and settings
+    (batch size, sequence length, autocast, no_grad, real text), each re-run with its future
+    changed against the logits it was scored with: first a full batch picked at random, scored
+    and checked before any other batch runs; then `probes` more scored batches picked at random
+    inside the scoring loop (from `rng`, by default seeded by os.urandom: the model cannot tell
+    which). A model that fails is refused (CausalityError).
+    """
+    data = rows if isinstance(rows, ValidationData) else ValidationData(rows, tokenizer.token_bytes)
+    vocab = data.vocab
+    rng = rng if rng is not None else _Random(_urandom(16))
+    starts = list(range(0, data.num_rows, batch_size))
+    full = [s for s in starts if s + batch_size <= data.num_rows] or starts
+    first = rng.choice(full)
+    rest = [s for s in starts if s != first]
+    probes = CAUSALITY_PROBES if probes is None else probes
+    probed = {first, *rng.sample(rest, min(probes, len(rest)))}
+    nats_of = {}  # start -> summed nats of the batch's counted targets
+    for start in [first, *rest]:
+        stop = min(start + batch_size, data.num_rows)
+        logits = _forward(model, data.inputs(start, stop), device, autocast, vocab)
+        # kept apart from what the model returned: it must not rewrite it before the check
+        kept = logits.clone() if start in probed else None
+        logits = logits.float()
+        y, counted = (t.to(device) for t in data.targets(start, stop))
+        nats = _cross_entropy(logits.reshape(-1, vocab), y.reshape(-1), reduction="none")
+        nats_of[start] = _tensor_item(_tensor_sum(nats * counted.reshape(-1), dtype=_float64))
+        del logits, nats
+        if kept is not None:
+            check_causality(model, data, start, batch_size, device, autocast, rng, base=kept)
+        if guard is not None:
+            guard.check()
+    return sum(nats_of[s] for s in starts) / (_LN2 * data.total_bytes)
+
+
+def _donor_rows(data, start, stop, T, rng):
+    """Other real validation text for the rows [start, stop): rows from outside the batch, else
+    the batch's own rows moved by one (a lone row: itself, rotated)."""
+    B = stop - start
+    others = [i for i in range(data.num_rows) if not start <= i < stop]
+    if len(others) >= B:
+        picked = rng.sample(others, B)
+    elif B > 1:
+        picked = [start + (r + 1) % B for r in range(B)]
+    else:
+        return data.inputs(start, stop).roll(T // 2 + 1, dims=1)
+    return torch.cat([data.inputs(i, i + 1) for i in picked])
+
+
+@torch.no_grad()
+def check_causality(model, data, start, batch_size, device, autocast=False, rng=None, base=None):
+    """Changing a row's tokens after position t, or other rows of the batch, must not change its
+    logits at positions <= t. Checked on the real batch [start, start + batch_size) of `data` (a
+    ValidationData), exactly as it is scored: in the copy, each row's tokens after a random cut
+    are replaced by other real tokens, and about a quarter of the rows entirely; the kept rows'
+    log-probabilities at positions <= their cut are compared (`base`: the batch's logits, if
+    already computed). A difference beyond CAUSALITY_TOLERANCE raises CausalityError."""
+    rng = rng if rng is not None else _Random(_urandom(16))
+    stop = min(start + batch_size, data.num_rows)
+    x = data.inputs(start, stop)
+    B, T = x.shape
+    if base is None:
+        base = _forward(model, x, device, autocast, data.vocab).clone()
+    donor = _donor_rows(data, start, stop, T, rng)
+    whole = set(rng.sample(range(B), (B + 3) // 4)) if B > 1 else set()
+    cuts = {r: rng.randrange(max(T - 1, 1)) for r in range(B) if r not in whole}
+    changed = x.clone()
+    for r in range(B):
+        first = 0 if r in whole else cuts[r] + 1
+        changed[r, first:] = donor[r, first:]
+    out = _forward(model, changed, device, autocast, data.vocab)
+    low = device.type != "cpu" and (autocast or base.dtype.itemsize < 4 or out.dtype.itemsize < 4)
+    worst, where = 0.0, None
+    for r, t in cuts.items():
+        a = torch.log_softmax(base[r, : t + 1].float(), -1).clamp_min(LOGPROB_FLOOR)
+        b = torch.log_softmax(out[r, : t + 1].float(), -1).clamp_min(LOGPROB_FLOOR)
+        diff = _tensor_item((a - b).abs().max())
+        if not diff <= worst:  # NaN included
+            worst, where = diff, (r, t)
+            if not diff <= CAUSALITY_TOLERANCE[low]:
+                break
+    if not worst <= CAUSALITY_TOLERANCE[low]:
+        r, t = where
+        raise CausalityError(
+            f"causality check failed on a validation batch of {B} x {T} tokens: changing the "
+            f"tokens after position {t} of row {r}, and {len(whole)} other row(s) of the batch, "
+            f"changed its log-probabilities at positions <= {t} (max difference {worst:.3g} "
+            f"nats, tolerance {CAUSALITY_TOLERANCE[low]:g}); the model looks ahead or across "
+            "rows: refusing to measure"
+        )
+
+
+# ---------------------------------------------------------------------------
+# The runtime guard. `evaluate` imports train.py to rebuild the model, so train.py's module-level
+# code (and the model's code) runs inside this trusted process and could patch what the metric
+# is computed with (F.cross_entropy, torch.Tensor methods, this module's functions, print...).
+# The metric path uses private references taken at import (above); RuntimeGuard snapshots the
+# namespaces it depends on before train.py is imported and compares them after the model is
+# built and after every batch: any difference is refused. Best effort: see the README.
+# ---------------------------------------------------------------------------
+
+
+class HarnessTampered(MeasurementRefused):
+    """train.py changed the runtime the metric is computed with: the run is not measured."""
+
+
+GUARDED_MODULES = (
+    "builtins", "math", "sys", "gc", "threading", "numpy", "torch", "torch.nn.functional",
+    "torch._C", "torch._C._nn", "torch._tensor", "torch.functional", "torch.overrides",
+    "torch.nn.modules.module", "torch.autograd.grad_mode", "torch.amp.autocast_mode",
+    "torch.serialization",
+)  # fmt: skip
+GUARDED_CLASSES = {
+    "torch.Tensor": torch.Tensor,
+    "torch.nn.Module": torch.nn.Module,
+    "torch.autocast": torch.autocast,
+    "torch.no_grad": torch.no_grad,
+}
+# Changes that torch makes by itself: importing torch._dynamo (train.py's @torch.compiler.disable)
+# wraps torch.manual_seed; running a torch.compile'd function patches nn.Module's constructor.
+# The metric does not use them (building modules is train.py's business anyway).
+ALLOWED_CHANGES = frozenset({
+    "torch.manual_seed", "torch.nn.Module.__init__", "torch.nn.Module.__setstate__",
+    "torch.nn.Module.___needs_generation_tag_patch",
+})  # fmt: skip
+
+
+def _mode_stacks():
+    """Lengths of torch's function-mode and dispatch-mode stacks (a mode intercepts every op)."""
+    return (
+        torch._C._len_torch_function_stack() if hasattr(torch._C, "_len_torch_function_stack") else 0,
+        torch._C._len_torch_dispatch_stack() if hasattr(torch._C, "_len_torch_dispatch_stack") else 0,
+    )  # fmt: skip
+
+
+class RuntimeGuard:
+    """A snapshot of the namespaces the metric depends on (each attribute's object, held so its
+    id cannot be reused), the trace/profile hooks, torch's mode stacks and the live threads."""
+
+    def __init__(self):
+        spaces = {name: sys.modules[name] for name in GUARDED_MODULES if name in sys.modules}
+        spaces.update(GUARDED_CLASSES)
+        live = {label: space.__dict__ for label, space in spaces.items()}
+        live["evaluate"] = globals()  # this harness's own functions and private references
+        live["prepare"] = prepare.__dict__  # the data, tokenizer and device functions it uses
+        self._spaces = {label: (now, dict(now)) for label, now in live.items()}
+        self._hooks = (sys.gettrace(), sys.getprofile())
+        self._modes = _mode_stacks()
+        self._threads = frozenset(_enumerate_threads())
+
+    def changes(self):
+        """What differs from the snapshot, as 'torch.nn.functional.cross_entropy' etc."""
+        found = []
+        for label, (now, before) in self._spaces.items():
+            for key in before.keys() - now.keys():
+                found.append(f"{label}.{key} (deleted)")
+            for key, value in list(now.items()):
+                if key not in before:
+                    # importing a submodule adds it: fine
+                    if type(value) is not ModuleType and f"{label}.{key}" not in ALLOWED_CHANGES:
+                        found.append(f"{label}.{key} (added)")
+                elif value is not before[key] and f"{label}.{key}" not in ALLOWED_CHANGES:
+                    found.append(f"{label}.{key}")
+        if (sys.gettrace(), sys.getprofile()) != self._hooks:
+            found.append("sys.settrace/setprofile (a hook runs inside the harness)")
+        if _mode_stacks() != self._modes:
+            found.append("torch's mode stack (a TorchFunctionMode/TorchDispatchMode is active)")
+        if any(type(t) is not _tqdm_monitor() for t in set(_enumerate_threads()) - self._threads):
+            found.append("threading (it left a thread running)")
+        return sorted(found)
+
+    def check(self):
+        found = self.changes()
+        if found:
+            more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+            raise HarnessTampered(
+                f"train.py modified {', '.join(found[:5])}{more}; refusing to measure"
+            )
+
+
+def _tqdm_monitor():
+    """tqdm's monitor thread class (torch.compile's progress bars start one), if loaded."""
+    module = sys.modules.get("tqdm._monitor")
+    return getattr(module, "TMonitor", None) if module is not None else None
+
+
+class Quarantine:
+    """While train.py's code runs in this process, file descriptors 1 and 2 point to a temporary
+    file; afterwards its lines are copied to stderr prefixed with `train.py| `, which no summary
+    parser reads as `key: value`. So train.py cannot print a summary of its own and then end the
+    process (os._exit(0)) before the harness prints the real one."""
+
+    def __enter__(self):
+        _stdout.flush()
+        _stderr.flush()
+        self._file = tempfile.TemporaryFile()
+        self._saved = (os.dup(1), os.dup(2))
+        os.dup2(self._file.fileno(), 1)
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc_info):
+        for stream in (_stdout, _stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os.dup2(self._saved[0], 1)
+        os.dup2(self._saved[1], 2)
+        for fd in self._saved:
+            os.close(fd)
+        self._file.seek(0)
+        text = self._file.read().decode("utf-8", errors="replace")
+        self._file.close()
+        for line in text.splitlines():
+            _stderr.write(f"train.py| {line}\n")
+        _stderr.flush()
+        return False
+
+
+# ---------------------------------------------------------------------------
+# Rebuilding the model and the `evaluate` step
+# ---------------------------------------------------------------------------
+
+_STAT_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def summary_stats(stats):
+    """The checkpoint's statistics that are safe to print: identifier keys (not a metric the
+    harness prints) and finite int/float values. Anything else (text, bools, keys or values with
+    newlines that would inject summary lines) is dropped."""
+    if not isinstance(stats, dict):
+        return {}
+    reserved = {"val_bpb", "eval_tokens", "eval_seconds"}
+    return {
+        key: value
+        for key, value in stats.items()
+        if type(key) is str
+        and _STAT_KEY.match(key)
+        and key.lower() not in reserved
+        and type(value) in (int, float)
+        and _isfinite(value)
+    }
+
+
+def load_train_module(path):
+    """train.py as a module; its training code sits under `if __name__ == "__main__"`. Its
+    `import prepare` (and `import evaluate`) get the modules this process measures with, so a
+    patch to them is seen by RuntimeGuard."""
+    folder = str(Path(path).resolve().parent)
+    sys.path.insert(0, folder)
+    try:
+        spec = importlib.util.spec_from_file_location("train", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
+    return module
+
+
+def build_from_checkpoint(ckpt, train_path, device):
+    """Rebuild the model with train.py's builder named in the checkpoint; load its weights."""
+    module = load_train_module(train_path)
+    builder = getattr(module, ckpt["builder"], None)
+    if not callable(builder):
+        raise ModelContractError(
+            f"train.py has no function {ckpt['builder']!r} to rebuild the model"
+        )
+    model = builder(**ckpt["config"])
+    state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["state_dict"].items()}
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval()
+
+
+def evaluate(checkpoint_path=None, train_path=None, batch_size=None):
+    """The task's `evaluate` step: freeze the data, snapshot the runtime, rebuild the model from
+    train.py, check the runtime and causality, score, refuse a score below the plausibility
+    floor; print the summary, `val_bpb` last."""
+    t0 = time.time()
+    checkpoint_path = Path(checkpoint_path or prepare.out_dir() / "model.pt")
+    if not checkpoint_path.is_file():
+        raise SystemExit(
+            f"no checkpoint at {checkpoint_path}: train.py must save one (prepare.save_checkpoint)"
+        )
+    device = prepare.pick_device()
+    # Everything the metric needs is read before train.py runs in this process.
+    tokenizer = prepare.Tokenizer.from_directory()
+    data = ValidationData(validation_rows(tokenizer), tokenizer.token_bytes)
+    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    stats = summary_stats(ckpt.get("stats"))
+    on_cuda = device.type == "cuda"
+    batch_size = batch_size or max(1, (2**16 if on_cuda else 2**13) // MAX_SEQ_LEN)
+    bf16 = prepare.bf16_is_fast(device)  # the model runs under bf16 autocast where that is fast
+    rng = _Random(_urandom(16))  # which batches and cuts the causality checks use
+    guard = RuntimeGuard()
+    with Quarantine():  # train.py's code runs in here: its output cannot pass for the summary
+        try:
+            model = build_from_checkpoint(ckpt, train_path or HERE / "train.py", device)
+            guard.check()
+            # causality is checked inside, on the scored batches themselves
+            val_bpb = evaluate_bpb(model, None, data, device, batch_size, bf16, guard, rng)
+        except SystemExit as exc:
+            raise ModelContractError(
+                f"train.py exited ({exc.code!r}) while being evaluated"
+            ) from None
+    guard.check()
+    if val_bpb < MIN_PLAUSIBLE_BPB:
+        raise MeasurementRefused(
+            f"val_bpb {val_bpb:.4f} is below the plausible floor {MIN_PLAUSIBLE_BPB:g} for this "
+            "data (preset.toml's min_plausible_bpb); the model must have seen the targets"
+        )
+    lines = ["---"]
+    lines += [f"{key + ':':17s} {value}" for key, value in stats.items()]  # train.py's: informative
+    lines += [
+        f"eval_tokens:      {data.num_rows * (data.row_len - 1)}",
+        f"eval_seconds:     {time.time() - t0:.1f}",
+        f"val_bpb:          {val_bpb:.6f}",  # the metric: last, so nothing before it can override
+    ]
+    _stdout.write("\n".join(lines) + "\n")
+    _stdout.flush()
+    return val_bpb
+
+
+# ---------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------
+
+
+def main(argv=None, exit_process=False):
+    """The `evaluate` step: the summary on stdout, `val_bpb` last; exit code 0, 1 (train.py's
+    model failed or broke the contract) or 3 (refused: tampering, looking ahead, implausible)."""
+    parser = argparse.ArgumentParser(description="Score train.py's checkpoint: val_bpb.")
+    parser.add_argument(
+        "--checkpoint", help="checkpoint path (default: $AUTORESEARCH_OUT/model.pt)"
+    )
+    args = parser.parse_args(argv)
+    code = 0
+    try:
+        evaluate(args.checkpoint)
+    except ModelContractError as exc:
+        _stderr.write(f"FAIL: {exc}\n")
+        code = 1
+    except MeasurementRefused as exc:  # tampering, looking ahead, an implausible score
+        _stderr.write(f"harness: {exc}\n")
+        code = 3
+    except Exception:  # train.py's model failed: a crash, with its traceback
+        traceback.print_exc(file=_stderr)
+        code = 1
+    if exit_process:
+        # Leave now: atexit handlers, finalizers or threads that train.py left behind must
+        # not get to print after the summary (the loop reads the last `val_bpb:` line).
+        _stdout.flush()
+        _stderr.flush()
+        os._exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(exit_process=True))
