@@ -105,23 +105,59 @@ def test_inline_prompt_placeholder_is_one_quoted_argument(toy_repo: Path, tmp_pa
     assert proposal.description == "appended a comment"
 
 
-def test_new_file_and_commit_by_the_cli_are_captured_and_undone(
+def test_commit_by_the_cli_is_diffed_against_the_parent_and_undone(
     toy_repo: Path, tmp_path: Path
 ) -> None:
     head = git(toy_repo, "rev-parse", "HEAD")
     body = """
     open("params.py", "w").write("X = 3.0\\nY = -1.0\\n")
-    subprocess.run(["git", "commit", "-qam", "agent commit"], check=True)
+    subprocess.run(["git", "commit", "-qam", "Set X and Y to their optimum"], check=True)
     os.makedirs("lib", exist_ok=True)
     open("lib/helper.py", "w").write("H = 1\\n")
-    print("set X and Y, add helper")
+    print("Commit 316aa5f Set X and Y to their optimum")
+    """
+    context = make_context(workdir=toy_repo, parent=head, editable_globs=("params.py", "lib/*.py"))
+    proposal = CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(context)
+    assert "+Y = -1.0" in proposal.patch and "+++ b/lib/helper.py" in proposal.patch
+    assert proposal.description == "Set X and Y to their optimum"  # its commit, not a status line
+    assert_clean(toy_repo, head)
+    assert not (toy_repo / "lib").exists()
+
+
+def test_new_files_outside_editable_are_dropped_not_rejected(
+    toy_repo: Path, tmp_path: Path
+) -> None:
+    head = git(toy_repo, "rev-parse", "HEAD")
+    body = """
+    open("params.py", "w").write("X = 3.0\\nY = 2.0\\n")
+    open(".aider.chat.history.md", "w").write("# chat\\n")
+    os.makedirs("__pycache__", exist_ok=True)
+    open("__pycache__/params.cpython-311.pyc", "wb").write(b"\\0")
+    open("sitecustomize.py", "w").write("import os\\n")
+    subprocess.run(["git", "add", "sitecustomize.py"], check=True)
+    subprocess.run(["git", "commit", "-qm", "add a startup hook"], check=True)
+    print("set X to 3")
     """
     proposal = CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(
         context_in(toy_repo)
     )
-    assert "+Y = -1.0" in proposal.patch and "+++ b/lib/helper.py" in proposal.patch
+    assert proposal.patch.count("diff --git") == 1 and "+++ b/params.py" in proposal.patch
+    assert proposal.meta["dropped"] == [
+        ".aider.chat.history.md",
+        "__pycache__/params.cpython-311.pyc",
+        "sitecustomize.py",  # committed by the CLI, still new and not editable
+    ]
     assert_clean(toy_repo, head)
-    assert not (toy_repo / "lib").exists()
+
+
+def test_only_dropped_files_is_no_change_and_says_so(toy_repo: Path, tmp_path: Path) -> None:
+    body = 'open(".aider.chat.history.md", "w").write("# chat\\n")\nprint("done")\n'
+    with pytest.raises(ProposalError) as info:
+        CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(context_in(toy_repo))
+    assert str(info.value).startswith(
+        "command made no change to the files (it only created files that match no editable "
+        "glob, which were dropped: .aider.chat.history.md); output tail:\ndone"
+    )
 
 
 def test_protected_file_edit_is_in_the_patch_for_the_workspace_to_reject(
@@ -149,7 +185,8 @@ def test_untracked_files_present_before_are_left_alone(toy_repo: Path, tmp_path:
     proposal = CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(
         context_in(toy_repo)
     )
-    assert "data/shard.bin" not in proposal.patch and "scratch.txt" in proposal.patch
+    assert "data/shard.bin" not in proposal.patch and "scratch.txt" not in proposal.patch
+    assert proposal.meta["dropped"] == ["scratch.txt"]  # new, and matches no editable glob
     assert (toy_repo / "data" / "shard.bin").exists() and not (toy_repo / "scratch.txt").exists()
 
 
@@ -329,3 +366,41 @@ def test_cli_that_ignores_a_large_stdin(toy_repo: Path, tmp_path: Path) -> None:
     agent = CommandAgent(script(tmp_path, "cli.py", body), timeout=30, history_tokens=100_000)
     ctx = make_context(workdir=toy_repo, parent=git(toy_repo, "rev-parse", "HEAD"), history=history)
     assert agent.propose(ctx).description == "did not read stdin"
+
+
+def test_permission_denials_in_a_json_result_are_the_reason(toy_repo: Path, tmp_path: Path) -> None:
+    result = {
+        "type": "result",
+        "result": "I could not edit params.py.",
+        "permission_denials": [
+            {"tool_name": "Edit", "tool_use_id": "t1", "tool_input": {"file_path": "params.py"}}
+        ],
+        "total_cost_usd": 0.01,
+    }
+    body = f"print({json.dumps(json.dumps(result))})\n"
+    with pytest.raises(ProposalError) as info:
+        CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(context_in(toy_repo))
+    assert str(info.value).startswith(
+        "command made no change to the files; the CLI was refused permission 1 time(s): "
+        "Edit(params.py) (permission_denials in its JSON output)"
+    )
+    assert info.value.usage is not None and info.value.usage.cost_usd == 0.01  # still paid for
+
+
+def test_the_cli_runs_as_a_step_with_its_pid_file_in_the_session_logs(
+    toy_repo: Path, tmp_path: Path
+) -> None:
+    seen = tmp_path / "seen"
+    pidfile = toy_repo / ".autoresearch" / "logs" / "t" / "agent-1.pid"
+    body = f"""
+    fields = open({str(pidfile)!r}).read().split()
+    open({str(seen)!r}, "w").write(str(int(fields[0]) == os.getpgrp()))
+    open("params.py", "w").write("X = 3.0\\nY = 2.0\\n")
+    print("set X to 3.0")
+    """
+    _, rows = run_toy_session(toy_repo, CommandAgent(script(tmp_path, "cli.py", body)), 1)
+    assert [r.verdict for r in rows] == ["baseline", "keep"]
+    assert seen.read_text() == "True"  # a resumed session finds and kills a group left running
+    assert not pidfile.exists()
+    log = pidfile.with_suffix(".log")
+    assert log.read_text() == "set X to 3.0\n" and rows[1].meta["log"] == str(log)
