@@ -35,7 +35,7 @@ from autoresearch.workspace import STATE_DIR
 _AGENT_FLAGS = {
     "patches": ("replay",),
     "sampler": ("tuner",),
-    "model": ("anthropic", "openai"),
+    "model": ("anthropic", "openai", "claude-code", "codex", "aider"),
     "base_url": ("anthropic", "openai"),
     "cmd": ("command",),
 }
@@ -73,11 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "with --resume: the session's agent and its flags)")  # fmt: skip
     p.add_argument("--patches", help="replay: folder of patches, used in name order")
     p.add_argument("--sampler", choices=("tpe", "random", "cmaes"), help="tuner: Optuna sampler")
-    p.add_argument("--model", help="anthropic / openai: model name")
+    p.add_argument("--model", help="anthropic / openai / claude-code / codex / aider: model name")
     p.add_argument(
         "--base-url", help="anthropic / openai: API base URL (OpenAI-compatible servers)"
     )
-    p.add_argument("--cmd", help='command: CLI to run, e.g. "claude -p {prompt_file}"')
+    p.add_argument("--cmd", help='command: CLI to run, e.g. "aider --message-file {prompt_file}"')
     p.add_argument("--seed", type=int, help="session seed; run seeds derive from it (default: 0)")
     p.add_argument("--max-experiments", type=int, help="stop after this many experiments")
     p.add_argument("--max-hours", type=float, help="stop after this many hours")
@@ -212,7 +212,7 @@ def _agent_options(args: argparse.Namespace, config: TaskConfig) -> dict[str, An
         )
     if args.agent == "tuner":
         options.setdefault("seed", args.seed)
-    if args.agent in ("anthropic", "openai") and config.cost.models:
+    if args.agent in ("anthropic", "openai", "codex") and config.cost.models:
         options.setdefault("prices", config.cost.models)
     return options
 

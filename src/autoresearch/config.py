@@ -18,7 +18,8 @@ from autoresearch.errors import ConfigError
 CONFIG_NAME = "autoresearch.toml"
 DIRECTIONS = ("minimize", "maximize")
 FORMATS = ("summary", "regex", "json")
-AGENT_NAMES = ("replay", "tuner", "anthropic", "openai", "command")  # the [agent.NAME] tables
+# The [agent.NAME] tables; claude-code, codex and aider are presets of the command agent.
+AGENT_NAMES = ("replay", "tuner", "anthropic", "openai", "command", "claude-code", "codex", "aider")
 
 
 @dataclass(frozen=True)
