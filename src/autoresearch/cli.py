@@ -18,7 +18,7 @@ from typing import Any
 
 from autoresearch import __version__, templates, views
 from autoresearch.agents import AGENT_NAMES, get_agent
-from autoresearch.config import CONFIG_NAME, TaskConfig, load_config
+from autoresearch.config import TaskConfig, load_config
 from autoresearch.engine import (
     Engine,
     ExperimentEvent,
@@ -28,6 +28,7 @@ from autoresearch.engine import (
 )
 from autoresearch.errors import AutoresearchError, ConfigError
 from autoresearch.executors.local import LocalExecutor, StepRunner
+from autoresearch.init import init as init_task
 from autoresearch.ledger import Ledger, SessionRow, export_tsv
 from autoresearch.workspace import STATE_DIR
 
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
-        "init", help="write autoresearch.toml and program.md, or a whole task from a template"
+        "init",
+        help="make a folder a task (also an upstream autoresearch checkout), or create one from a template",
     )
     p.add_argument("dest", nargs="?", type=Path, help="folder (default: the task folder)")
     p.add_argument(
@@ -61,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--size", help="template size preset (gpt: cpu | h100; default: by hardware)")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.add_argument(
+        "--git", action="store_true", help="run `git init` when the folder is not in a repo"
+    )
 
     p = sub.add_parser("run", help="run a session: baseline, then experiments until a stop rule")
     p.add_argument(
@@ -138,17 +143,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     dest = (args.dest or args.dir).resolve()
-    if args.template:
-        written = templates.init_template(args.template, dest, size=args.size, force=args.force)
-        print(f"created {dest} from template {args.template!r} ({len(written)} files, committed)")
+    result = init_task(dest, template=args.template, size=args.size, force=args.force, git=args.git)
+    if result.kind == "template":
+        print(
+            f"created {dest} from template {args.template!r} ({len(result.written)} files, committed)"
+        )
         print(f"next: cd {dest} && autoresearch prepare && autoresearch run --tag {_default_tag()}")
         return 0
-    written = templates.init_plain(dest, force=args.force)
-    for path in written:
+    if result.kind == "upstream":
+        print(f"{dest}: an upstream autoresearch checkout; the task runs it unmodified")
+    for path in result.written:
         print(f"wrote {path}")
-    print(
-        f"next: edit {CONFIG_NAME} (editable files, run command, metric), commit, then `autoresearch run`"
-    )
+    guessed = ", ".join(result.editable) or "(nothing found)"
+    print(f"editable: {guessed}" + (" (guessed from the folder)" if result.kind == "plain" else ""))
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    print("next:")
+    for step in result.next_steps:
+        print(f"  {step}")
     return 0
 
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from autoresearch.config import TaskConfig
 from autoresearch.cost import compute_cost
 from autoresearch.engine import ExperimentEvent, SessionSummary
+from autoresearch.init import task_notes
 from autoresearch.ledger import ExperimentRow, Ledger, SessionLock, SessionRow, best_row
 from autoresearch.workspace import STATE_DIR
 
@@ -95,6 +96,7 @@ def status_text(config: TaskConfig, ledger: Ledger, session: SessionRow) -> str:
     )
     lines.append("last experiments:")
     lines.extend("  " + _log_line(r) for r in rows[-5:])
+    lines.extend(f"warning: {note}" for note in task_notes(config.root))  # from `init`
     return "\n".join(lines)
 
 
