@@ -388,14 +388,16 @@ def test_permission_denials_in_a_json_result_are_the_reason(toy_repo: Path, tmp_
 
 
 def test_the_cli_runs_as_a_step_with_its_pid_file_in_the_session_logs(
-    toy_repo: Path, tmp_path: Path
+    toy_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-in-the-agent-log")
     seen = tmp_path / "seen"
     pidfile = toy_repo / ".autoresearch" / "logs" / "t" / "agent-1.pid"
     body = f"""
     fields = open({str(pidfile)!r}).read().split()
     open({str(seen)!r}, "w").write(str(int(fields[0]) == os.getpgrp()))
     open("params.py", "w").write("X = 3.0\\nY = 2.0\\n")
+    print("key", os.environ["OPENAI_API_KEY"])
     print("set X to 3.0")
     """
     _, rows = run_toy_session(toy_repo, CommandAgent(script(tmp_path, "cli.py", body)), 1)
@@ -403,4 +405,37 @@ def test_the_cli_runs_as_a_step_with_its_pid_file_in_the_session_logs(
     assert seen.read_text() == "True"  # a resumed session finds and kills a group left running
     assert not pidfile.exists()
     log = pidfile.with_suffix(".log")
-    assert log.read_text() == "set X to 3.0\n" and rows[1].meta["log"] == str(log)
+    assert log.read_text() == "key ***\nset X to 3.0\n" and rows[1].meta["log"] == str(log)
+    assert not log.is_symlink()  # the raw output (with the key) stayed in a private folder
+
+
+def test_a_cli_left_running_is_killed_by_the_orphan_sweep_of_a_resume(
+    toy_repo: Path, tmp_path: Path
+) -> None:
+    import threading
+
+    from autoresearch.executors.local import kill_orphans
+
+    worktree = toy_repo / ".autoresearch" / "worktrees" / "t-0"
+    git(toy_repo, "worktree", "add", "-q", "--detach", str(worktree), "HEAD")
+    logs = toy_repo / ".autoresearch" / "logs" / "t"
+    body = 'print("thinking", flush=True)\ntime.sleep(60)\n'
+    agent = CommandAgent(script(tmp_path, "cli.py", body), timeout=60)
+    context = make_context(workdir=worktree, parent=git(toy_repo, "rev-parse", "HEAD"), tag="t")
+    failures: list[BaseException] = []
+
+    def propose() -> None:
+        try:
+            agent.propose(context)
+        except ProposalError as exc:
+            failures.append(exc)
+
+    worker = threading.Thread(target=propose)
+    start = time.monotonic()
+    worker.start()
+    while not (logs / "agent-5.pid").exists() and time.monotonic() - start < 20:
+        time.sleep(0.05)
+    assert kill_orphans(logs)  # what `run --resume` does first
+    worker.join(timeout=20)
+    assert time.monotonic() - start < 30
+    assert "command exited with status -9" in str(failures[0])

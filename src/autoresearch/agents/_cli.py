@@ -9,7 +9,7 @@ The program runs through the same process-group code as the experiments' runs
 (``StepRunner``): past ``timeout`` seconds its whole group is killed, processes that left the
 group too, and while it runs its pid file lies in the session's log folder, so that
 ``--resume`` kills what a dead orchestrator left behind. Its output is kept there as
-``agent-<experiment>.log``.
+``agent-<experiment>.log``, with the keys of the environment redacted.
 """
 
 from __future__ import annotations
@@ -177,10 +177,20 @@ class CliAgent:
             "AUTORESEARCH_DESCRIPTION_FILE": str(files.description),
         }
         log = _log_path(context, files.folder)
+        raw = files.folder / "output.log"  # the CLI may print keys: they stay out of the task
+        if log != raw:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.unlink(missing_ok=True)
+            log.symlink_to(raw)  # the pid file lands next to it, where --resume looks
         try:
             step = StepRunner().step(self.name, line, workdir, env, log, self.timeout)
         except ExecutorError as exc:
             raise AgentUnavailable(f"{self.name}: {exc}") from exc
+        finally:
+            if log != raw:
+                log.unlink(missing_ok=True)
+                text = raw.read_text(encoding="utf-8", errors="replace") if raw.exists() else ""
+                log.write_text(self._redact(text), encoding="utf-8")
         return CliOutput(step.returncode, step.output, step.seconds, log)
 
     def _redact(self, text: str) -> str:
