@@ -62,7 +62,7 @@ class AiderAgent(PresetAgent):
         args = ["--model", self.model] if self.model else []
         args += [*_FLAGS, "--chat-history-file", str(files.folder / "chat.md")]
         args += ["--input-history-file", os.devnull, "--message-file", str(files.prompt)]
-        for path in sorted(context.readonly):
+        for path in sorted(set(context.readonly) - set(context.editable)):
             args += ["--read", path]
         return [*args, *self.args, *sorted(context.editable)]
 
