@@ -133,7 +133,9 @@ def test_codex_session_keeps_describes_and_prices_its_tokens(
     assert [r.description for r in rows[1:3]] == ["set X to 3.0", "Set Y to -1.0"]
     assert (rows[1].input_tokens, rows[1].cached_tokens, rows[1].output_tokens) == (2000, 1000, 100)
     assert rows[1].cost_usd == pytest.approx((1000 * 1.0 + 1000 * 0.1 + 100 * 10.0) / 1e6)
-    assert rows[3].reason.startswith("codex made no change to the files; output tail:\n{")
+    assert rows[3].reason.startswith(
+        "codex made no change to the files; Codex's last message: Nothing to improve.; output tail:"
+    )
     first = argv(tmp_path, "codex")[0]
     assert first[:5] == ["exec", "--json", "--sandbox", "workspace-write", "--skip-git-repo-check"]
     assert first[5] == "-o" and first[-3:] == ["--model", "fake-codex", "-"]
@@ -148,9 +150,10 @@ def test_codex_in_a_read_only_sandbox_says_so(toy_repo: Path, tmp_path: Path) ->
     with pytest.raises(ProposalError) as info:
         agent.propose(_context(toy_repo))
     text = str(info.value)
-    assert text.startswith("codex made no change to the files; Codex's command `bash -lc 'cat >")
-    assert "params.py: Read-only file system" in text
-    assert "its sandbox refused a write: Codex must run with --sandbox workspace-write" in text
+    assert text.startswith(
+        "codex made no change to the files; its sandbox is read-only (--sandbox read-only in "
+        "[agent.codex] args); Codex's last message: I could not write params.py."
+    )
     assert info.value.usage is not None and info.value.usage.input_tokens == 300
     assert info.value.usage.cost_usd is None  # no model named: the price is unknown
 

@@ -153,10 +153,12 @@ for i, (path, text) in enumerate(writes.items(), start=1):
         write(path, text)
         item = {"id": f"item_{i}", "type": "file_change", "status": "completed",
                 "changes": [{"path": str(Path(path).resolve()), "kind": kind}]}
+    elif args.sandbox == "read-only":
+        continue  # as in Codex 0.17x: the refused command reaches the model, not the events
     else:
         item = {"id": f"item_{i}", "type": "command_execution", "status": "failed", "exit_code": 1,
                 "command": f"bash -lc 'cat > {path}'",
-                "aggregated_output": f"bash: line 1: {path}: Read-only file system\n"}
+                "aggregated_output": f"bash: line 1: {path}: Operation not permitted\n"}
     if args.json:
         emit({"type": "item.completed", "item": item})
 if step.get("fail"):

@@ -63,8 +63,21 @@ class CodexAgent(PresetAgent):
         messages = [i.get("text", "") for i in _items(events) if i.get("type") == "agent_message"]
         message = message.strip() or (str(messages[-1]) if messages else "")
         description, rationale = description_file(files) or first_line(message)
-        problems = _problems(events) or (() if events else ("Codex printed no JSON events",))
-        return Reply(description, rationale, self._usage(events), problems)
+        problems = [*_problems(events), *self._read_only()]
+        if not events:
+            problems.append("Codex printed no JSON events")
+        elif message.strip():  # its failed commands are not all in the events: its own words
+            problems.append(f"Codex's last message: {' '.join(message.split())[:300]}")
+        return Reply(description, rationale, self._usage(events), tuple(problems))
+
+    def _read_only(self) -> list[str]:
+        """A read-only sandbox asked for in ``args`` (its refusals do not reach the events)."""
+        args = list(self.args)
+        modes = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-s", "--sandbox")]
+        modes += [a.split("=", 1)[1] for a in args if a.startswith("--sandbox=")]
+        if modes and modes[-1] == "read-only":
+            return ["its sandbox is read-only (--sandbox read-only in [agent.codex] args)"]
+        return []
 
     def _usage(self, events: list[dict[str, Any]]) -> Usage:
         counts = TokenCounts()
