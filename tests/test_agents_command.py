@@ -105,23 +105,59 @@ def test_inline_prompt_placeholder_is_one_quoted_argument(toy_repo: Path, tmp_pa
     assert proposal.description == "appended a comment"
 
 
-def test_new_file_and_commit_by_the_cli_are_captured_and_undone(
+def test_commit_by_the_cli_is_diffed_against_the_parent_and_undone(
     toy_repo: Path, tmp_path: Path
 ) -> None:
     head = git(toy_repo, "rev-parse", "HEAD")
     body = """
     open("params.py", "w").write("X = 3.0\\nY = -1.0\\n")
-    subprocess.run(["git", "commit", "-qam", "agent commit"], check=True)
+    subprocess.run(["git", "commit", "-qam", "Set X and Y to their optimum"], check=True)
     os.makedirs("lib", exist_ok=True)
     open("lib/helper.py", "w").write("H = 1\\n")
-    print("set X and Y, add helper")
+    print("Commit 316aa5f Set X and Y to their optimum")
+    """
+    context = make_context(workdir=toy_repo, parent=head, editable_globs=("params.py", "lib/*.py"))
+    proposal = CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(context)
+    assert "+Y = -1.0" in proposal.patch and "+++ b/lib/helper.py" in proposal.patch
+    assert proposal.description == "Set X and Y to their optimum"  # its commit, not a status line
+    assert_clean(toy_repo, head)
+    assert not (toy_repo / "lib").exists()
+
+
+def test_new_files_outside_editable_are_dropped_not_rejected(
+    toy_repo: Path, tmp_path: Path
+) -> None:
+    head = git(toy_repo, "rev-parse", "HEAD")
+    body = """
+    open("params.py", "w").write("X = 3.0\\nY = 2.0\\n")
+    open(".aider.chat.history.md", "w").write("# chat\\n")
+    os.makedirs("__pycache__", exist_ok=True)
+    open("__pycache__/params.cpython-311.pyc", "wb").write(b"\\0")
+    open("sitecustomize.py", "w").write("import os\\n")
+    subprocess.run(["git", "add", "sitecustomize.py"], check=True)
+    subprocess.run(["git", "commit", "-qm", "add a startup hook"], check=True)
+    print("set X to 3")
     """
     proposal = CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(
         context_in(toy_repo)
     )
-    assert "+Y = -1.0" in proposal.patch and "+++ b/lib/helper.py" in proposal.patch
+    assert proposal.patch.count("diff --git") == 1 and "+++ b/params.py" in proposal.patch
+    assert proposal.meta["dropped"] == [
+        ".aider.chat.history.md",
+        "__pycache__/params.cpython-311.pyc",
+        "sitecustomize.py",  # committed by the CLI, still new and not editable
+    ]
     assert_clean(toy_repo, head)
-    assert not (toy_repo / "lib").exists()
+
+
+def test_only_dropped_files_is_no_change_and_says_so(toy_repo: Path, tmp_path: Path) -> None:
+    body = 'open(".aider.chat.history.md", "w").write("# chat\\n")\nprint("done")\n'
+    with pytest.raises(ProposalError) as info:
+        CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(context_in(toy_repo))
+    assert str(info.value).startswith(
+        "command made no change to the files (it only created files that match no editable "
+        "glob, which were dropped: .aider.chat.history.md); output tail:\ndone"
+    )
 
 
 def test_protected_file_edit_is_in_the_patch_for_the_workspace_to_reject(
@@ -149,7 +185,8 @@ def test_untracked_files_present_before_are_left_alone(toy_repo: Path, tmp_path:
     proposal = CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(
         context_in(toy_repo)
     )
-    assert "data/shard.bin" not in proposal.patch and "scratch.txt" in proposal.patch
+    assert "data/shard.bin" not in proposal.patch and "scratch.txt" not in proposal.patch
+    assert proposal.meta["dropped"] == ["scratch.txt"]  # new, and matches no editable glob
     assert (toy_repo / "data" / "shard.bin").exists() and not (toy_repo / "scratch.txt").exists()
 
 
@@ -328,3 +365,77 @@ def test_cli_that_ignores_a_large_stdin(toy_repo: Path, tmp_path: Path) -> None:
     agent = CommandAgent(script(tmp_path, "cli.py", body), timeout=30, history_tokens=100_000)
     ctx = make_context(workdir=toy_repo, parent=git(toy_repo, "rev-parse", "HEAD"), history=history)
     assert agent.propose(ctx).description == "did not read stdin"
+
+
+def test_permission_denials_in_a_json_result_are_the_reason(toy_repo: Path, tmp_path: Path) -> None:
+    result = {
+        "type": "result",
+        "result": "I could not edit params.py.",
+        "permission_denials": [
+            {"tool_name": "Edit", "tool_use_id": "t1", "tool_input": {"file_path": "params.py"}}
+        ],
+        "total_cost_usd": 0.01,
+    }
+    body = f"print({json.dumps(json.dumps(result))})\n"
+    with pytest.raises(ProposalError) as info:
+        CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(context_in(toy_repo))
+    assert str(info.value).startswith(
+        "command made no change to the files; the CLI was refused permission 1 time(s): "
+        "Edit(params.py) (permission_denials in its JSON output)"
+    )
+    assert info.value.usage is not None and info.value.usage.cost_usd == 0.01  # still paid for
+
+
+def test_the_cli_runs_as_a_step_with_its_pid_file_in_the_session_logs(
+    toy_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-in-the-agent-log")
+    seen = tmp_path / "seen"
+    pidfile = toy_repo / ".autoresearch" / "logs" / "t" / "agent-1.pid"
+    body = f"""
+    fields = open({str(pidfile)!r}).read().split()
+    open({str(seen)!r}, "w").write(str(int(fields[0]) == os.getpgrp()))
+    open("params.py", "w").write("X = 3.0\\nY = 2.0\\n")
+    print("key", os.environ["OPENAI_API_KEY"])
+    print("set X to 3.0")
+    """
+    _, rows = run_toy_session(toy_repo, CommandAgent(script(tmp_path, "cli.py", body)), 1)
+    assert [r.verdict for r in rows] == ["baseline", "keep"]
+    assert seen.read_text() == "True"  # a resumed session finds and kills a group left running
+    assert not pidfile.exists()
+    log = pidfile.with_suffix(".log")
+    assert log.read_text() == "key ***\nset X to 3.0\n" and rows[1].meta["log"] == str(log)
+    assert not log.is_symlink()  # the raw output (with the key) stayed in a private folder
+
+
+def test_a_cli_left_running_is_killed_by_the_orphan_sweep_of_a_resume(
+    toy_repo: Path, tmp_path: Path
+) -> None:
+    import threading
+
+    from autoresearch.process import kill_orphans
+
+    worktree = toy_repo / ".autoresearch" / "worktrees" / "t-0"
+    git(toy_repo, "worktree", "add", "-q", "--detach", str(worktree), "HEAD")
+    logs = toy_repo / ".autoresearch" / "logs" / "t"
+    body = 'print("thinking", flush=True)\ntime.sleep(60)\n'
+    agent = CommandAgent(script(tmp_path, "cli.py", body), timeout=60)
+    context = make_context(workdir=worktree, parent=git(toy_repo, "rev-parse", "HEAD"), tag="t",
+                           log_dir=logs)  # fmt: skip
+    failures: list[BaseException] = []
+
+    def propose() -> None:
+        try:
+            agent.propose(context)
+        except ProposalError as exc:
+            failures.append(exc)
+
+    worker = threading.Thread(target=propose)
+    start = time.monotonic()
+    worker.start()
+    while not (logs / "agent-5.pid").exists() and time.monotonic() - start < 20:
+        time.sleep(0.05)
+    assert kill_orphans(logs)  # what `run --resume` does first
+    worker.join(timeout=20)
+    assert time.monotonic() - start < 30
+    assert "command exited with status -9" in str(failures[0])

@@ -82,7 +82,7 @@ def test_init_writes_a_valid_skeleton(tmp_path: Path) -> None:
     config = load_config(repo)
     assert config.editable == ("train.py",) and config.metric.name == "score"
     again = ar("init", cwd=repo)
-    assert again.returncode == 1 and "already exists" in again.stderr
+    assert again.returncode == 1 and "already there" in again.stderr
 
 
 def test_prepare_runs_the_setup_step(tmp_path: Path) -> None:

@@ -152,7 +152,7 @@ HOOK = "#!/bin/sh\nenv > {out}\n"
 
 def test_git_never_runs_a_planted_hook_or_fsmonitor(keys: dict[str, str], toy_repo: Path) -> None:
     """What a run could plant in .git (hooks, core.fsmonitor) never runs in the orchestrator's git."""
-    from autoresearch.agents.command import _git
+    from autoresearch.agents._checkout import git as checkout_git
     from autoresearch.config import load_config
     from autoresearch.git import Git
     from autoresearch.workspace import Workspace
@@ -175,7 +175,7 @@ def test_git_never_runs_a_planted_hook_or_fsmonitor(keys: dict[str, str], toy_re
     sha, _ = ws.commit(0, "an experiment")
     ws.move_branch(sha)
     ws.dirty_files()
-    _git(workdir, "status", "--porcelain")
+    checkout_git(workdir, "status", "--porcelain")
     assert not ran.exists()
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from autoresearch import __version__, templates
 from autoresearch.agents import AGENT_NAMES, get_agent
-from autoresearch.config import CONFIG_NAME, STATE_DIR, TaskConfig, load_config
+from autoresearch.config import STATE_DIR, TaskConfig, load_config
 from autoresearch.engine import (
     Engine,
     SessionOptions,
@@ -28,6 +28,8 @@ from autoresearch.engine import (
 from autoresearch.errors import AutoresearchError, ConfigError
 from autoresearch.executors.local import LocalExecutor
 from autoresearch.executors.sandbox import Sandbox, resolve_mode
+from autoresearch.init import init as init_task
+from autoresearch.init import task_notes
 from autoresearch.process import StepRunner
 from autoresearch.report import Store, export, live, make_report, text
 
@@ -35,7 +37,7 @@ from autoresearch.report import Store, export, live, make_report, text
 _AGENT_FLAGS = {
     "patches": ("replay",),
     "sampler": ("tuner",),
-    "model": ("anthropic", "openai"),
+    "model": ("anthropic", "openai", "claude-code", "codex", "aider"),
     "base_url": ("anthropic", "openai"),
     "cmd": ("command",),
 }
@@ -53,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
-        "init", help="write autoresearch.toml and program.md, or a whole task from a template"
+        "init",
+        help="make a folder a task (also an upstream autoresearch checkout), or create one from a template",
     )
     p.add_argument("dest", nargs="?", type=Path, help="folder (default: the task folder)")
     p.add_argument(
@@ -61,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--size", help="template size preset (gpt: cpu | h100; default: by hardware)")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.add_argument(
+        "--git", action="store_true", help="run `git init` when the folder is not in a repo"
+    )
 
     p = sub.add_parser("run", help="run a session: baseline, then experiments until a stop rule")
     p.add_argument(
@@ -73,11 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "with --resume: the session's agent and its flags)")  # fmt: skip
     p.add_argument("--patches", help="replay: folder of patches, used in name order")
     p.add_argument("--sampler", choices=("tpe", "random", "cmaes"), help="tuner: Optuna sampler")
-    p.add_argument("--model", help="anthropic / openai: model name")
+    p.add_argument("--model", help="anthropic / openai / claude-code / codex / aider: model name")
     p.add_argument(
         "--base-url", help="anthropic / openai: API base URL (OpenAI-compatible servers)"
     )
-    p.add_argument("--cmd", help='command: CLI to run, e.g. "claude -p {prompt_file}"')
+    p.add_argument("--cmd", help='command: CLI to run, e.g. "aider --message-file {prompt_file}"')
     p.add_argument("--seed", type=int, help="session seed; run seeds derive from it (default: 0)")
     p.add_argument("--max-experiments", type=int, help="stop after this many experiments")
     p.add_argument("--max-hours", type=float, help="stop after this many hours")
@@ -174,17 +180,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     dest = (args.dest or args.dir).resolve()
-    if args.template:
-        written = templates.init_template(args.template, dest, size=args.size, force=args.force)
-        print(f"created {dest} from template {args.template!r} ({len(written)} files, committed)")
+    result = init_task(dest, template=args.template, size=args.size, force=args.force, git=args.git)
+    if result.kind == "template":
+        print(
+            f"created {dest} from template {args.template!r} ({len(result.written)} files, committed)"
+        )
         print(f"next: cd {dest} && autoresearch prepare && autoresearch run --tag {_default_tag()}")
         return 0
-    written = templates.init_plain(dest, force=args.force)
-    for path in written:
+    if result.kind == "upstream":
+        print(f"{dest}: an upstream autoresearch checkout; the task runs it unmodified")
+    for path in result.written:
         print(f"wrote {path}")
-    print(
-        f"next: edit {CONFIG_NAME} (editable files, run command, metric), commit, then `autoresearch run`"
-    )
+    guessed = ", ".join(result.editable) or "(nothing found)"
+    print(f"editable: {guessed}" + (" (guessed from the folder)" if result.kind == "plain" else ""))
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    print("next:")
+    for step in result.next_steps:
+        print(f"  {step}")
     return 0
 
 
@@ -263,7 +276,7 @@ def _agent_options(args: argparse.Namespace, config: TaskConfig) -> dict[str, An
         )
     if args.agent == "tuner":
         options.setdefault("seed", args.seed)
-    if args.agent in ("anthropic", "openai") and config.cost.models:
+    if args.agent in ("anthropic", "openai", "codex") and config.cost.models:
         options.setdefault("prices", config.cost.models)
     return options
 
@@ -282,8 +295,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     history = store.history(session)
     print(text.status_text(session, history, max_hours=args.max_hours, max_cost=args.max_cost,
                            judge=config.judge))  # fmt: skip
-    warning = resolve_mode(config.sandbox)[1]
-    if warning:
+    warnings = [resolve_mode(config.sandbox)[1], *task_notes(config.root)]  # task_notes: from init
+    for warning in filter(None, warnings):
         print(f"warning: {warning}")
     return 0
 

@@ -22,7 +22,8 @@ DIRECTIONS = ("minimize", "maximize")
 FORMATS = ("summary", "regex", "json")
 JUDGE_RULES = ("sequential", "naive")
 SANDBOXES = ("auto", "bwrap", "none")  # [task] sandbox: bwrap where it works, or none
-AGENT_NAMES = ("replay", "tuner", "anthropic", "openai", "command")  # the [agent.NAME] tables
+# The [agent.NAME] tables; claude-code, codex and aider are presets of the command agent.
+AGENT_NAMES = ("replay", "tuner", "anthropic", "openai", "command", "claude-code", "codex", "aider")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from autoresearch.agents._base import Context, Experiment
+from autoresearch.records import Verdict
 
 
 def make_context(**over: object) -> Context:
@@ -12,10 +13,10 @@ def make_context(**over: object) -> Context:
         "editable": {"params.py": "X = 1.0\nY = 2.0\n"},
         "readonly": {"score.py": "print('score')\n"},
         "history": (
-            Experiment(1, "baseline", 5.0, "baseline"),
-            Experiment(2, "discard", 6.0, "set Y to 3"),
-            Experiment(3, "keep", 1.0, "set X to 3.0"),
-            Experiment(4, "crash", None, "break everything", reason="NameError: Z"),
+            Experiment(1, Verdict.BASELINE, 5.0, "baseline"),
+            Experiment(2, Verdict.DISCARD, 6.0, "set Y to 3"),
+            Experiment(3, Verdict.KEEP, 1.0, "set X to 3.0"),
+            Experiment(4, Verdict.CRASH, None, "break everything", reason="NameError: Z"),
         ),
         "metric_name": "score",
         "direction": "minimize",

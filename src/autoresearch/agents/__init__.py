@@ -49,6 +49,19 @@ def _backend(name: str) -> Any:
         from autoresearch.agents.command import CommandAgent
 
         return CommandAgent
+    # --- presets of the command agent for known CLIs ---
+    if name == "claude-code":
+        from autoresearch.agents.presets import ClaudeCodeAgent
+
+        return ClaudeCodeAgent
+    if name == "codex":
+        from autoresearch.agents.presets import CodexAgent
+
+        return CodexAgent
+    if name == "aider":
+        from autoresearch.agents.presets import AiderAgent
+
+        return AiderAgent
     raise ConfigError(f"unknown agent {name!r}; choose one of: {', '.join(AGENT_NAMES)}")
 
 

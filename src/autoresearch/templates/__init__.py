@@ -1,4 +1,4 @@
-"""Task templates: files copied by ``autoresearch init [--template NAME]``.
+"""Task templates: files copied by ``autoresearch init --template NAME`` (see ``autoresearch.init``).
 
 A template is a folder of package data under ``autoresearch/templates/<name>/``.
 Files under ``<name>/_presets/<size>/`` overlay the base files for ``--size <size>``; a
@@ -65,11 +65,13 @@ def write_template(
                 ).encode()
             else:
                 files[rel] = item.read_bytes()
+    existing = [dest / rel for rel in sorted(files) if (dest / rel).exists()]
+    if existing and not overwrite:  # checked before anything is written: all or nothing
+        names = ", ".join(str(p) for p in existing[:5]) + (" ..." if len(existing) > 5 else "")
+        raise ConfigError(f"not overwriting {names}: already there (pass --force to replace)")
     written = []
     for rel, data in sorted(files.items()):
         target = dest / rel
-        if target.exists() and not overwrite:
-            raise ConfigError(f"{target}: already exists; not overwriting")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
         written.append(target)
@@ -114,53 +116,6 @@ def _walk(
         elif not item.name.endswith((".pyc", ".pyo")):
             out.append((rel, item))
     return out
-
-
-PLAIN_TOML = """\
-# autoresearch task: what the agent may edit, how one experiment runs, what is measured.
-# Reference: the README's "autoresearch.toml" section.
-
-[task]
-instructions = "program.md"          # the agent's brief; you edit it, the agent does not
-editable     = ["train.py"]          # globs the agent may change; everything else is read-only
-protected    = []                    # files that must stay byte-identical (your harness)
-context      = []                    # read-only files shown to LLM agents
-setup        = ""                    # once per session, before the baseline (data, caches)
-check        = ""                    # optional fast gate before each run (tests, lint)
-run          = "python train.py"     # one experiment; gets AUTORESEARCH_TIME_BUDGET and _SEED
-evaluate     = ""                    # optional trusted step after the run; the metric is read from it
-time_budget  = 300                   # seconds the run should take
-timeout      = 600                   # hard kill of the run's whole process group
-
-[metric]
-name      = "score"                  # the key printed after a `---` line: `score: 0.123`
-direction = "minimize"               # or "maximize"
-format    = "summary"                # summary | regex | json
-"""
-
-PLAIN_PROGRAM = """\
-# Research brief
-
-Goal: make `score` (printed by the run) as low as possible.
-
-- Edit only the files listed as editable in autoresearch.toml.
-- Each experiment runs under a fixed time budget; a change that runs longer is discarded.
-- Prefer simple changes; a small gain that adds a lot of complexity is not worth it.
-- Ideas worth trying: ...
-"""
-
-
-def init_plain(dest: Path, *, force: bool = False) -> list[Path]:
-    """Write an ``autoresearch.toml`` and ``program.md`` skeleton into ``dest``; asks nothing."""
-    dest.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in (("autoresearch.toml", PLAIN_TOML), ("program.md", PLAIN_PROGRAM)):
-        target = dest / name
-        if target.exists() and not force:
-            raise ConfigError(f"{target}: already exists (pass --force to overwrite)")
-        target.write_text(text, encoding="utf-8")
-        written.append(target)
-    return written
 
 
 def init_template(

@@ -1,0 +1,90 @@
+"""Claude Code (``claude``) as an agent: ``--agent claude-code``.
+
+Runs ``claude -p BRIEF --permission-mode acceptEdits --add-dir FOLDER --output-format json``
+in the checkout: print mode (no terminal), file edits accepted in the checkout and in the
+brief's private folder (where it writes its description), one JSON result on stdout. Shell
+commands still need a permission that print mode cannot grant, so Claude Code edits and
+reads, and does not run the experiment. A brief longer than one argument may be goes on stdin.
+
+From the JSON result: ``result`` (the final message; its first line is the description when
+no description file was written), ``total_cost_usd`` and ``usage``, and
+``permission_denials`` (the reason recorded when nothing changed).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from autoresearch.agents._base import Context
+from autoresearch.agents._cli import (
+    MAX_COMMAND_BYTES,
+    BriefFiles,
+    CliOutput,
+    Reply,
+    description_file,
+    first_line,
+)
+from autoresearch.agents.command import permission_denials, reported_usage
+from autoresearch.agents.presets._base import PresetAgent
+
+
+class ClaudeCodeAgent(PresetAgent):
+    """Claude Code in print mode, allowed to edit files in the checkout."""
+
+    name = "claude-code"
+    binary_name = "claude"
+    install = "npm install -g @anthropic-ai/claude-code"
+    reporting = (
+        "Finish with a short final message whose first line is that same one-line description."
+    )
+
+    def arguments(self, files: BriefFiles, context: Context) -> list[str]:
+        brief = [] if self.reads_stdin(files) else [files.prompt.read_text(encoding="utf-8")]
+        args = ["-p", *brief, "--permission-mode", "acceptEdits", "--add-dir", str(files.folder)]
+        args += ["--output-format", "json"]  # after --add-dir, which takes several folders
+        if self.model:
+            args += ["--model", self.model]
+        return [*args, *self.args]
+
+    def reads_stdin(self, files: BriefFiles) -> bool:
+        return files.prompt.stat().st_size > MAX_COMMAND_BYTES
+
+    def read_reply(self, output: CliOutput, files: BriefFiles) -> Reply:
+        result = _result(output.text)
+        if result is None:
+            return Reply(
+                *(description_file(files) or ("", "")),
+                problems=("Claude Code printed no JSON result (is --output-format overridden?)",),
+            )
+        text = result.get("result") if isinstance(result.get("result"), str) else ""
+        description, rationale = description_file(files) or first_line(str(text))
+        return Reply(description, rationale, reported_usage(result), _problems(result))
+
+
+def _result(output: str) -> dict[str, Any] | None:
+    """The last ``{"type": "result", ...}`` line (warnings on stderr may follow it)."""
+    for line in reversed(output.splitlines()):
+        if not line.lstrip().startswith("{"):
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict) and value.get("type") == "result":
+            return value
+    return None
+
+
+def _problems(result: dict[str, Any]) -> tuple[str, ...]:
+    problems = list(permission_denials(result))
+    subtype = result.get("subtype")
+    if result.get("is_error") or (subtype not in (None, "success")):
+        text = str(result.get("result") or "")[:300]
+        problems.append(
+            f"Claude Code stopped with {subtype or 'an error'}" + (f": {text}" if text else "")
+        )
+    return tuple(problems)
+
+
+__all__ = ["ClaudeCodeAgent"]
