@@ -27,6 +27,7 @@ from autoresearch.engine import (
     run_setup,
 )
 from autoresearch.errors import AutoresearchError, ConfigError
+from autoresearch.executors._base import Executor
 from autoresearch.executors.local import LocalExecutor, StepRunner
 from autoresearch.ledger import Ledger, SessionRow, export_tsv
 from autoresearch.workspace import STATE_DIR
@@ -88,11 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-cost", type=float, help="stop before agent + compute spend passes this (USD)"
     )
     p.add_argument("--gpu-price", type=float, help="compute price per slot-hour (USD)")
-    p.add_argument(
-        "--slots", type=int, default=1, help="experiments run at once (one worktree each)"
-    )
+    p.add_argument("--slots", type=int, help="experiments run at once (default: 1; "
+                   "ray: what the cluster holds)")  # fmt: skip
     p.add_argument("--gpus", help="comma-separated GPU ids, one per slot (CUDA_VISIBLE_DEVICES)")
     p.add_argument("--no-setup", action="store_true", help="skip the task's setup step")
+    _executor_flags(p)
 
     for name, text in (("status", "best so far, counts per verdict, spend, last experiments"),
                        ("log", "one line per experiment")):  # fmt: skip
@@ -108,6 +109,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("prepare", help="run the task's setup step now")
     return parser
+
+
+def _executor_flags(p: argparse.ArgumentParser) -> None:
+    """Where runs happen: this machine, or a Ray cluster."""
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: subprocesses here (default); ray: tasks on a Ray cluster")  # fmt: skip
+    p.add_argument("--ray-address", default="auto",
+                   help="ray: the cluster (auto, ray://host:10001, or host:port; default: auto)")  # fmt: skip
+
+
+def _executor(args: argparse.Namespace, config: TaskConfig) -> Executor:
+    if args.executor == "ray":
+        if args.gpus:
+            raise ConfigError("--gpus applies to --executor local; on Ray set [ray] gpus_per_run")
+        from autoresearch.executors.ray import RayExecutor  # Ray is an optional extra
+
+        return RayExecutor(config, address=args.ray_address, slots=args.slots)
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+    return LocalExecutor(args.slots or 1, gpus=gpus)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,7 +180,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     args.agent = args.agent or "tuner"
     args.seed = 0 if args.seed is None else args.seed
     agent = get_agent(args.agent, **_agent_options(args, config))
-    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
     flags = {f: getattr(args, f) for f in _AGENT_FLAGS if getattr(args, f) is not None}
     if "patches" in flags:
         flags["patches"] = str(Path(flags["patches"]).resolve())
@@ -169,7 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_failures=args.max_failures, max_cost=args.max_cost, gpu_price=args.gpu_price,
         resume=args.resume, seed=args.seed, run_setup=not args.no_setup, agent_flags=flags,
     )  # fmt: skip
-    executor = LocalExecutor(args.slots, gpus=gpus)
+    executor = _executor(args, config)
     engine = Engine(config, agent, options=options, executor=executor, on_event=_print_event(config),
                     on_message=lambda text: print(text, file=sys.stderr, flush=True))  # fmt: skip
     print(views.EVENT_HEADER.format(metric=config.metric.name), flush=True)
