@@ -33,6 +33,8 @@ pytestmark = pytest.mark.slow
 PY = sys.executable
 SRC = Path(__file__).resolve().parents[1] / "src"
 CLUSTER_SECRET = "sk-ant-cluster-shell-secret"  # in the environment the cluster was started from
+# A test cluster on 127.0.0.1, whatever ~/.ray holds (a token there turns token auth on).
+RAY_ENV = {"RAY_AUTH_MODE": "disabled"}
 
 
 # --- the cluster: one head (4 CPUs) and one worker node (2 CPUs) on 127.0.0.1 ------------------
@@ -56,7 +58,7 @@ def _free_port() -> int:
 
 
 def _start_node(base: Path, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(SRC), "RAY_USAGE_STATS_ENABLED": "0",
+    env = {**os.environ, "PYTHONPATH": str(SRC), "RAY_USAGE_STATS_ENABLED": "0", **RAY_ENV,
            "RAY_enable_worker_prestart": "0", "RAY_prestart_worker_first_driver": "0",
            SCRATCH_ENV: str(base / f"scratch-{name}"), "ANTHROPIC_API_KEY": CLUSTER_SECRET}  # fmt: skip
     ray_cli = str(Path(PY).parent / "ray")
@@ -88,6 +90,13 @@ def _wait_for_nodes(count: int, timeout: float = 60) -> None:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in RAY_ENV.items():
+            patch.setenv(key, value)  # this process and the CLIs it starts
+        yield from _cluster()
+
+
+def _cluster() -> Iterator[Cluster]:
     base = Path(tempfile.mkdtemp(prefix="ar-ray-"))  # short: Ray's socket paths have a limit
     port = _free_port()
     head = _start_node(base, "head", ["--head", "--port", str(port), "--num-cpus", "4",
@@ -508,7 +517,7 @@ def test_resume_after_the_orchestrator_is_killed(cluster: Cluster, tmp_path: Pat
 
 
 def test_a_cluster_that_goes_away_stops_the_session_and_resume_carries_on_locally(
-    tmp_path: Path,
+    cluster: Cluster, tmp_path: Path
 ) -> None:
     base = Path(tempfile.mkdtemp(prefix="ar-ray2-"))
     port = _free_port()

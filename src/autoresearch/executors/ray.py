@@ -286,8 +286,9 @@ _WATCH = (
 )
 
 
-# Started by a short-lived parent, so the watchdog is no child of the worker: Ray kills a dying
-# worker's children, and the step's group leader with them, but not the rest of the group.
+# Started by a short-lived parent (util-linux `setsid --fork`, else this), so the watchdog is no
+# child of the worker: Ray kills a dying worker's children (the step's group leader among them)
+# but not the rest of the step's group.
 _DETACH = "import subprocess, sys; subprocess.Popen(sys.argv[1:], start_new_session=True)"
 
 
@@ -298,10 +299,10 @@ class _Watchdog:
 
     def __init__(self, logs: Path) -> None:
         code = _WATCH.format(module=kill_orphans.__module__)
+        detach = ["setsid", "--fork"] if shutil.which("setsid") else [sys.executable, "-c", _DETACH]
         self._read, self._write = os.pipe()
-        subprocess.run([sys.executable, "-c", _DETACH, sys.executable, "-c", code, str(logs)],
-                       stdin=self._read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       check=True)  # fmt: skip
+        subprocess.run([*detach, sys.executable, "-c", code, str(logs)], stdin=self._read,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)  # fmt: skip
         os.close(self._read)
 
     def done(self) -> None:
