@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from test_engine import PATCHES, toy
 from autoresearch.agents.replay import ReplayAgent
 from autoresearch.config import MetricConfig, RayConfig, TaskConfig, load_config
 from autoresearch.engine import Engine, SessionOptions
-from autoresearch.errors import ExecutorError
+from autoresearch.errors import ConfigError, ExecutorError
 from autoresearch.executors import Executor, Job, LocalExecutor, RunStatus
 from autoresearch.ledger import ExperimentRow, Ledger
 from autoresearch.workspace import sha256_files
@@ -149,6 +150,35 @@ def executor(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Executo
         local.close()
     else:
         yield request.getfixturevalue("ray_executor")
+
+
+# --- [ray] in autoresearch.toml ------------------------------------------------------------------
+
+
+def _toml(tmp_path: Path, ray_table: str) -> Path:
+    (tmp_path / "autoresearch.toml").write_text(
+        f'[task]\neditable = ["x.py"]\nrun = "true"\n[metric]\nname = "s"\n[ray]\n{ray_table}'
+    )
+    return tmp_path
+
+
+def test_ray_table_defaults_and_values(tmp_path: Path) -> None:
+    assert load_config(_toml(tmp_path, "")).ray == RayConfig()
+    config = load_config(_toml(tmp_path, 'gpus_per_run = 0.5\ndata = "shared"\nshared = "/mnt/d"\n'))
+    assert config.ray.gpus_per_run == 0.5 and config.ray.data == "shared" and config.ray.shared == "/mnt/d"
+
+
+@pytest.mark.parametrize("table, message", [
+    ("gpus = 1", "[ray] unknown key 'gpus'"),
+    ('data = "nfs"', "[ray] data: found 'nfs', expected one of 'setup', 'shared'"),
+    ('data = "shared"', "[ray] shared: found '', expected with data = 'shared': an absolute path"),
+    ('shared = "/mnt/d"', "[ray] data: found 'setup', expected 'shared' when [ray] shared is set"),
+    ("gpus_per_run = 0\ncpus_per_run = 0", "[ray] cpus_per_run: found 0.0, expected > 0 when"),
+    ("cpus_per_run = -1", "[ray] cpus_per_run: found -1, expected a number >= 0"),
+])  # fmt: skip
+def test_bad_ray_table_is_a_clear_error(tmp_path: Path, table: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(_toml(tmp_path, table))
 
 
 # --- jobs: a committed folder of scripts; results observed through files, not the cwd -----------
@@ -547,3 +577,15 @@ def test_a_cluster_that_goes_away_stops_the_session_and_resume_carries_on_locall
         ("baseline", "baseline"), ("X 1 -> 2", "interrupted"), ("Y 2 -> 0", "keep"),
     ]  # fmt: skip
     assert "went away" in rows[1].reason
+
+
+def test_a_task_past_its_deadline_is_cancelled_and_its_steps_killed(
+    ray_executor: Executor, cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import autoresearch.executors.ray as ray_module
+
+    monkeypatch.setattr(ray_module, "_deadline", lambda job: 3.0)  # well inside the step's 100 s
+    repo = scripts(tmp_path, {"r.sh": "sleep 300\n"})
+    result = ray_executor.submit(job(repo, "sh r.sh", timeout=100)).result(timeout=60)
+    assert result.status is RunStatus.TIMEOUT and "its Ray task was cancelled" in result.reason
+    _wait_until(lambda: _survivors(cluster) == [], "the step outlived its cancelled task")
