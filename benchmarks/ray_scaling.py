@@ -26,7 +26,7 @@ from autoresearch.agents._base import Context, Edit, Proposal
 from autoresearch.config import load_config
 from autoresearch.engine import Engine, SessionOptions
 from autoresearch.executors import Executor, Job, LocalExecutor
-from autoresearch.executors.ray import RayExecutor
+from autoresearch.executors.ray import SCRATCH_ENV, RayExecutor
 
 RUN_SECONDS = 2.0
 THINK = 0.1 * RUN_SECONDS
@@ -112,6 +112,7 @@ def overhead_ms(executor: Executor, repo: Path, base: Path) -> float:
 def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="ar-raybench-"))
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a cluster on this machine only
+    os.environ[SCRATCH_ENV] = str(base / "scratch")  # the node's run folders, removed below
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
              _temp_dir=str(base / "t"))  # fmt: skip
     try:
