@@ -455,6 +455,7 @@ def test_setup_runs_once_per_node_before_its_first_run(cluster: Cluster, tmp_pat
         f"setup-{n[:12]}.log" for n in executor.setup_nodes
     )
     assert not (repo / "data").exists()  # the orchestrator's checkout is not where data came from
+    assert not (tmp_path / "logs" / "setup.log").exists()  # the session's own setup log is apart
 
 
 def test_shared_data_and_protected_data_checked_on_the_node(cluster: Cluster, tmp_path: Path) -> None:

@@ -245,7 +245,8 @@ def _changed(expected: Mapping[str, str]) -> list[str]:
 
 
 def _ship(plan: _Plan, node: str, result: RunResult, run_dir: Path) -> _Shipment:
-    logs = {p.name: _capped(p, plan.max_log) for p in sorted((run_dir / "logs").glob("*.log"))}
+    steps = [p for p in sorted((run_dir / "logs").glob("*.log")) if p.name != "setup.log"]
+    logs = {p.name: _capped(p, plan.max_log) for p in steps}  # setup's log went with its record
     outs, left_out = _collect(run_dir / "out", plan.max_out)
     return _Shipment(node, result, logs, outs, left_out)
 
