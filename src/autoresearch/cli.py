@@ -26,6 +26,7 @@ from autoresearch.engine import (
     run_setup,
 )
 from autoresearch.errors import AutoresearchError, ConfigError
+from autoresearch.executors._base import Executor
 from autoresearch.executors.local import LocalExecutor
 from autoresearch.executors.sandbox import Sandbox, resolve_mode
 from autoresearch.init import init as init_task
@@ -92,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-cost", type=float, help="stop before agent + compute spend passes this (USD)"
     )
     p.add_argument("--gpu-price", type=float, help="compute price per slot-hour (USD)")
-    p.add_argument("--slots", type=int, help="experiments run at once (default: 1, or one per GPU)")
+    p.add_argument("--slots", type=int, help="experiments run at once (default: 1, one per GPU; "
+                   "ray: what the cluster holds)")  # fmt: skip
     p.add_argument("--gpus", help="comma-separated GPU ids, one slot each (CUDA_VISIBLE_DEVICES)")
     p.add_argument("--lookahead", type=int,
                    help="proposals the agent keeps ready while runs train (default: one per slot)")  # fmt: skip
@@ -102,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="plain lines, one per experiment, instead of the live view",
     )
+    _executor_flags(p)
 
     for name, about in (("status", "best so far, counts per verdict, spend, last experiments"),
                         ("log", "one line per experiment")):  # fmt: skip
@@ -150,6 +153,26 @@ def _report_parsers(sub: Any) -> None:
     p.add_argument(
         "--token", help="required in every request; generated when binding beyond loopback"
     )
+
+
+def _executor_flags(p: argparse.ArgumentParser) -> None:
+    """Where runs happen: this machine, or a Ray cluster."""
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: subprocesses here (default); ray: tasks on a Ray cluster")  # fmt: skip
+    p.add_argument("--ray-address", default="auto",
+                   help="ray: the cluster (auto, ray://host:10001, or host:port; default: auto)")  # fmt: skip
+
+
+def _executor(args: argparse.Namespace, config: TaskConfig) -> Executor:
+    if args.executor == "ray":
+        if args.gpus:
+            raise ConfigError("--gpus applies to --executor local; on Ray set [ray] gpus_per_run")
+        from autoresearch.executors.ray import RayExecutor  # Ray is an optional extra
+
+        return RayExecutor(config, address=args.ray_address, slots=args.slots)
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+    return LocalExecutor(args.slots, gpus=gpus, sandbox=Sandbox.for_task(config),
+                         max_log_mb=config.max_log_mb)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -209,7 +232,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     args.agent = args.agent or "tuner"
     args.seed = 0 if args.seed is None else args.seed
     agent = get_agent(args.agent, **_agent_options(args, config))
-    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
     flags = {f: getattr(args, f) for f in _AGENT_FLAGS if getattr(args, f) is not None}
     if "patches" in flags:
         flags["patches"] = str(Path(flags["patches"]).resolve())
@@ -219,8 +241,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         resume=args.resume, seed=args.seed, run_setup=not args.no_setup, agent_flags=flags,
         lookahead=args.lookahead,
     )  # fmt: skip
-    executor = LocalExecutor(args.slots, gpus=gpus, sandbox=Sandbox.for_task(config),
-                             max_log_mb=config.max_log_mb)  # fmt: skip
+    executor = _executor(args, config)
     view = _view(args, config)
     engine = Engine(config, agent, options=options, executor=executor,
                     on_event=view.experiment_finished, on_message=view.message,

@@ -24,6 +24,7 @@ JUDGE_RULES = ("sequential", "naive")
 SANDBOXES = ("auto", "bwrap", "none")  # [task] sandbox: bwrap where it works, or none
 # The [agent.NAME] tables; claude-code, codex and aider are presets of the command agent.
 AGENT_NAMES = ("replay", "tuner", "anthropic", "openai", "command", "claude-code", "codex", "aider")
+RAY_DATA = ("setup", "shared")  # how a Ray node reaches the data git does not track
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,18 @@ class CostConfig:
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    """``[ray]``: what one run asks of a Ray cluster, and how its nodes reach the task's data."""
+
+    gpus_per_run: float = 1.0  # 0 on a CPU cluster
+    cpus_per_run: float = 1.0
+    data: str = "setup"  # "setup": the task's setup step once per node; "shared": `shared` below
+    shared: str = ""  # data = "shared": a folder every node sees, laid out like the task folder
+    max_log_mb: float = 16.0  # per step log sent back to the orchestrator (the end is kept)
+    max_out_mb: float = 256.0  # AUTORESEARCH_OUT files sent back per run (the rest are left out)
+
+
+@dataclass(frozen=True)
 class TaskConfig:
     """One task: what may be edited, how to run it, what to measure."""
 
@@ -91,6 +104,7 @@ class TaskConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     cost: CostConfig = field(default_factory=CostConfig)
     agents: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # [agent.<name>]
+    ray: RayConfig = field(default_factory=RayConfig)
 
     @property
     def allowance(self) -> float:
@@ -305,6 +319,29 @@ def _agents(path: Path, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return dict(sec.table)
 
 
+def _ray(path: Path, raw: dict[str, Any]) -> RayConfig:
+    sec = _Section(path, "ray", raw.get("ray", {}))
+    sec.check_keys(("gpus_per_run", "cpus_per_run", "data", "shared", "max_log_mb", "max_out_mb"))
+    data = sec.choice("data", "setup", RAY_DATA)
+    shared = sec.string("shared", "")
+    if data == "shared" and not Path(shared).is_absolute():
+        sec.fail("shared", shared, "with data = 'shared': an absolute path every node sees")
+    if data != "shared" and shared:
+        sec.fail("data", data, "'shared' when [ray] shared is set")
+    cpus = sec.number("cpus_per_run", 1.0)
+    gpus = sec.number("gpus_per_run", 1.0)
+    if cpus == 0 and gpus == 0:
+        sec.fail("cpus_per_run", cpus, "> 0 when gpus_per_run is 0 (a run needs a CPU or a GPU)")
+    return RayConfig(
+        gpus_per_run=gpus,
+        cpus_per_run=cpus,
+        data=data,
+        shared=shared,
+        max_log_mb=sec.number("max_log_mb", 16.0, positive=True),
+        max_out_mb=sec.number("max_out_mb", 256.0),
+    )
+
+
 def load_config(path: str | Path) -> TaskConfig:
     """Load ``autoresearch.toml`` (a file, or a folder holding one)."""
     path = Path(path)
@@ -317,9 +354,9 @@ def load_config(path: str | Path) -> TaskConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     for key in raw:
-        if key not in ("task", "metric", "judge", "cost", "agent"):
+        if key not in ("task", "metric", "judge", "cost", "agent", "ray"):
             raise ConfigError(
-                f"{path}: unknown table [{key}]; allowed: [task], [metric], [judge], [cost], [agent.NAME]"
+                f"{path}: unknown table [{key}]; allowed: [task], [metric], [judge], [cost], [agent.NAME], [ray]"
             )
     if "task" not in raw:
         raise ConfigError(f"{path}: missing table [task]")
@@ -330,5 +367,6 @@ def load_config(path: str | Path) -> TaskConfig:
         judge=_judge(path, raw),
         cost=_cost(path, raw),
         agents=_agents(path, raw),
+        ray=_ray(path, raw),
         **task,
     )
