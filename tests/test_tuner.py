@@ -16,6 +16,7 @@ import pytest
 from autoresearch.agents import Context, Experiment, Proposal, get_agent
 from autoresearch.agents._constants import discover, rewrite
 from autoresearch.agents.tuner import TunerAgent, parse_spec
+from autoresearch.agents.tuner._history import row_configs
 from autoresearch.edits import apply_edits
 from autoresearch.errors import AgentExhausted, ConfigError
 
@@ -201,7 +202,7 @@ def test_default_ranges() -> None:
     text = "LR = 0.04\nDEPTH = 6\nBATCH = 2**10\nFLAG = False\nMODE = 'a'\nZERO = 0.0\n"
     seen: dict[str, set[object]] = {}
     history: list[Experiment] = [Experiment(0, "baseline", 10.0, "baseline", commit="c0")]
-    agent = TunerAgent(sampler="random", seed=0)
+    agent = TunerAgent(sampler="random", seed=0, local_trials=0)
     for i in range(1, 40):
         proposal = agent.propose(context({"p.py": text}, tuple(history)))
         for key, value in proposal.meta["config"].items():
@@ -209,11 +210,13 @@ def test_default_ranges() -> None:
         history.append(
             Experiment(i, "discard", 11.0, proposal.description, f"c{i}", meta=proposal.meta)
         )
-    assert set(seen) == {"LR", "DEPTH", "BATCH", "FLAG"}  # strings and 0.0 need ranges
+    assert set(seen) == {"LR", "DEPTH", "BATCH", "FLAG", "ZERO"}  # strings need choices
     assert all(isinstance(v, float) and 0.01 <= v <= 0.16 for v in seen["LR"])
     assert seen["DEPTH"] <= set(range(3, 13)) and len(seen["DEPTH"]) > 3
     assert seen["BATCH"] == {2**9, 2**10, 2**11}
     assert seen["FLAG"] == {False, True}
+    assert all(isinstance(v, float) and 0.0 <= v <= 0.1 for v in seen["ZERO"])
+    assert len(seen["ZERO"]) > 3
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -489,7 +492,88 @@ def test_a_session_through_the_engine(toy_repo: Path) -> None:
     ).stdout
     if best.agent == "tuner":
         values = found(head_params)
-        assert values == {"X": best.meta["config"]["X"], "Y": best.meta["config"]["Y"]}
+        # What the tuner reads back for the best: the code that ran, also where a proposal made
+        # against an older best was applied onto a newer one.
+        configs = row_configs(context({}, tuple(rows), parent=""), {})
+        assert values == {"X": configs[best.id]["X"], "Y": configs[best.id]["Y"]}
         x, y = float(values["X"]), float(values["Y"])  # type: ignore[arg-type]
         assert best.metric == pytest.approx((x - 3.0) ** 2 + (y + 1.0) ** 2, abs=1e-5)
     assert head_params.startswith("# Constants the agent tunes.")
+
+
+# --- starting where the code is ------------------------------------------------------------------
+
+
+def test_first_proposals_are_local_moves_of_at_most_two_constants() -> None:
+    _, history, _ = drive({"p.py": TOY}, toy_objective, 8, seed=3)
+    for row in history[1:]:
+        assert row.meta["sampler"] == "local"
+        changed = [k for k, v in row.meta["config"].items() if row.meta["parent_config"][k] != v]
+        assert 1 <= len(changed) <= 2, row.description
+    assert history[1].meta["parent_config"] == {"LR": 0.01, "WD": 0.5, "DEPTH": 5}
+
+
+def test_the_search_space_and_what_is_left_out_are_printed() -> None:
+    text = TunerAgent(exclude=["WD"]).check({"p.py": TOY + "MODE = 'a'\nUSE_X = 0\n"})
+    assert "LR" in text and "log[0.0025, 0.04]" in text and "USE_X" in text and "{0, 1}" in text
+    assert "in [agent.tuner] exclude: WD" in text
+    assert "a string: give params.MODE" in text
+
+
+def test_a_duplicate_or_pending_configuration_is_not_proposed_again() -> None:
+    _, history, files = drive({"p.py": TOY}, toy_objective, 1, seed=0)
+    first = history[1]
+    rows = (history[0], Experiment(1, "duplicate", None, first.description, "c1", meta=first.meta))
+    again = TunerAgent(seed=0).propose(context(files, rows))
+    assert again.meta["config_hash"] != first.meta["config_hash"]
+
+
+def test_optuna_receives_the_values_the_judge_recorded(tmp_path: Path) -> None:
+    import optuna
+
+    db = f"sqlite:///{tmp_path}/t.db"
+    _, history, files = drive({"p.py": TOY}, toy_objective, 4, seed=0, storage=db)
+    TunerAgent(seed=0, storage=db).propose(context(files, tuple(history), history[-1].commit))
+    study = optuna.load_study(study_name=optuna.get_all_study_names(db)[0], storage=db)
+    values = {t.user_attrs["experiment_id"]: t.value for t in study.trials if t.value is not None}
+    assert values == {r.id: r.metric for r in history}
+    assert study.trials[0].params == {"LR": 0.01, "WD": 0.5, "DEPTH": 5}  # the code as it was
+
+
+def test_a_proposal_applied_onto_a_newer_best_is_read_back_as_the_code_that_ran() -> None:
+    """Pipelined: #2 was made against the baseline but the engine applied it onto #1's commit."""
+    meta = {"agent": "tuner", "parent": "c0", "parent_config": {"X": 1.0, "Y": 2.0}}
+    rows = (
+        Experiment(0, "baseline", 13.0, "baseline", commit="c0"),
+        Experiment(
+            1,
+            "keep",
+            9.25,
+            "X",
+            commit="c1",
+            parent="c0",
+            meta={**meta, "config": {"X": 3.5, "Y": 2.0}},
+        ),
+        Experiment(
+            2,
+            "keep",
+            0.5,
+            "Y",
+            commit="c2",
+            parent="c1",
+            meta={**meta, "config": {"X": 1.0, "Y": -0.5}},
+        ),
+        Experiment(
+            3,
+            "discard",
+            9.0,
+            "Y",
+            commit="c3",
+            parent="c1",  # parent unknown to it
+            meta={**meta, "parent": "c9", "config": {"X": 1.0, "Y": 0.0}},
+        ),
+    )
+    configs = row_configs(context({}, rows, parent=""), {})
+    assert configs[2] == {"X": 3.5, "Y": -0.5}
+    assert configs[1] == {"X": 3.5, "Y": 2.0} and configs[0] == {"X": 1.0, "Y": 2.0}
+    assert 3 in configs and configs[3] == {"X": 3.5, "Y": 0.0}

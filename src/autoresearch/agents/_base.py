@@ -58,11 +58,9 @@ class Agent:
 
     name: str = "agent"
 
-    def check(self, editable: Mapping[str, str]) -> None:
-        """Validate the agent's options against the code before setup runs (raise ConfigError)."""
-
-    def describe(self) -> str:
-        """Lines printed once at session start (a search space, a model); empty: nothing."""
+    def check(self, editable: Mapping[str, str]) -> str:
+        """Validate the agent's options against the code before setup runs (raise ConfigError);
+        returns lines to print once at session start (a search space), or ""."""
         return ""
 
     @property

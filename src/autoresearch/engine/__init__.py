@@ -114,9 +114,6 @@ class Engine:
         self._git_print = self.workspace.fingerprint()
         if not self._stop:
             self._protect_data()
-            describe = self.agent.describe()
-            if describe:
-                self.say(describe)
         if self.config.judge.baseline_runs < 2 and self.history.noise().sigma is None:
             self.say("warning: the noise is unknown (baseline_runs < 2): each candidate that looks "
                      "better runs twice before it can be kept; set [judge] baseline_runs = 5")  # fmt: skip
@@ -185,7 +182,9 @@ class Engine:
         ws.ensure_excluded()
         head = ws.branch_head() if self.options.resume else None
         ws.checkout(0, head or ws.head())
-        self.agent.check(ws.read_files(0, self.config.editable))
+        text = self.agent.check(ws.read_files(0, self.config.editable))
+        if text:
+            self.say(text)
 
     def _setup(self) -> None:
         if self.config.setup.strip():

@@ -1,0 +1,280 @@
+"""Local moves: the tuner's first experiments start from where the code is.
+
+From the incumbent (the best code so far), a local move changes one constant, or two:
+
+- a float on a log range by x2 or /2 (then by sqrt 2 when both sides were worse); on a linear
+  range by a quarter of its width (then an eighth);
+- an int by +1 or -1 (x2 or /2 from 8 up, the other pair as the second step size);
+- a choice to its neighbours (ordered numbers) or to each other choice; a bool flips.
+
+Each candidate is scored from the moves already made (see ``_history.Move``): a step in the
+direction of the last keep goes on in that direction; a side that was worse or crashed is
+not tried again, and its other side is tried next; a step already tried and found within the
+noise of the best (a tie) is not chased further on its own, but two favourable ties are
+tried together. Differences below the noise are ties, never directions. Candidates with the
+same score are ordered by the seeded ``rng``, so each seed walks its own way.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from autoresearch.agents._constants import Value
+from autoresearch.agents.tuner._history import Move, config_hash, same
+from autoresearch.agents.tuner._space import Dimension
+
+MAX_PAIR_SINGLES = 6  # the best single steps combined into two-constant moves
+BIG_INT = 8  # from here on an int steps by x2 first, +-1 second
+
+# score of a step whose side (same constant, same direction, from the same value) was ...
+SAME_SIDE = {"worse": -3.0, "failed": -4.0, "tie": -1.0, "pending": -0.5}
+OTHER_SIDE = {"worse": 0.5, "failed": 0.5}
+FINER = {"worse": -0.5, "failed": -2.0, "tie": -0.5}  # ... by a bigger step than this one
+CONTINUE = 3.0  # ... the direction of the keep that made the incumbent
+CAME_FROM = -2.0  # back to the value the keep that made the incumbent came from
+# Rates and scales (log ranges) move a metric most, then linear floats, ints, choices: on
+# equal evidence, the tuner tries them in this order.
+PRIOR = {"log": 0.3, "float": 0.2, "int": 0.1, "choice": 0.0}
+FAILED_VALUE = -3.0  # the same value crashed before (from anywhere)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One constant's candidate new value, one step from the incumbent's."""
+
+    key: str
+    value: Value
+    direction: int  # +1 up, -1 down, 0 for an unordered choice
+    rank: int  # 0 the first step size, 1 the second
+    label: str  # "x2", "+1", "-> SSSL": for the rationale
+
+
+@dataclass(frozen=True)
+class LocalMove:
+    """A proposed local move: the new configuration and why."""
+
+    config: dict[str, Value]
+    steps: tuple[Step, ...]
+    score: float
+
+    def why(self) -> str:
+        return " and ".join(f"{s.key} {s.label}" for s in self.steps)
+
+
+def local_move(
+    dims: Sequence[Dimension],
+    best: Mapping[str, Value],
+    history: Sequence[Move],
+    evaluated: set[str],
+    rng: random.Random,
+) -> LocalMove | None:
+    """The best-scored move of one or two constants not evaluated yet, or None."""
+    keys = [d.key for d in dims]
+    singles = [(s, _score(s, dims, best, history)) for d in dims for s in steps(d, best[d.key])]
+    candidates = [LocalMove({**best, s.key: s.value}, (s,), score) for s, score in singles]
+    candidates += _pairs(singles, best, history)
+    fresh = [c for c in candidates if config_hash(c.config, keys) not in evaluated]
+    if not fresh:
+        return None
+    jitter = [rng.random() * 0.01 for _ in fresh]
+    return max(zip(fresh, jitter, strict=True), key=lambda cj: cj[0].score + cj[1])[0]
+
+
+# --- steps -----------------------------------------------------------------------------------
+
+
+def steps(dim: Dimension, x: Value) -> list[Step]:
+    """The candidate values of one constant around ``x``, inside its range."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    dist = dim.distribution
+    if isinstance(dist, CategoricalDistribution):
+        return _choice_steps(dim, x, [c for c in dist.choices if isinstance(c, int | float | str)])
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return []
+    raw = _float_steps(x, dist) if isinstance(dist, FloatDistribution) else _int_steps(int(x))
+    out, seen = [], {float(x)}
+    for value, rank, label in raw:
+        clipped = dim.from_param(value)
+        assert isinstance(clipped, int | float)
+        if float(clipped) not in seen:
+            seen.add(float(clipped))
+            out.append(Step(dim.key, clipped, _sign(float(clipped) - float(x)), rank, label))
+    return out
+
+
+def _float_steps(x: float, dist: object) -> list[tuple[float, int, str]]:
+    low, high, log = dist.low, dist.high, dist.log  # type: ignore[attr-defined]
+    if log and x > 0:
+        r2 = math.sqrt(2)
+        return [(x * 2, 0, "x2"), (x / 2, 0, "/2"), (x * r2, 1, "x1.41"), (x / r2, 1, "/1.41")]
+    out = []
+    for rank, width in ((0, (high - low) / 4), (1, (high - low) / 8)):
+        out += [(x + width, rank, f"+{width:.3g}"), (x - width, rank, f"-{width:.3g}")]
+    return out
+
+
+def _int_steps(x: int) -> list[tuple[float, int, str]]:
+    unit = [(x + 1, 0, "+1"), (x - 1, 0, "-1")]
+    double = [(x * 2, 0, "x2"), (x // 2 if x > 0 else x / 2, 0, "/2")]
+    if abs(x) >= BIG_INT:
+        return double + [(v, 1, label) for v, _, label in unit]
+    return unit + [(v, 1, label) for v, _, label in double]
+
+
+def _choice_steps(dim: Dimension, x: Value, choices: list[Value]) -> list[Step]:
+    others = [c for c in choices if not same(c, x)]
+    if not _ordered(choices) or isinstance(x, bool):
+        return [Step(dim.key, c, 0, 0, f"-> {c}") for c in others]
+    ordered = sorted(choices, key=float)
+    i = next((j for j, c in enumerate(ordered) if same(c, x)), -1)
+    near = {ordered[j] for j in (i - 1, i + 1) if 0 <= j < len(ordered)} if i >= 0 else set()
+    return [_choice_step(dim.key, x, c, 0 if c in near else 1) for c in others]
+
+
+def _choice_step(key: str, x: Value, choice: Value, rank: int) -> Step:
+    return Step(key, choice, _sign(float(choice) - float(x)), rank, f"-> {choice}")
+
+
+def _ordered(choices: Sequence[Value]) -> bool:
+    return all(isinstance(c, int | float) and not isinstance(c, bool) for c in choices)
+
+
+def _sign(value: float) -> int:
+    return (value > 0) - (value < 0)
+
+
+# --- scores ----------------------------------------------------------------------------------
+
+
+def _score(
+    step: Step, dims: Sequence[Dimension], best: Mapping[str, Value], history: Sequence[Move]
+) -> float:
+    score = PRIOR.get(_family(dims, step.key), 0.0) - float(step.rank)
+    blocked = False  # this side was tried from here and was no better: no more continuing
+    for move in history:
+        changed = move.changed()
+        if step.key in changed:
+            score += _evidence(step, move, best, 1.0 if len(changed) == 1 else 0.5)
+            blocked = blocked or _blocks(step, move, best)
+    if blocked:
+        score -= sum(_continuation(step, m, best) for m in history if step.key in m.changed())
+    return score
+
+
+def _evidence(step: Step, move: Move, best: Mapping[str, Value], weight: float) -> float:
+    """What one past move says about ``step``: > 0 try it, < 0 do not."""
+    start, end = move.start[step.key], move.end[step.key]
+    direction, here = _direction(start, end), best[step.key]
+    score = FAILED_VALUE * weight if move.outcome == "failed" and same(end, step.value) else 0.0
+    if _brought_here(move, step.key, here):
+        if step.direction == -direction != 0 and not _closer(here, step.value, start):
+            score += CAME_FROM  # back to where the keep came from, or beyond
+        return score + _continuation(step, move, best)
+    if not same(start, here):
+        return score
+    if step.direction == 0:
+        return score + (SAME_SIDE.get(move.outcome, 0.0) * weight if same(end, step.value) else 0)
+    if direction == step.direction:
+        finer = not same(end, step.value) and _closer(here, step.value, end)
+        return score + (FINER if finer else SAME_SIDE).get(move.outcome, 0.0) * weight
+    if direction == -step.direction:
+        return score + OTHER_SIDE.get(move.outcome, 0.0) * weight
+    return score
+
+
+def _brought_here(move: Move, key: str, here: Value) -> bool:
+    """A keep that moved ``key`` to the incumbent's value."""
+    start, end = move.start[key], move.end[key]
+    return move.outcome == "better" and same(end, here) and not same(start, here)
+
+
+def _continuation(step: Step, move: Move, best: Mapping[str, Value]) -> float:
+    """The bonus for going on in the direction of a keep that brought the constant here."""
+    here = best[step.key]
+    if step.direction == 0 or not _brought_here(move, step.key, here):
+        return 0.0
+    start = move.start[step.key]
+    if _direction(start, here) != step.direction:
+        return 0.0
+    return CONTINUE + (0.5 if _similar_step(start, here, step.value) else 0.0)
+
+
+def _similar_step(start: Value, here: Value, value: Value) -> bool:
+    """``here -> value`` is about as big a step as ``start -> here`` (ratio or difference)."""
+    a, b, c = float(start), float(here), float(value)
+    if min(a, b, c) > 0 and not isinstance(here, int):
+        return abs(math.log(c / b) - math.log(b / a)) < 0.1
+    return abs((c - b) - (b - a)) <= 0.1 * abs(b - a)
+
+
+def _blocks(step: Step, move: Move, best: Mapping[str, Value]) -> bool:
+    start, end = move.start[step.key], move.end[step.key]
+    from_here = same(start, best[step.key]) and move.outcome in ("worse", "failed", "tie")
+    return from_here and step.direction != 0 and _direction(start, end) == step.direction
+
+
+def _closer(here: Value, value: Value, other: Value) -> bool:
+    """``value`` lies between ``here`` and ``other``: a finer step than the one tried."""
+    return abs(float(value) - float(here)) < abs(float(other) - float(here))
+
+
+def _family(dims: Sequence[Dimension], key: str) -> str:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    dist = next(d.distribution for d in dims if d.key == key)
+    if isinstance(dist, FloatDistribution):
+        return "log" if dist.log else "float"
+    return "choice" if isinstance(dist, CategoricalDistribution) else "int"
+
+
+def _direction(a: Value, b: Value) -> int:
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b))
+    return _sign(float(b) - float(a)) if numbers else 0
+
+
+def _pairs(
+    singles: Sequence[tuple[Step, float]], best: Mapping[str, Value], history: Sequence[Move]
+) -> list[LocalMove]:
+    """Two-constant moves: two continuations of a keep, or two favourable ties, together."""
+    ties = _tried_ties(best, history)
+    usable = [(s, v) for s, v in singles if s.rank == 0 and (v >= CONTINUE or _id(s) in ties)]
+    usable = sorted(usable, key=lambda sv: -sv[1])[:MAX_PAIR_SINGLES]
+    out = []
+    for (a, sa), (b, sb) in itertools.combinations(usable, 2):
+        if a.key == b.key:
+            continue
+        if sa >= CONTINUE and sb >= CONTINUE:
+            score = (sa + sb) / 2 + 1.0
+        elif _id(a) in ties and _id(b) in ties:
+            score = -0.25 + 0.5 * (ties[_id(a)] > 0) + 0.5 * (ties[_id(b)] > 0)
+        else:
+            continue
+        out.append(LocalMove({**best, a.key: a.value, b.key: b.value}, (a, b), score))
+    return out
+
+
+def _tried_ties(best: Mapping[str, Value], history: Sequence[Move]) -> dict[tuple[str, str], float]:
+    """Single steps from the incumbent already measured as ties, with their gain."""
+    out = {}
+    for move in history:
+        changed = move.changed()
+        if move.outcome == "tie" and len(changed) == 1 and _starts_here(move, best):
+            key = changed[0]
+            out[(key, repr(move.end[key]))] = move.gain
+    return out
+
+
+def _id(step: Step) -> tuple[str, str]:
+    return step.key, repr(step.value)
+
+
+def _starts_here(move: Move, best: Mapping[str, Value]) -> bool:
+    return all(same(move.start[k], v) for k, v in best.items() if k in move.start)
+
+
+__all__ = ["LocalMove", "Step", "local_move", "steps"]
