@@ -79,3 +79,58 @@ def test_gpt_tuner_options_keep_to_constants_that_exist(tmp_path: Path) -> None:
         "params": {"WEIGHT_DECAY": "float:0.0:0.4"},
         "seed": 3,
     }
+
+
+def test_the_demo_re_measures_the_best_and_the_baseline_side_by_side(tmp_path: Path) -> None:
+    dest = tmp_path / "demo"
+    out = io.StringIO()
+    args = ["--dir", str(dest), "--task", "toy", "--experiments", "6", "--remeasure", "2"]
+    assert demo.main(args, out=out) == 0
+    text = out.getvalue()
+    reruns = [line for line in text.splitlines() if ".. re-run" in line]
+    assert [line.split(": ")[1].split()[0] for line in reruns] == ["baseline", "best", "best", "baseline"]
+    assert "Re-measured on fresh seeds (loss, minimize):" in text and "best / baseline = " in text
+    ratio = float(text.split("best / baseline = ")[1].split(";")[0])
+    fresh = [float(line.rsplit(" ", 1)[1]) for line in reruns]
+    base, best = (fresh[0] + fresh[3]) / 2, (fresh[1] + fresh[2]) / 2
+    assert ratio == pytest.approx(best / base, rel=1e-3)
+    assert not (dest / ".autoresearch" / "worktrees" / "demo").exists()  # cleaned up after
+
+
+def test_the_demo_fails_with_a_reason_when_its_session_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(demo, "TOY_EVALUATE", "import sys\nprint('the harness is broken')\nsys.exit(3)\n")
+    code = demo.main(["--dir", str(tmp_path / "demo"), "--task", "toy", "--experiments", "2"],
+                     out=io.StringIO())  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "demo: failed: the baseline failed (crash" in err
+
+
+def test_remeasure_without_a_measured_baseline_says_so(tmp_path: Path) -> None:
+    from autoresearch.errors import AutoresearchError
+    from autoresearch.remeasure import remeasure
+
+    dest = tmp_path / "demo"
+    assert demo.main(["--dir", str(dest), "--task", "toy", "--experiments", "1", "--remeasure", "0"],
+                     out=io.StringIO()) == 0  # fmt: skip
+    with pytest.raises(AutoresearchError, match="no session 'other'"):
+        remeasure(load_config(dest), "other")
+    with pytest.raises(AutoresearchError, match="at least once"):
+        remeasure(load_config(dest), "demo", runs=0)
+
+
+def test_the_remeasure_command_reads_the_most_recent_session(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autoresearch.cli import main
+
+    dest = tmp_path / "demo"
+    assert demo.main(["--dir", str(dest), "--task", "toy", "--experiments", "3", "--remeasure", "0"],
+                     out=io.StringIO()) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["--dir", str(dest), "remeasure", "--runs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "re-measuring session 'demo'" in out and "run 2 of 2: best" in out
+    assert "best / baseline = " in out

@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", type=int)
     p.add_argument("--tag", help="session (default: the most recent)")
     sub.add_parser("prepare", help="run the task's setup step now")
+    p = sub.add_parser("remeasure",
+                       help="re-run the baseline and the best side by side on fresh seeds")  # fmt: skip
+    p.add_argument("--tag", help="session (default: the most recent)")
+    p.add_argument("--runs", type=int, default=3, help="fresh runs of each (default: 3)")
     _report_parsers(sub)
     return parser
 
@@ -393,6 +397,24 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_remeasure(args: argparse.Namespace) -> int:
+    """How much of the session's gain holds on seeds none of its runs used."""
+    from autoresearch.remeasure import remeasure
+
+    config, store = _store(args)
+    tag = store.session(args.tag).tag
+    print(f"re-measuring session {tag!r}: baseline and best, {args.runs} fresh runs each",
+          flush=True)  # fmt: skip
+
+    def on_run(name: str, index: int, value: float | None) -> None:
+        shown = "failed" if value is None else f"{value:.6g}"
+        print(f"  run {index + 1} of {2 * args.runs}: {name} {shown}", flush=True)
+
+    result = remeasure(config, tag, runs=args.runs, on_run=on_run)
+    print(result.text())
+    return 0 if result.ratio is not None else 1
+
+
 def _follow(log: Path, runner: StepRunner) -> None:
     """Print ``log`` as it grows until ``runner`` is done (the setup step's live output)."""
     while not log.exists() and not runner.killed:
@@ -416,6 +438,7 @@ def _default_tag() -> str:
 _COMMANDS = {
     "init": cmd_init, "run": cmd_run, "status": cmd_status, "log": cmd_log, "show": cmd_show,
     "export": cmd_export, "prepare": cmd_prepare, "report": cmd_report, "serve": cmd_serve,
+    "remeasure": cmd_remeasure,
 }  # fmt: skip
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@
 task repository in a folder (replacing an earlier demo there), runs a session through the engine (baseline, then
 experiments proposed by the tuner, each committed, run, judged, kept or discarded),
 prints one line per experiment as it finishes and the best result, writes
-``results.tsv``, and leaves the ledger and the ``autoresearch/demo`` branch to look at.
+``results.tsv``, re-runs the baseline and the best side by side on fresh seeds to show
+how much of the gain holds (``--remeasure N``), and leaves the ledger and the
+``autoresearch/demo`` branch to look at. It exits non-zero, saying why, when the session
+fails (the baseline fails, the failure stop rule fires, a signal stops it).
 
 Tasks: ``toy`` is a small numeric program whose loss comes from its constants, with
 seeded noise (``AUTORESEARCH_SEED``) and a crash region; it takes seconds. ``gpt`` is
@@ -29,6 +32,7 @@ from autoresearch.agents.tuner import TunerAgent
 from autoresearch.config import TaskConfig, load_config
 from autoresearch.engine import Engine, ExperimentEvent, SessionOptions, SessionSummary
 from autoresearch.errors import AutoresearchError, ConfigError
+from autoresearch.remeasure import Remeasured, remeasure
 from autoresearch.report.export import write_tsv
 
 TAG = "demo"
@@ -231,8 +235,11 @@ def _editable_files(config: TaskConfig) -> list[Path]:
 
 def run_session(
     dest: Path, task: str, experiments: int, seed: int, sampler: str | None, out: TextIO
-) -> SessionSummary:
-    """Run the demo session in ``dest``; print the live table to ``out``."""
+) -> tuple[SessionSummary, str]:
+    """Run the demo session in ``dest``; print the live table to ``out``.
+
+    Returns the summary and, when the baseline failed, why.
+    """
     from autoresearch.report import text as views
 
     config = load_config(dest)
@@ -253,7 +260,32 @@ def run_session(
     write_tsv(rows, config.metric.name, dest / "results.tsv")
     print("", file=out)
     print(views.summary_text(summary, config.metric.name), file=out)
-    return summary
+    return summary, engine.baseline_failure() if summary.baseline_metric is None else ""
+
+
+def failure(summary: SessionSummary, baseline_failure: str) -> str:
+    """Why the demo's session failed ("" when it did not)."""
+    if summary.signal:
+        return f"the session was stopped by signal {summary.signal}"
+    if baseline_failure:
+        return baseline_failure
+    if "in a row" in summary.stop_reason:  # the failure stop rule: the task is broken
+        return f"the session stopped early: {summary.stop_reason}"
+    return ""
+
+
+def check_gain(config: TaskConfig, runs: int, seed: int, out: TextIO) -> Remeasured:
+    """The best commit and the baseline re-run side by side on fresh seeds; printed."""
+    print(f"\ndemo: re-measuring the baseline and the best, {runs} fresh runs each, interleaved",
+          file=out, flush=True)  # fmt: skip
+
+    def on_run(name: str, index: int, value: float | None) -> None:
+        shown = "failed" if value is None else f"{value:.6g}"
+        print(f"  .. re-run {index + 1} of {2 * runs}: {name} {shown}", file=out, flush=True)
+
+    result = remeasure(config, TAG, runs=runs, seed=seed + 1, on_run=on_run)
+    print(result.text(), file=out)
+    return result
 
 
 def _cli() -> str:
@@ -319,6 +351,14 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         help="the tuner's Optuna sampler (default: tpe)",
     )
     parser.add_argument("--seed", type=int, default=0, help="session seed (default: 0)")
+    parser.add_argument(
+        "--remeasure",
+        type=int,
+        default=3,
+        metavar="N",
+        help="at the end, re-run the baseline and the best N times each on fresh seeds "
+        "(default: 3; 0 skips)",
+    )
     args = parser.parse_args(argv)  # fmt: skip
     try:
         return _demo(args, out)
@@ -338,8 +378,17 @@ def _demo(args: argparse.Namespace, out: TextIO) -> int:
     )
     print(f"demo: {what} in {dest}; the offline tuner proposes {experiments} experiments", file=out)
     (create_gpt if task == "gpt" else create_toy)(dest)
-    summary = run_session(dest, task, experiments, args.seed, args.sampler, out)
+    summary, baseline_failure = run_session(dest, task, experiments, args.seed, args.sampler, out)
     print(f"results.tsv: {dest / 'results.tsv'}", file=out)
+    why = failure(summary, baseline_failure)
+    if why:
+        print(f"demo: failed: {why}", file=sys.stderr)
+        return 128 + summary.signal if summary.signal else 1
+    if args.remeasure:
+        result = check_gain(load_config(dest), args.remeasure, args.seed, out)
+        if result.ratio is None:
+            print("demo: failed: the re-measure runs produced no metric", file=sys.stderr)
+            return 1
     print(next_steps(dest, summary), file=out)
     return 0
 
