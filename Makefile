@@ -5,7 +5,7 @@ BIN      = $(VENV)/bin
 TORCH   ?= torch==2.13.0
 STAMP    = $(VENV)/.installed
 
-.PHONY: venv test test-fast lint bench demo clean
+.PHONY: venv test test-fast lint bench demo demo-speed clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,9 @@ bench: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m autoresearch.demo
+
+demo-speed: $(STAMP)
+	$(BIN)/python -m autoresearch.demo --task speed --dir autoresearch-demo-speed
 
 clean:
 	rm -rf $(VENV) build *.egg-info

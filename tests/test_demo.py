@@ -134,3 +134,15 @@ def test_the_remeasure_command_reads_the_most_recent_session(
     out = capsys.readouterr().out
     assert "re-measuring session 'demo'" in out and "run 2 of 2: best" in out
     assert "best / baseline = " in out
+
+
+def test_the_speed_demo_runs_the_speed_template_session(tmp_path: Path) -> None:
+    dest = tmp_path / "speed"
+    out = io.StringIO()
+    args = ["--dir", str(dest), "--task", "speed", "--experiments", "1", "--remeasure", "1"]
+    assert demo.main(args, out=out) == 0, out.getvalue()
+    text = out.getvalue()
+    assert "the speed template" in text and "Re-measured on fresh seeds (seconds, minimize):" in text
+    config = load_config(dest)
+    assert config.evaluate.startswith("autoresearch measure") and config.check
+    assert git(dest, "status", "--porcelain") == ""

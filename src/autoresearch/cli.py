@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autoresearch import __version__, templates
+from autoresearch import __version__, measure, templates
 from autoresearch.agents import AGENT_NAMES, get_agent
 from autoresearch.config import STATE_DIR, TaskConfig, load_config
 from autoresearch.engine import (
@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--git", action="store_true", help="run `git init` when the folder is not in a repo"
     )
+    p.add_argument("--bench", metavar="CMD", help="a speed task: the benchmark command to measure")
+    p.add_argument("--test", metavar="CMD", help="a speed task: the tests every change must pass")
+    p.add_argument("--metric", default="seconds", choices=("seconds", "cpu_seconds", "peak_rss_mb", "alloc_peak_mb"),
+                   help="a speed task: what measure's summary decides (default: seconds)")  # fmt: skip
 
     p = sub.add_parser("run", help="run a session: baseline, then experiments until a stop rule")
     p.add_argument(
@@ -114,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", type=int)
     p.add_argument("--tag", help="session (default: the most recent)")
     sub.add_parser("prepare", help="run the task's setup step now")
+    p = sub.add_parser("measure", help="time a command: medians of wall and CPU seconds, peak RSS")
+    measure.add_arguments(p)
     p = sub.add_parser("remeasure",
                        help="re-run the baseline and the best side by side on fresh seeds")  # fmt: skip
     p.add_argument("--tag", help="session (default: the most recent)")
@@ -207,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     dest = (args.dest or args.dir).resolve()
-    result = init_task(dest, template=args.template, size=args.size, force=args.force, git=args.git)
+    result = init_task(dest, template=args.template, size=args.size, force=args.force, git=args.git,
+                       bench=args.bench, test=args.test, metric=args.metric)  # fmt: skip
     if result.kind == "template":
         print(
             f"created {dest} from template {args.template!r} ({len(result.written)} files, committed)"
@@ -219,7 +226,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     for path in result.written:
         print(f"wrote {path}")
     guessed = ", ".join(result.editable) or "(nothing found)"
-    print(f"editable: {guessed}" + (" (guessed from the folder)" if result.kind == "plain" else ""))
+    print(f"editable: {guessed}" + (" (guessed from the folder)" if result.kind in ("plain", "speed") else ""))
     for warning in result.warnings:
         print(f"warning: {warning}")
     print("next:")
@@ -438,7 +445,7 @@ def _default_tag() -> str:
 _COMMANDS = {
     "init": cmd_init, "run": cmd_run, "status": cmd_status, "log": cmd_log, "show": cmd_show,
     "export": cmd_export, "prepare": cmd_prepare, "report": cmd_report, "serve": cmd_serve,
-    "remeasure": cmd_remeasure,
+    "remeasure": cmd_remeasure, "measure": measure.main,
 }  # fmt: skip
 
 if __name__ == "__main__":

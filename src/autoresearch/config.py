@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoresearch.constraints import Constraint
+from autoresearch.constraints import parse as parse_constraint
 from autoresearch.errors import ConfigError
 
 CONFIG_NAME = "autoresearch.toml"
@@ -36,6 +38,7 @@ class MetricConfig:
     format: str = "summary"
     pattern: str = ""  # regex with one group, for format = "regex"
     path: str = "result.json"  # file under AUTORESEARCH_OUT, for format = "json"
+    constraints: tuple[Constraint, ...] = ()  # bounds on secondary metrics (autoresearch.constraints)
 
     def better(self, a: float, b: float, min_delta: float = 0.0) -> bool:
         """True when ``a`` beats ``b`` by strictly more than ``min_delta``."""
@@ -215,11 +218,11 @@ def _task(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
         out[key] = sec.string(key, "")
     if not out["editable"]:
         sec.fail("editable", sec.table.get("editable"), "at least one glob the agent may edit")
-    if not out["run"].strip():
-        sec.fail("run", sec.table.get("run"), "the command that runs one experiment")
+    if not out["run"].strip() and not out["evaluate"].strip():  # a speed task: evaluate is the run
+        sec.fail("run", sec.table.get("run"), "the command that runs one experiment (or an evaluate)")
     out["time_budget"] = sec.number("time_budget", 300.0, positive=True)
     out["timeout"] = sec.number("timeout", max(600.0, 2 * out["time_budget"]), positive=True)
-    if out["timeout"] < out["time_budget"]:
+    if out["timeout"] < out["time_budget"] and out["run"].strip():  # no run step: no budget to fit
         sec.fail("timeout", out["timeout"], f"at least time_budget ({out['time_budget']:g})")
     if "budget_allowance" in sec.table:
         out["budget_allowance"] = sec.number("budget_allowance", 0.0)
@@ -247,7 +250,7 @@ def _sandbox(sec: _Section) -> dict[str, Any]:
 
 def _metric(path: Path, raw: dict[str, Any]) -> MetricConfig:
     sec = _Section(path, "metric", raw.get("metric", {}))
-    sec.check_keys(("name", "direction", "format", "pattern", "path"))
+    sec.check_keys(("name", "direction", "format", "pattern", "path", "constraints"))
     name = sec.string("name", "")
     if not name.strip():
         sec.fail("name", sec.table.get("name"), "the metric's name, e.g. 'val_bpb'")
@@ -264,7 +267,16 @@ def _metric(path: Path, raw: dict[str, Any]) -> MetricConfig:
     if fmt == "json" and bad_path:
         sec.fail("path", result_path, "a file name relative to AUTORESEARCH_OUT")
     direction = sec.choice("direction", "minimize", DIRECTIONS)
-    return MetricConfig(name, direction, fmt, pattern, result_path)
+    raw_constraints = sec.table.get("constraints", [])
+    if not isinstance(raw_constraints, list) or not all(isinstance(c, str) for c in raw_constraints):
+        sec.fail("constraints", raw_constraints, "a list of strings like 'peak_rss_mb <= 1.05 * best'")
+    bounds = []
+    for text in raw_constraints:
+        try:
+            bounds.append(parse_constraint(text))
+        except ValueError as exc:
+            sec.fail("constraints", text, str(exc))
+    return MetricConfig(name, direction, fmt, pattern, result_path, tuple(bounds))
 
 
 def _check_pattern(sec: _Section, pattern: str) -> None:

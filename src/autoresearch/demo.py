@@ -11,8 +11,10 @@ fails (the baseline fails, the failure stop rule fires, a signal stops it).
 
 Tasks: ``toy`` is a small numeric program whose loss comes from its constants, with
 seeded noise (``AUTORESEARCH_SEED``) and a crash region; it takes seconds. ``gpt`` is
-the GPT pretraining template at its ``cpu`` size (about ten minutes). ``auto`` picks
-``gpt`` where that template and torch are installed, else ``toy``.
+the GPT pretraining template at its ``cpu`` size (about ten minutes). ``speed`` is the
+speed template: a small text library whose benchmark's median seconds the tuner lowers
+while its tests keep passing (``make demo-speed``). ``auto`` picks ``gpt`` where that
+template and torch are installed, else ``toy``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from autoresearch.report.export import write_tsv
 
 TAG = "demo"
 MARKER = "DEMO.md"  # written into every demo folder; only folders holding it are replaced
-EXPERIMENTS = {"toy": 20, "gpt": 6}
+EXPERIMENTS = {"toy": 20, "gpt": 6, "speed": 12}
+REMEASURE = {"toy": 3, "gpt": 3, "speed": 7}  # fresh runs of baseline and best at the end
 
 # --- the toy task -----------------------------------------------------------------------------
 
@@ -182,7 +185,15 @@ def create_toy(dest: Path) -> None:
 
 
 def create_gpt(dest: Path) -> None:
-    templates.init_template("gpt", dest, size="cpu", force=True)
+    create_template(dest, "gpt", size="cpu")
+
+
+def create_speed(dest: Path) -> None:
+    create_template(dest, "speed")
+
+
+def create_template(dest: Path, name: str, size: str | None = None) -> None:
+    templates.init_template(name, dest, size=size, force=True)
     (dest / MARKER).write_text(DEMO_README, encoding="utf-8")
     ignore = dest / ".gitignore"
     old = ignore.read_text(encoding="utf-8") if ignore.exists() else ""
@@ -336,7 +347,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     )
     parser.add_argument(
         "--task",
-        choices=("auto", "toy", "gpt"),
+        choices=("auto", "toy", "gpt", "speed"),
         default="auto",
         help="which built-in task (default: auto)",
     )
@@ -354,10 +365,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     parser.add_argument(
         "--remeasure",
         type=int,
-        default=3,
         metavar="N",
         help="at the end, re-run the baseline and the best N times each on fresh seeds "
-        "(default: 3; 0 skips)",
+        "(default: 3, speed 7; 0 skips)",
     )
     args = parser.parse_args(argv)  # fmt: skip
     try:
@@ -373,19 +383,19 @@ def _demo(args: argparse.Namespace, out: TextIO) -> int:
     experiments = args.experiments if args.experiments is not None else EXPERIMENTS[task]
     if prepare_folder(dest):
         print(f"demo: replaced the earlier demo in {dest}", file=out)
-    what = (
-        "the GPT template (cpu size; about ten minutes)" if task == "gpt" else "a toy numeric task"
-    )
+    what = {"gpt": "the GPT template (cpu size; about ten minutes)", "toy": "a toy numeric task",
+            "speed": "the speed template (a text library to make faster; a few minutes)"}[task]  # fmt: skip
     print(f"demo: {what} in {dest}; the offline tuner proposes {experiments} experiments", file=out)
-    (create_gpt if task == "gpt" else create_toy)(dest)
+    {"gpt": create_gpt, "toy": create_toy, "speed": create_speed}[task](dest)
     summary, baseline_failure = run_session(dest, task, experiments, args.seed, args.sampler, out)
     print(f"results.tsv: {dest / 'results.tsv'}", file=out)
     why = failure(summary, baseline_failure)
     if why:
         print(f"demo: failed: {why}", file=sys.stderr)
         return 128 + summary.signal if summary.signal else 1
-    if args.remeasure:
-        result = check_gain(load_config(dest), args.remeasure, args.seed, out)
+    runs = REMEASURE[task] if args.remeasure is None else args.remeasure
+    if runs:
+        result = check_gain(load_config(dest), runs, args.seed, out)
         if result.ratio is None:
             print("demo: failed: the re-measure runs produced no metric", file=sys.stderr)
             return 1

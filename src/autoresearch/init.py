@@ -7,6 +7,8 @@ Three cases, chosen from the folder:
   ``val_bpb``, ``program.md``): a task that runs it unmodified, with a brief of its own
   (``brief.md``) that keeps upstream's research guidance and drops the loop mechanics that
   our loop does itself, and warnings about what upstream's layout cannot guarantee;
+- ``--bench CMD --test CMD``: a speed or memory task on the repository
+  (``autoresearch.speedtask``): the tests gate, ``autoresearch measure`` is the metric;
 - any other folder in a git repository: a skeleton ``autoresearch.toml`` and brief, with
   ``editable`` guessed from the folder.
 
@@ -42,7 +44,7 @@ class InitResult:
     """What ``init`` did, for the command line to print."""
 
     root: Path
-    kind: str  # "template" | "upstream" | "plain"
+    kind: str  # "template" | "upstream" | "plain" | "speed"
     written: tuple[Path, ...]
     editable: tuple[str, ...]
     warnings: tuple[str, ...] = ()
@@ -56,14 +58,23 @@ def init(
     size: str | None = None,
     force: bool = False,
     git: bool = False,
+    bench: str | None = None,
+    test: str | None = None,
+    metric: str = "seconds",
 ) -> InitResult:
     """Make ``dest`` a task (see the module's docstring)."""
     dest = dest.resolve()
     if template is not None:
+        if bench is not None or test is not None:
+            raise ConfigError("--bench/--test make a task of your repository; --template makes a new one")
         return _from_template(template, dest, size=size, force=force)
     if not dest.is_dir():
         raise ConfigError(f"{dest}: no such folder")
     _ensure_repository(dest, git=git)
+    if bench is not None or test is not None:
+        if bench is None or test is None:
+            raise ConfigError("--bench and --test go together: the benchmark, and the tests it must keep passing")
+        return _speed(dest, bench=bench, test=test, metric=metric, force=force)
     if is_upstream(dest):
         return _adopt_upstream(dest, force=force)
     return _plain(dest, force=force)
@@ -245,6 +256,28 @@ def _plain(dest: Path, *, force: bool) -> InitResult:
             f"edit {CONFIG_NAME} (editable files, run command, metric) and program.md",
             f"git add {CONFIG_NAME} program.md && git commit -m 'autoresearch task'",
             "autoresearch run",
+        ),
+    )
+
+
+def _speed(dest: Path, *, bench: str, test: str, metric: str, force: bool) -> InitResult:
+    """A speed or memory task on the repository (``autoresearch.speedtask``)."""
+    from autoresearch.config import load_config
+    from autoresearch.speedtask import init_bench
+
+    files = init_bench(dest, bench=bench, test=test, metric=metric)
+    written = write_all(files, force=force)
+    editable = load_config(dest).editable
+    return InitResult(
+        root=dest,
+        kind="speed",
+        written=written,
+        editable=editable,
+        next_steps=(
+            f"check `editable` and `protected` in {CONFIG_NAME} (the benchmark and tests must be protected)",
+            f"git add {CONFIG_NAME} program.md && git commit -m 'autoresearch speed task'",
+            "autoresearch run --tag speed1 --max-hours 8   # the tuner needs UPPER_CASE constants; "
+            "an LLM agent (--agent claude-code) edits any code",
         ),
     )
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoresearch.agents._base import Context
+from autoresearch.constraints import first_violation
 from autoresearch.errors import EditRejected, ExecutorError, ProposalError
 from autoresearch.executors._base import Job, RunResult
 from autoresearch.judge import Decision
@@ -275,10 +276,24 @@ def _decide(engine: Engine, flight: Flight) -> Decision:
     assert standing is not None, "candidates start only once the baseline is recorded"
     select = [r.metric for r in flight.runs if r.metric is not None]
     decision = judge.decide(flight.runs, standing, history.noise([select]))
+    if decision.verdict in (None, Verdict.KEEP, Verdict.DISCARD):  # measured: bounds apply at once
+        broken = _broken_constraint(engine, flight)
+        if broken:
+            return Decision(Verdict.DISCARD, decision.metric, broken)
     if decision.verdict is Verdict.KEEP and decision.rescore > 0:
         flight.keep, flight.rescore_left = decision, decision.rescore
         return Decision(None, decision.metric, "kept; re-scoring on fresh seeds", decision.rescore)
     return decision
+
+
+def _broken_constraint(engine: Engine, flight: Flight) -> str:
+    """``[metric] constraints``: why a candidate the judge would keep must be discarded."""
+    bounds = engine.config.metric.constraints
+    if not bounds:
+        return ""
+    best, base = engine.history.best, engine.history.baseline
+    return first_violation(bounds, mean_metrics(flight.runs), best.metrics if best else {},
+                           base.metrics if base else {})  # fmt: skip
 
 
 def _rescored(flight: Flight) -> Decision:

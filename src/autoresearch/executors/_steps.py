@@ -9,6 +9,7 @@ Executors differ only in where this runs (a thread here, a Ray worker there).
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -107,8 +108,24 @@ def _failure(job: Job, step: StepResult, runner: StepRunner) -> tuple[RunStatus,
     if step.returncode is not None and step.returncode < 0:
         return RunStatus.CRASH, f"{step.name} step killed by signal {-step.returncode}"
     if step.returncode != 0:
-        return RunStatus.CRASH, f"{step.name} step exited with code {step.returncode}"
+        failing = failing_tests(step.output) if step.name == "check" else []
+        named = f"; failing: {', '.join(failing[:5])}" + (" ..." if len(failing) > 5 else "") if failing else ""
+        return RunStatus.CRASH, f"{step.name} step exited with code {step.returncode}{named}"
     return None
+
+
+# unittest: "FAIL: test_wrap (tests.test_text.WrapTests.test_wrap)"; pytest: "FAILED tests/t.py::test_x - ..."
+_FAILING = re.compile(r"^(?:(?:FAIL|ERROR): (\S+)(?: \(([\w.]+)\))?|(?:FAILED|ERROR) (\S+::\S+))", re.M)
+
+
+def failing_tests(output: str) -> list[str]:
+    """Names of the failing tests a unittest or pytest run printed, in order, once each."""
+    names: list[str] = []
+    for match in _FAILING.finditer(output):
+        name = (match.group(2) or match.group(1) or match.group(3)).removeprefix("unittest.loader._FailedTest.")
+        if name and name not in names:
+            names.append(name)
+    return names
 
 
 def _links(job: Job) -> dict[str, str]:

@@ -1,0 +1,163 @@
+"""``autoresearch init --bench CMD --test CMD``: a speed or memory task on any repository.
+
+The task it writes: the tests are the ``check`` (a failing test is a crash whose reason
+names it), ``autoresearch measure`` on the committed benchmark is the trusted ``evaluate``
+(there is no separate run step), the repository's source files are ``editable``, the
+benchmark and the tests are ``protected``, a constraint keeps memory from growing for
+speed, and the sequential judge accounts for timing noise.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+from autoresearch.config import CONFIG_NAME
+from autoresearch.errors import ConfigError
+
+METRICS = ("seconds", "cpu_seconds", "peak_rss_mb", "alloc_peak_mb")
+_TEST_FILE = re.compile(r"(^|/)(tests?|testing)/|(^|/)test_[^/]*\.py$|_test\.py$|(^|/)conftest\.py$")
+_NOT_SOURCE = re.compile(r"(^|/)(setup|noxfile|tasks|fabfile|manage)\.py$|(^|/)(docs?|examples?|bench(marks?)?|scripts?)/")
+_SHELL = set("|&;<>()$`*?")
+
+SPEED_TOML = """\
+# autoresearch speed task: make the code {goal} without changing what it does.
+# Written by `autoresearch init --bench ... --test ...`; edit it as you like.
+
+[task]
+instructions = "program.md"
+# the source the agent may change (guessed from the repository's tracked files: check them)
+editable     = {editable}
+# the benchmark and the tests stay byte-identical: the agent cannot change the ruler
+protected    = {protected}
+context      = {context}
+check        = {check}   # a failing test is a crash; its name is in the reason
+# the trusted measurement, on a clean checkout of the commit: {repeat} timed runs after one warm-up
+evaluate     = {evaluate}
+timeout      = 900                   # hard kill of a step's whole process group
+
+[metric]
+name        = "{metric}"              # from measure: seconds, cpu_seconds, peak_rss_mb{alloc_note}
+direction   = "minimize"
+format      = "summary"
+constraints = {constraints}
+
+[judge]
+rule          = "sequential"         # timing is noisy: screen, confirm on more runs, re-score keeps
+baseline_runs = 5
+max_runs      = 5
+"""
+
+SPEED_BRIEF = """\
+# Research brief: make it {goal}
+
+The metric is `{metric}` of the benchmark `{bench}`, measured by `autoresearch measure`
+({what}); lower is better. Every experiment must keep the test suite (`{test}`) passing:
+a failing test discards the change, with the failing test's name in the reason.
+
+- Change only the editable source files. The benchmark and the tests are protected: an
+  edit to them is refused.
+- Keep behaviour identical: same outputs, same errors, same public API. A faster wrong
+  answer is not a result.
+- Good directions: a better algorithm or data structure, less work per item, avoiding
+  repeated computation (caching, hoisting), fewer allocations, faster built-ins.
+- One idea per experiment, described in a sentence, so the history says what worked.
+- Timing is noisy: a change worth less than the noise cannot be kept.{memory}
+"""
+
+
+def init_bench(dest: Path, *, bench: str, test: str, metric: str = "seconds",
+               repeat: int = 5) -> dict[Path, str]:  # fmt: skip
+    """The files of a speed task for the repository at ``dest`` (not written yet)."""
+    if metric not in METRICS:
+        raise ConfigError(f"--metric {metric}: one of {', '.join(METRICS)}")
+    if not bench.strip():
+        raise ConfigError("--bench: give the command of the benchmark, e.g. 'python bench.py'")
+    if not test.strip():
+        raise ConfigError("--test: give the test command, e.g. 'python -m pytest -q'")
+    tracked = _tracked(dest)
+    bench_files = _files_named(dest, bench)
+    test_files = _files_named(dest, test)
+    protected = sorted({*bench_files, *test_files, *_test_globs(tracked)})
+    editable = guess_source(tracked, set(bench_files))
+    if not editable:
+        raise ConfigError(f"{dest}: no tracked Python source outside the tests and the benchmark; "
+                          "commit the code first, or write autoresearch.toml by hand")  # fmt: skip
+    command = bench if not (_SHELL & set(bench)) else shlex.join(["sh", "-c", bench])
+    flags = f"--repeat {repeat} --warmup 1" + (" --allocations" if metric == "alloc_peak_mb" else "")
+    constraints = [] if metric == "peak_rss_mb" else ["peak_rss_mb <= 1.25 * best"]
+    goal = "faster" if metric in ("seconds", "cpu_seconds") else "use less memory"
+    toml = SPEED_TOML.format(
+        goal=goal, editable=_list(editable), protected=_list(protected),
+        context=_list(bench_files), check=_str(test), repeat=repeat,
+        evaluate=_str(f"autoresearch measure {flags} -- {command}"), metric=metric,
+        alloc_note=", alloc_peak_mb" if metric == "alloc_peak_mb" else "",
+        constraints=_list(constraints),
+    )  # fmt: skip
+    files = {dest / CONFIG_NAME: toml}
+    if not (dest / "program.md").exists():
+        what = {"seconds": "the median wall time of a run", "cpu_seconds": "the median CPU time",
+                "peak_rss_mb": "the peak resident memory",
+                "alloc_peak_mb": "the peak of memory Python allocated"}[metric]  # fmt: skip
+        memory = ("\n- Memory may not grow for speed: peak RSS above 1.25x the best's is discarded."
+                  if constraints else "")  # fmt: skip
+        files[dest / "program.md"] = SPEED_BRIEF.format(goal=goal, metric=metric, bench=bench,
+                                                        test=test, what=what, memory=memory)  # fmt: skip
+    return files
+
+
+def guess_source(tracked: list[str], exclude: set[str]) -> list[str]:
+    """One glob per folder holding tracked Python source (tests, benchmark and tooling left out)."""
+    globs = set()
+    for path in tracked:
+        if not path.endswith(".py") or path in exclude or _TEST_FILE.search(path) or _NOT_SOURCE.search(path):
+            continue
+        globs.add(f"{path.rsplit('/', 1)[0]}/*.py" if "/" in path else path)  # a top-level file by name
+    return sorted(globs)
+
+
+def _test_globs(tracked: list[str]) -> list[str]:
+    found = set()
+    for path in tracked:
+        if path.endswith(".py") and _TEST_FILE.search(path):
+            top = path.split("/")[0]
+            found.add(f"{top}/**" if top in ("test", "tests", "testing") else path)
+    return sorted(found)
+
+
+def _tracked(dest: Path) -> list[str]:
+    done = subprocess.run(["git", "ls-files", "-z", "--", "."], cwd=dest, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ConfigError(f"{dest}: git ls-files failed: {done.stderr.strip()}")
+    return [p for p in done.stdout.split("\0") if p]
+
+
+def _files_named(dest: Path, command: str) -> list[str]:
+    """The files and folders of the repository a command names (its script, its test folder)."""
+    try:
+        words = shlex.split(command)
+    except ValueError as exc:
+        raise ConfigError(f"{command!r}: {exc}") from exc
+    out = []
+    for word in words:
+        path = dest / word
+        if word.startswith("-") or ".." in Path(word).parts or not path.exists() or path == dest:
+            continue
+        rel = path.resolve().relative_to(dest.resolve()).as_posix()
+        out.append(f"{rel}/**" if path.is_dir() else rel)
+    return out
+
+
+def _str(value: str) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def _list(values: list[str]) -> str:
+    return "[" + ", ".join(_str(v) for v in values) + "]"
+
+
+__all__ = ["METRICS", "guess_source", "init_bench"]

@@ -1,0 +1,297 @@
+"""Speed and memory tasks on any repository: `measure`, `init --bench`, constraints, the test gate."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import make_repo
+
+from autoresearch.agents import Agent, Context, Proposal
+from autoresearch.config import load_config
+from autoresearch.constraints import parse
+from autoresearch.engine import Engine, SessionOptions
+from autoresearch.errors import AgentExhausted, ConfigError
+from autoresearch.init import init
+from autoresearch.records import Edit
+
+PY = sys.executable
+
+
+def run_measure(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PY, "-m", "autoresearch", "measure", *args], capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+def summary(text: str) -> dict[str, float]:
+    from autoresearch.metrics import parse_summary
+
+    return parse_summary(text)
+
+
+# --- measure --------------------------------------------------------------------------------------
+
+
+def test_measure_times_a_command_of_known_duration(tmp_path: Path) -> None:
+    done = run_measure("--repeat", "3", "--warmup", "1", "--", PY, "-c", "import time; time.sleep(0.3)")
+    assert done.returncode == 0, done.stderr
+    values = summary(done.stdout)
+    assert values["runs"] == 3
+    assert values["seconds"] >= 0.3  # a sleep takes at least its time, however busy the machine
+    assert values["cpu_seconds"] < values["seconds"]  # sleeping uses (almost) no CPU
+    assert values["seconds_mad"] >= 0 and values["peak_rss_mb"] > 1
+    assert done.stdout.splitlines()[0] == "---"  # the block is all of stdout
+
+
+def test_measure_reports_the_cpu_of_the_whole_process_tree_and_the_peak_memory(tmp_path: Path) -> None:
+    child = tmp_path / "child.py"
+    child.write_text("import sys\nx = bytearray(200 * 2**20)\nn = 0\nfor i in range(3_000_000):\n    n += i\n")
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, {str(child)!r}], check=True)"
+    values = summary(run_measure("--repeat", "1", "--warmup", "0", "--", PY, "-c", parent).stdout)
+    assert values["peak_rss_mb"] >= 200  # the child's 200 MB, not the parent's few
+    assert values["cpu_seconds"] > 0.05  # the child's loop is counted
+
+
+def test_measure_takes_the_median_of_what_the_command_prints(tmp_path: Path) -> None:
+    script = tmp_path / "own.py"
+    counter = tmp_path / "n"
+    script.write_text(textwrap.dedent(f"""\
+        from pathlib import Path
+        p = Path({str(counter)!r})
+        n = int(p.read_text()) if p.exists() else 0
+        p.write_text(str(n + 1))
+        print("---")
+        print(f"inner_ms: {{[50, 10, 30, 99][n]}}")
+    """))
+    done = run_measure("--repeat", "3", "--warmup", "1", "--metric", "inner_ms", "--", PY, str(script))
+    assert done.returncode == 0, done.stderr
+    assert summary(done.stdout)["inner_ms"] == 30  # runs 2-4 print 10, 30, 99 (run 1 is the warm-up)
+    assert "inner_ms: 50" in done.stderr  # the command's own output went to stderr
+    counter.unlink()
+    missing = run_measure("--repeat", "1", "--warmup", "0", "--metric", "speed", "--", PY, str(script))
+    assert missing.returncode != 0 and "--metric speed: the command did not print it" in missing.stderr
+
+
+def test_a_crashing_command_is_a_crash_not_a_number() -> None:
+    done = run_measure("--repeat", "3", "--", PY, "-c", "import sys; print('bad input'); sys.exit(4)")
+    assert done.returncode == 4
+    assert "---" not in done.stdout and "exited with 4" in done.stderr and "bad input" in done.stderr
+
+
+def test_allocations_trace_a_python_command(tmp_path: Path) -> None:
+    script = tmp_path / "alloc.py"
+    script.write_text("data = [str(i) for i in range(300_000)]\nprint(len(data))\n")
+    done = run_measure("--repeat", "1", "--warmup", "0", "--allocations", "--", PY, str(script))
+    assert done.returncode == 0, done.stderr
+    assert summary(done.stdout)["alloc_peak_mb"] > 10  # 300k small strings and a list
+    refused = run_measure("--allocations", "--", "sh", "-c", "true")
+    assert refused.returncode != 0 and "python SCRIPT" in refused.stderr
+
+
+def test_a_measured_command_that_hangs_meets_the_step_timeout(tmp_path: Path) -> None:
+    repo = library(tmp_path, bench="import time\ntime.sleep(120)\n")
+    toml = repo / "autoresearch.toml"
+    toml.write_text(re.sub(r"timeout\s*=\s*\d+", "timeout = 3", toml.read_text()))
+    commit(repo, "a 3 s timeout")
+    engine = Engine(load_config(repo), Scripted([]), options=SessionOptions(tag="hang"))
+    engine.run()
+    row = engine.ledger.experiments(engine.session)[0]
+    assert row.verdict == "timeout" and "evaluate step hit the hard timeout" in row.reason
+
+
+# --- constraints ------------------------------------------------------------------------------------
+
+
+def test_constraints_parse_and_bound_against_the_best() -> None:
+    c = parse("peak_rss_mb <= 1.05 * best")
+    assert (c.key, c.op, c.scale, c.reference) == ("peak_rss_mb", "<=", 1.05, "best")
+    assert c.violation({"peak_rss_mb": 104}, {"peak_rss_mb": 100}, {}) == ""
+    why = c.violation({"peak_rss_mb": 110}, {"peak_rss_mb": 100}, {})
+    assert "'peak_rss_mb <= 1.05 * best' broken: peak_rss_mb 110, bound 105" in why
+    assert "did not report peak_rss_mb" in c.violation({}, {"peak_rss_mb": 100}, {})
+    assert parse("alloc_peak_mb < best * 2").scale == 2
+    assert parse("peak_vram_mb <= 8e4").violation({"peak_vram_mb": 9e4}, {}, {})
+    assert parse("x >= baseline").violation({"x": 1}, {}, {"x": 2})
+    assert parse("checksum == baseline").violation({"checksum": 7}, {}, {"checksum": 8})
+    assert not parse("checksum == baseline").violation({"checksum": 8}, {}, {"checksum": 8})
+    for bad in ("peak <= ", "peak != 3", "<= best", "peak <= best + 1"):
+        with pytest.raises(ValueError, match="KEY OP BOUND"):
+            parse(bad)
+
+
+def test_a_broken_constraint_in_the_toml_is_a_clear_error(tmp_path: Path) -> None:
+    repo = library(tmp_path)
+    toml = repo / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('constraints = ["peak_rss_mb <= 1.25 * best"]',
+                                             'constraints = ["peak_rss_mb <= lots"]'))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"\[metric\] constraints: found 'peak_rss_mb <= lots'"):
+        load_config(repo)
+
+
+# --- init --bench ---------------------------------------------------------------------------------
+
+LIB = """\
+def total(n):
+    \"\"\"The sum 0 + 1 + ... + (n - 1).\"\"\"
+    out = 0
+    for i in range(n):
+        out += i
+    return out
+"""
+
+TESTS = """\
+import os, sys, unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+from mylib.core import total  # noqa: E402
+
+
+class TotalTests(unittest.TestCase):
+    def test_total_of_ten(self):
+        self.assertEqual(total(10), 45)
+
+    def test_total_of_nothing(self):
+        self.assertEqual(total(0), 0)
+"""
+
+BENCH = """\
+import os, sys
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+from mylib.core import total
+
+print(total(5_000_000))
+"""
+
+
+def library(tmp_path: Path, bench: str = BENCH) -> Path:
+    """A small library repository made a speed task by `init --bench --test`, committed."""
+    repo = make_repo(tmp_path / "mylib", {
+        "src/mylib/__init__.py": "", "src/mylib/core.py": LIB, "tests/__init__.py": "",
+        "tests/test_core.py": TESTS, "bench/run.py": bench, "setup.py": "# packaging\n",
+    })  # fmt: skip
+    init(repo, bench="python bench/run.py", test="python -m unittest discover -s tests -t . -q")
+    toml = repo / "autoresearch.toml"
+    text = toml.read_text().replace("--repeat 5", "--repeat 2").replace("--warmup 1", "--warmup 0")
+    toml.write_text(text.replace("baseline_runs = 5", "baseline_runs = 3").replace("max_runs      = 5", "max_runs = 3"))
+    (repo / "src" / "mylib" / "__init__.py").write_text("")
+    commit(repo, "autoresearch speed task")
+    return repo
+
+
+def commit(repo: Path, message: str) -> None:
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-qm", message], cwd=repo, check=True)
+
+
+def test_init_bench_writes_a_speed_task_from_the_repository(tmp_path: Path) -> None:
+    repo = library(tmp_path)
+    config = load_config(repo)
+    assert config.editable == ("src/mylib/*.py",)  # not the tests, the benchmark or setup.py
+    assert set(config.protected) >= {"bench/run.py", "tests/**"}
+    assert config.check == "python -m unittest discover -s tests -t . -q"
+    assert config.run == "" and config.evaluate.startswith("autoresearch measure --repeat 2")
+    assert config.evaluate.endswith("-- python bench/run.py")
+    assert config.metric.name == "seconds" and config.judge.rule == "sequential"
+    assert [c.text for c in config.metric.constraints] == ["peak_rss_mb <= 1.25 * best"]
+    brief = (repo / "program.md").read_text()
+    assert "faster" in brief and "python bench/run.py" in brief
+    with pytest.raises(ConfigError, match="go together"):
+        init(repo, bench="python bench/run.py", force=True)
+    with pytest.raises(ConfigError, match="--metric"):
+        init(repo, bench="python bench/run.py", test="true", metric="speed", force=True)
+
+
+def test_init_bench_from_the_command_line_prints_what_it_guessed(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r", {"fast.py": LIB, "test_fast.py": "", "bench.py": "print(1)\n"})
+    done = subprocess.run([PY, "-m", "autoresearch", "init", "--bench", "python bench.py", "--test",
+                           "python -m unittest -q", "--metric", "alloc_peak_mb"],
+                          cwd=repo, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "editable: fast.py (guessed from the folder)" in done.stdout
+    config = load_config(repo)
+    assert "--allocations" in config.evaluate and config.metric.name == "alloc_peak_mb"
+    assert config.metric.constraints  # memory is the metric; the time-bound is the RSS constraint
+
+
+# --- a session on the library -------------------------------------------------------------------
+
+
+class Scripted(Agent):
+    name = "scripted"
+
+    def __init__(self, replies: list[Proposal]) -> None:
+        self.replies = replies
+
+    def propose(self, context: Context) -> Proposal:
+        if not self.replies:
+            raise AgentExhausted("done")
+        return self.replies.pop(0)
+
+
+def edit(description: str, old: str, new: str, path: str = "src/mylib/core.py") -> Proposal:
+    return Proposal(description, edits=(Edit(path, old, new),))
+
+
+LOOP = "    out = 0\n    for i in range(n):\n        out += i\n    return out\n"
+
+
+def test_a_night_on_the_library_keeps_only_a_real_speedup(tmp_path: Path) -> None:
+    repo = library(tmp_path)
+    agent = Scripted([
+        edit("faster, with 64 MB of ballast", LOOP,
+             "    ballast = [0] * (8 * 2**20)\n    return sum(range(n)) + ballast[0]\n"),
+        edit("closed form, off by n", LOOP, "    return n * (n + 1) // 2\n"),
+        edit("slower", LOOP, "    import time\n    time.sleep(0.5)\n" + LOOP),
+        edit("change the benchmark", "total(5_000_000)", "total(10)", path="bench/run.py"),
+        edit("closed form", LOOP, "    return n * (n - 1) // 2\n"),
+    ])  # fmt: skip
+    engine = Engine(load_config(repo), agent, options=SessionOptions(tag="speed", lookahead=1))
+    engine.run()
+    rows = {r.description: r for r in engine.ledger.experiments(engine.session)}
+    memory = rows["faster, with 64 MB of ballast"]
+    assert memory.verdict == "discard"
+    assert "constraint 'peak_rss_mb <= 1.25 * best' broken: peak_rss_mb" in memory.reason
+    broken = rows["closed form, off by n"]
+    assert broken.verdict == "crash"
+    assert "check step exited" in broken.reason and "test_total_of_ten" in broken.reason
+    assert rows["slower"].verdict == "discard"
+    assert rows["change the benchmark"].verdict == "invalid"
+    assert "protected" in rows["change the benchmark"].reason
+    fast = rows["closed form"]
+    assert fast.verdict == "keep"
+    assert fast.metric is not None and rows["baseline"].metric is not None
+    assert fast.metric < rows["baseline"].metric
+    assert "return n * (n - 1) // 2" in subprocess.run(
+        ["git", "show", "autoresearch/speed:src/mylib/core.py"], cwd=repo, capture_output=True,
+        text=True, check=True).stdout  # fmt: skip
+
+
+NOISY = """\
+import os, random, sys
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+from mylib.core import total
+
+total(1000)
+rng = random.Random(int(os.environ["AUTORESEARCH_SEED"]))
+print("---")
+print(f"work_ms: {100 + rng.gauss(0, 1):.4f}")  # the inner loop's own timing, 1% noise
+"""
+
+
+def test_null_patches_under_timing_noise_are_not_kept(tmp_path: Path) -> None:
+    """The sequential judge on measure's median of the benchmark's own noisy number."""
+    repo = library(tmp_path, bench=NOISY)
+    toml = repo / "autoresearch.toml"
+    text = toml.read_text().replace('name        = "seconds"', 'name        = "work_ms"')
+    toml.write_text(text.replace("constraints = [", "constraints = [] # ["))
+    commit(repo, "the benchmark's own number")
+    nulls = [edit(f"reword the docstring ({i})", "The sum", f"The sum{' ' * (i + 1)}") for i in range(6)]
+    engine = Engine(load_config(repo), Scripted(nulls), options=SessionOptions(tag="null"))
+    engine.run()
+    rows = engine.ledger.experiments(engine.session)
+    assert len(rows) == 7 and rows[0].verdict == "baseline"
+    assert [r.verdict for r in rows[1:]] == ["discard"] * 6
