@@ -93,7 +93,9 @@ def main() -> None:
     print(result.text())
     if result.ratio is None:
         sys.exit("the re-measure runs produced no val_bpb")
-    met = "met" if result.ratio <= 0.97 else "not met"
+    met = "met" if result.ratio <= 0.97 and not result.nothing_kept else "not met"
+    if result.nothing_kept:
+        met += " (nothing was kept: the same code measured twice)"
     print(f"re-measured best / baseline = {result.ratio:.4f}; target <= 0.97 (a 3% gain): {met}")
 
 

@@ -47,6 +47,8 @@ def main() -> None:
     print(result.text())
     if result.ratio is None:
         sys.exit("the re-measure runs produced no metric")
+    if result.nothing_kept:
+        sys.exit("nothing was kept: target not met")
     recorded = result.recorded_baseline / result.recorded_best
     fresh = 1 / result.ratio
     close = abs(fresh - recorded) / recorded

@@ -40,6 +40,13 @@ class Remeasured:
     recorded_baseline: float
     recorded_best: float
     failures: tuple[str, ...] = ()  # runs that produced no metric, with why
+    baseline_commit: str = ""
+    best_commit: str = ""
+
+    @property
+    def nothing_kept(self) -> bool:
+        """The best is the baseline: any difference seen is noise."""
+        return self.best_commit == self.baseline_commit
 
     @property
     def ratio(self) -> float | None:
@@ -72,7 +79,10 @@ class Remeasured:
             line("best", self.best, self.recorded_best),
         ]
         ratio, held = self.ratio, self.held
-        if ratio is not None and held is not None:
+        if self.nothing_kept:
+            lines.append("  nothing was kept: the best is the baseline, and the two rows above"
+                         f" differ by noise alone (ratio {ratio:.4f})" if ratio else "  nothing was kept")  # fmt: skip
+        elif ratio is not None and held is not None:
             lines.append(f"  best / baseline = {ratio:.4f}; {max(held, 0.0):.0%} of the recorded gain held")
         elif ratio is not None:
             lines.append(f"  best / baseline = {ratio:.4f}; the session recorded no gain")
@@ -140,7 +150,7 @@ def remeasure(
         lock.release()
     return Remeasured(
         config.metric.name, config.metric.direction, tuple(values["baseline"]),
-        tuple(values["best"]), base.metric, best.metric, tuple(failures),
+        tuple(values["best"]), base.metric, best.metric, tuple(failures), base.commit, best.commit,
     )  # fmt: skip
 
 
