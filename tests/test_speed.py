@@ -295,3 +295,26 @@ def test_null_patches_under_timing_noise_are_not_kept(tmp_path: Path) -> None:
     rows = engine.ledger.experiments(engine.session)
     assert len(rows) == 7 and rows[0].verdict == "baseline"
     assert [r.verdict for r in rows[1:]] == ["discard"] * 6
+
+
+def test_what_a_run_leaves_running_is_killed_before_the_next_run(tmp_path: Path) -> None:
+    """A warm-up that leaves a daemon (double fork, new session) to serve the timed runs."""
+    pids = tmp_path / "pids"
+    daemon = textwrap.dedent(f"""\
+        import os, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                with open({str(pids)!r}, "a") as fh:
+                    fh.write(f"{{os.getpid()}}\\n")
+                time.sleep(120)
+            os._exit(0)
+        time.sleep(0.2)
+    """)
+    done = run_measure("--repeat", "2", "--warmup", "1", "--", PY, "-c", daemon)
+    assert done.returncode == 0, done.stderr
+    left = [int(p) for p in pids.read_text().split()]
+    assert len(left) == 3
+    for pid in left:
+        state = Path(f"/proc/{pid}/stat")
+        assert not state.exists() or state.read_text().split(") ")[1][0] == "Z"

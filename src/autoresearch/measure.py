@@ -18,7 +18,8 @@ the command ``repeat`` times after ``warmup`` untimed runs and prints one summar
 The command's own output goes to stderr, so the block above is the last one on stdout.
 Each run gets a fresh, empty ``TMPDIR`` and ``AUTORESEARCH_OUT``, removed after it, so a
 warm-up cannot leave a cache there for the timed runs (a command that writes elsewhere,
-such as ``/tmp`` by name, is not stopped by this).
+such as ``/tmp`` by name, is not stopped by this), and whatever a run leaves running (a
+daemon, a double fork: measure is their subreaper) is killed before the next one starts.
 A run that exits non-zero ends ``measure`` with that status and the output's tail: a
 crash, never a number. It runs as a task's trusted ``evaluate`` step, so the step's
 timeout and sandbox apply to it and to everything it starts.
@@ -27,6 +28,7 @@ timeout and sandbox apply to it and to everything it starts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import shutil
@@ -89,7 +91,49 @@ def run_once(argv: Sequence[str], *, allocations: bool = False) -> Sample:
     try:
         return _run(argv, command, env, allocations)
     finally:
+        kill_leftovers()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def become_subreaper() -> bool:
+    """Orphaned descendants (double forks and daemons too) become our children (Linux)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(36, 1, 0, 0, 0) == 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def kill_leftovers() -> None:
+    """Kill and reap what a run left running, so nothing of it serves or slows the next run."""
+    me = str(os.getpid())
+    for _ in range(50):  # a leftover may fork while it is being killed: until none is left
+        pids = [int(p) for p in _children_of(me)]
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        for pid in pids:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+def _children_of(ppid: str) -> list[str]:
+    out = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, ...
+        if len(fields) > 1 and fields[1] == ppid:
+            out.append(entry)
+    return out
 
 
 def _run(argv: Sequence[str], command: list[str], env: dict[str, str], allocations: bool) -> Sample:
@@ -173,6 +217,7 @@ def measure(argv: Sequence[str], *, repeat: int = 5, warmup: int = 1, metric: st
             allocations: bool = False) -> dict[str, float]:  # fmt: skip
     if repeat < 1 or warmup < 0:
         raise MeasureError(f"--repeat {repeat} --warmup {warmup}: at least one timed run, no negative warm-ups")
+    become_subreaper()
     for _ in range(warmup):
         run_once(argv)
     samples = [run_once(argv, allocations=allocations) for _ in range(repeat)]
