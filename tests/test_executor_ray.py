@@ -130,9 +130,10 @@ def _wait_for_port(port: int, timeout: float = 60) -> None:
             time.sleep(0.2)
 
 
-def cpu_config(root: Path, **ray_settings: object) -> TaskConfig:
+def cpu_config(root: Path, sandbox: str = "none", **ray_settings: object) -> TaskConfig:
+    """Unsandboxed like the local executor of these tests: they look at the node from outside."""
     settings = RayConfig(**{"gpus_per_run": 0.0, **ray_settings})  # type: ignore[arg-type]
-    return TaskConfig(root=root, editable=("x.py",), run="true", ray=settings)
+    return TaskConfig(root=root, editable=("x.py",), run="true", ray=settings, sandbox=sandbox)
 
 
 @pytest.fixture
@@ -344,6 +345,40 @@ def test_slots_default_to_what_the_cluster_holds(cluster: Cluster, tmp_path: Pat
         RayExecutor(TaskConfig(root=tmp_path, editable=("x",), run="true"), address=cluster.address)
 
 
+def test_steps_on_a_node_run_in_the_sandbox(cluster: Cluster, tmp_path: Path) -> None:
+    """On a node as here: read-only outside the checkout, no network, holdout for evaluate only."""
+    from autoresearch.executors.sandbox import bwrap_problem
+
+    if bwrap_problem():
+        pytest.skip(f"no sandbox here: {bwrap_problem()}")
+    outside = tmp_path / "outside.txt"
+    port = int(cluster.address.rsplit(":", 1)[1])
+    probe = (
+        "import os, socket, sys\n"
+        "def can(f):\n"
+        "    try:\n        f(); return 1\n    except OSError:\n        return 0\n"
+        f"write = can(lambda: open({str(outside)!r}, 'w').write('x'))\n"
+        "held = can(lambda: open('val.txt').read())\n"
+        f"net = can(lambda: socket.create_connection(('127.0.0.1', {port}), timeout=2))\n"
+        "home = len(os.listdir(os.path.expanduser('~')))\n"
+        "print('---'); print('score: 1')\n"
+        "print(f'{sys.argv[1]}_write: {write}'); print(f'{sys.argv[1]}_held: {held}')\n"
+        "print(f'{sys.argv[1]}_net: {net}'); print(f'{sys.argv[1]}_home: {home}')\n"
+    )
+    repo = scripts(tmp_path, {"probe.py": probe, "val.txt": "the validation split\n"})
+    config = replace(cpu_config(repo, sandbox="auto"), holdout=("val.txt",))
+    executor = RayExecutor(config, address=cluster.address, slots=1)
+    try:
+        run = executor.submit(job(repo, f"{PY} probe.py run")).result()
+        evaluate = executor.submit(job(repo, "true", evaluate=f"{PY} probe.py evaluate")).result()
+    finally:
+        executor.close()
+    assert run.status is RunStatus.OK and evaluate.status is RunStatus.OK, (run.reason, evaluate.reason)
+    assert run.metrics["run_write"] == 0 and not outside.exists()  # read-only outside its checkout
+    assert run.metrics["run_held"] == 0 and evaluate.metrics["evaluate_held"] == 1
+    assert run.metrics["run_net"] == 0 and run.metrics["run_home"] == 0
+
+
 def test_kill_all_cancels_the_task_and_kills_its_steps(ray_executor: Executor, tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     repo = scripts(tmp_path, {"r.sh": f"echo $$ > {pidfile}; sleep 300\n"})
@@ -528,7 +563,8 @@ def ledger_rows(repo: Path) -> list[Experiment]:
 def test_resume_after_the_orchestrator_is_killed(cluster: Cluster, tmp_path: Path) -> None:
     started = tmp_path / "started"
     params = f"X = 1.0\nY = 2.0\nimport time\nopen({str(started)!r}, 'a').write('x')\ntime.sleep(1.5)\n"
-    repo = toy(tmp_path, timeout=20, extra=RAY_TOML, files={"params.py": params})
+    repo = toy(tmp_path, timeout=20, extra=RAY_TOML, files={"params.py": params},
+               task='sandbox = "none"')  # the runs mark a file outside their checkout  # fmt: skip
     patches = write_patch_dir(tmp_path / "p", {f"{i:02d}": PATCHES["01-improve"].replace(
         "X = 2.0", f"X = 2.0 + {i} / 100") for i in range(3)})  # fmt: skip
     flags = ["--patches", str(patches), "--executor", "ray", "--ray-address", cluster.address,
@@ -559,7 +595,8 @@ def test_a_cluster_that_goes_away_stops_the_session_and_resume_carries_on_locall
         _wait_for_port(port)
         started = tmp_path / "started"
         params = f"X = 1.0\nY = 2.0\nimport time\nopen({str(started)!r}, 'a').write('x')\ntime.sleep(6)\n"
-        repo = toy(tmp_path, timeout=30, extra=RAY_TOML, files={"params.py": params})
+        repo = toy(tmp_path, timeout=30, extra=RAY_TOML, files={"params.py": params},
+                   task='sandbox = "none"')  # the runs mark a file outside their checkout  # fmt: skip
         patches = write_patch_dir(tmp_path / "p", {"01": PATCHES["01-improve"],
                                                     "02": PATCHES["08-improve-again"]})  # fmt: skip
         flags = ["--patches", str(patches)]

@@ -42,11 +42,12 @@ from pathlib import Path
 from typing import Any
 
 from autoresearch.config import RayConfig, TaskConfig
-from autoresearch.errors import ExecutorError
+from autoresearch.errors import ConfigError, ExecutorError
 from autoresearch.executors._base import Job, RunResult, RunStatus
 
 # The step code every executor shares.
 from autoresearch.executors._steps import execute, run_environment
+from autoresearch.executors.sandbox import Sandbox
 from autoresearch.git import git_argv
 from autoresearch.integrity import sha256_files
 from autoresearch.process import StepRunner, kill_orphans, without_secrets
@@ -88,6 +89,11 @@ class _Plan:
     protected_data: tuple[tuple[str, str], ...]  # (task-relative or absolute path, sha256)
     max_log: int  # bytes
     max_out: int  # bytes
+    sandbox: str = "auto"  # [task] sandbox, resolved on each node: bwrap where the node has it
+    network: bool = False
+    env_names: tuple[str, ...] = ()
+    holdout: tuple[str, ...] = ()
+    readable: tuple[str, ...] = ()  # task-relative globs bound back read-only (links, protected data)
 
 
 @dataclass(frozen=True)
@@ -196,7 +202,14 @@ def _run_here(plan: _Plan, job: Job, root: Path, run_dir: Path, archive: bytes) 
         reason = (f"protected data on this node differs from the orchestrator's: "
                   f"{', '.join(changed)}; prepare it again there")  # fmt: skip
         return RunResult(job.experiment_id, job.run_index, job.seed, RunStatus.CRASH, reason=reason)
-    return execute(here, StepRunner())
+    try:  # the same sandbox as a local run, around this node's scratch checkout
+        sandbox = Sandbox(task_root=workdir, repo=repo, mode=plan.sandbox, network=plan.network,
+                          env=plan.env_names, holdout=plan.holdout, readable=plan.readable,
+                          user_checkout=False)  # fmt: skip
+    except ConfigError as exc:  # sandbox = "bwrap" and this node has no working bwrap
+        return RunResult(job.experiment_id, job.run_index, job.seed, RunStatus.CRASH,
+                         reason=f"on node {socket.gethostname()}: {exc}")  # fmt: skip
+    return execute(here, StepRunner(), sandbox=sandbox)
 
 
 def _unpack(archive: bytes, dest: Path) -> None:
@@ -496,6 +509,9 @@ class RayExecutor:
             task_rel=task_rel, task_key=_task_key(root), links=self._config.link, data=s.data,
             shared=s.shared, setup=self._config.setup, protected_data=data,
             max_log=int(s.max_log_mb * 2**20), max_out=int(s.max_out_mb * 2**20),
+            sandbox=self._config.sandbox, network=self._config.network, env_names=self._config.env,
+            holdout=self._config.holdout,
+            readable=(*self._config.link, *self._config.protected_data),
         )  # fmt: skip
 
     def _archive(self, job: Job) -> Any:

@@ -134,6 +134,7 @@ class Sandbox:
         holdout: Sequence[str] = (),
         readable: Sequence[str] = (),
         python: Sequence[Path] | None = None,
+        user_checkout: bool = True,
     ) -> None:
         self.mode, self.warning = resolve_mode(mode)
         self.task_root, self.repo = task_root.resolve(), repo.resolve()
@@ -141,6 +142,7 @@ class Sandbox:
         self.env_names = _checked_env_names(env)
         self.python = tuple(python) if python is not None else python_roots()
         self._hidden: tuple[Path, Path] | None = None
+        self.user_checkout = user_checkout  # False on a Ray node: ``repo`` is the run's own scratch copy
 
     @classmethod
     def for_task(cls, config: TaskConfig, **overrides: object) -> Sandbox:
@@ -245,7 +247,7 @@ class Sandbox:
         """What a step must leave alone: git's admin files, the Python env, the user's checkout."""
         prints = git_fingerprint(self.repo, worktrees=[worktree] if worktree else [])
         prints.update(python_fingerprint(self.python))
-        if not self.enabled:  # inside bwrap the checkout is not even visible
+        if not self.enabled and self.user_checkout:  # inside bwrap the checkout is not even visible
             prints["the user's checkout"] = _checkout_status(self.repo)
         return prints
 
