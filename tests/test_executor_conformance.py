@@ -1,4 +1,8 @@
-"""One suite every executor passes (local, fake; ray adds itself): results, failures, slots, kill, close."""
+"""One suite every executor passes: results, failures, slots, kill.
+
+Local and fake here; ``test_executor_ray`` runs the same functions over a real local Ray
+cluster (it imports them and gives its own ``make`` fixture).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import git, make_repo
 
 from autoresearch.config import MetricConfig
 from autoresearch.executors import Executor, Job, LocalExecutor, RunStatus
@@ -59,9 +64,14 @@ def make(request: pytest.FixtureRequest) -> Iterator[Callable[[int], Executor]]:
 
 
 def job(tmp_path: Path, kind: str, index: int = 0, **kw: object) -> Job:
-    return Job(experiment_id=3, run_index=index, commit="", workdir=tmp_path, run=COMMANDS[kind],
-               metric=MetricConfig(name="score"), log_dir=tmp_path / "logs",
-               out_dir=tmp_path / "out" / str(index), timeout=30, seed=4242 + index, **kw)  # type: ignore[arg-type]  # fmt: skip
+    """A job at the commit of a real (tiny) repository, as the engine makes them."""
+    repo = tmp_path / "task"
+    if not (repo / ".git").exists():
+        make_repo(repo, {"README.md": "a task\n"})
+    return Job(experiment_id=3, run_index=index, commit=git(repo, "rev-parse", "HEAD"), workdir=repo,
+               run=COMMANDS[kind], metric=MetricConfig(name="score"), log_dir=tmp_path / "logs",
+               out_dir=tmp_path / "out" / str(index), timeout=30, seed=4242 + index, reset_root=repo,
+               **kw)  # type: ignore[arg-type]  # fmt: skip
 
 
 def test_a_good_run_reports_its_metric_and_identity(make: Callable[[int], Executor], tmp_path: Path) -> None:

@@ -17,6 +17,12 @@ from pathlib import Path
 import pytest
 from conftest import git, make_repo, write_patch_dir
 from test_engine import PATCHES, toy
+from test_executor_conformance import (  # the shared executor suite, run here over Ray
+    test_a_failing_run_is_a_crash_with_a_reason,  # noqa: F401
+    test_a_good_run_reports_its_metric_and_identity,  # noqa: F401
+    test_kill_all_ends_a_running_job_as_killed,  # noqa: F401
+    test_slots_run_at_once_and_no_more,  # noqa: F401
+)
 
 from autoresearch.agents.replay import ReplayAgent
 from autoresearch.config import MetricConfig, RayConfig, TaskConfig, load_config
@@ -142,6 +148,20 @@ def ray_executor(cluster: Cluster, tmp_path: Path) -> Iterator[Executor]:
     executor = RayExecutor(cpu_config(tmp_path / "repo"), address=cluster.address, slots=2)
     yield executor
     executor.close()
+
+
+@pytest.fixture
+def make(cluster: Cluster, tmp_path: Path) -> Iterator[object]:
+    """Ray executors for the shared conformance suite (imported below)."""
+    made: list[Executor] = []
+
+    def build(slots: int) -> Executor:
+        made.append(RayExecutor(cpu_config(tmp_path / "task"), address=cluster.address, slots=slots))
+        return made[-1]
+
+    yield build
+    for executor in made:
+        executor.close()
 
 
 @pytest.fixture(params=["local", "ray"])
