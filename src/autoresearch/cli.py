@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from autoresearch import __version__, measure, templates
-from autoresearch.agents import AGENT_NAMES, get_agent
+from autoresearch.agents import AGENT_FLAGS, AGENT_NAMES, agent_options, get_agent
 from autoresearch.config import STATE_DIR, TaskConfig, load_config
 from autoresearch.engine import (
     Engine,
@@ -33,15 +33,6 @@ from autoresearch.init import init as init_task
 from autoresearch.init import task_notes
 from autoresearch.process import StepRunner
 from autoresearch.report import Store, export, live, make_report, text
-
-# Flags of `run` that configure an agent, and the agents that take them.
-_AGENT_FLAGS = {
-    "patches": ("replay",),
-    "sampler": ("tuner",),
-    "model": ("anthropic", "openai", "claude-code", "codex", "aider"),
-    "base_url": ("anthropic", "openai"),
-    "cmd": ("command",),
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,8 +233,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _carry_over(args, config, tag)
     args.agent = args.agent or "tuner"
     args.seed = 0 if args.seed is None else args.seed
-    agent = get_agent(args.agent, **_agent_options(args, config))
-    flags = {f: getattr(args, f) for f in _AGENT_FLAGS if getattr(args, f) is not None}
+    flags = _agent_flags(args)
+    agent = get_agent(args.agent, **agent_options(args.agent, config, flags, seed=args.seed))
     if "patches" in flags:
         flags["patches"] = str(Path(flags["patches"]).resolve())
     options = SessionOptions(
@@ -285,32 +276,14 @@ def _carry_over(args: argparse.Namespace, config: TaskConfig, tag: str) -> None:
     if args.agent is None or args.agent == previous.agent:
         args.agent = previous.agent
         for flag, value in previous.agent_flags.items():
-            if flag in _AGENT_FLAGS and getattr(args, flag) is None:
+            if flag in AGENT_FLAGS and getattr(args, flag) is None:
                 setattr(args, flag, value)
     if args.seed is None:
         args.seed = previous.seed
 
 
-def _agent_options(args: argparse.Namespace, config: TaskConfig) -> dict[str, Any]:
-    options = dict(config.agent_options(args.agent))
-    for flag, agents in _AGENT_FLAGS.items():
-        value = getattr(args, flag)
-        if value is None:
-            continue
-        if args.agent not in agents:
-            raise ConfigError(
-                f"--{flag.replace('_', '-')} applies to --agent {' / '.join(agents)}, not {args.agent}"
-            )
-        options[flag] = value
-    if args.agent == "replay" and "patches" not in options:
-        raise ConfigError(
-            "--agent replay needs --patches DIR (or [agent.replay] patches in the toml)"
-        )
-    if args.agent == "tuner":
-        options.setdefault("seed", args.seed)
-    if args.agent in ("anthropic", "openai", "codex") and config.cost.models:
-        options.setdefault("prices", config.cost.models)
-    return options
+def _agent_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {f: getattr(args, f) for f in AGENT_FLAGS if getattr(args, f) is not None}
 
 
 def _store(args: argparse.Namespace) -> tuple[TaskConfig, Store]:

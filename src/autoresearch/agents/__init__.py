@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from autoresearch.agents._base import Agent, Context, Edit, Experiment, Proposal, Usage
-from autoresearch.config import AGENT_NAMES
+from autoresearch.config import AGENT_NAMES, TaskConfig
 from autoresearch.errors import ConfigError
+
+# Flags of `autoresearch run` that configure an agent, and the agents that take them.
+AGENT_FLAGS: dict[str, tuple[str, ...]] = {
+    "patches": ("replay",),
+    "sampler": ("tuner",),
+    "model": ("anthropic", "openai", "claude-code", "codex", "aider"),
+    "base_url": ("anthropic", "openai"),
+    "cmd": ("command",),
+}
+
+
+def agent_options(name: str, config: TaskConfig, flags: Mapping[str, Any], *, seed: int) -> dict[str, Any]:
+    """Agent ``name``'s options: the task's ``[agent.<name>]`` table, the given flags over it.
+
+    A flag the agent does not take is an error naming the agents that do.
+    """
+    options = dict(config.agent_options(name))
+    for flag, value in flags.items():
+        takers = AGENT_FLAGS[flag]
+        if name not in takers:
+            raise ConfigError(f"--{flag.replace('_', '-')} applies to --agent {' / '.join(takers)}, not {name}")
+        options[flag] = value
+    if name == "replay" and "patches" not in options:
+        raise ConfigError("--agent replay needs --patches DIR (or [agent.replay] patches in the toml)")
+    if name == "tuner":
+        options.setdefault("seed", seed)
+    if name in ("anthropic", "openai", "codex") and config.cost.models:
+        options.setdefault("prices", config.cost.models)
+    return options
 
 
 def get_agent(name_or_obj: str | Agent, **options: Any) -> Agent:
@@ -66,6 +96,7 @@ def _backend(name: str) -> Any:
 
 
 __all__ = [
+    "AGENT_FLAGS",
     "AGENT_NAMES",
     "Agent",
     "Context",
@@ -73,5 +104,6 @@ __all__ = [
     "Experiment",
     "Proposal",
     "Usage",
+    "agent_options",
     "get_agent",
 ]
