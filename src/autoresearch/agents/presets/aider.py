@@ -4,8 +4,10 @@ Runs ``aider --message-file BRIEF ... EDITABLE_FILES`` in the checkout: one mess
 exit; the editable files (those at the parent commit) are named on its command line and the
 context files are added read-only (``--read``). The flags keep aider from touching anything
 but those files and from asking anything: ``--yes-always`` answers its questions, edits are
-in the diff format, it neither commits (``--no-auto-commits``) nor edits ``.gitignore``
-(``--no-gitignore``), builds no repository map (``--map-tokens 0``), runs no shell
+in the diff format, it leaves git alone (``--no-git``: without it, aider writes a
+placeholder ``user.name`` into the repository's shared ``.git/config`` where no global git
+identity exists, which the tripwire reports), neither commits (``--no-auto-commits``) nor
+edits ``.gitignore`` (``--no-gitignore``), builds no repository map (``--map-tokens 0``), runs no shell
 commands, opens no URLs, sends no analytics, and its chat history goes to the brief's
 private folder, not the checkout.
 
@@ -40,7 +42,7 @@ _FAILURES = re.compile(
     re.I,
 )
 _FLAGS = shlex.split(  # see the module's docstring
-    "--edit-format diff --yes-always --no-gitignore --no-auto-commits --map-tokens 0 "
+    "--edit-format diff --yes-always --no-git --no-gitignore --no-auto-commits --map-tokens 0 "
     "--no-pretty --no-stream --no-check-update --no-show-release-notes --no-analytics "
     "--no-show-model-warnings --no-detect-urls --no-suggest-shell-commands"
 )

@@ -1,6 +1,7 @@
 """The Codex CLI (``codex``) as an agent: ``--agent codex``.
 
-Runs ``codex exec --json --sandbox workspace-write --skip-git-repo-check -o FILE -`` in the
+Runs ``codex exec --json --sandbox workspace-write --skip-git-repo-check -o FILE -`` (the
+sandbox is ``[agent.codex] sandbox``) in the
 checkout with the brief on stdin: no terminal, no approvals, writes allowed in the checkout
 (and the temporary folder where the description file lies) by its sandbox, commands run in
 that sandbox too; one JSON event per line on stdout.
@@ -23,7 +24,12 @@ from autoresearch.agents._base import Context, Usage
 from autoresearch.agents._cli import BriefFiles, CliOutput, Reply, description_file, first_line
 from autoresearch.agents.presets._base import PresetAgent
 from autoresearch.cost import PriceTable, TokenCounts
+from autoresearch.errors import ConfigError
 
+# Codex's own sandbox for its edits and commands. "danger-full-access" where Codex's Linux
+# sandbox cannot start (some containers: every file change fails); the checkout is a scratch
+# worktree either way, and the engine's git tripwires still apply.
+SANDBOXES = ("workspace-write", "danger-full-access")
 _REFUSED = re.compile(
     r"read-only|readonly|sandbox|operation not permitted|permission denied|rejected", re.I
 )
@@ -41,13 +47,19 @@ class CodexAgent(PresetAgent):
     )
 
     def __init__(
-        self, *, prices: Mapping[str, Mapping[str, float]] | None = None, **options: Any
+        self,
+        *,
+        prices: Mapping[str, Mapping[str, float]] | None = None,
+        sandbox: str = "workspace-write",
+        **options: Any,
     ) -> None:
         super().__init__(**options)
-        self.prices = PriceTable(prices)
+        if sandbox not in SANDBOXES:
+            raise ConfigError(f"codex: sandbox must be one of {', '.join(SANDBOXES)}, got {sandbox!r}")
+        self.prices, self.sandbox = PriceTable(prices), sandbox
 
     def arguments(self, files: BriefFiles, context: Context) -> list[str]:
-        args = ["exec", "--json", "--sandbox", "workspace-write", "--skip-git-repo-check"]
+        args = ["exec", "--json", "--sandbox", self.sandbox, "--skip-git-repo-check"]
         args += ["-o", str(files.folder / "last-message.txt")]
         if self.model:
             args += ["--model", self.model]
