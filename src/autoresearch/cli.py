@@ -180,12 +180,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(_COMMANDS[args.command](args) or 0)
+        code = int(_COMMANDS[args.command](args) or 0)
+        sys.stdout.flush()  # here, not at exit: a reader gone by now is the BrokenPipeError below
+        return code
     except AutoresearchError as exc:
         if args.debug:
             traceback.print_exc()
         print(f"autoresearch: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `autoresearch log | head` (before OSError: it is one)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:  # a file the user named cannot be written, a full disk, ...
         if args.debug:
             traceback.print_exc()
@@ -194,9 +199,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autoresearch: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `autoresearch log | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 # --- commands ---------------------------------------------------------------------------------
