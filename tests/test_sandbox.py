@@ -761,3 +761,12 @@ def test_the_argv_binds_gpus_and_keeps_the_network_off(
     assert "--unshare-net" not in evaluate and ("--ro-bind", str(work)) in itertools.pairwise(
         evaluate
     )
+
+
+def test_the_folder_autoresearch_is_imported_from_is_readable_inside() -> None:
+    """An editable install's src/ (under /tmp in a CI clone) is bound back: steps run `autoresearch`."""
+    import autoresearch
+    from autoresearch.executors.sandbox import python_roots
+
+    source = Path(autoresearch.__file__).resolve().parents[1]
+    assert source in python_roots()

@@ -92,10 +92,14 @@ def resolve_mode(mode: str) -> tuple[str, str]:
 def python_roots() -> tuple[Path, ...]:
     """The folders of the Python environment steps run on (the venv and its base installation).
 
-    The user site (``~/.local``) counts too where this interpreter reads it.
+    The user site (``~/.local``) counts too where this interpreter reads it, and the folder
+    autoresearch is imported from (``src/`` of an editable install).
     """
     roots = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix)}
     roots.add(Path(sys.executable).resolve().parent.parent)
+    # where autoresearch itself is imported from: an editable install's source folder (under
+    # /tmp in a CI clone, say) lies outside the venv; steps run `autoresearch measure`
+    roots.add(Path(__file__).resolve().parents[2])
     if site.ENABLE_USER_SITE and site.USER_BASE:
         roots.add(Path(site.USER_BASE))
     return tuple(sorted(p.resolve() for p in roots if p.is_dir()))
