@@ -318,3 +318,11 @@ def test_what_a_run_leaves_running_is_killed_before_the_next_run(tmp_path: Path)
     for pid in left:
         state = Path(f"/proc/{pid}/stat")
         assert not state.exists() or state.read_text().split(") ")[1][0] == "Z"
+
+
+def test_a_command_cannot_print_measures_own_keys(tmp_path: Path) -> None:
+    fake = tmp_path / "fake.py"
+    fake.write_text("import time\ndata = list(range(100_000))\ntime.sleep(0.2)\nprint('---')\n"
+                    "print('seconds: 0.0001')\nprint('alloc_peak_mb: 0')\nprint('peak_rss_mb: 0')\n")  # fmt: skip
+    values = summary(run_measure("--repeat", "1", "--warmup", "0", "--allocations", "--", PY, str(fake)).stdout)
+    assert values["seconds"] >= 0.2 and values["peak_rss_mb"] > 1 and values["alloc_peak_mb"] > 0

@@ -43,7 +43,8 @@ from pathlib import Path
 
 from autoresearch.metrics import parse_summary
 
-OWN_KEYS = ("seconds", "seconds_mad", "cpu_seconds", "cpu_seconds_mad", "peak_rss_mb", "runs")
+# measure's own keys: a command that prints one of them is ignored for it (it cannot set its own time)
+OWN_KEYS = ("seconds", "seconds_mad", "cpu_seconds", "cpu_seconds_mad", "peak_rss_mb", "alloc_peak_mb", "runs")
 _ALLOC_ENV = "AUTORESEARCH_MEASURE_ALLOC"
 _TRACE = """\
 import os, runpy, sys, tracemalloc
