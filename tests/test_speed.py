@@ -326,3 +326,4 @@ def test_a_command_cannot_print_measures_own_keys(tmp_path: Path) -> None:
                     "print('seconds: 0.0001')\nprint('alloc_peak_mb: 0')\nprint('peak_rss_mb: 0')\n")  # fmt: skip
     values = summary(run_measure("--repeat", "1", "--warmup", "0", "--allocations", "--", PY, str(fake)).stdout)
     assert values["seconds"] >= 0.2 and values["peak_rss_mb"] > 1 and values["alloc_peak_mb"] > 0
+

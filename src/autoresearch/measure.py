@@ -97,11 +97,14 @@ def run_once(argv: Sequence[str], *, allocations: bool = False) -> Sample:
 
 
 def become_subreaper() -> bool:
-    """Orphaned descendants (double forks and daemons too) become our children (Linux)."""
+    """Orphaned descendants (double forks and daemons too) become our children (Linux); and
+    this process is not dumpable, so a run cannot open our /proc/<pid>/mem, environ or fds
+    (it would rewrite the start time of its own timing)."""
     try:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
         return bool(libc.prctl(36, 1, 0, 0, 0) == 0)  # PR_SET_CHILD_SUBREAPER
     except (OSError, AttributeError):
         return False
