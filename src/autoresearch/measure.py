@@ -96,7 +96,7 @@ def run_once(argv: Sequence[str], *, allocations: bool = False) -> Sample:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def become_subreaper() -> bool:
+def guard_measure() -> bool:
     """Orphaned descendants (double forks and daemons too) become our children (Linux); and
     this process is not dumpable, so a run cannot open our /proc/<pid>/mem, environ or fds
     (it would rewrite the start time of its own timing)."""
@@ -221,7 +221,7 @@ def measure(argv: Sequence[str], *, repeat: int = 5, warmup: int = 1, metric: st
             allocations: bool = False) -> dict[str, float]:  # fmt: skip
     if repeat < 1 or warmup < 0:
         raise MeasureError(f"--repeat {repeat} --warmup {warmup}: at least one timed run, no negative warm-ups")
-    become_subreaper()
+    guard_measure()
     for _ in range(warmup):
         run_once(argv)
     samples = [run_once(argv, allocations=allocations) for _ in range(repeat)]

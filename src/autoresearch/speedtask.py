@@ -16,6 +16,7 @@ from pathlib import Path
 
 from autoresearch.config import CONFIG_NAME
 from autoresearch.errors import ConfigError
+from autoresearch.init import _toml_list, _toml_str
 
 METRICS = ("seconds", "cpu_seconds", "peak_rss_mb", "alloc_peak_mb")
 _TEST_FILE = re.compile(r"(^|/)(tests?|testing)/|(^|/)test_[^/]*\.py$|_test\.py$|(^|/)conftest\.py$")
@@ -90,11 +91,11 @@ def init_bench(dest: Path, *, bench: str, test: str, metric: str = "seconds",
     constraints = [] if metric == "peak_rss_mb" else ["peak_rss_mb <= 1.25 * best"]
     goal = "faster" if metric in ("seconds", "cpu_seconds") else "use less memory"
     toml = SPEED_TOML.format(
-        goal=goal, editable=_list(editable), protected=_list(protected),
-        context=_list(bench_files), check=_str(test), repeat=repeat,
-        evaluate=_str(f"autoresearch measure {flags} -- {command}"), metric=metric,
+        goal=goal, editable=_toml_list(editable), protected=_toml_list(protected),
+        context=_toml_list(bench_files), check=_toml_str(test), repeat=repeat,
+        evaluate=_toml_str(f"autoresearch measure {flags} -- {command}"), metric=metric,
         alloc_note=", alloc_peak_mb" if metric == "alloc_peak_mb" else "",
-        constraints=_list(constraints),
+        constraints=_toml_list(constraints),
     )  # fmt: skip
     files = {dest / CONFIG_NAME: toml}
     if not (dest / "program.md").exists():
@@ -148,16 +149,6 @@ def _files_named(dest: Path, command: str) -> list[str]:
         rel = path.resolve().relative_to(dest.resolve()).as_posix()
         out.append(f"{rel}/**" if path.is_dir() else rel)
     return out
-
-
-def _str(value: str) -> str:
-    import json
-
-    return json.dumps(value)
-
-
-def _list(values: list[str]) -> str:
-    return "[" + ", ".join(_str(v) for v in values) + "]"
 
 
 __all__ = ["METRICS", "guess_source", "init_bench"]
