@@ -176,3 +176,22 @@ def test_a_process_that_leaves_the_group_dies_with_the_step(
     assert result.status is RunStatus.OK and result.metric == 5.0
     time.sleep(0.2)
     assert not _alive(int((tmp_path / "daemon").read_text()))
+
+
+def test_what_the_check_step_left_in_the_out_folder_is_gone_before_evaluate(
+    executor: Executor, tmp_path: Path
+) -> None:
+    """A speed task has no run step: tests that did the benchmark's work ahead must not serve it."""
+    check = script(tmp_path, "c.py", (
+        "import os\n"
+        "out = os.environ['AUTORESEARCH_OUT']\n"
+        "open(os.path.join(out, 'precomputed'), 'w').write('42')\n"
+        "os.makedirs(os.path.join(out, 'cache', 'deep'))\n"
+    ))  # fmt: skip
+    evaluate = script(tmp_path, "e.py", (
+        "import os\n"
+        "print('---'); print('score:', len(os.listdir(os.environ['AUTORESEARCH_OUT'])))\n"
+    ))  # fmt: skip
+    result = executor.submit(job(tmp_path, "", check=check, evaluate=evaluate)).result()
+    assert result.status is RunStatus.OK, result.reason
+    assert result.metric == 0.0

@@ -321,9 +321,9 @@ FSMONITOR = """\
 import os
 repo = os.environ["AUTORESEARCH_TASK_DIR"]
 evil = os.path.join(repo, ".autoresearch", "runs", "evil.sh")
-open(evil, "w").write("#!/bin/sh\\nenv > " + os.path.join(repo, "fsmonitor-ran") + "\\n")
-os.chmod(evil, 0o755)
-try:
+try:  # inside, the emptied checkout is read-only: the script cannot even be written there
+    open(evil, "w").write("#!/bin/sh\\nenv > " + os.path.join(repo, "fsmonitor-ran") + "\\n")
+    os.chmod(evil, 0o755)
     with open(os.path.join(repo, ".git", "config"), "a") as fh:
         fh.write("[core]\\n\\tfsmonitor = " + evil + "\\n")
     print("configured")
@@ -770,3 +770,87 @@ def test_the_folder_autoresearch_is_imported_from_is_readable_inside() -> None:
 
     source = Path(autoresearch.__file__).resolve().parents[1]
     assert source in python_roots()
+
+
+# --- what is writable, and the kernel's keyrings ------------------------------------------------
+
+KEYS_AND_FOLDERS = """\
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+key = libc.syscall(248, b"user", b"autoresearch-test", b"cached", 6, ctypes.c_long(-4))  # add_key
+print("add_key:", "refused" if key < 0 else "stored", os.strerror(ctypes.get_errno()))
+if key >= 0:
+    libc.syscall(250, 3, ctypes.c_long(key))  # KEYCTL_REVOKE: leave nothing behind outside
+repo = os.environ["AUTORESEARCH_TASK_DIR"]
+for folder in ("/dev", "/dev/shm", "/dev/mqueue", "/tmp", "/run", repo, os.environ["AUTORESEARCH_OUT"]):
+    try:
+        open(os.path.join(folder, "zz-written"), "w").close()
+        print("writable:", folder)
+    except OSError as exc:
+        print("refused:", folder, exc.strerror)
+print("inside:", os.environ.get("AUTORESEARCH_SANDBOX"))
+"""
+
+
+@needs_bwrap
+def test_only_scratch_folders_are_writable_and_the_keyrings_are_out_of_reach(
+    tmp_path: Path, venv_template: Path
+) -> None:
+    task = make_task(tmp_path, venv_template, "bwrap")
+    outcome = attack(task, KEYS_AND_FOLDERS)
+    assert_honest(outcome)
+    log = outcome.log
+    assert "add_key: refused Operation not permitted" in log  # root's keys are the host's
+    for folder in ("/dev/shm", "/dev/mqueue", "/tmp", outcome.job.out_dir):
+        assert f"writable: {folder}" in log
+    for folder in ("/dev", "/run", task.repo):
+        assert f"refused: {folder} Read-only file system" in log
+    assert "inside: bwrap" in log
+
+
+def test_without_bwrap_the_step_is_not_told_it_is_inside(
+    tmp_path: Path, venv_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTORESEARCH_SANDBOX", "bwrap")  # set by hand: not believed
+    task = make_task(tmp_path, venv_template, "none")
+    outcome = attack(task, "import os\nprint('inside:', os.environ.get('AUTORESEARCH_SANDBOX'))\n")
+    assert "inside: None" in outcome.log
+
+
+def _seccomp(program: bytes, arch: int, nr: int) -> int:
+    """What the classic-BPF ``program`` returns for a call (a small interpreter of its opcodes)."""
+    import struct
+
+    ops = [struct.unpack("=HBBI", program[i : i + 8]) for i in range(0, len(program), 8)]
+    pc, a = 0, 0
+    while True:
+        code, jt, jf, k = ops[pc]
+        if code == 0x20:  # load a word of seccomp_data: nr at 0, arch at 4
+            a = {0: nr, 4: arch}[k]
+        elif code == 0x54:
+            a &= k
+        elif code == 0x15:
+            pc += jt if a == k else jf
+        elif code == 0x06:
+            return k
+        else:
+            raise AssertionError(f"unexpected opcode {code:#x}")
+        pc += 1
+
+
+def test_the_keyring_filter_refuses_the_keyring_calls_of_every_abi() -> None:
+    from autoresearch.executors.sandbox import keyring_filter
+
+    allow, eperm = 0x7FFF0000, 0x00050001
+    x86 = keyring_filter("x86_64")
+    assert x86 is not None and keyring_filter("sparc") is None
+    for arch, calls, other in ((0xC000003E, (248, 249, 250), (0, 1, 59, 251)),
+                               (0x40000003, (286, 287, 288), (1, 4, 248))):  # fmt: skip
+        assert [_seccomp(x86, arch, nr) for nr in calls] == [eperm] * 3
+        assert [_seccomp(x86, arch, nr) for nr in other] == [allow] * len(other)
+    assert _seccomp(x86, 0xC000003E, 0x40000000 | 250) == eperm  # the x32 ABI's keyctl
+    arm = keyring_filter("aarch64")
+    assert arm is not None
+    assert [_seccomp(arm, 0xC00000B7, nr) for nr in (217, 218, 219, 220, 63)] == [eperm] * 3 + [allow] * 2
+    assert _seccomp(arm, 0x40000028, 311) == eperm

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -327,3 +328,114 @@ def test_a_command_cannot_print_measures_own_keys(tmp_path: Path) -> None:
     values = summary(run_measure("--repeat", "1", "--warmup", "0", "--allocations", "--", PY, str(fake)).stdout)
     assert values["seconds"] >= 0.2 and values["peak_rss_mb"] > 1 and values["alloc_peak_mb"] > 0
 
+
+
+# --- nothing of one run is there for the next ---------------------------------------------------
+
+CACHES = """\
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+given = sys.argv[1]  # the AUTORESEARCH_OUT measure was given (a run's own is fresh)
+hits = []
+for path in ("/tmp/measure-cache", "/dev/shm/measure-cache", os.path.expanduser("~/.measure-cache"),
+             os.path.join(given, "cache")):
+    if os.path.exists(path):
+        hits.append(path)
+    else:
+        open(path, "w").write("the answer")
+if libc.shmget(0x5EED, 4096, 0) >= 0:  # System V shared memory outlives its process
+    hits.append("shm")
+else:
+    libc.shmget(0x5EED, 4096, 0o1000 | 0o600)  # IPC_CREAT
+mq = libc.mq_open(b"/measure-cache", 0o2, 0o600, None)  # O_RDWR: there already?
+if mq >= 0:
+    hits.append("mqueue")
+else:
+    libc.mq_open(b"/measure-cache", 0o100 | 0o2, 0o600, None)  # O_CREAT
+print("hits:", hits, file=sys.stderr)
+print("---")
+print(f"hits: {len(hits)}")
+"""
+
+
+def sandboxed(tmp_path: Path) -> tuple[list[str], dict[str, str], Path]:
+    """The argv prefix and environment of an evaluate step in the sandbox, and its AUTORESEARCH_OUT."""
+    from autoresearch.executors.sandbox import Sandbox, bwrap_problem
+
+    if bwrap_problem() is not None:
+        pytest.skip(f"bubblewrap cannot run here: {bwrap_problem()}")
+    repo, work, out = tmp_path / "repo", tmp_path / "repo" / "work", tmp_path / "repo" / "out"
+    work.mkdir(parents=True)
+    out.mkdir()
+    box = Sandbox(task_root=repo, repo=repo, mode="bwrap")
+    prefix = box.prefix("evaluate", cwd=work, worktree=work, writable=[out])
+    env = box.environment({"PATH": f"{Path(PY).parent}:/usr/bin:/bin", "AUTORESEARCH_OUT": str(out)})
+    return prefix, env, out
+
+
+def test_a_warm_up_leaves_no_cache_for_the_timed_runs_in_the_sandbox(tmp_path: Path) -> None:
+    prefix, env, out = sandboxed(tmp_path)
+    script = tmp_path / "repo" / "work" / "caches.py"
+    script.write_text(CACHES)
+    done = subprocess.run([*prefix, PY, "-m", "autoresearch", "measure", "--repeat", "3", "--warmup", "1",
+                           "--", PY, str(script), str(out)], env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert summary(done.stdout)["hits"] == 0, done.stderr  # /tmp, /dev/shm, $HOME, System V, mqueue
+    assert done.stderr.count("hits: []") == 4
+    assert list(out.iterdir()) == []  # what a run added to the given AUTORESEARCH_OUT is gone
+
+
+def test_a_run_that_changes_what_measure_was_given_is_a_crash(tmp_path: Path) -> None:
+    given = tmp_path / "out"
+    given.mkdir()
+    (given / "checkpoint.pt").write_text("weights")
+    code = f"open({str(given / 'checkpoint.pt')!r}, 'a').write(' and a cached answer')"
+    done = subprocess.run([PY, "-m", "autoresearch", "measure", "--repeat", "1", "--warmup", "0", "--",
+                           PY, "-c", code], env={**os.environ, "AUTORESEARCH_OUT": str(given)},
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode != 0 and "---" not in done.stdout
+    assert "a run changed checkpoint.pt in AUTORESEARCH_OUT" in done.stderr
+
+
+def test_the_cpu_of_a_worker_left_running_is_counted(tmp_path: Path) -> None:
+    """The work is handed to an orphaned worker, which stays: its CPU is the run's all the same."""
+    worker = textwrap.dedent("""\
+        import os, time
+        r, w = os.pipe()
+        if os.fork() == 0:
+            if os.fork() == 0:  # orphaned: never waited for by the benchmark
+                start = time.process_time()
+                while time.process_time() - start < 0.6:
+                    pass
+                os.write(w, b"done")
+                time.sleep(60)
+            os._exit(0)
+        os.wait()
+        os.read(r, 4)
+    """)
+    values = summary(run_measure("--repeat", "1", "--warmup", "0", "--", PY, "-c", worker).stdout)
+    assert values["cpu_seconds"] >= 0.55
+
+
+def test_a_key_printed_twice_is_a_crash(tmp_path: Path) -> None:
+    """Code the benchmark imports prints its own summary first: measure takes neither."""
+    forged = "print('---'); print('checksum: 1234'); print('---'); print('checksum: 99'); print('ops: 3')"
+    done = run_measure("--repeat", "1", "--warmup", "0", "--", PY, "-c", forged)
+    assert done.returncode != 0 and "---" not in done.stdout
+    assert "printed checksum more than once" in done.stderr
+    honest = run_measure("--repeat", "1", "--warmup", "0", "--", PY, "-c", "print('---'); print('ops: 3')")
+    assert summary(honest.stdout)["ops"] == 3
+
+
+def test_a_run_in_the_sandbox_cannot_open_measures_memory(tmp_path: Path) -> None:
+    """It would rewrite the start time of its own timing (measure is not dumpable; no capabilities)."""
+    prefix, env, _ = sandboxed(tmp_path)
+    probe = ("import os\nfor name in ('mem', 'environ'):\n    try:\n"
+             "        open(f'/proc/{os.getppid()}/{name}', 'rb').read(1); print('opened', name)\n"
+             "    except OSError as exc:\n        print('refused', name, exc.strerror)\n")  # fmt: skip
+    done = subprocess.run([*prefix, PY, "-m", "autoresearch", "measure", "--repeat", "1", "--warmup", "0",
+                           "--", PY, "-c", probe], env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "refused mem Permission denied" in done.stderr and "refused environ" in done.stderr
+    assert "opened" not in done.stderr

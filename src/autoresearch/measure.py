@@ -6,9 +6,10 @@ the command ``repeat`` times after ``warmup`` untimed runs and prints one summar
 
 - ``seconds``: the median wall time of a run; ``seconds_mad`` its median absolute deviation;
 - ``cpu_seconds``: the median user + system time of the run's process tree (every
-  descendant that was waited for), and ``cpu_seconds_mad``;
-- ``peak_rss_mb``: the largest resident set size of any process of a run, the largest
-  over the runs;
+  descendant, also one it left running, which measure kills and reaps), and
+  ``cpu_seconds_mad``;
+- ``peak_rss_mb``: the largest resident set size of any process of a run (what it left
+  running too), the largest over the runs;
 - every numeric ``key: value`` of the command's own summary block, as its median (a
   benchmark that times its own inner loop is aggregated the same way);
 - ``alloc_peak_mb`` (``--allocations``, Python commands): the peak of the memory Python
@@ -16,10 +17,18 @@ the command ``repeat`` times after ``warmup`` untimed runs and prints one summar
 - ``runs``: how many timed runs the figures come from.
 
 The command's own output goes to stderr, so the block above is the last one on stdout.
-Each run gets a fresh, empty ``TMPDIR`` and ``AUTORESEARCH_OUT``, removed after it, so a
-warm-up cannot leave a cache there for the timed runs (a command that writes elsewhere,
-such as ``/tmp`` by name, is not stopped by this), and whatever a run leaves running (a
-daemon, a double fork: measure is their subreaper) is killed before the next one starts.
+A key the command prints twice (in one block or in two) makes the run a crash: code the
+benchmark imports must not be able to print the value measure takes.
+
+No run leaves anything for the next one. Each gets a fresh, empty ``TMPDIR`` and
+``AUTORESEARCH_OUT``; what it leaves running (a daemon, a double fork: measure is their
+subreaper) is killed before the next one starts; a file it adds to the ``AUTORESEARCH_OUT``
+measure was given is removed, and changing one there is a crash. Inside the sandbox
+(``AUTORESEARCH_SANDBOX=bwrap``, where those folders are the step's own) ``/tmp``,
+``/dev/shm`` and ``/dev/mqueue`` are emptied and System V IPC objects removed between
+runs, so a warm-up cannot leave a cache anywhere the timed runs could read it. Outside the
+sandbox a command can still keep one in a folder it names itself.
+
 A run that exits non-zero ends ``measure`` with that status and the output's tail: a
 crash, never a number. It runs as a task's trusted ``evaluate`` step, so the step's
 timeout and sandbox apply to it and to everything it starts.
@@ -29,7 +38,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
+import re
+import resource
 import shlex
 import shutil
 import statistics
@@ -38,14 +50,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from autoresearch.metrics import parse_summary
+from autoresearch.metrics import SUMMARY_LINE, parse_summary
+from autoresearch.process import SANDBOXED
 
 # measure's own keys: a command that prints one of them is ignored for it (it cannot set its own time)
 OWN_KEYS = ("seconds", "seconds_mad", "cpu_seconds", "cpu_seconds_mad", "peak_rss_mb", "alloc_peak_mb", "runs")
 _ALLOC_ENV = "AUTORESEARCH_MEASURE_ALLOC"
+_SCRATCH = ("/tmp", "/dev/shm", "/dev/mqueue")  # a sandboxed step's own: emptied between runs
 _TRACE = """\
 import os, runpy, sys, tracemalloc
 target, sys.argv = sys.argv[1], sys.argv[1:]
@@ -83,17 +97,121 @@ class Sample:
     alloc_peak_mb: float | None = None
 
 
-def run_once(argv: Sequence[str], *, allocations: bool = False) -> Sample:
+class Between:
+    """Puts back the state every run starts from (see the module's docstring).
+
+    ``measure`` makes one and calls :meth:`run_dir` before, :meth:`reset` after each run.
+    """
+
+    def __init__(self, environ: dict[str, str] | None = None) -> None:
+        environ = dict(os.environ if environ is None else environ)
+        self.private = environ.get(SANDBOXED) == "bwrap"
+        self.own = Path(tempfile.mkdtemp(prefix="measure-"))
+        self.home = Path(environ["HOME"]) if environ.get("HOME") and Path(environ["HOME"]).is_dir() else None
+        given = environ.get("AUTORESEARCH_OUT")
+        self.out = Path(given) if given and Path(given).is_dir() else None
+        self.out_before = _listing(self.out) if self.out else {}
+
+    def run_dir(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="run-", dir=self.own))
+
+    def reset(self) -> None:
+        """After a run (its leftovers killed): nothing it wrote is there for the next one."""
+        for entry in self.own.iterdir():
+            _remove(entry)
+        if self.private:
+            mounts = _mount_points()
+            for root in (Path(p) for p in _SCRATCH if Path(p).is_dir()):
+                _empty(root, keep={self.own, *mounts}, mounts=mounts)
+            _remove_sysv_ipc()
+            if self.home is not None:
+                self.home.mkdir(parents=True, exist_ok=True)
+        if self.out is not None:
+            self._restore_out()
+
+    def _restore_out(self) -> None:
+        assert self.out is not None
+        now = _listing(self.out)
+        changed = sorted(k for k in self.out_before if now.get(k) != self.out_before[k])
+        for rel in sorted(set(now) - set(self.out_before), key=len):
+            _remove(self.out / rel)
+        if changed:
+            raise MeasureError(f"a run changed {', '.join(changed[:5])} in AUTORESEARCH_OUT ({self.out}): "
+                               "a run writes only to its own, fresh AUTORESEARCH_OUT")  # fmt: skip
+
+    def close(self) -> None:
+        shutil.rmtree(self.own, ignore_errors=True)
+
+
+def _listing(root: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file and folder under ``root``, by relative path."""
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            path = Path(folder, name)
+            with contextlib.suppress(OSError):
+                st = path.lstat()
+                out[str(path.relative_to(root))] = (st.st_size if name in files else -1, st.st_mtime_ns)
+    return out
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _empty(folder: Path, *, keep: set[Path], mounts: set[Path]) -> None:
+    """Remove what ``folder`` holds, except ``keep`` and mount points (a bind is not ours to empty)."""
+    with contextlib.suppress(OSError):
+        for entry in list(folder.iterdir()):
+            if entry in keep:
+                continue
+            if any(entry in m.parents for m in mounts):
+                _empty(entry, keep=keep, mounts=mounts)
+            else:
+                _remove(entry)
+
+
+def _mount_points() -> set[Path]:
+    points = set()
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            field = line.split()[4]  # the mount point, with octal escapes for spaces and such
+            points.add(Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)))
+    return points
+
+
+def _remove_sysv_ipc() -> None:
+    """Remove every System V shared memory segment, semaphore set and message queue (IPC_RMID)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for kind, remove in (("shm", libc.shmctl), ("sem", libc.semctl), ("msg", libc.msgctl)):
+        with contextlib.suppress(OSError):
+            rows = Path(f"/proc/sysvipc/{kind}").read_text().splitlines()[1:]
+            for row in rows:
+                ident = int(row.split()[1])
+                remove(ident, 0, 0, None) if kind == "sem" else remove(ident, 0, None)
+
+
+def run_once(argv: Sequence[str], between: Between, *, allocations: bool = False) -> Sample:
     """Run ``argv`` once; its output goes to our stderr. Raises MeasureError when it fails."""
-    command = list(argv)
-    scratch = tempfile.mkdtemp(prefix="measure-run-")
+    scratch = str(between.run_dir())
     # each run starts with empty scratch space: nothing a warm-up wrote there speeds up a timed run
     env = {**os.environ, "TMPDIR": scratch, "AUTORESEARCH_OUT": scratch}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
-        return _run(argv, command, env, allocations)
+        sample, status = _run(argv, list(argv), env, allocations)
+        left_kb = kill_leftovers()
     finally:
         kill_leftovers()
-        shutil.rmtree(scratch, ignore_errors=True)
+        between.reset()
+    if status is not None:
+        raise status
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the run and what it left, all reaped now
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return replace(sample, cpu_seconds=cpu, peak_rss_mb=max(sample.peak_rss_mb, left_kb / 1024))
 
 
 def guard_measure() -> bool:
@@ -101,8 +219,6 @@ def guard_measure() -> bool:
     this process is not dumpable, so a run cannot open our /proc/<pid>/mem, environ or fds
     (it would rewrite the start time of its own timing)."""
     try:
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
         return bool(libc.prctl(36, 1, 0, 0, 0) == 0)  # PR_SET_CHILD_SUBREAPER
@@ -110,19 +226,32 @@ def guard_measure() -> bool:
         return False
 
 
-def kill_leftovers() -> None:
-    """Kill and reap what a run left running, so nothing of it serves or slows the next run."""
-    me = str(os.getpid())
+def kill_leftovers() -> int:
+    """Kill and reap what a run left running, so nothing of it serves or slows the next run.
+
+    Returns the peak resident set (kB) of the largest of them.
+    """
+    me, peak = str(os.getpid()), 0
     for _ in range(50):  # a leftover may fork while it is being killed: until none is left
         pids = [int(p) for p in _children_of(me)]
         if not pids:
-            return
+            break
+        peak = max([peak, *(_peak_kb(pid) for pid in pids)])
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
         for pid in pids:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
+    return peak
+
+
+def _peak_kb(pid: int) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
 
 
 def _children_of(ppid: str) -> list[str]:
@@ -140,12 +269,13 @@ def _children_of(ppid: str) -> list[str]:
     return out
 
 
-def _run(argv: Sequence[str], command: list[str], env: dict[str, str], allocations: bool) -> Sample:
+def _run(argv: Sequence[str], command: list[str], env: dict[str, str],
+         allocations: bool) -> tuple[Sample, MeasureError | None]:  # fmt: skip
+    """One run: its sample (wall time, the main process's peak), or why it is a crash."""
     alloc_file = None
     if allocations:
         command = _traced(command)
-        fd, alloc_file = tempfile.mkstemp(prefix="measure-alloc-")
-        os.close(fd)
+        alloc_file = os.path.join(env["TMPDIR"], "..", f"alloc-{os.getpid()}")
         env[_ALLOC_ENV] = alloc_file
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
@@ -161,12 +291,30 @@ def _run(argv: Sequence[str], command: list[str], env: dict[str, str], allocatio
     sys.stderr.write(text)
     sys.stderr.flush()
     alloc = _read_alloc(alloc_file)
+    sample = Sample(seconds, 0.0, usage.ru_maxrss / 1024, parse_summary(text), alloc)  # maxrss: kB on Linux
     if proc.returncode != 0:
         tail = "\n".join(text.splitlines()[-20:])
-        raise MeasureError(f"{shlex.join(argv)} exited with {proc.returncode}:\n{tail}",
-                           proc.returncode if proc.returncode > 0 else 1)  # fmt: skip
-    rss_kb = usage.ru_maxrss  # Linux: kilobytes, of the largest process of the tree
-    return Sample(seconds, usage.ru_utime + usage.ru_stime, rss_kb / 1024, parse_summary(text), alloc)
+        code = proc.returncode if proc.returncode > 0 else 1
+        return sample, MeasureError(f"{shlex.join(argv)} exited with {proc.returncode}:\n{tail}", code)
+    twice = printed_twice(text)
+    if twice:
+        return sample, MeasureError(f"{shlex.join(argv)} printed {', '.join(twice)} more than once: measure "
+                                    "takes one value of a key per run (from the command, not code it imports)")  # fmt: skip
+    return sample, None
+
+
+def printed_twice(text: str) -> list[str]:
+    """Keys of the last summary block that are printed more than once after the first ``---``."""
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.strip() == "---"]
+    if not starts:
+        return []
+    seen: dict[str, int] = {}
+    for line in lines[starts[0] + 1 :]:
+        match = SUMMARY_LINE.match(line)
+        if match:
+            seen[match.group(1)] = seen.get(match.group(1), 0) + 1
+    return sorted(k for k in parse_summary(text) if seen.get(k, 0) > 1)
 
 
 def _traced(argv: list[str]) -> list[str]:
@@ -222,9 +370,13 @@ def measure(argv: Sequence[str], *, repeat: int = 5, warmup: int = 1, metric: st
     if repeat < 1 or warmup < 0:
         raise MeasureError(f"--repeat {repeat} --warmup {warmup}: at least one timed run, no negative warm-ups")
     guard_measure()
-    for _ in range(warmup):
-        run_once(argv)
-    samples = [run_once(argv, allocations=allocations) for _ in range(repeat)]
+    between = Between()
+    try:
+        for _ in range(warmup):
+            run_once(argv, between)
+        samples = [run_once(argv, between, allocations=allocations) for _ in range(repeat)]
+    finally:
+        between.close()
     return summarize(samples, metric)
 
 
@@ -260,4 +412,4 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["MeasureError", "Sample", "add_arguments", "block", "mad", "main", "measure", "run_once", "summarize"]
+__all__ = ["Between", "MeasureError", "Sample", "add_arguments", "block", "mad", "main", "measure", "printed_twice", "run_once", "summarize"]

@@ -16,7 +16,7 @@ from pathlib import Path
 from autoresearch.config import MetricConfig
 from autoresearch.errors import MetricError
 
-_SUMMARY_LINE = re.compile(r"^\s*([A-Za-z_][\w.\-/]*)\s*:\s*(\S+)\s*$")
+SUMMARY_LINE = re.compile(r"^\s*([A-Za-z_][\w.\-/]*)\s*:\s*(\S+)\s*$")
 
 
 def parse_summary(text: str) -> dict[str, float]:
@@ -27,7 +27,7 @@ def parse_summary(text: str) -> dict[str, float]:
         return {}
     found: dict[str, float] = {}
     for line in lines[starts[-1] + 1 :]:
-        match = _SUMMARY_LINE.match(line)
+        match = SUMMARY_LINE.match(line)
         if match:
             value = _number(match.group(2))
             if value is not None:
@@ -85,4 +85,4 @@ def parse(config: MetricConfig, output: str, out_dir: Path | None = None) -> dic
     return found
 
 
-__all__ = ["parse", "parse_summary"]
+__all__ = ["SUMMARY_LINE", "parse", "parse_summary"]

@@ -3,6 +3,8 @@
 Between steps the protected files (and protected data) are hashed again, so a run that
 rewrites the harness never gets its evaluation; before ``evaluate`` the worktree is put
 back to the experiment's commit, so the trusted step never sees what the run step wrote.
+``AUTORESEARCH_OUT`` is emptied after ``check``: it holds what ``run`` made, never work the
+tests did ahead for a task with no run step (``evaluate`` would time it done).
 Executors differ only in where this runs (a thread here, a Ray worker there).
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -84,7 +87,17 @@ def execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None = None,
         if tampered:
             reason = f"the {name} step changed protected files: {', '.join(tampered)}"
             return _result(job, steps, RunStatus.INVALID, reason)
+        if name == "check":
+            _empty(job.out_dir)
     return _measure(job, steps)
+
+
+def _empty(folder: Path) -> None:
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _sandboxed_step(job: Job, runner: StepRunner, sandbox: Sandbox | None, name: str, command: str,

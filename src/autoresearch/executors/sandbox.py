@@ -6,8 +6,13 @@ logs, locks and other runs), ``$HOME`` and ``/run`` are empty; the Python enviro
 prepared data (``.autoresearch/data``), the task's ``link`` targets and ``protected_data``
 are bound back read-only. The worktree's own ``.git`` is unreadable, so git inside a step
 fails: the run cannot commit, move the session branch or plant hooks. There is no network
-unless ``[task] network = true``, a new PID namespace (the step's death kills everything it
-started), no capabilities, and an allowlisted environment (never the agents' keys).
+unless ``[task] network = true``, a new PID and IPC namespace (the step's death kills
+everything it started), no capabilities, no kernel keyrings (a seccomp filter: root's keys
+are the host's), and an allowlisted environment (never the agents' keys). The folders a step
+may write are its worktree (not in ``evaluate``), ``AUTORESEARCH_OUT``, ``/tmp``, ``/dev/shm``
+and ``/dev/mqueue``; everything else is read-only, the emptied folders and ``/dev`` too.
+Inside, ``AUTORESEARCH_SANDBOX=bwrap`` says so (``autoresearch measure`` then empties those
+scratch folders between its runs).
 ``[task] holdout`` files are visible to ``evaluate`` only; ``check`` and ``run`` get
 "Permission denied" when they open them.
 
@@ -23,8 +28,10 @@ import functools
 import glob
 import hashlib
 import os
+import platform
 import shutil
 import site
+import struct
 import subprocess
 import sys
 import tempfile
@@ -35,7 +42,7 @@ from pathlib import Path
 from autoresearch.config import SANDBOXES, TaskConfig
 from autoresearch.errors import ConfigError, WorkspaceError
 from autoresearch.git import Git, git_fingerprint
-from autoresearch.process import AGENT_KEYS, MARKER
+from autoresearch.process import AGENT_KEYS, MARKER, SANDBOXED
 
 MODES = SANDBOXES
 DATA_DIR = ".autoresearch/data"  # prepared data shared by every worktree (read-only inside)
@@ -47,6 +54,7 @@ ENV_NAMES = (
 )  # fmt: skip
 ENV_PREFIXES = ("AUTORESEARCH_", "LC_")
 PROBE_TIMEOUT = 10.0
+SECCOMP_FD = 9  # the filter reaches bwrap on this descriptor (see :meth:`Sandbox.prefix`)
 
 
 @functools.cache
@@ -109,6 +117,52 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+# add_key, request_key, keyctl by machine: (the audit arch seccomp sees, the call numbers),
+# the 64-bit ABI and the 32-bit one its processes can also call
+_KEYRING_CALLS = {
+    "x86_64": ((0xC000003E, (248, 249, 250)), (0x40000003, (286, 287, 288))),
+    "aarch64": ((0xC00000B7, (217, 218, 219)), (0x40000028, (309, 310, 311))),
+}
+
+
+def keyring_filter(machine: str | None = None) -> bytes | None:
+    """A classic-BPF seccomp program: the keyring calls fail with EPERM, all else runs.
+
+    Kernel keyrings are per user, not per namespace: without this, a step (root in a
+    container) could read the host's keys or keep a cache between runs. ``None`` for a
+    machine not in the table (the step then runs without the filter).
+    """
+    abis = _KEYRING_CALLS.get(machine or platform.machine())
+    if abis is None:
+        return None
+    ld, jeq, and_, ret = 0x20, 0x15, 0x54, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_ALU|AND|K, BPF_RET|K
+    ops: list[tuple[int, int | str, int | str, int]] = [(ld, 0, 0, 4)]  # A = seccomp_data.arch
+    for arch, calls in abis:
+        end = len(ops) + 3 + len(calls)  # the next ABI's test
+        ops += [(jeq, len(ops) + 1, end, arch), (ld, 0, 0, 0), (and_, 0, 0, 0xBFFFFFFF)]  # A = nr, x32 bit off
+        ops += [(jeq, "deny", "allow" if i == len(calls) - 1 else len(ops) + i + 1, nr)
+                for i, nr in enumerate(calls)]  # fmt: skip
+    at = {"allow": len(ops), "deny": len(ops) + 1}
+    ops += [(ret, 0, 0, 0x7FFF0000), (ret, 0, 0, 0x00050000 | 1)]  # ALLOW; ERRNO | EPERM
+    program = b""
+    for pc, (code, jt, jf, k) in enumerate(ops):
+        # jt and jf are where to go (an index or a label; 0 on a non-jump), written as offsets
+        offsets = [0 if code != jeq else (at[t] if isinstance(t, str) else t) - pc - 1 for t in (jt, jf)]
+        program += struct.pack("=HBBI", code, *offsets, k)
+    return program
+
+
+@functools.cache
+def _filter_file() -> str | None:
+    program = keyring_filter()
+    if program is None:
+        return None
+    fd, path = tempfile.mkstemp(prefix="autoresearch-seccomp-")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(program)
+    return path
+
+
 def _placeholders() -> tuple[Path, Path]:
     """An unreadable file and folder, bound over what a step may not open."""
     folder = Path(tempfile.mkdtemp(prefix="autoresearch-sandbox-"))
@@ -168,9 +222,10 @@ class Sandbox:
     def environment(self, env: Mapping[str, str]) -> dict[str, str]:
         """What a sandboxed step sees of ``env``: the allowlist, $HOME inside. Unchanged without bwrap."""
         if not self.enabled:
-            return dict(env)
+            return {k: v for k, v in env.items() if k != SANDBOXED}
         keep = {k: v for k, v in env.items() if self._allowed(k)}
         keep.update(HOME=HOME_INSIDE, TMPDIR="/tmp")
+        keep[SANDBOXED] = "bwrap"
         return keep
 
     def _allowed(self, name: str) -> bool:
@@ -188,7 +243,8 @@ class Sandbox:
 
         ``worktree`` (the slot's checkout) is visible, writable when it is in ``writable``
         (with ``AUTORESEARCH_OUT``); its ``.git`` is unreadable, and ``evaluate`` alone may
-        read the holdout files.
+        read the holdout files. The argv starts with ``/bin/sh``, which opens the seccomp
+        filter on descriptor 9 for bwrap and execs it.
         """
         if not self.enabled:
             return []
@@ -198,14 +254,23 @@ class Sandbox:
         argv += [] if self.network else ["--unshare-net"]
         argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
         argv += [arg for dev in _gpu_devices() for arg in ("--dev-bind", dev, dev)]
+        argv += ["--tmpfs", "/dev/shm", "--mqueue", "/dev/mqueue"]
         argv += ["--tmpfs", "/tmp", "--dir", HOME_INSIDE]
-        argv += [arg for path in self._hidden_roots() for arg in ("--tmpfs", str(path))]
+        hidden = [str(path) for path in self._hidden_roots()]
+        argv += [arg for path in hidden for arg in ("--tmpfs", path)]
         argv += [arg for path in self._readable_roots() for arg in ("--ro-bind", path, path)]
         argv += [] if worktree in writable else ["--ro-bind", str(worktree), str(worktree)]
         argv += [arg for path in writable for arg in ("--bind", str(path), str(path))]
         argv += self._unreadable(worktree / ".git")
         argv += self._holdout_binds(step, cwd)
-        return [*argv, "--chdir", str(cwd)]
+        # the emptied folders and /dev stay empty: what is bound inside them keeps its own mode
+        argv += [arg for path in ("/dev", *hidden) for arg in ("--remount-ro", path)]
+        argv += ["--chdir", str(cwd)]
+        seccomp = _filter_file()
+        if seccomp is None:
+            return argv
+        return ["/bin/sh", "-c", f'exec "$@" {SECCOMP_FD}<"$0"', seccomp, argv[0],
+                "--seccomp", str(SECCOMP_FD), *argv[1:]]  # fmt: skip
 
     def _hidden_roots(self) -> list[Path]:
         """Empty inside: the user's checkout, $HOME, /run (sockets); shallow ones first."""
@@ -316,4 +381,4 @@ def _checkout_status(repo: Path) -> str:
     return hashlib.sha256(f"{code}\0{out}\0{err}".encode()).hexdigest()
 
 
-__all__ = ["MODES", "Sandbox", "bwrap_problem", "python_fingerprint", "resolve_mode"]
+__all__ = ["MODES", "Sandbox", "bwrap_problem", "keyring_filter", "python_fingerprint", "resolve_mode"]
