@@ -235,3 +235,23 @@ def test_resume_after_a_kill_between_branch_and_session_row(tmp_path: Path) -> N
     engine = session(repo, Scripted(["A = 1\nB = 0\n"]), FakeExecutor(lambda j: 1.0 - params(j)["A"]),
                      resume=True, max_experiments=1)  # fmt: skip
     assert [r.verdict for r in engine.history.rows] == [Verdict.BASELINE, Verdict.KEEP]
+
+
+def test_a_keep_whose_fresh_runs_are_no_better_than_the_best_is_discarded(tmp_path: Path) -> None:
+    """Selected on three lucky runs; the fresh seeds put it back above the baseline."""
+    repo = task(tmp_path, judge="baseline_runs = 5\nmax_runs = 3")
+    baseline = [99.0, 101.0, 100.0, 99.5, 100.5]
+
+    def run(job: Job) -> float:
+        if job.experiment_id == 0:
+            return baseline[job.run_index]
+        lucky = job.purpose is not RunPurpose.RESCORE
+        return (95.0 if lucky else 100.8) + 0.2 * (job.run_index % 2)
+
+    engine = session(repo, Scripted(["A = 0\nB = 1  # a null edit\n"]), FakeExecutor(run), max_experiments=1)
+    row = engine.history.rows[1]
+    assert len(row.values(RunPurpose.RESCORE)) == 3
+    assert row.verdict is Verdict.DISCARD, row.reason
+    assert "not better than the best 100" in row.reason and "luck" in row.reason
+    assert engine.history.best is not None and engine.history.best.id == 0  # the baseline stands
+    assert git(repo, "rev-parse", "autoresearch/t") == git(repo, "rev-parse", "main")

@@ -271,7 +271,7 @@ def _decide(engine: Engine, flight: Flight) -> Decision:
     if flight.baseline:
         return judge.decide_baseline(flight.runs)
     if flight.keep is not None:
-        return _rescored(flight)
+        return _rescored(engine, flight)
     standing = history.standing()
     assert standing is not None, "candidates start only once the baseline is recorded"
     select = [r.metric for r in flight.runs if r.metric is not None]
@@ -296,15 +296,24 @@ def _broken_constraint(engine: Engine, flight: Flight) -> str:
                            base.metrics if base else {})  # fmt: skip
 
 
-def _rescored(flight: Flight) -> Decision:
-    """A keep's fresh runs: it is recorded at their mean, not at the runs that selected it."""
+def _rescored(engine: Engine, flight: Flight) -> Decision:
+    """A keep's fresh runs: it is recorded at their mean, not at the runs that selected it.
+
+    When that mean is no better than the best, the selecting runs were luck: a discard.
+    """
     assert flight.keep is not None
     flight.rescore_left -= 1
     if flight.rescore_left > 0:
         return Decision(None, flight.keep.metric, "re-scoring on fresh seeds", flight.rescore_left)
     fresh = [r.metric for r in flight.runs if r.purpose is RunPurpose.RESCORE and r.metric is not None]
-    value = statistics.fmean(fresh) if fresh else flight.keep.metric
-    note = f"; re-scored on {len(fresh)} fresh seeds: {value:.6g}" if fresh else ""
+    if not fresh:
+        return flight.keep
+    value = statistics.fmean(fresh)
+    note = f"; re-scored on {len(fresh)} fresh seeds: {value:.6g}"
+    standing, metric = engine.history.standing(), engine.config.metric
+    if standing is not None and not metric.better(value, standing.metric, engine.config.judge.min_delta):
+        return Decision(Verdict.DISCARD, value, f"{flight.keep.reason}{note}, not better than the best "
+                        f"{standing.metric:.6g}: the selecting runs were luck")  # fmt: skip
     return Decision(Verdict.KEEP, value, flight.keep.reason + note)
 
 

@@ -264,7 +264,9 @@ class Sandbox:
         argv += self._unreadable(worktree / ".git")
         argv += self._holdout_binds(step, cwd)
         # the emptied folders and /dev stay empty: what is bound inside them keeps its own mode
-        argv += [arg for path in ("/dev", *hidden) for arg in ("--remount-ro", path)]
+        # (a hidden root bound back itself, as a Ray node's scratch checkout is, keeps the bind's mode)
+        bound = {str(worktree), *map(str, writable), *self._readable_roots()}
+        argv += [arg for path in ("/dev", *hidden) if path not in bound for arg in ("--remount-ro", path)]
         argv += ["--chdir", str(cwd)]
         seccomp = _filter_file()
         if seccomp is None:
