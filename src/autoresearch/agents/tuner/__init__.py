@@ -161,7 +161,7 @@ class TunerAgent(Agent):
         if made >= self.options.local_trials:
             return None, ""
         rng = random.Random(derive_seed(seed, len(context.history), 2))
-        move = local_move(dims, best, moves(context, configs), done, rng)
+        move = local_move(dims, best, moves(context, configs), done, rng, context.noise or 0.0)
         if move is None:
             return None, ""
         return Sampled(move.config, -1, {}), f"local move ({move.why()})"

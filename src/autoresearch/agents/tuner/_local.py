@@ -4,15 +4,30 @@ From the incumbent (the best code so far), a local move changes one constant, or
 
 - a float on a log range by x2 or /2 (then by sqrt 2 when both sides were worse); on a linear
   range by a quarter of its width (then an eighth);
-- an int by +1 or -1 (x2 or /2 from 8 up, the other pair as the second step size);
+- an int by a quarter of its range, at least 1 and at most half its value (+-2 from 5 in
+  [2, 10]), then by 1; from 8 up by x2 or /2, then by 1; +-1 then x2 or /2 where that is 1;
 - a choice to its neighbours (ordered numbers) or to each other choice; a bool flips.
 
 Each candidate is scored from the moves already made (see ``_history.Move``): a step in the
 direction of the last keep goes on in that direction; a side that was worse or crashed is
 not tried again, and its other side is tried next; a step already tried and found within the
 noise of the best (a tie) is not chased further on its own, but two favourable ties are
-tried together. Differences below the noise are ties, never directions. Candidates with the
-same score are ordered by the seeded ``rng``, so each seed walks its own way.
+tried together. Differences below the noise are ties, never directions. A worse or tied step
+made while the other constants had other values counts for less (``STALE``): after a keep
+elsewhere it may pay off, as a weight decay does once the learning rate moved.
+
+Three measured values of one constant (the incumbent's and two more, the other constants as
+they are now) give a parabola (on the log scale for a log range). Its vertex is a step of its
+own, tried as a continuation would be when it lies beyond the incumbent and after the untried
+constants when it lies between two measured values; the constant's other steps then wait.
+Where the vertex is the incumbent's value or one measured already, or where the parabola
+promises a gain no bigger than the noise (one run would not tell it from luck), the constant
+is done. A parabola is fitted only where the three values differ by more than twice the
+noise. Without three such values, the values measured before another constant moved are
+fitted (stale): a constant done there stays done; a vertex elsewhere is tried after the
+untried constants, the constant's other steps scored as they were, since the best value of
+one constant moves with the others. Candidates with the same score are ordered by the seeded
+``rng``, so each seed walks its own way.
 """
 
 from __future__ import annotations
@@ -20,7 +35,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from autoresearch.agents._constants import Value
@@ -40,6 +55,9 @@ CAME_FROM = -2.0  # back to the value the keep that made the incumbent came from
 # equal evidence, the tuner tries them in this order.
 PRIOR = {"log": 0.3, "float": 0.2, "int": 0.1, "choice": 0.0}
 FAILED_VALUE = -3.0  # the same value crashed before (from anywhere)
+DONE = -4.0  # every step of a constant whose fitted parabola has its vertex where it is
+FIT_INSIDE = -0.5  # a vertex between two measured neighbours: after the untried constants
+STALE = 0.3  # the weight of a worse or tied step made where other constants had other values
 
 
 @dataclass(frozen=True)
@@ -71,10 +89,12 @@ def local_move(
     history: Sequence[Move],
     evaluated: set[str],
     rng: random.Random,
+    noise: float = 0.0,
 ) -> LocalMove | None:
     """The best-scored move of one or two constants not evaluated yet, or None."""
     keys = [d.key for d in dims]
     singles = [(s, _score(s, dims, best, history)) for d in dims for s in steps(d, best[d.key])]
+    singles = _fitted(singles, dims, best, history, noise)
     candidates = [LocalMove({**best, s.key: s.value}, (s,), score) for s, score in singles]
     candidates += _pairs(singles, best, history)
     fresh = [c for c in candidates if config_hash(c.config, keys) not in evaluated]
@@ -96,7 +116,7 @@ def steps(dim: Dimension, x: Value) -> list[Step]:
         return _choice_steps(dim, x, [c for c in dist.choices if isinstance(c, int | float | str)])
     if isinstance(x, bool) or not isinstance(x, int | float):
         return []
-    raw = _float_steps(x, dist) if isinstance(dist, FloatDistribution) else _int_steps(int(x))
+    raw = _float_steps(x, dist) if isinstance(dist, FloatDistribution) else _int_steps(int(x), dist)
     out, seen = [], {float(x)}
     for value, rank, label in raw:
         clipped = dim.from_param(value)
@@ -118,12 +138,16 @@ def _float_steps(x: float, dist: object) -> list[tuple[float, int, str]]:
     return out
 
 
-def _int_steps(x: int) -> list[tuple[float, int, str]]:
+def _int_steps(x: int, dist: object) -> list[tuple[float, int, str]]:
     unit = [(x + 1, 0, "+1"), (x - 1, 0, "-1")]
     double = [(x * 2, 0, "x2"), (x // 2 if x > 0 else x / 2, 0, "/2")]
     if abs(x) >= BIG_INT:
         return double + [(v, 1, label) for v, _, label in unit]
-    return unit + [(v, 1, label) for v, _, label in double]
+    width = dist.high - dist.low  # type: ignore[attr-defined]
+    k = max(1, min(round(width / 4), abs(x) // 2))  # a quarter of the range, as for floats
+    if k == 1:
+        return unit + [(v, 1, label) for v, _, label in double]
+    return [(x + k, 0, f"+{k}"), (x - k, 0, f"-{k}")] + [(v, 1, label) for v, _, label in unit]
 
 
 def _choice_steps(dim: Dimension, x: Value, choices: list[Value]) -> list[Step]:
@@ -159,11 +183,30 @@ def _score(
     for move in history:
         changed = move.changed()
         if step.key in changed:
-            score += _evidence(step, move, best, 1.0 if len(changed) == 1 else 0.5)
+            score += _evidence(step, move, best, _weight(step.key, move, best))
             blocked = blocked or _blocks(step, move, best)
     if blocked:
         score -= sum(_continuation(step, m, best) for m in history if step.key in m.changed())
     return score
+
+
+def _weight(key: str, move: Move, best: Mapping[str, Value]) -> float:
+    """How much ``move`` says about a step of ``key`` from the incumbent now.
+
+    A move of two constants says half as much as one of ``key`` alone. A step found worse or
+    tied where the other constants had other values is stale: constants interact (the best
+    weight decay moves with the learning rate), so after another constant was kept it is
+    worth trying again. A crash is not stale: it stays a crash.
+    """
+    weight = 1.0 if len(move.changed()) == 1 else 0.5
+    if move.outcome in ("worse", "tie") and not _same_context(move, best, key):
+        weight *= STALE
+    return weight
+
+
+def _same_context(move: Move, best: Mapping[str, Value], key: str) -> bool:
+    """``move`` started where every constant but ``key`` had the incumbent's value."""
+    return all(same(move.start[k], v) for k, v in best.items() if k != key and k in move.start)
 
 
 def _evidence(step: Step, move: Move, best: Mapping[str, Value], weight: float) -> float:
@@ -267,6 +310,135 @@ def _tried_ties(best: Mapping[str, Value], history: Sequence[Move]) -> dict[tupl
             key = changed[0]
             out[(key, repr(move.end[key]))] = move.gain
     return out
+
+
+# --- a parabola along one constant ----------------------------------------------------------
+
+
+def _fitted(
+    singles: list[tuple[Step, float]],
+    dims: Sequence[Dimension],
+    best: Mapping[str, Value],
+    history: Sequence[Move],
+    noise: float,
+) -> list[tuple[Step, float]]:
+    """Steps rescored where three measured points along a constant give a parabola.
+
+    The constant's own steps wait (``DONE``) and its vertex, where that is new, is a step of
+    its own. A parabola through points measured before another constant moved (stale) tells
+    that a constant is done; its vertex elsewhere is tried late, the other steps as they were.
+    """
+    out = list(singles)
+    for dim in dims:
+        fit = _vertex(dim, best, history, noise, True) or _vertex(dim, best, history, noise, False)
+        if fit is None:
+            continue
+        here = best[dim.key]
+        moved = not same(fit.value, here)
+        if not (fit.stale and moved):
+            out = [(s, v + (DONE if s.key == dim.key else 0.0)) for s, v in out]
+        if moved:
+            direction = _sign(float(fit.value) - float(here))
+            step = Step(dim.key, fit.value, direction, 0, f"-> {fit.value} (fit)")
+            late = fit.inside or fit.stale
+            score = PRIOR.get(_family(dims, dim.key), 0.0) + (FIT_INSIDE if late else CONTINUE)
+            out.append((step, score))
+    return out
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The lowest point of a parabola along one constant."""
+
+    value: Value  # the vertex; the incumbent's value when the constant is done
+    inside: bool  # measured points on both sides of the incumbent
+    stale: bool  # fitted on points measured where other constants had other values
+
+
+def _vertex(
+    dim: Dimension,
+    best: Mapping[str, Value],
+    history: Sequence[Move],
+    noise: float,
+    context: bool,
+) -> Fit | None:
+    """The lowest point of the parabola through the incumbent and its two nearest measured
+    neighbours along ``dim``.
+
+    With ``context`` only points measured with the other constants as they are now count.
+    None without three points, without upward curvature or where the points differ by no more
+    than twice the noise. The vertex goes no further than the nearest point is from the
+    incumbent. It is the incumbent's value (done) near the incumbent or a measured point, and
+    where the parabola promises no more than the noise: a smaller gain is not seen in one run.
+    """
+    warp = _warp(dim, best[dim.key])
+    if warp is None:
+        return None
+    points = sorted((warp(x), f) for x, f in _axis(dim.key, best, history, context).items())
+    here = warp(best[dim.key])
+    left = [p for p in points if p[0] < here][-2:]
+    right = [p for p in points if p[0] > here][:2]
+    bracketed = bool(left and right)
+    near = [left[-1], right[0]] if bracketed else (left or right)
+    if len(near) < 2:
+        return None
+    (x0, f0), (x1, f1), (x2, f2) = sorted([*near, (here, 0.0)])
+    curve = ((f2 - f1) / (x2 - x1) - (f1 - f0) / (x1 - x0)) / (x2 - x0)
+    if curve <= 0 or max(f0, f1, f2) - min(f0, f1, f2) <= 2 * noise:
+        return None
+    slope = (f1 - f0) / (x1 - x0) - curve * (x0 + x1)
+    top = -slope / (2 * curve)
+    reach = min(abs(x - here) for x, _ in near)  # no further out than one step so far
+    low, high = (x0, x2) if bracketed else (here - reach, here + reach)
+    top = min(max(top, low), high)
+    gain = -(f0 + (f1 - f0) / (x1 - x0) * (top - x0) + curve * (top - x0) * (top - x1))
+    measured = any(abs(top - x) < reach / 4 for x, _ in [*points, (here, 0.0)])
+    value = best[dim.key] if measured or gain <= noise else dim.from_param(_unwarp(dim, top))
+    return Fit(value, bracketed, not context)
+
+
+def _axis(
+    key: str, best: Mapping[str, Value], history: Sequence[Move], context: bool
+) -> dict[Value, float]:
+    """Values of ``key`` measured (by single-constant moves) and their metric relative to the
+    incumbent's, > 0 worse: moves from the incumbent's value and from each value the keeps
+    that led to it started at (with ``context``, only where the others were as now)."""
+    starts = {repr(best[key]): 0.0}  # the values kept on the way here, back through each keep
+    for move in reversed(history):
+        end = repr(move.end[key]) if key in move.end else ""
+        kept = move.outcome == "better" and move.changed() == [key] and end in starts
+        if kept and (_same_context(move, best, key) or not context):
+            starts.setdefault(repr(move.start[key]), starts[end] + move.gain)
+    out: dict[Value, float] = {}
+    for move in history:
+        begin = repr(move.start[key]) if key in move.start else ""
+        usable = move.outcome in ("better", "worse", "tie") and move.changed() == [key]
+        if usable and begin in starts and (_same_context(move, best, key) or not context):
+            out[move.start[key]] = starts[begin]
+            out[move.end[key]] = starts[begin] - move.gain
+    out.pop(best[key], None)
+    return out
+
+
+def _warp(dim: Dimension, x: Value) -> Callable[[Value], float] | None:
+    """The scale a parabola is fitted on: log for a log range, linear for other numbers."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    dist = dim.distribution
+    if isinstance(dist, CategoricalDistribution) or isinstance(x, bool):
+        return None
+    if not isinstance(x, int | float):
+        return None
+    if isinstance(dist, FloatDistribution) and dist.log:
+        return lambda v: math.log(float(v))
+    return float
+
+
+def _unwarp(dim: Dimension, t: float) -> float:
+    from optuna.distributions import FloatDistribution
+
+    dist = dim.distribution
+    return math.exp(t) if isinstance(dist, FloatDistribution) and dist.log else t
 
 
 def _id(step: Step) -> tuple[str, str]:
