@@ -266,6 +266,25 @@ def test_evaluate_owns_the_metric_and_runs_on_a_clean_checkout(
     assert (tmp_path / "logs" / "0001-0.evaluate.log").is_file()
 
 
+CALC = "import os\nprint('---'); print('score: 1'); print('checksum:', int(os.environ['AUTORESEARCH_SEED']) * {k})\n"
+
+
+def test_evaluate_reads_the_reference_checkout_for_measure_same(executor: Executor, tmp_path: Path) -> None:
+    """[task] reference: evaluate runs the reference's committed code first and holds every run to
+    its output (the engine's clean checkout of the baseline; a copy of that commit on a node)."""
+    reference = make_repo(tmp_path / "reference", {"calc.py": CALC.format(k=3)})
+    (reference / "calc.py").write_text(CALC.format(k=5))  # not committed: the reference is the commit
+    same = make_repo(tmp_path / "same", {"calc.py": CALC.format(k=3) + "# reworded\n"})
+    other = make_repo(tmp_path / "other", {"calc.py": CALC.format(k=4)})
+    evaluate = "autoresearch measure --repeat 1 --warmup 0 --same checksum -- python calc.py"
+    ok = executor.submit(job(same, "", evaluate=evaluate, reference_root=reference)).result()
+    assert ok.status is RunStatus.OK, (ok.reason, ok.log_tail)
+    assert ok.metrics["checksum"] % 3 == 0
+    bad = executor.submit(job(other, "", evaluate=evaluate, reference_root=reference)).result()
+    assert bad.status is RunStatus.CRASH and "evaluate step exited with code 1" in bad.reason
+    assert "the reference printed" in bad.log_tail
+
+
 def test_failing_check_is_a_crash_and_skips_the_run(executor: Executor, tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     repo = scripts(tmp_path, {"r.py": f"open({str(marker)!r}, 'w').write('x')\n"})

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", metavar="CMD", help="a speed task: the tests every change must pass")
     p.add_argument("--metric", default="seconds", choices=("seconds", "cpu_seconds", "peak_rss_mb", "alloc_peak_mb"),
                    help="a speed task: what measure's summary decides (default: seconds)")  # fmt: skip
+    p.add_argument("--same", action="append", default=[], metavar="KEY",
+                   help="a speed task: a key (a checksum) the benchmark prints that every run must print "
+                   "as the baseline does, on a secret AUTORESEARCH_SEED (repeatable)")  # fmt: skip
 
     p = sub.add_parser("run", help="run a session: baseline, then experiments until a stop rule")
     p.add_argument(
@@ -207,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     dest = (args.dest or args.dir).resolve()
     result = init_task(dest, template=args.template, size=args.size, force=args.force, git=args.git,
-                       bench=args.bench, test=args.test, metric=args.metric)  # fmt: skip
+                       bench=args.bench, test=args.test, metric=args.metric, same=args.same)  # fmt: skip
     if result.kind == "template":
         print(
             f"created {dest} from template {args.template!r} ({len(result.written)} files, committed)"

@@ -24,6 +24,7 @@ DIRECTIONS = ("minimize", "maximize")
 FORMATS = ("summary", "regex", "json")
 JUDGE_RULES = ("sequential", "naive")
 SANDBOXES = ("auto", "bwrap", "none")  # [task] sandbox: bwrap where it works, or none
+REFERENCES = ("", "baseline")  # [task] reference: no reference checkout, or the session's baseline
 # The [agent.NAME] tables; claude-code, codex and aider are presets of the command agent.
 AGENT_NAMES = ("replay", "tuner", "anthropic", "openai", "command", "claude-code", "codex", "aider")
 RAY_DATA = ("setup", "shared")  # how a Ray node reaches the data git does not track
@@ -95,6 +96,7 @@ class TaskConfig:
     check: str = ""
     run: str = ""
     evaluate: str = ""
+    reference: str = ""  # "baseline": evaluate may read a checkout of the baseline (measure --same)
     time_budget: float = 300.0
     timeout: float = 600.0
     budget_allowance: float | None = None  # None: max(30 s, budget / 2)
@@ -189,8 +191,8 @@ class _Section:
 
 _TASK_KEYS = (
     "instructions", "editable", "protected", "protected_data", "context", "link", "setup", "check", "run",
-    "evaluate", "time_budget", "timeout", "budget_allowance", "sandbox", "network", "env", "holdout",
-    "max_log_mb",
+    "evaluate", "reference", "time_budget", "timeout", "budget_allowance", "sandbox", "network", "env",
+    "holdout", "max_log_mb",
 )  # fmt: skip
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -216,6 +218,13 @@ def _task(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
     }
     for key in ("setup", "check", "run", "evaluate"):
         out[key] = sec.string(key, "")
+    out["reference"] = sec.choice("reference", "", REFERENCES)
+    if out["reference"] and not out["evaluate"].strip():
+        sec.fail("reference", out["reference"], "an evaluate step to read it (reference serves measure --same)")
+    words = out["evaluate"].split()
+    if "--same" in words and "--reference" not in words and not out["reference"]:
+        sec.fail("reference", sec.table.get("reference"), '"baseline": evaluate runs `measure --same`, which '
+                 "compares every run with the baseline's output")  # fmt: skip
     if not out["editable"]:
         sec.fail("editable", sec.table.get("editable"), "at least one glob the agent may edit")
     if not out["run"].strip() and not out["evaluate"].strip():  # a speed task: evaluate is the run

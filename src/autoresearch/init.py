@@ -27,7 +27,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,11 +61,12 @@ def init(
     bench: str | None = None,
     test: str | None = None,
     metric: str = "seconds",
+    same: Sequence[str] = (),
 ) -> InitResult:
     """Make ``dest`` a task (see the module's docstring)."""
     dest = dest.resolve()
     if template is not None:
-        if bench is not None or test is not None:
+        if bench is not None or test is not None or same:
             raise ConfigError("--bench/--test make a task of your repository; --template makes a new one")
         return _from_template(template, dest, size=size, force=force)
     if not dest.is_dir():
@@ -74,7 +75,7 @@ def init(
     if bench is not None or test is not None:
         if bench is None or test is None:
             raise ConfigError("--bench and --test go together: the benchmark, and the tests it must keep passing")
-        return _speed(dest, bench=bench, test=test, metric=metric, force=force)
+        return _speed(dest, bench=bench, test=test, metric=metric, same=same, force=force)
     if is_upstream(dest):
         return _adopt_upstream(dest, force=force)
     return _plain(dest, force=force)
@@ -260,12 +261,12 @@ def _plain(dest: Path, *, force: bool) -> InitResult:
     )
 
 
-def _speed(dest: Path, *, bench: str, test: str, metric: str, force: bool) -> InitResult:
+def _speed(dest: Path, *, bench: str, test: str, metric: str, same: Sequence[str], force: bool) -> InitResult:
     """A speed or memory task on the repository (``autoresearch.speedtask``)."""
     from autoresearch.config import load_config
     from autoresearch.speedtask import init_bench
 
-    files = init_bench(dest, bench=bench, test=test, metric=metric)
+    files = init_bench(dest, bench=bench, test=test, metric=metric, same=same)
     written = write_all(files, force=force)
     editable = load_config(dest).editable
     return InitResult(

@@ -29,6 +29,15 @@ measure was given is removed, and changing one there is a crash. Inside the sand
 runs, so a warm-up cannot leave a cache anywhere the timed runs could read it. Outside the
 sandbox a command can still keep one in a folder it names itself.
 
+``--same KEY`` (with ``--reference DIR``, or ``AUTORESEARCH_REFERENCE``, which the engine
+sets to a checkout of the session's baseline) guards what the command computes, not only
+how fast: measure draws one secret workload seed for this call and hands it to every run
+as ``AUTORESEARCH_SEED``; it first runs the command once, untimed, in the reference folder,
+and every run after (warm-ups too) must print the same value of each ``KEY`` (a checksum of
+the output) as the reference did on that seed. A benchmark that builds its workload from
+the seed cannot then be answered from a table, a library cannot fake its own tests, and a
+run that prints a checksum and exits early prints the wrong one: a crash, with both values.
+
 A run that exits non-zero ends ``measure`` with that status and the output's tail: a
 crash, never a number. It runs as a task's trusted ``evaluate`` step, so the step's
 timeout and sandbox apply to it and to everything it starts.
@@ -42,6 +51,7 @@ import ctypes
 import os
 import re
 import resource
+import secrets
 import shlex
 import shutil
 import statistics
@@ -54,6 +64,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from autoresearch.metrics import SUMMARY_LINE, parse_summary
+from autoresearch.process import REFERENCE as REFERENCE_ENV
 from autoresearch.process import SANDBOXED
 
 # measure's own keys: a command that prints one of them is ignored for it (it cannot set its own time)
@@ -195,14 +206,19 @@ def _remove_sysv_ipc() -> None:
                 remove(ident, 0, 0, None) if kind == "sem" else remove(ident, 0, None)
 
 
-def run_once(argv: Sequence[str], between: Between, *, allocations: bool = False) -> Sample:
-    """Run ``argv`` once; its output goes to our stderr. Raises MeasureError when it fails."""
+def run_once(argv: Sequence[str], between: Between, *, allocations: bool = False,
+             seed: int | None = None, cwd: Path | None = None) -> Sample:  # fmt: skip
+    """Run ``argv`` once (in ``cwd``, with ``AUTORESEARCH_SEED`` = ``seed`` when given); its
+    output goes to our stderr. Raises MeasureError when it fails."""
     scratch = str(between.run_dir())
     # each run starts with empty scratch space: nothing a warm-up wrote there speeds up a timed run
     env = {**os.environ, "TMPDIR": scratch, "AUTORESEARCH_OUT": scratch}
+    env.pop(REFERENCE_ENV, None)  # the runs have no business with the reference's checkout
+    if seed is not None:
+        env["AUTORESEARCH_SEED"] = str(seed)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
-        sample, status = _run(argv, list(argv), env, allocations)
+        sample, status = _run(argv, list(argv), env, allocations, cwd)
         left_kb = kill_leftovers()
     finally:
         kill_leftovers()
@@ -269,8 +285,8 @@ def _children_of(ppid: str) -> list[str]:
     return out
 
 
-def _run(argv: Sequence[str], command: list[str], env: dict[str, str],
-         allocations: bool) -> tuple[Sample, MeasureError | None]:  # fmt: skip
+def _run(argv: Sequence[str], command: list[str], env: dict[str, str], allocations: bool,
+         cwd: Path | None = None) -> tuple[Sample, MeasureError | None]:  # fmt: skip
     """One run: its sample (wall time, the main process's peak), or why it is a crash."""
     alloc_file = None
     if allocations:
@@ -280,7 +296,7 @@ def _run(argv: Sequence[str], command: list[str], env: dict[str, str],
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
         try:
-            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         except OSError as exc:
             raise MeasureError(f"cannot start {shlex.join(argv)}: {exc}", 127) from exc
         _, status, usage = os.wait4(proc.pid, 0)
@@ -366,18 +382,61 @@ def summarize(samples: Sequence[Sample], require: str | None = None) -> dict[str
 
 
 def measure(argv: Sequence[str], *, repeat: int = 5, warmup: int = 1, metric: str | None = None,
-            allocations: bool = False) -> dict[str, float]:  # fmt: skip
+            allocations: bool = False, same: Sequence[str] = (),
+            reference: Path | None = None) -> dict[str, float]:  # fmt: skip
     if repeat < 1 or warmup < 0:
         raise MeasureError(f"--repeat {repeat} --warmup {warmup}: at least one timed run, no negative warm-ups")
+    folder = _reference_folder(same, reference)
     guard_measure()
     between = Between()
+    seed = secrets.randbelow(2**31) if same else None  # fresh for each call: no table can hold the answer
     try:
-        for _ in range(warmup):
-            run_once(argv, between)
-        samples = [run_once(argv, between, allocations=allocations) for _ in range(repeat)]
+        expected = _reference_values(argv, between, same, seed, folder) if folder else {}
+        samples = []
+        for index in range(warmup + repeat):
+            sample = run_once(argv, between, allocations=allocations and index >= warmup, seed=seed)
+            _check_same(sample, expected, seed)
+            samples.append(sample)
     finally:
         between.close()
-    return summarize(samples, metric)
+    return summarize(samples[warmup:], metric)
+
+
+def _reference_folder(same: Sequence[str], given: Path | None) -> Path | None:
+    if not same:
+        return None
+    keys = " ".join(f"--same {key}" for key in same)
+    folder = given or (Path(os.environ[REFERENCE_ENV]) if os.environ.get(REFERENCE_ENV) else None)
+    if folder is None:
+        raise MeasureError(f"{keys}: no reference to compare with: give --reference DIR (a checkout of the "
+                           f"code whose output is right), or set [task] reference = \"baseline\" so that "
+                           f"the engine sets {REFERENCE_ENV}")  # fmt: skip
+    if not folder.is_dir():
+        raise MeasureError(f"{keys}: the reference {folder} is not a folder")
+    return folder.resolve()
+
+
+def _reference_values(argv: Sequence[str], between: Between, same: Sequence[str], seed: int | None,
+                      folder: Path) -> dict[str, float]:  # fmt: skip
+    """Run the command once in the reference folder, untimed: the values every run must print."""
+    print(f"measure: the reference run, in {folder}, on the workload of seed {seed}", file=sys.stderr)
+    try:
+        sample = run_once(argv, between, seed=seed, cwd=folder)
+    except MeasureError as exc:
+        raise MeasureError(f"the reference run (in {folder}) failed: {exc}", exc.code) from exc
+    missing = [key for key in same if key not in sample.printed]
+    if missing:
+        raise MeasureError(f"--same {' '.join(missing)}: the reference run (in {folder}) did not print it")
+    return {key: sample.printed[key] for key in same}
+
+
+def _check_same(sample: Sample, expected: dict[str, float], seed: int | None) -> None:
+    for key, want in expected.items():
+        got = sample.printed.get(key)
+        if got != want:
+            found = "nothing" if got is None else f"{got:.17g}"
+            raise MeasureError(f"{key} is {found}, the reference printed {want:.17g} on the same workload "
+                               f"(seed {seed}): the output changed", 1)  # fmt: skip
 
 
 def block(values: dict[str, float]) -> str:
@@ -394,6 +453,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metric", help="a key the command prints itself that must be there")
     parser.add_argument("--allocations", action="store_true",
                         help="Python commands: also the peak of memory Python allocated (tracemalloc)")  # fmt: skip
+    parser.add_argument("--same", action="append", default=[], metavar="KEY",
+                        help="a key (a checksum) every run must print as the reference run does, "
+                        "on a secret workload seed drawn for this call (repeatable)")  # fmt: skip
+    parser.add_argument("--reference", type=Path, metavar="DIR",
+                        help=f"the folder --same runs the command in first (default: ${REFERENCE_ENV})")  # fmt: skip
     parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- the command and its arguments")
 
 
@@ -404,7 +468,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         values = measure(argv, repeat=args.repeat, warmup=args.warmup, metric=args.metric,
-                         allocations=args.allocations)  # fmt: skip
+                         allocations=args.allocations, same=args.same, reference=args.reference)  # fmt: skip
     except MeasureError as exc:
         print(f"autoresearch measure: {exc}", file=sys.stderr)
         return exc.code

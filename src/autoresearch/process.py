@@ -25,6 +25,7 @@ from pathlib import Path
 
 MARKER = "AUTORESEARCH_STEP"  # environment variable that tags every process of one step
 SANDBOXED = "AUTORESEARCH_SANDBOX"  # "bwrap" in the environment of a step inside the sandbox
+REFERENCE = "AUTORESEARCH_REFERENCE"  # evaluate's: the reference checkout's task folder (measure --same)
 TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL of a timed-out group
 TAIL_LINES = 40
 DEFAULT_LOG_BYTES = 64 << 20  # a step's log is cut here; the tail in memory is kept

@@ -26,6 +26,7 @@ from autoresearch.records import RunPurpose, RunStatus, Verdict
 from autoresearch.workspace import Workspace
 
 SLOT = "remeasure"
+REFERENCE = "remeasure-reference"  # [task] reference = "baseline": the baseline, for measure --same
 SEED_STREAM = 900_000  # experiment ids no session reaches: seeds no session run used
 
 
@@ -124,6 +125,8 @@ def remeasure(
         plan = [pair for i in range(runs) for pair in (order if i % 2 == 0 else order[::-1])]
         for index, (name, commit) in enumerate(plan):
             workdir = workspace.checkout(SLOT, commit)
+            if config.reference == "baseline":  # measure --same compares with the baseline's output
+                workspace.checkout(REFERENCE, base.commit)
             job = Job(
                 experiment_id=SEED_STREAM, run_index=index, commit=commit, workdir=workdir,
                 run=config.run, metric=config.metric, log_dir=state / "logs" / tag / SLOT,
@@ -134,6 +137,7 @@ def remeasure(
                 protected=workspace.protected_hashes(SLOT), protected_data=data_hashes(config),
                 reset_root=workspace.slot_root(SLOT), reset_keep=workspace.linked_paths(),
                 purpose=RunPurpose.RESCORE,
+                reference_root=workspace.slot_root(REFERENCE) if config.reference == "baseline" else None,
             )  # fmt: skip
             result = executor.submit(job).result()
             ok = result.status is RunStatus.OK and result.metric is not None

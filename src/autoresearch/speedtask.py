@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from autoresearch.config import CONFIG_NAME
@@ -37,7 +38,7 @@ context      = {context}
 check        = {check}   # a failing test is a crash; its name is in the reason
 # the trusted measurement, on a clean checkout of the commit: {repeat} timed runs after one warm-up
 evaluate     = {evaluate}
-timeout      = 900                   # hard kill of a step's whole process group
+{reference}timeout      = 900                   # hard kill of a step's whole process group
 
 [metric]
 name        = "{metric}"              # from measure: seconds, cpu_seconds, peak_rss_mb{alloc_note}
@@ -65,12 +66,12 @@ a failing test discards the change, with the failing test's name in the reason.
 - Good directions: a better algorithm or data structure, less work per item, avoiding
   repeated computation (caching, hoisting), fewer allocations, faster built-ins.
 - One idea per experiment, described in a sentence, so the history says what worked.
-- Timing is noisy: a change worth less than the noise cannot be kept.{memory}
+- Timing is noisy: a change worth less than the noise cannot be kept.{memory}{same}
 """
 
 
 def init_bench(dest: Path, *, bench: str, test: str, metric: str = "seconds",
-               repeat: int = 5) -> dict[Path, str]:  # fmt: skip
+               repeat: int = 5, same: Sequence[str] = ()) -> dict[Path, str]:  # fmt: skip
     """The files of a speed task for the repository at ``dest`` (not written yet)."""
     if metric not in METRICS:
         raise ConfigError(f"--metric {metric}: one of {', '.join(METRICS)}")
@@ -87,7 +88,11 @@ def init_bench(dest: Path, *, bench: str, test: str, metric: str = "seconds",
         raise ConfigError(f"{dest}: no tracked Python source outside the tests and the benchmark; "
                           "commit the code first, or write autoresearch.toml by hand")  # fmt: skip
     command = bench if not (_SHELL & set(bench)) else shlex.join(["sh", "-c", bench])
+    bad = [key for key in same if not re.fullmatch(r"[A-Za-z_][\w.]*", key)]
+    if bad:
+        raise ConfigError(f"--same {bad[0]}: a key the benchmark prints in its summary block (letters, digits, '_', '.')")
     flags = f"--repeat {repeat} --warmup 1" + (" --allocations" if metric == "alloc_peak_mb" else "")
+    flags += "".join(f" --same {key}" for key in same)
     constraints = [] if metric == "peak_rss_mb" else ["peak_rss_mb <= 1.25 * best"]
     goal = "faster" if metric in ("seconds", "cpu_seconds") else "use less memory"
     toml = SPEED_TOML.format(
@@ -96,6 +101,8 @@ def init_bench(dest: Path, *, bench: str, test: str, metric: str = "seconds",
         evaluate=_toml_str(f"autoresearch measure {flags} -- {command}"), metric=metric,
         alloc_note=", alloc_peak_mb" if metric == "alloc_peak_mb" else "",
         constraints=_toml_list(constraints),
+        reference='reference    = "baseline"            # --same: every run\'s output as the baseline\'s\n'
+        if same else "",
     )  # fmt: skip
     files = {dest / CONFIG_NAME: toml}
     if not (dest / "program.md").exists():
@@ -104,8 +111,12 @@ def init_bench(dest: Path, *, bench: str, test: str, metric: str = "seconds",
                 "alloc_peak_mb": "the peak of memory Python allocated"}[metric]  # fmt: skip
         memory = ("\n- Memory may not grow for speed: peak RSS above 1.25x the best's is discarded."
                   if constraints else "")  # fmt: skip
-        files[dest / "program.md"] = SPEED_BRIEF.format(goal=goal, metric=metric, bench=bench,
-                                                        test=test, what=what, memory=memory)  # fmt: skip
+        keys = ", ".join(f"`{key}`" for key in same)
+        checked = (f"\n- Each measurement draws a secret seed (`AUTORESEARCH_SEED`) and every run must print "
+                   f"the same {keys} as the original code does on it: a different output is a crash."
+                   if same else "")  # fmt: skip
+        files[dest / "program.md"] = SPEED_BRIEF.format(goal=goal, metric=metric, bench=bench, test=test,
+                                                        what=what, memory=memory, same=checked)  # fmt: skip
     return files
 
 

@@ -212,9 +212,24 @@ def submit(engine: Engine, flight: Flight) -> None:
         env=engine.task_env(), pass_env=cfg.env, slot=flight.slot, protected=engine.protected or {},
         protected_data=engine.protected_data, reset_root=engine.workspace.slot_root(flight.slot),
         reset_keep=engine.workspace.linked_paths(), purpose=flight.purpose,
+        reference_root=_reference(engine, flight),
     )  # fmt: skip
     flight.future = engine.executor.submit(job)
     engine.observe_run(flight, job)
+
+
+def _reference(engine: Engine, flight: Flight) -> Path | None:
+    """``[task] reference = "baseline"``: the slot's clean checkout of the session's baseline.
+
+    Put back at every run (two git calls), so nothing a step wrote there outlives its run.
+    """
+    if engine.config.reference != "baseline":
+        return None
+    base = engine.history.baseline
+    commit = flight.commit if flight.baseline or base is None else base.commit
+    key = f"reference-{flight.slot}"
+    engine.workspace.checkout(key, commit)
+    return engine.workspace.slot_root(key)
 
 
 def collect(engine: Engine, flight: Flight) -> None:

@@ -46,10 +46,20 @@ class Job:
     reset_root: Path | None = None
     reset_keep: tuple[str, ...] = ()
     purpose: RunPurpose = RunPurpose.SELECT
+    # [task] reference: a clean checkout of the session's baseline (its root), read-only to
+    # ``evaluate``, which finds its task folder in AUTORESEARCH_REFERENCE (measure --same)
+    reference_root: Path | None = None
 
     @property
     def name(self) -> str:
         return f"{self.experiment_id:04d}-{self.run_index}"
+
+    @property
+    def reference(self) -> Path | None:
+        """The task folder inside ``reference_root``, as ``workdir`` is inside ``reset_root``."""
+        if self.reference_root is None:
+            return None
+        return self.reference_root / self.workdir.relative_to(self.reset_root or self.workdir)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from autoresearch import metrics
 from autoresearch.errors import ExecutorError, MetricError
 from autoresearch.executors._base import Job, RunResult
 from autoresearch.integrity import sha256_files
-from autoresearch.process import TAIL_LINES, StepResult, StepRunner, without_secrets
+from autoresearch.process import REFERENCE, TAIL_LINES, StepResult, StepRunner, without_secrets
 
 if TYPE_CHECKING:
     from autoresearch.executors.sandbox import Sandbox
@@ -69,13 +69,17 @@ def execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None = None,
         log = job.log_dir / f"{job.name}{suffix}.log"
         if name == "evaluate":
             _pristine(job, links)
+            _pristine_reference(job)
             tampered = _tampered(job)  # the ruler is the session start's, byte for byte
             if tampered:
                 reason = f"protected files differ from the session's before evaluate: {', '.join(tampered)}"
                 return _result(job, steps, RunStatus.INVALID, reason)
             if job.metric.format == "json":
                 (job.out_dir / job.metric.path).unlink(missing_ok=True)  # only the harness writes it
-        result, reached = _sandboxed_step(job, runner, sandbox, name, command, environment, log)
+        step_env = environment
+        if name == "evaluate" and job.reference is not None:
+            step_env = {**environment, REFERENCE: str(job.reference)}
+        result, reached = _sandboxed_step(job, runner, sandbox, name, command, step_env, log)
         steps.append(result)
         if reached:  # what it changed outlives the run: the session must stop
             why = f"the {name} step changed {', '.join(reached)}"
@@ -107,7 +111,8 @@ def _sandboxed_step(job: Job, runner: StepRunner, sandbox: Sandbox | None, name:
         return runner.step(name, command, job.workdir, env, log, job.timeout), []
     worktree = job.reset_root or job.workdir
     writable = [job.out_dir] if name == "evaluate" else [worktree, job.out_dir]
-    prefix = sandbox.prefix(name, cwd=job.workdir, worktree=worktree, writable=writable)
+    shown = [job.reference_root] if name == "evaluate" and job.reference_root else []
+    prefix = sandbox.prefix(name, cwd=job.workdir, worktree=worktree, writable=writable, readonly=shown)
     before = sandbox.fingerprint(worktree)
     result = runner.step(name, command, job.workdir, env, log, job.timeout, prefix=prefix)
     return result, sandbox.changes(before, sandbox.fingerprint(worktree))
@@ -171,6 +176,19 @@ def _pristine(job: Job, links: Mapping[str, str]) -> None:
         if rel not in intact and not path.is_symlink() and not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.symlink_to(target)
+
+
+def _pristine_reference(job: Job) -> None:
+    """Put the reference checkout back at its commit: an unsandboxed ``check`` or ``run`` step
+    could have rewritten the code whose output every run of ``evaluate`` must match."""
+    root = job.reference_root
+    if root is None or not (root / ".git").exists():
+        return
+    git = Git(root, without_secrets())
+    for args in (["reset", "-q", "--hard", "HEAD"], ["clean", "-qffdx"]):
+        code, _, err = git.run(*args)
+        if code != 0:
+            raise ExecutorError(f"cannot reset the reference {root} before evaluate: {err.strip()}")
 
 
 def _tampered(job: Job) -> list[str]:

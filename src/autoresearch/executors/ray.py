@@ -120,7 +120,7 @@ class _Shipment:
 # --- the node side: one Ray task ------------------------------------------------------------
 
 
-def _work(plan: _Plan, job: Job, archive: bytes) -> Iterator[object]:
+def _work(plan: _Plan, job: Job, archive: bytes, reference: bytes | None = None) -> Iterator[object]:
     """The Ray task. Yields ``_Started``, the setup record (None: nothing ran), the shipment."""
     node = str(_import_ray().get_runtime_context().get_node_id())
     yield _Started(node)
@@ -133,7 +133,7 @@ def _work(plan: _Plan, job: Job, archive: bytes) -> Iterator[object]:
         if record is not None and record.returncode != 0:
             yield _Shipment(node, _setup_failed(job, record), {}, {}, ())
             return
-        result = _run_here(plan, job, root, run_dir, archive)
+        result = _run_here(plan, job, root, run_dir, archive, reference)
         yield _ship(plan, node, result, run_dir)
     finally:
         watchdog.done()
@@ -185,10 +185,14 @@ def _setup_failed(job: Job, record: _SetupRecord) -> RunResult:
                      log_tail="\n".join(text.splitlines()[-40:]))  # fmt: skip
 
 
-def _run_here(plan: _Plan, job: Job, root: Path, run_dir: Path, archive: bytes) -> RunResult:
-    """Unpack the commit into ``run_dir`` and run the job's steps there."""
+def _run_here(plan: _Plan, job: Job, root: Path, run_dir: Path, archive: bytes,
+              reference: bytes | None = None) -> RunResult:  # fmt: skip
+    """Unpack the commit (and the reference's) into ``run_dir`` and run the job's steps there."""
     repo = run_dir / "repo"
     _unpack(archive, repo)
+    if reference is not None:  # a git checkout too, so evaluate can put it back as it was
+        _unpack(reference, run_dir / "reference")
+        _commit_here(run_dir / "reference")
     commit = _commit_here(repo)  # evaluate runs on a clean checkout: the step code resets to this
     task_dir = _task_dir(plan, root)
     workdir = repo / plan.task_rel
@@ -196,6 +200,7 @@ def _run_here(plan: _Plan, job: Job, root: Path, run_dir: Path, archive: bytes) 
     here = replace(
         job, commit=commit, workdir=workdir, log_dir=run_dir / "logs", out_dir=run_dir / "out", reset_root=repo,
         env=_node_env(job, task_dir), protected_data=_node_data(plan, task_dir),
+        reference_root=run_dir / "reference" if reference is not None else None,
     )  # fmt: skip
     changed = _changed(here.protected_data)
     if changed:  # before the run: a node whose data differs cannot measure anything
@@ -408,12 +413,13 @@ class RayExecutor:
     # --- one run ------------------------------------------------------------------------------
 
     def _run(self, job: Job) -> RunResult:
-        plan, archive = self._plan(job), self._archive(job)
+        plan, archive = self._plan(job), self._archive(job.workdir, job.commit)
+        reference = self._archive(job.reference_root, _head(job.reference_root)) if job.reference_root else None
         losses: list[str] = []
         avoid = ""
         for _attempt in range(2):
             try:
-                return self._attempt(job, plan, archive, avoid)
+                return self._attempt(job, plan, archive, reference, avoid)
             except _Lost as lost:
                 losses.append(lost.why)
                 avoid = lost.node
@@ -421,12 +427,12 @@ class RayExecutor:
                 return _bare(job, stop.status, stop.reason)
         return _bare(job, RunStatus.CRASH, "worker lost: " + "; retried, then ".join(losses))
 
-    def _attempt(self, job: Job, plan: _Plan, archive: Any, avoid: str) -> RunResult:
+    def _attempt(self, job: Job, plan: _Plan, archive: Any, reference: Any, avoid: str) -> RunResult:
         s = self._settings
         gen = self._task.options(
             num_returns="streaming", num_cpus=s.cpus_per_run, num_gpus=s.gpus_per_run,
             max_retries=0, **self._elsewhere(avoid),
-        ).remote(plan, replace(job, env=_without_secrets(job.env)), archive)  # fmt: skip
+        ).remote(plan, replace(job, env=_without_secrets(job.env)), archive, reference)  # fmt: skip
         with self._tracked(gen):
             started: _Started = self._next(gen, None, "")
             record: _SetupRecord | None = self._next(gen, SETUP_TIMEOUT, started.node)
@@ -514,15 +520,15 @@ class RayExecutor:
             readable=(*self._config.link, *self._config.protected_data),
         )  # fmt: skip
 
-    def _archive(self, job: Job) -> Any:
+    def _archive(self, workdir: Path, commit: str) -> Any:
         """The commit as a tar in the object store (kept for the commit's next runs)."""
-        toplevel, _rel = _repo_of(job.workdir)
-        key = (toplevel, job.commit)
+        toplevel, _rel = _repo_of(workdir)
+        key = (toplevel, commit)
         with self._lock:
             if key in self._archives:
                 self._archives.move_to_end(key)
                 return self._archives[key]
-        ref = self._ray.put(_git_archive(Path(toplevel), job.commit))
+        ref = self._ray.put(_git_archive(Path(toplevel), commit))
         with self._lock:
             self._archives[key] = ref
             while len(self._archives) > ARCHIVES_KEPT:
@@ -593,6 +599,14 @@ def _repo_of(workdir: Path) -> tuple[str, str]:
         raise ExecutorError(f"the ray executor sends the job's commit, but {workdir} is not in a "
                             f"git repository: {done.stderr.strip()}")  # fmt: skip
     return lines[0], (lines[1] if len(lines) > 1 else "").rstrip("/")
+
+
+def _head(checkout: Path) -> str:
+    """The commit a checkout (the reference's) is at."""
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ExecutorError(f"cannot read the commit of the reference checkout {checkout}: {done.stderr.strip()}")
+    return done.stdout.strip()
 
 
 def _git_archive(toplevel: Path, commit: str) -> bytes:

@@ -237,13 +237,15 @@ class Sandbox:
         )
 
     def prefix(
-        self, step: str, *, cwd: Path, worktree: Path, writable: Sequence[Path]
-    ) -> list[str]:
+        self, step: str, *, cwd: Path, worktree: Path, writable: Sequence[Path],
+        readonly: Sequence[Path] = (),
+    ) -> list[str]:  # fmt: skip
         """The bwrap argv that runs one step (the command follows it); [] without bwrap.
 
         ``worktree`` (the slot's checkout) is visible, writable when it is in ``writable``
         (with ``AUTORESEARCH_OUT``); its ``.git`` is unreadable, and ``evaluate`` alone may
-        read the holdout files. The argv starts with ``/bin/sh``, which opens the seccomp
+        read the holdout files. ``readonly`` checkouts (the reference) are visible, read-only,
+        their ``.git`` unreadable too. The argv starts with ``/bin/sh``, which opens the seccomp
         filter on descriptor 9 for bwrap and execs it.
         """
         if not self.enabled:
@@ -261,11 +263,12 @@ class Sandbox:
         argv += [arg for path in self._readable_roots() for arg in ("--ro-bind", path, path)]
         argv += [] if worktree in writable else ["--ro-bind", str(worktree), str(worktree)]
         argv += [arg for path in writable for arg in ("--bind", str(path), str(path))]
-        argv += self._unreadable(worktree / ".git")
+        argv += [arg for path in readonly for arg in ("--ro-bind", str(path), str(path))]
+        argv += [arg for path in (worktree, *readonly) for arg in self._unreadable(path / ".git")]
         argv += self._holdout_binds(step, cwd)
         # the emptied folders and /dev stay empty: what is bound inside them keeps its own mode
         # (a hidden root bound back itself, as a Ray node's scratch checkout is, keeps the bind's mode)
-        bound = {str(worktree), *map(str, writable), *self._readable_roots()}
+        bound = {str(worktree), *map(str, writable), *map(str, readonly), *self._readable_roots()}
         argv += [arg for path in ("/dev", *hidden) if path not in bound for arg in ("--remount-ro", path)]
         argv += ["--chdir", str(cwd)]
         seccomp = _filter_file()
