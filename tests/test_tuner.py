@@ -475,6 +475,23 @@ def test_a_bad_storage_url_is_a_config_error(tmp_path: Path) -> None:
         agent.propose(context({"p.py": TOY}))
 
 
+def test_the_storage_holds_every_experiment_of_a_session_the_last_too(toy_repo: Path, tmp_path: Path) -> None:
+    """A proposal mirrors what was measured before it; the session's end mirrors the rest."""
+    import optuna
+
+    from autoresearch.config import load_config
+    from autoresearch.engine import Engine, SessionOptions
+
+    db = f"sqlite:///{tmp_path}/tuner.db"
+    agent = TunerAgent(params={"X": "float:-5:5", "Y": "float:-5:5"}, seed=0, storage=db)
+    engine = Engine(load_config(toy_repo), agent, options=SessionOptions(tag="db", max_experiments=3))
+    engine.run()
+    rows = engine.ledger.experiments(engine.session)
+    study = optuna.load_study(study_name=optuna.get_all_study_names(db)[0], storage=db)
+    stored = {t.user_attrs["experiment_id"]: t.value for t in study.trials}
+    assert stored == {r.id: r.metric for r in rows} and len(rows) == 4
+
+
 def test_a_session_through_the_engine(toy_repo: Path) -> None:
     """The real loop on the toy repo: the branch ends at the best configuration the ledger holds."""
     from autoresearch.config import load_config

@@ -71,5 +71,10 @@ class Agent:
     def propose(self, context: Context) -> Proposal:
         raise NotImplementedError(f"{type(self).__name__} must implement propose()")
 
+    def finish(self, context: Context) -> None:
+        """The session ended: ``context`` holds its whole history (the last verdicts too).
+
+        For agents that keep a record outside the ledger; raise nothing the session needs."""
+
 
 __all__ = ["Agent", "Context", "Edit", "Experiment", "Proposal", "Usage"]

@@ -16,7 +16,7 @@ from typing import Any
 
 from autoresearch.agents._base import Agent
 from autoresearch.config import STATE_DIR, TaskConfig
-from autoresearch.engine._experiment import Flight, experiment_seed, launch
+from autoresearch.engine._experiment import Flight, context_for, experiment_seed, launch
 from autoresearch.engine._loop import Proposer, drain, run_loop
 from autoresearch.engine._resume import ResumeDefaults, repair, resume_defaults
 from autoresearch.engine._setup import data_hashes, run_setup
@@ -336,6 +336,7 @@ class Engine:
         try:
             drain(self)
             proposer.abandon()
+            self._finish_agent()
         finally:
             proposer.close()
             if self._own_executor:
@@ -343,6 +344,16 @@ class Engine:
             if not self.flights:
                 self.workspace.remove_worktrees()
             self._close_session()
+
+    def _finish_agent(self) -> None:
+        """Show the agent the whole history once more (the last verdicts came after its last call)."""
+        best = self.history.best
+        if best is None or self.killed:
+            return
+        try:
+            self.agent.finish(context_for(self, self._next_id, best.commit, []))
+        except Exception as exc:  # what an agent keeps for itself cannot undo what is recorded
+            self.say(f"warning: agent {self.agent.name}: at the end of the session: {exc}")
 
     def _close_session(self) -> None:
         status = "stopped" if self._stop.startswith("error") else "finished"

@@ -100,6 +100,26 @@ class TunerAgent(Agent):
         )
 
     def propose(self, context: Context) -> Proposal:
+        consts, dims, left, configs = self._space(context)
+        if not dims:
+            raise AgentExhausted(_nothing_to_tune(context, consts, left))
+        best = {d.key: d.const.value for d in dims}
+        return self._propose(context, dims, left, best, configs)
+
+    def finish(self, context: Context) -> None:
+        """With ``storage``: the last experiments' results go there too (a proposal mirrors
+        only what was measured before it)."""
+        if not self.options.storage:
+            return
+        _consts, dims, _left, configs = self._space(context)
+        if dims:
+            mirror(self.options.storage, context, dims, trials(context, configs, self.options.sampler))
+
+    def _space(
+        self, context: Context
+    ) -> tuple[list[Constant], list[Dimension], list[LeftOut], dict[int, Mapping[str, Value]]]:
+        """The constants of the code, the search space over them, what is left out, and the
+        configuration each experiment of the history ran."""
         consts = _constants_of(context.editable)
         self._check_names(consts, context.editable)
         current = {key: const.value for key, const in keyed(consts).items()}
@@ -110,10 +130,7 @@ class TunerAgent(Agent):
             for key, value in config.items():
                 seen.setdefault(key, []).append(value)
         dims, left = build_space(consts, self.options, anchors, seen)
-        if not dims:
-            raise AgentExhausted(_nothing_to_tune(context, consts, left))
-        best = {d.key: d.const.value for d in dims}
-        return self._propose(context, dims, left, best, configs)
+        return consts, dims, left, configs
 
     def _propose(
         self,
