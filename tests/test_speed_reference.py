@@ -73,6 +73,23 @@ def test_same_is_a_crash_naming_the_key_and_both_values_when_the_output_differs(
     assert int(match.group(1)) == int(match.group(2)) + 1
 
 
+def test_same_compares_digests_as_printed(tmp_path: Path) -> None:
+    """A sha256 is not a number, and a 64-bit checksum is not a float: both compare character
+    for character."""
+    reference, candidate = tmp_path / "reference", tmp_path / "candidate"
+    body = ("import hashlib, os\nseed = os.environ['AUTORESEARCH_SEED']\nprint('---')\n"
+            "print('digest:', hashlib.sha256(seed.encode()).hexdigest())\n"
+            "print('wide:', 2**62 + int(seed) * 2 + {k})\n")  # off by one: the same float
+    for folder, k in ((reference, 0), (candidate, 1)):
+        folder.mkdir()
+        (folder / "calc.py").write_text(body.format(k=k))
+    args = ("--repeat", "1", "--warmup", "0", "--reference", str(reference))
+    digest = measure_in(candidate, *args, "--same", "digest", "--", PY, "calc.py")
+    assert digest.returncode == 0, digest.stderr
+    wide = measure_in(candidate, *args, "--same", "digest", "--same", "wide", "--", PY, "calc.py")
+    assert wide.returncode == 1 and re.search(r"wide is \d{19}, the reference printed \d{19}", wide.stderr)
+
+
 def test_a_hard_coded_answer_to_the_fixed_workload_is_a_crash(tmp_path: Path) -> None:
     """The answer for seed 0 (what a benchmark without a seed always asks) is not the answer."""
     reference, candidate = scripts(tmp_path, offset=0)

@@ -33,8 +33,8 @@ sandbox a command can still keep one in a folder it names itself.
 sets to a checkout of the session's baseline) guards what the command computes, not only
 how fast: measure draws one secret workload seed for this call and hands it to every run
 as ``AUTORESEARCH_SEED``; it first runs the command once, untimed, in the reference folder,
-and every run after (warm-ups too) must print the same value of each ``KEY`` (a checksum of
-the output) as the reference did on that seed. A benchmark that builds its workload from
+and every run after (warm-ups too) must print the same value of each ``KEY`` (a checksum or a
+digest of the output, compared as printed) as the reference did on that seed. A benchmark that builds its workload from
 the seed cannot then be answered from a table, a library cannot fake its own tests, and a
 run that prints a checksum and exits early prints the wrong one: a crash, with both values.
 
@@ -106,6 +106,7 @@ class Sample:
     peak_rss_mb: float
     printed: dict[str, float] = field(default_factory=dict)
     alloc_peak_mb: float | None = None
+    words: dict[str, str] = field(default_factory=dict)  # the summary's values as printed (--same)
 
 
 class Between:
@@ -307,7 +308,8 @@ def _run(argv: Sequence[str], command: list[str], env: dict[str, str], allocatio
     sys.stderr.write(text)
     sys.stderr.flush()
     alloc = _read_alloc(alloc_file)
-    sample = Sample(seconds, 0.0, usage.ru_maxrss / 1024, parse_summary(text), alloc)  # maxrss: kB on Linux
+    peak_mb = usage.ru_maxrss / 1024  # kB on Linux
+    sample = Sample(seconds, 0.0, peak_mb, parse_summary(text), alloc, printed_words(text))
     if proc.returncode != 0:
         tail = "\n".join(text.splitlines()[-20:])
         code = proc.returncode if proc.returncode > 0 else 1
@@ -317,6 +319,14 @@ def _run(argv: Sequence[str], command: list[str], env: dict[str, str], allocatio
         return sample, MeasureError(f"{shlex.join(argv)} printed {', '.join(twice)} more than once: measure "
                                     "takes one value of a key per run (from the command, not code it imports)")  # fmt: skip
     return sample, None
+
+
+def printed_words(text: str) -> dict[str, str]:
+    """Every ``key: value`` of the last summary block as printed (a hex digest too)."""
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.strip() == "---"]
+    matches = (SUMMARY_LINE.match(line) for line in lines[starts[-1] + 1 :]) if starts else iter(())
+    return {m.group(1): m.group(2) for m in matches if m}
 
 
 def printed_twice(text: str) -> list[str]:
@@ -417,26 +427,26 @@ def _reference_folder(same: Sequence[str], given: Path | None) -> Path | None:
 
 
 def _reference_values(argv: Sequence[str], between: Between, same: Sequence[str], seed: int | None,
-                      folder: Path) -> dict[str, float]:  # fmt: skip
+                      folder: Path) -> dict[str, str]:  # fmt: skip
     """Run the command once in the reference folder, untimed: the values every run must print."""
     print(f"measure: the reference run, in {folder}, on the workload of seed {seed}", file=sys.stderr)
     try:
         sample = run_once(argv, between, seed=seed, cwd=folder)
     except MeasureError as exc:
         raise MeasureError(f"the reference run (in {folder}) failed: {exc}", exc.code) from exc
-    missing = [key for key in same if key not in sample.printed]
+    missing = [key for key in same if key not in sample.words]
     if missing:
         raise MeasureError(f"--same {' '.join(missing)}: the reference run (in {folder}) did not print it")
-    return {key: sample.printed[key] for key in same}
+    return {key: sample.words[key] for key in same}
 
 
-def _check_same(sample: Sample, expected: dict[str, float], seed: int | None) -> None:
+def _check_same(sample: Sample, expected: dict[str, str], seed: int | None) -> None:
+    """Each key as the reference printed it, character for character (a number or a digest)."""
     for key, want in expected.items():
-        got = sample.printed.get(key)
+        got = sample.words.get(key)
         if got != want:
-            found = "nothing" if got is None else f"{got:.17g}"
-            raise MeasureError(f"{key} is {found}, the reference printed {want:.17g} on the same workload "
-                               f"(seed {seed}): the output changed", 1)  # fmt: skip
+            raise MeasureError(f"{key} is {got or 'nothing'}, the reference printed {want} on the same "
+                               f"workload (seed {seed}): the output changed", 1)  # fmt: skip
 
 
 def block(values: dict[str, float]) -> str:
