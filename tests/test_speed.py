@@ -368,7 +368,7 @@ def sandboxed(tmp_path: Path) -> tuple[list[str], dict[str, str], Path]:
     work.mkdir(parents=True)
     out.mkdir()
     box = Sandbox(task_root=repo, repo=repo, mode="bwrap")
-    prefix = box.prefix("evaluate", cwd=work, worktree=work, writable=[out])
+    prefix = box.prefix("evaluate", cwd=work, worktree=work, writable=[out], first=True)  # as the engine does
     env = box.environment({"PATH": f"{Path(PY).parent}:/usr/bin:/bin", "AUTORESEARCH_OUT": str(out)})
     return prefix, env, out
 
@@ -439,3 +439,68 @@ def test_a_run_in_the_sandbox_cannot_open_measures_memory(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     assert "refused mem Permission denied" in done.stderr and "refused environ" in done.stderr
     assert "opened" not in done.stderr
+
+
+# what a run reaches above it: the step's first process, its output pipe, its memory
+REACH = """\
+import os, signal
+def attempt(name, action):
+    try:
+        action(); print("reached", name)
+    except OSError as exc:
+        print("refused", name, exc.strerror)
+attempt("pipe", lambda: open("/proc/1/fd/1", "w").write("---\\\\nseconds: 0.0001\\\\n"))
+attempt("mem", lambda: open("/proc/1/mem", "r+b", buffering=0))
+attempt("maps", lambda: open("/proc/1/maps").read())
+os.kill(1, signal.SIGKILL)  # ignored: the namespace's first process takes no SIGKILL from inside
+print("parent", os.getppid())
+print("---"); print("alive: 1")
+"""
+
+
+def test_in_the_sandbox_measure_is_the_first_process_and_nothing_above_a_run_is_reachable(
+    tmp_path: Path,
+) -> None:
+    prefix, env, _ = sandboxed(tmp_path)
+    done = subprocess.run([*prefix, PY, "-m", "autoresearch", "measure", "--repeat", "2", "--warmup", "0",
+                           "--", PY, "-c", REACH], env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    values = summary(done.stdout)
+    assert values["alive"] == 1 and values["runs"] == 2  # measure outlived the SIGKILL
+    assert "reached" not in done.stderr and done.stderr.count("parent 1") == 2
+    for name in ("pipe", "mem", "maps"):
+        assert f"refused {name} Permission denied" in done.stderr
+
+
+def test_in_the_sandbox_measure_refuses_to_run_below_a_shell(tmp_path: Path) -> None:
+    from autoresearch.executors._steps import measure_argv
+
+    prefix, env, _ = sandboxed(tmp_path)
+    prefix.remove("--as-pid-1")
+    done = subprocess.run([*prefix, "/bin/sh", "-c", f"{PY} -m autoresearch measure -- true; true"], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert "measure must be the step's command itself" in done.stderr and "---" not in done.stdout
+    assert measure_argv("autoresearch measure --repeat 3 --same checksum -- python bench.py") is not None
+    assert measure_argv("python -m autoresearch measure -- python b.py") is not None
+    assert measure_argv("cd bench && autoresearch measure -- python b.py") is None
+    assert measure_argv("python bench.py") is None
+
+
+LOCKED = """\
+import os
+stash = "/tmp/.stash"
+print("found:", sorted(os.listdir(stash)) if os.path.isdir(stash) else [])
+os.makedirs(stash + "/inner", exist_ok=True)
+open(stash + "/inner/answer", "w").write("42")
+os.chmod(stash + "/inner", 0o500)
+os.chmod(stash, 0o500)  # no write permission: without capabilities nobody may delete from it
+print("---"); print("ok: 1")
+"""
+
+
+def test_a_folder_a_run_locks_is_emptied_all_the_same(tmp_path: Path) -> None:
+    prefix, env, _ = sandboxed(tmp_path)
+    done = subprocess.run([*prefix, PY, "-m", "autoresearch", "measure", "--repeat", "2", "--warmup", "1",
+                           "--", PY, "-c", LOCKED], env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("found: []") == 3  # the warm-up's locked stash was gone for each timed run

@@ -38,6 +38,13 @@ digest of the output, compared as printed) as the reference did on that seed. A 
 the seed cannot then be answered from a table, a library cannot fake its own tests, and a
 run that prints a checksum and exits early prints the wrong one: a crash, with both values.
 
+In the sandbox ``measure`` is the step's first process (pid 1: the engine runs an evaluate
+that is ``autoresearch measure ...`` without a shell, and measure refuses to run there
+otherwise). No process above the runs is visible to them, measure itself can be neither
+opened (it is not dumpable) nor killed from inside, and it alone holds the step's output.
+A folder a run made read-only is opened up and emptied all the same; what cannot be
+removed is a crash.
+
 A run that exits non-zero ends ``measure`` with that status and the output's tail: a
 crash, never a number. It runs as a task's trusted ``evaluate`` step, so the step's
 timeout and sandbox apply to it and to everything it starts.
@@ -131,15 +138,21 @@ class Between:
         """After a run (its leftovers killed): nothing it wrote is there for the next one."""
         for entry in self.own.iterdir():
             _remove(entry)
+        left = [str(p) for p in self.own.iterdir()]
         if self.private:
             mounts = _mount_points()
             for root in (Path(p) for p in _SCRATCH if Path(p).is_dir()):
-                _empty(root, keep={self.own, *mounts}, mounts=mounts)
+                keep = {self.own, *mounts}
+                _empty(root, keep=keep, mounts=mounts)
+                left += [str(p) for p in _left_in(root, keep, mounts)]
             _remove_sysv_ipc()
             if self.home is not None:
                 self.home.mkdir(parents=True, exist_ok=True)
         if self.out is not None:
             self._restore_out()
+        if left:
+            raise MeasureError(f"a run left {', '.join(sorted(left)[:5])} where measure cannot remove it: "
+                               "the next run would find it")  # fmt: skip
 
     def _restore_out(self) -> None:
         assert self.out is not None
@@ -147,6 +160,7 @@ class Between:
         changed = sorted(k for k in self.out_before if now.get(k) != self.out_before[k])
         for rel in sorted(set(now) - set(self.out_before), key=len):
             _remove(self.out / rel)
+        changed += sorted(set(_listing(self.out)) - set(self.out_before))  # what could not be removed
         if changed:
             raise MeasureError(f"a run changed {', '.join(changed[:5])} in AUTORESEARCH_OUT ({self.out}): "
                                "a run writes only to its own, fresh AUTORESEARCH_OUT")  # fmt: skip
@@ -169,10 +183,21 @@ def _listing(root: Path) -> dict[str, tuple[int, int]]:
 
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
+        _unlock(path)  # a folder a run made read-only would keep what it holds
         shutil.rmtree(path, ignore_errors=True)
     else:
         with contextlib.suppress(OSError):
             path.unlink()
+
+
+def _unlock(folder: Path) -> None:
+    """Make ``folder`` and every folder in it ours to empty again (mode 0700)."""
+    with contextlib.suppress(OSError):
+        os.chmod(folder, 0o700)
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                _unlock(Path(entry.path))
 
 
 def _empty(folder: Path, *, keep: set[Path], mounts: set[Path]) -> None:
@@ -185,6 +210,17 @@ def _empty(folder: Path, *, keep: set[Path], mounts: set[Path]) -> None:
                 _empty(entry, keep=keep, mounts=mounts)
             else:
                 _remove(entry)
+
+
+def _left_in(folder: Path, keep: set[Path], mounts: set[Path]) -> list[Path]:
+    """What ``_empty`` could not remove from ``folder``."""
+    left = []
+    with contextlib.suppress(OSError):
+        for entry in folder.iterdir():
+            if entry in keep:
+                continue
+            left += _left_in(entry, keep, mounts) if any(entry in m.parents for m in mounts) else [entry]
+    return left
 
 
 def _mount_points() -> set[Path]:
@@ -208,9 +244,9 @@ def _remove_sysv_ipc() -> None:
 
 
 def run_once(argv: Sequence[str], between: Between, *, allocations: bool = False,
-             seed: int | None = None, cwd: Path | None = None) -> Sample:  # fmt: skip
+             seed: int | None = None, cwd: Path | None = None, quiet: bool = False) -> Sample:  # fmt: skip
     """Run ``argv`` once (in ``cwd``, with ``AUTORESEARCH_SEED`` = ``seed`` when given); its
-    output goes to our stderr. Raises MeasureError when it fails."""
+    output goes to our stderr unless ``quiet``. Raises MeasureError when it fails."""
     scratch = str(between.run_dir())
     # each run starts with empty scratch space: nothing a warm-up wrote there speeds up a timed run
     env = {**os.environ, "TMPDIR": scratch, "AUTORESEARCH_OUT": scratch}
@@ -219,7 +255,7 @@ def run_once(argv: Sequence[str], between: Between, *, allocations: bool = False
         env["AUTORESEARCH_SEED"] = str(seed)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
-        sample, status = _run(argv, list(argv), env, allocations, cwd)
+        sample, status = _run(argv, list(argv), env, allocations, cwd, quiet)
         left_kb = kill_leftovers()
     finally:
         kill_leftovers()
@@ -287,7 +323,7 @@ def _children_of(ppid: str) -> list[str]:
 
 
 def _run(argv: Sequence[str], command: list[str], env: dict[str, str], allocations: bool,
-         cwd: Path | None = None) -> tuple[Sample, MeasureError | None]:  # fmt: skip
+         cwd: Path | None = None, quiet: bool = False) -> tuple[Sample, MeasureError | None]:  # fmt: skip
     """One run: its sample (wall time, the main process's peak), or why it is a crash."""
     alloc_file = None
     if allocations:
@@ -305,8 +341,9 @@ def _run(argv: Sequence[str], command: list[str], env: dict[str, str], allocatio
         seconds = time.perf_counter() - start
         out.seek(0)
         text = out.read().decode("utf-8", errors="replace")
-    sys.stderr.write(text)
-    sys.stderr.flush()
+    if not quiet:
+        sys.stderr.write(text)
+        sys.stderr.flush()
     alloc = _read_alloc(alloc_file)
     peak_mb = usage.ru_maxrss / 1024  # kB on Linux
     sample = Sample(seconds, 0.0, peak_mb, parse_summary(text), alloc, printed_words(text))
@@ -397,6 +434,10 @@ def measure(argv: Sequence[str], *, repeat: int = 5, warmup: int = 1, metric: st
     if repeat < 1 or warmup < 0:
         raise MeasureError(f"--repeat {repeat} --warmup {warmup}: at least one timed run, no negative warm-ups")
     folder = _reference_folder(same, reference)
+    if os.environ.get(SANDBOXED) == "bwrap" and os.getpid() != 1:
+        raise MeasureError("in the sandbox measure must be the step's command itself (evaluate = "
+                           "\"autoresearch measure ... -- CMD\", no shell syntax around it), so that it "
+                           "runs as the sandbox's first process: the runs could open a process above it")  # fmt: skip
     guard_measure()
     between = Between()
     seed = secrets.randbelow(2**31) if same else None  # fresh for each call: no table can hold the answer
@@ -429,9 +470,10 @@ def _reference_folder(same: Sequence[str], given: Path | None) -> Path | None:
 def _reference_values(argv: Sequence[str], between: Between, same: Sequence[str], seed: int | None,
                       folder: Path) -> dict[str, str]:  # fmt: skip
     """Run the command once in the reference folder, untimed: the values every run must print."""
-    print(f"measure: the reference run, in {folder}, on the workload of seed {seed}", file=sys.stderr)
+    print(f"measure: the reference run, in {folder} (its output is not shown: the runs could read it)",
+          file=sys.stderr)  # fmt: skip
     try:
-        sample = run_once(argv, between, seed=seed, cwd=folder)
+        sample = run_once(argv, between, seed=seed, cwd=folder, quiet=True)
     except MeasureError as exc:
         raise MeasureError(f"the reference run (in {folder}) failed: {exc}", exc.code) from exc
     missing = [key for key in same if key not in sample.words]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
@@ -112,10 +113,25 @@ def _sandboxed_step(job: Job, runner: StepRunner, sandbox: Sandbox | None, name:
     worktree = job.reset_root or job.workdir
     writable = [job.out_dir] if name == "evaluate" else [worktree, job.out_dir]
     shown = [job.reference_root] if name == "evaluate" and job.reference_root else []
-    prefix = sandbox.prefix(name, cwd=job.workdir, worktree=worktree, writable=writable, readonly=shown)
+    measured = measure_argv(command)  # measure runs as the sandbox's pid 1: no process above its runs
+    prefix = sandbox.prefix(name, cwd=job.workdir, worktree=worktree, writable=writable, readonly=shown,
+                            first=measured is not None)  # fmt: skip
     before = sandbox.fingerprint(worktree)
-    result = runner.step(name, command, job.workdir, env, log, job.timeout, prefix=prefix)
+    result = runner.step(name, measured or command, job.workdir, env, log, job.timeout, prefix=prefix)
     return result, sandbox.changes(before, sandbox.fingerprint(worktree))
+
+
+def measure_argv(command: str) -> list[str] | None:
+    """``autoresearch measure ...`` as an argv to exec without a shell, or None for any other
+    command (or one with shell syntax: a pipe, a ``cd &&``, a variable)."""
+    if set(command) & set("|&;<>()$`\\\n*?[]{}~"):
+        return None
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        return None
+    tool = argv[3:4] if argv[:3] in (["python", "-m", "autoresearch"], ["python3", "-m", "autoresearch"]) else argv[1:2]
+    return argv if tool == ["measure"] and (argv[0] == "autoresearch" or argv[1:2] == ["-m"]) else None
 
 
 def _failure(job: Job, step: StepResult, runner: StepRunner) -> tuple[RunStatus, str] | None:

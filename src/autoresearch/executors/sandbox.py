@@ -238,14 +238,15 @@ class Sandbox:
 
     def prefix(
         self, step: str, *, cwd: Path, worktree: Path, writable: Sequence[Path],
-        readonly: Sequence[Path] = (),
+        readonly: Sequence[Path] = (), first: bool = False,
     ) -> list[str]:  # fmt: skip
         """The bwrap argv that runs one step (the command follows it); [] without bwrap.
 
         ``worktree`` (the slot's checkout) is visible, writable when it is in ``writable``
         (with ``AUTORESEARCH_OUT``); its ``.git`` is unreadable, and ``evaluate`` alone may
         read the holdout files. ``readonly`` checkouts (the reference) are visible, read-only,
-        their ``.git`` unreadable too. The argv starts with ``/bin/sh``, which opens the seccomp
+        their ``.git`` unreadable too. ``first``: the command is the sandbox's pid 1, with no
+        bwrap reaper above it (``measure``, which nothing inside can open, signal or kill). The argv starts with ``/bin/sh``, which opens the seccomp
         filter on descriptor 9 for bwrap and execs it.
         """
         if not self.enabled:
@@ -253,6 +254,7 @@ class Sandbox:
         exe = shutil.which("bwrap") or "bwrap"
         argv = [exe, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-ipc",
                 "--unshare-uts", "--cap-drop", "ALL"]  # fmt: skip
+        argv += ["--as-pid-1"] if first else []
         argv += [] if self.network else ["--unshare-net"]
         argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
         argv += [arg for dev in _gpu_devices() for arg in ("--dev-bind", dev, dev)]
