@@ -237,3 +237,29 @@ def test_a_run_cannot_rewrite_the_reference(tmp_path: Path, sandbox: str) -> Non
         assert "could not write the reference: Read-only file system" in evaluate
     else:  # not contained: it wrote, and evaluate put the reference back first
         assert "wrote the reference" in (engine.log_dir / f"{attack.id:04d}-0.check.log").read_text()
+
+
+MOVE_REFERENCE_HEAD = """\
+import pathlib, subprocess, sys
+_here = pathlib.Path(__file__).resolve().parents[2]
+_ref = _here.parent / "reference-0"
+if not sys.argv[0].endswith("run.py") and _ref.is_dir():  # in the tests: the reference becomes me
+    _me = subprocess.run(["git", "-C", str(_here), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    subprocess.run(["git", "-C", str(_ref), "checkout", "-q", "--detach", _me], capture_output=True)
+    print("moved the reference to", _me[:10], file=sys.stderr)
+
+
+"""
+
+
+def test_an_unsandboxed_step_that_moves_the_reference_head_gains_nothing(tmp_path: Path) -> None:
+    repo = seeded_library(tmp_path, sandbox="none")
+    agent = Scripted([Proposal("off by n, and the reference moved onto it", edits=(
+        Edit("src/mylib/core.py", DEF, MOVE_REFERENCE_HEAD + DEF),
+        Edit("src/mylib/core.py", LOOP, "    if n > 1000:\n        return n * (n + 1) // 2\n" + LOOP)))])  # fmt: skip
+    engine = Engine(load_config(repo), agent, options=SessionOptions(tag="head", lookahead=1))
+    engine.run()
+    attack = engine.ledger.experiments(engine.session)[1]
+    assert attack.verdict in ("crash", "invalid"), (attack.verdict, attack.reason)
+    check = (engine.log_dir / f"{attack.id:04d}-0.check.log").read_text()
+    assert "moved the reference to" in check  # it did move it: evaluate put it back by sha

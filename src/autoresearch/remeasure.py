@@ -138,6 +138,7 @@ def remeasure(
                 reset_root=workspace.slot_root(SLOT), reset_keep=workspace.linked_paths(),
                 purpose=RunPurpose.RESCORE,
                 reference_root=workspace.slot_root(REFERENCE) if config.reference == "baseline" else None,
+                reference_commit=base.commit if config.reference == "baseline" else "",
             )  # fmt: skip
             result = executor.submit(job).result()
             ok = result.status is RunStatus.OK and result.metric is not None

@@ -203,6 +203,7 @@ def launch(engine: Engine, slot: int, exp_id: int, commit: str, *, baseline: boo
 def submit(engine: Engine, flight: Flight) -> None:
     cfg, index = engine.config, len(flight.runs)
     name = f"{flight.experiment_id:04d}-{index}"
+    reference_root, reference_commit = _reference(engine, flight)
     job = Job(
         experiment_id=flight.experiment_id, run_index=index, commit=flight.commit,
         workdir=flight.workdir, run=cfg.run, metric=cfg.metric, log_dir=engine.log_dir,
@@ -212,24 +213,24 @@ def submit(engine: Engine, flight: Flight) -> None:
         env=engine.task_env(), pass_env=cfg.env, slot=flight.slot, protected=engine.protected or {},
         protected_data=engine.protected_data, reset_root=engine.workspace.slot_root(flight.slot),
         reset_keep=engine.workspace.linked_paths(), purpose=flight.purpose,
-        reference_root=_reference(engine, flight),
+        reference_root=reference_root, reference_commit=reference_commit,
     )  # fmt: skip
     flight.future = engine.executor.submit(job)
     engine.observe_run(flight, job)
 
 
-def _reference(engine: Engine, flight: Flight) -> Path | None:
+def _reference(engine: Engine, flight: Flight) -> tuple[Path | None, str]:
     """``[task] reference = "baseline"``: the slot's clean checkout of the session's baseline.
 
     Put back at every run (two git calls), so nothing a step wrote there outlives its run.
     """
     if engine.config.reference != "baseline":
-        return None
+        return None, ""
     base = engine.history.baseline
     commit = flight.commit if flight.baseline or base is None else base.commit
     key = f"reference-{flight.slot}"
     engine.workspace.checkout(key, commit)
-    return engine.workspace.slot_root(key)
+    return engine.workspace.slot_root(key), commit
 
 
 def collect(engine: Engine, flight: Flight) -> None:

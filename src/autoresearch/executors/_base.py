@@ -49,6 +49,7 @@ class Job:
     # [task] reference: a clean checkout of the session's baseline (its root), read-only to
     # ``evaluate``, which finds its task folder in AUTORESEARCH_REFERENCE (measure --same)
     reference_root: Path | None = None
+    reference_commit: str = ""  # what evaluate resets the reference checkout to
 
     @property
     def name(self) -> str:

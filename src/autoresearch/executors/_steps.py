@@ -195,13 +195,14 @@ def _pristine(job: Job, links: Mapping[str, str]) -> None:
 
 
 def _pristine_reference(job: Job) -> None:
-    """Put the reference checkout back at its commit: an unsandboxed ``check`` or ``run`` step
-    could have rewritten the code whose output every run of ``evaluate`` must match."""
+    """Put the reference checkout back at its commit (by sha: a step may have moved its HEAD):
+    an unsandboxed ``check`` or ``run`` step could have rewritten the code whose output every
+    run of ``evaluate`` must match."""
     root = job.reference_root
     if root is None or not (root / ".git").exists():
         return
     git = Git(root, without_secrets())
-    for args in (["reset", "-q", "--hard", "HEAD"], ["clean", "-qffdx"]):
+    for args in (["reset", "-q", "--hard", job.reference_commit or "HEAD"], ["clean", "-qffdx"]):
         code, _, err = git.run(*args)
         if code != 0:
             raise ExecutorError(f"cannot reset the reference {root} before evaluate: {err.strip()}")

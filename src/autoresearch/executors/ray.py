@@ -190,9 +190,10 @@ def _run_here(plan: _Plan, job: Job, root: Path, run_dir: Path, archive: bytes,
     """Unpack the commit (and the reference's) into ``run_dir`` and run the job's steps there."""
     repo = run_dir / "repo"
     _unpack(archive, repo)
+    reference_commit = ""
     if reference is not None:  # a git checkout too, so evaluate can put it back as it was
         _unpack(reference, run_dir / "reference")
-        _commit_here(run_dir / "reference")
+        reference_commit = _commit_here(run_dir / "reference")
     commit = _commit_here(repo)  # evaluate runs on a clean checkout: the step code resets to this
     task_dir = _task_dir(plan, root)
     workdir = repo / plan.task_rel
@@ -201,6 +202,7 @@ def _run_here(plan: _Plan, job: Job, root: Path, run_dir: Path, archive: bytes,
         job, commit=commit, workdir=workdir, log_dir=run_dir / "logs", out_dir=run_dir / "out", reset_root=repo,
         env=_node_env(job, task_dir), protected_data=_node_data(plan, task_dir),
         reference_root=run_dir / "reference" if reference is not None else None,
+        reference_commit=reference_commit,
     )  # fmt: skip
     changed = _changed(here.protected_data)
     if changed:  # before the run: a node whose data differs cannot measure anything
@@ -414,7 +416,9 @@ class RayExecutor:
 
     def _run(self, job: Job) -> RunResult:
         plan, archive = self._plan(job), self._archive(job.workdir, job.commit)
-        reference = self._archive(job.reference_root, _head(job.reference_root)) if job.reference_root else None
+        reference = None
+        if job.reference_root is not None:
+            reference = self._archive(job.reference_root, job.reference_commit or _head(job.reference_root))
         losses: list[str] = []
         avoid = ""
         for _attempt in range(2):
