@@ -483,6 +483,11 @@ def test_in_the_sandbox_measure_refuses_to_run_below_a_shell(tmp_path: Path) -> 
     assert measure_argv("autoresearch measure --repeat 3 --same checksum -- python bench.py") is not None
     assert measure_argv("python -m autoresearch measure -- python b.py") is not None
     assert measure_argv("cd bench && autoresearch measure -- python b.py") is None
+    assert measure_argv("autoresearch measure -- python $HOME/b.py") is None  # the shell would expand it
+    # what init --bench writes for a benchmark with shell syntax: the shell is below measure
+    shelled = "autoresearch measure --repeat 5 --warmup 1 -- sh -c 'cd bench && python run.py'"
+    assert measure_argv(shelled) == ["autoresearch", "measure", "--repeat", "5", "--warmup", "1", "--",
+                                     "sh", "-c", "cd bench && python run.py"]  # fmt: skip
     assert measure_argv("python bench.py") is None
 
 

@@ -123,13 +123,18 @@ def _sandboxed_step(job: Job, runner: StepRunner, sandbox: Sandbox | None, name:
 
 def measure_argv(command: str) -> list[str] | None:
     """``autoresearch measure ...`` as an argv to exec without a shell, or None for any other
-    command (or one with shell syntax: a pipe, a ``cd &&``, a variable)."""
-    if set(command) & set("|&;<>()$`\\\n*?[]{}~"):
-        return None
+    command, or one the shell would change (an operator such as ``&&``, a variable, a glob
+    outside quotes). What is inside single quotes (``-- sh -c 'cd b && python x'``) is kept."""
     try:
+        raw = list(shlex.shlex(command, posix=False, punctuation_chars=True))
         argv = shlex.split(command)
     except ValueError:
         return None
+    for token in raw:
+        if token[0] in "();<>|&" or (token[0] != "'" and set(token) & set("$`\\")):
+            return None
+        if token[0] not in "'\"" and set(token) & set("*?[~{"):
+            return None
     tool = argv[3:4] if argv[:3] in (["python", "-m", "autoresearch"], ["python3", "-m", "autoresearch"]) else argv[1:2]
     return argv if tool == ["measure"] and (argv[0] == "autoresearch" or argv[1:2] == ["-m"]) else None
 
