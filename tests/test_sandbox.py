@@ -21,7 +21,7 @@ import threading
 import time
 import venv
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -854,3 +854,23 @@ def test_the_keyring_filter_refuses_the_keyring_calls_of_every_abi() -> None:
     assert arm is not None
     assert [_seccomp(arm, 0xC00000B7, nr) for nr in (217, 218, 219, 220, 63)] == [eperm] * 3 + [allow] * 2
     assert _seccomp(arm, 0x40000028, 311) == eperm
+
+
+@needs_bwrap
+def test_the_evaluate_step_is_the_sandboxs_first_process(tmp_path: Path, venv_template: Path) -> None:
+    """No bwrap reaper or shell above the trusted step: what it runs cannot open, signal or
+    write the step's output through a process above it (a shell-free command only)."""
+    task = make_task(tmp_path, venv_template, "bwrap")
+    probe = ("import os\nprint('---')\nprint('score: 5.0')\nprint('pid:', os.getpid())\n"
+             "print('parent:', os.getppid())\n")  # fmt: skip
+    (task.repo / "probe.py").write_text(probe)
+    git(task.repo, "add", "probe.py")
+    git(task.repo, "commit", "-qm", "probe")
+    for evaluate, pid in ((f"{task.python} probe.py", 1), (f"cd . && {task.python} probe.py", None)):
+        config = replace(task.config, evaluate=evaluate)
+        outcome = attack(Task(config, task.workspace, task.venv), f"print('trained for {pid}')\n")
+        assert outcome.result.status is RunStatus.OK, outcome.result.reason
+        if pid is None:  # through the shell: the shell is above it
+            assert outcome.result.metrics["pid"] > 1
+        else:
+            assert outcome.result.metrics["pid"] == pid and outcome.result.metrics["parent"] == 0

@@ -473,7 +473,11 @@ def test_in_the_sandbox_measure_is_the_first_process_and_nothing_above_a_run_is_
 
 
 def test_in_the_sandbox_measure_refuses_to_run_below_a_shell(tmp_path: Path) -> None:
-    from autoresearch.executors._steps import measure_argv
+    from autoresearch.executors._steps import is_measure, plain_argv
+
+    def measure_argv(command: str) -> list[str] | None:
+        argv = plain_argv(command)
+        return argv if argv and is_measure(argv) else None
 
     prefix, env, _ = sandboxed(tmp_path)
     prefix.remove("--as-pid-1")
@@ -484,6 +488,9 @@ def test_in_the_sandbox_measure_refuses_to_run_below_a_shell(tmp_path: Path) -> 
     assert measure_argv("python -m autoresearch measure -- python b.py") is not None
     assert measure_argv("cd bench && autoresearch measure -- python b.py") is None
     assert measure_argv("autoresearch measure -- python $HOME/b.py") is None  # the shell would expand it
+    assert measure_argv("autoresearch measure --metric=ops -- python b.py") is not None
+    assert plain_argv("X=1 autoresearch measure -- python b.py") is None and plain_argv("") is None
+    assert plain_argv("python prepare.py evaluate") == ["python", "prepare.py", "evaluate"]
     # what init --bench writes for a benchmark with shell syntax: the shell is below measure
     shelled = "autoresearch measure --repeat 5 --warmup 1 -- sh -c 'cd bench && python run.py'"
     assert measure_argv(shelled) == ["autoresearch", "measure", "--repeat", "5", "--warmup", "1", "--",

@@ -113,18 +113,21 @@ def _sandboxed_step(job: Job, runner: StepRunner, sandbox: Sandbox | None, name:
     worktree = job.reset_root or job.workdir
     writable = [job.out_dir] if name == "evaluate" else [worktree, job.out_dir]
     shown = [job.reference_root] if name == "evaluate" and job.reference_root else []
-    measured = measure_argv(command)  # measure runs as the sandbox's pid 1: no process above its runs
+    # the trusted step (measure wherever it is) runs as the sandbox's pid 1, without a shell: no
+    # process above it for the code it runs to open, signal or write the step's output through
+    argv = plain_argv(command)
+    first = argv if argv and (name == "evaluate" or is_measure(argv)) else None
     prefix = sandbox.prefix(name, cwd=job.workdir, worktree=worktree, writable=writable, readonly=shown,
-                            first=measured is not None)  # fmt: skip
+                            first=first is not None)  # fmt: skip
     before = sandbox.fingerprint(worktree)
-    result = runner.step(name, measured or command, job.workdir, env, log, job.timeout, prefix=prefix)
+    result = runner.step(name, first or command, job.workdir, env, log, job.timeout, prefix=prefix)
     return result, sandbox.changes(before, sandbox.fingerprint(worktree))
 
 
-def measure_argv(command: str) -> list[str] | None:
-    """``autoresearch measure ...`` as an argv to exec without a shell, or None for any other
-    command, or one the shell would change (an operator such as ``&&``, a variable, a glob
-    outside quotes). What is inside single quotes (``-- sh -c 'cd b && python x'``) is kept."""
+def plain_argv(command: str) -> list[str] | None:
+    """``command`` as an argv to exec without a shell, or None when the shell would change it
+    (an operator such as ``&&``, a variable, a glob outside quotes). What is inside single
+    quotes (``-- sh -c 'cd b && python x'``) is the command's own business."""
     try:
         raw = list(shlex.shlex(command, posix=False, punctuation_chars=True))
         argv = shlex.split(command)
@@ -134,9 +137,17 @@ def measure_argv(command: str) -> list[str] | None:
         if token[0] in "();<>|&" or (token[0] != "'" and set(token) & set("$`\\")):
             return None
         if token[0] not in "'\"" and set(token) & set("*?[~{"):
-            return None
-    tool = argv[3:4] if argv[:3] in (["python", "-m", "autoresearch"], ["python3", "-m", "autoresearch"]) else argv[1:2]
-    return argv if tool == ["measure"] and (argv[0] == "autoresearch" or argv[1:2] == ["-m"]) else None
+            return None  # a glob, a brace or a ~ the shell would expand
+    if not argv or "=" in raw[0]:  # VAR=value before the command
+        return None
+    return argv
+
+
+def is_measure(argv: Sequence[str]) -> bool:
+    """``autoresearch measure ...`` or ``python -m autoresearch measure ...``."""
+    if argv[:1] == ["autoresearch"]:
+        return argv[1:2] == ["measure"]
+    return Path(argv[0]).name.startswith("python") and argv[1:4] == ["-m", "autoresearch", "measure"]
 
 
 def _failure(job: Job, step: StepResult, runner: StepRunner) -> tuple[RunStatus, str] | None:
