@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -516,3 +517,77 @@ def test_a_folder_a_run_locks_is_emptied_all_the_same(tmp_path: Path) -> None:
                            "--", PY, "-c", LOCKED], env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("found: []") == 3  # the warm-up's locked stash was gone for each timed run
+
+
+MARKS = """\
+import os
+roots = ["/tmp", "/dev/shm", os.path.dirname(os.environ["TMPDIR"])]  # kept between runs
+found = []
+for root in roots:
+    st = os.stat(root)
+    if "user.answer" in os.listxattr(root):
+        found.append(root + " xattr")
+    if int(st.st_mtime) == 123456789:
+        found.append(root + " mtime")
+    if st.st_mode & 0o7777 == 0o1751:
+        found.append(root + " mode")
+    os.setxattr(root, "user.answer", b"42")
+    os.utime(root, (123456789, 123456789))
+    os.chmod(root, 0o1751)
+print("found:", found)
+print("---"); print("ok: 1")
+"""
+
+
+def test_a_run_leaves_nothing_in_the_attributes_of_the_folders_kept_between_runs(tmp_path: Path) -> None:
+    """An extended attribute, a time or a mode on /tmp would carry an answer to the next run."""
+    prefix, env, _ = sandboxed(tmp_path)
+    done = subprocess.run([*prefix, PY, "-m", "autoresearch", "measure", "--repeat", "2", "--warmup", "1",
+                           "--", PY, "-c", MARKS], env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("found: []") == 3, done.stderr
+
+
+CHAIN_C = r"""
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+int main(void) {  /* bind the survivor's socket, then fork and exit as fast as C can: a new pid each time */
+    struct sockaddr_un a; memset(&a, 0, sizeof a); a.sun_family = AF_UNIX;
+    memcpy(a.sun_path + 1, "measure-test-survivor", 21);
+    int s = socket(AF_UNIX, SOCK_STREAM, 0);
+    bind(s, (struct sockaddr *) &a, sizeof(sa_family_t) + 22); listen(s, 1);
+    if (fork()) return 0;
+    for (;;) if (fork()) _exit(0);
+}
+"""
+FORKS = """\
+import os, socket, subprocess, sys
+try:  # a survivor of an earlier run answers on an abstract socket
+    probe = socket.socket(socket.AF_UNIX); probe.connect("\\0measure-test-survivor")
+    print("survivor found")
+except OSError:
+    print("no survivor")
+sys.stdout.flush()
+subprocess.run([sys.argv[1]], check=True)
+print("---"); print("ok: 1")
+"""
+
+
+def test_a_process_that_keeps_changing_its_pid_does_not_outlive_its_run(tmp_path: Path) -> None:
+    """Listing children and killing them chases a pid that is gone by then; as the sandbox's
+    first process measure kills everything else at once."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler: a fork chain in Python is too slow to outrun the kill")
+    prefix, env, _ = sandboxed(tmp_path)
+    chain = tmp_path / "repo" / "work" / "chain"
+    source = tmp_path / "chain.c"
+    source.write_text(CHAIN_C)
+    subprocess.run([compiler, "-O2", "-o", str(chain), str(source)], check=True)
+    done = subprocess.run([*prefix, PY, "-m", "autoresearch", "measure", "--repeat", "3", "--warmup", "1",
+                           "--", PY, "-c", FORKS, str(chain)], env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("no survivor") == 4 and "survivor found" not in done.stderr

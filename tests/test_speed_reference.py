@@ -49,7 +49,7 @@ def measure_in(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           timeout=120, cwd=folder)  # fmt: skip
 
 
-def test_same_passes_when_every_run_prints_what_the_reference_prints_on_a_fresh_secret_seed(
+def test_same_passes_when_every_run_prints_what_the_reference_prints_on_its_own_secret_seed(
     tmp_path: Path,
 ) -> None:
     reference, candidate = scripts(tmp_path, offset=0)
@@ -60,7 +60,9 @@ def test_same_passes_when_every_run_prints_what_the_reference_prints_on_a_fresh_
     one, two = summary(first.stdout)["checksum"], summary(second.stdout)["checksum"]
     assert one != two  # a seed drawn per call (equal: 1 in 2**31)
     assert one != 3 and (one - 3) % 7 == 0  # the runs got the drawn seed, not AUTORESEARCH_SEED=0
-    assert "the reference run, in" in first.stderr
+    assert "checked against the reference in" in first.stderr
+    printed = re.findall(r"^checksum: (\d+)$", first.stderr, re.M)  # each run's own output
+    assert len(printed) == 3 and len(set(printed)) == 3  # a seed of its own for every run, warm-up too
 
 
 def test_same_is_a_crash_naming_the_key_and_both_values_when_the_output_differs(tmp_path: Path) -> None:

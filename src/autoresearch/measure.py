@@ -31,10 +31,11 @@ sandbox a command can still keep one in a folder it names itself.
 
 ``--same KEY`` (with ``--reference DIR``, or ``AUTORESEARCH_REFERENCE``, which the engine
 sets to a checkout of the session's baseline) guards what the command computes, not only
-how fast: measure draws one secret workload seed for this call and hands it to every run
-as ``AUTORESEARCH_SEED``; it first runs the command once, untimed, in the reference folder,
-and every run after (warm-ups too) must print the same value of each ``KEY`` (a checksum or a
-digest of the output, compared as printed) as the reference did on that seed. A benchmark that builds its workload from
+how fast: before every run (warm-ups too) measure draws a secret workload seed, hands it
+to that run as ``AUTORESEARCH_SEED``, runs the command on it once, untimed, in the reference
+folder, and the run must print the same value of each ``KEY`` (a checksum or a digest of
+the output, compared as printed) as the reference did on that seed. No run's answer is any
+other run's, so nothing a warm-up leaves behind (in the page cache, say) holds it. A benchmark that builds its workload from
 the seed cannot then be answered from a table, a library cannot fake its own tests, and a
 run that prints a checksum and exits early prints the wrong one: a crash, with both values.
 
@@ -55,12 +56,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import hashlib
 import os
 import re
 import resource
 import secrets
 import shlex
 import shutil
+import stat
 import statistics
 import subprocess
 import sys
@@ -130,6 +133,8 @@ class Between:
         given = environ.get("AUTORESEARCH_OUT")
         self.out = Path(given) if given and Path(given).is_dir() else None
         self.out_before = _listing(self.out) if self.out else {}
+        kept = [self.own, self.out, *([Path(p) for p in _SCRATCH] if self.private else [])]
+        self.kept = {root: root.stat() for root in kept if root is not None and root.is_dir()}
 
     def run_dir(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="run-", dir=self.own))
@@ -150,6 +155,8 @@ class Between:
                 self.home.mkdir(parents=True, exist_ok=True)
         if self.out is not None:
             self._restore_out()
+        for root, st in self.kept.items():  # the folders kept between runs hold nothing either
+            _restore_attributes(root, st)
         if left:
             raise MeasureError(f"a run left {', '.join(sorted(left)[:5])} where measure cannot remove it: "
                                "the next run would find it")  # fmt: skip
@@ -169,16 +176,39 @@ class Between:
         shutil.rmtree(self.own, ignore_errors=True)
 
 
-def _listing(root: Path) -> dict[str, tuple[int, int]]:
-    """(size, mtime) of every file and folder under ``root``, by relative path."""
+def _restore_attributes(root: Path, st: os.stat_result) -> None:
+    """Put back a kept folder's mode and times and drop its extended attributes: a run could
+    keep an answer in them (``setxattr`` on /tmp, ``utime`` to a chosen 64-bit time)."""
+    with contextlib.suppress(OSError):
+        for name in os.listxattr(root, follow_symlinks=False):
+            with contextlib.suppress(OSError):
+                os.removexattr(root, name, follow_symlinks=False)
+    with contextlib.suppress(OSError):
+        os.chmod(root, stat.S_IMODE(st.st_mode))
+    with contextlib.suppress(OSError):
+        os.utime(root, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _listing(root: Path) -> dict[str, tuple[int, int, str]]:
+    """(size, mtime, content digest) of every file and folder under ``root``, by relative path:
+    a file rewritten at its size with its time put back is still a change."""
     out = {}
     for folder, dirs, files in os.walk(root):
         for name in (*dirs, *files):
             path = Path(folder, name)
             with contextlib.suppress(OSError):
                 st = path.lstat()
-                out[str(path.relative_to(root))] = (st.st_size if name in files else -1, st.st_mtime_ns)
+                digest = _digest(path) if name in files else ""
+                out[str(path.relative_to(root))] = (st.st_size if name in files else -1, st.st_mtime_ns, digest)
     return out
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with contextlib.suppress(OSError), open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _remove(path: Path) -> None:
@@ -282,21 +312,45 @@ def guard_measure() -> bool:
 def kill_leftovers() -> int:
     """Kill and reap what a run left running, so nothing of it serves or slows the next run.
 
-    Returns the peak resident set (kB) of the largest of them.
+    Returns the peak resident set (kB) of the largest of them. As the sandbox's first process
+    measure kills every other process there at once (``kill(-1)``: one that forks and exits
+    in a loop has no pid to chase); elsewhere it kills its children until none is left. One
+    that outlives fifty rounds is a crash.
     """
     me, peak = str(os.getpid()), 0
     for _ in range(50):  # a leftover may fork while it is being killed: until none is left
-        pids = [int(p) for p in _children_of(me)]
+        pids = [int(p) for p in (_all_others() if me == "1" else _children_of(me))]
         if not pids:
-            break
+            return peak
         peak = max([peak, *(_peak_kb(pid) for pid in pids)])
+        if me == "1":
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(-1, 9)
+            _reap_all()
+            continue
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
         for pid in pids:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-    return peak
+    raise MeasureError("a run left processes running that measure could not kill (they fork as fast as "
+                       "they are killed): a crash, or they would serve the next run")  # fmt: skip
+
+
+def _all_others() -> list[str]:
+    """Every process of this pid namespace but its first (us, as pid 1)."""
+    return [e for e in os.listdir("/proc") if e.isdigit() and e != "1"]
+
+
+def _reap_all() -> None:
+    """After ``kill(-1)``: wait until no child is left (every orphan of the namespace is ours,
+    and a process with SIGKILL pending cannot fork)."""
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
 
 
 def _peak_kb(pid: int) -> int:
@@ -440,11 +494,15 @@ def measure(argv: Sequence[str], *, repeat: int = 5, warmup: int = 1, metric: st
                            "runs as the sandbox's first process: the runs could open a process above it")  # fmt: skip
     guard_measure()
     between = Between()
-    seed = secrets.randbelow(2**31) if same else None  # fresh for each call: no table can hold the answer
+    if folder:
+        print(f"measure: each run on a secret workload of its own, checked against the reference in "
+              f"{folder} (its output is not shown: the runs could read it)", file=sys.stderr)  # fmt: skip
     try:
-        expected = _reference_values(argv, between, same, seed, folder) if folder else {}
         samples = []
         for index in range(warmup + repeat):
+            # fresh for every run: no table, and nothing an earlier run left anywhere, holds the answer
+            seed = secrets.randbelow(2**31) if folder else None
+            expected = _reference_values(argv, between, same, seed, folder) if folder else {}
             sample = run_once(argv, between, allocations=allocations and index >= warmup, seed=seed)
             _check_same(sample, expected, seed)
             samples.append(sample)
@@ -470,8 +528,6 @@ def _reference_folder(same: Sequence[str], given: Path | None) -> Path | None:
 def _reference_values(argv: Sequence[str], between: Between, same: Sequence[str], seed: int | None,
                       folder: Path) -> dict[str, str]:  # fmt: skip
     """Run the command once in the reference folder, untimed: the values every run must print."""
-    print(f"measure: the reference run, in {folder} (its output is not shown: the runs could read it)",
-          file=sys.stderr)  # fmt: skip
     try:
         sample = run_once(argv, between, seed=seed, cwd=folder, quiet=True)
     except MeasureError as exc:
@@ -507,7 +563,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Python commands: also the peak of memory Python allocated (tracemalloc)")  # fmt: skip
     parser.add_argument("--same", action="append", default=[], metavar="KEY",
                         help="a key (a checksum) every run must print as the reference run does, "
-                        "on a secret workload seed drawn for this call (repeatable)")  # fmt: skip
+                        "on a secret workload seed drawn for each run (repeatable)")  # fmt: skip
     parser.add_argument("--reference", type=Path, metavar="DIR",
                         help=f"the folder --same runs the command in first (default: ${REFERENCE_ENV})")  # fmt: skip
     parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- the command and its arguments")

@@ -112,7 +112,7 @@ def init_bench(dest: Path, *, bench: str, test: str, metric: str = "seconds",
         memory = ("\n- Memory may not grow for speed: peak RSS above 1.25x the best's is discarded."
                   if constraints else "")  # fmt: skip
         keys = ", ".join(f"`{key}`" for key in same)
-        checked = (f"\n- Each measurement draws a secret seed (`AUTORESEARCH_SEED`) and every run must print "
+        checked = (f"\n- Every run of the benchmark gets a secret seed (`AUTORESEARCH_SEED`) and must print "
                    f"the same {keys} as the original code does on it: a different output is a crash."
                    if same else "")  # fmt: skip
         files[dest / "program.md"] = SPEED_BRIEF.format(goal=goal, metric=metric, bench=bench, test=test,

@@ -4,7 +4,7 @@ The documents' shape (how long, which templates, where the punctuation goes) is 
 every run (random.Random(0), text generated here, no files or network); which word sits at
 which place in the Zipf ranking comes from ``AUTORESEARCH_SEED`` (0 when unset: the same
 words every time). The outer tool (``autoresearch measure --same checksum``) draws a secret
-seed per evaluate and checks the checksum against the baseline code's on that seed, so a
+seed for every run and checks the checksum against the baseline code's on that seed, so a
 faster library must compute the output: it cannot hold it in a table. The work per run
 barely depends on the seed (the shape is fixed), so timings stay comparable. This script
 only does the work and prints what it did, with a checksum of every byte it rendered:
