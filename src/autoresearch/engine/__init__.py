@@ -351,7 +351,7 @@ class Engine:
         if best is None or self.killed:
             return
         try:
-            self.agent.finish(context_for(self, self._next_id, best.commit, []))
+            self.agent.finish(context_for(self, self._next_id, best.commit, [], last=True))
         except Exception as exc:  # what an agent keeps for itself cannot undo what is recorded
             self.say(f"warning: agent {self.agent.name}: at the end of the session: {exc}")
 

@@ -70,11 +70,14 @@ def one_line(text: str) -> str:
 # --- the agent's context ------------------------------------------------------------------------
 
 
-def context_for(engine: Engine, exp_id: int, parent: str, planned: list[Ready]) -> Context:
+def context_for(engine: Engine, exp_id: int, parent: str, planned: list[Ready], *,
+                last: bool = False) -> Context:  # fmt: skip
     """What the agent sees for experiment ``exp_id``, made against ``parent`` (the best now).
 
     Its history ends with the proposals it made that are waiting for a slot (``pending``),
-    so an agent that reads its history never proposes the same thing twice.
+    so an agent that reads its history never proposes the same thing twice. The engine's
+    note goes to the next proposal only once; the ``last`` context (``Agent.finish``) shows
+    it without taking it.
     """
     ws, cfg, history = engine.workspace, engine.config, engine.history
     workdir = ws.checkout(PROPOSAL_CHECKOUT, parent, reuse=not engine.agent.needs_workdir)
@@ -94,7 +97,7 @@ def context_for(engine: Engine, exp_id: int, parent: str, planned: list[Ready]) 
         last_failure=_failure_text(failure), last_rejection=history.last_rejection,
         parent=parent, workdir=workdir, experiment_id=exp_id, tag=engine.options.tag,
         seed=experiment_seed(engine.options.seed, exp_id, 0), editable_globs=cfg.editable,
-        time_budget=cfg.time_budget, log_dir=engine.log_dir, note=engine.take_note(),
+        time_budget=cfg.time_budget, log_dir=engine.log_dir, note=engine.note if last else engine.take_note(),
     )  # fmt: skip
 
 
