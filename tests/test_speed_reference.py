@@ -63,6 +63,7 @@ def test_same_passes_when_every_run_prints_what_the_reference_prints_on_its_own_
     assert "checked against the reference in" in first.stderr
     printed = re.findall(r"^checksum: (\d+)$", first.stderr, re.M)  # each run's own output
     assert len(printed) == 3 and len(set(printed)) == 3  # a seed of its own for every run, warm-up too
+    assert one == int(printed[-1])  # the summary shows the last run's checksum, not a median of them
 
 
 def test_same_is_a_crash_naming_the_key_and_both_values_when_the_output_differs(tmp_path: Path) -> None:

@@ -457,8 +457,11 @@ def mad(values: Sequence[float]) -> float:
     return statistics.median(abs(v - middle) for v in values)
 
 
-def summarize(samples: Sequence[Sample], require: str | None = None) -> dict[str, float]:
-    """The summary block's values for ``samples`` (the command's own keys as medians)."""
+def summarize(samples: Sequence[Sample], require: str | None = None,
+              same: Sequence[str] = ()) -> dict[str, float]:  # fmt: skip
+    """The summary block's values for ``samples``: the command's own keys as medians, but a
+    ``--same`` key as the last run printed it (each run had a workload of its own, so a median
+    of their checksums would be nobody's checksum)."""
     walls = [s.seconds for s in samples]
     cpus = [s.cpu_seconds for s in samples]
     out: dict[str, float] = {
@@ -474,7 +477,7 @@ def summarize(samples: Sequence[Sample], require: str | None = None) -> dict[str
         values = [s.printed[key] for s in samples if key in s.printed]
         if len(values) < len(samples):
             raise MeasureError(f"the command printed {key!r} in {len(values)} of {len(samples)} runs")
-        out[key] = statistics.median(values)
+        out[key] = values[-1] if key in same else statistics.median(values)
     if require and require not in out:
         printed = ", ".join(keys) or "none"
         raise MeasureError(f"--metric {require}: the command did not print it (its own keys: {printed})")
@@ -508,7 +511,7 @@ def measure(argv: Sequence[str], *, repeat: int = 5, warmup: int = 1, metric: st
             samples.append(sample)
     finally:
         between.close()
-    return summarize(samples[warmup:], metric)
+    return summarize(samples[warmup:], metric, same)
 
 
 def _reference_folder(same: Sequence[str], given: Path | None) -> Path | None:
