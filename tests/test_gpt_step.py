@@ -1,4 +1,5 @@
-"""The GPT template's lean training step: the fused loss, rotary and attention dtypes change no math."""
+"""The GPT template's lean training step: the fused loss, the hand-written backward passes
+(RMSNorm, rotary + QK-norm, ReLU²), the CPU attention and the Newton-Schulz matmuls change no math."""
 
 from __future__ import annotations
 
@@ -77,6 +78,76 @@ def test_rotary_without_cat_is_the_half_split_formula_exactly(train: ModuleType)
     assert torch.equal(train.apply_rotary(x, cos, sin), want)
 
 
+def grads_of(fn, *inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """fn's output and its inputs' gradients for a fixed random output gradient."""
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.dtype))
+    return out.detach(), [t.grad for t in leaves]
+
+
+def composite_rotary_norm(train: ModuleType):
+    return lambda x, cos, sin: F.rms_norm(train.apply_rotary(x, cos, sin), (x.size(-1),))
+
+
+def test_the_hand_written_backward_passes_equal_autograds(train: ModuleType) -> None:
+    gen = torch.Generator().manual_seed(0)
+    T, D = 24, 16
+    x = torch.randn(3, T, 2, D, generator=gen) * 3
+    cos, sin = train.rotary_tables(T, D, 10000.0)
+    pairs = [
+        (train.RMSNorm.apply, lambda t: F.rms_norm(t, (D,)), (x,)),
+        (train.RotaryNorm.apply, composite_rotary_norm(train), (x, cos, sin)),
+        (train.ReluSquared.apply, lambda t: F.relu(t).square(), (x,)),
+    ]
+    for lean, reference, inputs in pairs:
+        (out, grads), (want, want_grads) = grads_of(lean, *inputs), grads_of(reference, *inputs)
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(grads[0], want_grads[0], rtol=1e-4, atol=1e-4)
+    # the model's entry points take the hand-written path on CPU in fp32, the formula otherwise
+    leaf = x.clone().requires_grad_()
+    assert "RMSNorm" in train.norm(leaf).grad_fn.name()
+    assert "RotaryNorm" in train.rotary_norm(leaf, cos, sin).grad_fn.name()
+    assert "RMSNorm" not in train.norm(leaf.double()).grad_fn.name()
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_cpu_attention_is_causal_attention(train: ModuleType, window: int | None) -> None:
+    gen = torch.Generator().manual_seed(0)
+    B, H, T, D = 2, 3, 17, 8  # an odd length: halves of 8 and 9 queries
+    q, k, v = (torch.randn(B, H, T, D, generator=gen) for _ in range(3))
+    mask = None if window is None else train.window_mask(T, window, torch.device("cpu"))
+
+    def reference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(a, b, c, is_causal=mask is None, attn_mask=mask)
+
+    def lean(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return train.cpu_attention(a, b, c, mask, torch.float32)
+
+    (out, grads), (want, want_grads) = grads_of(lean, q, k, v), grads_of(reference, q, k, v)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    for got, expected in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    out16 = train.cpu_attention(q, k, v, mask, torch.bfloat16)
+    assert out16.dtype == torch.bfloat16
+    torch.testing.assert_close(out16.float(), want, rtol=0.05, atol=0.05)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, -1], v2[:, :, -1] = 100.0, 100.0  # the last key reaches no earlier query
+    assert torch.equal(train.cpu_attention(q, k2, v2, mask, torch.bfloat16)[:, :, :-1], out16[:, :, :-1])
+
+
+def test_newton_schulz_in_fused_matmuls_is_the_quintic(train: ModuleType) -> None:
+    G = torch.randn(3, 12, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G / (G.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(5):
+        A = X @ X.mT
+        X = a * X + (b * A + c * A @ A) @ X
+    torch.testing.assert_close(train.orthogonalize(G, 5, bf16=False).double(), X, rtol=1e-4, atol=1e-5)  # fp32
+    tall = train.orthogonalize(G.mT.contiguous().float(), 5, bf16=False)  # iterated on X^T
+    torch.testing.assert_close(tall.double(), X.mT, rtol=1e-4, atol=1e-4)
+
+
 def short_run(train: ModuleType, harness: ModuleType, loss_fn, bf16: bool, steps: int = 20):
     """Losses of `steps` optimizer steps of the cpu preset's model, 4 rows a step, seed 0."""
     torch.manual_seed(0)
@@ -117,3 +188,27 @@ def test_a_short_run_learns_as_the_reference_step_does(
     assert sum(lean[-5:]) < 0.8 * sum(lean[:5])  # it learns
     lean16 = short_run(train, harness, train.forward_loss, bf16=True)
     assert sum(lean16[-5:]) == pytest.approx(sum(ref[-5:]), rel=0.03)
+
+
+def test_the_lean_ops_learn_as_the_formulas_they_replace(
+    train: ModuleType, harness: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20 steps with the hand-written ops, then with autograd's formulas swapped back in (and
+    fp32 flash attention for cpu_attention): the same curve in fp32, within bf16's noise."""
+    lean = short_run(train, harness, train.forward_loss, bf16=False)
+    lean16 = short_run(train, harness, train.forward_loss, bf16=True)
+    monkeypatch.setattr(train, "norm", lambda x: F.rms_norm(x, (x.size(-1),)))
+    monkeypatch.setattr(train, "rotary_norm", composite_rotary_norm(train))
+    monkeypatch.setattr(train.ReluSquared, "apply", lambda h: F.relu(h).square())
+
+    def flash(q, k, v, mask, dtype):  # the fp32 kernels the template used before cpu_attention
+        v = v.to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=mask is None, attn_mask=mask)
+
+    monkeypatch.setattr(train, "cpu_attention", flash)
+    ref = short_run(train, harness, train.forward_loss, bf16=False)
+    ref16 = short_run(train, harness, train.forward_loss, bf16=True)
+    assert lean[0] == pytest.approx(ref[0], rel=1e-5)
+    assert sum(lean[-5:]) == pytest.approx(sum(ref[-5:]), rel=1e-3)
+    assert sum(lean16[-5:]) == pytest.approx(sum(ref16[-5:]), rel=0.03)
+    assert sum(lean16[-5:]) < 0.8 * sum(lean16[:5])
