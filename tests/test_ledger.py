@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -106,3 +109,22 @@ def test_a_corrupt_ledger_is_one_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(LedgerError, match="not a readable autoresearch ledger"):
         Ledger(path)
+
+
+def test_many_processes_opening_a_new_ledger_at_once_all_get_it(tmp_path: Path) -> None:
+    """Two tags started together in one folder open a ledger that does not exist yet: switching
+    it to WAL can find it locked without SQLite waiting, and that must be waited out."""
+    code = ("import sys, time; from autoresearch.ledger import Ledger\n"
+            "t = float(sys.argv[2])\n"
+            "while time.time() < t: pass\n"
+            "Ledger(sys.argv[1]).close()")  # fmt: skip
+    for attempt in range(3):
+        path = tmp_path / f"l{attempt}" / "ledger.db"
+        start = f"{time.time() + 1.5:.3f}"
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(path), start], stderr=subprocess.PIPE,
+                                  text=True) for _ in range(6)]  # fmt: skip
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert all(p.returncode == 0 for p in procs), "\n".join(errors)
+        db = sqlite3.connect(path)
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

@@ -116,9 +116,7 @@ class Ledger:
             self._db = sqlite3.connect(
                 self.path, timeout=30, isolation_level=None, check_same_thread=False
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._migrate()
+            self._set_up()
         except sqlite3.DatabaseError as exc:
             raise LedgerError(
                 f"{self.path}: not a readable autoresearch ledger ({exc}); move it away to start "
@@ -131,6 +129,22 @@ class Ledger:
     def close(self) -> None:
         self._db.close()
 
+    def _set_up(self, wait: float = 30.0) -> None:
+        """WAL mode and the schema. Two processes opening a new ledger at once (two tags in one
+        folder) can find it locked where SQLite calls no busy handler (switching the journal
+        mode): that is waited out, like any other lock."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._migrate()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
@@ -142,7 +156,11 @@ class Ledger:
         for table, column, sql in _MIGRATIONS:
             columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
             if column not in columns:
-                self._db.execute(sql)
+                try:
+                    self._db.execute(sql)
+                except sqlite3.OperationalError as exc:  # another process added it meanwhile
+                    if "duplicate column" not in str(exc):
+                        raise
         if version != SCHEMA_VERSION:
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
