@@ -143,8 +143,7 @@ class RotaryNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):  # the norm's backward in the rotated frame (y = rotate(x * r)), rotated back
         y, r, cos, sin = ctx.saved_tensors
-        dot = torch.linalg.vecdot(g, y, dim=-1).unsqueeze_(-1).div_(y.size(-1))
-        return _rotate(torch.addcmul(g, y, dot, value=-1), cos, sin, sign=-1).mul_(r), None, None
+        return _rotate(_norm_backward(g, y, r), cos, sin, sign=-1), None, None
 
 
 def rotary_norm(x, cos, sin):  # x: (B, T, H, D) -> QK-norm of x rotated
@@ -230,7 +229,7 @@ def cpu_attention(q, k, v, mask, dtype):
     bias = torch.zeros(T, T, dtype=dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
     q, k, v = (_contiguous(t, dtype).view(B * H, T, D) for t in (q, k, v))
     out = []
-    for lo, hi in ((0, T // 2), (T // 2, T)) if T > 1 else ((0, T),):
+    for lo, hi in ((0, T // 2), (T // 2, T)):
         scores = torch.baddbmm(bias[lo:hi, :hi], q[:, lo:hi], k[:, :hi].transpose(1, 2), alpha=D**-0.5)
         out.append(torch.bmm(scores.softmax(-1), v[:, :hi]))  # (B * H, hi - lo, D)
     return torch.cat(out, 1).view(B, H, T, D)
