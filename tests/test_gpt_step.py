@@ -148,6 +148,12 @@ def test_newton_schulz_in_fused_matmuls_is_the_quintic(train: ModuleType) -> Non
     torch.testing.assert_close(tall.double(), X.mT, rtol=1e-4, atol=1e-4)
 
 
+# How far two fp32 runs of 20 steps may end apart when their math differs only by rounding:
+# training amplifies it (the reference's own curve moves 0.1% when the cap is 1e-5 larger, 0.3%
+# at 1e-4), while a wrong backward moves it by more (RMSNorm's without its projection term: 3.6%).
+FP32_CURVE = 5e-3
+
+
 def short_run(train: ModuleType, harness: ModuleType, loss_fn, bf16: bool, steps: int = 20):
     """Losses of `steps` optimizer steps of the cpu preset's model, 4 rows a step, seed 0."""
     torch.manual_seed(0)
@@ -184,7 +190,7 @@ def test_a_short_run_learns_as_the_reference_step_does(
     lean = short_run(train, harness, train.forward_loss, bf16=False)
     ref = short_run(train, harness, reference, bf16=False)
     assert lean[0] == pytest.approx(ref[0], rel=1e-5)
-    assert sum(lean[-5:]) == pytest.approx(sum(ref[-5:]), rel=1e-3)
+    assert sum(lean[-5:]) == pytest.approx(sum(ref[-5:]), rel=FP32_CURVE)
     assert sum(lean[-5:]) < 0.8 * sum(lean[:5])  # it learns
     lean16 = short_run(train, harness, train.forward_loss, bf16=True)
     assert sum(lean16[-5:]) == pytest.approx(sum(ref[-5:]), rel=0.03)
@@ -209,6 +215,6 @@ def test_the_lean_ops_learn_as_the_formulas_they_replace(
     ref = short_run(train, harness, train.forward_loss, bf16=False)
     ref16 = short_run(train, harness, train.forward_loss, bf16=True)
     assert lean[0] == pytest.approx(ref[0], rel=1e-5)
-    assert sum(lean[-5:]) == pytest.approx(sum(ref[-5:]), rel=1e-3)
+    assert sum(lean[-5:]) == pytest.approx(sum(ref[-5:]), rel=FP32_CURVE)
     assert sum(lean16[-5:]) == pytest.approx(sum(ref16[-5:]), rel=0.03)
     assert sum(lean16[-5:]) < 0.8 * sum(lean16[:5])

@@ -399,7 +399,9 @@ class SoftcapCrossEntropy(torch.autograd.Function):
     into one reused buffer, capped and reduced in place while in cache; only the logits (as
     given, bf16 under autocast) and one log-sum-exp per row are kept for the backward, which
     recomputes the cap per chunk. The same math as F.cross_entropy(softcap(logits)) without an
-    fp32 (N, V) tensor. Capped logits lie in [-cap, cap]: exp() needs no max subtracted first."""
+    fp32 (N, V) tensor. Capped logits lie in [-cap, cap]: exp() needs no max subtracted first.
+    tanh goes through sigmoid, tanh(u) = 2 sigmoid(2u) - 1 (within 2e-7 of it in fp32), since
+    torch's CPU sigmoid is about 8x faster than its tanh; and 1 - tanh^2 = 4 s (1 - s)."""
 
     @staticmethod
     def forward(ctx, logits, targets, cap, chunk):  # logits (N, V), targets (N,)
@@ -409,7 +411,7 @@ class SoftcapCrossEntropy(torch.autograd.Function):
         buf = torch.empty((min(chunk, N), V), dtype=torch.float32, device=logits.device)
         for s in range(0, N, chunk):
             z = buf[: min(chunk, N - s)].copy_(logits[s : s + chunk])  # (n, V) fp32
-            z.div_(cap).tanh_().mul_(cap)  # softcap, in place
+            z.mul_(2 / cap).sigmoid_().mul_(2 * cap).sub_(cap)  # softcap, in place
             picked = z.gather(1, targets[s : s + chunk, None]).squeeze(1)
             lse[s : s + chunk] = z.exp_().sum(-1).log_()
             total += (lse[s : s + chunk] - picked).sum()
@@ -422,15 +424,17 @@ class SoftcapCrossEntropy(torch.autograd.Function):
         logits, targets, lse = ctx.saved_tensors
         cap, chunk, (N, V) = ctx.cap, ctx.chunk, logits.shape
         dlogits = torch.empty_like(logits)
-        t_buf, p_buf = torch.empty((2, min(chunk, N), V), dtype=torch.float32, device=logits.device)
-        scale = -grad / N
+        s_buf, p_buf = torch.empty((2, min(chunk, N), V), dtype=torch.float32, device=logits.device)
+        scale = 4 * grad / N
         for s in range(0, N, chunk):
             n = min(chunk, N - s)
-            t = t_buf[:n].copy_(logits[s : s + chunk]).div_(cap).tanh_()  # (n, V)
-            p = torch.mul(t, cap, out=p_buf[:n]).sub_(lse[s : s + chunk, None]).exp_()  # softmax
+            sg = s_buf[:n].copy_(logits[s : s + chunk]).mul_(2 / cap).sigmoid_()  # (n, V)
+            # softmax: exp(capped - lse), capped = 2 cap sg - cap
+            p = torch.mul(sg, 2 * cap, out=p_buf[:n]).sub_(lse[s : s + chunk, None] + cap).exp_()
             p.scatter_add_(1, targets[s : s + chunk, None], p.new_full((n, 1), -1.0))
-            # d/dz of cap * tanh(z / cap) is 1 - tanh^2
-            torch.mul(p, t.mul_(t).sub_(1).mul_(scale), out=dlogits[s : s + chunk])  # one rounding
+            # d/dz of cap * tanh(z / cap) is 1 - tanh^2 = 4 sg (1 - sg)
+            sg.addcmul_(sg, sg, value=-1).mul_(scale)
+            torch.mul(p, sg, out=dlogits[s : s + chunk])  # one rounding
         return dlogits, None, None, None
 
 
