@@ -527,7 +527,7 @@ def build_optimizers(model, device, bf16):
         betas=(ADAM_BETA1, ADAM_BETA2),
         eps=1e-10,
         weight_decay=0.0,
-        fused=device.type == "cuda",
+        fused=device.type in ("cuda", "cpu"),  # one kernel per tensor (on CPU, 3x faster)
     )
     muon = Muon(
         model.blocks.parameters(), MATRIX_LR, MUON_MOMENTUM_START, WEIGHT_DECAY, NS_STEPS, bf16
