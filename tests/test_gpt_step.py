@@ -218,3 +218,31 @@ def test_the_lean_ops_learn_as_the_formulas_they_replace(
     assert sum(lean[-5:]) == pytest.approx(sum(ref[-5:]), rel=FP32_CURVE)
     assert sum(lean16[-5:]) == pytest.approx(sum(ref16[-5:]), rel=0.03)
     assert sum(lean16[-5:]) < 0.8 * sum(lean16[:5])
+
+
+def test_every_head_width_the_cpu_tuner_may_choose_trains(
+    prepared: tuple[Path, Path, str], train: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cpu preset's tuner searches HEAD_DIM: each of its choices builds a model whose step
+    runs and whose loss is finite (a choice MODEL_DIM cannot hold would crash every such run)."""
+    import tomllib
+
+    from autoresearch.agents.tuner._options import parse_spec
+
+    config = tomllib.loads((prepared[0] / "autoresearch.toml").read_text())["agent"]["tuner"]
+    assert "HEAD_DIM" in config["include"]
+    choices = parse_spec("HEAD_DIM", config["params"]["HEAD_DIM"]).choices
+    assert len(choices) > 1
+    gen = torch.Generator().manual_seed(0)
+    batch = torch.randint(0, 2048, (2, train.MAX_SEQ_LEN + 1), generator=gen)
+    for head_dim in map(int, choices):
+        monkeypatch.setattr(train, "HEAD_DIM", head_dim)
+        torch.manual_seed(0)
+        model = train.build_model(**train.model_config(2048))
+        assert model.blocks[0].attn.n_head == train.MODEL_DIM // head_dim
+        adamw, muon = train.build_optimizers(model, torch.device("cpu"), False)
+        loss = train.forward_loss(model, batch[:, :-1], batch[:, 1:])
+        loss.backward()
+        adamw.step()
+        muon.step()
+        assert torch.isfinite(loss)
