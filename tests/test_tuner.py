@@ -639,6 +639,29 @@ def test_a_step_tied_before_another_constant_was_kept_is_tried_again() -> None:
         assert proposal.meta["params"] == {"WD": 0.25}, proposal.description
 
 
+def test_every_constant_gets_a_step_before_any_constant_a_second() -> None:
+    """LR x2 and WD x2 were worse: HEADS, a choice and so the last on equal evidence, goes
+    before the other side of either (breadth first: code near its best has few constants
+    that are not, and the one that is should not wait behind two sides of every rate)."""
+    base = {"LR": 0.01, "WD": 0.5, "HEADS": 4}
+    steps: list[Step] = [
+        ("discard", 2.5, "c0", {**base, "LR": 0.02}),
+        ("discard", 2.5, "c0", {**base, "WD": 1.0}),
+    ]
+    rows = local_rows(2.0, {"c0": base}, steps)
+    files = {"p.py": "LR = 0.01\nWD = 0.5\nHEADS = 4\n"}
+    for seed in range(8):
+        agent = TunerAgent(seed=seed, params={"HEADS": "choice:1,2,4,8"})
+        proposal = agent.propose(context(files, rows))
+        assert proposal.meta["sampler"] == "local"
+        assert list(proposal.meta["params"]) == ["HEADS"], proposal.description
+    rows = local_rows(2.0, {"c0": base}, [*steps, ("discard", 2.5, "c0", {**base, "HEADS": 8})])
+    for seed in range(8):  # every constant had a step: now the other sides
+        agent = TunerAgent(seed=seed, params={"HEADS": "choice:1,2,4,8"})
+        proposal = agent.propose(context(files, rows))
+        assert proposal.meta["params"] in ({"LR": 0.005}, {"WD": 0.25}), proposal.description
+
+
 def fitted_proposals(optimum: float, noise: float | None = None) -> list[Proposal]:
     """X went 1.0 -> 2.0 (worse) and 1.0 -> 0.5 (kept) on (ln(X / optimum))^2; Y untried."""
     files = {"p.py": "X = 0.5\nY = 3.0\n"}

@@ -9,10 +9,13 @@ From the incumbent (the best code so far), a local move changes one constant, or
 - a choice to its neighbours (ordered numbers) or to each other choice; a bool flips.
 
 Each candidate is scored from the moves already made (see ``_history.Move``): a step in the
-direction of the last keep goes on in that direction; a side that was worse or crashed is
-not tried again, and its other side is tried next; a step already tried and found within the
-noise of the best (a tie) is not chased further on its own, but two favourable ties are
-tried together. Differences below the noise are ties, never directions. A worse or tied step
+direction of the last keep goes on in that direction; otherwise the search goes breadth
+first, every constant one step before any constant a second (``UNTRIED``): in code written
+with care most constants sit near their best, and the one that does not is found sooner
+that way. A side that was worse or crashed is not tried again, and its other side is tried
+next once every constant had its step; a step already tried and found within the noise of
+the best (a tie) is not chased further on its own, but two favourable ties are tried
+together. Differences below the noise are ties, never directions. A worse or tied step
 made while the other constants had other values counts for less (``STALE``): after a keep
 elsewhere it may pay off, as a weight decay does once the learning rate moved.
 
@@ -50,6 +53,7 @@ SAME_SIDE = {"worse": -3.0, "failed": -4.0, "tie": -1.0, "pending": -0.5}
 OTHER_SIDE = {"worse": 0.5, "failed": 0.5}
 FINER = {"worse": -0.5, "failed": -2.0, "tie": -0.5}  # ... by a bigger step than this one
 CONTINUE = 3.0  # ... the direction of the keep that made the incumbent
+UNTRIED = 1.0  # ... a constant no experiment has changed yet (below CONTINUE, above the rest)
 CAME_FROM = -2.0  # back to the value the keep that made the incumbent came from
 # Rates and scales (log ranges) move a metric most, then linear floats, ints, choices: on
 # equal evidence, the tuner tries them in this order.
@@ -179,6 +183,8 @@ def _score(
     step: Step, dims: Sequence[Dimension], best: Mapping[str, Value], history: Sequence[Move]
 ) -> float:
     score = PRIOR.get(_family(dims, step.key), 0.0) - float(step.rank)
+    if not any(step.key in move.changed() for move in history):
+        score += UNTRIED
     blocked = False  # this side was tried from here and was no better: no more continuing
     for move in history:
         changed = move.changed()
