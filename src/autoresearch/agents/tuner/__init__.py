@@ -9,8 +9,8 @@ It starts where the code is. The baseline (the code as it is) is the study's fir
 the first ``local_trials`` experiments (default 10) are local moves from the best so far,
 one or two constants at a time, every constant once before any twice (``_local``); then
 the sampler (``_study``: TPE, random, or CMA-ES started at the best with a small step)
-explores the whole space, with every experiment so far as its history. Values are the ones the judge recorded; differences
-within the measured noise are ties for the local search.
+explores the whole space, with every experiment so far as its history. Values are the ones
+the judge recorded; differences within the measured noise are ties for the local search.
 
 Determinism: every random choice is seeded from ``(seed, len(history))`` and the tuner
 sees only the ledger's history, so the same history gives the same proposal, in one

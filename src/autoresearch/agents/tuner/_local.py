@@ -183,16 +183,15 @@ def _score(
     step: Step, dims: Sequence[Dimension], best: Mapping[str, Value], history: Sequence[Move]
 ) -> float:
     score = PRIOR.get(_family(dims, step.key), 0.0) - float(step.rank)
-    if not any(step.key in move.changed() for move in history):
+    moved = [move for move in history if step.key in move.changed()]
+    if not moved:
         score += UNTRIED
     blocked = False  # this side was tried from here and was no better: no more continuing
-    for move in history:
-        changed = move.changed()
-        if step.key in changed:
-            score += _evidence(step, move, best, _weight(step.key, move, best))
-            blocked = blocked or _blocks(step, move, best)
+    for move in moved:
+        score += _evidence(step, move, best, _weight(step.key, move, best))
+        blocked = blocked or _blocks(step, move, best)
     if blocked:
-        score -= sum(_continuation(step, m, best) for m in history if step.key in m.changed())
+        score -= sum(_continuation(step, m, best) for m in moved)
     return score
 
 
