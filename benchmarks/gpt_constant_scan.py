@@ -20,14 +20,14 @@ from __future__ import annotations
 import argparse
 import ast
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from autoresearch.agents._constants import discover, rewrite
+from autoresearch import metrics
+from autoresearch.agents._constants import Value, discover, rewrite
 
 CLI = str(Path(sys.executable).parent / "autoresearch")
 CHANGES = (  # the searched constants' best single steps, and the shapes the tuner leaves alone
@@ -49,22 +49,28 @@ CHANGES = (  # the searched constants' best single steps, and the shapes the tun
 )
 
 
-def parse_change(text: str) -> dict[str, object]:
-    out: dict[str, object] = {}
+def parse_change(text: str) -> dict[str, Value]:
+    out: dict[str, Value] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, value = part.partition("=")
         if not value:
             sys.exit(f"--change {text!r}: expected NAME=VALUE[,NAME=VALUE]")
-        out[name.strip()] = ast.literal_eval(value.strip())
+        try:
+            parsed = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            parsed = None
+        if not isinstance(parsed, int | float | str):
+            sys.exit(f"--change {text!r}: {value.strip()} is not a number, bool or string")
+        out[name.strip()] = parsed
     return out
 
 
-def changed_source(source: str, change: dict[str, object]) -> str:
+def changed_source(source: str, change: dict[str, Value]) -> str:
     consts = {c.name: c for c in discover("train.py", source)}
     missing = sorted(set(change) - set(consts))
     if missing:
         sys.exit(f"train.py defines no constant {', '.join(missing)}")
-    return rewrite(source, {consts[k]: v for k, v in change.items()})  # type: ignore[misc]
+    return rewrite(source, {consts[k]: v for k, v in change.items()})
 
 
 def run_once(task: Path, budget: float, seed: int) -> float | None:
@@ -76,8 +82,7 @@ def run_once(task: Path, budget: float, seed: int) -> float | None:
         )
         if done.returncode != 0:
             return None
-    found = re.search(r"^val_bpb:\s+(\S+)", done.stdout, flags=re.MULTILINE)
-    return float(found.group(1)) if found else None
+    return metrics.parse_summary(done.stdout).get("val_bpb")
 
 
 def main() -> None:
@@ -87,13 +92,14 @@ def main() -> None:
     parser.add_argument("--change", action="append", help="NAME=VALUE[,NAME=VALUE] (repeatable)")
     parser.add_argument("--dir", type=Path, help="task folder to create (default: a temporary one)")
     args = parser.parse_args()
+    changes = {n: parse_change(n) for n in args.change or CHANGES}  # bad input fails before setup
     task = (args.dir or Path(tempfile.mkdtemp(prefix="gpt-scan-")) / "gpt").resolve()
     init = [CLI, "init", "--template", "gpt", "--size", "cpu", str(task)]
     subprocess.run(init, check=True, capture_output=True)
     subprocess.run([sys.executable, "prepare.py"], cwd=task, check=True, capture_output=True)
     source = (task / "train.py").read_text()
-    names = ["unchanged", *(args.change or CHANGES)]
-    sources = {n: source if n == "unchanged" else changed_source(source, parse_change(n)) for n in names}
+    sources = {"unchanged": source, **{n: changed_source(source, c) for n, c in changes.items()}}
+    names = list(sources)
     results: dict[str, list[float | None]] = {n: [] for n in names}
     try:
         for seed in range(1, args.seeds + 1):
