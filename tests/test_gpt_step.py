@@ -220,29 +220,39 @@ def test_the_lean_ops_learn_as_the_formulas_they_replace(
     assert sum(lean16[-5:]) < 0.8 * sum(lean16[:5])
 
 
-def test_every_head_width_the_cpu_tuner_may_choose_trains(
+def test_every_shape_the_cpu_tuner_may_choose_trains(
     prepared: tuple[Path, Path, str], train: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The cpu preset's tuner searches HEAD_DIM: each of its choices builds a model whose step
-    runs and whose loss is finite (a choice MODEL_DIM cannot hold would crash every such run)."""
+    """The cpu preset's tuner searches the shape (HEAD_DIM, DEPTH, MLP_RATIO): every HEAD_DIM
+    choice and each end of the int ranges builds a model whose step runs and whose loss is
+    finite (a choice MODEL_DIM cannot hold would crash every such run)."""
     import tomllib
 
     from autoresearch.agents.tuner._options import parse_spec
 
     config = tomllib.loads((prepared[0] / "autoresearch.toml").read_text())["agent"]["tuner"]
-    assert "HEAD_DIM" in config["include"]
-    choices = parse_spec("HEAD_DIM", config["params"]["HEAD_DIM"]).choices
-    assert len(choices) > 1
+    shape = {"HEAD_DIM", "DEPTH", "MLP_RATIO"}
+    assert shape <= set(config["include"]) and "MODEL_DIM" not in config["include"]
+    assert set(config["first"]) <= shape
+    specs = {name: parse_spec(name, config["params"][name]) for name in shape}
+    head_dims = [int(c) for c in specs["HEAD_DIM"].choices]
+    assert len(head_dims) > 1
+    settings = [{"HEAD_DIM": h} for h in head_dims] + [
+        {name: int(end)} for name in ("DEPTH", "MLP_RATIO") for end in (specs[name].low, specs[name].high)
+    ]
     gen = torch.Generator().manual_seed(0)
     batch = torch.randint(0, 2048, (2, train.MAX_SEQ_LEN + 1), generator=gen)
-    for head_dim in map(int, choices):
-        monkeypatch.setattr(train, "HEAD_DIM", head_dim)
+    for setting in settings:
+        for name, value in setting.items():
+            monkeypatch.setattr(train, name, value)
         torch.manual_seed(0)
         model = train.build_model(**train.model_config(2048))
-        assert model.blocks[0].attn.n_head == train.MODEL_DIM // head_dim
+        assert model.blocks[0].attn.n_head == train.MODEL_DIM // train.HEAD_DIM
+        assert len(model.blocks) == train.DEPTH
         adamw, muon = train.build_optimizers(model, torch.device("cpu"), False)
         loss = train.forward_loss(model, batch[:, :-1], batch[:, 1:])
         loss.backward()
         adamw.step()
         muon.step()
-        assert torch.isfinite(loss)
+        assert torch.isfinite(loss), setting
+        monkeypatch.undo()

@@ -662,6 +662,38 @@ def test_every_constant_gets_a_step_before_any_constant_a_second() -> None:
         assert proposal.meta["params"] in ({"LR": 0.005}, {"WD": 0.25}), proposal.description
 
 
+def test_the_constants_listed_first_get_their_steps_first_in_that_order() -> None:
+    """``first`` puts HEADS (a choice, otherwise the last) and then DEPTH ahead of the rates; a
+    keep's continuation still goes before them, and the rates follow once each had its step."""
+    files = {"p.py": "LR = 0.01\nWD = 0.5\nDEPTH = 4\nHEADS = 4\n"}
+    base = {"LR": 0.01, "WD": 0.5, "DEPTH": 4, "HEADS": 4}
+    options = {"params": {"HEADS": "choice:1,2,4,8"}, "first": ["HEADS", "DEPTH"]}
+    for seed in range(6):
+        agent, rows = TunerAgent(seed=seed, **options), local_rows(2.0, {"c0": base}, [])
+        order = []
+        for _ in range(3):
+            proposal = agent.propose(context(files, rows))
+            assert proposal.meta["sampler"] == "local"
+            order.append(next(iter(proposal.meta["params"])))
+            rows = (*rows, Experiment(len(rows), "discard", 2.5, proposal.description,
+                                      f"c{len(rows)}", meta=proposal.meta))  # fmt: skip
+        assert order[:2] == ["HEADS", "DEPTH"] and order[2] in ("LR", "WD"), order
+    steps: list[Step] = [("keep", 1.5, "c0", {**base, "LR": 0.02})]
+    kept = {"c0": base, "c1": {**base, "LR": 0.02}}
+    files = {"p.py": files["p.py"].replace("LR = 0.01", "LR = 0.02")}
+    for seed in range(6):
+        agent = TunerAgent(seed=seed, **options)
+        proposal = agent.propose(context(files, local_rows(2.0, kept, steps), "c1"))
+        assert proposal.meta["params"] == {"LR": 0.04}, proposal.description
+
+
+def test_first_must_name_constants_of_the_code() -> None:
+    with pytest.raises(ConfigError, match=r"first: DEPT not found"):
+        proposal_for({"p.py": "LR = 0.1\nDEPTH = 4\n"}, first=["DEPT"])
+    with pytest.raises(ConfigError, match=r"first: found 3, expected a list of constant names"):
+        TunerAgent(first=3)
+
+
 def fitted_proposals(optimum: float, noise: float | None = None) -> list[Proposal]:
     """X went 1.0 -> 2.0 (worse) and 1.0 -> 0.5 (kept) on (ln(X / optimum))^2; Y untried."""
     files = {"p.py": "X = 0.5\nY = 3.0\n"}

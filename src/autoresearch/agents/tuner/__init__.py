@@ -95,8 +95,10 @@ class TunerAgent(Agent):
         sampler = self.options.sampler
         if not self.options.local_trials:
             return f"{sampler} sampler from the first experiment"
+        first = f" ({', '.join(self.options.first)} first)" if self.options.first else ""
         return (
-            f"local moves for {self.options.local_trials} experiments, then the {sampler} sampler"
+            f"local moves{first} for {self.options.local_trials} experiments, "
+            f"then the {sampler} sampler"
         )
 
     def propose(self, context: Context) -> Proposal:
@@ -184,7 +186,7 @@ class TunerAgent(Agent):
         return Sampled(move.config, -1, {}), f"local move ({move.why()})"
 
     def _check_names(self, consts: Sequence[Constant], editable: Mapping[str, str]) -> None:
-        """Names in params/include/exclude must exist (checked on this process's first call)."""
+        """Names in params/include/exclude/first must exist (checked on this process's first call)."""
         if self._checked_names:
             return
         self._checked_names = True
@@ -193,6 +195,7 @@ class TunerAgent(Agent):
             ("params", list(self.options.params)),
             ("include", list(self.options.include)),
             ("exclude", list(self.options.exclude)),
+            ("first", list(self.options.first)),
         ):
             missing = [n for n in names if n not in known]
             if missing:

@@ -12,7 +12,8 @@ Each candidate is scored from the moves already made (see ``_history.Move``): a 
 direction of the last keep goes on in that direction; otherwise the search goes breadth
 first, every constant one step before any constant a second (``UNTRIED``): in code written
 with care most constants sit near their best, and the one that does not is found sooner
-that way. A side that was worse or crashed is not tried again, and its other side is tried
+that way. On equal evidence rates come first, then other floats, ints and choices (``PRIOR``),
+unless ``[agent.tuner] first`` names constants to come before them. A side that was worse or crashed is not tried again, and its other side is tried
 next once every constant had its step; a step already tried and found within the noise of
 the best (a tie) is not chased further on its own, but two favourable ties are tried
 together. Differences below the noise are ties, never directions. A worse or tied step
@@ -56,8 +57,11 @@ CONTINUE = 3.0  # ... the direction of the keep that made the incumbent
 UNTRIED = 1.0  # ... a constant no experiment has changed yet (below CONTINUE, above the rest)
 CAME_FROM = -2.0  # back to the value the keep that made the incumbent came from
 # Rates and scales (log ranges) move a metric most, then linear floats, ints, choices: on
-# equal evidence, the tuner tries them in this order.
+# equal evidence, the tuner tries them in this order. The constants ``[agent.tuner] first``
+# names come before all of them, in the order listed (FIRST for the first, less FIRST_STEP
+# for each after it, never below FIRST_FLOOR).
 PRIOR = {"log": 0.3, "float": 0.2, "int": 0.1, "choice": 0.0}
+FIRST, FIRST_STEP, FIRST_FLOOR = 0.6, 0.02, 0.32  # steps above the jitter (0.01), below UNTRIED
 FAILED_VALUE = -3.0  # the same value crashed before (from anywhere)
 DONE = -4.0  # every step of a constant whose fitted parabola has its vertex where it is
 FIT_INSIDE = -0.5  # a vertex between two measured neighbours: after the untried constants
@@ -182,7 +186,7 @@ def _sign(value: float) -> int:
 def _score(
     step: Step, dims: Sequence[Dimension], best: Mapping[str, Value], history: Sequence[Move]
 ) -> float:
-    score = PRIOR.get(_family(dims, step.key), 0.0) - float(step.rank)
+    score = _prior(dims, step.key) - float(step.rank)
     moved = [move for move in history if step.key in move.changed()]
     if not moved:
         score += UNTRIED
@@ -271,10 +275,18 @@ def _closer(here: Value, value: Value, other: Value) -> bool:
     return abs(float(value) - float(here)) < abs(float(other) - float(here))
 
 
-def _family(dims: Sequence[Dimension], key: str) -> str:
+def _prior(dims: Sequence[Dimension], key: str) -> float:
+    """Which constant goes first on equal evidence: the ``first`` list, then by family."""
+    dim = next(d for d in dims if d.key == key)
+    if dim.first is not None:
+        return max(FIRST_FLOOR, FIRST - FIRST_STEP * dim.first)
+    return PRIOR.get(_family(dim), 0.0)
+
+
+def _family(dim: Dimension) -> str:
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    dist = next(d.distribution for d in dims if d.key == key)
+    dist = dim.distribution
     if isinstance(dist, FloatDistribution):
         return "log" if dist.log else "float"
     return "choice" if isinstance(dist, CategoricalDistribution) else "int"
@@ -346,7 +358,7 @@ def _fitted(
             direction = _sign(float(fit.value) - float(here))
             step = Step(dim.key, fit.value, direction, 0, f"-> {fit.value} (fit)")
             late = fit.inside or fit.stale
-            score = PRIOR.get(_family(dims, dim.key), 0.0) + (FIT_INSIDE if late else CONTINUE)
+            score = _prior(dims, dim.key) + (FIT_INSIDE if late else CONTINUE)
             out.append((step, score))
     return out
 

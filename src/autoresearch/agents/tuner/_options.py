@@ -15,7 +15,7 @@ from typing import Any
 from autoresearch.errors import ConfigError
 
 SAMPLERS = ("tpe", "random", "cmaes")
-OPTIONS = ("params", "include", "exclude", "sampler", "seed", "storage", "local_trials")
+OPTIONS = ("params", "include", "exclude", "first", "sampler", "seed", "storage", "local_trials")
 SPEC_FORMS = "'log:LO:HI', 'float:LO:HI', 'int:LO:HI' or 'choice:A,B,C'"
 LOCAL_TRIALS = 10  # default: experiments of local moves before the sampler explores globally
 
@@ -87,6 +87,7 @@ class TunerOptions:
     params: Mapping[str, ParamSpec]
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    first: tuple[str, ...] = ()  # local moves try these constants before the others, in this order
     sampler: str = "tpe"
     seed: int | None = None
     storage: str | None = None
@@ -108,6 +109,7 @@ class TunerOptions:
             params={str(k): parse_spec(str(k), v) for k, v in params.items()},
             include=_names(options, "include"),
             exclude=_names(options, "exclude"),
+            first=_names(options, "first"),
             sampler=_sampler(options.get("sampler")),
             seed=_integer(options, "seed", None),
             storage=_storage(options.get("storage")),

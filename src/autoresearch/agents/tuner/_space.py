@@ -36,6 +36,7 @@ class Dimension:
     key: str
     const: Constant
     distribution: Any  # optuna.distributions.BaseDistribution
+    first: int | None = None  # its place in ``[agent.tuner] first``; None when not listed there
 
     def to_param(self, value: Any) -> Any:
         """``value`` as this distribution's parameter, or None when it lies outside."""
@@ -105,7 +106,8 @@ def build_space(
         if dist is None:
             left.append(LeftOut(key, const, f"a string: give params.{key} = 'choice:A,B'"))
             continue
-        dims.append(Dimension(key, const, dist))
+        place = next((i for i, name in enumerate(options.first) if _named(key, const, [name])), None)
+        dims.append(Dimension(key, const, dist, place))
     return dims, left
 
 
