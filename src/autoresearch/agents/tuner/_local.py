@@ -13,10 +13,10 @@ direction of the last keep goes on in that direction; otherwise the search goes 
 first, every constant one step before any constant a second (``UNTRIED``): in code written
 with care most constants sit near their best, and the one that does not is found sooner
 that way. On equal evidence rates come first, then other floats, ints and choices (``PRIOR``),
-unless ``[agent.tuner] first`` names constants to come before them. A side that was worse or crashed is not tried again, and its other side is tried
-next once every constant had its step; a step already tried and found within the noise of
-the best (a tie) is not chased further on its own, but two favourable ties are tried
-together. Differences below the noise are ties, never directions. A worse or tied step
+unless ``[agent.tuner] first`` names constants to come before them. A side that was worse
+or crashed is not tried again, and its other side is tried next once every constant had
+its step; a step already tried and found within the noise of the best (a tie) is not
+chased further on its own, but two favourable ties are tried together. Differences below the noise are ties, never directions. A worse or tied step
 made while the other constants had other values counts for less (``STALE``): after a keep
 elsewhere it may pay off, as a weight decay does once the learning rate moved.
 
@@ -186,7 +186,7 @@ def _sign(value: float) -> int:
 def _score(
     step: Step, dims: Sequence[Dimension], best: Mapping[str, Value], history: Sequence[Move]
 ) -> float:
-    score = _prior(dims, step.key) - float(step.rank)
+    score = _prior(next(d for d in dims if d.key == step.key)) - float(step.rank)
     moved = [move for move in history if step.key in move.changed()]
     if not moved:
         score += UNTRIED
@@ -275,9 +275,8 @@ def _closer(here: Value, value: Value, other: Value) -> bool:
     return abs(float(value) - float(here)) < abs(float(other) - float(here))
 
 
-def _prior(dims: Sequence[Dimension], key: str) -> float:
+def _prior(dim: Dimension) -> float:
     """Which constant goes first on equal evidence: the ``first`` list, then by family."""
-    dim = next(d for d in dims if d.key == key)
     if dim.first is not None:
         return max(FIRST_FLOOR, FIRST - FIRST_STEP * dim.first)
     return PRIOR.get(_family(dim), 0.0)
@@ -358,7 +357,7 @@ def _fitted(
             direction = _sign(float(fit.value) - float(here))
             step = Step(dim.key, fit.value, direction, 0, f"-> {fit.value} (fit)")
             late = fit.inside or fit.stale
-            score = _prior(dims, dim.key) + (FIT_INSIDE if late else CONTINUE)
+            score = _prior(dim) + (FIT_INSIDE if late else CONTINUE)
             out.append((step, score))
     return out
 
