@@ -46,6 +46,12 @@ CHANGES = (  # the searched constants' best single steps, and the shapes the tun
     "TOTAL_BATCH_SIZE=8192,DEVICE_BATCH_SIZE=32",
     "NS_STEPS=3",
     "MUON_WARMUP_STEPS=30",
+    # the tuner's best in gpt_demo_progress (20 experiments), and one more step from it
+    "DEPTH=2,HEAD_DIM=64,SCALAR_LR=0.25",
+    "DEPTH=2,HEAD_DIM=64,SCALAR_LR=0.25,LOGIT_SOFTCAP=30",
+    "DEPTH=2,HEAD_DIM=64,SCALAR_LR=0.25,MLP_RATIO=2",
+    "DEPTH=2,HEAD_DIM=64,SCALAR_LR=0.25,MODEL_DIM=192",
+    "DEPTH=2,HEAD_DIM=64,SCALAR_LR=0.25,TOTAL_BATCH_SIZE=8192",
 )
 
 
