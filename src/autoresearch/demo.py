@@ -11,10 +11,10 @@ fails (the baseline fails, the failure stop rule fires, a signal stops it).
 
 Tasks: ``toy`` is a small numeric program whose loss comes from its constants, with
 seeded noise (``AUTORESEARCH_SEED``) and a crash region; it takes seconds. ``gpt`` is
-the GPT pretraining template at its ``cpu`` size (about ten minutes). ``speed`` is the
-speed template: a small text library whose benchmark's median seconds the tuner lowers
-while its tests keep passing (``make demo-speed``). ``auto`` picks ``gpt`` where that
-template and torch are installed, else ``toy``.
+the GPT pretraining template at its ``cpu`` size (about half an hour on 2 cores).
+``speed`` is the speed template: a small text library whose benchmark's median seconds
+the tuner lowers while its tests keep passing (``make demo-speed``). ``auto`` picks
+``gpt`` where that template and torch are installed, else ``toy``.
 """
 
 from __future__ import annotations
@@ -383,7 +383,8 @@ def _demo(args: argparse.Namespace, out: TextIO) -> int:
     experiments = args.experiments if args.experiments is not None else EXPERIMENTS[task]
     if prepare_folder(dest):
         print(f"demo: replaced the earlier demo in {dest}", file=out)
-    what = {"gpt": "the GPT template (cpu size; about ten minutes)", "toy": "a toy numeric task",
+    what = {"gpt": "the GPT template (cpu size; about half an hour on 2 cores)",
+            "toy": "a toy numeric task",
             "speed": "the speed template (a text library to make faster; a few minutes)"}[task]  # fmt: skip
     print(f"demo: {what} in {dest}; the offline tuner proposes {experiments} experiments", file=out)
     {"gpt": create_gpt, "toy": create_toy, "speed": create_speed}[task](dest)
