@@ -16,9 +16,10 @@ that way. On equal evidence rates come first, then other floats, ints and choice
 unless ``[agent.tuner] first`` names constants to come before them. A side that was worse
 or crashed is not tried again, and its other side is tried next once every constant had
 its step; a step already tried and found within the noise of the best (a tie) is not
-chased further on its own, but two favourable ties are tried together. Differences below the noise are ties, never directions. A worse or tied step
-made while the other constants had other values counts for less (``STALE``): after a keep
-elsewhere it may pay off, as a weight decay does once the learning rate moved.
+chased further on its own, but two favourable ties are tried together. Differences below
+the noise are ties, never directions. A worse or tied step made while the other constants
+had other values counts for less (``STALE``): after a keep elsewhere it may pay off, as a
+weight decay does once the learning rate moved.
 
 Three measured values of one constant (the incumbent's and two more, the other constants as
 they are now) give a parabola (on the log scale for a log range). Its vertex is a step of its
