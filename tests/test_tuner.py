@@ -694,6 +694,20 @@ def test_first_must_name_constants_of_the_code() -> None:
         TunerAgent(first=3)
 
 
+def test_first_must_name_constants_the_tuner_searches() -> None:
+    """A constant listed first but left out of the space would never be tried: that is an error
+    that says why it is left out."""
+    files = {"p.py": "LR = 0.1\nDEPTH = 4\nACT = 'relu'\n"}
+    with pytest.raises(ConfigError, match=r"first: DEPTH is not searched \(not in \[agent.tuner\] include\)"):
+        proposal_for(files, include=["LR"], first=["DEPTH"])
+    with pytest.raises(ConfigError, match=r"first: DEPTH is not searched \(in \[agent.tuner\] exclude\)"):
+        proposal_for(files, exclude=["DEPTH"], first=["DEPTH"])
+    with pytest.raises(ConfigError, match=r"first: ACT is not searched \(a string"):
+        proposal_for(files, first=["ACT"])
+    searched = proposal_for(files, params={"ACT": "choice:relu,gelu"}, first=["ACT"])
+    assert set(searched.meta["params"]) == {"ACT"}, searched.description
+
+
 def fitted_proposals(optimum: float, noise: float | None = None) -> list[Proposal]:
     """X went 1.0 -> 2.0 (worse) and 1.0 -> 0.5 (kept) on (ln(X / optimum))^2; Y untried."""
     files = {"p.py": "X = 0.5\nY = 3.0\n"}

@@ -108,7 +108,20 @@ def build_space(
             continue
         place = next((i for i, name in enumerate(options.first) if _named(key, const, [name])), None)
         dims.append(Dimension(key, const, dist, place))
+    _check_first(options.first, left)
     return dims, left
+
+
+def _check_first(first: Sequence[str], left: Sequence[LeftOut]) -> None:
+    """A name in ``first`` must be searched: ordering a constant the tuner leaves out would be
+    ignored without a word, and the user meant it to be tried early."""
+    for name in first:
+        out = next((lo for lo in left if _named(lo.key, lo.const, [name])), None)
+        if out is not None:
+            raise ConfigError(
+                f"[agent.tuner] first: {name} is not searched ({out.reason}); "
+                f"search it or take it out of first"
+            )
 
 
 def keyed(consts: Sequence[Constant]) -> dict[str, Constant]:
