@@ -147,14 +147,18 @@ def make_sampler(
         return RandomSampler(seed=seed)
     if name == "cmaes":
         x0 = {d.key: d.to_param(incumbent[d.key]) for d in dims if d.numeric}
-        return CmaEsSampler(
-            x0={k: v for k, v in x0.items() if v is not None} or None,
-            sigma0=CMA_SIGMA,
-            seed=seed,
-            n_startup_trials=1,
-            independent_sampler=RandomSampler(seed=seed),
-            warn_independent_sampling=False,
-        )
+        with warnings.catch_warnings():
+            # Optuna 4.9 deprecated x0 and sigma0 with no replacement that starts at a point;
+            # pyproject keeps optuna below 6, where they are to be removed.
+            warnings.filterwarnings("ignore", r"`(x0|sigma0)` has been deprecated", FutureWarning)
+            return CmaEsSampler(
+                x0={k: v for k, v in x0.items() if v is not None} or None,
+                sigma0=CMA_SIGMA,
+                seed=seed,
+                n_startup_trials=1,
+                independent_sampler=RandomSampler(seed=seed),
+                warn_independent_sampling=False,
+            )
     return TPESampler(seed=seed, n_startup_trials=TPE_STARTUP, multivariate=True)
 
 
