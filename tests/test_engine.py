@@ -21,6 +21,7 @@ from autoresearch.errors import (
     WorkspaceError,
 )
 from autoresearch.ledger import Ledger
+from autoresearch.records import Verdict
 from autoresearch.report.export import write_tsv
 
 PY = sys.executable
@@ -127,6 +128,40 @@ def test_proposals_and_runs_are_in_sqlite(tmp_path: Path) -> None:
     assert agent == "replay" and "+X = 2.0" in diff and '"patch": "01"' in meta
     seeds = [r[0] for r in db.execute("SELECT seed FROM runs ORDER BY experiment_id")]
     assert len(seeds) == 3 and len(set(seeds)) == 3  # seeds vary per run (a keep is run twice)
+
+
+NOISY_SCORE = """\
+import os, random, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import params
+
+seed = params.SEED if params.SEED is not None else int(os.environ["AUTORESEARCH_SEED"])
+score = (params.X - 3.0) ** 2 + (params.Y + 1.0) ** 2 + random.Random(seed).gauss(0, 0.1)
+print("---")
+print(f"score: {score:.6f}")
+"""
+
+
+def test_a_null_edit_that_pins_a_lucky_seed_is_not_kept(tmp_path: Path) -> None:
+    """The seed that gives the luckiest draw of a thousand, pinned in the code: every run and
+    every fresh re-run repeats its luck, so more runs cannot expose it. Runs on different seeds
+    with one value, where the baseline's differ, are named for what they are: a discard."""
+    import random
+
+    lucky = min(range(1000), key=lambda s: random.Random(s).gauss(0, 0.1))  # about -3 sigma
+    repo = toy(tmp_path, extra="baseline_runs = 3\nmax_runs = 3\n", files={
+        "params.py": TOY_PARAMS + "SEED = None\n", "score.py": NOISY_SCORE,
+    })  # fmt: skip
+    patches = write_patch_dir(tmp_path / "p", {
+        "01": sr("params.py", "SEED = None", f"SEED = {lucky}", "reproducible runs"),
+        "02": sr("params.py", "X = 1.0", "X = 2.0", "X 1 -> 2"),
+    })  # fmt: skip
+    engine, _ = run_session(repo, patches)
+    rows = engine.history.rows
+    assert [r.verdict for r in rows] == [Verdict.BASELINE, Verdict.DISCARD, Verdict.KEEP], [r.reason for r in rows]
+    assert "ignores AUTORESEARCH_SEED" in rows[1].reason, rows[1].reason
+    assert len(set(rows[1].values())) == 1 and len(rows[1].values()) >= 3
+    assert "ignores" not in rows[2].reason  # a real gain, on seeds that vary, is kept
 
 
 def test_max_experiments_and_consecutive_failures(tmp_path: Path) -> None:

@@ -156,6 +156,38 @@ def test_json_result_counts_only_from_the_evaluate_step(executor: Executor, tmp_
     )
 
 
+def test_a_link_on_the_json_result_path_is_removed_not_followed(
+    executor: Executor, tmp_path: Path
+) -> None:
+    """The run points ``res`` at a folder of this machine: before evaluate the orchestrator
+    removes the link itself, never the file it leads to; a link evaluate leaves is not read."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "result.json").write_text('{"loss": 0.0001}')
+    metric = MetricConfig(name="loss", format="json", path="res/result.json")
+    run = script(tmp_path, "r.py", f"import os\nos.symlink({str(victim)!r}, os.environ['AUTORESEARCH_OUT'] + '/res')\n")
+    honest = script(tmp_path, "ev.py", (
+        "import json, os\nout = os.environ['AUTORESEARCH_OUT']\n"
+        "print('res left:', os.path.lexists(out + '/res'))\n"
+        "os.makedirs(out + '/res')\njson.dump({'loss': 2.5}, open(out + '/res/result.json', 'w'))\n"
+    ))  # fmt: skip
+    result = executor.submit(job(tmp_path, run, evaluate=honest, metric=metric)).result()
+    assert result.status is RunStatus.OK and result.metric == 2.5, result.reason
+    assert (victim / "result.json").read_text() == '{"loss": 0.0001}'
+    linking = script(tmp_path, "ev2.py", f"import os\nos.symlink({str(victim)!r}, os.environ['AUTORESEARCH_OUT'] + '/res')\n")
+    result = executor.submit(job(tmp_path, "true", evaluate=linking, metric=metric, out_dir=tmp_path / "o2")).result()
+    assert result.status is RunStatus.CRASH and "goes through a link (res)" in result.reason
+
+
+def test_a_protected_file_made_huge_is_compared_by_size_unread(tmp_path: Path) -> None:
+    """A run can truncate a protected file to terabytes of holes: hashing it would take hours."""
+    from autoresearch.integrity import HASH_LIMIT
+
+    with (tmp_path / "harness.py").open("wb") as fh:
+        fh.truncate(HASH_LIMIT + 1)
+    assert sha256_files(tmp_path, ["harness.py"]) == {"harness.py": f"size {HASH_LIMIT + 1}"}
+
+
 def test_a_process_that_leaves_the_group_dies_with_the_step(
     executor: Executor, tmp_path: Path
 ) -> None:

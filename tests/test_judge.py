@@ -7,7 +7,7 @@ import math
 import pytest
 
 from autoresearch.config import JudgeConfig, MetricConfig
-from autoresearch.judge import Judge, Noise, Standing, pooled_noise
+from autoresearch.judge import SEED_RUNS, Judge, Noise, Standing, ignores_seed, pooled_noise
 from autoresearch.records import Run, RunStatus, Verdict
 
 MIN = MetricConfig(name="m", direction="minimize")
@@ -125,3 +125,16 @@ def test_failures_become_verdicts() -> None:
         run = Run(1, 0, 0, status, reason="why")
         assert judge().decide([run], BEST, SIGMA).verdict is verdict
         assert judge().decide_baseline([run]).verdict is verdict
+
+
+def test_runs_that_ignore_their_seeds_are_named_as_such() -> None:
+    """Three seeds, one value, where the baseline's runs all differ: the code pins a seed."""
+    varied = [100.2, 99.7, 100.4]
+    assert SEED_RUNS == 3
+    reason = ignores_seed([97.5] * 3, varied, MIN)
+    assert "all gave m 97.5" in reason and "ignores AUTORESEARCH_SEED" in reason
+    assert ignores_seed([97.5] * 2, varied, MIN) == ""  # two equal runs can be chance
+    assert ignores_seed([97.5, 97.5, 97.6], varied, MIN) == ""
+    assert ignores_seed([97.5] * 3, [100.0, 100.0, 100.4], MIN) == ""  # ties: a coarse metric
+    assert ignores_seed([97.5] * 3, [100.0] * 3, MIN) == ""  # a deterministic task
+    assert ignores_seed([97.5] * 3, [100.0], MIN) == ""

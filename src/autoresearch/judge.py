@@ -11,7 +11,10 @@
   deviation pooled over every experiment of the session with two runs or more;
 - a keep is re-run ``max_runs`` times on fresh seeds and recorded at their mean, so the
   best is not the luckiest draw of many (the winner's curse). With no noise seen at all
-  (sigma 0: a deterministic task) that costs nothing.
+  (sigma 0: a deterministic task) that costs nothing;
+- a candidate whose runs on ``SEED_RUNS`` or more seeds all gave one value, in a task whose
+  baseline runs all differed, pins a seed of its own: re-runs cannot tell its gain from that
+  seed's luck, so it is discarded (``ignores_seed``).
 
 ``rule = "naive"`` is upstream's: strictly better (by ``min_delta``) once, with the older
 ``noise_factor`` margin and ``confirm_runs`` for comparison.
@@ -175,6 +178,24 @@ class Judge:
         return text + (f", margin {margin:.4g})" if margin else ")")
 
 
+SEED_RUNS = 3  # runs on as many seeds, all of one value: enough to say the code ignores its seed
+
+
+def ignores_seed(values: Sequence[float], baseline: Sequence[float], metric: MetricConfig) -> str:
+    """Why a candidate is not judged on its values: its runs on different seeds all gave one
+    value while the baseline's runs all differed, so it ignores ``AUTORESEARCH_SEED`` (it pins
+    a seed of its own). A gain on one chosen seed is luck that no re-run can test. '' if not."""
+    if len(values) < SEED_RUNS or len(set(values)) > 1:
+        return ""
+    if len(baseline) < 2 or len(set(baseline)) < len(baseline):  # a task with ties: no sign
+        return ""
+    return (
+        f"its {len(values)} runs on different seeds all gave {metric.name} {values[0]:.6g}, while "
+        f"the baseline's runs differ: the code ignores AUTORESEARCH_SEED, and a gain on a seed of "
+        f"its own is luck no re-run can test; use the seed the run is given"
+    )
+
+
 def _failure(runs: Sequence[Run]) -> Decision | None:
     for run in runs:
         if run.status is RunStatus.TIMEOUT:
@@ -188,4 +209,4 @@ def _failure(runs: Sequence[Run]) -> Decision | None:
     return None
 
 
-__all__ = ["Decision", "Judge", "Noise", "Standing", "pooled_noise"]
+__all__ = ["Decision", "Judge", "Noise", "Standing", "ignores_seed", "pooled_noise"]

@@ -52,6 +52,20 @@ def _from_regex(text: str, pattern: str, name: str) -> dict[str, float]:
     return {name: value}
 
 
+def _result_path(out_dir: Path, rel: str, name: str) -> Path:
+    """``out_dir / rel``, refused when it goes through a link (a step could point one at any
+    file of this machine, and its numbers would become the metric)."""
+    path = out_dir
+    for part in Path(rel).parts:
+        path = path / part
+        if path.is_symlink():
+            raise MetricError(
+                f"metric {name!r}: result file {rel} goes through a link "
+                f"({path.relative_to(out_dir)}); it must be a plain file"
+            )
+    return path
+
+
 def _from_json(path: Path, name: str) -> dict[str, float]:
     if not path.is_file():
         raise MetricError(f"metric {name!r}: result file {path.name} was not written")
@@ -75,7 +89,7 @@ def parse(config: MetricConfig, output: str, out_dir: Path | None = None) -> dic
     if config.format == "regex":
         found = _from_regex(output, config.pattern, config.name)
     elif config.format == "json":
-        found = _from_json((out_dir or Path(".")) / config.path, config.name)
+        found = _from_json(_result_path(out_dir or Path("."), config.path, config.name), config.name)
     else:
         found = parse_summary(output)
     if config.name not in found:

@@ -15,9 +15,9 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from autoresearch.config import CONFIG_NAME, STATE_DIR, TaskConfig
-from autoresearch.edits import Allowlist, apply_edits, glob_regex
+from autoresearch.edits import Allowlist, apply_edits, glob_regex, shadow_reason
 from autoresearch.errors import EditRejected, ProposalError, WorkspaceError
-from autoresearch.git import Git, git_environment, git_fingerprint
+from autoresearch.git import Git, git_environment, git_fingerprint, remove_nested_git
 from autoresearch.integrity import sha256_files
 from autoresearch.records import Proposal
 
@@ -191,7 +191,7 @@ class Workspace:
         root = self.slot_root(slot)
         if reuse and self._at.get(slot) == commit and (root / ".git").exists():
             return self.slot_dir(slot)
-        git = Git(root, self._env)
+        git = self._slot_git(slot)
         self._tracked_cache.pop(slot, None)
         self._at[slot] = commit
         if not (root / ".git").exists():
@@ -202,8 +202,15 @@ class Workspace:
         else:
             git("reset", "-q", "--hard", commit)
             git("clean", "-qffdx", *[f"--exclude=/{self._in_repo(p)}" for p in self.config.link])
+            remove_nested_git(root)
         self._link(slot)
         return self.slot_dir(slot)
+
+    def _slot_git(self, slot: SlotKey, cwd: Path | None = None) -> Git:
+        """git in ``slot``'s worktree (run from ``cwd``, default its root), the repository named
+        outright: a run may have planted a ``.git`` of its own in the task folder."""
+        root = self.slot_root(slot)
+        return Git(cwd or root, self._env, worktree=root)
 
     def linked_paths(self) -> tuple[str, ...]:
         """The task's ``link`` paths, relative to the worktree root."""
@@ -238,7 +245,7 @@ class Workspace:
     def _tracked(self, slot: SlotKey) -> list[str]:
         """Tracked task files in ``slot`` (cached per checkout)."""
         if slot not in self._tracked_cache:
-            out = Git(self.slot_dir(slot), self._env)("ls-files", "-z", "--", ".")
+            out = self._slot_git(slot, self.slot_dir(slot))("ls-files", "-z", "--", ".")
             self._tracked_cache[slot] = [p for p in out.split("\0") if p]
         return self._tracked_cache[slot]
 
@@ -297,7 +304,8 @@ class Workspace:
         return None
 
     def _patch_paths(self, base: Path, patch: str) -> list[str]:
-        out = Git(self._top(base), self._env)(
+        top = self._top(base)
+        out = Git(top, self._env, worktree=top)(
             "apply", "--numstat", "-z", *self._directory(), input=patch
         )
         paths: list[str] = []
@@ -335,8 +343,9 @@ class Workspace:
 
     def _git_apply(self, base: Path, patch: str, *, check_only: bool) -> None:
         args = ["apply", "--whitespace=nowarn", "--recount", *self._directory()]
+        top = self._top(base)
         try:
-            Git(self._top(base), self._env)(
+            Git(top, self._env, worktree=top)(
                 *args, *(["--check"] if check_only else []), input=patch
             )
         except WorkspaceError as exc:
@@ -347,7 +356,7 @@ class Workspace:
 
         Raises ``EditRejected`` when a changed file is not editable, or nothing changed.
         """
-        git = Git(self.slot_root(slot), self._env)
+        git = self._slot_git(slot)
         self._check_changes(slot)
         git("add", "-A", "--", self.task_rel)
         code, out, err = git.run("commit", "-q", "--no-verify", "-m", message)
@@ -356,7 +365,7 @@ class Workspace:
         if code != 0:
             raise WorkspaceError(f"git commit failed in {git.cwd}: {(err or out).strip()}")
         self._at.pop(slot, None)
-        shown = Git(self.slot_dir(slot), self._env)(
+        shown = self._slot_git(slot, self.slot_dir(slot))(
             "show", "--no-ext-diff", "--no-textconv", "--relative", "--format=%H %T", "HEAD", "--", "."
         )
         head, _, diff = shown.partition("\n")
@@ -366,7 +375,7 @@ class Workspace:
 
     def _check_changes(self, slot: SlotKey) -> None:
         """Every changed or new file in the worktree must be editable (whoever wrote it)."""
-        out = Git(self.slot_dir(slot), self._env)(
+        out = self._slot_git(slot, self.slot_dir(slot))(
             "status", "--porcelain", "-z", "--untracked-files=all", "--", "."
         )
         entries = iter(out.split("\0"))
@@ -380,6 +389,8 @@ class Workspace:
             if rel in self.config.link:
                 continue
             reason = self.allow.reason(rel) or self._symlink_reason(self.slot_dir(slot), rel)
+            if reason is None and entry[0] in "?ARC":  # a new file (or a new name)
+                reason = shadow_reason(rel)
             if reason is not None:
                 raise EditRejected(reason)
 
@@ -398,7 +409,7 @@ class Workspace:
 
     def restore(self, slot: SlotKey, paths: Iterable[str]) -> None:
         """Put tracked files back as committed (after a run rewrote the harness)."""
-        Git(self.slot_dir(slot), self._env)("checkout", "-f", "HEAD", "--", *paths)
+        self._slot_git(slot, self.slot_dir(slot))("checkout", "-f", "HEAD", "--", *paths)
 
     # --- history -------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from autoresearch.agents._base import Context
 from autoresearch.constraints import first_violation
 from autoresearch.errors import EditRejected, ExecutorError, ProposalError
 from autoresearch.executors._base import Job, RunResult
-from autoresearch.judge import Decision
+from autoresearch.judge import Decision, ignores_seed
 from autoresearch.records import Experiment, Proposal, Run, RunPurpose, RunStatus, Verdict
 
 if TYPE_CHECKING:
@@ -296,7 +296,7 @@ def _decide(engine: Engine, flight: Flight) -> Decision:
     select = [r.metric for r in flight.runs if r.metric is not None]
     decision = judge.decide(flight.runs, standing, history.noise([select]))
     if decision.verdict in (None, Verdict.KEEP, Verdict.DISCARD):  # measured: bounds apply at once
-        broken = _broken_constraint(engine, flight)
+        broken = _broken_constraint(engine, flight) or _pinned_seed(engine, flight)
         if broken:
             return Decision(Verdict.DISCARD, decision.metric, broken)
     if decision.verdict is Verdict.KEEP and decision.rescore > 0:
@@ -315,6 +315,13 @@ def _broken_constraint(engine: Engine, flight: Flight) -> str:
                            base.metrics if base else {})  # fmt: skip
 
 
+def _pinned_seed(engine: Engine, flight: Flight) -> str:
+    """Why the candidate's runs are no evidence: they ignore the seed each run was given."""
+    values = [r.metric for r in flight.runs if r.status is RunStatus.OK and r.metric is not None]
+    base = engine.history.baseline
+    return ignores_seed(values, base.values() if base else [], engine.config.metric)
+
+
 def _rescored(engine: Engine, flight: Flight) -> Decision:
     """A keep's fresh runs: it is recorded at their mean, not at the runs that selected it.
 
@@ -329,6 +336,9 @@ def _rescored(engine: Engine, flight: Flight) -> Decision:
         return flight.keep
     value = statistics.fmean(fresh)
     note = f"; re-scored on {len(fresh)} fresh seeds: {value:.6g}"
+    pinned = _pinned_seed(engine, flight)
+    if pinned:
+        return Decision(Verdict.DISCARD, value, f"{flight.keep.reason}{note}; but {pinned}")
     standing, metric = engine.history.standing(), engine.config.metric
     if standing is not None and not metric.better(value, standing.metric, engine.config.judge.min_delta):
         return Decision(Verdict.DISCARD, value, f"{flight.keep.reason}{note}, not better than the best "

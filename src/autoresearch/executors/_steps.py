@@ -1,8 +1,9 @@
 """The step plan every executor runs: ``check`` -> ``run`` -> ``evaluate``, then the metric.
 
 Between steps the protected files (and protected data) are hashed again, so a run that
-rewrites the harness never gets its evaluation; before ``evaluate`` the worktree is put
-back to the experiment's commit, so the trusted step never sees what the run step wrote.
+rewrites the harness never gets its evaluation; before ``run`` and ``evaluate`` the worktree is
+put back to the experiment's commit, so the trusted step never sees what the run step wrote
+and the run never finds work that ``check`` did ahead of it, outside the time budget.
 ``AUTORESEARCH_OUT`` is emptied after ``check``: it holds what ``run`` made, never work the
 tests did ahead for a task with no run step (``evaluate`` would time it done).
 Executors differ only in where this runs (a thread here, a Ray worker there).
@@ -28,7 +29,7 @@ from autoresearch.process import REFERENCE, TAIL_LINES, StepResult, StepRunner, 
 
 if TYPE_CHECKING:
     from autoresearch.executors.sandbox import Sandbox
-from autoresearch.git import Git
+from autoresearch.git import Git, remove_nested_git
 from autoresearch.records import RunStatus
 
 
@@ -69,14 +70,14 @@ def execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None = None,
         suffix = "" if name == "run" else f".{name}"
         log = job.log_dir / f"{job.name}{suffix}.log"
         if name == "evaluate":
-            _pristine(job, links)
+            _pristine(job, links, "evaluate")
             _pristine_reference(job)
             tampered = _tampered(job)  # the ruler is the session start's, byte for byte
             if tampered:
                 reason = f"protected files differ from the session's before evaluate: {', '.join(tampered)}"
                 return _result(job, steps, RunStatus.INVALID, reason)
             if job.metric.format == "json":
-                (job.out_dir / job.metric.path).unlink(missing_ok=True)  # only the harness writes it
+                _clear_result(job.out_dir, job.metric.path)  # only the harness writes it
         step_env = environment
         if name == "evaluate" and job.reference is not None:
             step_env = {**environment, REFERENCE: str(job.reference)}
@@ -92,8 +93,9 @@ def execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None = None,
         if tampered:
             reason = f"the {name} step changed protected files: {', '.join(tampered)}"
             return _result(job, steps, RunStatus.INVALID, reason)
-        if name == "check":
+        if name == "check":  # the run starts from the commit: no work done ahead, untimed
             _empty(job.out_dir)
+            _pristine(job, links, "run")
     return _measure(job, steps)
 
 
@@ -103,6 +105,21 @@ def _empty(folder: Path) -> None:
             shutil.rmtree(entry)
         else:
             entry.unlink()
+
+
+def _clear_result(out_dir: Path, rel: str) -> None:
+    """Remove what a step left at the json result's path. A link on the way is removed itself,
+    never followed: the run made it, and it could point anywhere on this machine."""
+    path = out_dir
+    for part in Path(rel).parts:
+        path = path / part
+        if path.is_symlink():
+            path.unlink()
+            return
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _sandboxed_step(job: Job, runner: StepRunner, sandbox: Sandbox | None, name: str, command: str,
@@ -186,23 +203,25 @@ def _links(job: Job) -> dict[str, str]:
     return {rel: os.readlink(root / rel) for rel in job.reset_keep if (root / rel).is_symlink()}
 
 
-def _pristine(job: Job, links: Mapping[str, str]) -> None:
-    """Reset the worktree to the commit before the trusted step (outputs live in AUTORESEARCH_OUT).
+def _pristine(job: Job, links: Mapping[str, str], step: str) -> None:
+    """Reset the worktree to the commit before ``step`` (outputs live in AUTORESEARCH_OUT).
 
     The reset goes to the job's commit by sha (a run may have committed in its worktree), and
-    a link the run replaced or re-pointed is removed by the clean and put back as it was.
+    a link the run replaced or re-pointed is removed by the clean and put back as it was;
+    ``.git`` entries a step left below the root go too (git itself never removes them).
     """
     if job.reset_root is None:
         return
     root = job.reset_root
     intact = [rel for rel, target in links.items() if (root / rel).is_symlink()
               and os.readlink(root / rel) == target]  # fmt: skip
-    git = Git(root, without_secrets())
+    git = Git(root, without_secrets(), worktree=root)
     keep = [f"--exclude=/{path}" for path in intact]
     for args in (["reset", "-q", "--hard", job.commit or "HEAD"], ["clean", "-qffdx", *keep]):
         code, _, err = git.run(*args)
         if code != 0:
-            raise ExecutorError(f"cannot reset {root} before evaluate: {err.strip()}")
+            raise ExecutorError(f"cannot reset {root} before {step}: {err.strip()}")
+    remove_nested_git(root)
     for rel, target in links.items():
         path = root / rel
         if rel not in intact and not path.is_symlink() and not path.exists():
@@ -217,11 +236,12 @@ def _pristine_reference(job: Job) -> None:
     root = job.reference_root
     if root is None or not (root / ".git").exists():
         return
-    git = Git(root, without_secrets())
+    git = Git(root, without_secrets(), worktree=root)
     for args in (["reset", "-q", "--hard", job.reference_commit or "HEAD"], ["clean", "-qffdx"]):
         code, _, err = git.run(*args)
         if code != 0:
             raise ExecutorError(f"cannot reset the reference {root} before evaluate: {err.strip()}")
+    remove_nested_git(root)
 
 
 def _tampered(job: Job) -> list[str]:
