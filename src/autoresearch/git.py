@@ -55,7 +55,8 @@ class Git:
     ) -> None:
         self.cwd = cwd
         self.env = git_environment(env)
-        self._pin = () if worktree is None else (f"--git-dir={worktree / '.git'}", f"--work-tree={worktree}")
+        pin = () if worktree is None else (f"--git-dir={worktree / '.git'}", f"--work-tree={worktree}")
+        self._pin = pin
 
     def __call__(self, *args: str, input: str | None = None, check: bool = True) -> str:
         code, stdout, stderr = self.run(*args, input=input)
@@ -79,11 +80,10 @@ class Git:
         return self.run(*args)[0] == 0
 
 
-def remove_nested_git(root: Path) -> list[str]:
-    """Remove every entry named ``.git`` below the worktree ``root`` but its own; return their
-    paths. git never tracks, resets or cleans such an entry, so a step could keep state in one
-    from run to run, or leave a repository whose config a git call there would obey."""
-    removed = []
+def remove_nested_git(root: Path) -> None:
+    """Remove every entry named ``.git`` below the worktree ``root`` but its own. git never
+    tracks, resets or cleans such an entry, so a step could keep state in one from run to run,
+    or leave a repository whose config a git call there would obey."""
     for folder, dirs, files in os.walk(root):
         here = Path(folder)
         if here != root and (".git" in dirs or ".git" in files):
@@ -92,9 +92,7 @@ def remove_nested_git(root: Path) -> list[str]:
                 shutil.rmtree(target)
             else:
                 target.unlink()
-            removed.append(str(target.relative_to(root)))
         dirs[:] = [d for d in dirs if d != ".git"]
-    return removed
 
 
 def git_fingerprint(
@@ -139,4 +137,11 @@ def _tree_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["GIT_HARDENING", "Git", "git_argv", "git_environment", "git_fingerprint", "remove_nested_git"]
+__all__ = [
+    "GIT_HARDENING",
+    "Git",
+    "git_argv",
+    "git_environment",
+    "git_fingerprint",
+    "remove_nested_git",
+]
