@@ -127,6 +127,9 @@ def test_unified_diff_patch_is_checked_and_applied(toy_repo: Path) -> None:
     stale = "--- a/params.py\n+++ b/params.py\n@@ -2,1 +2,1 @@\n-X = 7.0\n+X = 3.0\n"
     with pytest.raises(ProposalError, match="does not apply"):
         ws.apply(0, Proposal("p", patch=stale))
+    corrupt = "--- a/params.py\n+++ b/params.py\n@@ -1,3 +1,3 @@\n nothing\n-foo\n+bar\n"
+    with pytest.raises(ProposalError, match="the patch is malformed: .*corrupt patch"):
+        ws.apply(0, Proposal("p", patch=corrupt))  # the agent's reply: a verdict, not a stop
 
 
 def test_a_proposal_that_changes_nothing_is_rejected(toy_repo: Path) -> None:

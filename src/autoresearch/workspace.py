@@ -305,9 +305,12 @@ class Workspace:
 
     def _patch_paths(self, base: Path, patch: str) -> list[str]:
         top = self._top(base)
-        out = Git(top, self._env, worktree=top)(
-            "apply", "--numstat", "-z", *self._directory(), input=patch
-        )
+        try:
+            out = Git(top, self._env, worktree=top)(
+                "apply", "--numstat", "-z", *self._directory(), input=patch
+            )
+        except WorkspaceError as exc:  # git cannot even read it: the agent's reply, not ours
+            raise ProposalError(f"the patch is malformed: {exc}") from exc
         paths: list[str] = []
         fields = out.split("\0")
         i = 0
