@@ -17,7 +17,7 @@ from fakes.session import BEST_PARAMS, run_cli, run_toy_session
 from autoresearch.agents import Agent, get_agent
 from autoresearch.agents._base import Edit
 from autoresearch.agents.openai import OpenAIAgent
-from autoresearch.errors import AgentUnavailable, ConfigError, ProposalError
+from autoresearch.errors import AgentCancelled, AgentUnavailable, ConfigError, ProposalError
 
 KEY = "sk-proj-test-0123456789abcdef"
 
@@ -152,6 +152,33 @@ def test_500_and_hung_response_are_retried(server: FakeOpenAI) -> None:
     start = time.monotonic()
     assert agent_for(server, timeout=0.5).propose(make_context()).edits
     assert len(server.requests) == 3 and time.monotonic() - start < 5
+
+
+def test_cancel_ends_the_wait_before_another_try(server: FakeOpenAI) -> None:
+    """A signal during a ten-minute wait to try a failing server again: the session's stop
+    does not wait it out."""
+    import threading
+
+    server.default = lambda body: FakeOpenAI.error(503, "overloaded", headers={"retry-after-ms": "1"})
+    agent = agent_for(server, max_retries=0, max_failures=5, backoff=600.0)
+    raised: list[BaseException] = []
+
+    def propose() -> None:
+        try:
+            agent.propose(make_context())
+        except BaseException as exc:
+            raised.append(exc)
+
+    worker = threading.Thread(target=propose)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not server.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    agent.cancel()
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert len(raised) == 1 and isinstance(raised[0], AgentCancelled), raised
+    assert len(server.requests) == 1
 
 
 def test_failures_in_a_row_make_the_agent_unavailable(server: FakeOpenAI) -> None:

@@ -157,6 +157,65 @@ def test_a_second_signal_kills_the_run_and_records_it(tmp_path: Path, sig: int) 
     assert not Path(f"/proc/{run_pid}").exists() or "Z" in Path(f"/proc/{run_pid}/stat").read_text().split()[2]
 
 
+def wait_for(path: Path, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), f"{path} never appeared"
+
+
+def test_a_signal_while_the_coding_agent_works_stops_the_session_without_waiting_for_it(
+    tmp_path: Path,
+) -> None:
+    """The agent's CLI would work for a minute: the proposal would never run, so the signal
+    kills the CLI's processes, records the proposal interrupted and stops at once."""
+    repo = toy(tmp_path)
+    pidfile = tmp_path / "cli.pid"
+    cmd = f"echo $$ > {pidfile}; sleep 120"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoresearch", "run", "--tag", "a", "--agent", "command", "--cmd", cmd],
+        cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for(pidfile)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)  # the CLI alone would take 120 s
+    assert proc.returncode == 143, err
+    assert "stopped: interrupted (SIGTERM)" in out
+    cli = int(pidfile.read_text())
+    assert not Path(f"/proc/{cli}").exists() or "Z" in Path(f"/proc/{cli}/stat").read_text().split()[2]
+    log = ar("log", "--tag", "a", cwd=repo).stdout
+    assert "interrupted" in log and "pending" not in log
+    show = ar("show", "1", "--tag", "a", cwd=repo).stdout
+    assert "stopped while the agent was proposing" in show
+
+
+def test_a_second_signal_while_a_keep_is_re_scored_records_it_interrupted(tmp_path: Path) -> None:
+    """The keep's fresh runs are cut short: it is not recorded as a keep on its one selecting
+    run, and the branch stays where it was."""
+    score = (
+        "import os, random, sys, time\n"
+        "sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))\n"
+        "import params\n"
+        "if os.environ['AUTORESEARCH_EXPERIMENT'] != '0' and os.environ['AUTORESEARCH_RUN'] != '0':\n"
+        "    time.sleep(120)  # the keep's fresh runs\n"
+        "noise = random.Random(int(os.environ['AUTORESEARCH_SEED'])).gauss(0, 0.01)\n"
+        "print('---')\n"
+        "print(f'score: {(params.X - 3.0) ** 2 + (params.Y + 1.0) ** 2 + noise:.6f}')\n"
+    )
+    repo = toy(tmp_path, extra="baseline_runs = 2\n", files={"score.py": score})
+    patches = write_patch_dir(tmp_path / "p", {"01": PATCHES["01-improve"]})
+    proc = start_in_first_experiment(repo, patches, "r")
+    wait_for(repo / ".autoresearch" / "logs" / "r" / "0001-1.log")
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    rows = ar("log", "--tag", "r", cwd=repo).stdout.splitlines()
+    assert rows[2].split()[2] == "interrupted", rows
+    assert git(repo, "rev-parse", "autoresearch/r") == git(repo, "rev-parse", "main")
+
+
 def test_resume_carries_over_the_agent_and_its_flags(tmp_path: Path) -> None:
     repo = toy(tmp_path)
     patches = write_patch_dir(tmp_path / "p", {k: PATCHES[k] for k in ("01-improve", "02-worse")})

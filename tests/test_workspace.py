@@ -128,7 +128,7 @@ def test_unified_diff_patch_is_checked_and_applied(toy_repo: Path) -> None:
     with pytest.raises(ProposalError, match="does not apply"):
         ws.apply(0, Proposal("p", patch=stale))
     corrupt = "--- a/params.py\n+++ b/params.py\n@@ -1,3 +1,3 @@\n nothing\n-foo\n+bar\n"
-    with pytest.raises(ProposalError, match="the patch is malformed: .*corrupt patch"):
+    with pytest.raises(ProposalError, match=r"the patch is malformed: .*corrupt patch"):
         ws.apply(0, Proposal("p", patch=corrupt))  # the agent's reply: a verdict, not a stop
 
 

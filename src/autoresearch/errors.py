@@ -10,7 +10,8 @@ its message as one line (``--debug`` shows the traceback)::
     ├── AgentError             an agent could not produce a proposal
     │   ├── ProposalError      a malformed reply or an unusable edit (-> verdict ``invalid``)
     │   ├── AgentUnavailable   the backend failed too many times in a row (-> session stops)
-    │   └── AgentExhausted     the agent has nothing more to propose (-> session ends cleanly)
+    │   ├── AgentExhausted     the agent has nothing more to propose (-> session ends cleanly)
+    │   └── AgentCancelled     the session stopped while the agent was proposing (-> ``interrupted``)
     ├── ExecutorError          a run could not be started or collected at all
     ├── MetricError            the primary metric is missing, non-numeric or non-finite
     └── LedgerError            the ledger is unreadable or does not match the repository
@@ -64,6 +65,10 @@ class AgentExhausted(AgentError):
     """The agent has nothing left to propose; the session ends cleanly."""
 
 
+class AgentCancelled(AgentError):
+    """The session is stopping: the agent gave up the proposal it was making (``Agent.cancel``)."""
+
+
 class ExecutorError(AutoresearchError):
     """A run could not be started or its result could not be collected."""
 
@@ -77,6 +82,7 @@ class LedgerError(AutoresearchError):
 
 
 __all__ = [
+    "AgentCancelled",
     "AgentError",
     "AgentExhausted",
     "AgentUnavailable",

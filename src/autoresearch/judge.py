@@ -108,7 +108,7 @@ class Judge:
 
     def decide_baseline(self, runs: Sequence[Run]) -> Decision:
         """The unchanged code: never discarded for time; runs ``baseline_runs`` times."""
-        failed = _failure(runs)
+        failed = failure(runs)
         if failed is not None:
             return failed
         wanted = max(1, self.config.baseline_runs)
@@ -121,7 +121,7 @@ class Judge:
     # --- candidates ----------------------------------------------------------------------
 
     def decide(self, runs: Sequence[Run], best: Standing, noise: Noise) -> Decision:
-        failed = _failure(runs) or self._over_budget(runs, best)
+        failed = failure(runs) or self._over_budget(runs, best)
         if failed is not None:
             return failed
         values = [r.metric for r in runs if r.metric is not None]
@@ -196,7 +196,8 @@ def ignores_seed(values: Sequence[float], baseline: Sequence[float], metric: Met
     )
 
 
-def _failure(runs: Sequence[Run]) -> Decision | None:
+def failure(runs: Sequence[Run]) -> Decision | None:
+    """The verdict of the first failed run (timeout, invalid, interrupted, crash), or None."""
     for run in runs:
         if run.status is RunStatus.TIMEOUT:
             return Decision(Verdict.TIMEOUT, None, run.reason or "hard timeout")
@@ -209,4 +210,4 @@ def _failure(runs: Sequence[Run]) -> Decision | None:
     return None
 
 
-__all__ = ["Decision", "Judge", "Noise", "Standing", "ignores_seed", "pooled_noise"]
+__all__ = ["Decision", "Judge", "Noise", "Standing", "failure", "ignores_seed", "pooled_noise"]

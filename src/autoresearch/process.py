@@ -195,6 +195,9 @@ class StepRunner:
         proc, read_fd = self._start(name, command, cwd, {**env, MARKER: marker}, stdin)
         with self._lock:
             self._groups.add(proc.pid)
+            killed = self._killed
+        if killed:  # kill_all came while it started: it goes the way of the others
+            kill_group(proc.pid, signal.SIGKILL)
         pidfile = log.with_suffix(".pid")  # lets a resumed session kill what a dead one left
         pidfile.write_text(f"{proc.pid} {start_time(proc.pid) or '?'} {marker}")
         output = _Output(log, self.max_log_bytes)

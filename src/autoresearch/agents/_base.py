@@ -71,6 +71,11 @@ class Agent:
     def propose(self, context: Context) -> Proposal:
         raise NotImplementedError(f"{type(self).__name__} must implement propose()")
 
+    def cancel(self) -> None:
+        """The session is stopping (a signal): give up the proposal being made, soon, by raising
+        ``AgentCancelled`` from ``propose`` (kill a CLI's processes, stop waiting to retry).
+        Called from another thread than ``propose``'s; after it, no proposal is asked for."""
+
     def finish(self, context: Context) -> None:
         """The session ended: ``context`` holds its whole history (the last verdicts too).
 

@@ -9,6 +9,7 @@ worth retrying. Retries, secret redaction and usage on failed replies live here 
 from __future__ import annotations
 
 import math
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import replace
@@ -59,6 +60,7 @@ class ChatAgent(Agent, ABC):
         self.extra_body = dict(extra_body or {})
         self.prices = PriceTable(prices)
         self._secrets: list[str] = []
+        self._cancelled = threading.Event()
 
     def propose(self, context: Context) -> Proposal:
         prompt = render(context, history_tokens=self.history_tokens)
@@ -70,6 +72,7 @@ class ChatAgent(Agent, ABC):
             max_failures=self.max_failures,
             backoff=self.backoff,
             secrets=self._secrets,
+            cancelled=self._cancelled,
         )
         usage = self._usage(reply)
         try:
@@ -77,6 +80,9 @@ class ChatAgent(Agent, ABC):
         except ProposalError as exc:  # the tokens were spent all the same
             raise ProposalError(redact(str(exc), self._secrets), usage=usage) from exc
         return replace(proposal, usage=usage, meta={"model": self.model, **self._reply_meta(reply)})
+
+    def cancel(self) -> None:
+        self._cancelled.set()  # a call under way still ends (and is paid for); no wait after it
 
     def cut_off(self) -> ProposalError:
         return ProposalError(

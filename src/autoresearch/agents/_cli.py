@@ -31,7 +31,13 @@ from autoresearch.agents.prompt import (
     render_brief,
     secret_values,
 )
-from autoresearch.errors import AgentUnavailable, ConfigError, ExecutorError, ProposalError
+from autoresearch.errors import (
+    AgentCancelled,
+    AgentUnavailable,
+    ConfigError,
+    ExecutorError,
+    ProposalError,
+)
 from autoresearch.process import StepRunner
 
 MAX_COMMAND_BYTES = 120_000  # one argument may not exceed 128 KiB on Linux
@@ -98,6 +104,7 @@ class CliAgent(Agent):
             raise ConfigError(f"{self.name}: env must map names to strings, got {env!r}")
         self.timeout, self.history_tokens = float(timeout), history_tokens
         self.env = dict(env or {})
+        self._runner = StepRunner()  # cancel() kills what it runs, now and from then on
 
     # --- what a backend says ------------------------------------------------------------------
 
@@ -185,7 +192,7 @@ class CliAgent(Agent):
             log.unlink(missing_ok=True)
             log.symlink_to(raw)  # the pid file lands next to it, where --resume looks
         try:
-            step = StepRunner().step(self.name, line, workdir, env, log, self.timeout)
+            step = self._runner.step(self.name, line, workdir, env, log, self.timeout)
         except ExecutorError as exc:
             raise AgentUnavailable(f"{self.name}: {exc}") from exc
         finally:
@@ -193,7 +200,12 @@ class CliAgent(Agent):
                 log.unlink(missing_ok=True)
                 text = raw.read_text(encoding="utf-8", errors="replace") if raw.exists() else ""
                 log.write_text(self._redact(text), encoding="utf-8")
+        if self._runner.killed:
+            raise AgentCancelled(f"{self.name} was stopped: the session is stopping")
         return CliOutput(step.returncode, step.output, step.seconds, log)
+
+    def cancel(self) -> None:
+        self._runner.kill_all()
 
     def _redact(self, text: str) -> str:
         return redact(text, secret_values({**os.environ, **self.env}))

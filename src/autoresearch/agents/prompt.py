@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
-import time
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -32,7 +32,7 @@ from autoresearch.agents._reply import (
     parse_proposal,
     parse_text_reply,
 )
-from autoresearch.errors import AgentUnavailable
+from autoresearch.errors import AgentCancelled, AgentUnavailable
 from autoresearch.process import secret_values
 from autoresearch.records import Verdict
 
@@ -342,11 +342,13 @@ def call_with_retries(
     max_failures: int,
     backoff: float,
     secrets: Sequence[str] = (),
+    cancelled: threading.Event | None = None,
 ) -> T:
     """``call()``, tried again after a transient error (the SDK has already retried it).
 
     ``max_failures`` transient errors in a row, or one error that retrying cannot fix
-    (a bad key, an unknown model), raise ``AgentUnavailable``: the session stops.
+    (a bad key, an unknown model), raise ``AgentUnavailable``: the session stops. The wait
+    before another try ends at once when ``cancelled`` is set: ``AgentCancelled``.
     """
     failures = 0
     while True:
@@ -363,7 +365,8 @@ def call_with_retries(
                 ) from exc
             wait = min(backoff * 2 ** (failures - 1), MAX_BACKOFF)
             log.warning("%s: %s; trying again in %.0f s", agent, message, wait)
-            time.sleep(wait)
+            if (cancelled or threading.Event()).wait(wait):
+                raise AgentCancelled(f"{agent}: the session is stopping; not trying again") from exc
 
 
 # --- secrets ----------------------------------------------------------------------------------

@@ -324,11 +324,13 @@ class Engine:
         self.stop(f"interrupted ({name})")
         again = "Ctrl-C" if name == "Ctrl-C" else "a second signal"
         self.say(f"{name}: finishing the current experiment, then stopping ({again} kills it)")
+        self.agent.cancel()  # a proposal being made would never run: no waiting for it
 
     def kill(self) -> None:
         """Kill every running step now (a second signal)."""
         self._killed = True
         self.say("killing the running steps")
+        self.agent.cancel()
         self._setup_runner.kill_all()
         self.executor.kill_all()
 

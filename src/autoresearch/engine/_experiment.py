@@ -17,7 +17,7 @@ from autoresearch.agents._base import Context
 from autoresearch.constraints import first_violation
 from autoresearch.errors import EditRejected, ExecutorError, ProposalError
 from autoresearch.executors._base import Job, RunResult
-from autoresearch.judge import Decision, ignores_seed
+from autoresearch.judge import Decision, failure, ignores_seed
 from autoresearch.records import Experiment, Proposal, Run, RunPurpose, RunStatus, Verdict
 
 if TYPE_CHECKING:
@@ -246,6 +246,9 @@ def collect(engine: Engine, flight: Flight) -> None:
     if run.status is RunStatus.INVALID:
         engine.after_tampering(flight, run.reason)
     decision = _decide(engine, flight)
+    if decision.verdict is None and engine.killed:  # a second signal: no more runs
+        decision = Decision(Verdict.INTERRUPTED, None, "interrupted: the session was killed "
+                            f"after {len(flight.runs)} run(s), before its verdict")  # fmt: skip
     if decision.verdict is None:
         total = len(flight.runs) + decision.more_runs
         engine.say(f"#{flight.experiment_id}: {decision.reason} (run {len(flight.runs) + 1} of {total})")
@@ -328,6 +331,9 @@ def _rescored(engine: Engine, flight: Flight) -> Decision:
     When that mean is no better than the best, the selecting runs were luck: a discard.
     """
     assert flight.keep is not None
+    failed = failure(flight.runs)
+    if failed is not None:  # a fresh run that fails is the experiment's verdict, not a pass
+        return replace(failed, reason=f"{flight.keep.reason}; a fresh run failed: {failed.reason}")
     flight.rescore_left -= 1
     if flight.rescore_left > 0:
         return Decision(None, flight.keep.metric, "re-scoring on fresh seeds", flight.rescore_left)

@@ -24,7 +24,7 @@ from autoresearch.engine._experiment import (
     record_unrun,
     start_candidate,
 )
-from autoresearch.errors import AgentError, AgentExhausted, ProposalError
+from autoresearch.errors import AgentCancelled, AgentError, AgentExhausted, ProposalError
 from autoresearch.records import Proposal, Usage, Verdict
 
 if TYPE_CHECKING:
@@ -72,6 +72,11 @@ class Proposer:
             self.ready.append(Ready(exp_id, parent, future.result()))
         except AgentExhausted as exc:  # what is ready still runs; then the session ends
             self.exhausted = f"the agent has nothing more to propose: {exc}"
+        except AgentCancelled as exc:  # a signal: the session is stopping
+            cancelled = Proposal("(cancelled)", usage=exc.usage or Usage(), meta=exc.meta)
+            record_unrun(self.engine, Ready(exp_id, parent, cancelled), Verdict.INTERRUPTED,
+                         f"not run: the session stopped while the agent was proposing ({exc})",
+                         parent=parent)  # fmt: skip
         except ProposalError as exc:
             failed = Proposal("(no valid proposal)", usage=exc.usage or Usage(), meta=exc.meta)
             record_unrun(self.engine, Ready(exp_id, parent, failed), Verdict.INVALID, str(exc),
