@@ -179,6 +179,21 @@ def test_a_link_on_the_json_result_path_is_removed_not_followed(
     assert result.status is RunStatus.CRASH and "goes through a link (res)" in result.reason
 
 
+def test_a_run_made_again_under_its_name_finds_nothing_of_the_killed_one(
+    executor: Executor, tmp_path: Path
+) -> None:
+    """Resume runs a pending experiment again into the same out folder: a checkpoint the killed
+    run left must not be what evaluate scores."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.pt").write_text("from the killed run")
+    evaluate = script(tmp_path, "e.py", (
+        "import os\nprint('---'); print('score:', len(os.listdir(os.environ['AUTORESEARCH_OUT'])))\n"
+    ))  # fmt: skip
+    result = executor.submit(job(tmp_path, "true", evaluate=evaluate)).result()
+    assert result.status is RunStatus.OK and result.metric == 0.0, result.reason
+
+
 def test_a_protected_file_made_huge_is_compared_by_size_unread(tmp_path: Path) -> None:
     """A run can truncate a protected file to terabytes of holes: hashing it would take hours."""
     from autoresearch.integrity import HASH_LIMIT

@@ -533,6 +533,49 @@ def test_setup_runs_once_per_node_before_its_first_run(cluster: Cluster, tmp_pat
     assert not (tmp_path / "logs" / "setup.log").exists()  # the session's own setup log is apart
 
 
+def test_a_nodes_setup_runs_the_baseline_code_never_a_candidates(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Setup runs outside the sandbox: the first run to reach a node may be a candidate's,
+    whose copy of the code setup imports could do anything there. It runs the baseline's."""
+    log = tmp_path / "setups"
+    repo = scripts(tmp_path, {"prep.py": PREP, "read.py": READ})
+    base = git(repo, "rev-parse", "HEAD")
+    (repo / "prep.py").write_text(PREP.replace("write_text('4')", "write_text('0')"))
+    git(repo, "commit", "-qam", "a candidate that changes what setup runs")
+    config = replace(cpu_config(repo), setup=f"{PY} prep.py {log}", link=("data",))
+    executor = RayExecutor(config, address=cluster.address, slots=1)
+    try:
+        result = executor.submit(job(repo, f"{PY} read.py", setup_commit=base)).result()
+    finally:
+        executor.close()
+    assert result.status is RunStatus.OK and result.metric == 5.0, result.reason  # '4' + 1
+
+
+def test_result_files_count_their_names_and_a_rerun_writes_through_no_link(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Many empty files under long names are held to max_out_mb too; and a link a killed
+    local run left in the out folder is not written through when the run is made again."""
+    victim = tmp_path / "victim"
+    victim.write_text("mine")
+    flood = "import os\nout = os.environ['AUTORESEARCH_OUT']\nfor i in range(3000):\n    open(os.path.join(out, 'f' * 200 + str(i)), 'w').close()\nopen(os.path.join(out, 'a_result.txt'), 'w').write('node')\nprint('---'); print('score: 1')\n"
+    repo = scripts(tmp_path, {"flood.py": flood})
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_result.txt").symlink_to(victim)
+    executor = RayExecutor(cpu_config(repo, max_out_mb=0.1), address=cluster.address, slots=1)
+    try:
+        result = executor.submit(job(repo, f"{PY} flood.py", out_dir=out)).result()
+    finally:
+        executor.close()
+    assert result.status is RunStatus.OK, result.reason
+    assert victim.read_text() == "mine" and (out / "a_result.txt").read_text() == "node"
+    assert len(list(out.iterdir())) < 400  # 0.1 MB at 256 + 204 bytes a file
+    log = (tmp_path / "logs" / "0001-0.log").read_text()
+    assert "were not sent back" in log and " more" in log
+
+
 def test_shared_data_and_protected_data_checked_on_the_node(cluster: Cluster, tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     (shared / "data").mkdir(parents=True)

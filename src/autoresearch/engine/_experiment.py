@@ -217,6 +217,7 @@ def submit(engine: Engine, flight: Flight) -> None:
         protected_data=engine.protected_data, reset_root=engine.workspace.slot_root(flight.slot),
         reset_keep=engine.workspace.linked_paths(), purpose=flight.purpose,
         reference_root=reference_root, reference_commit=reference_commit,
+        setup_commit=engine.session.base_commit,
     )  # fmt: skip
     flight.future = engine.executor.submit(job)
     engine.observe_run(flight, job)

@@ -50,6 +50,9 @@ class Job:
     # ``evaluate``, which finds its task folder in AUTORESEARCH_REFERENCE (measure --same)
     reference_root: Path | None = None
     reference_commit: str = ""  # what evaluate resets the reference checkout to
+    # The session's baseline commit: a node's setup step (Ray) runs its code, never a candidate's
+    # ("": the job's own commit).
+    setup_commit: str = ""
 
     @property
     def name(self) -> str:

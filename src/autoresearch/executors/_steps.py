@@ -58,7 +58,10 @@ def execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None = None,
     With a ``sandbox`` each step runs inside it, and a step that changed what the sandbox
     fingerprints (git's admin files, the Python environment...) makes the run invalid.
     """
+    if job.out_dir.is_symlink():
+        job.out_dir.unlink()
     job.out_dir.mkdir(parents=True, exist_ok=True)
+    _empty(job.out_dir)  # a run again under its name (resume) finds nothing of the killed one
     links = _links(job)  # where the worktree's links point before any step ran
     environment = run_environment(job, env, sandbox.env_names if sandbox else ())
     environment = sandbox.environment(environment) if sandbox else environment

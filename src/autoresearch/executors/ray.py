@@ -59,6 +59,8 @@ CHECK_EVERY = 1.0  # seconds between checks that the cluster's head still answer
 LOST_AFTER = 3  # failed checks in a row before the cluster counts as gone
 SCRATCH_ENV = "AUTORESEARCH_RAY_SCRATCH"  # a node's scratch folder (default: $TMPDIR/autoresearch-ray)
 ARCHIVES_KEPT = 8  # commits whose archives stay in the object store (repeat runs reuse them)
+FILE_COST = 256  # bytes a result file counts for besides its contents: its name, its record
+LEFT_OUT_SHOWN = 20  # result files over max_out_mb named in the log; the rest counted
 # Ray's errors for a task whose worker process or node died under it.
 LOST_ERRORS = (
     "WorkerCrashedError", "NodeDiedError", "LocalRayletDiedError", "ObjectLostError",
@@ -120,15 +122,19 @@ class _Shipment:
 # --- the node side: one Ray task ------------------------------------------------------------
 
 
-def _work(plan: _Plan, job: Job, archive: bytes, reference: bytes | None = None) -> Iterator[object]:
-    """The Ray task. Yields ``_Started``, the setup record (None: nothing ran), the shipment."""
+def _work(plan: _Plan, job: Job, archive: bytes, reference: bytes | None = None,
+          setup: bytes | None = None) -> Iterator[object]:  # fmt: skip
+    """The Ray task. Yields ``_Started``, the setup record (None: nothing ran), the shipment.
+
+    ``setup`` is the session's baseline commit, whose code the node's setup step runs: it
+    runs outside the sandbox, so never in a candidate's files (``archive``)."""
     node = str(_import_ray().get_runtime_context().get_node_id())
     yield _Started(node)
     root = _scratch_root()
     run_dir = Path(tempfile.mkdtemp(prefix=f"{job.name}-", dir=_mkdir(root / "runs")))
     watchdog = _Watchdog(_mkdir(run_dir / "logs"))
     try:
-        record = _ensure_setup(plan, job, root, run_dir, archive, node)
+        record = _ensure_setup(plan, job, root, run_dir, setup or archive, node)
         yield record
         if record is not None and record.returncode != 0:
             yield _Shipment(node, _setup_failed(job, record), {}, {}, ())
@@ -283,17 +289,26 @@ def _capped(path: Path, limit: int) -> bytes:
 
 
 def _collect(out: Path, limit: int) -> tuple[dict[str, bytes], tuple[str, ...]]:
-    """The run's result files, in path order, until ``limit`` bytes; the names of the rest."""
-    files, left_out, total = {}, [], 0
+    """The run's result files, in path order, until ``limit`` bytes; the names of the rest.
+
+    A file counts its name and ``FILE_COST`` besides its bytes, so that ten thousand empty
+    files under long names do not slip under the limit; ``LEFT_OUT_SHOWN`` names at most."""
+    files: dict[str, bytes] = {}
+    left_out: list[str] = []
+    total = more = 0
     for path in sorted(out.rglob("*")) if out.is_dir() else []:
         if path.is_symlink() or not path.is_file():
             continue
         size, rel = path.stat().st_size, path.relative_to(out).as_posix()
-        if total + size > limit:
-            left_out.append(f"{rel} ({size} bytes)")
+        cost = size + len(rel.encode()) + FILE_COST
+        if total + cost > limit:
+            if len(left_out) < LEFT_OUT_SHOWN:
+                left_out.append(f"{rel} ({size} bytes)")
+            else:
+                more += 1
             continue
-        files[rel], total = path.read_bytes(), total + size
-    return files, tuple(left_out)
+        files[rel], total = path.read_bytes(), total + cost
+    return files, (*left_out, f"{more} more") if more else tuple(left_out)
 
 
 _WATCH = (
@@ -416,14 +431,16 @@ class RayExecutor:
 
     def _run(self, job: Job) -> RunResult:
         plan, archive = self._plan(job), self._archive(job.workdir, job.commit)
-        reference = None
+        reference = setup = None
         if job.reference_root is not None:
             reference = self._archive(job.reference_root, job.reference_commit or _head(job.reference_root))
+        if plan.data == "setup" and plan.setup.strip() and job.setup_commit:
+            setup = self._archive(job.workdir, job.setup_commit)
         losses: list[str] = []
         avoid = ""
         for _attempt in range(2):
             try:
-                return self._attempt(job, plan, archive, reference, avoid)
+                return self._attempt(job, plan, (archive, reference, setup), avoid)
             except _Lost as lost:
                 losses.append(lost.why)
                 avoid = lost.node
@@ -431,12 +448,13 @@ class RayExecutor:
                 return _bare(job, stop.status, stop.reason)
         return _bare(job, RunStatus.CRASH, "worker lost: " + "; retried, then ".join(losses))
 
-    def _attempt(self, job: Job, plan: _Plan, archive: Any, reference: Any, avoid: str) -> RunResult:
+    def _attempt(self, job: Job, plan: _Plan, archives: tuple[Any, Any, Any], avoid: str) -> RunResult:
+        """One try on a node; ``archives``: the commit's, the reference's and the setup's."""
         s = self._settings
         gen = self._task.options(
             num_returns="streaming", num_cpus=s.cpus_per_run, num_gpus=s.gpus_per_run,
             max_retries=0, **self._elsewhere(avoid),
-        ).remote(plan, replace(job, env=_without_secrets(job.env)), archive, reference)  # fmt: skip
+        ).remote(plan, replace(job, env=_without_secrets(job.env)), *archives)  # fmt: skip
         with self._tracked(gen):
             started: _Started = self._next(gen, None, "")
             record: _SetupRecord | None = self._next(gen, SETUP_TIMEOUT, started.node)
@@ -637,7 +655,12 @@ def _relative_to(path: Path, root: Path) -> str:
 
 
 def _deliver(job: Job, shipment: _Shipment) -> RunResult:
-    """Write the node's logs and result files where the local executor would have."""
+    """Write the node's logs and result files where the local executor would have: into an
+    emptied out folder, so nothing an earlier run of the same name left there (a link to a
+    file of this machine) is written through."""
+    if job.out_dir.is_symlink() or job.out_dir.is_file():
+        job.out_dir.unlink()
+    shutil.rmtree(job.out_dir, ignore_errors=True)
     log_dir, out_dir = _mkdir(job.log_dir), _mkdir(job.out_dir)
     for name, data in shipment.logs.items():
         (log_dir / Path(name).name).write_bytes(data)
@@ -651,8 +674,9 @@ def _deliver(job: Job, shipment: _Shipment) -> RunResult:
     log_path = log_dir / result.log_path.name if result.log_path else None
     if shipment.left_out and log_path is not None:
         with log_path.open("a", encoding="utf-8") as fh:
-            fh.write(f"\n[autoresearch: result files over [ray] max_out_mb stayed on node "
-                     f"{shipment.node[:12]}: {', '.join(shipment.left_out)}]\n")  # fmt: skip
+            fh.write(f"\n[autoresearch: result files over [ray] max_out_mb were not sent back from "
+                     f"node {shipment.node[:12]} (gone with its scratch folder): "
+                     f"{', '.join(shipment.left_out)}]\n")  # fmt: skip
     return replace(result, steps=steps, log_path=log_path)
 
 
