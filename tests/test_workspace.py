@@ -239,6 +239,11 @@ def test_a_new_module_that_would_shadow_an_installed_one_is_refused(toy_repo: Pa
         ws.apply(0, Proposal("shadow", edits=(Edit(path, content="x = 1\n"),)))
         with pytest.raises(EditRejected, match=rf"{path}: a new module named .* would shadow"):
             ws.commit(0, "shadow")
+    for path in ("lib/conftest.py", "conftest.py"):  # tests that pass without running
+        ws.checkout(0, base)
+        ws.apply(0, Proposal("implicit", edits=(Edit(path, content="x = 1\n"),)))
+        with pytest.raises(EditRejected, match=rf"{path}: a new .* would be loaded by Python or pytest"):
+            ws.commit(0, "implicit")
     ws.checkout(0, base)
     ws.apply(0, Proposal("own", edits=(Edit("helpers.py", content="x = 1\n"),)))
     ws.commit(0, "a module of its own")

@@ -143,12 +143,23 @@ class Allowlist:
         return None
 
 
+# Files that Python or pytest load by themselves from the folders they run in: a new one would
+# run the agent's code inside a trusted step, or make a check's tests pass without running them.
+IMPLICIT = frozenset({"conftest.py", "sitecustomize.py", "usercustomize.py", "pytest.ini", "tox.ini"})
+
+
 def shadow_reason(path: str) -> str | None:
     """Why a *new* file may not be added: as ``json.py`` or ``json/__init__.py`` it would shadow
     a module of the standard library or an installed package for Python started in its folder
     (``python evaluate.py`` puts the script's folder first on ``sys.path``), so the agent's code
-    would run inside a trusted step that imports that module. None when it shadows nothing."""
+    would run inside a trusted step that imports that module; as ``conftest.py`` (``IMPLICIT``)
+    or a ``.pth`` file it is loaded without being imported. None when it is none of these."""
     pure = PurePosixPath(path.replace("\\", "/"))
+    if pure.name in IMPLICIT or pure.suffix == ".pth":
+        return (
+            f"{pure}: a new {pure.name} would be loaded by Python or pytest on their own, in "
+            "the check and evaluate steps too; put the code in a module the task imports"
+        )
     name = _module_name(pure.name)
     if name == "__init__" and len(pure.parts) > 1:
         name = pure.parts[-2]
@@ -178,4 +189,4 @@ def _installed_modules() -> frozenset[str]:
     return frozenset(n for n in names if n.isidentifier())
 
 
-__all__ = ["Allowlist", "apply_edits", "glob_regex", "replace_once", "shadow_reason"]
+__all__ = ["IMPLICIT", "Allowlist", "apply_edits", "glob_regex", "replace_once", "shadow_reason"]
