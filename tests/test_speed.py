@@ -58,6 +58,18 @@ def test_measure_reports_the_cpu_of_the_whole_process_tree_and_the_peak_memory(t
     assert values["cpu_seconds"] > 0.05  # the child's loop is counted
 
 
+def test_the_peak_memory_of_a_helper_that_left_the_tree_and_exited_counts(tmp_path: Path) -> None:
+    """A helper handed to measure (its parent exits at once) uses 200 MB and is gone before the
+    run ends: its /proc status is gone too, so its peak is taken from its reaping."""
+    helper = tmp_path / "helper.py"
+    helper.write_text("x = bytearray(200 * 2**20)\nfor i in range(0, len(x), 4096):\n    x[i] = 1\n")
+    spawn = f"import subprocess, sys; subprocess.Popen([sys.executable, {str(helper)!r}])"  # orphaned
+    main = (f"import subprocess, sys, time; subprocess.run([sys.executable, '-c', {spawn!r}]); "
+            "time.sleep(3)")  # fmt: skip
+    values = summary(run_measure("--repeat", "1", "--warmup", "0", "--", PY, "-c", main).stdout)
+    assert values["peak_rss_mb"] >= 200
+
+
 def test_measure_takes_the_median_of_what_the_command_prints(tmp_path: Path) -> None:
     script = tmp_path / "own.py"
     counter = tmp_path / "n"

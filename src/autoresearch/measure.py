@@ -312,7 +312,8 @@ def guard_measure() -> bool:
 def kill_leftovers() -> int:
     """Kill and reap what a run left running, so nothing of it serves or slows the next run.
 
-    Returns the peak resident set (kB) of the largest of them. As the sandbox's first process
+    Returns the peak resident set (kB) of the largest of them, those that already exited too
+    (from their reaping: an exited helper has no /proc status left). As the sandbox's first process
     measure kills every other process there at once (``kill(-1)``: one that forks and exits
     in a loop has no pid to chase); elsewhere it kills its children until none is left. One
     that outlives fifty rounds is a crash.
@@ -326,14 +327,14 @@ def kill_leftovers() -> int:
         if me == "1":
             with contextlib.suppress(ProcessLookupError):
                 os.kill(-1, 9)
-            _reap_all()
+            peak = max(peak, _reap_all())
             continue
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
         for pid in pids:
             with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+                peak = max(peak, os.wait4(pid, 0)[2].ru_maxrss)
     raise MeasureError("a run left processes running that measure could not kill (they fork as fast as "
                        "they are killed): a crash, or they would serve the next run")  # fmt: skip
 
@@ -343,14 +344,15 @@ def _all_others() -> list[str]:
     return [e for e in os.listdir("/proc") if e.isdigit() and e != "1"]
 
 
-def _reap_all() -> None:
+def _reap_all() -> int:
     """After ``kill(-1)``: wait until no child is left (every orphan of the namespace is ours,
-    and a process with SIGKILL pending cannot fork)."""
+    and a process with SIGKILL pending cannot fork). Returns the largest peak (kB) reaped."""
+    peak = 0
     while True:
         try:
-            os.waitpid(-1, 0)
+            peak = max(peak, os.wait4(-1, 0)[2].ru_maxrss)
         except ChildProcessError:
-            return
+            return peak
 
 
 def _peak_kb(pid: int) -> int:
