@@ -94,6 +94,24 @@ REFUSED = {  # attack -> what the refusal names
         "sys.stdout = Out()",
         "sys.stdout",
     ),
+    # the causality checks' cuts, all made 0 (only position 0 compared)
+    "random_cuts": ("import random\nrandom.Random.randrange = lambda self, *a, **k: 0", "random.Random.randrange"),
+    # the guard's own method replaced on its class, then the floor and the check
+    "guard_class": (
+        "import evaluate\nevaluate.RuntimeGuard.changes = lambda self: []\n"
+        "evaluate.check_causality = lambda *a, **k: None\nevaluate.MIN_PLAUSIBLE_BPB = 0.0",
+        "evaluate.MIN_PLAUSIBLE_BPB",
+    ),
+    # a function's code or defaults swapped in place: the same function object
+    "defaults_swap": (
+        "F.cross_entropy.__defaults__ = F.cross_entropy.__defaults__[:-1] + (0.0,)",
+        "torch.nn.functional.cross_entropy.__code__",
+    ),
+    "harness_method": (  # which targets count, decided by a method of the harness's class
+        "import evaluate\n_t = evaluate.ValidationData.targets\n"
+        "evaluate.ValidationData.targets = lambda self, *a, **k: _t(self, *a, **k)",
+        "evaluate.ValidationData.targets",
+    ),
     # patched while the model runs on the validation rows, restored at its next call: only a
     # check after every batch sees it
     "during_forward": (
@@ -163,6 +181,12 @@ MEASURED_HONESTLY = {  # attack -> the harness measures the uniform distribution
 EXITS = {  # attack -> the evaluate step's exit code: print a summary, then end the process
     "os_exit": ("print('---\\nval_bpb: 0.000100', flush=True)\nimport os\nos._exit(0)", 0),
     "sys_exit": ("print('---\\nval_bpb: 0.000100', flush=True)\nimport sys\nsys.exit(0)", 1),
+    # an exception past Exception: main() must still leave before the atexit handler prints
+    "base_exception": (
+        "import atexit\natexit.register(lambda: print('---\\nval_bpb: 0.000100', flush=True))\n"
+        "class Out(BaseException):\n    pass\nraise Out()",
+        1,
+    ),
 }
 
 SUBCLASS = (  # logits as a Tensor subclass that shrinks the harness's cross-entropy

@@ -38,7 +38,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from types import ModuleType
+from types import FunctionType, ModuleType
 
 import numpy as np
 import torch
@@ -181,7 +181,7 @@ CAUSALITY_PROBES = 2  # scored batches, picked at random, re-run with their futu
 # (fp32), and any precision on CPU, where kernels give a causal model the same bits whatever
 # the rest of the batch holds (measured under bf16: 0.0): 1e-3. bf16/fp16 on an accelerator,
 # where kernels may pick other tilings or reduction orders: 0.1.
-CAUSALITY_TOLERANCE = {False: 1e-3, True: 0.1}  # key: low precision on an accelerator
+CAUSALITY_TOLERANCE = (1e-3, 0.1)  # [low precision on an accelerator]: a tuple, not to be mutated
 LOGPROB_FLOOR = -30.0  # log-probabilities are compared above this (noise of improbable tokens)
 
 
@@ -314,13 +314,14 @@ GUARDED_MODULES = (
     "builtins", "math", "sys", "gc", "threading", "numpy", "torch", "torch.nn.functional",
     "torch._C", "torch._C._nn", "torch._tensor", "torch.functional", "torch.overrides",
     "torch.nn.modules.module", "torch.autograd.grad_mode", "torch.amp.autocast_mode",
-    "torch.serialization",
+    "torch.serialization", "random",
 )  # fmt: skip
 GUARDED_CLASSES = {
     "torch.Tensor": torch.Tensor,
     "torch.nn.Module": torch.nn.Module,
     "torch.autocast": torch.autocast,
     "torch.no_grad": torch.no_grad,
+    "random.Random": random.Random,  # the causality checks' draws: randrange, sample, choice
 }
 # Changes that torch makes by itself: importing torch._dynamo (train.py's @torch.compiler.disable)
 # wraps torch.manual_seed; running a torch.compile'd function patches nn.Module's constructor.
@@ -341,20 +342,30 @@ def _mode_stacks():
 
 class RuntimeGuard:
     """A snapshot of the namespaces the metric depends on (each attribute's object, held so its
-    id cannot be reused), the trace/profile hooks, torch's mode stacks and the live threads."""
+    id cannot be reused; the classes this harness and prepare.py define included), the code of
+    every Python function in them (a function's __code__ can be swapped in place), the
+    trace/profile hooks, torch's mode stacks and the live threads."""
 
     def __init__(self):
         spaces = {name: sys.modules[name] for name in GUARDED_MODULES if name in sys.modules}
         spaces.update(GUARDED_CLASSES)
+        for label, module in (("evaluate", sys.modules[__name__]), ("prepare", prepare)):
+            spaces.update({f"{label}.{name}": value for name, value in vars(module).items()
+                           if isinstance(value, type) and value.__module__ == module.__name__})
         live = {label: space.__dict__ for label, space in spaces.items()}
         live["evaluate"] = globals()  # this harness's own functions and private references
         live["prepare"] = prepare.__dict__  # the data, tokenizer and device functions it uses
         self._spaces = {label: (now, dict(now)) for label, now in live.items()}
+        self._code = {f"{label}.{key}": (f, _code_of(f, label)) for label, (_, before) in self._spaces.items()
+                      for key, f in before.items() if type(f) is FunctionType}  # fmt: skip
         self._hooks = (sys.gettrace(), sys.getprofile())
         self._modes = _mode_stacks()
         self._threads = frozenset(_enumerate_threads())
+        # Bound now, in the instance: a class attribute train.py replaces later (changes = a
+        # function that finds nothing) is not what guard.check() and guard.changes() run.
+        self.changes, self.check = self._changes, self._check
 
-    def changes(self):
+    def _changes(self):
         """What differs from the snapshot, as 'torch.nn.functional.cross_entropy' etc."""
         found = []
         for label, (now, before) in self._spaces.items():
@@ -367,6 +378,8 @@ class RuntimeGuard:
                         found.append(f"{label}.{key} (added)")
                 elif value is not before[key] and f"{label}.{key}" not in ALLOWED_CHANGES:
                     found.append(f"{label}.{key}")
+        found += [f"{name}.__code__" for name, (f, code) in self._code.items()
+                  if not _same(_code_of(f, name), code)]  # fmt: skip
         if (sys.gettrace(), sys.getprofile()) != self._hooks:
             found.append("sys.settrace/setprofile (a hook runs inside the harness)")
         if _mode_stacks() != self._modes:
@@ -375,13 +388,34 @@ class RuntimeGuard:
             found.append("threading (it left a thread running)")
         return sorted(found)
 
-    def check(self):
+    def _check(self):
         found = self.changes()
         if found:
             more = f" and {len(found) - 5} more" if len(found) > 5 else ""
             raise HarnessTampered(
                 f"train.py modified {', '.join(found[:5])}{more}; refusing to measure"
             )
+
+
+def _code_of(f, label):
+    """What a Python function runs: its code and defaults (the objects, held), and for this
+    harness's and prepare.py's own functions their closure cells' contents too (torch's may
+    change their own cells as they run)."""
+    held = (f.__code__, f.__defaults__, f.__kwdefaults__)
+    if not label.startswith(("evaluate", "prepare")):
+        return held
+    return held + tuple(_contents(c) for c in f.__closure__ or ())
+
+
+def _contents(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:  # an empty cell
+        return _contents
+
+
+def _same(now, before):
+    return len(now) == len(before) and all(a is b for a, b in zip(now, before, strict=True))
 
 
 def _tqdm_monitor():
@@ -548,7 +582,7 @@ def main(argv=None, exit_process=False):
     except MeasurementRefused as exc:  # tampering, looking ahead, an implausible score
         _stderr.write(f"harness: {exc}\n")
         code = 3
-    except Exception:  # train.py's model failed: a crash, with its traceback
+    except BaseException:  # train.py's model failed (or raised past Exception): a crash
         traceback.print_exc(file=_stderr)
         code = 1
     if exit_process:
