@@ -6,6 +6,7 @@ import difflib
 import random
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from conftest import git, make_repo
@@ -125,7 +126,17 @@ def test_a_stale_proposal_is_applied_onto_the_new_best_when_it_can_be(tmp_path: 
     assert rows[2].parent == rows[1].commit  # rebased onto the new best
     assert rows[3].parent == rows[0].commit  # ran where it was made
     assert rows[2].metric == 94.0 and rows[3].metric == 93.0
-    assert "does not apply" in engine.note
+    # #3 ran on the baseline and beat #2: the best code is the baseline plus #3 alone, and the
+    # agent's next context and the report say that #1 and #2 are not in it
+    assert engine.history.lineage == {0, 3}
+    assert "the changes of #1, #2 are not in the best code now" in engine.note
+    from autoresearch.agents.prompt import render
+    from autoresearch.report.html import kept_changes
+
+    assert "# Note" in render(replace(agent.calls[0][2], note=engine.note)).variable
+    assert {k.experiment.id: k.in_best for k in kept_changes(engine.history, "minimize")} == {
+        1: False, 2: False, 3: True,
+    }  # fmt: skip
 
 
 class PatchAgent(Agent):

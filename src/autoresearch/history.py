@@ -135,6 +135,19 @@ class History:
         return [r for r in self.rows if r.verdict is Verdict.KEEP]
 
     @cached_property
+    def lineage(self) -> frozenset[int]:
+        """The experiments whose changes the best code holds: the best, the keep its commit was
+        made on, and so on to the baseline. A keep outside it was superseded by a proposal that
+        ran on an older best (it did not apply to the newer one) and measured better."""
+        by_commit = {r.commit: r for r in self.rows if r.verdict.judged and r.commit}
+        found: set[int] = set()
+        row = self.best
+        while row is not None and row.id not in found:
+            found.add(row.id)
+            row = by_commit.get(row.parent)
+        return frozenset(found)
+
+    @cached_property
     def done(self) -> list[Experiment]:
         """Judged experiments proposed by an agent (the baseline and pending ones excluded)."""
         return [r for r in self.rows if r.verdict not in (Verdict.BASELINE, Verdict.PENDING)]

@@ -209,6 +209,8 @@ def _files(title: str, files: Mapping[str, str]) -> str:
 
 def _variable_sections(context: Context, history_tokens: int) -> list[str]:
     sections = [_state(context), history_table(context, history_tokens)]
+    if context.note.strip():  # what happened to a proposal on its way to a run (a stale parent)
+        sections.append(f"# Note\n\n{context.note.strip()}")
     if context.last_failure.strip():
         tail = log_tail(context.last_failure)
         fence = _fence(tail)

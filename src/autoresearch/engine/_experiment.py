@@ -360,8 +360,15 @@ def finish(engine: Engine, flight: Flight, decision: Decision) -> None:
     row = engine.ledger.finish(engine.session, flight.experiment_id, decision.verdict,
                                decision.metric, decision.reason, mean_metrics(flight.runs),
                                flight.compute)  # fmt: skip
-    previous = engine.history.best
+    previous, lineage = engine.history.best, engine.history.lineage
     engine.record(row)
+    dropped = sorted(lineage - engine.history.lineage - {0}) if decision.verdict is Verdict.KEEP else []
+    if dropped:  # kept on an older best: the keeps made since are not in the best code now
+        engine.note = (f"experiment {row.id} was kept on an older best ({row.parent[:10]}); the "
+                       f"changes of {', '.join(f'#{i}' for i in dropped)} are not in the best code "
+                       "now: propose them again if they still help")  # fmt: skip
+        engine.say(f"#{row.id}: kept on an older best; not in the best code now: "
+                   f"{', '.join(f'#{i}' for i in dropped)}")  # fmt: skip
     if decision.verdict.judged:
         if decision.verdict is Verdict.KEEP:  # reachable even if a parallel keep supersedes it
             ws.keep_kept(flight.experiment_id, flight.commit)

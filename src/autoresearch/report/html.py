@@ -48,6 +48,7 @@ class KeptChange:
     experiment: Experiment
     previous: float | None
     gain: float | None  # improvement in metric units (positive: better)
+    in_best: bool = True  # False: a later keep made on an older best replaced it
 
 
 def kept_changes(history: History, direction: str) -> list[KeptChange]:
@@ -62,7 +63,7 @@ def kept_changes(history: History, direction: str) -> list[KeptChange]:
             gain = None
             if row.metric is not None and previous is not None:
                 gain = previous - row.metric if direction == "minimize" else row.metric - previous
-            found.append(KeptChange(row, previous, gain))
+            found.append(KeptChange(row, previous, gain, row.id in history.lineage))
         previous = row.metric if row.metric is not None else previous
     return sorted(found, key=lambda k: -(k.gain if k.gain is not None else float("-inf")))
 
@@ -149,6 +150,9 @@ def _kept_card(session: Session, change: KeptChange) -> str:
         f"<p class=muted>{escape(value_text(change.previous))} → {escape(value_text(row.metric))}"
         f" · commit <code>{escape(row.commit[:10])}</code> · agent {escape(row.agent)}</p>",
     ]
+    if not change.in_best:
+        parts.append("<p class=muted>Not in the best code: a later keep, made on an older best "
+                     "because it did not apply to this one, measured better and replaced it.</p>")
     if row.rationale:
         parts.append(f"<p>{escape(row.rationale)}</p>")
     if row.diff:
