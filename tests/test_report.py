@@ -225,3 +225,14 @@ def test_status_command_on_a_recorded_session(recorded: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "experiments: 7 (baseline 1, keep 2, discard 1, crash 2, invalid 1)" in done.stdout
     assert "best score: 2.000000 (experiment 5" in done.stdout
+
+
+def test_a_session_whose_orchestrator_died_is_never_shown_running() -> None:
+    """Recorded running, no lock held: the report, the dashboard and status say it is not."""
+    from autoresearch.report.html import report_html
+
+    dead = replace(session_of(), status="running")
+    assert dead.state == "not running"
+    assert replace(dead, alive=True).state == "running" and session_of().state == "finished"
+    page = report_html(dead, History(tuple(synthetic(3))), png=None)
+    assert "· not running" in page and "· running" not in page

@@ -39,6 +39,12 @@ class Session:
     gpu_price: float | None  # dollars per slot-hour the session was started with
     alive: bool  # an orchestrator holds the session's lock now
 
+    @property
+    def state(self) -> str:
+        """The status to show: a session recorded running that no orchestrator holds died
+        (``--resume`` carries on): 'not running', never 'running'."""
+        return "not running" if self.status == "running" and not self.alive else self.status
+
 
 # --- Store: the ledger, read only ------------------------------------------------------------
 

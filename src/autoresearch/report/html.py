@@ -202,7 +202,7 @@ def report_html(session: Session, history: History, *, png: bytes | None) -> str
         f"<h1>{escape(title)}</h1>",
         f"<p class=muted>metric {escape(session.metric)} ({escape(session.direction)}) · branch "
         f"<code>{escape(session.branch)}</code> · agent {escape(session.agent)} · started {when} · "
-        f"{escape(session.status)}{' — ' + escape(session.stop_reason) if session.stop_reason else ''}</p>",
+        f"{escape(session.state)}{' — ' + escape(session.stop_reason) if session.stop_reason else ''}</p>",
         "<h2>Summary</h2>",
         _table(summary_rows(session, history)),
         image,

@@ -102,7 +102,7 @@ class Dashboard:
             found.append(
                 {
                     "tag": session.tag,
-                    "status": session.status,
+                    "status": session.state,
                     "alive": session.alive,
                     "metric": session.metric,
                     "experiments": len(history.rows),
@@ -121,7 +121,7 @@ class Dashboard:
             "branch": session.branch,
             "metric": session.metric,
             "direction": session.direction,
-            "status": session.status,
+            "status": session.state,
             "alive": session.alive,
             "stop_reason": session.stop_reason,
             "version": _version_text(self.store.version(tag)),
@@ -399,7 +399,7 @@ async function loadSessions() {
   const sessions = await getJSON("/api/sessions");
   const select = document.getElementById("sessions");
   select.replaceChildren(...sessions.map((s) =>
-    el("option", { value: s.tag }, `${s.tag} (${s.experiments} experiments, ${s.status}${s.alive ? ", running" : ""})`)));
+    el("option", { value: s.tag }, `${s.tag} (${s.experiments} experiments, ${s.status})`)));
   const wanted = new URLSearchParams(location.hash.slice(1)).get("tag");
   state.tag = sessions.some((s) => s.tag === wanted) ? wanted : (sessions[0] ? sessions[0].tag : "");
   select.value = state.tag;
@@ -422,7 +422,7 @@ async function refresh() {
   state.data = data;
   document.getElementById("tag").textContent = "· " + data.tag;
   document.getElementById("state").textContent =
-    `${data.metric} (${data.direction}) · branch ${data.branch} · ${data.alive ? "running" : data.status}` +
+    `${data.metric} (${data.direction}) · branch ${data.branch} · ${data.status}` +
     (data.stop_reason ? " — " + data.stop_reason : "");
   const summary = el("table");
   for (const [k, v] of data.summary) { const tr = el("tr"); tr.append(el("th", {}, k), el("td", {}, v)); summary.append(tr); }

@@ -109,8 +109,8 @@ def noise_text(history: History, judge: JudgeConfig) -> str:
 
 
 def _status(session: Session) -> str:
-    if session.status != "running" or session.alive:
-        return session.status
+    if session.state != "not running":
+        return session.state
     return (
         "not running (its orchestrator died; "
         f"`autoresearch run --tag {session.tag} --resume` carries on)"
