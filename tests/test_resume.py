@@ -17,6 +17,7 @@ from test_engine import sr, toy
 from autoresearch.agents.replay import ReplayAgent
 from autoresearch.config import load_config
 from autoresearch.engine import Engine, SessionOptions
+from autoresearch.ledger import Ledger
 
 VALUES = [2.0, 1.5, 2.5, 3.0, 0.5, 2.9]
 SLOW_PARAMS = "".join(f"V{i} = None\n" for i in range(len(VALUES))) + (
@@ -126,6 +127,12 @@ def test_resume_refuses_a_branch_moved_by_hand(tmp_path: Path) -> None:
         Engine(
             load_config(repo), ReplayAgent(patches), options=SessionOptions(tag="t", resume=True)
         ).run()
+    ledger = Ledger(repo / ".autoresearch" / "ledger.db")
+    try:  # the refusal changed nothing: the session is still the finished one it was
+        session = ledger.session("t")
+        assert (session.status, session.stop_reason) == ("finished", "reached --max-experiments 1")
+    finally:
+        ledger.close()
 
 
 def test_orphaned_run_is_killed_on_resume(tmp_path: Path) -> None:

@@ -158,12 +158,12 @@ class Engine:
             self.workspace.resume()
         else:  # killed between creating the session and its first experiment
             self.workspace.adopt()
-        session = self.ledger.update_session(
-            session, status="running", stop_reason="", agent=self.agent.name,
+        self._adopt(session)
+        repair(self)  # first: a refusal (a branch moved by hand) leaves the session as it was
+        self.session = self.ledger.update_session(
+            self.session, status="running", stop_reason="", agent=self.agent.name,
             config=self._recorded_config(session.config),
         )  # fmt: skip
-        self._adopt(session)
-        repair(self)
         return self.session
 
     def _restart(self, session: SessionRow) -> SessionRow:
