@@ -286,7 +286,7 @@ def test_shell_features_and_literal_braces_survive(toy_repo: Path, tmp_path: Pat
 
 
 def test_settings_and_missing_workdir(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="--cmd is empty"):
+    with pytest.raises(ConfigError, match="--cmd is missing or empty"):
         CommandAgent(" ")
     with pytest.raises(AgentUnavailable, match="no work directory"):
         CommandAgent("true").propose(make_context())

@@ -242,3 +242,17 @@ def test_resume_carries_over_the_agent_and_its_flags(tmp_path: Path) -> None:
         "keep",
         "discard",
     ]
+
+
+def test_an_agent_table_error_names_the_file_the_key_and_the_value(tmp_path: Path) -> None:
+    repo = toy(tmp_path, extra="\n[agent.command]\ncmd = 5\n\n[agent.tuner]\nincldue = ['X']\n")
+    command = ar("run", "--tag", "a", "--agent", "command", cwd=repo)
+    assert command.returncode == 1
+    toml = str(repo / "autoresearch.toml")
+    assert f"{toml}: [agent.command] cmd: found 5, expected one shell command line" in command.stderr
+    tuner = ar("run", "--tag", "b", "--agent", "tuner", cwd=repo)
+    assert tuner.returncode == 1 and f"{toml}: [agent.tuner] unknown key 'incldue'" in tuner.stderr
+    bare = toy(tmp_path / "bare")
+    missing = ar("run", "--tag", "c", "--agent", "command", cwd=bare)
+    assert missing.returncode == 1 and "--cmd is missing or empty" in missing.stderr
+    assert "Traceback" not in command.stderr + tuner.stderr + missing.stderr

@@ -18,7 +18,7 @@ from typing import Any
 
 from autoresearch import __version__, measure, templates
 from autoresearch.agents import AGENT_FLAGS, AGENT_NAMES, agent_options, get_agent
-from autoresearch.config import STATE_DIR, TaskConfig, load_config
+from autoresearch.config import CONFIG_NAME, STATE_DIR, TaskConfig, load_config
 from autoresearch.engine import (
     Engine,
     SessionOptions,
@@ -239,7 +239,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     args.agent = args.agent or "tuner"
     args.seed = 0 if args.seed is None else args.seed
     flags = _agent_flags(args)
-    agent = get_agent(args.agent, **agent_options(args.agent, config, flags, seed=args.seed))
+    try:
+        agent = get_agent(args.agent, **agent_options(args.agent, config, flags, seed=args.seed))
+    except ConfigError as exc:  # an error in the task file's [agent.<name>] table: name the file
+        if not str(exc).startswith("[agent."):
+            raise
+        raise ConfigError(f"{config.root / CONFIG_NAME}: {exc}") from exc
+
     if "patches" in flags:
         flags["patches"] = str(Path(flags["patches"]).resolve())
     options = SessionOptions(

@@ -50,17 +50,22 @@ class CommandAgent(CliAgent):
 
     def __init__(
         self,
-        cmd: str,
+        cmd: str = "",
         *,
         timeout: float = 1800.0,
         history_tokens: int = DEFAULT_HISTORY_TOKENS,
         env: dict[str, str] | None = None,
         shell: str = "/bin/sh",
     ) -> None:
-        if not isinstance(cmd, str) or not cmd.strip():
+        if not isinstance(cmd, str):
             raise ConfigError(
-                "command: --cmd is empty; e.g. --cmd 'aider --message-file {prompt_file}' "
-                "(or use --agent claude-code / codex / aider)"
+                f"[agent.command] cmd: found {cmd!r}, expected one shell command line (a string), "
+                "e.g. 'aider --message-file {prompt_file}'"
+            )
+        if not cmd.strip():
+            raise ConfigError(
+                "command: --cmd is missing or empty; e.g. --cmd 'aider --message-file "
+                "{prompt_file}' (or [agent.command] cmd; or use --agent claude-code / codex / aider)"
             )
         super().__init__(timeout=timeout, history_tokens=history_tokens, env=env)
         self.cmd, self.shell = cmd, shell
