@@ -17,7 +17,7 @@ from fakes.session import BEST_PARAMS, run_cli, run_toy_session
 from autoresearch.agents import get_agent
 from autoresearch.agents.command import CommandAgent
 from autoresearch.agents.presets import AiderAgent, ClaudeCodeAgent, CodexAgent
-from autoresearch.errors import ConfigError, ProposalError
+from autoresearch.errors import AgentUnavailable, ConfigError, ProposalError
 
 X3 = "X = 3.0\nY = 2.0\n"
 BEST = BEST_PARAMS
@@ -100,6 +100,18 @@ def test_claude_code_error_result_and_long_brief_on_stdin(toy_repo: Path, tmp_pa
         "claude-code exited with status 1; Claude Code stopped with error_max_turns"
     )
     assert argv(tmp_path, "claude")[0][:3] == ["-p", "--permission-mode", "acceptEdits"]
+
+
+def test_claude_code_without_credentials_stops_the_session_saying_how_to_log_in(
+    toy_repo: Path, tmp_path: Path
+) -> None:
+    """Claude Code's reply when it is not logged in (an error with subtype 'success'): every
+    later call would fail alike, so it is no one experiment's verdict but the session's end."""
+    binary, env = fake(tmp_path, "claude", [
+        {"is_error": True, "reply": "Not logged in · Please run /login", "exit": 1},
+    ])  # fmt: skip
+    with pytest.raises(AgentUnavailable, match=r"claude-code: Not logged in .*log in once by running `claude`"):
+        ClaudeCodeAgent(binary=str(binary), env=env).propose(_context(toy_repo))
 
 
 def test_the_old_readme_command_for_claude_now_says_why(toy_repo: Path, tmp_path: Path) -> None:

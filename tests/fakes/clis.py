@@ -97,7 +97,7 @@ if step.get("bash"):
 usage = step.get("usage", {})
 subtype = step.get("subtype", "success")
 result = {
-    "type": "result", "subtype": subtype, "is_error": subtype != "success",
+    "type": "result", "subtype": subtype, "is_error": step.get("is_error", subtype != "success"),
     "duration_ms": 2140, "duration_api_ms": 1980, "num_turns": 4,
     "result": step.get("reply", ""), "session_id": "5b0c6c1e-0000-4000-8000-000000000000",
     "total_cost_usd": step.get("cost", 0.0),

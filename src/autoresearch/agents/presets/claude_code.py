@@ -14,6 +14,7 @@ no description file was written), ``total_cost_usd`` and ``usage``, and
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from autoresearch.agents._base import Context
@@ -27,6 +28,10 @@ from autoresearch.agents._cli import (
 )
 from autoresearch.agents.command import permission_denials, reported_usage
 from autoresearch.agents.presets._base import PresetAgent
+from autoresearch.errors import AgentUnavailable
+
+# Claude Code's reply when it has no credentials: no later call can do better.
+_SIGNED_OUT = re.compile(r"not logged in|please run /login|invalid api key", re.IGNORECASE)
 
 
 class ClaudeCodeAgent(PresetAgent):
@@ -57,7 +62,13 @@ class ClaudeCodeAgent(PresetAgent):
                 *(description_file(files) or ("", "")),
                 problems=("Claude Code printed no JSON result (is --output-format overridden?)",),
             )
-        text = result.get("result") if isinstance(result.get("result"), str) else ""
+        raw = result.get("result")
+        text = raw if isinstance(raw, str) else ""
+        if result.get("is_error") and _SIGNED_OUT.search(text):  # every call would fail alike
+            raise AgentUnavailable(
+                f"claude-code: {text.strip()[:200]}; log in once by running `claude`, or set "
+                "ANTHROPIC_API_KEY for it"
+            )
         description, rationale = description_file(files) or first_line(str(text))
         return Reply(description, rationale, reported_usage(result), _problems(result))
 
@@ -81,9 +92,8 @@ def _problems(result: dict[str, Any]) -> tuple[str, ...]:
     subtype = result.get("subtype")
     if result.get("is_error") or (subtype not in (None, "success")):
         text = str(result.get("result") or "")[:300]
-        problems.append(
-            f"Claude Code stopped with {subtype or 'an error'}" + (f": {text}" if text else "")
-        )
+        why = "an error" if subtype in (None, "success") else str(subtype)  # is_error on 'success'
+        problems.append(f"Claude Code stopped with {why}" + (f": {text}" if text else ""))
     return tuple(problems)
 
 
