@@ -406,7 +406,8 @@ def _run(argv: Sequence[str], command: list[str], env: dict[str, str], allocatio
     if proc.returncode != 0:
         tail = "\n".join(text.splitlines()[-20:])
         code = proc.returncode if proc.returncode > 0 else 1
-        return sample, MeasureError(f"{shlex.join(argv)} exited with {proc.returncode}:\n{tail}", code)
+        said = f":\n{tail}" if tail.strip() else " (it printed nothing)"
+        return sample, MeasureError(f"{shlex.join(argv)} exited with {proc.returncode}{said}", code)
     twice = printed_twice(text)
     if twice:
         return sample, MeasureError(f"{shlex.join(argv)} printed {', '.join(twice)} more than once: measure "
