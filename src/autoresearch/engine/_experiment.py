@@ -383,8 +383,11 @@ def finish(engine: Engine, flight: Flight, decision: Decision) -> None:
 
 
 def mean_metrics(runs: list[Run]) -> dict[str, float]:
+    """Each metric's mean over the runs the recorded value rests on: a keep's fresh runs when
+    it has them (as its metric is), else every run."""
+    fresh = [r for r in runs if r.purpose is RunPurpose.RESCORE and r.status is RunStatus.OK]
     keys: dict[str, list[float]] = {}
-    for run in runs:
+    for run in fresh or runs:
         for key, value in run.metrics.items():
             keys.setdefault(key, []).append(value)
     return {k: sum(v) / len(v) for k, v in keys.items() if all(math.isfinite(x) for x in v)}

@@ -144,7 +144,9 @@ def _kept_section(session: Session, history: History) -> str:
 
 def _kept_card(session: Session, change: KeptChange) -> str:
     row = change.experiment
-    gain = "" if change.gain is None else f' <span class="gain">{change.gain:+.6g}</span>'
+    # the metric's own change, signed as the summary's "total gain" is (down is better when minimizing)
+    moved = None if row.metric is None or change.previous is None else row.metric - change.previous
+    gain = "" if moved is None else f' <span class="gain">{moved:+.6g}</span>'
     parts = [
         f'<div class="keep-card" id="keep-{row.id}"><h3>#{row.id}: {escape(row.description)}{gain}</h3>',
         f"<p class=muted>{escape(value_text(change.previous))} → {escape(value_text(row.metric))}"
