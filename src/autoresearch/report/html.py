@@ -179,7 +179,7 @@ def commands(session: Session) -> list[tuple[str, str]]:
     return [
         ("every change the session kept, as one diff", f"git diff {base} {branch}"),
         ("the kept commits, one per line", f"git log --oneline {base}..{branch}"),
-        ("one experiment in full", "autoresearch show <experiment>"),
+        ("one experiment in full", f"autoresearch show --tag {session.tag} <experiment>"),
         ("adopt the result on your branch", f"git merge --ff-only {branch}"),
     ]
 
