@@ -765,6 +765,28 @@ def test_inside_home_and_other_runs_are_empty_and_tmp_is_private(
     assert not Path("/tmp/left-behind").exists()
 
 
+@needs_bwrap
+def test_folders_named_hidden_are_empty_inside(tmp_path: Path, venv_template: Path) -> None:
+    """A Ray node hides its other runs' folders (its scratch root may lie outside /tmp, which is
+    private anyway): a folder named in ``hidden`` is empty inside, even below a visible one."""
+    task = make_task(tmp_path, venv_template, "bwrap")
+    others = Path("/var/tmp") / f"autoresearch-runs-{os.getpid()}"
+    (others / "0007-0" / "out").mkdir(parents=True)
+    (others / "0007-0" / "out" / "model.pt").write_text("another candidate's checkpoint")
+    code = f"""\
+        import os
+        print("others:", sorted(os.listdir({str(others)!r})))
+        """
+    try:
+        shown = attack(task, code)
+        hidden = attack(make_task(tmp_path / "h", venv_template, "bwrap"), code, hidden=[others])
+    finally:
+        shutil.rmtree(others)
+    assert "others: ['0007-0']" in shown.log  # read-only, but there
+    assert_honest(hidden)
+    assert "others: []" in hidden.log
+
+
 def test_pid_files_without_a_start_time_are_ignored(tmp_path: Path) -> None:
     victim = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:

@@ -218,7 +218,7 @@ def _run_here(plan: _Plan, job: Job, root: Path, run_dir: Path, archive: bytes,
     try:  # the same sandbox as a local run, around this node's scratch checkout
         sandbox = Sandbox(task_root=workdir, repo=repo, mode=plan.sandbox, network=plan.network,
                           env=plan.env_names, holdout=plan.holdout, readable=plan.readable,
-                          user_checkout=False)  # fmt: skip
+                          user_checkout=False, hidden=[root / "runs"])  # fmt: skip
     except ConfigError as exc:  # sandbox = "bwrap" and this node has no working bwrap
         return RunResult(job.experiment_id, job.run_index, job.seed, RunStatus.CRASH,
                          reason=f"on node {socket.gethostname()}: {exc}")  # fmt: skip

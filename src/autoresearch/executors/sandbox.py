@@ -193,6 +193,7 @@ class Sandbox:
         readable: Sequence[str] = (),
         python: Sequence[Path] | None = None,
         user_checkout: bool = True,
+        hidden: Sequence[Path] = (),
     ) -> None:
         self.mode, self.warning = resolve_mode(mode)
         self.task_root, self.repo = task_root.resolve(), repo.resolve()
@@ -201,6 +202,7 @@ class Sandbox:
         self.python = tuple(python) if python is not None else python_roots()
         self._hidden: tuple[Path, Path] | None = None
         self.user_checkout = user_checkout  # False on a Ray node: ``repo`` is the run's own scratch copy
+        self.hidden = tuple(p.resolve() for p in hidden)  # emptied too (a Ray node's other runs)
 
     @classmethod
     def for_task(cls, config: TaskConfig, **overrides: object) -> Sandbox:
@@ -281,7 +283,7 @@ class Sandbox:
 
     def _hidden_roots(self) -> list[Path]:
         """Empty inside: the user's checkout, $HOME, /run (sockets); shallow ones first."""
-        roots = {self.repo, Path.home().resolve()}
+        roots = {self.repo, Path.home().resolve(), *self.hidden}
         roots |= {Path("/run")} if Path("/run").is_dir() and not self.network else set()
         return sorted((p for p in roots if p != Path("/")), key=lambda p: len(p.parts))
 
