@@ -102,3 +102,39 @@ def test_json_round_trips_and_log_json_prints_the_same(recorded: Path) -> None:
 def test_json_of_another_tool_is_refused() -> None:
     with pytest.raises(ValueError, match=r"not an autoresearch runs\.json"):
         experiments_from_json({"experiments": []})
+
+
+def test_what_an_agent_or_a_run_writes_is_inert_in_every_view(tmp_path: Path) -> None:
+    """Escape sequences cannot paint a fake verdict on the terminal, a NUL does not stop the
+    session, '$' does not break the plot, a run's 'nan' keeps the JSON strict, and a description
+    is no spreadsheet formula."""
+    import sqlite3
+
+    from conftest import write_patch_dir
+    from test_cli import ar
+    from test_engine import sr, toy
+
+    fake = "\x1b[1A\x1b[2K 1 abc1234 keep 0.100000 \x1b]0;pwned\x07"
+    score = ("import sys, os\nsys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))\n"
+             "import params\nprint('---')\nprint(f'score: {(params.X - 3.0) ** 2:.6f}')\n"
+             "print('odd: nan')\nprint('\\x1b]0;pwned\\x07 trained')\n")  # fmt: skip
+    repo = toy(tmp_path, files={"score.py": score})
+    patches = write_patch_dir(tmp_path / "p", {
+        "01": sr("params.py", "X = 1.0", "X = 2.0", f"=HYPERLINK(1) ${{\\foo}}$ {fake}"),
+        "02": sr("params.py", "Y = 2.0", "Y = 3.0", "a NUL \x00 in it"),
+    })  # fmt: skip
+    run = ar("run", "--tag", "t", "--agent", "replay", "--patches", str(patches), cwd=repo)
+    assert run.returncode == 0, run.stderr
+    for view in (ar("log", cwd=repo), ar("show", "1", cwd=repo), ar("status", cwd=repo)):
+        assert view.returncode == 0 and "\x1b" not in view.stdout, view.stdout
+    assert "\\x1b]0;pwned\\x07 trained" in ar("show", "1", cwd=repo).stdout  # the run's log, shown
+    verdicts = sqlite3.connect(repo / ".autoresearch" / "ledger.db").execute(
+        "SELECT verdict FROM experiments ORDER BY id").fetchall()
+    assert [v for (v,) in verdicts] == ["baseline", "keep", "discard"]  # the NUL: just a discard
+    report = ar("report", "--out", str(tmp_path / "r"), cwd=repo)
+    assert report.returncode == 0, report.stderr
+    exported = ar("export", "--json", str(tmp_path / "e.json"), "--tsv", str(tmp_path / "e.tsv"), cwd=repo)
+    assert exported.returncode == 0, exported.stderr
+    document = json.loads((tmp_path / "e.json").read_text(), parse_constant=lambda c: 1 / 0)
+    assert document["experiments"][1]["runs"][0]["metrics"]["odd"] is None
+    assert "\t'=HYPERLINK(1)" in (tmp_path / "e.tsv").read_text()

@@ -143,6 +143,7 @@ def test_another_address_needs_the_token(recorded: Path) -> None:
         ):
             assert status_of(base + path)[0] == 403, path
             assert status_of(base + path + ("&" if "?" in path else "?") + "token=wrong")[0] == 403
+        assert status_of(base + "/api/sessions?token=%C3%A9")[0] == 403  # non-ASCII: a 403 too
         code, headers = status_of(board.url)
         assert code == 200 and "HttpOnly" in headers["Set-Cookie"]
         cookie = headers["Set-Cookie"].split(";")[0]

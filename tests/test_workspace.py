@@ -60,6 +60,7 @@ def test_bad_tag_is_refused(toy_repo: Path) -> None:
         ("/etc/passwd", "absolute"),
         (".git/config", "inside .git"),
         ("sub/../../x.py", "escapes"),
+        ("params\x00.py", "control characters"),
     ],
 )
 def test_allowlist_rejects(path: str, reason: str) -> None:

@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AutoresearchError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"autoresearch: error: {exc}", file=sys.stderr)
+        print(text.terminal_text(f"autoresearch: error: {exc}"), file=sys.stderr)
         return 1
     except BrokenPipeError:  # `autoresearch log | head` (before OSError: it is one)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # a file the user named cannot be written, a full disk, ...
         if args.debug:
             traceback.print_exc()
-        print(f"autoresearch: error: {exc}", file=sys.stderr)
+        print(text.terminal_text(f"autoresearch: error: {exc}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("autoresearch: interrupted", file=sys.stderr)

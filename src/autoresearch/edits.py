@@ -128,6 +128,8 @@ class Allowlist:
 
     def reason(self, path: str) -> str | None:
         """Why ``path`` may not be edited, or None when it may."""
+        if any(c < " " or c == "\x7f" for c in path):
+            return f"{path!r}: a path with control characters"
         pure = PurePosixPath(path.replace("\\", "/"))
         if not path or pure.is_absolute() or path.startswith("~"):
             return f"{path!r}: absolute paths are not allowed"

@@ -63,7 +63,9 @@ def experiment_seed(session_seed: int, experiment_id: int, run_index: int) -> in
 
 
 def one_line(text: str) -> str:
-    line = " ".join(text.split())
+    """A description as one line of at most 200 characters, without control characters (a NUL
+    cannot go into a commit message, and none belongs in a line)."""
+    line = " ".join("".join(" " if c < " " or c == "\x7f" else c for c in text).split())
     return (line[:197] + "...") if len(line) > 200 else (line or "(no description)")
 
 

@@ -9,6 +9,7 @@ counts as ``keep`` (it is the first kept state), a run that produced no metric a
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -52,6 +53,11 @@ def upstream_status(verdict: Verdict, metric: float | None) -> str:
     return _UPSTREAM[verdict]
 
 
+def _inert(cell: str) -> str:
+    """A text cell a spreadsheet will not run as a formula (``=``, ``+``, ``-``, ``@`` first)."""
+    return "'" + cell if cell[:1] in ("=", "+", "-", "@") else cell
+
+
 def tsv_text(rows: Sequence[TsvRow], metric: str, *, verdicts: bool = False) -> str:
     """The results.tsv text; pending experiments are left out."""
     lines = [f"commit\t{metric}\tmemory_gb\tstatus\tdescription"]
@@ -63,7 +69,7 @@ def tsv_text(rows: Sequence[TsvRow], metric: str, *, verdicts: bool = False) -> 
         measured = row.metric is not None and status != "crash"
         value = f"{row.metric:.6f}" if measured and row.metric is not None else "0.000000"
         memory = row.metrics.get("peak_vram_mb", 0.0) / 1024
-        description = " ".join(row.description.split())
+        description = _inert(" ".join(row.description.split()))
         lines.append(f"{row.commit[:7] or '-'}\t{value}\t{memory:.1f}\t{status}\t{description}")
     return "\n".join(lines) + "\n"
 
@@ -102,7 +108,20 @@ def json_document(session: Session, rows: Sequence[Experiment]) -> dict[str, Any
 
 
 def json_text(session: Session, rows: Sequence[Experiment]) -> str:
-    return json.dumps(json_document(session, rows), indent=1, default=str) + "\n"
+    """Strict JSON: a non-finite number a run printed (``nan``, ``inf``) is ``null``; bare
+    ``NaN`` would make jq, ``JSON.parse`` and most parsers refuse the whole document."""
+    document = _finite(json_document(session, rows))
+    return json.dumps(document, indent=1, default=str, allow_nan=False) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _experiment_json(row: Experiment, gpu_price: float) -> dict[str, Any]:

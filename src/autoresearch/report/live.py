@@ -25,7 +25,7 @@ from typing import IO, Any, Protocol
 from autoresearch.cost import compute_cost
 from autoresearch.engine import ExperimentEvent
 from autoresearch.report._data import Verdict, from_row
-from autoresearch.report.text import EVENT_HEADER, event_line, value_text
+from autoresearch.report.text import EVENT_HEADER, event_line, terminal_text, value_text
 
 TAIL_BYTES = 64 * 1024  # the most of a log read at once
 STEPS = ("check", "run", "evaluate")
@@ -116,7 +116,7 @@ class Slot:
     def last_line(self) -> str:
         _, path = self.current()
         tail = self.tails.setdefault(path, LogTail(path))
-        return tail.poll()
+        return terminal_text(tail.poll())  # the run wrote it: no escape reaches the terminal
 
 
 def _step_log(run_log: Path, step: str) -> Path:
@@ -195,7 +195,7 @@ class _Base:
     ) -> None:
         with self._lock:
             old = self.slots.get(slot)
-            state = Slot(experiment_id, description, Path(log_path), budget)
+            state = Slot(experiment_id, terminal_text(description), Path(log_path), budget)
             if old is not None and old.experiment_id == experiment_id:
                 state.started = old.started  # another run of the same experiment
             self.slots[slot] = state
@@ -245,7 +245,7 @@ class PlainView(_Base):
         print(event_line(event, self.direction), file=self.out, flush=True)
 
     def message(self, text: str) -> None:
-        print(text, file=self.err, flush=True)
+        print(terminal_text(text), file=self.err, flush=True)
 
 
 class LiveView(_Base):
@@ -283,12 +283,13 @@ class LiveView(_Base):
 
     def experiment_finished(self, event: ExperimentEvent) -> None:
         super().experiment_finished(event)
-        self.console.print(event_line(event, self.direction), highlight=False, markup=False)
+        self.console.print(event_line(event, self.direction), highlight=False, markup=False,
+                           emoji=False)  # fmt: skip
 
     def message(self, text: str) -> None:
         from rich.text import Text
 
-        self.console.print(Text(text, style="dim"))
+        self.console.print(Text(terminal_text(text), style="dim"), emoji=False)
 
     def render(self) -> Any:
         """The slots and the footer; two lines per slot on a narrow terminal."""

@@ -156,7 +156,7 @@ def _draw_labels(ax: Any, history: History, direction: str) -> None:
     """Kept descriptions next to their points; the largest steps first when there are many."""
     kept = [r for r in history.kept if r.metric is not None]
     for row in _labelled(kept, history, direction):
-        text = _shorten(row.description, LABEL_CHARS)
+        text = _shorten(row.description, LABEL_CHARS).replace("$", r"\$")  # no mathtext
         ax.annotate(
             text,
             (row.id, row.metric),

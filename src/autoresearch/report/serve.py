@@ -222,6 +222,12 @@ def _handler(board: Dashboard) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+
+def _same(offered: str, token: str) -> bool:
+    """A constant-time comparison that takes any text (str compare_digest refuses non-ASCII)."""
+    return hmac.compare_digest(offered.encode("utf-8", "surrogateescape"), token.encode())
+
+
 class _Handler(BaseHTTPRequestHandler):
     dashboard: Dashboard
     server_version = "autoresearch"
@@ -265,8 +271,8 @@ class _Handler(BaseHTTPRequestHandler):
         if token is None:
             return True
         offered = [*query.get("token", []), self._cookie(), self._bearer()]
-        self._grant_cookie = any(hmac.compare_digest(o, token) for o in query.get("token", []))
-        return any(o and hmac.compare_digest(o, token) for o in offered)
+        self._grant_cookie = any(_same(o, token) for o in query.get("token", []))
+        return any(o and _same(o, token) for o in offered)
 
     def _cookie(self) -> str:
         try:
@@ -485,5 +491,6 @@ async function openFromHash() {
 window.addEventListener("hashchange", () => { if (state.data) openFromHash(); });
 loadSessions();
 """
+
 
 __all__ = ["Dashboard", "is_local"]

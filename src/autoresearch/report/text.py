@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from collections.abc import Mapping, Sequence
 
 from autoresearch.config import JudgeConfig, MetricConfig
@@ -13,6 +14,19 @@ from autoresearch.report._data import Experiment, History, Session, Store, Verdi
 EVENT_HEADER = "   #  verdict      {metric:>12}  vs best     description"
 VERDICT_ORDER = (*(v for v in Verdict if v is not Verdict.PENDING), Verdict.PENDING)
 _WITH_REASON = (Verdict.CRASH, Verdict.TIMEOUT, Verdict.INVALID, Verdict.INTERRUPTED)
+
+
+# What an agent or a run may write that a terminal would obey or that reorders what is read:
+# C0 and C1 controls (ESC, CR, BEL...) but newline and tab, DEL, zero-width and bidi characters.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def terminal_text(text: str) -> str:
+    """``text`` with every character a terminal would act on shown as an escape (``\\x1b``):
+    a description, diff, reason or log line cannot move the cursor to paint a fake verdict,
+    set the title, write the clipboard or reverse a word."""
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                       else f"\\u{ord(m.group()):04x}", text)  # fmt: skip
 
 
 def value_text(value: float | None) -> str:
@@ -29,7 +43,7 @@ def event_line(event: ExperimentEvent, direction: str) -> str:
     text = row.description
     if row.verdict in (Verdict.CRASH, Verdict.TIMEOUT, Verdict.INVALID):
         text += f" [{row.reason}]"
-    return (
+    return terminal_text(
         f"{row.id:4d}  {row.verdict:<11}  {value_text(row.metric):>12}  {delta:<9}  {text}{marker}"
     )
 
@@ -50,7 +64,7 @@ def summary_text(summary: SessionSummary, metric: str) -> str:
     lines.append("counts: " + counts_text({Verdict(k): v for k, v in summary.counts.items()}))
     if summary.cost_usd:
         lines.append(f"spend: ${summary.cost_usd:.2f}")
-    return "\n".join(lines)
+    return terminal_text("\n".join(lines))
 
 
 def counts_text(counts: Mapping[Verdict, int]) -> str:
@@ -94,7 +108,7 @@ def status_text(
     lines.extend(_pace_lines(history, max_hours=max_hours, max_cost=max_cost))
     lines.append("last experiments:")
     lines.extend("  " + log_line(r) for r in history.rows[-5:])
-    return "\n".join(lines)
+    return terminal_text("\n".join(lines))
 
 
 def noise_text(history: History, judge: JudgeConfig) -> str:
@@ -166,7 +180,7 @@ def log_line(row: Experiment) -> str:
 
 def log_text(rows: Sequence[Experiment], metric: str) -> str:
     header = f"   #  commit   verdict      {metric:>12}  description"
-    return "\n".join([header, *(log_line(r) for r in rows)])
+    return terminal_text("\n".join([header, *(log_line(r) for r in rows)]))
 
 
 def show_text(store: Store, session: Session, experiment_id: int) -> str:
@@ -202,7 +216,7 @@ def show_text(store: Store, session: Session, experiment_id: int) -> str:
         lines += ["", "diff:", row.diff]
     if row.runs and row.runs[-1].log_tail:
         lines += ["", "log tail:", row.runs[-1].log_tail]
-    return "\n".join(lines)
+    return terminal_text("\n".join(lines))
 
 
 __all__ = [
