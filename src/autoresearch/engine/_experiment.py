@@ -364,13 +364,8 @@ def finish(engine: Engine, flight: Flight, decision: Decision) -> None:
                                flight.compute)  # fmt: skip
     previous, lineage = engine.history.best, engine.history.lineage
     engine.record(row)
-    dropped = sorted(lineage - engine.history.lineage - {0}) if decision.verdict is Verdict.KEEP else []
-    if dropped:  # kept on an older best: the keeps made since are not in the best code now
-        engine.note = (f"experiment {row.id} was kept on an older best ({row.parent[:10]}); the "
-                       f"changes of {', '.join(f'#{i}' for i in dropped)} are not in the best code "
-                       "now: propose them again if they still help")  # fmt: skip
-        engine.say(f"#{row.id}: kept on an older best; not in the best code now: "
-                   f"{', '.join(f'#{i}' for i in dropped)}")  # fmt: skip
+    if decision.verdict is Verdict.KEEP:
+        _note_dropped(engine, row, lineage - engine.history.lineage)
     if decision.verdict.judged:
         if decision.verdict is Verdict.KEEP:  # reachable even if a parallel keep supersedes it
             ws.keep_kept(flight.experiment_id, flight.commit)
@@ -382,6 +377,19 @@ def finish(engine: Engine, flight: Flight, decision: Decision) -> None:
         ws.keep_discarded(flight.experiment_id, flight.commit)
         drop_outputs(engine, flight.experiment_id)
     engine.emit(flight.experiment_id)
+
+
+def _note_dropped(engine: Engine, row: Experiment, dropped: set[int] | frozenset[int]) -> None:
+    """A keep made on an older best: the keeps since are not in the best code now. Say so to
+    the user and, in its next context, to the agent."""
+    base = engine.history.baseline
+    names = ", ".join(f"#{i}" for i in sorted(dropped) if base is None or i != base.id)
+    if not names:
+        return
+    engine.note = (f"experiment {row.id} was kept on an older best ({row.parent[:10]}); the "
+                   f"changes of {names} are not in the best code now: propose them again if "
+                   "they still help")  # fmt: skip
+    engine.say(f"#{row.id}: kept on an older best; not in the best code now: {names}")
 
 
 def mean_metrics(runs: list[Run]) -> dict[str, float]:
