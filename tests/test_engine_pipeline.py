@@ -267,3 +267,18 @@ def test_a_keep_whose_fresh_runs_are_no_better_than_the_best_is_discarded(tmp_pa
     assert "not better than the best 100" in row.reason and "luck" in row.reason
     assert engine.history.best is not None and engine.history.best.id == 0  # the baseline stands
     assert git(repo, "rev-parse", "autoresearch/t") == git(repo, "rev-parse", "main")
+
+
+def test_code_whose_run_was_interrupted_is_not_a_duplicate() -> None:
+    """A second signal cut experiment 1 short: its code was never measured, so the same code
+    proposed again after --resume runs; a measured one is a duplicate."""
+    from autoresearch.history import History
+    from autoresearch.records import Experiment
+
+    rows = (Experiment(0, Verdict.BASELINE, 1.0, "baseline", tree="t0"),
+            Experiment(1, Verdict.INTERRUPTED, None, "cut short", tree="t1"),
+            Experiment(2, Verdict.DISCARD, 2.0, "measured", tree="t2"))  # fmt: skip
+    history = History(rows)
+    assert history.duplicate_of("t1") is None
+    found = history.duplicate_of("t2")
+    assert found is not None and found.id == 2

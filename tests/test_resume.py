@@ -103,12 +103,18 @@ def test_resume_moves_the_branch_when_the_kill_came_after_the_verdict(tmp_path: 
         repo, "update-ref", "refs/heads/autoresearch/t", f"{best}~1"
     )  # as if killed before the move
     git(repo, "update-ref", "-d", "refs/autoresearch/t/discarded/2")
+    kept = git(repo, "for-each-ref", "--format=%(refname)", "refs/autoresearch/t/kept/").split()
+    assert kept
+    for ref in kept:  # killed after the verdict, before the kept ref was written
+        git(repo, "update-ref", "-d", ref)
     messages: list[str] = []
     opts = SessionOptions(tag="t", resume=True, max_experiments=len(VALUES))  # lifts the limit of 2
     engine = Engine(load_config(repo), ReplayAgent(patches), options=opts, on_message=messages.append)
     engine.run()
     assert any("moved autoresearch/t" in m for m in messages)
     check_consistent(repo)
+    for ref in kept:
+        assert git(repo, "rev-parse", "--verify", "--quiet", ref), f"{ref} not restored"
 
 
 def test_resume_refuses_a_branch_moved_by_hand(tmp_path: Path) -> None:

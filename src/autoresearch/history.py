@@ -180,14 +180,12 @@ class History:
         return (value - base) / abs(base) * 100.0
 
     def duplicate_of(self, tree: str) -> Experiment | None:
-        """An earlier experiment that ran exactly this tree (the same code)."""
+        """An earlier experiment that ran exactly this tree (the same code) to a verdict; one
+        that was interrupted (killed, cut short) measured nothing, so the code runs again."""
         if not tree:
             return None
-        return next(
-            (r for r in self.rows if r.tree == tree and r.verdict is not Verdict.DUPLICATE
-             and r.verdict is not Verdict.PENDING and r.verdict is not Verdict.INVALID),
-            None,
-        )  # fmt: skip
+        unmeasured = (Verdict.DUPLICATE, Verdict.PENDING, Verdict.INVALID, Verdict.INTERRUPTED)
+        return next((r for r in self.rows if r.tree == tree and r.verdict not in unmeasured), None)
 
 
 __all__ = ["History"]

@@ -169,10 +169,17 @@ class Workspace:
         self.git("update-ref", f"refs/autoresearch/{self.tag}/kept/{experiment_id}", commit)
 
     def discarded_refs(self) -> dict[int, str]:
+        return self._numbered_refs("discarded")
+
+    def kept_refs(self) -> dict[int, str]:
+        return self._numbered_refs("kept")
+
+    def _numbered_refs(self, kind: str) -> dict[int, str]:
+        """``refs/autoresearch/<tag>/<kind>/<id>``: id -> commit."""
         out = self.git(
             "for-each-ref",
             "--format=%(refname) %(objectname)",
-            f"refs/autoresearch/{self.tag}/discarded/",
+            f"refs/autoresearch/{self.tag}/{kind}/",
         )
         refs = {}
         for line in out.splitlines():

@@ -69,12 +69,16 @@ def _requeue_pending(engine: Engine) -> None:
 
 
 def _restore_refs(engine: Engine) -> None:
+    """The refs a kill cut off between the ledger's verdict and git: ``discarded/<id>`` of each
+    settled experiment, ``kept/<id>`` of each keep."""
     ws = engine.workspace
-    refs = ws.discarded_refs()
+    discarded, kept = ws.discarded_refs(), ws.kept_refs()
     for row in engine.history.rows:
         settled = row.verdict is not Verdict.PENDING and not row.verdict.judged
-        if settled and row.commit and row.id not in refs:
+        if settled and row.commit and row.id not in discarded:
             ws.keep_discarded(row.id, row.commit)
+        if row.verdict is Verdict.KEEP and row.commit and row.id not in kept:
+            ws.keep_kept(row.id, row.commit)
 
 
 def _move_branch(engine: Engine) -> None:
