@@ -150,7 +150,7 @@ class Allowlist:
 IMPLICIT = frozenset({"conftest.py", "sitecustomize.py", "usercustomize.py", "pytest.ini", "tox.ini"})
 
 
-def shadow_reason(path: str) -> str | None:
+def new_file_reason(path: str) -> str | None:
     """Why a *new* file may not be added: as ``json.py`` or ``json/__init__.py`` it would shadow
     a module of the standard library or an installed package for Python started in its folder
     (``python evaluate.py`` puts the script's folder first on ``sys.path``), so the agent's code
@@ -191,4 +191,4 @@ def _installed_modules() -> frozenset[str]:
     return frozenset(n for n in names if n.isidentifier())
 
 
-__all__ = ["IMPLICIT", "Allowlist", "apply_edits", "glob_regex", "replace_once", "shadow_reason"]
+__all__ = ["IMPLICIT", "Allowlist", "apply_edits", "glob_regex", "new_file_reason", "replace_once"]

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from autoresearch.config import CONFIG_NAME, STATE_DIR, TaskConfig
-from autoresearch.edits import Allowlist, apply_edits, glob_regex, shadow_reason
+from autoresearch.edits import Allowlist, apply_edits, glob_regex, new_file_reason
 from autoresearch.errors import EditRejected, ProposalError, WorkspaceError
 from autoresearch.git import Git, git_environment, git_fingerprint, remove_nested_git
 from autoresearch.integrity import sha256_files
@@ -400,7 +400,7 @@ class Workspace:
                 continue
             reason = self.allow.reason(rel) or self._symlink_reason(self.slot_dir(slot), rel)
             if reason is None and entry[0] in "?ARC":  # a new file (or a new name)
-                reason = shadow_reason(rel)
+                reason = new_file_reason(rel)
             if reason is not None:
                 raise EditRejected(reason)
 
