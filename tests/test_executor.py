@@ -179,6 +179,16 @@ def test_a_link_on_the_json_result_path_is_removed_not_followed(
     assert result.status is RunStatus.CRASH and "goes through a link (res)" in result.reason
 
 
+def test_a_check_that_ran_no_test_is_a_crash(executor: Executor, tmp_path: Path) -> None:
+    """unittest (before 3.12) exits 0 when it finds no test: a gate that tests nothing."""
+    empty = script(tmp_path, "t.py", "import sys\nsys.stderr.write('\\n' + '-' * 70 + '\\nRan 0 tests in 0.000s\\n\\nOK\\n')\n")
+    result = executor.submit(job(tmp_path, "true", check=empty)).result()
+    assert result.status is RunStatus.CRASH and "check step ran no test" in result.reason
+    some = script(tmp_path, "t2.py", "import sys\nsys.stderr.write('Ran 3 tests in 0.001s\\n\\nOK\\n')\n")
+    run = script(tmp_path, "r.py", "print('---'); print('score: 1')\n")
+    assert executor.submit(job(tmp_path, run, check=some)).result().status is RunStatus.OK
+
+
 def test_a_run_made_again_under_its_name_finds_nothing_of_the_killed_one(
     executor: Executor, tmp_path: Path
 ) -> None:

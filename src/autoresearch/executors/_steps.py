@@ -177,6 +177,9 @@ def _failure(job: Job, step: StepResult, runner: StepRunner) -> tuple[RunStatus,
         return RunStatus.TIMEOUT, f"{step.name} step hit the hard timeout ({job.timeout:g} s)"
     if step.returncode is not None and step.returncode < 0:
         return RunStatus.CRASH, f"{step.name} step killed by signal {-step.returncode}"
+    if step.returncode == 0 and step.name == "check" and _NO_TESTS.search(step.output):
+        return RunStatus.CRASH, ("check step ran no test (unittest: 'Ran 0 tests'): a gate that "
+                                 "tests nothing passes any change; check the test command")  # fmt: skip
     if step.returncode != 0:
         failing = failing_tests(step.output) if step.name == "check" else []
         named = f"; failing: {', '.join(failing[:5])}" + (" ..." if len(failing) > 5 else "") if failing else ""
@@ -184,6 +187,8 @@ def _failure(job: Job, step: StepResult, runner: StepRunner) -> tuple[RunStatus,
     return None
 
 
+# unittest exits 0 when it found no test at all (Python < 3.12; pytest exits 5 by itself)
+_NO_TESTS = re.compile(r"^Ran 0 tests in ", re.M)
 # unittest: "FAIL: test_wrap (tests.test_text.WrapTests.test_wrap)"; pytest: "FAILED tests/t.py::test_x - ..."
 _FAILING = re.compile(r"^(?:(?:FAIL|ERROR): (\S+)(?: \(([\w.]+)\))?|(?:FAILED|ERROR) (\S+::\S+))", re.M)
 
