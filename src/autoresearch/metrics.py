@@ -52,18 +52,27 @@ def _from_regex(text: str, pattern: str, name: str) -> dict[str, float]:
     return {name: value}
 
 
-def _result_path(out_dir: Path, rel: str, name: str) -> Path:
-    """``out_dir / rel``, refused when it goes through a link (a step could point one at any
-    file of this machine, and its numbers would become the metric)."""
+def link_on(out_dir: Path, rel: str) -> Path | None:
+    """The first symlink on the way from ``out_dir`` to ``out_dir / rel``, or None. A step can
+    point one at any file of this machine: it is never followed."""
     path = out_dir
     for part in Path(rel).parts:
         path = path / part
         if path.is_symlink():
-            raise MetricError(
-                f"metric {name!r}: result file {rel} goes through a link "
-                f"({path.relative_to(out_dir)}); it must be a plain file"
-            )
-    return path
+            return path
+    return None
+
+
+def _result_path(out_dir: Path, rel: str, name: str) -> Path:
+    """``out_dir / rel``, refused when it goes through a link (its numbers would become the
+    metric)."""
+    link = link_on(out_dir, rel)
+    if link is not None:
+        raise MetricError(
+            f"metric {name!r}: result file {rel} goes through a link "
+            f"({link.relative_to(out_dir)}); it must be a plain file"
+        )
+    return out_dir / rel
 
 
 def _from_json(path: Path, name: str) -> dict[str, float]:
@@ -99,4 +108,4 @@ def parse(config: MetricConfig, output: str, out_dir: Path | None = None) -> dic
     return found
 
 
-__all__ = ["SUMMARY_LINE", "parse", "parse_summary"]
+__all__ = ["SUMMARY_LINE", "link_on", "parse", "parse_summary"]

@@ -113,12 +113,11 @@ def _empty(folder: Path) -> None:
 def _clear_result(out_dir: Path, rel: str) -> None:
     """Remove what a step left at the json result's path. A link on the way is removed itself,
     never followed: the run made it, and it could point anywhere on this machine."""
-    path = out_dir
-    for part in Path(rel).parts:
-        path = path / part
-        if path.is_symlink():
-            path.unlink()
-            return
+    link = metrics.link_on(out_dir, rel)
+    if link is not None:
+        link.unlink()
+        return
+    path = out_dir / rel
     if path.is_dir():
         shutil.rmtree(path)
     else:
