@@ -151,6 +151,10 @@ def test_climbmix_downloads_shards_and_pins_validation_with_a_retry(
         Path(manifest["val"][0][0]).read_bytes()
         == hub.repos["karpathy/climbmix-400b-shuffle"]["shard_06542.parquet"]
     )
+    # the cached validation shard is linked, for the holdout to hide it from the run step
+    (source,) = (tmp_path / "data" / "val_sources").iterdir()
+    assert source.read_bytes() == Path(manifest["val"][0][0]).read_bytes()
+    assert "shard_06542" in str(source) and "hub" in source.resolve().parts
     count = len(hub.requests)
     again = run_prepare(tmp_path, hub, "--data", "climbmix", "--num-shards", "1", "--force")
     assert again.returncode == 0, again.stderr
@@ -183,6 +187,11 @@ def test_a_one_file_hub_dataset_is_listed_and_split_by_rows(tmp_path: Path, hub:
         for i in range(0, 200, 20)
     ]
     assert len(train) == 180 and not train & set(val)
+    # training reads its own copy; the cached file, which holds both splits, is a linked source
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert "hub" not in Path(manifest["train"][0][0]).parts
+    (source,) = (tmp_path / "data" / "val_sources").iterdir()
+    assert source.read_bytes() == hub.repos["someone/stories"]["data/all.parquet"]
 
 
 def test_a_missing_file_fails_without_retries(tmp_path: Path, hub: FakeHub) -> None:

