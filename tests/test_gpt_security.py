@@ -143,12 +143,10 @@ LOOKS_AHEAD = {  # attack -> the model looks ahead only where the old probe (2 r
     + "Model.forward = lambda self, idx: peek(self, idx) if bool((idx[:, 0] == 2047).all()) else _forward(self, idx)",
 }
 
-# Causal, so every check passes, and nearly perfect: the validation text, read from disk while
-# the model is rebuilt, looked up by the last 16 tokens. Only the plausibility floor catches it.
+# Causal, so every check passes: the validation rows, looked up by the last 16 tokens.
 LOOKUP = (
-    "import evaluate, prepare\n"
-    "_next = {}\n"
-    "for _row in evaluate.validation_rows(prepare.Tokenizer.from_directory()).tolist():\n"
+    "_next = {{}}\n"
+    "for _row in {rows}:\n"
     "    for _i in range(len(_row) - 1):\n"
     "        _next[tuple(_row[max(0, _i - 15) : _i + 1])] = _row[_i + 1]\n"
     "def forward(self, idx):\n"
@@ -157,10 +155,26 @@ LOOKUP = (
     "        for i in range(len(row)):\n"
     "            nxt = _next.get(tuple(row[max(0, i - 15) : i + 1]))\n"
     "            if nxt is not None:\n"
-    "                logits[b, i, nxt] += 30\n"
+    "                logits[b, i, nxt] += {bump}\n"
     "    return logits\n"
     "Model.forward = forward"
 )
+# Nearly perfect, from the harness's own rows found in memory: only the plausibility floor
+# catches it (the in-process limit the README names).
+MEMORY_LOOKUP = "import gc\n_data = next(o for o in gc.get_objects() if type(o).__name__ == 'ValidationData')\n" + LOOKUP.format(
+    rows="(_data.inputs(i, i + 1)[0].tolist() + [int(_data.targets(i, i + 1)[0][0, -1])] for i in range(_data.num_rows))",
+    bump=30,
+)
+READS_DISK = {  # attack -> a modest cheat, well above the floor, from the files on disk: they are
+    # hidden (Landlock) before train.py's code runs, so opening them fails
+    "disk_lookup": "import evaluate, prepare\n" + LOOKUP.format(
+        rows="evaluate.validation_rows(prepare.Tokenizer.from_directory()).tolist()", bump=3
+    ),
+    "source_lookup": (  # kjv's validation chapters, from the installed package's file
+        "import prepare\n_val = prepare.kjv_documents()[::prepare.VAL_EVERY]\n"
+        "Model.forward = lambda self, idx: self.table[idx] + 1e-3 * len(_val)"
+    ),
+}
 
 MEASURED_HONESTLY = {  # attack -> the harness measures the uniform distribution anyway
     # print a better score after the harness's summary, at interpreter exit
@@ -239,7 +253,8 @@ def outcomes(prepared: tuple[Path, Path, str], tmp_path_factory: pytest.TempPath
         **{k: (TRAIN.format(attack=indent(c)), plain) for k, c in MEASURED_HONESTLY.items()},
         **{k: (TRAIN.format(attack=indent(c)), plain) for k, (c, _) in EXITS.items()},
         **{k: (TRAIN.format(attack=indent(c)), plain) for k, c in LOOKS_AHEAD.items()},
-        "lookup": (TRAIN.format(attack=indent(LOOKUP)), plain),
+        "lookup": (TRAIN.format(attack=indent(MEMORY_LOOKUP)), plain),
+        **{k: (TRAIN.format(attack=indent(c)), plain) for k, c in READS_DISK.items()},
     }
 
     def evaluate(job: tuple[str, str]) -> tuple[str, object]:
@@ -264,7 +279,7 @@ def outcomes(prepared: tuple[Path, Path, str], tmp_path_factory: pytest.TempPath
 
 # the same attacks through `python prepare.py evaluate`, the harness's other entry point
 VIA_PREPARE = ("honest", "cross_entropy", "evaluate_private_ref", "os_exit", "sys_exit",
-               "peek_without_gradients", "lookup", "subclass")  # fmt: skip
+               "peek_without_gradients", "lookup", "disk_lookup", "subclass")  # fmt: skip
 
 
 def val_bpb_lines(stdout: str) -> list[str]:
@@ -327,6 +342,15 @@ def test_a_score_below_the_plausible_floor_is_refused(outcomes: dict) -> None:
     assert found and float(found[1]) < 0.3, done.stderr
     assert "the model must have seen the targets" in done.stderr
     assert "val_bpb" not in done.stdout
+
+
+@pytest.mark.parametrize("attack", sorted(READS_DISK))
+def test_train_py_cannot_read_the_validation_files_while_evaluated(outcomes: dict, attack: str) -> None:
+    done = outcomes[attack]
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert re.search(r"errno 13\] Permission denied", done.stderr, re.I), done.stderr  # pyarrow's, open()'s
+    assert "val_bpb" not in done.stdout
+    assert "note: train.py's code can read" not in outcomes["honest"].stderr
 
 
 def test_logits_of_a_tensor_subclass_break_the_contract(outcomes: dict) -> None:

@@ -5,7 +5,8 @@ only; this file, prepare.py and preset.toml are protected (byte-identical after 
 `python evaluate.py` (or `python prepare.py evaluate`, the same step) scores the checkpoint that
 train.py saved: bits per byte on the validation split, computed here from the model's logits, in
 a process that also runs train.py's code (to rebuild the model), so it guards itself, best
-effort: private references, a snapshot of the runtime checked after train.py ran (RuntimeGuard),
+effort: the validation files unreadable once read (Landlock, where the kernel has it), private
+references, a snapshot of the runtime checked after train.py ran (RuntimeGuard),
 train.py's output quarantined, causality checked on the scored batches, and a floor below which
 a score is refused (see README.md, "What the harness guarantees"). It runs in bf16 where the
 device is fast at it (prepare.bf16_is_fast), the cross-entropy always in fp32.
@@ -29,6 +30,7 @@ if __name__ == "__main__":  # train.py's `import evaluate` must get this very mo
 
 import argparse
 import contextlib
+import ctypes
 import importlib.util
 import math
 import random
@@ -107,10 +109,10 @@ class ValidationData:
     their byte mask are rebuilt from these bytes after the model has returned, and the total byte
     count is a plain int computed up front. That keeps the targets out of the model's arguments,
     not out of its reach: isolation inside one process is best effort. The model's code runs in
-    this process and can walk the stack or scan memory to find these bytes, or read the
-    validation file from disk itself. The causality checks and the plausibility floor
-    (MIN_PLAUSIBLE_BPB) are tripwires for that; only a sandbox that hides the data from the run
-    and evaluate steps' code would close it (README.md, "What the harness guarantees")."""
+    this process and can walk the stack or scan memory to find these bytes (the files on disk
+    it cannot open where Landlock works: hide_validation_files). The causality checks and the
+    plausibility floor (MIN_PLAUSIBLE_BPB) are tripwires for that; only a metric computed in
+    another process than the model's would close it (README.md, "What the harness guarantees")."""
 
     def __init__(self, rows, token_bytes):
         rows = rows.detach().to("cpu", torch.int64).contiguous()
@@ -457,6 +459,96 @@ class Quarantine:
 
 
 # ---------------------------------------------------------------------------
+# The validation files, unreadable once read. The metric's data is in memory before train.py
+# runs in this process; from then on this process (and whatever it starts) cannot open the
+# validation files or the raw text they were cut from: Landlock (Linux >= 5.13), which nothing
+# in the process can undo. Landlock only grants: every path beside the ones on the way to a
+# hidden file stays readable, what is on the way is listed and granted one by one.
+# ---------------------------------------------------------------------------
+
+_LANDLOCK_SYSCALLS = (444, 445, 446)  # create_ruleset, add_rule, restrict_self: one number on every arch
+_LANDLOCK_READ_FILE = 1 << 2
+_LANDLOCK_RULE_PATH_BENEATH = 1
+_PR_SET_NO_NEW_PRIVS = 38
+
+
+class _PathBeneath(ctypes.Structure):
+    _pack_ = 1  # struct landlock_path_beneath_attr is packed
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def validation_files():
+    """What holds the validation text: data_dir()/val and the targets of data_dir()/val_sources."""
+    data = prepare.data_dir()
+    sources = data / prepare.VAL_SOURCES_DIR
+    links = list(sources.iterdir()) if sources.is_dir() else []
+    return [p for p in (data / prepare.VAL_DIR, *links) if os.path.lexists(p)]
+
+
+def readable_around(hidden):
+    """Paths whose trees hold none of `hidden` (resolved paths): granted, they leave the whole
+    file system readable but `hidden`, and what is created later in the folders above them."""
+    above = {parent for path in hidden for parent in path.parents}
+    todo, found = [Path("/")], []
+    while todo:
+        with os.scandir(todo.pop()) as entries:
+            for entry in entries:
+                path = Path(entry.path)
+                if path in hidden or entry.is_symlink():  # a link is read where it points
+                    continue
+                (todo if path in above else found).append(path)
+    return found
+
+
+def forbid_reading(paths):
+    """Make `paths` (files or folders) unreadable to this process and every process it starts,
+    for good. Raises OSError where Landlock is not available (not Linux, an old kernel)."""
+    hidden = {Path(os.path.realpath(p)) for p in paths}
+    if not sys.platform.startswith("linux"):
+        raise OSError("Landlock is a Linux feature")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+
+    def call(result):
+        if result < 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, os.strerror(errno))
+        return result
+
+    create, add, restrict = _LANDLOCK_SYSCALLS
+    handled = ctypes.c_uint64(_LANDLOCK_READ_FILE)  # struct landlock_ruleset_attr, its first field
+    ruleset = call(libc.syscall(create, ctypes.byref(handled), ctypes.sizeof(handled), 0))
+    try:
+        for path in readable_around(hidden):
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except FileNotFoundError:  # gone since it was listed
+                continue
+            try:
+                rule = _PathBeneath(_LANDLOCK_READ_FILE, fd)
+                call(libc.syscall(add, ruleset, _LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0))
+            finally:
+                os.close(fd)
+        call(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+        call(libc.syscall(restrict, ruleset, 0))
+    finally:
+        os.close(ruleset)
+
+
+def hide_validation_files(scratch):
+    """The validation files made unreadable before train.py's code runs here (forbid_reading).
+    Temporary files go to `scratch`, a fresh folder made before, and so readable (one made
+    later in a folder above a hidden file, /tmp when the task lives there, could not be read
+    back). Returns None, or why the files stay readable."""
+    tempfile.tempdir = os.environ["TMPDIR"] = scratch
+    try:
+        forbid_reading(validation_files())
+    except OSError as exc:
+        return f"Landlock: {exc.strerror or exc}"
+    return None
+
+
+# ---------------------------------------------------------------------------
 # Rebuilding the model and the `evaluate` step
 # ---------------------------------------------------------------------------
 
@@ -512,9 +604,14 @@ def build_from_checkpoint(ckpt, train_path, device):
 
 
 def evaluate(checkpoint_path=None, train_path=None, batch_size=None):
-    """The task's `evaluate` step: freeze the data, snapshot the runtime, rebuild the model from
-    train.py, check the runtime and causality, score, refuse a score below the plausibility
-    floor; print the summary, `val_bpb` last."""
+    """The task's `evaluate` step: freeze the data, hide the validation files, snapshot the
+    runtime, rebuild the model from train.py, check the runtime and causality, score, refuse a
+    score below the plausibility floor; print the summary, `val_bpb` last."""
+    with tempfile.TemporaryDirectory(prefix="evaluate-") as scratch:
+        return _evaluate(checkpoint_path, train_path, batch_size, scratch)
+
+
+def _evaluate(checkpoint_path, train_path, batch_size, scratch):
     t0 = time.time()
     checkpoint_path = Path(checkpoint_path or prepare.out_dir() / "model.pt")
     if not checkpoint_path.is_file():
@@ -531,6 +628,9 @@ def evaluate(checkpoint_path=None, train_path=None, batch_size=None):
     batch_size = batch_size or max(1, (2**16 if on_cuda else 2**13) // MAX_SEQ_LEN)
     bf16 = prepare.bf16_is_fast(device)  # the model runs under bf16 autocast where that is fast
     rng = _Random(_urandom(16))  # which batches and cuts the causality checks use
+    readable = hide_validation_files(scratch)
+    if readable:
+        _stderr.write(f"note: train.py's code can read the validation files from disk ({readable})\n")
     guard = RuntimeGuard()
     with Quarantine():  # train.py's code runs in here: its output cannot pass for the summary
         try:
