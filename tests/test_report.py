@@ -11,13 +11,14 @@ from fakes import browser
 from fakes.recorded import HOSTILE, KEPT, TAG, record_session
 from fakes.session import run_cli
 
+from autoresearch.engine import ExperimentEvent
 from autoresearch.history import History
 from autoresearch.records import Experiment, Run, RunStatus, Verdict
 from autoresearch.report import make_report
 from autoresearch.report._data import Session, Store
 from autoresearch.report.html import diff_html, kept_changes, report_html
 from autoresearch.report.plot import MAX_LABELS, progress_figure, title_text
-from autoresearch.report.text import status_text
+from autoresearch.report.text import event_line, status_text
 
 Image = pytest.importorskip("PIL.Image", reason="Pillow comes with matplotlib (the report extra)")
 
@@ -236,3 +237,19 @@ def test_a_session_whose_orchestrator_died_is_never_shown_running() -> None:
     assert replace(dead, alive=True).state == "running" and session_of().state == "finished"
     page = report_html(dead, History(tuple(synthetic(3))), png=None)
     assert "· not running" in page and "· running" not in page
+
+
+def test_a_discard_that_reads_better_than_the_best_says_why() -> None:
+    """Printed as the session runs: 0.95 against a best of 0.98 reads like a gain; the line says
+    why it was not kept. A plain discard and a keep carry no reason."""
+    slow = Experiment(4, Verdict.DISCARD, 0.95, "fewer layers",
+                      reason="over budget: ran 512.0 s, limit 450.0 s (budget + 150 s)")  # fmt: skip
+    worse = Experiment(5, Verdict.DISCARD, 0.99, "more layers", reason="screened out: 0.99 vs best 0.98")
+    kept = Experiment(6, Verdict.KEEP, 0.97, "wider", reason="better at 95%: 0.97 vs best 0.98")
+    crash = Experiment(7, Verdict.CRASH, None, "typo", reason="exit code 1")
+    lines = {r.id: event_line(ExperimentEvent(r, 0.98, 1.0), "minimize") for r in (slow, worse, kept, crash)}
+    assert lines[4].endswith("fewer layers [over budget: ran 512.0 s, limit 450.0 s (budget + 150 s)]")
+    assert lines[5].endswith("more layers") and lines[6].endswith("wider *")
+    assert lines[7].endswith("typo [exit code 1]")
+    # the direction decides what reads better
+    assert event_line(ExperimentEvent(slow, 0.98, 1.0), "maximize").endswith("fewer layers")

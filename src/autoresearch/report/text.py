@@ -41,7 +41,13 @@ def event_line(event: ExperimentEvent, direction: str) -> str:
         delta = f"{row.metric - event.best:+.4g}"
     marker = " *" if row.verdict is Verdict.KEEP else ""
     text = row.description
-    if row.verdict in (Verdict.CRASH, Verdict.TIMEOUT, Verdict.INVALID):
+    # a failure, or a discard whose value beats the best (over budget, within the noise, a
+    # pinned seed): the line alone would not say why
+    looks_better = (
+        row.verdict is Verdict.DISCARD and row.metric is not None and event.best is not None
+        and MetricConfig(direction=direction).better(row.metric, event.best)
+    )  # fmt: skip
+    if row.verdict in _WITH_REASON or looks_better:
         text += f" [{row.reason}]"
     return terminal_text(
         f"{row.id:4d}  {row.verdict:<11}  {value_text(row.metric):>12}  {delta:<9}  {text}{marker}"
