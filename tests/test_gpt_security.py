@@ -2,9 +2,12 @@
 
 Every variant below rebuilds the same checkpoint (a zero bigram table: the uniform distribution)
 with a train.py carrying one attack; `python evaluate.py` (the split harness's metric) must refuse
-it (exit code 3, a `harness:` line, no `val_bpb`) or measure the honest value anyway, and a sample
-of them gives the same outcome through `python prepare.py evaluate`. The evaluations run two at
-a time in one module fixture: each is a fresh interpreter (torch import included).
+it (exit code 3, a `harness:` line, no `val_bpb`), fail it (exit code 1, no `val_bpb`) or measure
+the honest value anyway, and a sample of them gives the same outcome through `python prepare.py
+evaluate`. On CPU the model runs in a process of its own; the attacks on the harness's process
+run again with `--in-process` (the model in the harness's process, as on CUDA), where the
+runtime guard must refuse them. The evaluations run two at a time in one module fixture: each is
+a fresh interpreter (torch import included).
 """
 
 from __future__ import annotations
@@ -192,7 +195,32 @@ MEASURED_HONESTLY = {  # attack -> the harness measures the uniform distribution
     ),
 }
 
+# Closed by the model's own process only: in the harness's process (CUDA, --in-process) they
+# work, as the template README says.
+SEPARATION_CLOSES = {
+    # a kernel registered with torch's dispatcher: the metric's nll_loss, halved
+    "dispatcher_kernel": (
+        "_lib = torch.library.Library('aten', 'IMPL')\n"
+        "def _nll(x, target, weight, reduction, ignore_index):\n"
+        "    return -x.gather(1, target.unsqueeze(1)).squeeze(1) * 0.5, torch.zeros((), dtype=x.dtype)\n"
+        "_lib.impl('nll_loss_forward', _nll, 'CPU')\n"
+        "Model.lib = _lib  # kept alive with the model"
+    ),
+    # a summary written through every descriptor the process holds (the harness keeps a copy of
+    # its stdout), then the process ended before the harness prints its own
+    "saved_descriptor": (
+        "import os\n"
+        "for _fd in range(3, 256):\n"
+        "    try:\n"
+        "        os.write(_fd, b'---\\nval_bpb: 0.010000\\n')\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "os._exit(0)"
+    ),
+}
+
 EXITS = {  # attack -> the evaluate step's exit code: print a summary, then end the process
+    # (with the model in the harness's process; in its own process, the exit code is always 1)
     "os_exit": ("print('---\\nval_bpb: 0.000100', flush=True)\nimport os\nos._exit(0)", 0),
     "sys_exit": ("print('---\\nval_bpb: 0.000100', flush=True)\nimport sys\nsys.exit(0)", 1),
     # an exception past Exception: main() must still leave before the atexit handler prints
@@ -255,12 +283,13 @@ def outcomes(prepared: tuple[Path, Path, str], tmp_path_factory: pytest.TempPath
         **{k: (TRAIN.format(attack=indent(c)), plain) for k, c in LOOKS_AHEAD.items()},
         "lookup": (TRAIN.format(attack=indent(MEMORY_LOOKUP)), plain),
         **{k: (TRAIN.format(attack=indent(c)), plain) for k, c in READS_DISK.items()},
+        **{k: (TRAIN.format(attack=indent(c)), plain) for k, c in SEPARATION_CLOSES.items()},
     }
 
     def evaluate(job: tuple[str, str]) -> tuple[str, object]:
         name, command = job
         code, checkpoint = variants[name]
-        folder = root / f"{name}-{command.split()[1]}"
+        folder = root / re.sub(r"\W+", "-", f"{name} {command}")
         folder.mkdir()
         for file in HARNESS_FILES:
             (folder / file).write_bytes((task / file).read_bytes())
@@ -268,15 +297,19 @@ def outcomes(prepared: tuple[Path, Path, str], tmp_path_factory: pytest.TempPath
         # a module the run step could leave next to the harness: it must not shadow the stdlib's
         (folder / "json.py").write_text("raise SystemExit('json.py shadowed the stdlib')\n")
         env = task_env(folder, data, AUTORESEARCH_OUT=str(root / "out"))
-        key = name if command == "python evaluate.py" else f"{name} via prepare.py"
+        key = {"python evaluate.py": name, "python evaluate.py --in-process": f"{name} in process",
+               "python prepare.py evaluate": f"{name} via prepare.py"}[command]  # fmt: skip
         return key, sh(f"{command} --checkpoint {checkpoint}", folder, env)
 
     jobs = [(name, "python evaluate.py") for name in variants]
+    jobs += [(name, "python evaluate.py --in-process") for name in IN_PROCESS]
     jobs += [(name, "python prepare.py evaluate") for name in VIA_PREPARE]
     with ThreadPoolExecutor(2) as pool:
         return dict(pool.map(evaluate, jobs))
 
 
+# the attacks run again with the model in the harness's process, as on CUDA
+IN_PROCESS = ("honest", *REFUSED, *EXITS, *READS_DISK, *SEPARATION_CLOSES, "lookup", "subclass")
 # the same attacks through `python prepare.py evaluate`, the harness's other entry point
 VIA_PREPARE = ("honest", "cross_entropy", "evaluate_private_ref", "os_exit", "sys_exit",
                "peek_without_gradients", "lookup", "disk_lookup", "subclass")  # fmt: skip
@@ -315,8 +348,18 @@ def test_stats_cannot_inject_a_val_bpb_line(outcomes: dict) -> None:
 
 
 @pytest.mark.parametrize("attack", sorted(REFUSED))
-def test_a_train_py_that_patches_the_runtime_is_refused(outcomes: dict, attack: str) -> None:
+def test_patches_in_the_models_own_process_do_not_reach_the_metric(outcomes: dict, attack: str) -> None:
     done = outcomes[attack]
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(val_bpb_lines(done.stdout)) == 1
+    assert metrics.parse_summary(done.stdout)["val_bpb"] == honest_value(outcomes)
+
+
+@pytest.mark.parametrize("attack", sorted(REFUSED))
+def test_in_the_harness_process_a_train_py_that_patches_the_runtime_is_refused(
+    outcomes: dict, attack: str
+) -> None:
+    done = outcomes[f"{attack} in process"]
     assert done.returncode == 3, done.stdout + done.stderr
     assert "harness: train.py modified" in done.stderr and "refusing to measure" in done.stderr
     assert REFUSED[attack][1] in done.stderr
@@ -334,7 +377,12 @@ def test_a_model_that_looks_ahead_only_when_scored_is_refused(outcomes: dict, at
 
 
 def test_a_score_below_the_plausible_floor_is_refused(outcomes: dict) -> None:
-    done = outcomes["lookup"]
+    """The harness's own rows, found in memory (in its process) and looked up: only the floor
+    catches it. In the model's own process there is nothing to find."""
+    alone = outcomes["lookup"]
+    assert alone.returncode == 1 and "StopIteration" in alone.stderr, alone.stdout + alone.stderr
+    assert "val_bpb" not in alone.stdout
+    done = outcomes["lookup in process"]
     assert done.returncode == 3, done.stdout + done.stderr
     found = re.search(
         r"^harness: val_bpb (\S+) is below the plausible floor 0.3 for this data", done.stderr, re.M
@@ -344,20 +392,40 @@ def test_a_score_below_the_plausible_floor_is_refused(outcomes: dict) -> None:
     assert "val_bpb" not in done.stdout
 
 
+@pytest.mark.parametrize("where", ["", " in process"])
 @pytest.mark.parametrize("attack", sorted(READS_DISK))
-def test_train_py_cannot_read_the_validation_files_while_evaluated(outcomes: dict, attack: str) -> None:
-    done = outcomes[attack]
+def test_train_py_cannot_read_the_validation_files_while_evaluated(
+    outcomes: dict, attack: str, where: str
+) -> None:
+    done = outcomes[attack + where]
     assert done.returncode == 1, done.stdout + done.stderr
     assert re.search(r"errno 13\] Permission denied", done.stderr, re.I), done.stderr  # pyarrow's, open()'s
     assert "val_bpb" not in done.stdout
-    assert "note: train.py's code can read" not in outcomes["honest"].stderr
+    assert "note: train.py's code could read" not in outcomes["honest" + where].stderr
 
 
-def test_logits_of_a_tensor_subclass_break_the_contract(outcomes: dict) -> None:
-    done = outcomes["subclass"]
+def test_logits_of_a_tensor_subclass_break_the_contract_or_lose_their_class(outcomes: dict) -> None:
+    done = outcomes["subclass in process"]
     assert done.returncode == 1
     assert "a plain floating-point torch.Tensor; got Cheap" in done.stderr
     assert "val_bpb" not in done.stdout
+    alone = outcomes["subclass"]  # only their bytes come back from the model's process
+    assert metrics.parse_summary(alone.stdout)["val_bpb"] == honest_value(outcomes)
+
+
+def test_what_the_models_own_process_closes(outcomes: dict) -> None:
+    """A dispatcher kernel and the harness's saved descriptors: no guard in the harness's process
+    sees them (they work there: the first halves the score, the second prints its own); in the
+    model's own process they reach nothing."""
+    honest = honest_value(outcomes)
+    assert metrics.parse_summary(outcomes["dispatcher_kernel"].stdout)["val_bpb"] == honest
+    inside = outcomes["dispatcher_kernel in process"]
+    assert metrics.parse_summary(inside.stdout)["val_bpb"] == pytest.approx(honest / 2, rel=1e-3)
+    alone = outcomes["saved_descriptor"]
+    assert alone.returncode == 1 and "val_bpb" not in metrics.parse_summary(alone.stdout + "\n" + alone.stderr)
+    assert "model process sent something else than its ready message" in alone.stderr  # it got the pipe
+    inside = outcomes["saved_descriptor in process"]
+    assert metrics.parse_summary(inside.stdout)["val_bpb"] == 0.01
 
 
 @pytest.mark.parametrize("attack", sorted(MEASURED_HONESTLY))
@@ -368,10 +436,11 @@ def test_attacks_that_are_measured_honestly(outcomes: dict, attack: str) -> None
     assert metrics.parse_summary(done.stdout)["val_bpb"] == honest_value(outcomes)
 
 
+@pytest.mark.parametrize("where", ["", " in process"])
 @pytest.mark.parametrize("attack", sorted(EXITS))
-def test_train_py_cannot_print_a_summary_and_leave(outcomes: dict, attack: str) -> None:
-    done = outcomes[attack]
-    assert done.returncode == EXITS[attack][1], done.stdout + done.stderr
+def test_train_py_cannot_print_a_summary_and_leave(outcomes: dict, attack: str, where: str) -> None:
+    done = outcomes[attack + where]
+    assert done.returncode == (EXITS[attack][1] if where else 1), done.stdout + done.stderr
     # the loop reads stdout and stderr together: no val_bpb in either
     assert "val_bpb" not in metrics.parse_summary(done.stdout + "\n" + done.stderr)
     if attack == "sys_exit":

@@ -3,17 +3,20 @@ The fixed harness of the GPT task, part two: the metric. DO NOT EDIT: the agent 
 only; this file, prepare.py and preset.toml are protected (byte-identical after every run).
 
 `python evaluate.py` (or `python prepare.py evaluate`, the same step) scores the checkpoint that
-train.py saved: bits per byte on the validation split, computed here from the model's logits, in
-a process that also runs train.py's code (to rebuild the model), so it guards itself, best
-effort: the validation files unreadable once read (Landlock, where the kernel has it), private
-references, a snapshot of the runtime checked after train.py ran (RuntimeGuard),
-train.py's output quarantined, causality checked on the scored batches, and a floor below which
-a score is refused (see README.md, "What the harness guarantees"). It runs in bf16 where the
-device is fast at it (prepare.bf16_is_fast), the cross-entropy always in fp32.
+train.py saved: bits per byte on the validation split, computed here from the model's logits.
+train.py's code rebuilds the model: off CUDA in a child process of its own (ModelProcess: its
+logits come back as bytes through a pipe), on CUDA in this process, which then guards itself,
+best effort: private references, a snapshot of the runtime checked after train.py ran
+(RuntimeGuard), train.py's output quarantined. Either way the process running train.py's code
+cannot open the validation files (Landlock, where the kernel has it), causality is checked on the
+scored batches, and a score below a floor is refused (see README.md, "What the harness
+guarantees"). It runs in bf16 where the device is fast at it (prepare.bf16_is_fast), the
+cross-entropy always in fp32.
 
 Usage:
     python evaluate.py                      # score $AUTORESEARCH_OUT/model.pt; prints val_bpb last
     python evaluate.py --checkpoint PATH
+    python evaluate.py --in-process         # the model in this process, as on CUDA (tests)
 """
 
 import os
@@ -35,6 +38,8 @@ import importlib.util
 import math
 import random
 import re
+import struct
+import subprocess
 import tempfile
 import threading
 import time
@@ -299,9 +304,10 @@ def check_causality(model, data, start, batch_size, device, autocast=False, rng=
 
 
 # ---------------------------------------------------------------------------
-# The runtime guard. `evaluate` imports train.py to rebuild the model, so train.py's module-level
-# code (and the model's code) runs inside this trusted process and could patch what the metric
-# is computed with (F.cross_entropy, torch.Tensor methods, this module's functions, print...).
+# The runtime guard. On CUDA (or --in-process) `evaluate` imports train.py to rebuild the model
+# in this process, so train.py's module-level code (and the model's code) runs inside it and
+# could patch what the metric is computed with (F.cross_entropy, torch.Tensor methods, this
+# module's functions, print...).
 # The metric path uses private references taken at import (above); RuntimeGuard snapshots the
 # namespaces it depends on before train.py is imported and compares them after the model is
 # built and after every batch: any difference is refused. Best effort: see the README.
@@ -449,13 +455,19 @@ class Quarantine:
         os.dup2(self._saved[1], 2)
         for fd in self._saved:
             os.close(fd)
-        self._file.seek(0)
-        text = self._file.read().decode("utf-8", errors="replace")
-        self._file.close()
-        for line in text.splitlines():
-            _stderr.write(f"train.py| {line}\n")
-        _stderr.flush()
+        relay(self._file)
         return False
+
+
+def relay(file):
+    """What train.py's code printed (an open temporary file), copied to stderr line by line with
+    a `train.py| ` prefix, which no summary parser reads as `key: value`; the file is closed."""
+    file.seek(0)
+    text = file.read().decode("utf-8", errors="replace")
+    file.close()
+    for line in text.splitlines():
+        _stderr.write(f"train.py| {line}\n")
+    _stderr.flush()
 
 
 # ---------------------------------------------------------------------------
@@ -549,6 +561,165 @@ def hide_validation_files(scratch):
 
 
 # ---------------------------------------------------------------------------
+# The model in a process of its own. Off CUDA, train.py's code never runs in the process that
+# computes the metric: `evaluate.py --serve-model FD` (the child) rebuilds the model, hides the
+# validation files from itself (it never holds them), then answers batches: token ids down its
+# stdin, logits back up descriptor FD as raw bytes, which the harness turns into a tensor of its
+# own. Whatever train.py patches, registers or prints in the child stays there. On CUDA the
+# logits of an evaluation (hundreds of GB for the h100 preset) cannot travel by pipe: the model
+# runs in the harness's process, behind the in-process guards above.
+# ---------------------------------------------------------------------------
+
+_MAGIC = b"GPTE"
+_REQUEST = struct.Struct("<4sqq")  # magic, B, T; then B*T int64 token ids
+_READY = struct.Struct("<4sq")  # magic, length of the note that follows (why files stay readable)
+_REPLY = struct.Struct("<4sqqqq")  # magic, B, T, V, dtype code; then B*T*V logits
+_WIRE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # dtype code = index
+_PR_SET_DUMPABLE = 4
+CHILD_EXIT_SECONDS = 10.0  # for the model's process to leave once its input is closed
+
+
+def _read_exact(fd, size):
+    """`size` bytes from `fd` (a bytearray), or fewer if it reached its end."""
+    data, done = bytearray(size), 0
+    view = memoryview(data)
+    while done < size:
+        got = os.readv(fd, [view[done:]])
+        if not got:
+            return data[:done]
+        done += got
+    return data
+
+
+def _wide_pipe():
+    """os.pipe() with the largest buffer this user may set (fewer switches per batch of logits)."""
+    ends = os.pipe()
+    with contextlib.suppress(OSError, AttributeError):
+        import fcntl
+
+        for end in ends:
+            fcntl.fcntl(end, fcntl.F_SETPIPE_SZ, 1 << 20)
+    return ends
+
+
+def _write_all(fd, data):
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class ModelProcess:
+    """train.py's model in a child process, called like the model: model(idx) -> logits, a new
+    tensor built here from the bytes the child sent (checked: the shape asked for, the logits of
+    the `vocab` real tokens, one of _WIRE_DTYPES). The child's stdout and stderr go to
+    a file in `scratch`, relayed with a `train.py| ` prefix when it is closed. Before starting
+    it, this process makes itself non-dumpable: a process of the same user cannot read its
+    memory or open its descriptors through /proc (the child's Landlock domain forbids ptrace of
+    it too)."""
+
+    def __init__(self, checkpoint, train_path, device, autocast, vocab, scratch):
+        self.vocab = vocab
+        self._output = tempfile.TemporaryFile(dir=scratch)  # noqa: SIM115 (closed by relay)
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+        # The cross-entropy here is small next to the model's forward there: one thread, whose
+        # spinning workers would otherwise take the cores from the child between batches.
+        torch.set_num_threads(1)
+        requests, self._requests = os.pipe()
+        self._replies, replies = _wide_pipe()
+        argv = [sys.executable, str(HERE / "evaluate.py"), "--serve-model", str(replies),
+                "--checkpoint", str(checkpoint), "--train", str(train_path), "--device", device.type,
+                "--vocab", str(vocab)]  # fmt: skip
+        argv += ["--autocast"] if autocast else []
+        try:
+            self._proc = subprocess.Popen(argv, stdin=requests, stdout=self._output,
+                                          stderr=self._output, pass_fds=(replies,))  # fmt: skip
+        finally:
+            os.close(requests)
+            os.close(replies)
+        try:
+            magic, size = _READY.unpack(self._read(_READY.size, "rebuilding the model"))
+            if magic != _MAGIC or not 0 <= size <= 4096:
+                raise ModelContractError("train.py's model process sent something else than its ready message")
+            # why the child could not hide the files, in its own words: shown, not trusted
+            self.note = self._read(size, "rebuilding the model").decode("utf-8", errors="replace")
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def _read(self, size, doing):
+        data = _read_exact(self._replies, size)
+        if len(data) < size:
+            try:
+                code = self._proc.wait(CHILD_EXIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                code = "still running"
+            raise ModelContractError(
+                f"train.py's model process stopped answering while {doing} (exit code {code}); "
+                "what it printed is above (train.py| lines)"
+            )
+        return data
+
+    def __call__(self, idx):
+        B, T = idx.shape
+        tokens = idx.to("cpu", torch.int64).contiguous()
+        _write_all(self._requests, _REQUEST.pack(_MAGIC, B, T) + tokens.numpy().tobytes())
+        magic, b, t, v, code = _REPLY.unpack(self._read(_REPLY.size, "scoring"))
+        if magic != _MAGIC or (b, t, v) != (B, T, self.vocab) or not 0 <= code < len(_WIRE_DTYPES):
+            raise ModelContractError(
+                f"model(idx) must return logits of shape ({B}, {T}, >={self.vocab}); its process "
+                f"sent a reply for ({b}, {t}, {v}), dtype code {code}"
+            )
+        dtype = _WIRE_DTYPES[code]
+        body = self._read(b * t * v * dtype.itemsize, "scoring")
+        return _frombuffer(body, dtype=dtype).view(b, t, v)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        """Close its input (it leaves), kill what is left of it, relay what it printed."""
+        os.close(self._requests)
+        try:
+            self._proc.wait(CHILD_EXIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        os.close(self._replies)
+        relay(self._output)
+        return False
+
+
+def serve_model(reply_fd, checkpoint, train_path, device, autocast, vocab):
+    """The child of ModelProcess: hide the validation files, rebuild the model, then answer
+    requests on stdin until it closes. Runs train.py's code: nothing it sends is trusted."""
+    with tempfile.TemporaryDirectory(prefix="evaluate-model-") as scratch:
+        note = (hide_validation_files(scratch) or "").encode()
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        try:
+            model = build_from_checkpoint(ckpt, train_path, device)
+        except SystemExit as exc:
+            raise ModelContractError(f"train.py exited ({exc.code!r}) while being evaluated") from None
+        _write_all(reply_fd, _READY.pack(_MAGIC, len(note)) + note)
+        while header := _read_exact(0, _REQUEST.size):
+            _, B, T = _REQUEST.unpack(header)
+            x = torch.frombuffer(_read_exact(0, B * T * 8), dtype=torch.int64).view(B, T)
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = model(x.to(device))
+            if not isinstance(logits, torch.Tensor) or logits.ndim != 3 or logits.shape[2] < vocab:
+                raise ModelContractError(
+                    f"model(idx) must return logits of shape ({B}, {T}, >={vocab}); got {logits!r:.200}"
+                )
+            logits = logits[..., :vocab].detach().to("cpu")  # what the harness scores
+            if logits.dtype not in _WIRE_DTYPES:
+                logits = logits.float()
+            logits = torch.Tensor.contiguous(logits.as_subclass(torch.Tensor))
+            header = _REPLY.pack(_MAGIC, *logits.shape, _WIRE_DTYPES.index(logits.dtype))
+            _write_all(reply_fd, header)
+            _write_all(reply_fd, logits.view(torch.uint8).numpy())
+
+
+# ---------------------------------------------------------------------------
 # Rebuilding the model and the `evaluate` step
 # ---------------------------------------------------------------------------
 
@@ -603,15 +774,16 @@ def build_from_checkpoint(ckpt, train_path, device):
     return model.to(device).eval()
 
 
-def evaluate(checkpoint_path=None, train_path=None, batch_size=None):
-    """The task's `evaluate` step: freeze the data, hide the validation files, snapshot the
-    runtime, rebuild the model from train.py, check the runtime and causality, score, refuse a
-    score below the plausibility floor; print the summary, `val_bpb` last."""
+def evaluate(checkpoint_path=None, train_path=None, batch_size=None, in_process=None):
+    """The task's `evaluate` step: freeze the data, rebuild the model from train.py in a process
+    of its own (ModelProcess; in this one on CUDA, or with `in_process`: the validation files
+    hidden, the runtime snapshotted and checked), check causality, score, refuse a score below
+    the plausibility floor; print the summary, `val_bpb` last."""
     with tempfile.TemporaryDirectory(prefix="evaluate-") as scratch:
-        return _evaluate(checkpoint_path, train_path, batch_size, scratch)
+        return _evaluate(checkpoint_path, train_path, batch_size, in_process, scratch)
 
 
-def _evaluate(checkpoint_path, train_path, batch_size, scratch):
+def _evaluate(checkpoint_path, train_path, batch_size, in_process, scratch):
     t0 = time.time()
     checkpoint_path = Path(checkpoint_path or prepare.out_dir() / "model.pt")
     if not checkpoint_path.is_file():
@@ -628,21 +800,16 @@ def _evaluate(checkpoint_path, train_path, batch_size, scratch):
     batch_size = batch_size or max(1, (2**16 if on_cuda else 2**13) // MAX_SEQ_LEN)
     bf16 = prepare.bf16_is_fast(device)  # the model runs under bf16 autocast where that is fast
     rng = _Random(_urandom(16))  # which batches and cuts the causality checks use
-    readable = hide_validation_files(scratch)
-    if readable:
-        _stderr.write(f"note: train.py's code can read the validation files from disk ({readable})\n")
-    guard = RuntimeGuard()
-    with Quarantine():  # train.py's code runs in here: its output cannot pass for the summary
-        try:
-            model = build_from_checkpoint(ckpt, train_path or HERE / "train.py", device)
-            guard.check()
+    train_path = train_path or HERE / "train.py"
+    if not (on_cuda if in_process is None else in_process):
+        with ModelProcess(checkpoint_path, train_path, device, bf16, data.vocab, scratch) as model:
+            readable = model.note
             # causality is checked inside, on the scored batches themselves
-            val_bpb = evaluate_bpb(model, None, data, device, batch_size, bf16, guard, rng)
-        except SystemExit as exc:
-            raise ModelContractError(
-                f"train.py exited ({exc.code!r}) while being evaluated"
-            ) from None
-    guard.check()
+            val_bpb = evaluate_bpb(model, None, data, device, batch_size, bf16, None, rng)
+    else:
+        val_bpb, readable = _evaluate_in_process(ckpt, train_path, device, data, batch_size, bf16, rng, scratch)
+    if readable:
+        _stderr.write(f"note: train.py's code could read the validation files from disk ({readable})\n")
     if val_bpb < MIN_PLAUSIBLE_BPB:
         raise MeasurementRefused(
             f"val_bpb {val_bpb:.4f} is below the plausible floor {MIN_PLAUSIBLE_BPB:g} for this "
@@ -665,6 +832,24 @@ def _evaluate(checkpoint_path, train_path, batch_size, scratch):
 # ---------------------------------------------------------------------------
 
 
+def _evaluate_in_process(ckpt, train_path, device, data, batch_size, bf16, rng, scratch):
+    """The model rebuilt and run in this process (CUDA): (val_bpb, why the files stay readable)."""
+    readable = hide_validation_files(scratch)
+    guard = RuntimeGuard()
+    with Quarantine():  # train.py's code runs in here: its output cannot pass for the summary
+        try:
+            model = build_from_checkpoint(ckpt, train_path, device)
+            guard.check()
+            # causality is checked inside, on the scored batches themselves
+            val_bpb = evaluate_bpb(model, None, data, device, batch_size, bf16, guard, rng)
+        except SystemExit as exc:
+            raise ModelContractError(
+                f"train.py exited ({exc.code!r}) while being evaluated"
+            ) from None
+    guard.check()
+    return val_bpb, readable
+
+
 def main(argv=None, exit_process=False):
     """The `evaluate` step: the summary on stdout, `val_bpb` last; exit code 0, 1 (train.py's
     model failed or broke the contract) or 3 (refused: tampering, looking ahead, implausible)."""
@@ -672,10 +857,29 @@ def main(argv=None, exit_process=False):
     parser.add_argument(
         "--checkpoint", help="checkpoint path (default: $AUTORESEARCH_OUT/model.pt)"
     )
+    parser.add_argument(
+        "--in-process", action="store_true",
+        help="run train.py's model in this process, as on CUDA (the harness's own tests)",
+    )  # fmt: skip
+    parser.add_argument("--serve-model", type=int, help=argparse.SUPPRESS)  # ModelProcess's child
+    parser.add_argument("--train", help=argparse.SUPPRESS)
+    parser.add_argument("--device", help=argparse.SUPPRESS)
+    parser.add_argument("--autocast", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     code = 0
+    if args.serve_model is not None:
+        try:
+            serve_model(args.serve_model, args.checkpoint, args.train, torch.device(args.device),
+                        args.autocast, args.vocab)  # fmt: skip
+        except BaseException:  # shown to the harness, prefixed, after the evaluation
+            traceback.print_exc()
+            code = 1
+        _stdout.flush()
+        _stderr.flush()
+        os._exit(code)
     try:
-        evaluate(args.checkpoint)
+        evaluate(args.checkpoint, in_process=args.in_process or None)
     except ModelContractError as exc:
         _stderr.write(f"FAIL: {exc}\n")
         code = 1
