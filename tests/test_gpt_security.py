@@ -206,6 +206,34 @@ SEPARATION_CLOSES = {
         "_lib.impl('nll_loss_forward', _nll, 'CPU')\n"
         "Model.lib = _lib  # kept alive with the model"
     ),
+    # the validation file opened on a thread older than the Landlock restriction (a signal
+    # handler run on OpenBLAS's worker: Landlock restricts a thread and those it starts, never
+    # the others), then a bigram table fitted on it: causal, above the floor, and far better
+    "old_thread": (
+        "import ctypes, os, time, prepare, pyarrow as pa, pyarrow.parquet as pq\n"
+        "_libc, _fds = ctypes.CDLL(None, use_errno=True), []\n"
+        "def _open(signum):\n"
+        "    try:\n"
+        "        _fds.append(os.open(prepare.read_manifest()['val'][0][0], os.O_RDONLY))\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "_handler = ctypes.CFUNCTYPE(None, ctypes.c_int)(_open)\n"
+        "_libc.signal(12, _handler)\n"
+        "for _tid in map(int, os.listdir('/proc/self/task')):\n"
+        "    if _tid != os.getpid() and not _fds:\n"
+        "        _libc.syscall(234, os.getpid(), _tid, 12)  # tgkill: the handler runs on that thread\n"
+        "        time.sleep(0.2)\n"
+        "_libc.signal(12, 0)\n"
+        "if _fds:\n"
+        "    with os.fdopen(_fds[0], 'rb') as _f:\n"
+        "        _texts = pq.read_table(pa.BufferReader(_f.read())).column('text').to_pylist()\n"
+        "    _counts = torch.ones(2048, 2048)\n"
+        "    for _ids in prepare.Tokenizer.from_directory().encode(_texts, prepend=2047):\n"
+        "        _ids = torch.tensor(_ids)\n"
+        "        _counts.index_put_((_ids[:-1], _ids[1:]), torch.ones(len(_ids) - 1), accumulate=True)\n"
+        "    _table = _counts.log()\n"
+        "    Model.forward = lambda self, idx: _table[idx]"
+    ),
     # a summary written through every descriptor the process holds (the harness keeps a copy of
     # its stdout), then the process ended before the harness prints its own
     "saved_descriptor": (
@@ -414,10 +442,14 @@ def test_logits_of_a_tensor_subclass_break_the_contract_or_lose_their_class(outc
 
 
 def test_what_the_models_own_process_closes(outcomes: dict) -> None:
-    """A dispatcher kernel and the harness's saved descriptors: no guard in the harness's process
-    sees them (they work there: the first halves the score, the second prints its own); in the
+    """A dispatcher kernel, a thread older than the Landlock restriction, the harness's saved
+    descriptors: no guard in the harness's process sees them (they work there: the first halves
+    the score, the second reads the validation file, the third prints its own summary); in the
     model's own process they reach nothing."""
     honest = honest_value(outcomes)
+    assert metrics.parse_summary(outcomes["old_thread"].stdout)["val_bpb"] == honest
+    inside = outcomes["old_thread in process"]
+    assert metrics.parse_summary(inside.stdout)["val_bpb"] < 0.8 * honest, inside.stdout + inside.stderr
     assert metrics.parse_summary(outcomes["dispatcher_kernel"].stdout)["val_bpb"] == honest
     inside = outcomes["dispatcher_kernel in process"]
     assert metrics.parse_summary(inside.stdout)["val_bpb"] == pytest.approx(honest / 2, rel=1e-3)

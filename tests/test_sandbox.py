@@ -939,3 +939,16 @@ def test_the_evaluate_step_is_the_sandboxs_first_process(tmp_path: Path, venv_te
             assert outcome.result.metrics["pid"] > 1
         else:
             assert outcome.result.metrics["pid"] == pid and outcome.result.metrics["parent"] == 0
+
+
+@needs_bwrap
+@pytest.mark.skipif(not Path("/var/cache/apt/archives").is_dir(), reason="no apt package archives here")
+def test_the_package_archives_are_empty_inside(tmp_path: Path) -> None:
+    """Downloaded packages hold copies of public text (one machine's held the GPT template's
+    validation text, the King James Bible, as a .deb): a step sees none of them."""
+    repo = make_repo(tmp_path / "repo", {"a.txt": "a\n"})
+    box = Sandbox(task_root=repo, repo=repo, mode="bwrap")
+    argv = box.prefix("run", cwd=repo, worktree=repo, writable=[])
+    listed = subprocess.run([*argv, "ls", "-A", "/var/cache/apt/archives"], capture_output=True,
+                            text=True, timeout=60, env=box.environment(dict(os.environ)))  # fmt: skip
+    assert listed.returncode == 0 and listed.stdout == "", listed.stdout + listed.stderr

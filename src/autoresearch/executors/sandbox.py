@@ -2,7 +2,7 @@
 
 Inside, the file system is read-only except the slot's worktree, ``AUTORESEARCH_OUT`` and a
 private ``/tmp``. The user's checkout (its ``.git`` and ``.autoresearch/`` with the ledger,
-logs, locks and other runs), ``$HOME`` and ``/run`` are empty; the Python environment, the
+logs, locks and other runs), ``$HOME``, ``/run`` and apt's package archives are empty; the Python environment, the
 prepared data (``.autoresearch/data``), the task's ``link`` targets and ``protected_data``
 are bound back read-only. The worktree's own ``.git`` is unreadable, so git inside a step
 fails: the run cannot commit, move the session branch or plant hooks. There is no network
@@ -53,6 +53,9 @@ ENV_NAMES = (
     "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
 )  # fmt: skip
 ENV_PREFIXES = ("AUTORESEARCH_", "LC_")
+# Downloaded packages: copies of public text a task may hold out (one machine's apt cache held
+# the King James Bible, the GPT template's default data, as a .deb). No step needs them.
+PACKAGE_ARCHIVES = ("/var/cache/apt/archives",)
 PROBE_TIMEOUT = 10.0
 SECCOMP_FD = 9  # the filter reaches bwrap on this descriptor (see :meth:`Sandbox.prefix`)
 
@@ -282,9 +285,11 @@ class Sandbox:
                 "--seccomp", str(SECCOMP_FD), *argv[1:]]  # fmt: skip
 
     def _hidden_roots(self) -> list[Path]:
-        """Empty inside: the user's checkout, $HOME, /run (sockets); shallow ones first."""
+        """Empty inside: the user's checkout, $HOME, /run (sockets), the package archives;
+        shallow ones first."""
         roots = {self.repo, Path.home().resolve(), *self.hidden}
         roots |= {Path("/run")} if Path("/run").is_dir() and not self.network else set()
+        roots |= {p for p in map(Path, PACKAGE_ARCHIVES) if p.is_dir()}
         return sorted((p for p in roots if p != Path("/")), key=lambda p: len(p.parts))
 
     def _readable_roots(self) -> list[str]:

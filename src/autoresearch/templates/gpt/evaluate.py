@@ -31,6 +31,30 @@ if __name__ == "__main__" and sys.path and os.path.realpath(sys.path[0]) == os.p
 if __name__ == "__main__":  # train.py's `import evaluate` must get this very module
     sys.modules["evaluate"] = sys.modules["__main__"]
 
+
+def _restrict_at_start(argv):
+    """The model's process (ModelProcess's child) applies the Landlock ruleset the harness built
+    for it (`--ruleset FD`) first thing, while it has one thread, before numpy or torch can start
+    another: Landlock restricts the thread that asks and those it starts later, never the ones
+    already running. Returns '' or why the validation files stay readable to it."""
+    if "--ruleset" not in argv:
+        return ""
+    import ctypes
+
+    threads = len(os.listdir("/proc/self/task"))
+    if threads != 1:
+        return f"the model's process had {threads} threads when it started"
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    ruleset = int(argv[argv.index("--ruleset") + 1])
+    if libc.prctl(38, 1, 0, 0, 0) < 0 or libc.syscall(446, ruleset, 0) < 0:  # NO_NEW_PRIVS; restrict_self
+        return f"Landlock: {os.strerror(ctypes.get_errno())}"
+    os.close(ruleset)
+    return ""
+
+
+_LANDLOCK_NOTE = _restrict_at_start(sys.argv) if __name__ == "__main__" and "--serve-model" in sys.argv else ""
+
 import argparse
 import contextlib
 import ctypes
@@ -489,12 +513,16 @@ class _PathBeneath(ctypes.Structure):
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
+PACKAGE_ARCHIVES = ("/var/cache/apt/archives",)  # copies of public text: one machine's held the KJV as a .deb
+
+
 def validation_files():
-    """What holds the validation text: data_dir()/val and the targets of data_dir()/val_sources."""
+    """What holds the validation text: data_dir()/val, the targets of data_dir()/val_sources, and
+    the package archives (PACKAGE_ARCHIVES)."""
     data = prepare.data_dir()
     sources = data / prepare.VAL_SOURCES_DIR
     links = list(sources.iterdir()) if sources.is_dir() else []
-    return [p for p in (data / prepare.VAL_DIR, *links) if os.path.lexists(p)]
+    return [p for p in (data / prepare.VAL_DIR, *links, *PACKAGE_ARCHIVES) if os.path.lexists(p)]
 
 
 def readable_around(hidden):
@@ -512,24 +540,30 @@ def readable_around(hidden):
     return found
 
 
-def forbid_reading(paths):
-    """Make `paths` (files or folders) unreadable to this process and every process it starts,
-    for good. Raises OSError where Landlock is not available (not Linux, an old kernel)."""
+def _libc():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc
+
+
+def _checked(result):
+    if result < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+    return result
+
+
+def landlock_ruleset(paths):
+    """A Landlock ruleset (a descriptor) that, once applied, leaves the file system readable but
+    `paths` (files or folders). Raises OSError where Landlock is not available (not Linux, an
+    old kernel, a container that filters it)."""
     hidden = {Path(os.path.realpath(p)) for p in paths}
     if not sys.platform.startswith("linux"):
         raise OSError("Landlock is a Linux feature")
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-
-    def call(result):
-        if result < 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, os.strerror(errno))
-        return result
-
-    create, add, restrict = _LANDLOCK_SYSCALLS
+    libc = _libc()
+    create, add, _ = _LANDLOCK_SYSCALLS
     handled = ctypes.c_uint64(_LANDLOCK_READ_FILE)  # struct landlock_ruleset_attr, its first field
-    ruleset = call(libc.syscall(create, ctypes.byref(handled), ctypes.sizeof(handled), 0))
+    ruleset = _checked(libc.syscall(create, ctypes.byref(handled), ctypes.sizeof(handled), 0))
     try:
         for path in readable_around(hidden):
             try:
@@ -538,11 +572,24 @@ def forbid_reading(paths):
                 continue
             try:
                 rule = _PathBeneath(_LANDLOCK_READ_FILE, fd)
-                call(libc.syscall(add, ruleset, _LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0))
+                _checked(libc.syscall(add, ruleset, _LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0))
             finally:
                 os.close(fd)
-        call(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
-        call(libc.syscall(restrict, ruleset, 0))
+    except BaseException:
+        os.close(ruleset)
+        raise
+    return ruleset
+
+
+def forbid_reading(paths):
+    """Make `paths` unreadable to this thread, and every thread and process it starts, for good.
+    Threads already running are not restricted (Landlock asks each thread): in the harness's
+    process (CUDA), pools started while the data was read stay unrestricted."""
+    ruleset = landlock_ruleset(paths)
+    try:
+        libc = _libc()
+        _checked(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+        _checked(libc.syscall(_LANDLOCK_SYSCALLS[2], ruleset, 0))
     finally:
         os.close(ruleset)
 
@@ -625,24 +672,32 @@ class ModelProcess:
         # The cross-entropy here is small next to the model's forward there: one thread, whose
         # spinning workers would otherwise take the cores from the child between batches.
         torch.set_num_threads(1)
+        try:  # applied by the child before anything else (see _restrict_at_start)
+            ruleset, self.note = landlock_ruleset(validation_files()), ""
+        except OSError as exc:
+            ruleset, self.note = None, f"Landlock: {exc.strerror or exc}"
         requests, self._requests = os.pipe()
         self._replies, replies = _wide_pipe()
         argv = [sys.executable, str(HERE / "evaluate.py"), "--serve-model", str(replies),
                 "--checkpoint", str(checkpoint), "--train", str(train_path), "--device", device.type,
                 "--vocab", str(vocab)]  # fmt: skip
         argv += ["--autocast"] if autocast else []
+        argv += ["--ruleset", str(ruleset)] if ruleset is not None else []
         try:
-            self._proc = subprocess.Popen(argv, stdin=requests, stdout=self._output,
-                                          stderr=self._output, pass_fds=(replies,))  # fmt: skip
+            self._proc = subprocess.Popen(
+                argv, stdin=requests, stdout=self._output, stderr=self._output,
+                pass_fds=(replies, *([ruleset] if ruleset is not None else [])),
+                env={**os.environ, "TMPDIR": scratch},  # made before the ruleset: readable
+            )  # fmt: skip
         finally:
-            os.close(requests)
-            os.close(replies)
+            for fd in (requests, replies, *([ruleset] if ruleset is not None else [])):
+                os.close(fd)
         try:
             magic, size = _READY.unpack(self._read(_READY.size, "rebuilding the model"))
             if magic != _MAGIC or not 0 <= size <= 4096:
                 raise ModelContractError("train.py's model process sent something else than its ready message")
-            # why the child could not hide the files, in its own words: shown, not trusted
-            self.note = self._read(size, "rebuilding the model").decode("utf-8", errors="replace")
+            # why the child could not restrict itself, in its own words: shown, not trusted
+            self.note = self.note or self._read(size, "rebuilding the model").decode("utf-8", errors="replace")
         except BaseException:
             self.__exit__()
             raise
@@ -691,32 +746,32 @@ class ModelProcess:
 
 
 def serve_model(reply_fd, checkpoint, train_path, device, autocast, vocab):
-    """The child of ModelProcess: hide the validation files, rebuild the model, then answer
-    requests on stdin until it closes. Runs train.py's code: nothing it sends is trusted."""
-    with tempfile.TemporaryDirectory(prefix="evaluate-model-") as scratch:
-        note = (hide_validation_files(scratch) or "").encode()
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        try:
-            model = build_from_checkpoint(ckpt, train_path, device)
-        except SystemExit as exc:
-            raise ModelContractError(f"train.py exited ({exc.code!r}) while being evaluated") from None
-        _write_all(reply_fd, _READY.pack(_MAGIC, len(note)) + note)
-        while header := _read_exact(0, _REQUEST.size):
-            _, B, T = _REQUEST.unpack(header)
-            x = torch.frombuffer(_read_exact(0, B * T * 8), dtype=torch.int64).view(B, T)
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = model(x.to(device))
-            if not isinstance(logits, torch.Tensor) or logits.ndim != 3 or logits.shape[2] < vocab:
-                raise ModelContractError(
-                    f"model(idx) must return logits of shape ({B}, {T}, >={vocab}); got {logits!r:.200}"
-                )
-            logits = logits[..., :vocab].detach().to("cpu")  # what the harness scores
-            if logits.dtype not in _WIRE_DTYPES:
-                logits = logits.float()
-            logits = torch.Tensor.contiguous(logits.as_subclass(torch.Tensor))
-            header = _REPLY.pack(_MAGIC, *logits.shape, _WIRE_DTYPES.index(logits.dtype))
-            _write_all(reply_fd, header)
-            _write_all(reply_fd, logits.view(torch.uint8).numpy())
+    """The child of ModelProcess (already restricted: _restrict_at_start): rebuild the model,
+    then answer requests on stdin until it closes. Runs train.py's code: nothing it sends is
+    trusted."""
+    note = _LANDLOCK_NOTE.encode()
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    try:
+        model = build_from_checkpoint(ckpt, train_path, device)
+    except SystemExit as exc:
+        raise ModelContractError(f"train.py exited ({exc.code!r}) while being evaluated") from None
+    _write_all(reply_fd, _READY.pack(_MAGIC, len(note)) + note)
+    while header := _read_exact(0, _REQUEST.size):
+        _, B, T = _REQUEST.unpack(header)
+        x = torch.frombuffer(_read_exact(0, B * T * 8), dtype=torch.int64).view(B, T)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(x.to(device))
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 3 or logits.shape[2] < vocab:
+            raise ModelContractError(
+                f"model(idx) must return logits of shape ({B}, {T}, >={vocab}); got {logits!r:.200}"
+            )
+        logits = logits[..., :vocab].detach().to("cpu")  # what the harness scores
+        if logits.dtype not in _WIRE_DTYPES:
+            logits = logits.float()
+        logits = torch.Tensor.contiguous(logits.as_subclass(torch.Tensor))
+        header = _REPLY.pack(_MAGIC, *logits.shape, _WIRE_DTYPES.index(logits.dtype))
+        _write_all(reply_fd, header)
+        _write_all(reply_fd, logits.view(torch.uint8).numpy())
 
 
 # ---------------------------------------------------------------------------
@@ -866,6 +921,7 @@ def main(argv=None, exit_process=False):
     parser.add_argument("--device", help=argparse.SUPPRESS)
     parser.add_argument("--autocast", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ruleset", type=int, help=argparse.SUPPRESS)  # applied at the very start
     args = parser.parse_args(argv)
     code = 0
     if args.serve_model is not None:

