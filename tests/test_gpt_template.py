@@ -462,6 +462,27 @@ def test_the_same_checkpoint_scores_the_same_through_either_command(
     values = [metrics.parse_summary(done.stdout)["val_bpb"] for done in (first, second)]
     assert values[0] == values[1]
     assert values[0] == pytest.approx(math.log2(2048) * 0.27, rel=0.2)  # zero logits: uniform
+    # the model in the harness's process (as on CUDA) scores the same, to the bit
+    inside = sh("python evaluate.py --in-process", honest, env)
+    assert metrics.parse_summary(inside.stdout)["val_bpb"] == values[0], inside.stderr
+    assert "note:" not in first.stderr + second.stderr + inside.stderr  # Landlock works here
+    # where Landlock is not available, the step says so and measures anyway
+    (honest / "no_landlock.py").write_text(NO_LANDLOCK)
+    for flags in ("", "--in-process"):
+        done = sh(f"python no_landlock.py {flags}", honest, env)
+        assert metrics.parse_summary(done.stdout)["val_bpb"] == values[0], done.stderr
+        assert "note: train.py's code could read the validation files from disk (Landlock: " in done.stderr
+
+
+NO_LANDLOCK = """\
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("evaluate", "evaluate.py")
+evaluate = importlib.util.module_from_spec(spec)
+sys.modules["evaluate"] = evaluate
+spec.loader.exec_module(evaluate)
+evaluate._LANDLOCK_SYSCALLS = (-1, -1, -1)  # as on a kernel without it: ENOSYS
+sys.exit(evaluate.main(sys.argv[1:]))
+"""
 
 
 def test_a_diverging_run_stops_with_a_clear_line(
