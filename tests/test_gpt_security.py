@@ -30,6 +30,7 @@ from test_gpt_template import HARNESS_FILES, import_file, sh, task_env  # noqa: 
 
 from autoresearch import metrics, templates  # noqa: E402
 from autoresearch.config import load_config  # noqa: E402
+from autoresearch.executors.sandbox import Sandbox, bwrap_problem  # noqa: E402
 
 VOCAB = 2048  # the cpu preset's vocabulary
 prepared = gpt.prepared  # the cpu-preset task with kjv prepared (once for this module)
@@ -195,6 +196,17 @@ MEASURED_HONESTLY = {  # attack -> the harness measures the uniform distribution
     ),
 }
 
+REPLAY = """{load}
+_forward = Model.forward
+def forward(self, idx):
+    logits = _forward(self, idx).clone()
+    for r, row in enumerate(idx.tolist()):
+        for t in range(len(row) - 1):
+            logits[r, t, _memo.setdefault(tuple(row[: t + 1]), row[t + 1])] += 3
+{save}
+    return logits
+Model.forward = forward"""
+
 # Closed by the model's own process only: in the harness's process (CUDA, --in-process) they
 # work, as the template README says.
 SEPARATION_CLOSES = {
@@ -233,6 +245,16 @@ SEPARATION_CLOSES = {
         "        _counts.index_put_((_ids[:-1], _ids[1:]), torch.ones(len(_ids) - 1), accumulate=True)\n"
         "    _table = _counts.log()\n"
         "    Model.forward = lambda self, idx: _table[idx]"
+    ),
+    # one token ahead when a prefix is new, remembered, and the same answer when a batch comes
+    # back with its future changed: passes checks run by the process that scored
+    "replay": REPLAY.format(load="_memo = {}", save=""),
+    # the same memory kept in a file, for a process that starts later
+    "file_replay": REPLAY.format(
+        load="import json, os\n_path = os.path.join(os.environ.get('TMPDIR', '/tmp'), 'memo.json')\n"
+        "try:\n    _memo = {tuple(k): v for k, v in json.load(open(_path))}\nexcept (OSError, ValueError):\n    _memo = {}",
+        save="    try:\n        json.dump([[list(k), v] for k, v in _memo.items()], open(_path, 'w'))\n"
+        "    except OSError:\n        pass",
     ),
     # a summary written through every descriptor the process holds (the harness keeps a copy of
     # its stdout), then the process ended before the harness prints its own
@@ -442,11 +464,17 @@ def test_logits_of_a_tensor_subclass_break_the_contract_or_lose_their_class(outc
 
 
 def test_what_the_models_own_process_closes(outcomes: dict) -> None:
-    """A dispatcher kernel, a thread older than the Landlock restriction, the harness's saved
-    descriptors: no guard in the harness's process sees them (they work there: the first halves
-    the score, the second reads the validation file, the third prints its own summary); in the
-    model's own process they reach nothing."""
+    """A replay of memorised calls, a dispatcher kernel, a thread older than the Landlock
+    restriction, the harness's saved descriptors: nothing in the harness's process sees them
+    (they work there: the first takes a fifth off the score, the second halves it, the third
+    reads the validation file, the fourth prints its own summary); from the model's own
+    processes they reach nothing."""
     honest = honest_value(outcomes)
+    for attack in ("replay", "file_replay"):  # checked by a fresh process, with no memory of it
+        done = outcomes[attack]
+        assert done.returncode == 3 and "harness: causality check failed" in done.stderr, done.stderr
+    inside = outcomes["replay in process"]
+    assert metrics.parse_summary(inside.stdout)["val_bpb"] < 0.8 * honest, inside.stdout + inside.stderr
     assert metrics.parse_summary(outcomes["old_thread"].stdout)["val_bpb"] == honest
     inside = outcomes["old_thread in process"]
     assert metrics.parse_summary(inside.stdout)["val_bpb"] < 0.8 * honest, inside.stdout + inside.stderr
@@ -564,3 +592,54 @@ def test_protected_data_covers_validation_and_tokenizer_not_training(
         }
         assert covered == wanted, size
         assert not covered & train_files
+
+
+DAEMON = """\
+import os, sys
+def _daemons():
+    found = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            found += b"leftover-daemon" in open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:
+            pass
+    return found
+import ctypes
+_libc = ctypes.CDLL(None)
+print("daemons alive:", _daemons(), "shared memory:", int(_libc.shmget(0x5EED, 0, 0) >= 0), file=sys.stderr)
+_libc.shmget(0x5EED, 4096, 0o1600)  # System V shared memory outlives its process: IPC_CREAT
+if not _daemons() and os.fork() == 0:  # one that outlives the process, in a session of its own
+    os.setsid()
+    if os.fork() == 0:
+        os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(600)", "leftover-daemon"])
+    os._exit(0)
+"""
+
+
+@pytest.mark.skipif(bwrap_problem() is not None, reason=f"bubblewrap cannot run here: {bwrap_problem()}")
+def test_what_the_scoring_process_leaves_is_gone_before_the_checks(tmp_path: Path) -> None:
+    """In the sandbox, the causality checks' fresh process finds nothing the scoring one left
+    (a daemon in a session of its own, or System V shared memory, could hand it the answers the
+    scoring one gave)."""
+    task = tmp_path / "task"
+    templates.write_template("gpt", task, size="cpu")
+    sh("git init -q", task, {})
+    env = {k: v for k, v in task_env(task, tmp_path).items() if k != "AUTORESEARCH_DATA_DIR"}
+    assert sh("python prepare.py", task, env).returncode == 0
+    (task / "train.py").write_text(TRAIN.format(attack=indent(DAEMON)))
+    harness = import_file(task / "prepare.py", "prepare_daemon")
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = torch.nn.Parameter(torch.zeros(VOCAB, VOCAB))
+
+    out = tmp_path / "out"
+    out.mkdir()
+    checkpoint = harness.save_checkpoint(Model(), "build_model", {"vocab_size": VOCAB}, {}, out / "m.pt")
+    box = Sandbox.for_task(load_config(task / "autoresearch.toml"), mode="bwrap")
+    argv = box.prefix("evaluate", cwd=task, worktree=task, writable=[out])
+    done = sh(" ".join([*map(repr, argv), "python", "evaluate.py", "--checkpoint", str(checkpoint)]),
+              task, box.environment(env), timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stderr.count("train.py| daemons alive: 0 shared memory: 0") == 2, done.stderr  # scorer, checker

@@ -58,6 +58,7 @@ _LANDLOCK_NOTE = _restrict_at_start(sys.argv) if __name__ == "__main__" and "--s
 import argparse
 import contextlib
 import ctypes
+import functools
 import importlib.util
 import math
 import random
@@ -226,8 +227,9 @@ def _forward(model, x, device, autocast, vocab):
 
 @torch.no_grad()
 def evaluate_bpb(
-    model, tokenizer, rows, device, batch_size=16, autocast=False, guard=None, rng=None, probes=None
-):
+    model, tokenizer, rows, device, batch_size=16, autocast=False, guard=None, rng=None, probes=None,
+    fresh=None,
+):  # fmt: skip
     """Bits per byte of `model` on validation `rows` (N, T+1), or on a frozen ValidationData.
 
     Cross-entropy is taken here in fp32 from the logits, in nats, summed over targets; the byte
@@ -242,6 +244,11 @@ def evaluate_bpb(
     and checked before any other batch runs; then `probes` more scored batches picked at random
     inside the scoring loop (from `rng`, by default seeded by os.urandom: the model cannot tell
     which). A model that fails is refused (CausalityError).
+
+    `fresh`: a function that ends `model` and returns a new one, in a process that never saw a
+    scored batch (ModelProcess). The checks then all run after the scoring, on that one: a model
+    that looked ahead while scored and remembered what it answered, to answer the same when a
+    batch comes back with its future changed, has nothing to remember there.
     """
     data = rows if isinstance(rows, ValidationData) else ValidationData(rows, tokenizer.token_bytes)
     vocab = data.vocab
@@ -253,6 +260,7 @@ def evaluate_bpb(
     probes = CAUSALITY_PROBES if probes is None else probes
     probed = {first, *rng.sample(rest, min(probes, len(rest)))}
     nats_of = {}  # start -> summed nats of the batch's counted targets
+    later = {}  # start -> logits kept for the fresh model's checks
     for start in [first, *rest]:
         stop = min(start + batch_size, data.num_rows)
         logits = _forward(model, data.inputs(start, stop), device, autocast, vocab)
@@ -263,10 +271,16 @@ def evaluate_bpb(
         nats = _cross_entropy(logits.reshape(-1, vocab), y.reshape(-1), reduction="none")
         nats_of[start] = _tensor_item(_tensor_sum(nats * counted.reshape(-1), dtype=_float64))
         del logits, nats
-        if kept is not None:
+        if kept is not None and fresh is None:
             check_causality(model, data, start, batch_size, device, autocast, rng, base=kept)
+        elif kept is not None:
+            later[start] = kept
         if guard is not None:
             guard.check()
+    if fresh is not None:
+        prober = fresh()
+        for start in [first, *sorted(later.keys() - {first})]:
+            check_causality(prober, data, start, batch_size, device, autocast, rng, base=later[start])
     return sum(nats_of[s] for s in starts) / (_LN2 * data.total_bytes)
 
 
@@ -504,6 +518,12 @@ def relay(file):
 
 _LANDLOCK_SYSCALLS = (444, 445, 446)  # create_ruleset, add_rule, restrict_self: one number on every arch
 _LANDLOCK_READ_FILE = 1 << 2
+# What a confined process may not do at all (no rule grants it), by the ABI that brought it:
+# write, create or remove files (1), link or rename across folders (2), truncate (3); bind or
+# connect TCP (4); reach abstract unix sockets or signal processes outside its domain (6).
+_LANDLOCK_WRITES = {1: 0b1111111110010, 2: 1 << 13, 3: 1 << 14}
+_LANDLOCK_NET_TCP = 0b11  # ABI 4
+_LANDLOCK_SCOPES = 0b11  # ABI 6
 _LANDLOCK_RULE_PATH_BENEATH = 1
 _PR_SET_NO_NEW_PRIVS = 38
 
@@ -553,17 +573,25 @@ def _checked(result):
     return result
 
 
-def landlock_ruleset(paths):
+def landlock_ruleset(paths, confine=False):
     """A Landlock ruleset (a descriptor) that, once applied, leaves the file system readable but
-    `paths` (files or folders). Raises OSError where Landlock is not available (not Linux, an
-    old kernel, a container that filters it)."""
+    `paths` (files or folders). `confine`: and leaves nothing else to the process that could
+    outlive it or reach another one: no file written, created or removed, no TCP, no abstract
+    unix socket or signal outside its domain (each as far as the kernel's Landlock ABI goes).
+    Raises OSError where Landlock is not available (not Linux, an old kernel, a container that
+    filters it)."""
     hidden = {Path(os.path.realpath(p)) for p in paths}
     if not sys.platform.startswith("linux"):
         raise OSError("Landlock is a Linux feature")
     libc = _libc()
     create, add, _ = _LANDLOCK_SYSCALLS
-    handled = ctypes.c_uint64(_LANDLOCK_READ_FILE)  # struct landlock_ruleset_attr, its first field
-    ruleset = _checked(libc.syscall(create, ctypes.byref(handled), ctypes.sizeof(handled), 0))
+    abi = _checked(libc.syscall(create, None, 0, 1)) if confine else 1  # 1: LANDLOCK_CREATE_RULESET_VERSION
+    fs = _LANDLOCK_READ_FILE | sum(bits for since, bits in _LANDLOCK_WRITES.items() if confine and abi >= since)
+    # struct landlock_ruleset_attr: handled_access_fs, handled_access_net (ABI 4), scoped (ABI 6)
+    fields = [fs, _LANDLOCK_NET_TCP if abi >= 4 else 0, _LANDLOCK_SCOPES if abi >= 6 else 0]
+    fields = fields[: 3 if abi >= 6 else 2 if abi >= 4 else 1]
+    attr = (ctypes.c_uint64 * len(fields))(*fields)
+    ruleset = _checked(libc.syscall(create, ctypes.byref(attr), ctypes.sizeof(attr), 0))
     try:
         for path in readable_around(hidden):
             try:
@@ -572,6 +600,13 @@ def landlock_ruleset(paths):
                 continue
             try:
                 rule = _PathBeneath(_LANDLOCK_READ_FILE, fd)
+                _checked(libc.syscall(add, ruleset, _LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0))
+            finally:
+                os.close(fd)
+        if confine and os.path.exists(os.devnull):  # writes to it go nowhere
+            fd = os.open(os.devnull, os.O_PATH | os.O_CLOEXEC)
+            try:
+                rule = _PathBeneath(_LANDLOCK_READ_FILE | 1 << 1, fd)  # and WRITE_FILE
                 _checked(libc.syscall(add, ruleset, _LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0))
             finally:
                 os.close(fd)
@@ -609,12 +644,15 @@ def hide_validation_files(scratch):
 
 # ---------------------------------------------------------------------------
 # The model in a process of its own. Off CUDA, train.py's code never runs in the process that
-# computes the metric: `evaluate.py --serve-model FD` (the child) rebuilds the model, hides the
-# validation files from itself (it never holds them), then answers batches: token ids down its
-# stdin, logits back up descriptor FD as raw bytes, which the harness turns into a tensor of its
-# own. Whatever train.py patches, registers or prints in the child stays there. On CUDA the
-# logits of an evaluation (hundreds of GB for the h100 preset) cannot travel by pipe: the model
-# runs in the harness's process, behind the in-process guards above.
+# computes the metric: `evaluate.py --serve-model FD` (the child) first applies the Landlock
+# ruleset the harness built for it (the validation files, which it never holds, unreadable; no
+# writes), rebuilds the model, then answers batches: token ids down its stdin, logits back up
+# descriptor FD as raw bytes, which the harness turns into a tensor of its own. Whatever train.py
+# patches, registers or prints in the child stays there. The causality checks run in a second
+# child, started once the scoring one has ended and its leftovers are gone (evaluate_bpb's
+# `fresh`, ModelProcess.close). On CUDA the logits of an evaluation (hundreds of GB for the h100
+# preset) cannot travel by pipe: the model runs in the harness's process, behind the in-process
+# guards above.
 # ---------------------------------------------------------------------------
 
 _MAGIC = b"GPTE"
@@ -662,10 +700,11 @@ class ModelProcess:
     a file in `scratch`, relayed with a `train.py| ` prefix when it is closed. Before starting
     it, this process makes itself non-dumpable: a process of the same user cannot read its
     memory or open its descriptors through /proc (the child's Landlock domain forbids ptrace of
-    it too)."""
+    it too). The child is confined (landlock_ruleset's `confine`): it can leave nothing behind
+    for a later one but processes, which `close` kills."""
 
     def __init__(self, checkpoint, train_path, device, autocast, vocab, scratch):
-        self.vocab = vocab
+        self.vocab, self._closed = vocab, False
         self._output = tempfile.TemporaryFile(dir=scratch)  # noqa: SIM115 (closed by relay)
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
@@ -673,7 +712,7 @@ class ModelProcess:
         # spinning workers would otherwise take the cores from the child between batches.
         torch.set_num_threads(1)
         try:  # applied by the child before anything else (see _restrict_at_start)
-            ruleset, self.note = landlock_ruleset(validation_files()), ""
+            ruleset, self.note = landlock_ruleset(validation_files(), confine=True), ""
         except OSError as exc:
             ruleset, self.note = None, f"Landlock: {exc.strerror or exc}"
         requests, self._requests = os.pipe()
@@ -688,6 +727,7 @@ class ModelProcess:
                 argv, stdin=requests, stdout=self._output, stderr=self._output,
                 pass_fds=(replies, *([ruleset] if ruleset is not None else [])),
                 env={**os.environ, "TMPDIR": scratch},  # made before the ruleset: readable
+                start_new_session=True,  # a group of its own: close() kills what it leaves
             )  # fmt: skip
         finally:
             for fd in (requests, replies, *([ruleset] if ruleset is not None else [])):
@@ -699,7 +739,7 @@ class ModelProcess:
             # why the child could not restrict itself, in its own words: shown, not trusted
             self.note = self.note or self._read(size, "rebuilding the model").decode("utf-8", errors="replace")
         except BaseException:
-            self.__exit__()
+            self.close()
             raise
 
     def _read(self, size, doing):
@@ -733,16 +773,71 @@ class ModelProcess:
         return self
 
     def __exit__(self, *exc_info):
+        self.close()
+        return False
+
+    def close(self):
         """Close its input (it leaves), kill what is left of it, relay what it printed."""
+        if self._closed:
+            return
+        self._closed = True
         os.close(self._requests)
         try:
             self._proc.wait(CHILD_EXIT_SECONDS)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+        with contextlib.suppress(OSError):
+            os.killpg(self._proc.pid, 9)  # what it started in its group
+        clear_leftovers()
         os.close(self._replies)
         relay(self._output)
+
+
+def clear_leftovers():
+    """In the sandbox's private PID and IPC namespaces (the evaluate step in bubblewrap), every
+    process but this one and its ancestors is killed, and every System V IPC object and POSIX
+    message queue removed: what a model's process left to answer for a later one (a daemon on a
+    UDP port, shared memory) is gone. Outside the sandbox nothing else is touched: those are
+    the user's."""
+    if os.environ.get("AUTORESEARCH_SANDBOX") != "bwrap" or not _in_bwrap():
+        return
+    ours = _ancestors()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) not in ours:
+            with contextlib.suppress(OSError):
+                os.kill(int(entry), 9)
+    libc = _libc()
+    for kind, remove in (("shm", libc.shmctl), ("msg", libc.msgctl), ("sem", libc.semctl)):
+        with contextlib.suppress(OSError), open(f"/proc/sysvipc/{kind}") as table:
+            for line in table.readlines()[1:]:
+                ipc_id = int(line.split()[1])
+                remove(ipc_id, 0, 0) if kind == "sem" else remove(ipc_id, 0, None)  # IPC_RMID
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/dev/mqueue"):
+            os.unlink(f"/dev/mqueue/{name}")
+
+
+def _in_bwrap():
+    """Process 1 of this PID namespace is bubblewrap, or this process (`--as-pid-1`)."""
+    try:
+        with open("/proc/1/comm") as comm:
+            return os.getpid() == 1 or comm.read().strip() == "bwrap"
+    except OSError:
         return False
+
+
+def _ancestors():
+    """This process's pid and its ancestors'."""
+    found, pid = set(), os.getpid()
+    while pid > 0 and pid not in found:
+        found.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                pid = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return found
 
 
 def serve_model(reply_fd, checkpoint, train_path, device, autocast, vocab):
@@ -857,10 +952,17 @@ def _evaluate(checkpoint_path, train_path, batch_size, in_process, scratch):
     rng = _Random(_urandom(16))  # which batches and cuts the causality checks use
     train_path = train_path or HERE / "train.py"
     if not (on_cuda if in_process is None else in_process):
-        with ModelProcess(checkpoint_path, train_path, device, bf16, data.vocab, scratch) as model:
-            readable = model.note
-            # causality is checked inside, on the scored batches themselves
-            val_bpb = evaluate_bpb(model, None, data, device, batch_size, bf16, None, rng)
+        with contextlib.ExitStack() as stack:
+            start = functools.partial(ModelProcess, checkpoint_path, train_path, device, bf16, data.vocab, scratch)
+            scorer = stack.enter_context(start())
+            readable = scorer.note
+
+            def fresh():  # the scorer ended, with all it left; one that saw no scored batch
+                scorer.close()
+                return stack.enter_context(start())
+
+            # causality is checked on the scored batches themselves, by a fresh process
+            val_bpb = evaluate_bpb(scorer, None, data, device, batch_size, bf16, None, rng, fresh=fresh)
     else:
         val_bpb, readable = _evaluate_in_process(ckpt, train_path, device, data, batch_size, bf16, rng, scratch)
     if readable:
