@@ -181,6 +181,16 @@ READS_DISK = {  # attack -> a modest cheat, well above the floor, from the files
 }
 
 MEASURED_HONESTLY = {  # attack -> the harness measures the uniform distribution anyway
+    # not an attack: an honest train.py that writes a temporary file (torch.compile's cache does)
+    # while the model is rebuilt, in the confined model process
+    "temporary_file": (
+        "import tempfile\n"
+        "with tempfile.NamedTemporaryFile('w+') as _f:\n"
+        "    _f.write('cache')\n"
+        "    _f.flush()\n"
+        "    _f.seek(0)\n"
+        "    assert _f.read() == 'cache'"
+    ),
     # print a better score after the harness's summary, at interpreter exit
     "atexit": "import atexit\natexit.register(lambda: print('---\\nval_bpb: 0.000100', flush=True))",
     # read the targets through the storage behind the input view (rows of T+1 tokens)
@@ -604,23 +614,49 @@ def _daemons():
         except OSError:
             pass
     return found
-import ctypes
+import ctypes, socket
 _libc = ctypes.CDLL(None)
-print("daemons alive:", _daemons(), "shared memory:", int(_libc.shmget(0x5EED, 0, 0) >= 0), file=sys.stderr)
+_udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+_udp.settimeout(0.5)
+try:
+    _udp.sendto(b"?", ("127.0.0.1", 47123))
+    _answers = int(_udp.recv(16) == b"here")
+except OSError:
+    _answers = 0
+print("daemons alive:", _daemons(), "shared memory:", int(_libc.shmget(0x5EED, 0, 0) >= 0),
+      "udp answers:", _answers, "init of its own PID namespace:", int(os.getpid() == 1), file=sys.stderr)
 _libc.shmget(0x5EED, 4096, 0o1600)  # System V shared memory outlives its process: IPC_CREAT
 if not _daemons() and os.fork() == 0:  # one that outlives the process, in a session of its own
     os.setsid()
     if os.fork() == 0:
         os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(600)", "leftover-daemon"])
     os._exit(0)
+if os.fork() == 0:  # 3000 unreaped children: a pass over /proc takes longer
+    os.setsid()
+    for _ in range(3000):
+        if os.fork() == 0:
+            os._exit(0)
+    os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(600)"])
+if os.fork() == 0:  # one on a UDP port, forking on (a new pid each time) for 3 s: one pass misses it
+    os.setsid()
+    _udp.bind(("127.0.0.1", 47123))
+    import time
+    _end = time.time() + 3
+    while time.time() < _end:
+        if os.fork():
+            os._exit(0)
+    while True:
+        _, _addr = _udp.recvfrom(16)
+        _udp.sendto(b"here", _addr)
 """
 
 
 @pytest.mark.skipif(bwrap_problem() is not None, reason=f"bubblewrap cannot run here: {bwrap_problem()}")
 def test_what_the_scoring_process_leaves_is_gone_before_the_checks(tmp_path: Path) -> None:
-    """In the sandbox, the causality checks' fresh process finds nothing the scoring one left
-    (a daemon in a session of its own, or System V shared memory, could hand it the answers the
-    scoring one gave)."""
+    """In the sandbox, the causality checks' fresh process finds nothing the scoring one left:
+    a daemon in a session of its own, one on a UDP port that keeps forking (a new pid each time,
+    so that one pass over /proc misses it), or System V shared memory could hand it the answers
+    the scoring one gave."""
     task = tmp_path / "task"
     templates.write_template("gpt", task, size="cpu")
     sh("git init -q", task, {})
@@ -642,4 +678,6 @@ def test_what_the_scoring_process_leaves_is_gone_before_the_checks(tmp_path: Pat
     done = sh(" ".join([*map(repr, argv), "python", "evaluate.py", "--checkpoint", str(checkpoint)]),
               task, box.environment(env), timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stderr.count("train.py| daemons alive: 0 shared memory: 0") == 2, done.stderr  # scorer, checker
+    # the scorer, then the checker: neither finds anything
+    found = "train.py| daemons alive: 0 shared memory: 0 udp answers: 0 init of its own PID namespace: 1"
+    assert done.stderr.count(found) == 2, done.stderr

@@ -32,11 +32,43 @@ if __name__ == "__main__":  # train.py's `import evaluate` must get this very mo
     sys.modules["evaluate"] = sys.modules["__main__"]
 
 
+def _own_namespaces():
+    """The model's process in namespaces of its own, before anything else: user (for the right
+    to make the others), PID (this process becomes their init: when it ends, the kernel kills
+    everything it started, however it forked), IPC and network (no System V IPC, message queue,
+    UDP or socket a later process could reach). The process that called this waits for its
+    child there, which returns. Returns '' or why not (user namespaces may be disabled)."""
+    import contextlib
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    uid, gid = os.getuid(), os.getgid()
+    if libc.unshare(0x10000000 | 0x20000000 | 0x08000000 | 0x40000000) != 0:  # USER PID IPC NET
+        return f"no namespaces of its own: {os.strerror(ctypes.get_errno())}"
+    with contextlib.suppress(OSError):  # the same ids inside (files, caches keyed by user)
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+    child = os.fork()
+    if child:  # outside: wait, and leave as it did
+        while True:
+            try:
+                _, status = os.waitpid(child, 0)
+                break
+            except InterruptedError:
+                continue
+        code = os.waitstatus_to_exitcode(status)
+        os._exit(code if code >= 0 else 128 - code)
+    libc.prctl(1, 9)  # PR_SET_PDEATHSIG: SIGKILL if the waiting process is killed
+    return ""
+
+
 def _restrict_at_start(argv):
-    """The model's process (ModelProcess's child) applies the Landlock ruleset the harness built
-    for it (`--ruleset FD`) first thing, while it has one thread, before numpy or torch can start
-    another: Landlock restricts the thread that asks and those it starts later, never the ones
-    already running. Returns '' or why the validation files stay readable to it."""
+    """The model's process (ModelProcess's child) takes namespaces of its own and applies the
+    Landlock ruleset the harness built for it (`--ruleset FD`) first thing, while it has one
+    thread, before numpy or torch can start another: Landlock restricts the thread that asks and
+    those it starts later, never the ones already running. Returns '' or why the validation
+    files stay readable to it, or what it can leave behind for a later process."""
     if "--ruleset" not in argv:
         return ""
     import ctypes
@@ -44,13 +76,14 @@ def _restrict_at_start(argv):
     threads = len(os.listdir("/proc/self/task"))
     if threads != 1:
         return f"the model's process had {threads} threads when it started"
+    note = _own_namespaces()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     ruleset = int(argv[argv.index("--ruleset") + 1])
     if libc.prctl(38, 1, 0, 0, 0) < 0 or libc.syscall(446, ruleset, 0) < 0:  # NO_NEW_PRIVS; restrict_self
         return f"Landlock: {os.strerror(ctypes.get_errno())}"
     os.close(ruleset)
-    return ""
+    return note
 
 
 _LANDLOCK_NOTE = _restrict_at_start(sys.argv) if __name__ == "__main__" and "--serve-model" in sys.argv else ""
@@ -63,6 +96,7 @@ import importlib.util
 import math
 import random
 import re
+import shutil
 import struct
 import subprocess
 import tempfile
@@ -573,12 +607,12 @@ def _checked(result):
     return result
 
 
-def landlock_ruleset(paths, confine=False):
+def landlock_ruleset(paths, confine=False, writable=None):
     """A Landlock ruleset (a descriptor) that, once applied, leaves the file system readable but
     `paths` (files or folders). `confine`: and leaves nothing else to the process that could
     outlive it or reach another one: no file written, created or removed, no TCP, no abstract
-    unix socket or signal outside its domain (each as far as the kernel's Landlock ABI goes).
-    Raises OSError where Landlock is not available (not Linux, an old kernel, a container that
+    unix socket or signal outside its domain (each as far as the kernel's Landlock ABI goes),
+    but beneath the folder `writable` and to /dev/null. Raises OSError where Landlock is not available (not Linux, an old kernel, a container that
     filters it)."""
     hidden = {Path(os.path.realpath(p)) for p in paths}
     if not sys.platform.startswith("linux"):
@@ -603,10 +637,12 @@ def landlock_ruleset(paths, confine=False):
                 _checked(libc.syscall(add, ruleset, _LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0))
             finally:
                 os.close(fd)
-        if confine and os.path.exists(os.devnull):  # writes to it go nowhere
-            fd = os.open(os.devnull, os.O_PATH | os.O_CLOEXEC)
+        grants = [(os.devnull, _LANDLOCK_READ_FILE | 1 << 1)]  # WRITE_FILE: writes to it go nowhere
+        grants += [(writable, fs)] if writable is not None else []
+        for path, allowed in grants if confine else []:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
             try:
-                rule = _PathBeneath(_LANDLOCK_READ_FILE | 1 << 1, fd)  # and WRITE_FILE
+                rule = _PathBeneath(allowed, fd)
                 _checked(libc.syscall(add, ruleset, _LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0))
             finally:
                 os.close(fd)
@@ -657,7 +693,7 @@ def hide_validation_files(scratch):
 
 _MAGIC = b"GPTE"
 _REQUEST = struct.Struct("<4sqq")  # magic, B, T; then B*T int64 token ids
-_READY = struct.Struct("<4sq")  # magic, length of the note that follows (why files stay readable)
+_READY = struct.Struct("<4sq")  # magic, length of the note that follows (what it could not do)
 _REPLY = struct.Struct("<4sqqqq")  # magic, B, T, V, dtype code; then B*T*V logits
 _WIRE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # dtype code = index
 _PR_SET_DUMPABLE = 4
@@ -700,21 +736,24 @@ class ModelProcess:
     a file in `scratch`, relayed with a `train.py| ` prefix when it is closed. Before starting
     it, this process makes itself non-dumpable: a process of the same user cannot read its
     memory or open its descriptors through /proc (the child's Landlock domain forbids ptrace of
-    it too). The child is confined (landlock_ruleset's `confine`): it can leave nothing behind
-    for a later one but processes, which `close` kills."""
+    it too). The child takes namespaces of its own (_own_namespaces: what it starts dies with it)
+    and is confined (landlock_ruleset's `confine`): it writes only to a temporary folder of its
+    own, removed when it is closed, so it leaves nothing behind for a later one."""
 
     def __init__(self, checkpoint, train_path, device, autocast, vocab, scratch):
-        self.vocab, self._closed = vocab, False
+        self.vocab, self._closed, self.leftovers = vocab, False, 0
         self._output = tempfile.TemporaryFile(dir=scratch)  # noqa: SIM115 (closed by relay)
+        self._scratch = tempfile.mkdtemp(prefix="model-", dir=scratch)  # its TMPDIR
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
         # The cross-entropy here is small next to the model's forward there: one thread, whose
         # spinning workers would otherwise take the cores from the child between batches.
         torch.set_num_threads(1)
         try:  # applied by the child before anything else (see _restrict_at_start)
-            ruleset, self.note = landlock_ruleset(validation_files(), confine=True), ""
+            ruleset, self.note = landlock_ruleset(validation_files(), confine=True, writable=self._scratch), ""
         except OSError as exc:
-            ruleset, self.note = None, f"Landlock: {exc.strerror or exc}"
+            ruleset = None
+            self.note = f"train.py's code could read the validation files from disk (Landlock: {exc.strerror or exc})"
         requests, self._requests = os.pipe()
         self._replies, replies = _wide_pipe()
         argv = [sys.executable, str(HERE / "evaluate.py"), "--serve-model", str(replies),
@@ -726,7 +765,7 @@ class ModelProcess:
             self._proc = subprocess.Popen(
                 argv, stdin=requests, stdout=self._output, stderr=self._output,
                 pass_fds=(replies, *([ruleset] if ruleset is not None else [])),
-                env={**os.environ, "TMPDIR": scratch},  # made before the ruleset: readable
+                env={**os.environ, "TMPDIR": self._scratch},
                 start_new_session=True,  # a group of its own: close() kills what it leaves
             )  # fmt: skip
         finally:
@@ -736,8 +775,9 @@ class ModelProcess:
             magic, size = _READY.unpack(self._read(_READY.size, "rebuilding the model"))
             if magic != _MAGIC or not 0 <= size <= 4096:
                 raise ModelContractError("train.py's model process sent something else than its ready message")
-            # why the child could not restrict itself, in its own words: shown, not trusted
-            self.note = self.note or self._read(size, "rebuilding the model").decode("utf-8", errors="replace")
+            # what the child could not do to itself, in its own words: shown, not trusted
+            told = self._read(size, "rebuilding the model").decode("utf-8", errors="replace")
+            self.note = self.note or (f"the model's process: {told}" if told else "")
         except BaseException:
             self.close()
             raise
@@ -789,24 +829,30 @@ class ModelProcess:
             self._proc.wait()
         with contextlib.suppress(OSError):
             os.killpg(self._proc.pid, 9)  # what it started in its group
-        clear_leftovers()
+        self.leftovers = clear_leftovers()
+        shutil.rmtree(self._scratch, ignore_errors=True)
         os.close(self._replies)
         relay(self._output)
 
 
-def clear_leftovers():
+def clear_leftovers(seconds=2.0):
     """In the sandbox's private PID and IPC namespaces (the evaluate step in bubblewrap), every
     process but this one and its ancestors is killed, and every System V IPC object and POSIX
     message queue removed: what a model's process left to answer for a later one (a daemon on a
-    UDP port, shared memory) is gone. Outside the sandbox nothing else is touched: those are
-    the user's."""
+    UDP port, shared memory) is gone. Where the model's process had namespaces of its own there
+    is nothing left; without them, processes that fork faster than they are killed can outrun
+    one pass, so passes repeat for up to `seconds`. Returns how many were still alive then (0
+    outside the sandbox: nothing else is touched there, those are the user's)."""
     if os.environ.get("AUTORESEARCH_SANDBOX") != "bwrap" or not _in_bwrap():
-        return
-    ours = _ancestors()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) not in ours:
-            with contextlib.suppress(OSError):
-                os.kill(int(entry), 9)
+        return 0
+    ours, deadline, alive = _ancestors(), time.monotonic() + seconds, 1
+    while alive and time.monotonic() < deadline:
+        alive = 0
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) not in ours and _running(entry):
+                alive += 1
+                with contextlib.suppress(OSError):
+                    os.kill(int(entry), 9)
     libc = _libc()
     for kind, remove in (("shm", libc.shmctl), ("msg", libc.msgctl), ("sem", libc.semctl)):
         with contextlib.suppress(OSError), open(f"/proc/sysvipc/{kind}") as table:
@@ -816,6 +862,16 @@ def clear_leftovers():
     with contextlib.suppress(OSError):
         for name in os.listdir("/dev/mqueue"):
             os.unlink(f"/dev/mqueue/{name}")
+    return alive
+
+
+def _running(pid):
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _in_bwrap():
@@ -955,18 +1011,24 @@ def _evaluate(checkpoint_path, train_path, batch_size, in_process, scratch):
         with contextlib.ExitStack() as stack:
             start = functools.partial(ModelProcess, checkpoint_path, train_path, device, bf16, data.vocab, scratch)
             scorer = stack.enter_context(start())
-            readable = scorer.note
+            note = scorer.note
 
             def fresh():  # the scorer ended, with all it left; one that saw no scored batch
                 scorer.close()
+                if scorer.leftovers:
+                    raise MeasurementRefused(
+                        f"train.py's model process left {scorer.leftovers} process(es) that would "
+                        "not die; the causality checks cannot run apart from them"
+                    )
                 return stack.enter_context(start())
 
             # causality is checked on the scored batches themselves, by a fresh process
             val_bpb = evaluate_bpb(scorer, None, data, device, batch_size, bf16, None, rng, fresh=fresh)
     else:
         val_bpb, readable = _evaluate_in_process(ckpt, train_path, device, data, batch_size, bf16, rng, scratch)
-    if readable:
-        _stderr.write(f"note: train.py's code could read the validation files from disk ({readable})\n")
+        note = f"train.py's code could read the validation files from disk ({readable})" if readable else ""
+    if note:
+        _stderr.write(f"note: {note}\n")
     if val_bpb < MIN_PLAUSIBLE_BPB:
         raise MeasurementRefused(
             f"val_bpb {val_bpb:.4f} is below the plausible floor {MIN_PLAUSIBLE_BPB:g} for this "
