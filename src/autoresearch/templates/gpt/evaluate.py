@@ -74,18 +74,16 @@ def _restrict_at_start(argv):
     import ctypes
 
     threads = len(os.listdir("/proc/self/task"))
-    if threads != 1:
-        return f"the model's process had {threads} threads when it started"
-    note = _own_namespaces()
-    if "--ruleset" not in argv:  # the harness could not build one, and says so itself
-        return note
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    ruleset = int(argv[argv.index("--ruleset") + 1])
-    if libc.prctl(38, 1, 0, 0, 0) < 0 or libc.syscall(446, ruleset, 0) < 0:  # NO_NEW_PRIVS; restrict_self
-        return f"Landlock: {os.strerror(ctypes.get_errno())}"
-    os.close(ruleset)
-    return note
+    notes = [f"it had {threads} threads when it started"] if threads != 1 else []
+    notes += [note] if (note := _own_namespaces()) else []
+    if "--ruleset" in argv:  # else the harness could not build one, and says so itself
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        ruleset = int(argv[argv.index("--ruleset") + 1])
+        if libc.prctl(38, 1, 0, 0, 0) < 0 or libc.syscall(446, ruleset, 0) < 0:  # NO_NEW_PRIVS; restrict_self
+            notes.append(f"Landlock: {os.strerror(ctypes.get_errno())}")
+        os.close(ruleset)
+    return "; ".join(notes)
 
 
 _LANDLOCK_NOTE = _restrict_at_start(sys.argv) if __name__ == "__main__" and "--serve-model" in sys.argv else ""
