@@ -631,12 +631,6 @@ if not _daemons() and os.fork() == 0:  # one that outlives the process, in a ses
     if os.fork() == 0:
         os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(600)", "leftover-daemon"])
     os._exit(0)
-if os.fork() == 0:  # 3000 unreaped children: a pass over /proc takes longer
-    os.setsid()
-    for _ in range(3000):
-        if os.fork() == 0:
-            os._exit(0)
-    os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(600)"])
 if os.fork() == 0:  # one on a UDP port, forking on (a new pid each time) for 3 s: one pass misses it
     os.setsid()
     _udp.bind(("127.0.0.1", 47123))
