@@ -282,3 +282,45 @@ def test_code_whose_run_was_interrupted_is_not_a_duplicate() -> None:
     assert history.duplicate_of("t1") is None
     found = history.duplicate_of("t2")
     assert found is not None and found.id == 2
+
+
+def test_invalid_proposals_made_while_the_baseline_runs_count_towards_max_failures(
+    tmp_path: Path,
+) -> None:
+    """The baseline is the harness's run, not a proposal that worked: an agent that fails twice
+    while it runs and once after has failed three times in a row."""
+    from autoresearch.errors import ProposalError
+
+    released = threading.Event()
+
+    class Failing(Agent):
+        name = "failing"
+        engine: Engine | None = None
+        calls = 0
+
+        def propose(self, context: Context) -> Proposal:
+            self.calls += 1
+            if self.calls == 3:  # two invalid proposals are recorded; the baseline still runs
+                assert self.engine is not None and self.engine.history.best is None
+                released.set()
+                deadline = time.monotonic() + 30
+                while self.engine.history.best is None and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            raise ProposalError(f"malformed reply {self.calls}")
+
+    def run(job: Job) -> FakeRun:
+        if job.experiment_id == 0:
+            assert released.wait(30)
+        return FakeRun(1.0, sleep=0.0)
+
+    agent = Failing()
+    executor = FakeExecutor(run)
+    engine = Engine(load_config(task(tmp_path)), agent, options=SessionOptions(tag="t", max_failures=3),
+                    executor=executor)  # fmt: skip
+    agent.engine = engine
+    summary = engine.run()
+    executor.close()
+    rows = sorted(engine.history.rows, key=lambda r: (r.finished or 0.0, r.id))
+    assert [r.verdict for r in rows] == [Verdict.INVALID, Verdict.INVALID, Verdict.BASELINE, Verdict.INVALID]
+    assert summary.stop_reason.startswith("3 crashes/invalid experiments in a row"), summary.stop_reason
+    assert "malformed reply 3" in summary.stop_reason

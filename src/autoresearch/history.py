@@ -91,9 +91,10 @@ class History:
 
     @cached_property
     def trailing_failures(self) -> int:
-        """Crashes, timeouts and invalid proposals since the last experiment that worked."""
+        """Crashes, timeouts and invalid proposals since the last proposal that worked. The
+        baseline is the harness's run, not a proposal: failures on either side of it add up."""
         count = 0
-        done = [r for r in self.rows if r.verdict is not Verdict.PENDING]
+        done = [r for r in self.rows if r.verdict is not Verdict.PENDING and r.agent != "baseline"]
         for row in sorted(done, key=lambda r: (r.finished or 0.0, r.id), reverse=True):
             if not row.verdict.failed:
                 break
