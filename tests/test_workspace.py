@@ -248,3 +248,23 @@ def test_a_new_module_that_would_shadow_an_installed_one_is_refused(toy_repo: Pa
     ws.checkout(0, base)
     ws.apply(0, Proposal("own", edits=(Edit("helpers.py", content="x = 1\n"),)))
     ws.commit(0, "a module of its own")
+
+
+def test_the_fingerprint_sees_a_git_file_pointed_elsewhere(tmp_path: Path) -> None:
+    """The workspace finds git's folder once; a step that points the repository's `.git` file at
+    an identical copy of that folder (whose hooks it then owns) still changes the fingerprint."""
+    import shutil
+
+    from conftest import make_repo
+
+    toml = '[task]\neditable = ["params.py"]\nrun = "true"\n[metric]\nname = "score"\n'
+    repo = make_repo(tmp_path / "task", {"params.py": "X = 1\n", "autoresearch.toml": toml})
+    admin = tmp_path / "admin"
+    shutil.move(repo / ".git", admin)
+    (repo / ".git").write_text(f"gitdir: {admin}\n")
+    workspace = Workspace(load_config(repo), "t")
+    before = workspace.fingerprint()
+    assert workspace.fingerprint() == before
+    shutil.copytree(admin, tmp_path / "copy")
+    (repo / ".git").write_text(f"gitdir: {tmp_path / 'copy'}\n")
+    assert workspace.fingerprint() != before

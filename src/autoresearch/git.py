@@ -95,20 +95,29 @@ def remove_nested_git(root: Path) -> None:
         dirs[:] = [d for d in dirs if d != ".git"]
 
 
+def git_admin(repo: Path) -> Path | None:
+    """The folder git keeps ``repo``'s config, hooks and objects in (None: not a repository)."""
+    code, common, _ = Git(repo).run("rev-parse", "--path-format=absolute", "--git-common-dir")
+    return Path(common.strip()) if code == 0 else None
+
+
 def git_fingerprint(
-    repo: Path, *, refs: Iterable[str] = (), worktrees: Iterable[Path] = ()
+    repo: Path, *, refs: Iterable[str] = (), worktrees: Iterable[Path] = (), admin: Path | None = None
 ) -> dict[str, str]:
     """Digests of what git obeys in ``repo``: config, hooks, info/, and the given refs' values.
 
-    ``worktrees`` adds each worktree's admin files (``commondir``, ``gitdir``). Compare two
+    ``worktrees`` adds each worktree's admin files (``commondir``, ``gitdir``). ``admin`` is
+    ``git_admin(repo)`` when the caller knows it (one git call fewer); a ``.git`` file that
+    points elsewhere is digested too, so that pointing it at another folder shows. Compare two
     fingerprints taken before and after a step: any difference means the step reached git.
     """
     git = Git(repo)
-    code, common, _ = git.run("rev-parse", "--path-format=absolute", "--git-common-dir")
-    if code != 0:
+    admin = admin or git_admin(repo)
+    if admin is None:
         return {"git": "not a repository"}
-    admin = Path(common.strip())
     prints = {f".git/{name}": _tree_digest(admin / name) for name in _GIT_ADMIN}
+    if (repo / ".git").is_file() or (repo / ".git").is_symlink():
+        prints[".git"] = _tree_digest(repo / ".git")
     for root in worktrees:
         gitfile = root / ".git"
         text = gitfile.read_text(errors="replace") if gitfile.is_file() else ""
@@ -140,6 +149,7 @@ def _tree_digest(path: Path) -> str:
 __all__ = [
     "GIT_HARDENING",
     "Git",
+    "git_admin",
     "git_argv",
     "git_environment",
     "git_fingerprint",

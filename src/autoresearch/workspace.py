@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from autoresearch.config import CONFIG_NAME, STATE_DIR, TaskConfig
 from autoresearch.edits import Allowlist, apply_edits, glob_regex, new_file_reason
 from autoresearch.errors import EditRejected, ProposalError, WorkspaceError
-from autoresearch.git import Git, git_environment, git_fingerprint, remove_nested_git
+from autoresearch.git import Git, git_admin, git_environment, git_fingerprint, remove_nested_git
 from autoresearch.integrity import sha256_files
 from autoresearch.records import Proposal
 
@@ -58,6 +58,7 @@ class Workspace:
         self._tracked_cache: dict[SlotKey, list[str]] = {}
         self._at: dict[SlotKey, str] = {}  # the commit each checkout was last put at
         self._trees: dict[str, str] = {}  # commit -> tree, for the commits made here
+        self._admin: Path | None = None  # git's own folder, found at the first fingerprint
 
     # --- names -------------------------------------------------------------------------
 
@@ -415,7 +416,9 @@ class Workspace:
 
     def fingerprint(self) -> dict[str, str]:
         """What a step must not change in git: admin files, hooks and the session branch."""
-        return git_fingerprint(self.repo, refs=[self.branch_ref])
+        if self._admin is None:
+            self._admin = git_admin(self.repo)
+        return git_fingerprint(self.repo, refs=[self.branch_ref], admin=self._admin)
 
     def restore(self, slot: SlotKey, paths: Iterable[str]) -> None:
         """Put tracked files back as committed (after a run rewrote the harness)."""
