@@ -36,6 +36,9 @@ def test_valid_config_loads_with_defaults(tmp_path: Path) -> None:
     assert config.allowance == 30.0  # max(30 s, budget / 2)
     assert config.judge.min_delta == 0.0 and config.judge.baseline_runs == 5
     assert config.judge.rule == "sequential" and config.judge.max_runs == 5
+    assert config.max_memory_mb is None
+    limited = load_config(write(tmp_path, GOOD.replace("time_budget = 60", "time_budget = 60\nmax_memory_mb = 8192")))
+    assert limited.max_memory_mb == 8192.0
 
 
 def test_folder_path_finds_the_file(tmp_path: Path) -> None:
@@ -95,6 +98,11 @@ BAD = [
         "timeout below budget",
         GOOD.replace("time_budget = 60", "time_budget = 60\ntimeout = 10"),
         "[task] timeout: found 10.0, expected at least time_budget",
+    ),
+    (
+        "memory limit zero",
+        GOOD.replace("time_budget = 60", "time_budget = 60\nmax_memory_mb = 0"),
+        "[task] max_memory_mb: found 0, expected a number > 0",
     ),
     (
         "bad direction",

@@ -252,3 +252,44 @@ def test_what_the_check_step_left_in_the_out_folder_is_gone_before_evaluate(
     result = executor.submit(job(tmp_path, "", check=check, evaluate=evaluate)).result()
     assert result.status is RunStatus.OK, result.reason
     assert result.metric == 0.0
+
+
+MEMORY_HOG = (
+    "import os, sys, time\n"
+    "mine = b'x' * (120 << 20)  # every page written: resident\n"
+    "if os.fork() == 0:  # a child that leaves the group, and one that stays\n"
+    "    os.setsid()\n"
+    "    theirs = b'y' * (120 << 20)\n"
+    "    time.sleep(60)\n"
+    "    os._exit(0)\n"
+    "if os.fork() == 0:\n"
+    "    theirs = b'z' * (120 << 20)\n"
+    "    time.sleep(60)\n"
+    "    os._exit(0)\n"
+    "time.sleep(float(sys.argv[1]))\n"
+    "print('---'); print('score: 1')\n"
+)
+
+
+def test_a_step_whose_processes_together_pass_the_memory_limit_is_killed(
+    executor: Executor, tmp_path: Path
+) -> None:
+    """Three processes of 120 MB each (one in a session of its own), each under a 300-MB limit:
+    together over it, they are killed long before the timeout, and the reason says why."""
+    run = script(tmp_path, "hog.py", MEMORY_HOG) + " 60"
+    start = time.monotonic()
+    result = executor.submit(job(tmp_path, run, timeout=60, max_memory_mb=300)).result()
+    assert result.status is RunStatus.CRASH, result.reason
+    assert "run step killed: its processes held" in result.reason
+    assert "over [task] max_memory_mb = 300" in result.reason
+    held = float(result.reason.split("held ")[1].split(" MB")[0])
+    assert 300 < held < 2000
+    assert time.monotonic() - start < 50
+    assert result.steps[0].over_memory_mb is not None and result.steps[0].over_memory_mb > 300
+
+
+def test_a_step_under_its_memory_limit_is_measured(executor: Executor, tmp_path: Path) -> None:
+    run = script(tmp_path, "hog.py", MEMORY_HOG) + " 1"
+    result = executor.submit(job(tmp_path, run, max_memory_mb=2000)).result()
+    assert result.status is RunStatus.OK and result.metric == 1.0, result.reason
+    assert result.steps[0].over_memory_mb is None

@@ -8,6 +8,7 @@ from the holdout file); an attack that works makes it lower.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -132,7 +133,8 @@ class Outcome:
     job: Job
 
 
-def attack(task: Task, code: str, *, max_log_mb: float = 64.0, **sandbox: object) -> Outcome:
+def attack(task: Task, code: str, *, max_log_mb: float = 64.0, max_memory_mb: float | None = None,
+           **sandbox: object) -> Outcome:  # fmt: skip
     """Commit ``code`` as train.py (as a proposal would) and run the experiment's steps."""
     ws, config = task.workspace, task.config
     workdir = ws.checkout(0, ws.head())
@@ -145,7 +147,7 @@ def attack(task: Task, code: str, *, max_log_mb: float = 64.0, **sandbox: object
         metric=config.metric, log_dir=state / "logs" / "t", out_dir=state / "runs" / "t" / "0001-0",
         evaluate=config.evaluate, time_budget=config.time_budget, timeout=config.timeout,
         env={"AUTORESEARCH_TASK_DIR": str(config.root)}, protected=protected,
-        reset_root=ws.slot_root(0), reset_keep=ws.linked_paths(),
+        reset_root=ws.slot_root(0), reset_keep=ws.linked_paths(), max_memory_mb=max_memory_mb,
     )  # fmt: skip
     result = execute(job, StepRunner(max_log_mb=max_log_mb), sandbox=task.sandbox(**sandbox))
     return Outcome(result, (job.log_dir / f"{job.name}.log").read_text(errors="replace"), job)
@@ -550,6 +552,38 @@ def test_a_double_forked_process_outliving_the_step(task: Task) -> None:
         assert survivors == []
     else:  # not stopped without the sandbox (README: what `none` does not cover)
         assert len(survivors) == 1
+
+
+HIDDEN_HOG = """\
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:  # no group, no parent, no environment: no marker to find
+        code = "x = b'x' * (400 << 20); open('held', 'w').close(); import time; time.sleep(60)"
+        os.execve(sys.executable, [sys.executable, "-c", code], {})
+    os._exit(0)
+for _ in range(600):
+    if os.path.exists("held"):
+        break
+    time.sleep(0.1)
+time.sleep(5)  # the step's memory is looked at 20 times meanwhile
+print("not stopped")
+"""
+
+
+def test_memory_held_by_a_process_that_hid_from_the_step(task: Task) -> None:
+    outcome = attack(task, HIDDEN_HOG, max_memory_mb=300)
+    if mode_of(task) == "bwrap":  # it is still in the step's PID namespace, below bwrap
+        assert outcome.result.status is RunStatus.CRASH, outcome.result.reason
+        assert "run step killed: its processes held" in outcome.result.reason
+        assert "not stopped" not in outcome.log
+    else:  # not found without the sandbox (README: what `none` does not cover)
+        assert_honest(outcome)
+        assert "not stopped" in outcome.log
+        for entry in Path("/proc").glob("[0-9]*"):  # the hidden hog, found by its command line
+            with contextlib.suppress(OSError):
+                if b"400 << 20" in (entry / "cmdline").read_bytes():
+                    os.kill(int(entry.name), signal.SIGKILL)
 
 
 READ_HOLDOUT = """\

@@ -105,6 +105,7 @@ class TaskConfig:
     env: tuple[str, ...] = ()  # names of environment variables passed into sandboxed steps
     holdout: tuple[str, ...] = ()  # globs only the evaluate step may read (validation data)
     max_log_mb: float = 64.0  # per step; a longer log keeps its tail
+    max_memory_mb: float | None = None  # per step, its processes together; None: no limit
     metric: MetricConfig = field(default_factory=MetricConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     cost: CostConfig = field(default_factory=CostConfig)
@@ -192,7 +193,7 @@ class _Section:
 _TASK_KEYS = (
     "instructions", "editable", "protected", "protected_data", "context", "link", "setup", "check", "run",
     "evaluate", "reference", "time_budget", "timeout", "budget_allowance", "sandbox", "network", "env",
-    "holdout", "max_log_mb",
+    "holdout", "max_log_mb", "max_memory_mb",
 )  # fmt: skip
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -235,6 +236,8 @@ def _task(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
         sec.fail("timeout", out["timeout"], f"at least time_budget ({out['time_budget']:g})")
     if "budget_allowance" in sec.table:
         out["budget_allowance"] = sec.number("budget_allowance", 0.0)
+    if "max_memory_mb" in sec.table:
+        out["max_memory_mb"] = sec.number("max_memory_mb", 0.0, positive=True)
     out.update(_sandbox(sec))
     return out
 

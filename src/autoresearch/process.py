@@ -19,7 +19,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ MARKER = "AUTORESEARCH_STEP"  # environment variable that tags every process of 
 SANDBOXED = "AUTORESEARCH_SANDBOX"  # "bwrap" in the environment of a step inside the sandbox
 REFERENCE = "AUTORESEARCH_REFERENCE"  # evaluate's: the reference checkout's task folder (measure --same)
 TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL of a timed-out group
+MEMORY_POLL = 0.25  # seconds between looks at the memory of a step that has a limit
 TAIL_LINES = 40
 DEFAULT_LOG_BYTES = 64 << 20  # a step's log is cut here; the tail in memory is kept
 
@@ -134,6 +135,70 @@ def kill_marked(marker: str) -> list[int]:
     return killed
 
 
+def step_memory_mb(pgid: int, marker: str) -> float:
+    """Memory the processes of one step hold together, in MB: those of its process group, those
+    below its leader (in a sandbox, every process of its PID namespace) and those carrying its
+    marker. Each counts its proportional set size where Linux tells it (a page shared by n
+    processes counts 1/n in each), else its resident size."""
+    stats: dict[int, tuple[int, int, int]] = {}  # pid -> parent, group, resident pages
+    for name in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as fh:
+                    fields = fh.read().rsplit(b")", 1)[1].split()
+                stats[int(name)] = int(fields[1]), int(fields[2]), int(fields[21])
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _, _) in stats.items():
+        children.setdefault(parent, []).append(pid)
+    found = {pid for pid, (_, group, _) in stats.items() if group == pgid}
+    todo = [pgid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    found |= {pid for pid in stats.keys() - found if _carries(pid, marker)}
+    return sum(_process_memory(pid, stats[pid][2]) for pid in found) / 2**20
+
+
+def _carries(pid: int, marker: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return f"{MARKER}={marker}".encode() in fh.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _process_memory(pid: int, rss_pages: int) -> int:
+    """Bytes: the proportional set size from smaps_rollup, else the resident size."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return rss_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+class _MemoryWatch:
+    """A step's memory against its limit: ``over()`` is True once it was found above it."""
+
+    def __init__(self, pgid: int, marker: str, limit_mb: float) -> None:
+        self.pgid, self.marker, self.limit_mb = pgid, marker, limit_mb
+        self.found: float | None = None  # MB when it was found over the limit
+
+    def over(self) -> bool:
+        used = step_memory_mb(self.pgid, self.marker)
+        if used > self.limit_mb:
+            self.found = used
+            kill_group(self.pgid, signal.SIGKILL)  # at once, as the kernel's OOM killer would
+            kill_marked(self.marker)
+        return self.found is not None
+
+
 def tail(path: Path, lines: int = TAIL_LINES) -> str:
     """The last ``lines`` lines of a log file ("" when there is none)."""
     if not path.is_file():
@@ -158,6 +223,7 @@ class StepResult:
     timed_out: bool = False
     output: str = ""  # the end of the output, as read from the command itself
     log_dropped: int = 0  # bytes of output the capped log file no longer holds (its start)
+    over_memory_mb: float | None = None  # what it held when its memory limit killed it
 
 
 class StepRunner:
@@ -182,10 +248,12 @@ class StepRunner:
 
     def step(self, name: str, command: str | list[str], cwd: Path, env: Mapping[str, str],
              log: Path, timeout: float, *, prefix: Sequence[str] = (),
-             stdin: bytes | None = None) -> StepResult:  # fmt: skip
+             stdin: bytes | None = None, max_memory_mb: float | None = None) -> StepResult:  # fmt: skip
         """Run ``command`` (a shell line, or an argv); output to ``log`` and to the result.
 
-        ``prefix`` (a sandbox's argv, e.g. bwrap's) runs the command inside it.
+        ``prefix`` (a sandbox's argv, e.g. bwrap's) runs the command inside it. With
+        ``max_memory_mb``, the step's processes are killed when together they hold more
+        (looked at every ``MEMORY_POLL`` seconds: a step can pass it for that long).
         """
         log.parent.mkdir(parents=True, exist_ok=True)
         marker = uuid.uuid4().hex  # finds processes that left the group (setsid, double fork)
@@ -201,10 +269,12 @@ class StepRunner:
         pidfile = log.with_suffix(".pid")  # lets a resumed session kill what a dead one left
         pidfile.write_text(f"{proc.pid} {start_time(proc.pid) or '?'} {marker}")
         output = _Output(log, self.max_log_bytes)
+        memory = _MemoryWatch(proc.pid, marker, max_memory_mb) if max_memory_mb else None
         try:
             if stdin is not None:
                 _feed(proc, stdin)
-            timed_out = not output.pump(read_fd, proc, start + timeout)
+            stopped = not output.pump(read_fd, proc, start + timeout, memory.over if memory else None)
+            timed_out = stopped and (memory is None or memory.found is None)
             if timed_out:
                 kill_group(proc.pid, signal.SIGTERM)
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -221,7 +291,7 @@ class StepRunner:
                 self._groups.discard(proc.pid)
         code = None if timed_out else proc.returncode
         return StepResult(name, code, time.monotonic() - start, log, timed_out, output.text(),
-                          output.dropped)  # fmt: skip
+                          output.dropped, memory.found if memory else None)  # fmt: skip
 
     def _start(self, name: str, command: str | list[str], cwd: Path, env: Mapping[str, str],
                stdin: bytes | None) -> tuple[subprocess.Popen[bytes], int]:  # fmt: skip
@@ -303,22 +373,32 @@ class _Output:
         """Bytes of output not in the log (0 unless the cap was reached)."""
         return self._dropped
 
-    def pump(self, fd: int, proc: subprocess.Popen[bytes], deadline: float) -> bool:
-        """Copy output until the process exits (True) or the deadline passes (False)."""
+    def pump(self, fd: int, proc: subprocess.Popen[bytes], deadline: float,
+             stop: Callable[[], bool] | None = None) -> bool:  # fmt: skip
+        """Copy output until the process exits (True), or the deadline passes or ``stop``
+        (asked every ``MEMORY_POLL`` seconds) says so (False)."""
+        asked, open_ = 0.0, True
         while proc.poll() is None:
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 return False
-            ready, _, _ = select.select([fd], [], [], min(0.2, left))
+            if stop is not None and now - asked >= MEMORY_POLL:
+                asked = now
+                if stop():
+                    return False
+            wait = min(0.2, left)
+            if not open_:  # the step closed its output: wait for it to exit
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=wait)
+                continue
+            ready, _, _ = select.select([fd], [], [], wait)
             if ready:
                 chunk = os.read(fd, 65536)
                 if chunk:
                     self._add(chunk)
-                else:  # the step closed its output; wait for it to exit
-                    try:
-                        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-                    except subprocess.TimeoutExpired:
-                        return False
+                else:
+                    open_ = False
         return True
 
     def drain(self, fd: int, grace: float = 1.0) -> None:

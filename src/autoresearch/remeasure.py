@@ -132,6 +132,7 @@ def remeasure(
                 run=config.run, metric=config.metric, log_dir=state / "logs" / tag / SLOT,
                 out_dir=state / "runs" / tag / f"{SLOT}-{index}", check=config.check,
                 evaluate=config.evaluate, time_budget=config.time_budget, timeout=config.timeout,
+                max_memory_mb=config.max_memory_mb,
                 seed=experiment_seed(seed, SEED_STREAM, index), pass_env=config.env,
                 env={"AUTORESEARCH_TASK_DIR": str(config.root), "AUTORESEARCH_TAG": tag},
                 protected=workspace.protected_hashes(SLOT), protected_data=data_hashes(config),

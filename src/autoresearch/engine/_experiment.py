@@ -213,7 +213,7 @@ def submit(engine: Engine, flight: Flight) -> None:
         experiment_id=flight.experiment_id, run_index=index, commit=flight.commit,
         workdir=flight.workdir, run=cfg.run, metric=cfg.metric, log_dir=engine.log_dir,
         out_dir=engine.out_dir(name), check=cfg.check, evaluate=cfg.evaluate,
-        time_budget=cfg.time_budget, timeout=cfg.timeout,
+        time_budget=cfg.time_budget, timeout=cfg.timeout, max_memory_mb=cfg.max_memory_mb,
         seed=experiment_seed(engine.options.seed, flight.experiment_id, index),
         env=engine.task_env(), pass_env=cfg.env, slot=flight.slot, protected=engine.protected or {},
         protected_data=engine.protected_data, reset_root=engine.workspace.slot_root(flight.slot),

@@ -35,6 +35,7 @@ class Job:
     evaluate: str = ""
     time_budget: float = 300.0
     timeout: float = 600.0
+    max_memory_mb: float | None = None  # per step: its processes together (None: no limit)
     seed: int = 0
     env: Mapping[str, str] = field(default_factory=dict)  # extra environment variables
     pass_env: tuple[str, ...] = ()  # [task] env: variables handed on even when secret-looking

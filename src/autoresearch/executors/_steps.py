@@ -128,7 +128,8 @@ def _sandboxed_step(job: Job, runner: StepRunner, sandbox: Sandbox | None, name:
                     env: Mapping[str, str], log: Path) -> tuple[StepResult, list[str]]:  # fmt: skip
     """One step, in ``sandbox`` when there is one; also what it changed that it must not."""
     if sandbox is None:
-        return runner.step(name, command, job.workdir, env, log, job.timeout), []
+        return runner.step(name, command, job.workdir, env, log, job.timeout,
+                           max_memory_mb=job.max_memory_mb), []
     worktree = job.reset_root or job.workdir
     writable = [job.out_dir] if name == "evaluate" else [worktree, job.out_dir]
     shown = [job.reference_root] if name == "evaluate" and job.reference_root else []
@@ -139,7 +140,8 @@ def _sandboxed_step(job: Job, runner: StepRunner, sandbox: Sandbox | None, name:
     prefix = sandbox.prefix(name, cwd=job.workdir, worktree=worktree, writable=writable, readonly=shown,
                             first=first is not None)  # fmt: skip
     before = sandbox.fingerprint(worktree)
-    result = runner.step(name, first or command, job.workdir, env, log, job.timeout, prefix=prefix)
+    result = runner.step(name, first or command, job.workdir, env, log, job.timeout, prefix=prefix,
+                         max_memory_mb=job.max_memory_mb)  # fmt: skip
     return result, sandbox.changes(before, sandbox.fingerprint(worktree))
 
 
@@ -172,6 +174,9 @@ def is_measure(argv: Sequence[str]) -> bool:
 def _failure(job: Job, step: StepResult, runner: StepRunner) -> tuple[RunStatus, str] | None:
     if runner.killed:
         return RunStatus.KILLED, f"{step.name} step killed from outside"
+    if step.over_memory_mb is not None:
+        return RunStatus.CRASH, (f"{step.name} step killed: its processes held {step.over_memory_mb:.0f} MB, "
+                                 f"over [task] max_memory_mb = {job.max_memory_mb:g}")  # fmt: skip
     if step.timed_out:
         return RunStatus.TIMEOUT, f"{step.name} step hit the hard timeout ({job.timeout:g} s)"
     if step.returncode is not None and step.returncode < 0:
