@@ -586,6 +586,24 @@ def test_memory_held_by_a_process_that_hid_from_the_step(task: Task) -> None:
                     os.kill(int(entry.name), signal.SIGKILL)
 
 
+TMPFS_HOG = """\
+import time
+with open("/tmp/held", "wb") as fh:  # the sandbox's /tmp: memory, not disk
+    for _ in range(400):
+        fh.write(b"x" * (1 << 20))
+time.sleep(20)
+print("not stopped")
+"""
+
+
+@needs_bwrap
+def test_memory_written_to_the_sandboxs_tmp_counts(tmp_path: Path, venv_template: Path) -> None:
+    outcome = attack(make_task(tmp_path, venv_template, "bwrap"), TMPFS_HOG, max_memory_mb=300)
+    assert outcome.result.status is RunStatus.CRASH, outcome.result.reason
+    assert "run step killed: its processes held" in outcome.result.reason
+    assert "not stopped" not in outcome.log
+
+
 READ_HOLDOUT = """\
 import os
 answer = os.path.join(os.environ["AUTORESEARCH_TASK_DIR"], ".autoresearch", "data", "answer.txt")

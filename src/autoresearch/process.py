@@ -139,7 +139,8 @@ def step_memory_mb(pgid: int, marker: str) -> float:
     """Memory the processes of one step hold together, in MB: those of its process group, those
     below its leader (in a sandbox, every process of its PID namespace) and those carrying its
     marker. Each counts its proportional set size where Linux tells it (a page shared by n
-    processes counts 1/n in each), else its resident size."""
+    processes counts 1/n in each), else its resident size; the tmpfs mounts of their own
+    (the sandbox's /tmp and /dev/shm) count what they hold."""
     stats: dict[int, tuple[int, int, int]] = {}  # pid -> parent, group, resident pages
     for name in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if name.isdigit():
@@ -160,7 +161,49 @@ def step_memory_mb(pgid: int, marker: str) -> float:
                 found.add(child)
                 todo.append(child)
     found |= {pid for pid in stats.keys() - found if _carries(pid, marker)}
-    return sum(_process_memory(pid, stats[pid][2]) for pid in found) / 2**20
+    held = sum(_process_memory(pid, stats[pid][2]) for pid in found)
+    return (held + _tmpfs_bytes(found)) / 2**20
+
+
+def _tmpfs_bytes(pids: Iterable[int]) -> int:
+    """Bytes written to memory-backed file systems the processes mounted for themselves (the
+    sandbox's private /tmp and /dev/shm): RAM that no process's set size shows."""
+    ours = _tmpfs_mounts("self")
+    seen, spaces, total = set(ours), {_namespace("self")}, 0
+    for pid in sorted(pids):
+        space = _namespace(str(pid))
+        if space is None or space in spaces:
+            continue
+        spaces.add(space)
+        for device, point in _tmpfs_mounts(str(pid)).items():
+            if device in seen:
+                continue
+            seen.add(device)
+            with contextlib.suppress(OSError):
+                fs = os.statvfs(f"/proc/{pid}/root{point}")
+                total += (fs.f_blocks - fs.f_bfree) * fs.f_frsize
+    return total
+
+
+def _namespace(pid: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return None
+
+
+def _tmpfs_mounts(pid: str) -> dict[str, str]:
+    """A process's tmpfs mounts: device (major:minor) -> mount point."""
+    mounts: dict[str, str] = {}
+    try:
+        with open(f"/proc/{pid}/mountinfo", "rb") as fh:
+            for line in fh:
+                fields = line.decode(errors="replace").split()
+                if "-" in fields and fields[fields.index("-") + 1] == "tmpfs":
+                    mounts.setdefault(fields[2], fields[4].replace("\\040", " "))
+    except OSError:
+        pass
+    return mounts
 
 
 def _carries(pid: int, marker: str) -> bool:
