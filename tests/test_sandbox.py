@@ -604,6 +604,31 @@ def test_memory_written_to_the_sandboxs_tmp_counts(tmp_path: Path, venv_template
     assert "not stopped" not in outcome.log
 
 
+SHARED_TENSORS = """\
+import mmap, os, time
+with open("/dev/shm/batch", "w+b") as fh:  # as a data loader's workers share their batches
+    fh.truncate(200 << 20)
+    view = mmap.mmap(fh.fileno(), 200 << 20)
+    view[:] = b"x" * (200 << 20)
+    if os.fork() == 0:
+        assert view[::4096].count(b"x") == 51200  # the same 200 MB, mapped by a second process
+        time.sleep(1.5)
+        os._exit(0)
+    time.sleep(1.5)
+    os.wait()
+print("shared 200 MB")
+"""
+
+
+@needs_bwrap
+def test_shared_memory_counts_once(tmp_path: Path, venv_template: Path) -> None:
+    """200 MB in /dev/shm, mapped by two processes: under a 300-MB limit, not 400 or 600."""
+    task = make_task(tmp_path, venv_template, "bwrap")
+    outcome = attack(task, SHARED_TENSORS, max_memory_mb=300)
+    assert_honest(outcome)
+    assert "shared 200 MB" in outcome.log
+
+
 READ_HOLDOUT = """\
 import os
 answer = os.path.join(os.environ["AUTORESEARCH_TASK_DIR"], ".autoresearch", "data", "answer.txt")

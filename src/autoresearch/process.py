@@ -139,8 +139,9 @@ def step_memory_mb(pgid: int, marker: str) -> float:
     """Memory the processes of one step hold together, in MB: those of its process group, those
     below its leader (in a sandbox, every process of its PID namespace) and those carrying its
     marker. Each counts its proportional set size where Linux tells it (a page shared by n
-    processes counts 1/n in each), else its resident size; the tmpfs mounts of their own
-    (the sandbox's /tmp and /dev/shm) count what they hold."""
+    processes counts 1/n in each), else its resident size. The tmpfs mounts of their own
+    (the sandbox's /tmp and /dev/shm) count what they hold, in place of the shared memory the
+    processes map when that is less (the same pages, mostly)."""
     stats: dict[int, tuple[int, int, int]] = {}  # pid -> parent, group, resident pages
     for name in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if name.isdigit():
@@ -161,8 +162,12 @@ def step_memory_mb(pgid: int, marker: str) -> float:
                 found.add(child)
                 todo.append(child)
     found |= {pid for pid in stats.keys() - found if _carries(pid, marker)}
-    held = sum(_process_memory(pid, stats[pid][2]) for pid in found)
-    return (held + _tmpfs_bytes(found)) / 2**20
+    own = shared = 0
+    for pid in found:
+        pss, shmem = _process_memory(pid, stats[pid][2])
+        own, shared = own + pss - shmem, shared + shmem
+    # shared memory mapped by the processes is mostly files in the tmpfs mounts: each page once
+    return (own + max(shared, _tmpfs_bytes(found))) / 2**20
 
 
 def _tmpfs_bytes(pids: Iterable[int]) -> int:
@@ -214,16 +219,21 @@ def _carries(pid: int, marker: str) -> bool:
         return False
 
 
-def _process_memory(pid: int, rss_pages: int) -> int:
-    """Bytes: the proportional set size from smaps_rollup, else the resident size."""
+def _process_memory(pid: int, rss_pages: int) -> tuple[int, int]:
+    """Bytes: the proportional set size and the shared memory part of it, from smaps_rollup;
+    else the resident size (and 0)."""
+    found: dict[bytes, int] = {}
     try:
         with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
             for line in fh:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+                key, _, rest = line.partition(b":")
+                if key in (b"Pss", b"Pss_Shmem"):
+                    found[key] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
         pass
-    return rss_pages * os.sysconf("SC_PAGE_SIZE")
+    if b"Pss" not in found:
+        return rss_pages * os.sysconf("SC_PAGE_SIZE"), 0
+    return found[b"Pss"], found.get(b"Pss_Shmem", 0)
 
 
 class _MemoryWatch:
