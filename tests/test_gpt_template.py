@@ -396,6 +396,39 @@ def test_causality_is_checked_on_the_scored_batches(
         evaluator.evaluate_bpb(Later(vocab), None, data, cpu, batch_size=4, probes=1)
 
 
+def test_a_fresh_checker_checks_every_scored_batch(harness: ModuleType, evaluator: ModuleType) -> None:
+    """Off CUDA the checks run in a fresh process after the scoring, on every scored batch: a
+    model that looks ahead on one batch of four is refused, whichever batch and whatever the
+    draw (with three of four checked, one draw in four let it through)."""
+    import random
+
+    tok = harness.Tokenizer.from_directory()
+    vocab = tok.vocab_size
+    data = evaluator.ValidationData(evaluator.validation_rows(tok, tokens=8 * 32, seq_len=32),
+                                    tok.token_bytes)  # fmt: skip
+    cpu = torch.device("cpu")
+
+    class OneBatch(Bigram):  # peeks on the batch whose rows' second tokens are these (first: BOS)
+        def __init__(self, marks: torch.Tensor) -> None:
+            super().__init__(vocab)
+            self.marks = marks
+
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
+            logits = self.table[idx]
+            if idx.shape[0] == 2 and torch.equal(idx[:, 1], self.marks):
+                ahead = torch.roll(idx, -1, dims=1)
+                logits = logits + 10 * torch.nn.functional.one_hot(ahead, vocab).float()
+            return logits
+
+    assert len({tuple(data.inputs(s, s + 2)[:, 1].tolist()) for s in range(0, 8, 2)}) == 4
+    for start in range(0, 8, 2):
+        model = OneBatch(data.inputs(start, start + 2)[:, 1].clone())
+        for seed in range(6):
+            with pytest.raises(evaluator.CausalityError):
+                evaluator.evaluate_bpb(model, None, data, cpu, batch_size=2, rng=random.Random(seed),
+                                       fresh=lambda model=model: model)  # fmt: skip
+
+
 def test_the_loader_serves_the_training_split_only(harness: ModuleType) -> None:
     tok = harness.Tokenizer.from_directory()
     for split in ("val", "validation", "test"):

@@ -251,6 +251,9 @@ class CausalityError(MeasurementRefused):
 
 
 CAUSALITY_PROBES = 2  # scored batches, picked at random, re-run with their future changed
+# A fresh checker (off CUDA) re-runs every scored batch while their logits fit in this; past it,
+# as many as fit, picked at random (the cpu preset's four batches: 67 MB each in fp32)
+CHECKED_LOGITS_BYTES = 1 << 30
 # Nats of log-probability a causal model's logits may move when the future changes. Exact math
 # (fp32), and any precision on CPU, where kernels give a causal model the same bits whatever
 # the rest of the batch holds (measured under bf16: 0.0): 1e-3. bf16/fp16 on an accelerator,
@@ -290,7 +293,9 @@ def evaluate_bpb(
     `fresh`: a function that ends `model` and returns a new one, in a process that never saw a
     scored batch (ModelProcess). The checks then all run after the scoring, on that one: a model
     that looked ahead while scored and remembered what it answered, to answer the same when a
-    batch comes back with its future changed, has nothing to remember there.
+    batch comes back with its future changed, has nothing to remember there. They cover every
+    scored batch (unless `probes` says otherwise, or their logits pass CHECKED_LOGITS_BYTES): a
+    model that looks ahead on some batches only cannot hope the draw misses them.
     """
     data = rows if isinstance(rows, ValidationData) else ValidationData(rows, tokenizer.token_bytes)
     vocab = data.vocab
@@ -299,6 +304,9 @@ def evaluate_bpb(
     full = [s for s in starts if s + batch_size <= data.num_rows] or starts
     first = rng.choice(full)
     rest = [s for s in starts if s != first]
+    if probes is None and fresh is not None:
+        kept_bytes = batch_size * (data.row_len - 1) * vocab * 4  # fp32 at most
+        probes = max(CAUSALITY_PROBES, CHECKED_LOGITS_BYTES // kept_bytes - 1)
     probes = CAUSALITY_PROBES if probes is None else probes
     probed = {first, *rng.sample(rest, min(probes, len(rest)))}
     nats_of = {}  # start -> summed nats of the batch's counted targets
