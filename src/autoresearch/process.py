@@ -1,4 +1,5 @@
-"""Processes: start, mark, time out and kill process groups; which variables are secret.
+"""Processes: start, mark, time out, hold to a memory limit and kill process groups; which
+variables are secret.
 
 The one place that runs a command for autoresearch: the steps of a run, the task's
 ``setup`` and the ``command`` agent's CLI all go through ``StepRunner.step``. Each command
