@@ -288,6 +288,48 @@ def test_a_step_whose_processes_together_pass_the_memory_limit_is_killed(
     assert result.steps[0].over_memory_mb is not None and result.steps[0].over_memory_mb > 300
 
 
+def test_pages_forked_workers_share_count_once(executor: Executor, tmp_path: Path) -> None:
+    """200 MB written before forking three idle workers: 800 MB resident in all, 200 MB of RAM."""
+    run = script(tmp_path, "workers.py", (
+        "import os, time\n"
+        "batch = b'x' * (200 << 20)\n"
+        "for _ in range(3):\n"
+        "    if os.fork() == 0:\n"
+        "        time.sleep(2)\n"
+        "        os._exit(0)\n"
+        "time.sleep(2)\n"
+        "print('---'); print('score: 1')\n"
+    ))  # fmt: skip
+    result = executor.submit(job(tmp_path, run, max_memory_mb=400)).result()
+    assert result.status is RunStatus.OK, result.reason
+
+
+def test_what_the_memory_limit_counts_it_kills(executor: Executor, tmp_path: Path) -> None:
+    """A child in a session of its own without the step's environment, and a grandchild handed
+    to init that kept it: both counted, both killed."""
+    run = script(tmp_path, "spread.py", (
+        "import os, sys, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    code = \"import os, time; open('child', 'w').write(str(os.getpid())); x = b'x' * (200 << 20);"
+        " time.sleep(60)\"\n"
+        "    os.execve(sys.executable, [sys.executable, '-c', code], {})\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        open('grandchild', 'w').write(str(os.getpid()))\n"
+        "        x = b'y' * (200 << 20)\n"
+        "        time.sleep(60)\n"
+        "    os._exit(0)\n"
+        "time.sleep(60)\n"
+    ))  # fmt: skip
+    result = executor.submit(job(tmp_path, run, timeout=90, max_memory_mb=300)).result()
+    assert result.status is RunStatus.CRASH and "max_memory_mb = 300" in result.reason, result.reason
+    time.sleep(0.2)
+    for name in ("child", "grandchild"):
+        assert not _alive(int((tmp_path / name).read_text())), name
+
+
 def test_a_step_under_its_memory_limit_is_measured(executor: Executor, tmp_path: Path) -> None:
     run = script(tmp_path, "hog.py", MEMORY_HOG) + " 1"
     result = executor.submit(job(tmp_path, run, max_memory_mb=2000)).result()

@@ -136,39 +136,84 @@ def kill_marked(marker: str) -> list[int]:
     return killed
 
 
-def step_memory_mb(pgid: int, marker: str) -> float:
-    """Memory the processes of one step hold together, in MB: those of its process group, those
-    below its leader (in a sandbox, every process of its PID namespace) and those carrying its
-    marker. Each counts its proportional set size where Linux tells it (a page shared by n
-    processes counts 1/n in each), else its resident size. The tmpfs mounts of their own
-    (the sandbox's /tmp and /dev/shm) count what they hold, in place of the shared memory the
-    processes map when that is less (the same pages, mostly)."""
-    stats: dict[int, tuple[int, int, int]] = {}  # pid -> parent, group, resident pages
+def step_processes(pgid: int, marker: str, known: dict[tuple[int, bytes], bool] | None = None) -> dict[int, bytes]:
+    """The processes of one step, pid -> start time: its process group, everything below its
+    leader (in a sandbox, every process of its PID namespace) and what carries its marker.
+    ``known`` remembers which processes carry the marker, so that each environment is read once."""
+    stats: dict[int, tuple[int, int, bytes]] = {}  # pid -> parent, group, start time
     for name in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if name.isdigit():
             try:
                 with open(f"/proc/{name}/stat", "rb") as fh:
                     fields = fh.read().rsplit(b")", 1)[1].split()
-                stats[int(name)] = int(fields[1]), int(fields[2]), int(fields[21])
+                stats[int(name)] = int(fields[1]), int(fields[2]), fields[19]
             except (OSError, ValueError, IndexError):
                 continue  # gone meanwhile
     children: dict[int, list[int]] = {}
     for pid, (parent, _, _) in stats.items():
         children.setdefault(parent, []).append(pid)
     found = {pid for pid, (_, group, _) in stats.items() if group == pgid}
-    todo = [pgid]
-    while todo:
+    below, todo = set(), [pgid, *found]
+    while todo:  # everything below the leader, and below what else the group holds
         for child in children.get(todo.pop(), ()):
-            if child not in found:
-                found.add(child)
+            if child not in below:
+                below.add(child)
                 todo.append(child)
-    found |= {pid for pid in stats.keys() - found if _carries(pid, marker)}
-    own = shared = 0
-    for pid in found:
-        pss, shmem = _process_memory(pid, stats[pid][2])
-        own, shared = own + pss - shmem, shared + shmem
-    # shared memory mapped by the processes is mostly files in the tmpfs mounts: each page once
-    return (own + max(shared, _tmpfs_bytes(found))) / 2**20
+    found |= below
+    known = {} if known is None else known
+    for pid in stats.keys() - found:
+        key = (pid, stats[pid][2])
+        if key not in known:
+            known[key] = _carries(pid, marker)
+        if known[key]:
+            found.add(pid)
+    return {pid: stats[pid][2] for pid in found}
+
+
+def held_mb(pids: Iterable[int], *, exact: bool = False) -> float:
+    """RAM the processes hold together, in MB: their anonymous memory, and their shared memory
+    or what the tmpfs mounts of their own (the sandbox's /tmp and /dev/shm) hold, the larger
+    (the same pages, mostly). Pages of files on disk are left out: the kernel can drop them.
+
+    Resident sizes (cheap, from /proc/PID/status) count a page that forked processes share once
+    in each: an upper bound. ``exact`` takes proportional sizes (smaps_rollup: 1/n of a page in
+    each of n processes), where the process's memory map can be read."""
+    pids = list(pids)
+    anon = shared = 0
+    for pid in pids:
+        a, s = (_proportional(pid) if exact else None) or _resident(pid)
+        anon, shared = anon + a, shared + s
+    return (anon + max(shared, _tmpfs_bytes(pids))) / 2**20
+
+
+def _resident(pid: int) -> tuple[int, int]:
+    """Bytes of anonymous and shared memory resident in the process (0, 0 when it is gone)."""
+    found = {b"RssAnon": 0, b"RssShmem": 0}
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                key, _, rest = line.partition(b":")
+                if key in found:
+                    found[key] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return found[b"RssAnon"], found[b"RssShmem"]
+
+
+def _proportional(pid: int) -> tuple[int, int] | None:
+    """Proportional bytes of anonymous and shared memory (None where Linux does not tell)."""
+    found: dict[bytes, int] = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+            for line in fh:
+                key, _, rest = line.partition(b":")
+                if key in (b"Pss_Anon", b"Pss_Shmem"):
+                    found[key] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    if len(found) < 2:
+        return None
+    return found[b"Pss_Anon"], found[b"Pss_Shmem"]
 
 
 def _tmpfs_bytes(pids: Iterable[int]) -> int:
@@ -220,35 +265,29 @@ def _carries(pid: int, marker: str) -> bool:
         return False
 
 
-def _process_memory(pid: int, rss_pages: int) -> tuple[int, int]:
-    """Bytes: the proportional set size and the shared memory part of it, from smaps_rollup;
-    else the resident size (and 0)."""
-    found: dict[bytes, int] = {}
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
-            for line in fh:
-                key, _, rest = line.partition(b":")
-                if key in (b"Pss", b"Pss_Shmem"):
-                    found[key] = int(rest.split()[0]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    if b"Pss" not in found:
-        return rss_pages * os.sysconf("SC_PAGE_SIZE"), 0
-    return found[b"Pss"], found.get(b"Pss_Shmem", 0)
-
-
 class _MemoryWatch:
-    """A step's memory against its limit: ``over()`` is True once it was found above it."""
+    """A step's memory against its limit: ``over()`` is True once it was found above it (and
+    every process counted was killed)."""
 
     def __init__(self, pgid: int, marker: str, limit_mb: float) -> None:
         self.pgid, self.marker, self.limit_mb = pgid, marker, limit_mb
         self.found: float | None = None  # MB when it was found over the limit
+        self._marked: dict[tuple[int, bytes], bool] = {}
 
     def over(self) -> bool:
-        used = step_memory_mb(self.pgid, self.marker)
+        if self.found is not None:
+            return True
+        processes = step_processes(self.pgid, self.marker, self._marked)
+        used = held_mb(processes)  # the cheap upper bound first
+        if used > self.limit_mb:
+            used = held_mb(processes, exact=True)
         if used > self.limit_mb:
             self.found = used
             kill_group(self.pgid, signal.SIGKILL)  # at once, as the kernel's OOM killer would
+            for pid, started in processes.items():
+                if start_time(pid) == started.decode():  # the same process, not a reused pid
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
             kill_marked(self.marker)
         return self.found is not None
 
@@ -441,7 +480,7 @@ class _Output:
                 asked = now
                 if stop():
                     return False
-            wait = min(0.2, left)
+            wait = min(0.2, left) if stop is None else max(0.0, min(0.2, left, asked + MEMORY_POLL - now))
             if not open_:  # the step closed its output: wait for it to exit
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=wait)
