@@ -207,13 +207,13 @@ def _proportional(pid: int) -> tuple[int, int] | None:
         with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
             for line in fh:
                 key, _, rest = line.partition(b":")
-                if key in (b"Pss_Anon", b"Pss_Shmem"):
+                if key in (b"Pss", b"Pss_Anon", b"Pss_Shmem"):
                     found[key] = int(rest.split()[0]) * 1024
     except (OSError, ValueError, IndexError):
         return None
-    if len(found) < 2:
-        return None
-    return found[b"Pss_Anon"], found[b"Pss_Shmem"]
+    if b"Pss_Anon" in found:
+        return found[b"Pss_Anon"], found.get(b"Pss_Shmem", 0)
+    return (found[b"Pss"], 0) if b"Pss" in found else None  # older kernels: with files' pages
 
 
 def _tmpfs_bytes(pids: Iterable[int]) -> int:
