@@ -609,7 +609,9 @@ import mmap, os, time
 with open("/dev/shm/batch", "w+b") as fh:  # as a data loader's workers share their batches
     fh.truncate(200 << 20)
     view = mmap.mmap(fh.fileno(), 200 << 20)
-    view[:] = b"x" * (200 << 20)
+    chunk = b"x" * (1 << 20)
+    for i in range(200):  # a megabyte at a time: no 200-MB bytes object on the side
+        view[i << 20 : (i + 1) << 20] = chunk
     if os.fork() == 0:
         assert view[::4096].count(b"x") == 51200  # the same 200 MB, mapped by a second process
         time.sleep(1.5)
