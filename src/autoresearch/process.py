@@ -124,29 +124,26 @@ def _read_pidfile(path: Path) -> tuple[int, str, str]:
 
 def kill_marked(marker: str) -> list[int]:
     """SIGKILL every process whose environment carries ``MARKER=marker`` (Linux /proc)."""
-    needle = f"{MARKER}={marker}".encode()
     killed = []
     for entry in Path("/proc").glob("[0-9]*") if Path("/proc").is_dir() else []:
-        try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
+        if _carries(int(entry.name), marker):
+            with contextlib.suppress(OSError):
                 os.kill(int(entry.name), signal.SIGKILL)
                 killed.append(int(entry.name))
-        except (OSError, ValueError):
-            continue
     return killed
 
 
-def step_processes(pgid: int, marker: str, known: dict[tuple[int, bytes], bool] | None = None) -> dict[int, bytes]:
+def step_processes(pgid: int, marker: str, known: dict[tuple[int, str], bool] | None = None) -> dict[int, str]:
     """The processes of one step, pid -> start time: its process group, everything below its
     leader (in a sandbox, every process of its PID namespace) and what carries its marker.
     ``known`` remembers which processes carry the marker, so that each environment is read once."""
-    stats: dict[int, tuple[int, int, bytes]] = {}  # pid -> parent, group, start time
+    stats: dict[int, tuple[int, int, str]] = {}  # pid -> parent, group, start time (as start_time)
     for name in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if name.isdigit():
             try:
                 with open(f"/proc/{name}/stat", "rb") as fh:
                     fields = fh.read().rsplit(b")", 1)[1].split()
-                stats[int(name)] = int(fields[1]), int(fields[2]), fields[19]
+                stats[int(name)] = int(fields[1]), int(fields[2]), fields[19].decode()
             except (OSError, ValueError, IndexError):
                 continue  # gone meanwhile
     children: dict[int, list[int]] = {}
@@ -186,30 +183,30 @@ def held_mb(pids: Iterable[int], *, exact: bool = False) -> float:
     return (anon + max(shared, _tmpfs_bytes(pids))) / 2**20
 
 
-def _resident(pid: int) -> tuple[int, int]:
-    """Bytes of anonymous and shared memory resident in the process (0, 0 when it is gone)."""
-    found = {b"RssAnon": 0, b"RssShmem": 0}
+def _sizes(path: str, keys: tuple[bytes, ...]) -> dict[bytes, int] | None:
+    """The ``key: N kB`` lines of a /proc file that ``keys`` names, in bytes (None: unreadable)."""
+    found: dict[bytes, int] = {}
     try:
-        with open(f"/proc/{pid}/status", "rb") as fh:
+        with open(path, "rb") as fh:
             for line in fh:
                 key, _, rest = line.partition(b":")
-                if key in found:
+                if key in keys:
                     found[key] = int(rest.split()[0]) * 1024
     except (OSError, ValueError, IndexError):
-        pass
-    return found[b"RssAnon"], found[b"RssShmem"]
+        return None
+    return found
+
+
+def _resident(pid: int) -> tuple[int, int]:
+    """Bytes of anonymous and shared memory resident in the process (0, 0 when it is gone)."""
+    found = _sizes(f"/proc/{pid}/status", (b"RssAnon", b"RssShmem")) or {}
+    return found.get(b"RssAnon", 0), found.get(b"RssShmem", 0)
 
 
 def _proportional(pid: int) -> tuple[int, int] | None:
     """Proportional bytes of anonymous and shared memory (None where Linux does not tell)."""
-    found: dict[bytes, int] = {}
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
-            for line in fh:
-                key, _, rest = line.partition(b":")
-                if key in (b"Pss", b"Pss_Anon", b"Pss_Shmem"):
-                    found[key] = int(rest.split()[0]) * 1024
-    except (OSError, ValueError, IndexError):
+    found = _sizes(f"/proc/{pid}/smaps_rollup", (b"Pss", b"Pss_Anon", b"Pss_Shmem"))
+    if found is None:
         return None
     if b"Pss_Anon" in found:
         return found[b"Pss_Anon"], found.get(b"Pss_Shmem", 0)
@@ -219,8 +216,7 @@ def _proportional(pid: int) -> tuple[int, int] | None:
 def _tmpfs_bytes(pids: Iterable[int]) -> int:
     """Bytes written to memory-backed file systems the processes mounted for themselves (the
     sandbox's private /tmp and /dev/shm): RAM that no process's set size shows."""
-    ours = _tmpfs_mounts("self")
-    seen, spaces, total = set(ours), {_namespace("self")}, 0
+    seen, spaces, total = set(_tmpfs_mounts("self")), {_namespace("self")}, 0
     for pid in sorted(pids):
         space = _namespace(str(pid))
         if space is None or space in spaces:
@@ -272,7 +268,7 @@ class _MemoryWatch:
     def __init__(self, pgid: int, marker: str, limit_mb: float) -> None:
         self.pgid, self.marker, self.limit_mb = pgid, marker, limit_mb
         self.found: float | None = None  # MB when it was found over the limit
-        self._marked: dict[tuple[int, bytes], bool] = {}
+        self._marked: dict[tuple[int, str], bool] = {}
 
     def over(self) -> bool:
         if self.found is not None:
@@ -285,7 +281,7 @@ class _MemoryWatch:
             self.found = used
             kill_group(self.pgid, signal.SIGKILL)  # at once, as the kernel's OOM killer would
             for pid, started in processes.items():
-                if start_time(pid) == started.decode():  # the same process, not a reused pid
+                if start_time(pid) == started:  # the same process, not a reused pid
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)
             kill_marked(self.marker)
