@@ -178,6 +178,19 @@ READS_DISK = {  # attack -> a modest cheat, well above the floor, from the files
         "import prepare\n_val = prepare.kjv_documents()[::prepare.VAL_EVERY]\n"
         "Model.forward = lambda self, idx: self.table[idx] + 1e-3 * len(_val)"
     ),
+    # training outside the time budget: a bigram table fitted on the training split while the
+    # model is rebuilt (counts: the scoring and the checking process fit the same table, so
+    # every causality check passes, and it takes the uniform model's score down by a third)
+    "train_while_evaluated": (
+        "import prepare, pyarrow.parquet as pq\n"
+        "_texts = pq.read_table(prepare.read_manifest()['train'][0][0]).column('text').to_pylist()[:400]\n"
+        "_counts = torch.ones(2048, 2048)\n"
+        "for _ids in prepare.Tokenizer.from_directory().encode(_texts, prepend=2047):\n"
+        "    _ids = torch.tensor(_ids)\n"
+        "    _counts.index_put_((_ids[:-1], _ids[1:]), torch.ones(len(_ids) - 1), accumulate=True)\n"
+        "_table = _counts.log()\n"
+        "Model.forward = lambda self, idx: _table[idx]"
+    ),
 }
 
 MEASURED_HONESTLY = {  # attack -> the harness measures the uniform distribution anyway

@@ -182,7 +182,7 @@ class ValidationData:
     count is a plain int computed up front. That keeps the targets out of the model's arguments,
     not out of its reach: isolation inside one process is best effort. The model's code runs in
     this process and can walk the stack or scan memory to find these bytes (the files on disk
-    it cannot open where Landlock works: hide_validation_files). The causality checks and the
+    it cannot open where Landlock works: hide_data_files). The causality checks and the
     plausibility floor (MIN_PLAUSIBLE_BPB) are tripwires for that; only a metric computed in
     another process than the model's would close it (README.md, "What the harness guarantees")."""
 
@@ -559,10 +559,11 @@ def relay(file):
 
 
 # ---------------------------------------------------------------------------
-# The validation files, unreadable once read. The metric's data is in memory before train.py
-# runs in this process; from then on this process (and whatever it starts) cannot open the
-# validation files or the raw text they were cut from: Landlock (Linux >= 5.13), which nothing
-# in the process can undo. Landlock only grants: every path beside the ones on the way to a
+# The data files, unreadable once read. The metric's data is in memory before train.py runs in
+# this process; from then on this process (and whatever it starts) cannot open the validation
+# files, the raw text they were cut from, or the training split (a model that trained while it
+# is evaluated would train outside the time budget): Landlock (Linux >= 5.13), which nothing in
+# the process can undo. Landlock only grants: every path beside the ones on the way to a
 # hidden file stays readable, what is on the way is listed and granted one by one.
 # ---------------------------------------------------------------------------
 
@@ -584,13 +585,19 @@ class _PathBeneath(ctypes.Structure):
 PACKAGE_ARCHIVES = ("/var/cache/apt/archives",)  # copies of public text: one machine's held the KJV as a .deb
 
 
-def validation_files():
+def hidden_while_evaluated():
     """What holds the validation text: data_dir()/val, the targets of data_dir()/val_sources, and
-    the package archives (PACKAGE_ARCHIVES)."""
+    the package archives (PACKAGE_ARCHIVES); and the training split's files (the manifest's), as
+    a model that trained on them while it is evaluated would train outside the time budget."""
     data = prepare.data_dir()
     sources = data / prepare.VAL_SOURCES_DIR
     links = list(sources.iterdir()) if sources.is_dir() else []
-    return [p for p in (data / prepare.VAL_DIR, *links, *PACKAGE_ARCHIVES) if os.path.lexists(p)]
+    try:
+        training = [entry[0] for entry in prepare.read_manifest()["train"]]
+    except (SystemExit, OSError, ValueError, KeyError, TypeError, IndexError):
+        training = []  # no manifest: no training split to hide (prepare.py has not run)
+    found = (data / prepare.VAL_DIR, *links, *PACKAGE_ARCHIVES, *training)
+    return [p for p in found if os.path.lexists(p)]
 
 
 def readable_around(hidden):
@@ -673,14 +680,15 @@ def forbid_reading(paths):
         os.close(ruleset)
 
 
-def hide_validation_files(scratch):
-    """The validation files made unreadable before train.py's code runs here (forbid_reading).
+def hide_data_files(scratch):
+    """The data files (hidden_while_evaluated) made unreadable before train.py's code runs here
+    (forbid_reading).
     Temporary files go to `scratch`, a fresh folder made before, and so readable (one made
     later in a folder above a hidden file, /tmp when the task lives there, could not be read
     back). Returns None, or why the files stay readable."""
     tempfile.tempdir = os.environ["TMPDIR"] = scratch
     try:
-        forbid_reading(validation_files())
+        forbid_reading(hidden_while_evaluated())
     except OSError as exc:
         return f"Landlock: {exc.strerror or exc}"
     return None
@@ -689,14 +697,14 @@ def hide_validation_files(scratch):
 # ---------------------------------------------------------------------------
 # The model in a process of its own. Off CUDA, train.py's code never runs in the process that
 # computes the metric: `evaluate.py --serve-model FD` (the child) first applies the Landlock
-# ruleset the harness built for it (the validation files, which it never holds, unreadable; no
-# writes), rebuilds the model, then answers batches: token ids down its stdin, logits back up
-# descriptor FD as raw bytes, which the harness turns into a tensor of its own. Whatever train.py
-# patches, registers or prints in the child stays there. The causality checks run in a second
-# child, started once the scoring one has ended and its leftovers are gone (evaluate_bpb's
-# `fresh`, ModelProcess.close). On CUDA the logits of an evaluation (hundreds of GB for the h100
-# preset) cannot travel by pipe: the model runs in the harness's process, behind the in-process
-# guards above.
+# ruleset the harness built for it (the validation files, which it never holds, and the training
+# split unreadable; no writes), rebuilds the model, then answers batches: token ids down its
+# stdin, logits back up descriptor FD as raw bytes, which the harness turns into a tensor of its
+# own. Whatever train.py patches, registers or prints in the child stays there. The causality
+# checks run in a second child, started once the scoring one has ended and its leftovers are
+# gone (evaluate_bpb's `fresh`, ModelProcess.close). On CUDA the logits of an evaluation
+# (hundreds of GB for the h100 preset) cannot travel by pipe: the model runs in the harness's
+# process, behind the in-process guards above.
 # ---------------------------------------------------------------------------
 
 _MAGIC = b"GPTE"
@@ -758,7 +766,7 @@ class ModelProcess:
         # spinning workers would otherwise take the cores from the child between batches.
         torch.set_num_threads(1)
         try:  # applied by the child before anything else (see _restrict_at_start)
-            ruleset, self.note = landlock_ruleset(validation_files(), confine=True, writable=self._scratch), ""
+            ruleset, self.note = landlock_ruleset(hidden_while_evaluated(), confine=True, writable=self._scratch), ""
         except OSError as exc:
             ruleset = None
             self.note = f"train.py's code could read the validation files from disk (Landlock: {exc.strerror or exc})"
@@ -1061,7 +1069,7 @@ def _evaluate(checkpoint_path, train_path, batch_size, in_process, scratch):
 
 def _evaluate_in_process(ckpt, train_path, device, data, batch_size, bf16, rng, scratch):
     """The model rebuilt and run in this process (CUDA): (val_bpb, why the files stay readable)."""
-    readable = hide_validation_files(scratch)
+    readable = hide_data_files(scratch)
     guard = RuntimeGuard()
     with Quarantine():  # train.py's code runs in here: its output cannot pass for the summary
         try:
