@@ -204,6 +204,24 @@ def test_over_budget_run_is_discarded(tmp_path: Path) -> None:
     assert row.verdict == "discard" and row.reason.startswith("over budget")
 
 
+def test_time_spent_in_the_evaluate_step_counts_against_the_budget(tmp_path: Path) -> None:
+    """The candidate's code runs in the trusted step too (a model's forward passes): what it does
+    there past the baseline's time, training on what the run left it, is over budget."""
+    evaluate = TOY_SCORE.replace('print("training...")', 'print("scoring...")')
+    repo = toy(tmp_path, budget=0.5, task=f"budget_allowance = 0.5\nevaluate = \"{PY} evaluate.py\"",
+               files={"evaluate.py": evaluate})  # fmt: skip
+    toml = repo / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('protected = ["score.py"]', 'protected = ["score.py", "evaluate.py"]'))
+    git(repo, "commit", "-qam", "an evaluate step")
+    slow = sr("params.py", "X = 1.0", "X = 2.0\nimport sys, time\nif sys.argv[0].endswith('evaluate.py'):\n"
+              "    time.sleep(1.5)", "better, and trains on while it is evaluated")  # fmt: skip
+    engine, _ = run_session(repo, write_patch_dir(tmp_path / "p", {"01": slow}))
+    row = engine.ledger.experiment(engine.session, 1)
+    assert row.verdict == "discard" and row.reason.startswith("over budget: run and evaluate took"), row.reason
+    assert row.runs[0].evaluate_seconds is not None and row.runs[0].evaluate_seconds > 1.5
+    assert row.runs[0].seconds < 1.5  # its run step was as quick as the baseline's
+
+
 def test_a_failing_baseline_stops_the_session(tmp_path: Path) -> None:
     repo = toy(tmp_path)
     (repo / "params.py").write_text("raise SystemExit(2)\n")

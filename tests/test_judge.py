@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -114,6 +115,21 @@ def test_over_budget_is_measured_against_the_baselines_wall_time() -> None:
     assert slow.verdict is Verdict.DISCARD and "over budget" in slow.reason
     absolute = j.decide([ok(90.0, seconds=45.0)], Standing(100.0), Noise(0.0, 2, 1))
     assert absolute.verdict is Verdict.DISCARD  # no baseline timing: budget 10 + allowance 30
+
+
+def test_with_an_evaluate_step_its_time_counts_with_the_run_steps() -> None:
+    """The candidate's code runs in its evaluation too: training there is time past the budget."""
+    base = Standing(100.0, runs=5, seconds=50.0, evaluate_seconds=10.0)
+    counts = Judge(JudgeConfig(), MIN, budget=10.0, allowance=30.0, count_evaluate=True)
+    slow = Run(1, 0, 0, RunStatus.OK, metric=90.0, seconds=50.0, evaluate_seconds=45.0)
+    decided = counts.decide([slow], base, Noise(0.0, 2, 1))
+    assert decided.verdict is Verdict.DISCARD
+    assert decided.reason == "over budget: run and evaluate took 95.0 s, limit 90.0 s (baseline's 60.0 s + 30 s)"
+    within = replace(slow, seconds=40.0, evaluate_seconds=45.0)  # less run, more evaluate: the sum
+    assert counts.decide([within], base, Noise(0.0, 2, 1)).verdict is Verdict.KEEP
+    assert judge().decide([slow], base, Noise(0.0, 2, 1)).verdict is Verdict.KEEP  # a task without one
+    unrecorded = replace(base, evaluate_seconds=None)  # a baseline from before it was recorded
+    assert counts.decide([slow], unrecorded, Noise(0.0, 2, 1)).verdict is Verdict.KEEP
 
 
 def test_failures_become_verdicts() -> None:

@@ -54,13 +54,15 @@ def test_records_round_trip_with_their_runs(tmp_path: Path) -> None:
                      meta={"patch": "01"}, diff="+X", usage=Usage(10, 2, 3, None), tree="t1")  # fmt: skip
     ledger.begin(s, row)
     ledger.add_run(s, Run(1, 0, 5, RunStatus.OK, 1.5, {"score": 1.5}, 0.3, purpose=RunPurpose.SELECT))
-    ledger.add_run(s, Run(1, 1, 6, RunStatus.OK, 1.4, {"score": 1.4}, 0.3, purpose=RunPurpose.RESCORE))
+    ledger.add_run(s, Run(1, 1, 6, RunStatus.OK, 1.4, {"score": 1.4}, 0.3, purpose=RunPurpose.RESCORE,
+                          evaluate_seconds=2.5))  # fmt: skip
     ledger.finish(s, 1, Verdict.KEEP, 1.4, "better", {"score": 1.45}, 0.6)
     mirrored = ledger.experiment(s, 1)
     fresh = Ledger(tmp_path / "ledger.db").experiment(s, 1)
     assert fresh == mirrored  # what this process keeps in memory is what is on disk
     assert fresh.verdict is Verdict.KEEP and fresh.usage.cost_usd is None and fresh.tree == "t1"
     assert [r.purpose for r in fresh.runs] == [RunPurpose.SELECT, RunPurpose.RESCORE]
+    assert [r.evaluate_seconds for r in fresh.runs] == [None, 2.5]
 
 
 def test_a_version_1_ledger_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
@@ -73,6 +75,7 @@ def test_a_version_1_ledger_is_migrated_and_keeps_its_rows(tmp_path: Path) -> No
     rows = ledger.experiments(old)
     assert rows[0].verdict is Verdict.BASELINE and rows[0].metric == 2.5
     assert rows[0].runs[0].purpose is RunPurpose.SELECT and rows[0].runs[0].seed == 17
+    assert rows[0].runs[0].evaluate_seconds is None  # not recorded then: the budget rule leaves it out
     version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
     assert version == SCHEMA_VERSION
 

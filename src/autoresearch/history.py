@@ -49,7 +49,7 @@ class History:
             return None
         rescored = best.values(RunPurpose.RESCORE)
         runs = len(rescored) or len(best.values()) or 1
-        return Standing(best.metric, runs, self.baseline_seconds)
+        return Standing(best.metric, runs, self.baseline_seconds, self.baseline_evaluate_seconds)
 
     @cached_property
     def baseline_seconds(self) -> float | None:
@@ -57,6 +57,16 @@ class History:
         base = self.baseline
         seconds = [r.seconds for r in base.runs if r.metric is not None] if base else []
         return statistics.fmean(seconds) if seconds else None
+
+    @cached_property
+    def baseline_evaluate_seconds(self) -> float | None:
+        """Mean wall time of the baseline's evaluate steps; None when a run did not record it
+        (a ledger written before it was recorded)."""
+        base = self.baseline
+        seconds = [r.evaluate_seconds for r in base.runs if r.metric is not None] if base else []
+        if not seconds or None in seconds:
+            return None
+        return statistics.fmean(s for s in seconds if s is not None)
 
     # --- noise -----------------------------------------------------------------------------
 

@@ -22,6 +22,10 @@
 Time: the baseline is never discarded for time (the hard timeout still applies). A
 candidate is over budget when its run step took longer than the baseline's mean wall
 time plus the allowance; with no baseline timing yet, than the budget plus the allowance.
+With ``count_evaluate`` (a task with a run step and an evaluate step) the evaluate step's
+wall time counts too, against the baseline's run and evaluate together: the candidate's code
+runs in its evaluation (a model's forward passes), and time spent there, training on what the
+run step left it, is time past the budget as much as a longer run step.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ class Standing:
     metric: float
     runs: int = 1
     seconds: float | None = None  # the baseline's mean run-step wall time, for the budget rule
+    evaluate_seconds: float | None = None  # and its mean evaluate-step wall time (None: not recorded)
 
 
 @dataclass(frozen=True)
@@ -93,11 +98,10 @@ class Decision:
 class Judge:
     """Decides keep or discard from an experiment's runs."""
 
-    def __init__(
-        self, config: JudgeConfig, metric: MetricConfig, *, budget: float, allowance: float
-    ) -> None:
+    def __init__(self, config: JudgeConfig, metric: MetricConfig, *, budget: float, allowance: float,
+                 count_evaluate: bool = False) -> None:  # fmt: skip
         self.config, self.metric = config, metric
-        self.budget, self.allowance = budget, allowance
+        self.budget, self.allowance, self.count_evaluate = budget, allowance, count_evaluate
         # A test after every run: the error is shared among the looks (Bonferroni) that can
         # end in a keep, taken as half of max_runs (a candidate that stops looking better is
         # discarded early), calibrated with benchmarks/verdict_trust.py.
@@ -165,11 +169,19 @@ class Judge:
         return Decision(Verdict.KEEP, mean, self._delta("better", mean, best.metric, margin))
 
     def _over_budget(self, runs: Sequence[Run], best: Standing) -> Decision | None:
-        limit = (self.budget if best.seconds is None else best.seconds) + self.allowance
+        if best.seconds is None:
+            limit, basis = self.budget + self.allowance, "budget"
+        else:
+            limit, basis = best.seconds + self.allowance, f"baseline's {best.seconds:.1f} s"
+        evaluate = best.evaluate_seconds if self.count_evaluate and best.seconds is not None else None
+        if evaluate is not None:  # the run and evaluate steps together, the baseline's too
+            limit += evaluate
+            basis = f"baseline's {limit - self.allowance:.1f} s"
         for run in runs:
-            if run.seconds > limit:
-                basis = "budget" if best.seconds is None else f"baseline's {best.seconds:.1f} s"
-                return Decision(Verdict.DISCARD, run.metric, f"over budget: ran {run.seconds:.1f} s, "
+            took = run.seconds + ((run.evaluate_seconds or 0.0) if evaluate is not None else 0.0)
+            if took > limit:
+                what = "ran" if evaluate is None else "run and evaluate took"
+                return Decision(Verdict.DISCARD, run.metric, f"over budget: {what} {took:.1f} s, "
                                 f"limit {limit:.1f} s ({basis} + {self.allowance:g} s)")  # fmt: skip
         return None
 

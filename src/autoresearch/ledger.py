@@ -27,7 +27,7 @@ from typing import Any
 from autoresearch.errors import LedgerError
 from autoresearch.records import Experiment, Run, RunPurpose, RunStatus, Usage, Verdict
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS runs (
     session_id INTEGER NOT NULL, experiment_id INTEGER NOT NULL, idx INTEGER NOT NULL,
     seed INTEGER NOT NULL, status TEXT NOT NULL, metric REAL, metrics TEXT NOT NULL DEFAULT '{}',
     seconds REAL NOT NULL DEFAULT 0, reason TEXT NOT NULL DEFAULT '', log_path TEXT NOT NULL DEFAULT '',
-    log_tail TEXT NOT NULL DEFAULT '', purpose TEXT NOT NULL DEFAULT 'select',
+    log_tail TEXT NOT NULL DEFAULT '', purpose TEXT NOT NULL DEFAULT 'select', evaluate_seconds REAL,
     PRIMARY KEY (session_id, experiment_id, idx)
 );
 """
@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS runs (
 _MIGRATIONS = (
     ("experiments", "tree", "ALTER TABLE experiments ADD COLUMN tree TEXT NOT NULL DEFAULT ''"),
     ("runs", "purpose", "ALTER TABLE runs ADD COLUMN purpose TEXT NOT NULL DEFAULT 'select'"),
+    ("runs", "evaluate_seconds", "ALTER TABLE runs ADD COLUMN evaluate_seconds REAL"),  # NULL: not recorded
 )
 
 
@@ -102,7 +103,7 @@ WHERE e.session_id = ? ORDER BY e.id
 """
 _RUN_SELECT = (
     "SELECT experiment_id, idx, seed, status, metric, metrics, seconds, reason, log_path, log_tail,"
-    " purpose FROM runs WHERE session_id = ? ORDER BY experiment_id, idx"
+    " purpose, evaluate_seconds FROM runs WHERE session_id = ? ORDER BY experiment_id, idx"
 )
 
 
@@ -309,10 +310,11 @@ class Ledger:
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO runs (session_id, experiment_id, idx, seed, status, metric, metrics,"
-                " seconds, reason, log_path, log_tail, purpose) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " seconds, reason, log_path, log_tail, purpose, evaluate_seconds)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (session.id, run.experiment_id, run.index, run.seed, str(run.status), run.metric,
                  json.dumps(dict(run.metrics)), run.seconds, run.reason, run.log_path, run.log_tail,
-                 str(run.purpose)),
+                 str(run.purpose), run.evaluate_seconds),
             )  # fmt: skip
         rows = self._rows(session)
         exp = rows[run.experiment_id]
@@ -375,7 +377,7 @@ def _run(r: Sequence[Any]) -> Run:
     return Run(
         experiment_id=r[0], index=r[1], seed=r[2], status=RunStatus(r[3]), metric=r[4],
         metrics=json.loads(r[5]), seconds=r[6], reason=r[7], log_path=r[8], log_tail=r[9],
-        purpose=RunPurpose(r[10]),
+        purpose=RunPurpose(r[10]), evaluate_seconds=r[11],
     )  # fmt: skip
 
 

@@ -106,6 +106,7 @@ class Run:
     log_path: str = ""
     log_tail: str = ""
     purpose: RunPurpose = RunPurpose.SELECT
+    evaluate_seconds: float | None = None  # wall time of the evaluate step; None: not recorded
 
 
 @dataclass(frozen=True)

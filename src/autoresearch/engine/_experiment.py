@@ -287,7 +287,7 @@ def _run_record(result: RunResult, purpose: RunPurpose) -> Run:
         experiment_id=result.experiment_id, index=result.run_index, seed=result.seed,
         status=result.status, metric=result.metric, metrics=dict(result.metrics),
         seconds=result.seconds, reason=result.reason, log_path=str(result.log_path or ""),
-        log_tail=result.log_tail, purpose=purpose,
+        log_tail=result.log_tail, purpose=purpose, evaluate_seconds=result.evaluate_seconds,
     )  # fmt: skip
 
 

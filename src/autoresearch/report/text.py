@@ -214,9 +214,10 @@ def show_text(store: Store, session: Session, experiment_id: int) -> str:
         lines += ["", "rationale:", row.rationale]
     for run in row.runs:
         reason = f" — {run.reason}" if run.reason else ""
+        timed = f"{run.seconds:.1f} s" + (f" (+ evaluate {run.evaluate_seconds:.1f} s)" if run.evaluate_seconds else "")
         lines.append(
             f"run {run.index}: seed {run.seed}, {run.status}, {metric} "
-            f"{value_text(run.metric)}, {run.seconds:.1f} s, log {run.log_path}{reason}"
+            f"{value_text(run.metric)}, {timed}, log {run.log_path}{reason}"
         )
     if row.diff:
         lines += ["", "diff:", row.diff]
