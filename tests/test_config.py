@@ -39,6 +39,7 @@ def test_valid_config_loads_with_defaults(tmp_path: Path) -> None:
     assert config.max_memory_mb is None
     limited = load_config(write(tmp_path, GOOD.replace("time_budget = 60", "time_budget = 60\nmax_memory_mb = 8192")))
     assert limited.max_memory_mb == 8192.0
+    assert config.max_file_kb == 1024.0
 
 
 def test_folder_path_finds_the_file(tmp_path: Path) -> None:
@@ -103,6 +104,11 @@ BAD = [
         "memory limit zero",
         GOOD.replace("time_budget = 60", "time_budget = 60\nmax_memory_mb = 0"),
         "[task] max_memory_mb: found 0, expected a number > 0",
+    ),
+    (
+        "file size limit negative",
+        GOOD.replace("time_budget = 60", "time_budget = 60\nmax_file_kb = -1"),
+        "[task] max_file_kb: found -1, expected a number > 0",
     ),
     (
         "bad direction",

@@ -385,7 +385,8 @@ def test_slots_default_to_what_the_cluster_holds(cluster: Cluster, tmp_path: Pat
 
 
 def test_steps_on_a_node_run_in_the_sandbox(cluster: Cluster, tmp_path: Path) -> None:
-    """On a node as here: read-only outside the checkout, no network, holdout for evaluate only."""
+    """On a node as here: read-only outside the checkout, no network (unless `network = true`),
+    holdout for evaluate only."""
     from autoresearch.executors.sandbox import bwrap_problem
 
     if bwrap_problem():
@@ -416,6 +417,14 @@ def test_steps_on_a_node_run_in_the_sandbox(cluster: Cluster, tmp_path: Path) ->
     assert run.metrics["run_write"] == 0 and not outside.exists()  # read-only outside its checkout
     assert run.metrics["run_held"] == 0 and evaluate.metrics["evaluate_held"] == 1
     assert run.metrics["run_net"] == 0 and run.metrics["run_home"] == 0
+    # `network = true` travels to the node: the same step there reaches the network
+    executor = RayExecutor(replace(config, network=True), address=cluster.address, slots=1)
+    try:
+        online = executor.submit(job(repo, f"{PY} probe.py run")).result()
+    finally:
+        executor.close()
+    assert online.status is RunStatus.OK and online.metrics["run_net"] == 1, online.reason
+    assert online.metrics["run_write"] == 0 and online.metrics["run_held"] == 0  # the rest stays shut
 
 
 def test_kill_all_cancels_the_task_and_kills_its_steps(ray_executor: Executor, tmp_path: Path) -> None:

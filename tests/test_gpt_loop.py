@@ -56,9 +56,8 @@ def test_a_session_on_the_gpt_template_keeps_one_patch_and_discards_one(tmp_path
     learning, frozen = train.read_text(), set_learning_rates(train.read_text(), "0.0")
     train.write_text(frozen)
     toml = (task / "autoresearch.toml").read_text()
-    toml = toml.replace("time_budget = 60", "time_budget = 2\nbudget_allowance = 120").replace(
-        "timeout = 180", "timeout = 300"
-    )
+    toml = toml.replace("time_budget = 60", "time_budget = 2").replace("timeout = 180", "timeout = 300")
+    toml = toml.replace("budget_allowance = 10", "budget_allowance = 120")
     toml = toml.replace('rule = "sequential"', 'rule = "naive"').replace(
         "baseline_runs = 5", "baseline_runs = 1"
     )  # one run each: this test is about the template in a session, not the judge

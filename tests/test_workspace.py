@@ -104,6 +104,29 @@ def test_rejected_edit_writes_nothing(toy_repo: Path) -> None:
     assert "X = 1.0" in (ws.slot_dir(0) / "params.py").read_text()
 
 
+def test_a_file_grown_past_max_file_kb_is_rejected(toy_repo: Path) -> None:
+    """Trained weights written into the editable file (an agent that can run code while it
+    proposes, e.g. Codex in its workspace sandbox, could train for its whole turn) are refused."""
+    toml = toy_repo / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace("[task]\n", "[task]\nmax_file_kb = 64\n", 1))
+    git(toy_repo, "commit", "-qam", "a 64 KB limit")
+    ws = workspace(toy_repo)
+    ws.checkout(0, ws.start())
+    weights = "WEIGHTS = '" + "A" * 100_000 + "'\n"
+    with pytest.raises(EditRejected, match=r"params.py: the proposal makes it 98 KB, over \[task\] max_file_kb = 64"):
+        ws.apply(0, Proposal("x", edits=(Edit("params.py", "X = 1.0", "X = 1.0\n" + weights),)))
+    ws.checkout(0, ws.head())
+    patch = "--- a/params.py\n+++ b/params.py\n@@ -2,2 +2,3 @@\n X = 1.0\n Y = 2.0\n+" + weights
+    with pytest.raises(EditRejected, match="max_file_kb"):  # a patch, as the CLI agents' edits come
+        ws.apply(0, Proposal("p", patch=patch))
+    # a file already past the limit may still be edited, as long as the edit does not grow it
+    (toy_repo / "params.py").write_text("X = 1.0\nY = 2.0\n" + weights)
+    git(toy_repo, "commit", "-qam", "a big file of the task's own")
+    ws = workspace(toy_repo)
+    ws.checkout(0, git(toy_repo, "rev-parse", "HEAD"))
+    assert ws.apply(0, Proposal("x", edits=(Edit("params.py", "X = 1.0", "X = 3.0"),))) == ["params.py"]
+
+
 def test_symlinked_path_is_rejected(toy_repo: Path) -> None:
     os.symlink("score.py", toy_repo / "link.py")
     git(toy_repo, "add", "link.py")

@@ -106,6 +106,7 @@ class TaskConfig:
     holdout: tuple[str, ...] = ()  # globs only the evaluate step may read (validation data)
     max_log_mb: float = 64.0  # per step; a longer log keeps its tail
     max_memory_mb: float | None = None  # per step, its processes together; None: no limit
+    max_file_kb: float = 1024.0  # an editable file a proposal grows past this is refused
     metric: MetricConfig = field(default_factory=MetricConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     cost: CostConfig = field(default_factory=CostConfig)
@@ -193,7 +194,7 @@ class _Section:
 _TASK_KEYS = (
     "instructions", "editable", "protected", "protected_data", "context", "link", "setup", "check", "run",
     "evaluate", "reference", "time_budget", "timeout", "budget_allowance", "sandbox", "network", "env",
-    "holdout", "max_log_mb", "max_memory_mb",
+    "holdout", "max_log_mb", "max_memory_mb", "max_file_kb",
 )  # fmt: skip
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -238,6 +239,7 @@ def _task(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
         out["budget_allowance"] = sec.number("budget_allowance", 0.0)
     if "max_memory_mb" in sec.table:
         out["max_memory_mb"] = sec.number("max_memory_mb", 0.0, positive=True)
+    out["max_file_kb"] = sec.number("max_file_kb", 1024.0, positive=True)
     out.update(_sandbox(sec))
     return out
 

@@ -31,6 +31,14 @@ _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SlotKey = int | str  # a run slot (0, 1, ...) or a proposal checkout ("p0", ...)
 
 
+def _size(path: Path) -> int:
+    """Bytes of ``path``; 0 when it is not a file (yet)."""
+    try:
+        return path.stat().st_size if path.is_file() and not path.is_symlink() else 0
+    except OSError:
+        return 0
+
+
 def _read_exact(path: Path, errors: str = "strict") -> str:
     """A file's text with its line endings as they are on disk."""
     with path.open(encoding="utf-8", errors=errors, newline="") as fh:
@@ -260,8 +268,9 @@ class Workspace:
     def apply(self, slot: SlotKey, proposal: Proposal) -> list[str]:
         """Apply a proposal's edits and patch in ``slot``; returns the changed task-relative paths.
 
-        Raises ``EditRejected`` (nothing is written) when an edit leaves the allowlist,
-        and ``ProposalError`` when an edit does not apply.
+        Raises ``EditRejected`` when an edit leaves the allowlist (nothing is written) or grows
+        a file past ``max_file_kb`` (the slot is left for the caller to check out again), and
+        ``ProposalError`` when an edit does not apply.
         """
         base = self.slot_dir(slot)
         for edit in proposal.edits:
@@ -274,6 +283,7 @@ class Workspace:
                 self._check_path(base, path)
                 paths.add(path)
             self._git_apply(base, proposal.patch, check_only=True)
+        sizes = {rel: _size(base / rel) for rel in paths}
         for rel, text in changed.items():
             target = base / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -283,7 +293,21 @@ class Workspace:
             self._git_apply(base, proposal.patch, check_only=False)
         if not paths:
             raise EditRejected("the proposal changes nothing")
+        self._check_sizes(base, sizes)
         return sorted(paths)
+
+    def _check_sizes(self, base: Path, before: dict[str, int]) -> None:
+        """A file the proposal grew past ``max_file_kb``: what the run should compute (trained
+        weights, a table of answers) can be carried in a file that large."""
+        limit = self.config.max_file_kb * 1024
+        for rel, old in sorted(before.items()):
+            new = _size(base / rel)
+            if new > limit and new > old:
+                raise EditRejected(
+                    f"{rel}: the proposal makes it {new / 1024:.0f} KB, over [task] max_file_kb = "
+                    f"{self.config.max_file_kb:g} (a file that large can carry what the run should "
+                    "compute, such as trained weights)"
+                )
 
     def _read(self, base: Path, rel: str) -> str | None:
         target = base / rel
