@@ -191,6 +191,16 @@ READS_DISK = {  # attack -> a modest cheat, well above the floor, from the files
         "_table = _counts.log()\n"
         "Model.forward = lambda self, idx: _table[idx]"
     ),
+    # the same from the training split's token cache, what train.py's loader reads
+    "train_on_the_token_cache": (
+        "import itertools, prepare\n"
+        "_counts = torch.ones(2048, 2048)\n"
+        "for _ids in itertools.islice(prepare.training_documents(0), 400):\n"
+        "    _ids = torch.as_tensor(_ids.astype('int64'))\n"
+        "    _counts.index_put_((_ids[:-1], _ids[1:]), torch.ones(len(_ids) - 1), accumulate=True)\n"
+        "_table = _counts.log()\n"
+        "Model.forward = lambda self, idx: _table[idx]"
+    ),
 }
 
 MEASURED_HONESTLY = {  # attack -> the harness measures the uniform distribution anyway

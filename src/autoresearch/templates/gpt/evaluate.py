@@ -586,9 +586,11 @@ PACKAGE_ARCHIVES = ("/var/cache/apt/archives",)  # copies of public text: one ma
 
 
 def hidden_while_evaluated():
-    """What holds the validation text: data_dir()/val, the targets of data_dir()/val_sources, and
-    the package archives (PACKAGE_ARCHIVES); and the training split's files (the manifest's), as
-    a model that trained on them while it is evaluated would train outside the time budget."""
+    """What the model's code may not read while it is evaluated: the validation text
+    (data_dir()/val, the targets of data_dir()/val_sources, the package archives of
+    PACKAGE_ARCHIVES), and the training split, its files (the manifest's) and its token cache
+    (data_dir()/tokens, what train.py's loader reads): a model that trained on it while it is
+    evaluated would train outside the time budget."""
     data = prepare.data_dir()
     sources = data / prepare.VAL_SOURCES_DIR
     links = list(sources.iterdir()) if sources.is_dir() else []
@@ -596,7 +598,7 @@ def hidden_while_evaluated():
         training = [entry[0] for entry in prepare.read_manifest()["train"]]
     except (SystemExit, OSError, ValueError, KeyError, TypeError, IndexError):
         training = []  # no manifest: no training split to hide (prepare.py has not run)
-    found = (data / prepare.VAL_DIR, *links, *PACKAGE_ARCHIVES, *training)
+    found = (data / prepare.VAL_DIR, *links, *PACKAGE_ARCHIVES, data / prepare.TOKENS_DIR, *training)
     return [p for p in found if os.path.lexists(p)]
 
 
