@@ -217,7 +217,7 @@ def test_time_spent_in_the_evaluate_step_counts_against_the_budget(tmp_path: Pat
               "    time.sleep(1.5)", "better, and trains on while it is evaluated")  # fmt: skip
     engine, _ = run_session(repo, write_patch_dir(tmp_path / "p", {"01": slow}))
     row = engine.ledger.experiment(engine.session, 1)
-    assert row.verdict == "discard" and row.reason.startswith("over budget: run and evaluate took"), row.reason
+    assert row.verdict == "discard" and row.reason.startswith("over budget: its run and evaluate steps took"), row.reason
     assert row.runs[0].evaluate_seconds is not None and row.runs[0].evaluate_seconds > 1.5
     assert row.runs[0].seconds < 1.5  # its run step was as quick as the baseline's
 

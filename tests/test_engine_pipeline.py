@@ -220,6 +220,29 @@ def test_baseline_is_not_discarded_for_time_but_a_much_slower_candidate_is(tmp_p
     assert "over budget" in engine.history.rows[2].reason
 
 
+def test_the_fresh_runs_of_a_keep_are_held_to_the_budget_too(tmp_path: Path) -> None:
+    """Code that trains within the budget while it is selected, and longer once it is kept (it
+    knows which run it is: AUTORESEARCH_RUN), is discarded, not recorded at its longer runs."""
+    repo = make_repo(tmp_path / "task", {
+        "params.py": "A = 0\n", "program.md": "x\n",
+        "autoresearch.toml": TOML.format(judge="baseline_runs = 3\nmax_runs = 3").replace(
+            "time_budget = 60", "time_budget = 10\nbudget_allowance = 5"),
+    })  # fmt: skip
+
+    def run(job: Job) -> FakeRun:
+        noise = (job.seed % 7) * 0.01  # the baseline's runs differ: a keep is re-scored
+        if job.experiment_id == 0:
+            return FakeRun(100.0 + noise, seconds=10.0)
+        longer = job.purpose is RunPurpose.RESCORE
+        return FakeRun((80.0 if longer else 90.0) + noise, seconds=40.0 if longer else 10.0)
+
+    engine = session(repo, Scripted(["A = 1\n"]), FakeExecutor(run), max_experiments=1)
+    row = engine.history.rows[1]
+    assert row.verdict is Verdict.DISCARD, row.reason
+    assert "a fresh run was over budget: ran 40.0 s, limit 15.0 s" in row.reason
+    assert engine.history.best is engine.history.rows[0]
+
+
 def test_resume_keeps_the_stop_rules_it_started_with(tmp_path: Path) -> None:
     repo = task(tmp_path)
     texts = [f"A = {i}\nB = 0\n" for i in range(1, 9)]

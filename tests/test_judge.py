@@ -117,19 +117,27 @@ def test_over_budget_is_measured_against_the_baselines_wall_time() -> None:
     assert absolute.verdict is Verdict.DISCARD  # no baseline timing: budget 10 + allowance 30
 
 
-def test_with_an_evaluate_step_its_time_counts_with_the_run_steps() -> None:
-    """The candidate's code runs in its evaluation too: training there is time past the budget."""
-    base = Standing(100.0, runs=5, seconds=50.0, evaluate_seconds=10.0)
-    counts = Judge(JudgeConfig(), MIN, budget=10.0, allowance=30.0, count_evaluate=True)
-    slow = Run(1, 0, 0, RunStatus.OK, metric=90.0, seconds=50.0, evaluate_seconds=45.0)
+def test_every_step_named_in_budget_steps_counts_against_the_baselines() -> None:
+    """The candidate's code runs in its check (tests import it) and evaluate (a model's forward
+    passes) steps too: work done there is compute past the budget."""
+    base = Standing(100.0, runs=5, seconds=50.0, check_seconds=4.0, evaluate_seconds=10.0)
+    counts = Judge(JudgeConfig(), MIN, budget=10.0, allowance=30.0, budget_steps=("check", "run", "evaluate"))
+    slow = Run(1, 0, 0, RunStatus.OK, metric=90.0, seconds=50.0, check_seconds=4.0, evaluate_seconds=45.0)
     decided = counts.decide([slow], base, Noise(0.0, 2, 1))
     assert decided.verdict is Verdict.DISCARD
-    assert decided.reason == "over budget: run and evaluate took 95.0 s, limit 90.0 s (baseline's 60.0 s + 30 s)"
-    within = replace(slow, seconds=40.0, evaluate_seconds=45.0)  # less run, more evaluate: the sum
+    assert decided.reason == (
+        "over budget: its check and run and evaluate steps took 99.0 s, limit 94.0 s (baseline's 64.0 s + 30 s)"
+    )
+    within = replace(slow, seconds=40.0)  # less run, more evaluate: the sum is what counts
     assert counts.decide([within], base, Noise(0.0, 2, 1)).verdict is Verdict.KEEP
-    assert judge().decide([slow], base, Noise(0.0, 2, 1)).verdict is Verdict.KEEP  # a task without one
-    unrecorded = replace(base, evaluate_seconds=None)  # a baseline from before it was recorded
+    trained_in_check = replace(slow, check_seconds=40.0, evaluate_seconds=10.0)
+    assert counts.decide([trained_in_check], base, Noise(0.0, 2, 1)).verdict is Verdict.DISCARD
+    assert judge().decide([slow], base, Noise(0.0, 2, 1)).verdict is Verdict.KEEP  # budget_steps = run
+    unrecorded = replace(base, check_seconds=None, evaluate_seconds=None)  # a ledger from before them
     assert counts.decide([slow], unrecorded, Noise(0.0, 2, 1)).verdict is Verdict.KEEP
+    no_run_step = Standing(100.0, runs=5, seconds=0.0, check_seconds=4.0, evaluate_seconds=10.0)
+    alone = Run(1, 0, 0, RunStatus.OK, metric=90.0, seconds=0.0, check_seconds=4.0, evaluate_seconds=50.0)
+    assert "its check and evaluate steps took 54.0 s" in counts.decide([alone], no_run_step, Noise(0.0, 2, 1)).reason
 
 
 def test_failures_become_verdicts() -> None:

@@ -24,6 +24,7 @@ DIRECTIONS = ("minimize", "maximize")
 FORMATS = ("summary", "regex", "json")
 JUDGE_RULES = ("sequential", "naive")
 SANDBOXES = ("auto", "bwrap", "none")  # [task] sandbox: bwrap where it works, or none
+STEPS = ("check", "run", "evaluate")  # a run's steps, in order; [task] budget_steps names some
 REFERENCES = ("", "baseline")  # [task] reference: no reference checkout, or the session's baseline
 # The [agent.NAME] tables; claude-code, codex and aider are presets of the command agent.
 AGENT_NAMES = ("replay", "tuner", "anthropic", "openai", "command", "claude-code", "codex", "aider")
@@ -100,6 +101,7 @@ class TaskConfig:
     time_budget: float = 300.0
     timeout: float = 600.0
     budget_allowance: float | None = None  # None: max(30 s, budget / 2)
+    budget_steps: tuple[str, ...] = STEPS  # steps whose wall time counts against the budget
     sandbox: str = "auto"  # steps in bubblewrap ("bwrap"), unsandboxed ("none"), or bwrap if it works
     network: bool = False  # whether sandboxed steps may reach the network
     env: tuple[str, ...] = ()  # names of environment variables passed into sandboxed steps
@@ -193,7 +195,7 @@ class _Section:
 
 _TASK_KEYS = (
     "instructions", "editable", "protected", "protected_data", "context", "link", "setup", "check", "run",
-    "evaluate", "reference", "time_budget", "timeout", "budget_allowance", "sandbox", "network", "env",
+    "evaluate", "reference", "time_budget", "timeout", "budget_allowance", "budget_steps", "sandbox", "network", "env",
     "holdout", "max_log_mb", "max_memory_mb", "max_file_kb",
 )  # fmt: skip
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -237,6 +239,11 @@ def _task(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
         sec.fail("timeout", out["timeout"], f"at least time_budget ({out['time_budget']:g})")
     if "budget_allowance" in sec.table:
         out["budget_allowance"] = sec.number("budget_allowance", 0.0)
+    if "budget_steps" in sec.table:
+        steps = sec.strings("budget_steps")
+        if not steps or any(step not in STEPS for step in steps):
+            sec.fail("budget_steps", list(steps), f"a non-empty list of {', '.join(map(repr, STEPS))}")
+        out["budget_steps"] = tuple(dict.fromkeys(steps))
     if "max_memory_mb" in sec.table:
         out["max_memory_mb"] = sec.number("max_memory_mb", 0.0, positive=True)
     out["max_file_kb"] = sec.number("max_file_kb", 1024.0, positive=True)

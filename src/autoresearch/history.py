@@ -49,7 +49,8 @@ class History:
             return None
         rescored = best.values(RunPurpose.RESCORE)
         runs = len(rescored) or len(best.values()) or 1
-        return Standing(best.metric, runs, self.baseline_seconds, self.baseline_evaluate_seconds)
+        return Standing(best.metric, runs, self.baseline_seconds, self._baseline_step("check"),
+                        self._baseline_step("evaluate"))  # fmt: skip
 
     @cached_property
     def baseline_seconds(self) -> float | None:
@@ -58,15 +59,13 @@ class History:
         seconds = [r.seconds for r in base.runs if r.metric is not None] if base else []
         return statistics.fmean(seconds) if seconds else None
 
-    @cached_property
-    def baseline_evaluate_seconds(self) -> float | None:
-        """Mean wall time of the baseline's evaluate steps; None when a run did not record it
-        (a ledger written before it was recorded)."""
+    def _baseline_step(self, name: str) -> float | None:
+        """Mean wall time of the baseline's ``name`` steps (check, evaluate); None when a run
+        did not record it (a ledger written before it was recorded)."""
         base = self.baseline
-        seconds = [r.evaluate_seconds for r in base.runs if r.metric is not None] if base else []
-        if not seconds or None in seconds:
-            return None
-        return statistics.fmean(s for s in seconds if s is not None)
+        seconds = [r.step_seconds(name) for r in base.runs if r.metric is not None] if base else []
+        known = [s for s in seconds if s is not None]
+        return statistics.fmean(known) if known and len(known) == len(seconds) else None
 
     # --- noise -----------------------------------------------------------------------------
 

@@ -20,12 +20,13 @@
 ``noise_factor`` margin and ``confirm_runs`` for comparison.
 
 Time: the baseline is never discarded for time (the hard timeout still applies). A
-candidate is over budget when its run step took longer than the baseline's mean wall
-time plus the allowance; with no baseline timing yet, than the budget plus the allowance.
-With ``count_evaluate`` (a task with a run step and an evaluate step) the evaluate step's
-wall time counts too, against the baseline's run and evaluate together: the candidate's code
-runs in its evaluation (a model's forward passes), and time spent there, training on what the
-run step left it, is time past the budget as much as a longer run step.
+candidate is over budget when its steps named in ``budget_steps`` (``[task]``; check, run and
+evaluate by default) took longer together than the baseline's mean for the same steps plus
+the allowance; with no baseline timing yet, when its run step took longer than the budget
+plus the allowance. Every step runs the candidate's code (the tests import it, the evaluation
+runs its model), so work done in any of them is compute past the budget. A step the baseline's
+runs did not record (a ledger from before it was recorded) is left out of both sides. The
+fresh runs of a keep are held to the same limit: a candidate's code knows which run it is.
 """
 
 from __future__ import annotations
@@ -81,7 +82,12 @@ class Standing:
     metric: float
     runs: int = 1
     seconds: float | None = None  # the baseline's mean run-step wall time, for the budget rule
-    evaluate_seconds: float | None = None  # and its mean evaluate-step wall time (None: not recorded)
+    check_seconds: float | None = None  # its mean check-step wall time (None: not recorded)
+    evaluate_seconds: float | None = None  # its mean evaluate-step wall time (None: not recorded)
+
+    def step(self, name: str) -> float | None:
+        """The baseline's mean wall time of the step ``name`` (check, run or evaluate)."""
+        return {"check": self.check_seconds, "run": self.seconds, "evaluate": self.evaluate_seconds}[name]
 
 
 @dataclass(frozen=True)
@@ -98,10 +104,12 @@ class Decision:
 class Judge:
     """Decides keep or discard from an experiment's runs."""
 
-    def __init__(self, config: JudgeConfig, metric: MetricConfig, *, budget: float, allowance: float,
-                 count_evaluate: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, config: JudgeConfig, metric: MetricConfig, *, budget: float, allowance: float,
+        budget_steps: Sequence[str] = ("run",),
+    ) -> None:
         self.config, self.metric = config, metric
-        self.budget, self.allowance, self.count_evaluate = budget, allowance, count_evaluate
+        self.budget, self.allowance, self.budget_steps = budget, allowance, tuple(budget_steps)
         # A test after every run: the error is shared among the looks (Bonferroni) that can
         # end in a keep, taken as half of max_runs (a candidate that stops looking better is
         # discarded early), calibrated with benchmarks/verdict_trust.py.
@@ -125,7 +133,7 @@ class Judge:
     # --- candidates ----------------------------------------------------------------------
 
     def decide(self, runs: Sequence[Run], best: Standing, noise: Noise) -> Decision:
-        failed = failure(runs) or self._over_budget(runs, best)
+        failed = failure(runs) or self.over_budget(runs, best)
         if failed is not None:
             return failed
         values = [r.metric for r in runs if r.metric is not None]
@@ -168,21 +176,24 @@ class Judge:
             return Decision(None, mean, "looks better; confirming", wanted - len(values))
         return Decision(Verdict.KEEP, mean, self._delta("better", mean, best.metric, margin))
 
-    def _over_budget(self, runs: Sequence[Run], best: Standing) -> Decision | None:
-        if best.seconds is None:
-            limit, basis = self.budget + self.allowance, "budget"
-        else:
-            limit, basis = best.seconds + self.allowance, f"baseline's {best.seconds:.1f} s"
-        evaluate = best.evaluate_seconds if self.count_evaluate and best.seconds is not None else None
-        if evaluate is not None:  # the run and evaluate steps together, the baseline's too
-            limit += evaluate
-            basis = f"baseline's {limit - self.allowance:.1f} s"
+    def over_budget(self, runs: Sequence[Run], best: Standing) -> Decision | None:
+        """A discard when a run's timed steps took longer than the baseline's plus the allowance."""
+        if best.seconds is None:  # no baseline timing yet: the run step against the budget
+            limit = self.budget + self.allowance
+            for run in runs:
+                if run.seconds > limit:
+                    return Decision(Verdict.DISCARD, run.metric, f"over budget: ran {run.seconds:.1f} s, "
+                                    f"limit {limit:.1f} s (budget + {self.allowance:g} s)")  # fmt: skip
+            return None
+        steps = [name for name in self.budget_steps if best.step(name)]  # the task's, recorded
+        base = sum(best.step(name) or 0.0 for name in steps)
+        limit = base + self.allowance
+        what = "ran" if steps == ["run"] else f"its {' and '.join(steps)} steps took"
         for run in runs:
-            took = run.seconds + ((run.evaluate_seconds or 0.0) if evaluate is not None else 0.0)
+            took = sum(run.step_seconds(name) or 0.0 for name in steps)
             if took > limit:
-                what = "ran" if evaluate is None else "run and evaluate took"
                 return Decision(Verdict.DISCARD, run.metric, f"over budget: {what} {took:.1f} s, "
-                                f"limit {limit:.1f} s ({basis} + {self.allowance:g} s)")  # fmt: skip
+                                f"limit {limit:.1f} s (baseline's {base:.1f} s + {self.allowance:g} s)")  # fmt: skip
         return None
 
     def _delta(self, word: str, value: float, best: float, margin: float = 0.0) -> str:

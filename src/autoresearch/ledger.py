@@ -57,16 +57,17 @@ CREATE TABLE IF NOT EXISTS runs (
     session_id INTEGER NOT NULL, experiment_id INTEGER NOT NULL, idx INTEGER NOT NULL,
     seed INTEGER NOT NULL, status TEXT NOT NULL, metric REAL, metrics TEXT NOT NULL DEFAULT '{}',
     seconds REAL NOT NULL DEFAULT 0, reason TEXT NOT NULL DEFAULT '', log_path TEXT NOT NULL DEFAULT '',
-    log_tail TEXT NOT NULL DEFAULT '', purpose TEXT NOT NULL DEFAULT 'select', evaluate_seconds REAL,
-    PRIMARY KEY (session_id, experiment_id, idx)
+    log_tail TEXT NOT NULL DEFAULT '', purpose TEXT NOT NULL DEFAULT 'select', check_seconds REAL,
+    evaluate_seconds REAL, PRIMARY KEY (session_id, experiment_id, idx)
 );
 """
 
-# Columns added since the first release, and how version-1 ledgers get them.
+# Columns added since the first release, and how older ledgers get them.
 _MIGRATIONS = (
     ("experiments", "tree", "ALTER TABLE experiments ADD COLUMN tree TEXT NOT NULL DEFAULT ''"),
     ("runs", "purpose", "ALTER TABLE runs ADD COLUMN purpose TEXT NOT NULL DEFAULT 'select'"),
-    ("runs", "evaluate_seconds", "ALTER TABLE runs ADD COLUMN evaluate_seconds REAL"),  # NULL: not recorded
+    ("runs", "check_seconds", "ALTER TABLE runs ADD COLUMN check_seconds REAL"),  # NULL: not recorded
+    ("runs", "evaluate_seconds", "ALTER TABLE runs ADD COLUMN evaluate_seconds REAL"),
 )
 
 
@@ -103,7 +104,7 @@ WHERE e.session_id = ? ORDER BY e.id
 """
 _RUN_SELECT = (
     "SELECT experiment_id, idx, seed, status, metric, metrics, seconds, reason, log_path, log_tail,"
-    " purpose, evaluate_seconds FROM runs WHERE session_id = ? ORDER BY experiment_id, idx"
+    " purpose, check_seconds, evaluate_seconds FROM runs WHERE session_id = ? ORDER BY experiment_id, idx"
 )
 
 
@@ -310,11 +311,11 @@ class Ledger:
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO runs (session_id, experiment_id, idx, seed, status, metric, metrics,"
-                " seconds, reason, log_path, log_tail, purpose, evaluate_seconds)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " seconds, reason, log_path, log_tail, purpose, check_seconds, evaluate_seconds)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (session.id, run.experiment_id, run.index, run.seed, str(run.status), run.metric,
                  json.dumps(dict(run.metrics)), run.seconds, run.reason, run.log_path, run.log_tail,
-                 str(run.purpose), run.evaluate_seconds),
+                 str(run.purpose), run.check_seconds, run.evaluate_seconds),
             )  # fmt: skip
         rows = self._rows(session)
         exp = rows[run.experiment_id]
@@ -377,7 +378,7 @@ def _run(r: Sequence[Any]) -> Run:
     return Run(
         experiment_id=r[0], index=r[1], seed=r[2], status=RunStatus(r[3]), metric=r[4],
         metrics=json.loads(r[5]), seconds=r[6], reason=r[7], log_path=r[8], log_tail=r[9],
-        purpose=RunPurpose(r[10]), evaluate_seconds=r[11],
+        purpose=RunPurpose(r[10]), check_seconds=r[11], evaluate_seconds=r[12],
     )  # fmt: skip
 
 

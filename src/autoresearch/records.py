@@ -106,7 +106,14 @@ class Run:
     log_path: str = ""
     log_tail: str = ""
     purpose: RunPurpose = RunPurpose.SELECT
-    evaluate_seconds: float | None = None  # wall time of the evaluate step; None: not recorded
+    # wall time of the check and evaluate steps (0.0: the task has none; None: not recorded,
+    # a ledger from before they were)
+    check_seconds: float | None = None
+    evaluate_seconds: float | None = None
+
+    def step_seconds(self, name: str) -> float | None:
+        """Wall time of the step ``name`` (check, run or evaluate) of this run."""
+        return {"check": self.check_seconds, "run": self.seconds, "evaluate": self.evaluate_seconds}[name]
 
 
 @dataclass(frozen=True)

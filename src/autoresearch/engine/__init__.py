@@ -58,7 +58,7 @@ class Engine:
             sandbox=Sandbox.for_task(config), max_log_mb=config.max_log_mb
         )
         self.judge = Judge(config.judge, config.metric, budget=config.time_budget, allowance=config.allowance,
-                           count_evaluate=bool(config.run.strip() and config.evaluate.strip()))  # fmt: skip
+                           budget_steps=config.budget_steps)  # fmt: skip
         self._on_event = on_event or (lambda event: None)
         self._on_run = on_run or (lambda event: None)
         self.say: Callable[[str], None] = on_message or (lambda text: None)

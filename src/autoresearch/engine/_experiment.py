@@ -287,7 +287,8 @@ def _run_record(result: RunResult, purpose: RunPurpose) -> Run:
         experiment_id=result.experiment_id, index=result.run_index, seed=result.seed,
         status=result.status, metric=result.metric, metrics=dict(result.metrics),
         seconds=result.seconds, reason=result.reason, log_path=str(result.log_path or ""),
-        log_tail=result.log_tail, purpose=purpose, evaluate_seconds=result.evaluate_seconds,
+        log_tail=result.log_tail, purpose=purpose, check_seconds=result.step_seconds("check"),
+        evaluate_seconds=result.step_seconds("evaluate"),
     )  # fmt: skip
 
 
@@ -337,6 +338,10 @@ def _rescored(engine: Engine, flight: Flight) -> Decision:
     failed = failure(flight.runs)
     if failed is not None:  # a fresh run that fails is the experiment's verdict, not a pass
         return replace(failed, reason=f"{flight.keep.reason}; a fresh run failed: {failed.reason}")
+    standing = engine.history.standing()
+    over = engine.judge.over_budget(flight.runs, standing) if standing is not None else None
+    if over is not None:  # the code knows which run it is (AUTORESEARCH_RUN): fresh runs are timed too
+        return replace(over, reason=f"{flight.keep.reason}; a fresh run was {over.reason}")
     flight.rescore_left -= 1
     if flight.rescore_left > 0:
         return Decision(None, flight.keep.metric, "re-scoring on fresh seeds", flight.rescore_left)

@@ -89,10 +89,9 @@ class RunResult:
         """Wall time of every step of this run (what a slot was busy for)."""
         return sum(s.seconds for s in self.steps) or self.seconds
 
-    @property
-    def evaluate_seconds(self) -> float:
-        """Wall time of the ``evaluate`` step (0 when it did not run)."""
-        return sum(s.seconds for s in self.steps if s.name == "evaluate")
+    def step_seconds(self, name: str) -> float:
+        """Wall time of the step ``name`` (0 when it did not run)."""
+        return sum(s.seconds for s in self.steps if s.name == name)
 
 
 @runtime_checkable

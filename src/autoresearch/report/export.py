@@ -163,6 +163,7 @@ def _run_json(run: Run) -> dict[str, Any]:
         "metric": run.metric,
         "metrics": dict(run.metrics),
         "seconds": run.seconds,
+        "check_seconds": run.check_seconds,
         "evaluate_seconds": run.evaluate_seconds,
         "reason": run.reason,
         "log_path": run.log_path,

@@ -148,6 +148,8 @@ class Dashboard:
                     "status": r.status,
                     "metric": r.metric,
                     "seconds": r.seconds,
+                    "check_seconds": r.check_seconds,
+                    "evaluate_seconds": r.evaluate_seconds,
                     "reason": r.reason,
                 }
                 for r in row.runs

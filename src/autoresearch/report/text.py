@@ -214,7 +214,8 @@ def show_text(store: Store, session: Session, experiment_id: int) -> str:
         lines += ["", "rationale:", row.rationale]
     for run in row.runs:
         reason = f" — {run.reason}" if run.reason else ""
-        timed = f"{run.seconds:.1f} s" + (f" (+ evaluate {run.evaluate_seconds:.1f} s)" if run.evaluate_seconds else "")
+        steps = [f"{name} {run.step_seconds(name) or 0:.1f} s" for name in ("check", "evaluate") if run.step_seconds(name)]
+        timed = f"{run.seconds:.1f} s" + (f" (+ {', '.join(steps)})" if steps else "")
         lines.append(
             f"run {run.index}: seed {run.seed}, {run.status}, {metric} "
             f"{value_text(run.metric)}, {timed}, log {run.log_path}{reason}"
