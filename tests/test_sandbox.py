@@ -466,6 +466,45 @@ def test_a_protected_file_swapped_for_a_link_is_hashed_as_a_link(task: Task) -> 
     assert outcome.result.reason == "the run step changed protected files: evaluate.py"
 
 
+# --- extended attributes -----------------------------------------------------------------------
+
+XATTRS = """\
+import os, sys
+out = os.environ["AUTORESEARCH_OUT"]
+for path in (".", "lib", "lib/README.md", "train.py", out):
+    if sys.argv[1:] == ["keep"]:  # the check step, or an earlier experiment: work kept
+        try:
+            os.setxattr(path, "user.kept", b"trained weights")
+            print("kept on", path)
+        except OSError as exc:
+            print("refused on", path, exc)
+    else:
+        try:
+            print("found on", path, os.getxattr(path, "user.kept"))
+        except OSError:
+            print("nothing on", path)
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_extended_attributes_carry_no_work_to_a_later_step(tmp_path: Path, venv_template: Path, mode: str) -> None:
+    """git's reset and clean, and emptying AUTORESEARCH_OUT, leave extended attributes: the check
+    step (untimed work ahead) and an earlier experiment (work past its budget) could leave a
+    few kilobytes per file there for the run step, and a later experiment, to pick up."""
+    task = make_task(tmp_path, venv_template, mode, extra=f'check = "{tmp_path}/venv/bin/python train.py keep"')
+    first = attack(task, XATTRS)
+    check_log = (first.job.log_dir / f"{first.job.name}.check.log").read_text()
+    if "kept on lib" not in check_log:
+        pytest.skip(f"no user extended attributes on this file system: {check_log}")
+    assert "kept on ." in check_log and "kept on train.py" in check_log
+    assert "found on" not in first.log and "nothing on lib" in first.log, first.log  # check -> run
+    keep = attack(task, XATTRS.replace('sys.argv[1:] == ["keep"]', "True"))  # its run step keeps too
+    assert "kept on lib" in keep.log
+    later = attack(task, XATTRS.replace('sys.argv[1:] == ["keep"]', "False"))  # the next experiment
+    later_check = (later.job.log_dir / f"{later.job.name}.check.log").read_text()
+    assert "found on" not in later_check + later.log and "nothing on lib" in later_check, later_check
+
+
 # --- processes, output, data, network ------------------------------------------------------------
 
 ENVIRON = f"""\

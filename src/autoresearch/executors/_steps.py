@@ -5,12 +5,16 @@ rewrites the harness never gets its evaluation; before ``run`` and ``evaluate`` 
 put back to the experiment's commit, so the trusted step never sees what the run step wrote
 and the run never finds work that ``check`` did ahead of it, outside the time budget.
 ``AUTORESEARCH_OUT`` is emptied after ``check``: it holds what ``run`` made, never work the
-tests did ahead for a task with no run step (``evaluate`` would time it done).
+tests did ahead for a task with no run step (``evaluate`` would time it done). Git's reset and
+clean leave extended attributes where they are: the ``user.`` ones of the worktree and of
+``AUTORESEARCH_OUT`` are dropped before every step, so no step (and no earlier experiment)
+leaves work in them for the next.
 Executors differ only in where this runs (a thread here, a Ray worker there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -62,6 +66,8 @@ def execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None = None,
         job.out_dir.unlink()
     job.out_dir.mkdir(parents=True, exist_ok=True)
     _empty(job.out_dir)  # a run again under its name (resume) finds nothing of the killed one
+    if job.reset_root is not None:  # what an earlier experiment left on the reused worktree
+        drop_user_attributes(job.reset_root)
     links = _links(job)  # where the worktree's links point before any step ran
     environment = run_environment(job, env, sandbox.env_names if sandbox else ())
     environment = sandbox.environment(environment) if sandbox else environment
@@ -108,6 +114,23 @@ def _empty(folder: Path) -> None:
             shutil.rmtree(entry)
         else:
             entry.unlink()
+    drop_user_attributes(folder)
+
+
+def drop_user_attributes(root: Path) -> None:
+    """Remove the ``user.`` extended attributes of ``root`` and of every file and folder under
+    it (links are not followed): a step can write kilobytes into them, and neither git's reset
+    and clean nor emptying a folder removes them."""
+    for folder, _dirs, files in os.walk(root):
+        for path in (folder, *(os.path.join(folder, name) for name in files)):
+            try:
+                names = os.listxattr(path, follow_symlinks=False)
+            except OSError:  # gone, a link, or a file system without them
+                continue
+            for name in names:
+                if name.startswith("user."):
+                    with contextlib.suppress(OSError):
+                        os.removexattr(path, name, follow_symlinks=False)
 
 
 def _clear_result(out_dir: Path, rel: str) -> None:
@@ -234,6 +257,7 @@ def _pristine(job: Job, links: Mapping[str, str], step: str) -> None:
         if code != 0:
             raise ExecutorError(f"cannot reset {root} before {step}: {err.strip()}")
     remove_nested_git(root)
+    drop_user_attributes(root)
     for rel, target in links.items():
         path = root / rel
         if rel not in intact and not path.is_symlink() and not path.exists():
