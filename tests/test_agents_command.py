@@ -408,6 +408,21 @@ def test_the_cli_runs_as_a_step_with_its_pid_file_in_the_session_logs(
     assert not log.is_symlink()  # the raw output (with the key) stayed in a private folder
 
 
+def test_the_cli_runs_at_the_lowest_priority(toy_repo: Path, tmp_path: Path) -> None:
+    """What it runs while it proposes (tests, a script, a CPU burner) must not take the CPU from
+    the runs it overlaps: the baseline's, the best's fresh runs."""
+    seen = tmp_path / "seen"
+    body = f"""
+    import subprocess
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.nice(0))"], capture_output=True, text=True)
+    open({str(seen)!r}, "w").write(f"{{os.nice(0)}} {{child.stdout.strip()}}")
+    open("params.py", "w").write("X = 3.0\\nY = 2.0\\n")
+    print("set X to 3.0")
+    """
+    CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(context_in(toy_repo))
+    assert seen.read_text() == "19 19"
+
+
 def test_a_cli_left_running_is_killed_by_the_orphan_sweep_of_a_resume(
     toy_repo: Path, tmp_path: Path
 ) -> None:

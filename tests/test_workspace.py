@@ -113,7 +113,7 @@ def test_a_file_grown_past_max_file_kb_is_rejected(toy_repo: Path) -> None:
     ws = workspace(toy_repo)
     ws.checkout(0, ws.start())
     weights = "WEIGHTS = '" + "A" * 100_000 + "'\n"
-    with pytest.raises(EditRejected, match=r"params.py: the proposal makes it 98 KB, over \[task\] max_file_kb = 64"):
+    with pytest.raises(EditRejected, match=r"params.py: the proposal makes it 97.8 KB, over \[task\] max_file_kb = 64"):
         ws.apply(0, Proposal("x", edits=(Edit("params.py", "X = 1.0", "X = 1.0\n" + weights),)))
     ws.checkout(0, ws.head())
     patch = "--- a/params.py\n+++ b/params.py\n@@ -2,2 +2,3 @@\n X = 1.0\n Y = 2.0\n+" + weights

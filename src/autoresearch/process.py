@@ -337,12 +337,14 @@ class StepRunner:
 
     def step(self, name: str, command: str | list[str], cwd: Path, env: Mapping[str, str],
              log: Path, timeout: float, *, prefix: Sequence[str] = (),
-             stdin: bytes | None = None, max_memory_mb: float | None = None) -> StepResult:  # fmt: skip
+             stdin: bytes | None = None, max_memory_mb: float | None = None, nice: int = 0) -> StepResult:  # fmt: skip
         """Run ``command`` (a shell line, or an argv); output to ``log`` and to the result.
 
         ``prefix`` (a sandbox's argv, e.g. bwrap's) runs the command inside it. With
         ``max_memory_mb``, the step's processes are killed when together they hold more
-        (looked at every ``MEMORY_POLL`` seconds: a step can pass it for that long).
+        (looked at every ``MEMORY_POLL`` seconds: a step can pass it for that long). ``nice``
+        lowers the priority of its process group as soon as it starts (what it forks inherits
+        it; an unprivileged process cannot raise it again).
         """
         log.parent.mkdir(parents=True, exist_ok=True)
         marker = uuid.uuid4().hex  # finds processes that left the group (setsid, double fork)
@@ -350,6 +352,9 @@ class StepRunner:
         if prefix:
             command = [*prefix, *(["/bin/sh", "-c", command] if isinstance(command, str) else command)]
         proc, read_fd = self._start(name, command, cwd, {**env, MARKER: marker}, stdin)
+        if nice:
+            with contextlib.suppress(OSError):  # gone already
+                os.setpriority(os.PRIO_PGRP, proc.pid, nice)
         with self._lock:
             self._groups.add(proc.pid)
             killed = self._killed

@@ -293,18 +293,19 @@ class Workspace:
             self._git_apply(base, proposal.patch, check_only=False)
         if not paths:
             raise EditRejected("the proposal changes nothing")
-        self._check_sizes(base, sizes)
+        self._check_sizes(slot, base, sizes)
         return sorted(paths)
 
-    def _check_sizes(self, base: Path, before: dict[str, int]) -> None:
+    def _check_sizes(self, slot: SlotKey, base: Path, before: dict[str, int]) -> None:
         """A file the proposal grew past ``max_file_kb``: what the run should compute (trained
         weights, a table of answers) can be carried in a file that large."""
         limit = self.config.max_file_kb * 1024
         for rel, old in sorted(before.items()):
             new = _size(base / rel)
             if new > limit and new > old:
+                self._at.pop(slot, None)  # written: not the commit it was checked out at any more
                 raise EditRejected(
-                    f"{rel}: the proposal makes it {new / 1024:.0f} KB, over [task] max_file_kb = "
+                    f"{rel}: the proposal makes it {new / 1024:.1f} KB, over [task] max_file_kb = "
                     f"{self.config.max_file_kb:g} (a file that large can carry what the run should "
                     "compute, such as trained weights)"
                 )

@@ -41,6 +41,9 @@ from autoresearch.errors import (
 from autoresearch.process import StepRunner
 
 MAX_COMMAND_BYTES = 120_000  # one argument may not exceed 128 KiB on Linux
+# The CLI's priority: what it runs on this machine (tests, a script) while it proposes must not
+# take the CPU from the runs it overlaps, the baseline's and the best's fresh runs included.
+NICE = 19
 TAIL_LINES, TAIL_CHARS = 20, 2000  # of the CLI's output, in a recorded reason
 
 
@@ -192,7 +195,7 @@ class CliAgent(Agent):
             log.unlink(missing_ok=True)
             log.symlink_to(raw)  # the pid file lands next to it, where --resume looks
         try:
-            step = self._runner.step(self.name, line, workdir, env, log, self.timeout)
+            step = self._runner.step(self.name, line, workdir, env, log, self.timeout, nice=NICE)
         except ExecutorError as exc:
             raise AgentUnavailable(f"{self.name}: {exc}") from exc
         finally:

@@ -104,7 +104,8 @@ Rules:
   it goes in the results table. `rationale` says why it should help.
 - Change one idea at a time, so the result says something. Learn from the history: do not
   repeat a discarded idea unchanged; crashes and timeouts show what breaks.
-- The run must finish within the time budget; code that crashes or runs over is discarded.
+- The run must finish within the time budget, its tests and evaluation included (they run your
+  code too); code that crashes or runs over is discarded. Each editable file has a size limit.
 """
 
 
