@@ -469,8 +469,12 @@ def test_a_protected_file_swapped_for_a_link_is_hashed_as_a_link(task: Task) -> 
 # --- extended attributes -----------------------------------------------------------------------
 
 XATTRS = """\
-import os, sys
+import os, struct, sys
 out = os.environ["AUTORESEARCH_OUT"]
+# an access control list whose entries carry ids of the step's choice (version 2; user::rwx,
+# user:12345:r-x, group::r-x, mask::r-x, other::r-x)
+acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, uid) for tag, perm, uid in
+                                      ((1, 7, 2**32 - 1), (2, 5, 12345), (4, 5, 2**32 - 1), (16, 5, 2**32 - 1), (32, 5, 2**32 - 1)))
 for path in (".", "lib", "lib/README.md", "train.py", out):
     if sys.argv[1:] == ["keep"]:  # the check step, or an earlier experiment: work kept
         try:
@@ -478,11 +482,20 @@ for path in (".", "lib", "lib/README.md", "train.py", out):
             print("kept on", path)
         except OSError as exc:
             print("refused on", path, exc)
+        try:
+            os.setxattr(path, "system.posix_acl_access", acl)
+            print("acl kept on", path)
+        except OSError as exc:
+            print("acl refused on", path, exc)
     else:
         try:
             print("found on", path, os.getxattr(path, "user.kept"))
         except OSError:
             print("nothing on", path)
+        try:
+            print("acl found on", path, os.getxattr(path, "system.posix_acl_access"))
+        except OSError:
+            pass
 """
 
 
@@ -498,11 +511,12 @@ def test_extended_attributes_carry_no_work_to_a_later_step(tmp_path: Path, venv_
         pytest.skip(f"no user extended attributes on this file system: {check_log}")
     assert "kept on ." in check_log and "kept on train.py" in check_log
     assert "found on" not in first.log and "nothing on lib" in first.log, first.log  # check -> run
+    assert "acl found" not in first.log, first.log
     keep = attack(task, XATTRS.replace('sys.argv[1:] == ["keep"]', "True"))  # its run step keeps too
     assert "kept on lib" in keep.log
     later = attack(task, XATTRS.replace('sys.argv[1:] == ["keep"]', "False"))  # the next experiment
     later_check = (later.job.log_dir / f"{later.job.name}.check.log").read_text()
-    assert "found on" not in later_check + later.log and "nothing on lib" in later_check, later_check
+    assert "found on" not in later_check + later.log and "nothing on lib" in later_check, later_check  # incl. acl
 
 
 # --- processes, output, data, network ------------------------------------------------------------

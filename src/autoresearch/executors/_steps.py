@@ -6,9 +6,9 @@ put back to the experiment's commit, so the trusted step never sees what the run
 and the run never finds work that ``check`` did ahead of it, outside the time budget.
 ``AUTORESEARCH_OUT`` is emptied after ``check``: it holds what ``run`` made, never work the
 tests did ahead for a task with no run step (``evaluate`` would time it done). Git's reset and
-clean leave extended attributes where they are: the ``user.`` ones of the worktree and of
-``AUTORESEARCH_OUT`` are dropped before every step, so no step (and no earlier experiment)
-leaves work in them for the next.
+clean leave extended attributes where they are: the ones a step can set (``user.``, access
+control lists) on the worktree and ``AUTORESEARCH_OUT`` are dropped before every step, so no
+step (and no earlier experiment) leaves work in them for the next.
 Executors differ only in where this runs (a thread here, a Ray worker there).
 """
 
@@ -117,10 +117,16 @@ def _empty(folder: Path) -> None:
     drop_user_attributes(folder)
 
 
+# extended attributes a step can set on what it owns: its own, and access control lists (each
+# entry a 32-bit id of its choice); security labels (security.*) are the system's, left alone
+_DROPPED_ATTRIBUTES = ("user.", "system.posix_acl_")
+
+
 def drop_user_attributes(root: Path) -> None:
-    """Remove the ``user.`` extended attributes of ``root`` and of every file and folder under
-    it (links are not followed): a step can write kilobytes into them, and neither git's reset
-    and clean nor emptying a folder removes them."""
+    """Remove the extended attributes a step could set (``user.`` ones, access control lists)
+    of ``root`` and of every file and folder under it (links are not followed): a step can
+    write kilobytes into them, and neither git's reset and clean nor emptying a folder removes
+    them."""
     for folder, _dirs, files in os.walk(root):
         for path in (folder, *(os.path.join(folder, name) for name in files)):
             try:
@@ -128,7 +134,7 @@ def drop_user_attributes(root: Path) -> None:
             except OSError:  # gone, a link, or a file system without them
                 continue
             for name in names:
-                if name.startswith("user."):
+                if name.startswith(_DROPPED_ATTRIBUTES):
                     with contextlib.suppress(OSError):
                         os.removexattr(path, name, follow_symlinks=False)
 
