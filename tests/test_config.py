@@ -40,6 +40,9 @@ def test_valid_config_loads_with_defaults(tmp_path: Path) -> None:
     limited = load_config(write(tmp_path, GOOD.replace("time_budget = 60", "time_budget = 60\nmax_memory_mb = 8192")))
     assert limited.max_memory_mb == 8192.0
     assert config.max_file_kb == 1024.0
+    assert config.budget_steps == ("check", "run", "evaluate")  # every step runs the candidate's code
+    alone = load_config(write(tmp_path, GOOD.replace("time_budget = 60", 'time_budget = 60\nbudget_steps = ["run"]')))
+    assert alone.budget_steps == ("run",)
 
 
 def test_folder_path_finds_the_file(tmp_path: Path) -> None:
@@ -104,6 +107,11 @@ BAD = [
         "memory limit zero",
         GOOD.replace("time_budget = 60", "time_budget = 60\nmax_memory_mb = 0"),
         "[task] max_memory_mb: found 0, expected a number > 0",
+    ),
+    (
+        "unknown budget step",
+        GOOD.replace("time_budget = 60", 'time_budget = 60\nbudget_steps = ["run", "train"]'),
+        "[task] budget_steps: found ['run', 'train'], expected a non-empty list of 'check', 'run', 'evaluate'",
     ),
     (
         "file size limit negative",
