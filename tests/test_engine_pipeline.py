@@ -84,6 +84,23 @@ def test_the_agent_thinks_while_the_run_trains(tmp_path: Path) -> None:
     assert [r.verdict for r in engine.history.rows] == [Verdict.BASELINE] + [Verdict.KEEP] * 3
 
 
+def test_an_agent_that_runs_programs_here_waits_for_the_baseline(tmp_path: Path) -> None:
+    """A CLI's programs share the machine: they could slow the baseline every candidate is
+    judged against (nice does not hold against a process in a session of its own)."""
+    repo = task(tmp_path)
+    agent = Scripted([f"A = {i}\nB = 0\n" for i in range(1, 3)])
+    agent.runs_code = True
+    starts: dict[int, float] = {}
+
+    def run(job: Job) -> FakeRun:
+        starts.setdefault(job.experiment_id, time.monotonic())
+        return FakeRun(10.0 - params(job)["A"], sleep=0.6)
+
+    engine = session(repo, agent, FakeExecutor(run, sleep=0.6), max_experiments=2)
+    assert agent.calls[0][0] >= starts[0] + 0.6  # after the baseline's run, not beside it
+    assert [r.verdict for r in engine.history.rows] == [Verdict.BASELINE, Verdict.KEEP, Verdict.KEEP]
+
+
 def test_every_slot_is_kept_busy(tmp_path: Path) -> None:
     repo = task(tmp_path)
     agent = Scripted([f"A = {i}\nB = 0\n" for i in range(1, 7)])

@@ -57,6 +57,10 @@ class Agent:
     """Proposes one code change per call. Subclass and override; the defaults are no-ops."""
 
     name: str = "agent"
+    # True when proposing runs programs on this machine (the command CLIs): the agent then does
+    # not propose while the baseline's runs are timed, which its programs could slow down
+    # (nice does not hold against a process that starts a session of its own)
+    runs_code: bool = False
 
     def check(self, editable: Mapping[str, str]) -> str:
         """Validate the agent's options against the code before setup runs (raise ConfigError);

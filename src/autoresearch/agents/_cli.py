@@ -86,6 +86,7 @@ class CliAgent(Agent):
     """The shared machinery; a backend says how to call its CLI and how to read its reply."""
 
     name = "cli"
+    runs_code = True
     reporting = ""  # appended to the brief: how this CLI should report its description
 
     def __init__(

@@ -3,7 +3,9 @@
 An agent worker (one thread: agents need not be thread-safe) keeps up to ``lookahead``
 proposals ready while runs train. The main thread collects finished runs, judges and
 records them while the agent thinks, and starts a ready proposal on every free slot.
-The baseline's runs overlap the first proposals.
+The baseline's runs overlap the first proposals, unless the agent runs programs on this
+machine (``Agent.runs_code``): those could slow the baseline that every candidate is judged
+against.
 
 Stale proposals: a proposal made against best B, when the branch has meanwhile moved to
 B', is applied onto B' if its edits apply there (and judged against B'); otherwise it
@@ -55,6 +57,8 @@ class Proposer:
         if self.future is not None or self.exhausted or len(self.ready) >= self.lookahead:
             return
         if eng.stopping or eng.check_stop_rules() or eng.enough_planned(self.planned):
+            return
+        if eng.agent.runs_code and eng.history.baseline is None:  # it could slow the baseline down
             return
         parent = eng.history.best.commit if eng.history.best else eng.session.base_commit
         exp_id = eng.reserve_id()

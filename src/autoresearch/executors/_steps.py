@@ -6,9 +6,9 @@ put back to the experiment's commit, so the trusted step never sees what the run
 and the run never finds work that ``check`` did ahead of it, outside the time budget.
 ``AUTORESEARCH_OUT`` is emptied after ``check``: it holds what ``run`` made, never work the
 tests did ahead for a task with no run step (``evaluate`` would time it done). Git's reset and
-clean leave extended attributes where they are: the ones a step can set (``user.``, access
-control lists) on the worktree and ``AUTORESEARCH_OUT`` are dropped before every step, so no
-step (and no earlier experiment) leaves work in them for the next.
+clean leave extended attributes, and the times and modes of folders, where they are: they are
+scrubbed on the worktree and ``AUTORESEARCH_OUT`` before every step (``scrub_metadata``), so
+no step (and no earlier experiment) leaves work in them for the next.
 Executors differ only in where this runs (a thread here, a Ray worker there).
 """
 
@@ -20,6 +20,7 @@ import re
 import shlex
 import shutil
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -67,7 +68,7 @@ def execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None = None,
     job.out_dir.mkdir(parents=True, exist_ok=True)
     _empty(job.out_dir)  # a run again under its name (resume) finds nothing of the killed one
     if job.reset_root is not None:  # what an earlier experiment left on the reused worktree
-        drop_user_attributes(job.reset_root)
+        scrub_metadata(job.reset_root)
     links = _links(job)  # where the worktree's links point before any step ran
     environment = run_environment(job, env, sandbox.env_names if sandbox else ())
     environment = sandbox.environment(environment) if sandbox else environment
@@ -114,29 +115,46 @@ def _empty(folder: Path) -> None:
             shutil.rmtree(entry)
         else:
             entry.unlink()
-    drop_user_attributes(folder)
+    scrub_metadata(folder)
 
 
 # extended attributes a step can set on what it owns: its own, and access control lists (each
 # entry a 32-bit id of its choice); security labels (security.*) are the system's, left alone
 _DROPPED_ATTRIBUTES = ("user.", "system.posix_acl_")
+FOLDER_MODE = 0o755  # what git's checkout gives a folder (the mode bits are not tracked)
 
 
-def drop_user_attributes(root: Path) -> None:
-    """Remove the extended attributes a step could set (``user.`` ones, access control lists)
-    of ``root`` and of every file and folder under it (links are not followed): a step can
-    write kilobytes into them, and neither git's reset and clean nor emptying a folder removes
-    them."""
-    for folder, _dirs, files in os.walk(root):
-        for path in (folder, *(os.path.join(folder, name) for name in files)):
-            try:
-                names = os.listxattr(path, follow_symlinks=False)
-            except OSError:  # gone, a link, or a file system without them
-                continue
-            for name in names:
-                if name.startswith(_DROPPED_ATTRIBUTES):
-                    with contextlib.suppress(OSError):
-                        os.removexattr(path, name, follow_symlinks=False)
+def scrub_metadata(root: Path) -> None:
+    """Remove what a step could leave on ``root`` and everything under it that git's reset and
+    clean leave in place: the extended attributes a step can set (``user.``, access control
+    lists: kilobytes per entry), and the times and mode bits of folders and links, which git
+    does not track (a time set with ``utime`` holds 64 bits of the step's choice). Tracked
+    files git rewrites when their times or mode changed; links are never followed."""
+    now = time.time_ns()
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [name for name in dirs if name != ".git"]  # git's own (a checkout made on a node)
+        for name in (*dirs, *files):
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                with contextlib.suppress(OSError):
+                    os.utime(path, ns=(now, now), follow_symlinks=False)
+            elif name in files:
+                _drop_attributes(path)
+        _drop_attributes(folder)
+        with contextlib.suppress(OSError):
+            os.chmod(folder, FOLDER_MODE)
+            os.utime(folder, ns=(now, now))
+
+
+def _drop_attributes(path: str) -> None:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:  # gone, or a file system without them
+        return
+    for name in names:
+        if name.startswith(_DROPPED_ATTRIBUTES):
+            with contextlib.suppress(OSError):
+                os.removexattr(path, name, follow_symlinks=False)
 
 
 def _clear_result(out_dir: Path, rel: str) -> None:
@@ -263,7 +281,7 @@ def _pristine(job: Job, links: Mapping[str, str], step: str) -> None:
         if code != 0:
             raise ExecutorError(f"cannot reset {root} before {step}: {err.strip()}")
     remove_nested_git(root)
-    drop_user_attributes(root)
+    scrub_metadata(root)
     for rel, target in links.items():
         path = root / rel
         if rel not in intact and not path.is_symlink() and not path.exists():
