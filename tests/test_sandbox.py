@@ -527,6 +527,35 @@ def test_metadata_carries_no_work_to_a_later_step(tmp_path: Path, venv_template:
     assert "found on" not in later_check + later.log and "nothing on lib" in later_check, later_check  # incl. acl
 
 
+REPOINT = """\
+import os, sys
+print("data points at", os.readlink("data"))
+if "--repoint" in sys.argv:  # a message for the runs after this one, in the link's target
+    os.unlink("data")
+    os.symlink("/nonexistent/stash/0.7853981608973315", "data")
+    sys.exit(3)  # a crash: no evaluate step, whose reset would have put the link back
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_linked_path_pointed_elsewhere_is_pointed_back(tmp_path: Path, venv_template: Path, mode: str) -> None:
+    """`link` paths are left by git's clean; the name a crashing step gives a link's target
+    reached the next run of the experiment, and the next experiment, unless the link is put
+    back to the task folder's own path."""
+    task = make_task(tmp_path, venv_template, mode, extra='link = ["data"]')
+    (task.repo / "data").mkdir()
+    (task.repo / "data" / "shard.bin").write_bytes(b"training data")
+    honest = f"data points at {task.repo / 'data'}"
+    first = attack(task, REPOINT.replace('"--repoint" in sys.argv', "True"))
+    assert first.result.status is RunStatus.CRASH and honest in first.log, first.log
+    assert os.readlink(first.job.workdir / "data").startswith("/nonexistent/stash")
+    again = execute(first.job, StepRunner(), sandbox=task.sandbox())  # its next run, same checkout
+    log = (first.job.log_dir / f"{first.job.name}.log").read_text()
+    assert again.status is RunStatus.CRASH and honest in log and "stash" not in log, log
+    later = attack(task, REPOINT)  # the next experiment
+    assert honest in later.log and "stash" not in later.log, later.log
+
+
 # --- processes, output, data, network ------------------------------------------------------------
 
 ENVIRON = f"""\

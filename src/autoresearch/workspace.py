@@ -236,10 +236,16 @@ class Workspace:
         return rel if self.task_rel == "." else f"{self.task_rel}/{rel}"
 
     def _link(self, slot: SlotKey) -> None:
+        """Link each ``link`` path to the task folder's; a link pointed elsewhere (by a step of
+        an earlier experiment: its target's name can carry a message) is pointed back."""
         for rel in self.config.link:
             source, target = self.config.root / rel, self.slot_dir(slot) / rel
-            if target.is_symlink() or not source.exists() or target.exists():
+            if not source.exists() or (target.exists() and not target.is_symlink()):
                 continue
+            if target.is_symlink():
+                if str(target.readlink()) == str(source.resolve()):
+                    continue
+                target.unlink()
             target.parent.mkdir(parents=True, exist_ok=True)
             target.symlink_to(source.resolve(), target_is_directory=source.is_dir())
 

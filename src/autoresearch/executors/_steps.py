@@ -69,7 +69,8 @@ def execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None = None,
     _empty(job.out_dir)  # a run again under its name (resume) finds nothing of the killed one
     if job.reset_root is not None:  # what an earlier experiment left on the reused worktree
         scrub_metadata(job.reset_root)
-    links = _links(job)  # where the worktree's links point before any step ran
+    links = _links(job)  # where the worktree's links must point
+    _relink(job, links)
     environment = run_environment(job, env, sandbox.env_names if sandbox else ())
     environment = sandbox.environment(environment) if sandbox else environment
     steps: list[StepResult] = []
@@ -255,11 +256,41 @@ def failing_tests(output: str) -> list[str]:
 
 
 def _links(job: Job) -> dict[str, str]:
-    """Target of each linked path of the worktree (``reset_keep``) that is a symlink now."""
+    """Where each linked path of the worktree (``reset_keep``) must point: the task folder's own
+    path (``AUTORESEARCH_TASK_DIR``), as the workspace links it; without one, where it points
+    now. A link an earlier experiment re-pointed is not taken as it is: its target's name is a
+    message it left (trained state, say) for the experiments after it."""
     root = job.reset_root
     if root is None:
         return {}
-    return {rel: os.readlink(root / rel) for rel in job.reset_keep if (root / rel).is_symlink()}
+    task_dir = job.env.get("AUTORESEARCH_TASK_DIR")
+    links = {}
+    for rel in job.reset_keep:
+        path = root / rel
+        if task_dir and path.is_relative_to(job.workdir):
+            source = Path(task_dir) / path.relative_to(job.workdir)
+            if source.exists():
+                links[rel] = os.path.realpath(source)
+        elif path.is_symlink():
+            links[rel] = os.readlink(path)
+    return links
+
+
+def _relink(job: Job, links: Mapping[str, str]) -> None:
+    """Point every linked path where ``links`` says, before the first step."""
+    root = job.reset_root
+    if root is None:
+        return
+    for rel, target in links.items():
+        path = root / rel
+        if path.is_symlink() and os.readlink(path) == target:
+            continue
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.exists():
+            shutil.rmtree(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.symlink_to(target)
 
 
 def _pristine(job: Job, links: Mapping[str, str], step: str) -> None:
