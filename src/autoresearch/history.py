@@ -55,9 +55,7 @@ class History:
     @cached_property
     def baseline_seconds(self) -> float | None:
         """Mean wall time of the baseline's run steps: the yardstick of the budget rule."""
-        base = self.baseline
-        seconds = [r.seconds for r in base.runs if r.metric is not None] if base else []
-        return statistics.fmean(seconds) if seconds else None
+        return self._baseline_step("run")
 
     def _baseline_step(self, name: str) -> float | None:
         """Mean wall time of the baseline's ``name`` steps (check, evaluate); None when a run

@@ -179,21 +179,18 @@ class Judge:
     def over_budget(self, runs: Sequence[Run], best: Standing) -> Decision | None:
         """A discard when a run's timed steps took longer than the baseline's plus the allowance."""
         if best.seconds is None:  # no baseline timing yet: the run step against the budget
-            limit = self.budget + self.allowance
-            for run in runs:
-                if run.seconds > limit:
-                    return Decision(Verdict.DISCARD, run.metric, f"over budget: ran {run.seconds:.1f} s, "
-                                    f"limit {limit:.1f} s (budget + {self.allowance:g} s)")  # fmt: skip
-            return None
-        steps = [name for name in self.budget_steps if best.step(name)]  # the task's, recorded
-        base = sum(best.step(name) or 0.0 for name in steps)
+            steps, base, basis = ["run"], self.budget, "budget"
+        else:
+            steps = [name for name in self.budget_steps if best.step(name)]  # the task's, recorded
+            base = sum(best.step(name) or 0.0 for name in steps)
+            basis = f"baseline's {base:.1f} s"
         limit = base + self.allowance
         what = "ran" if steps == ["run"] else f"its {' and '.join(steps)} steps took"
         for run in runs:
             took = sum(run.step_seconds(name) or 0.0 for name in steps)
             if took > limit:
                 return Decision(Verdict.DISCARD, run.metric, f"over budget: {what} {took:.1f} s, "
-                                f"limit {limit:.1f} s (baseline's {base:.1f} s + {self.allowance:g} s)")  # fmt: skip
+                                f"limit {limit:.1f} s ({basis} + {self.allowance:g} s)")  # fmt: skip
         return None
 
     def _delta(self, word: str, value: float, best: float, margin: float = 0.0) -> str:
