@@ -89,6 +89,22 @@ def toy_repo(tmp_path: Path) -> Path:
     )
 
 
+def running(token: str) -> list[int]:
+    """Live processes whose command line holds ``token``, seen from the test's PID namespace:
+    a CLI agent's pids inside its own namespace mean nothing here."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if token.encode() not in (entry / "cmdline").read_bytes():
+                continue
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue  # gone meanwhile
+        if state != "Z":  # a zombie (exited, not yet reaped) is not running
+            found.append(int(entry.name))
+    return found
+
+
 def write_patch_dir(path: Path, patches: dict[str, str]) -> Path:
     """A folder of replay patches (name -> unified diff or search/replace text)."""
     path.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import git, make_repo
+from conftest import git, make_repo, running
 from fakes.contexts import make_context
 from fakes.session import BEST_PARAMS, run_toy_session
 
@@ -19,6 +19,7 @@ from autoresearch.agents import Agent, get_agent
 from autoresearch.agents._base import Context, Experiment
 from autoresearch.agents.command import CommandAgent
 from autoresearch.errors import AgentUnavailable, ConfigError, ProposalError
+from autoresearch.process import pid_namespace
 
 
 def script(tmp_path: Path, name: str, body: str) -> str:
@@ -191,10 +192,9 @@ def test_untracked_files_present_before_are_left_alone(toy_repo: Path, tmp_path:
 
 
 def test_hung_cli_is_killed_with_its_children(toy_repo: Path, tmp_path: Path) -> None:
-    pid_file = tmp_path / "child.pid"
+    token = f"cli-child-{os.getpid()}-{time.monotonic_ns()}"
     body = f"""
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    open({str(pid_file)!r}, "w").write(str(child.pid))
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # {token}"])
     open("params.py", "a").write("# half done\\n")
     print("working", flush=True)
     time.sleep(60)
@@ -206,11 +206,10 @@ def test_hung_cli_is_killed_with_its_children(toy_repo: Path, tmp_path: Path) ->
     ):
         CommandAgent(script(tmp_path, "cli.py", body), timeout=1).propose(context_in(toy_repo))
     assert time.monotonic() - start < 10
-    child = int(pid_file.read_text())
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _alive(child):
+    while time.monotonic() < deadline and running(token):
         time.sleep(0.05)
-    assert not _alive(child)
+    assert not running(token)
     assert_clean(toy_repo, head)
 
 
@@ -394,14 +393,14 @@ def test_the_cli_runs_as_a_step_with_its_pid_file_in_the_session_logs(
     pidfile = toy_repo / ".autoresearch" / "logs" / "t" / "agent-1.pid"
     body = f"""
     fields = open({str(pidfile)!r}).read().split()
-    open({str(seen)!r}, "w").write(str(int(fields[0]) == os.getpgrp()))
+    open({str(seen)!r}, "w").write(str(fields[2] == os.environ["AUTORESEARCH_STEP"]))
     open("params.py", "w").write("X = 3.0\\nY = 2.0\\n")
     print("key", os.environ["OPENAI_API_KEY"])
     print("set X to 3.0")
     """
     _, rows = run_toy_session(toy_repo, CommandAgent(script(tmp_path, "cli.py", body)), 1)
     assert [r.verdict for r in rows] == ["baseline", "keep"]
-    assert seen.read_text() == "True"  # a resumed session finds and kills a group left running
+    assert seen.read_text() == "True"  # a resumed session finds and kills what is left running
     assert not pidfile.exists()
     log = pidfile.with_suffix(".log")
     assert log.read_text() == "key ***\nset X to 3.0\n" and rows[1].meta["log"] == str(log)
@@ -421,6 +420,57 @@ def test_the_cli_runs_at_the_lowest_priority(toy_repo: Path, tmp_path: Path) -> 
     """
     CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(context_in(toy_repo))
     assert seen.read_text() == "19 19"
+
+
+@pytest.mark.skipif(not pid_namespace(), reason="bubblewrap cannot make a PID namespace here")
+def test_what_the_cli_started_dies_with_its_turn_however_it_left(
+    toy_repo: Path, tmp_path: Path
+) -> None:
+    """A daemon in a session of its own, without the step's environment and handed to init:
+    neither the group nor the marker finds it. It would go on using the CPU while the best's
+    fresh runs are timed (a red-team helper's daemon got a no-op kept that way)."""
+    token = f"cli-daemon-{os.getpid()}-{time.monotonic_ns()}"
+    body = f"""
+    daemon = "import time\\nwhile True: time.sleep(0.05)  # {token}"
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.execve(sys.executable, [sys.executable, "-c", daemon], {{}})
+        os._exit(0)
+    time.sleep(0.5)
+    open("params.py", "w").write("X = 3.0\\nY = 2.0\\n")
+    print("set X to 3.0")
+    """
+    proposal = CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(
+        context_in(toy_repo)
+    )
+    assert "X = 3.0" in proposal.patch
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and running(token):
+        time.sleep(0.05)
+    assert not running(token)
+
+
+def test_without_a_pid_namespace_the_session_says_so_and_the_group_still_dies(
+    toy_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autoresearch.config import load_config
+    from autoresearch.engine import Engine, SessionOptions
+
+    monkeypatch.setattr("autoresearch.engine.pid_namespace", lambda: ())
+    monkeypatch.setattr("autoresearch.agents._cli.pid_namespace", lambda: ())
+    token = f"cli-child-{os.getpid()}-{time.monotonic_ns()}"
+    body = f"""
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # {token}"])
+    open("params.py", "w").write("X = 3.0\\nY = 2.0\\n")
+    print("set X to 3.0")
+    """
+    messages: list[str] = []
+    agent = CommandAgent(script(tmp_path, "cli.py", body), timeout=30)
+    Engine(load_config(toy_repo), agent, options=SessionOptions(tag="t", max_experiments=1),
+           on_message=messages.append).run()  # fmt: skip
+    assert any("cannot give the command agent a PID namespace" in m for m in messages), messages
+    assert not running(token)  # the group and the marker are enough for a child that stayed
 
 
 def test_a_cli_left_running_is_killed_by_the_orphan_sweep_of_a_resume(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import git, make_repo, write_patch_dir
+from conftest import git, make_repo, running, write_patch_dir
 from test_engine import PATCHES, toy
 
 
@@ -171,7 +172,8 @@ def test_a_signal_while_the_coding_agent_works_stops_the_session_without_waiting
     kills the CLI's processes, records the proposal interrupted and stops at once."""
     repo = toy(tmp_path)
     pidfile = tmp_path / "cli.pid"
-    cmd = f"echo $$ > {pidfile}; sleep 120"
+    token = f"cli-sleeps-{os.getpid()}-{time.monotonic_ns()}"
+    cmd = f"echo $$ > {pidfile}; exec {sys.executable} -c 'import time; time.sleep(120)' {token}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "autoresearch", "run", "--tag", "a", "--agent", "command", "--cmd", cmd],
         cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -181,8 +183,7 @@ def test_a_signal_while_the_coding_agent_works_stops_the_session_without_waiting
     out, err = proc.communicate(timeout=60)  # the CLI alone would take 120 s
     assert proc.returncode == 143, err
     assert "stopped: interrupted (SIGTERM)" in out
-    cli = int(pidfile.read_text())
-    assert not Path(f"/proc/{cli}").exists() or "Z" in Path(f"/proc/{cli}/stat").read_text().split()[2]
+    assert not running(token)
     log = ar("log", "--tag", "a", cwd=repo).stdout
     assert "interrupted" in log and "pending" not in log
     show = ar("show", "1", "--tag", "a", cwd=repo).stdout

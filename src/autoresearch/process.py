@@ -6,15 +6,19 @@ The one place that runs a command for autoresearch: the steps of a run, the task
 starts in a new session (its own process group), carries an environment marker so that
 processes which leave the group (``setsid``, a double fork) are found too, and leaves a
 pid file (pid and start time) so that a resumed orchestrator can kill what a dead one
-left running. Whatever a step leaves behind when it ends is killed.
+left running. Whatever a step leaves behind when it ends is killed. A command that must not
+outlive its step however it hides (an agent's CLI) runs in a PID namespace of its own
+(``pid_namespace``; the sandbox gives every step one).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import threading
@@ -31,6 +35,7 @@ TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL of a timed-out group
 MEMORY_POLL = 0.25  # seconds between looks at the memory of a step that has a limit
 TAIL_LINES = 40
 DEFAULT_LOG_BYTES = 64 << 20  # a step's log is cut here; the tail in memory is kept
+PROBE_TIMEOUT = 10.0  # seconds for bubblewrap to show it can make a PID namespace here
 
 # --- secrets ------------------------------------------------------------------------------------
 
@@ -299,6 +304,25 @@ def tail(path: Path, lines: int = TAIL_LINES) -> str:
 
 
 # --- running one command --------------------------------------------------------------------------
+
+
+@functools.cache
+def pid_namespace() -> tuple[str, ...]:
+    """The argv prefix that runs a command in a PID namespace of its own, with everything else
+    shared (files, network, devices, user): when the command ends, the kernel kills all it
+    started, however it left the group and the marker behind (``setsid env -i``). Empty where
+    bubblewrap is missing or cannot make the namespace here (probed once); then the group and
+    the marker are all there is."""
+    exe = shutil.which("bwrap")
+    if exe is None:
+        return ()
+    argv = (exe, "--dev-bind", "/", "/", "--proc", "/proc", "--unshare-pid", "--die-with-parent")
+    try:
+        probe = subprocess.run([*argv, "true"], capture_output=True, timeout=PROBE_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    return argv if probe.returncode == 0 else ()
+
 
 
 @dataclass(frozen=True)

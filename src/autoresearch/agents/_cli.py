@@ -6,9 +6,10 @@ with the rendered brief in a private folder. What it changes there is the propos
 nothing) is read from its output by the backend's ``read_reply``.
 
 The program runs through the same process-group code as the experiments' runs
-(``StepRunner``): past ``timeout`` seconds its whole group is killed, processes that left the
-group too, and while it runs its pid file lies in the session's log folder, so that
-``--resume`` kills what a dead orchestrator left behind. Its output is kept there as
+(``StepRunner``), in a PID namespace of its own where bubblewrap can make one: when it ends
+or is killed (past ``timeout`` seconds), everything it started dies with it, processes that
+left its group and environment too. While it runs its pid file lies in the session's log
+folder, so that ``--resume`` kills what a dead orchestrator left behind. Its output is kept there as
 ``agent-<experiment>.log``, with the keys of the environment redacted.
 """
 
@@ -38,7 +39,7 @@ from autoresearch.errors import (
     ExecutorError,
     ProposalError,
 )
-from autoresearch.process import StepRunner
+from autoresearch.process import StepRunner, pid_namespace
 
 MAX_COMMAND_BYTES = 120_000  # one argument may not exceed 128 KiB on Linux
 # The CLI's priority: what it runs on this machine (tests, a script) while it proposes must not
@@ -196,7 +197,8 @@ class CliAgent(Agent):
             log.unlink(missing_ok=True)
             log.symlink_to(raw)  # the pid file lands next to it, where --resume looks
         try:
-            step = self._runner.step(self.name, line, workdir, env, log, self.timeout, nice=NICE)
+            step = self._runner.step(self.name, line, workdir, env, log, self.timeout,
+                                     prefix=pid_namespace(), nice=NICE)  # fmt: skip
         except ExecutorError as exc:
             raise AgentUnavailable(f"{self.name}: {exc}") from exc
         finally:
