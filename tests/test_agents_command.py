@@ -19,7 +19,7 @@ from autoresearch.agents import Agent, get_agent
 from autoresearch.agents._base import Context, Experiment
 from autoresearch.agents.command import CommandAgent
 from autoresearch.errors import AgentUnavailable, ConfigError, ProposalError
-from autoresearch.process import pid_namespace
+from autoresearch.process import can_confine
 
 
 def script(tmp_path: Path, name: str, body: str) -> str:
@@ -27,6 +27,13 @@ def script(tmp_path: Path, name: str, body: str) -> str:
     path = tmp_path / name
     path.write_text("import os, sys, time, subprocess\n" + textwrap.dedent(body))
     return f"{sys.executable} {path}"
+
+
+def notes(tmp_path: Path) -> Path:
+    """A folder outside the checkout that the fake CLIs below may write in (``writable``)."""
+    folder = tmp_path / "notes"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 def context_in(repo: Path) -> Context:
@@ -63,15 +70,14 @@ def test_edit_becomes_a_patch_and_the_checkout_is_left_clean(
 
 
 def test_prompt_file_holds_the_brief(toy_repo: Path, tmp_path: Path) -> None:
-    copy = tmp_path / "seen.md"
+    copy = notes(tmp_path) / "seen.md"
     body = f"""
     import shutil
     shutil.copy(sys.argv[1], {str(copy)!r})
     open("params.py", "a").write("# touched\\n")
     """
-    CommandAgent(script(tmp_path, "cli.py", body) + " {prompt_file}", timeout=30).propose(
-        context_in(toy_repo)
-    )
+    CommandAgent(script(tmp_path, "cli.py", body) + " {prompt_file}", timeout=30,
+                 writable=[str(copy.parent)]).propose(context_in(toy_repo))  # fmt: skip
     brief = copy.read_text()
     assert "Minimise the score" in brief and "params.py" in brief and "| 3 | keep |" in brief
     assert "description" in brief
@@ -80,16 +86,15 @@ def test_prompt_file_holds_the_brief(toy_repo: Path, tmp_path: Path) -> None:
 def test_prompt_on_stdin_and_description_from_last_output_line(
     toy_repo: Path, tmp_path: Path
 ) -> None:
-    copy = tmp_path / "stdin.md"
+    copy = notes(tmp_path) / "stdin.md"
     body = f"""
     open({str(copy)!r}, "w").write(sys.stdin.read())
     open("params.py", "w").write("X = 2.0\\nY = 2.0\\n")
     print("thinking...")
     print("Moved X halfway to 3")
     """
-    proposal = CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(
-        context_in(toy_repo)
-    )
+    proposal = CommandAgent(script(tmp_path, "cli.py", body), timeout=30,
+                            writable=[str(copy.parent)]).propose(context_in(toy_repo))  # fmt: skip
     assert "Minimise the score" in copy.read_text()
     assert proposal.description == "Moved X halfway to 3"
 
@@ -320,7 +325,7 @@ def test_task_in_a_subfolder_gets_task_relative_paths(tmp_path: Path) -> None:
 
 
 def test_full_session_with_a_fake_cli(toy_repo: Path, tmp_path: Path) -> None:
-    counter = tmp_path / "calls"
+    counter = notes(tmp_path) / "calls"
     body = f"""
     n = int(open({str(counter)!r}).read()) + 1 if os.path.exists({str(counter)!r}) else 1
     open({str(counter)!r}, "w").write(str(n))
@@ -338,7 +343,8 @@ def test_full_session_with_a_fake_cli(toy_repo: Path, tmp_path: Path) -> None:
         open("params.py", "w").write(text.replace("Y = 2.0", "Y = -1.0"))
         open(sys.argv[1], "w").write("set Y to -1\\n")
     """
-    agent = CommandAgent(script(tmp_path, "cli.py", body) + " {description_file}", timeout=1.5)
+    agent = CommandAgent(script(tmp_path, "cli.py", body) + " {description_file}", timeout=1.5,
+                         writable=[str(counter.parent)])  # fmt: skip
     engine, rows = run_toy_session(toy_repo, agent, max_experiments=4)
     assert [(r.id, r.verdict) for r in rows] == [
         (0, "baseline"),
@@ -389,7 +395,7 @@ def test_the_cli_runs_as_a_step_with_its_pid_file_in_the_session_logs(
     toy_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-in-the-agent-log")
-    seen = tmp_path / "seen"
+    seen = notes(tmp_path) / "seen"
     pidfile = toy_repo / ".autoresearch" / "logs" / "t" / "agent-1.pid"
     body = f"""
     fields = open({str(pidfile)!r}).read().split()
@@ -398,7 +404,8 @@ def test_the_cli_runs_as_a_step_with_its_pid_file_in_the_session_logs(
     print("key", os.environ["OPENAI_API_KEY"])
     print("set X to 3.0")
     """
-    _, rows = run_toy_session(toy_repo, CommandAgent(script(tmp_path, "cli.py", body)), 1)
+    agent = CommandAgent(script(tmp_path, "cli.py", body), writable=[str(seen.parent)])
+    _, rows = run_toy_session(toy_repo, agent, 1)
     assert [r.verdict for r in rows] == ["baseline", "keep"]
     assert seen.read_text() == "True"  # a resumed session finds and kills what is left running
     assert not pidfile.exists()
@@ -410,7 +417,7 @@ def test_the_cli_runs_as_a_step_with_its_pid_file_in_the_session_logs(
 def test_the_cli_runs_at_the_lowest_priority(toy_repo: Path, tmp_path: Path) -> None:
     """What it runs while it proposes (tests, a script, a CPU burner) must not take the CPU from
     the runs it overlaps: the baseline's, the best's fresh runs."""
-    seen = tmp_path / "seen"
+    seen = notes(tmp_path) / "seen"
     body = f"""
     import subprocess
     child = subprocess.run([sys.executable, "-c", "import os; print(os.nice(0))"], capture_output=True, text=True)
@@ -418,11 +425,12 @@ def test_the_cli_runs_at_the_lowest_priority(toy_repo: Path, tmp_path: Path) -> 
     open("params.py", "w").write("X = 3.0\\nY = 2.0\\n")
     print("set X to 3.0")
     """
-    CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(context_in(toy_repo))
+    agent = CommandAgent(script(tmp_path, "cli.py", body), timeout=30, writable=[str(seen.parent)])
+    agent.propose(context_in(toy_repo))
     assert seen.read_text() == "19 19"
 
 
-@pytest.mark.skipif(not pid_namespace(), reason="bubblewrap cannot make a PID namespace here")
+@pytest.mark.skipif(not can_confine(), reason="bubblewrap cannot make a PID namespace here")
 def test_what_the_cli_started_dies_with_its_turn_however_it_left(
     toy_repo: Path, tmp_path: Path
 ) -> None:
@@ -451,14 +459,60 @@ def test_what_the_cli_started_dies_with_its_turn_however_it_left(
     assert not running(token)
 
 
+@pytest.mark.skipif(not can_confine(), reason="bubblewrap cannot confine a command here")
+def test_the_cli_writes_only_its_checkout_and_what_it_is_given(toy_repo: Path, tmp_path: Path) -> None:
+    """Each write a red-team CLI used to get a no-op kept, from inside a real session's turn:
+    a filter in git's global config (the orchestrator's git ran it, outside any namespace), the
+    run slot's worktree, a ``.pth`` in the runs' Python, an object in git's store, the
+    checkout's ``.git`` file, and (as root) the kernel's core pattern. All refused; the
+    proposal itself, a commit of the CLI's own and its notes still work."""
+    import site
+
+    home = tmp_path / "home"
+    home.mkdir()
+    pth = Path(site.getsitepackages()[0]) / "zz_autoresearch_test.pth"
+    objects = toy_repo / ".git" / "objects"
+    attempts = {
+        "gitconfig": "git config --global filter.x.clean 'touch /tmp/filter-ran'",
+        "slot": "echo 'X = 3.0' >> ../0/params.py",
+        "pth": f"echo 'import os' > {pth}",
+        "object": f"mkdir -p {objects}/ab && echo x > {objects}/ab/{'c' * 38}",
+        "gitfile": "echo 'gitdir: /tmp/elsewhere' > .git",
+        "core_pattern": "cat /proc/sys/kernel/core_pattern > core && cat core > /proc/sys/kernel/core_pattern",
+        "disk": "ls /dev | grep -E '^(sd|vd|nvme|xvd)' | head -1 | grep -q .",  # no disk to write
+    }
+    body = f"""
+    import json
+    results = {{}}
+    for name, line in {attempts!r}.items():
+        done = subprocess.run(line, shell=True, capture_output=True, text=True)
+        results[name] = done.returncode
+    open("params.py", "w").write("X = 3.0\\nY = 2.0\\n")
+    subprocess.run(["git", "commit", "-qam", "set X to 3.0 (a commit of its own)"], check=True)
+    open({str(notes(tmp_path) / "results.json")!r}, "w").write(json.dumps(results))
+    """
+    agent = CommandAgent(script(tmp_path, "cli.py", body), env={"HOME": str(home)},
+                         writable=[str(notes(tmp_path))])  # fmt: skip
+    try:
+        _, rows = run_toy_session(toy_repo, agent, 1)
+    finally:
+        pth.unlink(missing_ok=True)
+    results = json.loads((notes(tmp_path) / "results.json").read_text())
+    assert all(code != 0 for code in results.values()), results
+    assert [r.verdict for r in rows] == ["baseline", "keep"], [r.reason for r in rows]
+    assert rows[1].description == "set X to 3.0 (a commit of its own)"
+    assert not (home / ".gitconfig").exists() and not (objects / "ab").exists()
+    assert git(toy_repo, "show", "autoresearch/t:params.py") == "X = 3.0\nY = 2.0"
+
+
 def test_without_a_pid_namespace_the_session_says_so_and_the_group_still_dies(
     toy_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from autoresearch.config import load_config
     from autoresearch.engine import Engine, SessionOptions
 
-    monkeypatch.setattr("autoresearch.engine.pid_namespace", lambda: ())
-    monkeypatch.setattr("autoresearch.agents._cli.pid_namespace", lambda: ())
+    monkeypatch.setattr("autoresearch.engine.can_confine", lambda: False)
+    monkeypatch.setattr("autoresearch.agents._cli.confined", lambda *a: [])
     token = f"cli-child-{os.getpid()}-{time.monotonic_ns()}"
     body = f"""
     subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # {token}"])
@@ -469,7 +523,7 @@ def test_without_a_pid_namespace_the_session_says_so_and_the_group_still_dies(
     agent = CommandAgent(script(tmp_path, "cli.py", body), timeout=30)
     Engine(load_config(toy_repo), agent, options=SessionOptions(tag="t", max_experiments=1),
            on_message=messages.append).run()  # fmt: skip
-    assert any("cannot give the command agent a PID namespace" in m for m in messages), messages
+    assert any("cannot confine the command agent" in m for m in messages), messages
     assert not running(token)  # the group and the marker are enough for a child that stayed
 
 

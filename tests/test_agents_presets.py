@@ -20,17 +20,20 @@ from autoresearch.agents.presets import AiderAgent, ClaudeCodeAgent, CodexAgent
 from autoresearch.errors import AgentUnavailable, ConfigError, ProposalError
 
 X3 = "X = 3.0\nY = 2.0\n"
+PLANS = "plans"  # a folder the fake CLIs may write in: [agent.<name>] writable
 BEST = BEST_PARAMS
 
 
 def fake(tmp_path: Path, name: str, steps: list[dict[str, Any]]) -> tuple[Path, dict[str, str]]:
-    """The fake CLI ``name`` and the env that gives it ``steps``; returns (binary, env)."""
-    plan = write_plan(tmp_path / f"{name}-plan.json", steps)
+    """The fake CLI ``name`` and the env that gives it ``steps``; returns (binary, env). The
+    fake notes its arguments beside the plan: the agents below may write there (``PLANS``)."""
+    (tmp_path / PLANS).mkdir(exist_ok=True)
+    plan = write_plan(tmp_path / PLANS / f"{name}-plan.json", steps)
     return install(tmp_path / "bin", name), {"FAKE_CLI_PLAN": str(plan)}
 
 
 def argv(tmp_path: Path, name: str) -> list[list[str]]:
-    return calls(tmp_path / f"{name}-plan.json")
+    return calls(tmp_path / PLANS / f"{name}-plan.json")
 
 
 def proposal_of(engine: Any, exp_id: int) -> Any:
@@ -54,7 +57,7 @@ def test_claude_code_session_keeps_describes_and_records_cost(
         {"bash": "python score.py", "reply": "I need to run the score first.", "cost": 0.005,
          "usage": {"input": 5, "output": 7}},
     ])  # fmt: skip
-    agent = ClaudeCodeAgent(binary=str(binary), model="claude-sonnet-4-5", env=env, timeout=60)
+    agent = ClaudeCodeAgent(binary=str(binary), model="claude-sonnet-4-5", env=env, writable=[str(tmp_path / PLANS)], timeout=60)
     engine, rows = run_toy_session(toy_repo, agent, max_experiments=3)
     assert [r.verdict for r in rows] == ["baseline", "keep", "keep", "invalid"]
     assert [r.description for r in rows[1:3]] == ["set X to 3.0", "Set Y to -1.0"]
@@ -83,7 +86,7 @@ def test_claude_code_edit_outside_its_folders_is_refused_with_the_reason(
         {"files": {"../elsewhere.py": "x = 1\n"}, "reply": "Wrote the helper.", "cost": 0.01},
     ])  # fmt: skip
     with pytest.raises(ProposalError) as info:
-        ClaudeCodeAgent(binary=str(binary), env=env).propose(_context(toy_repo))
+        ClaudeCodeAgent(binary=str(binary), env=env, writable=[str(tmp_path / PLANS)]).propose(_context(toy_repo))
     assert "refused permission 1 time(s): Write(" in str(info.value)
     assert info.value.usage is not None and info.value.usage.cost_usd == 0.01
     assert not (toy_repo.parent / "elsewhere.py").exists()
@@ -95,7 +98,7 @@ def test_claude_code_error_result_and_long_brief_on_stdin(toy_repo: Path, tmp_pa
     ])  # fmt: skip
     long = _context(toy_repo, instructions="Minimise the score. " * 8000)  # > one argument
     with pytest.raises(ProposalError) as info:
-        ClaudeCodeAgent(binary=str(binary), env=env).propose(long)
+        ClaudeCodeAgent(binary=str(binary), env=env, writable=[str(tmp_path / PLANS)]).propose(long)
     assert str(info.value).startswith(
         "claude-code exited with status 1; Claude Code stopped with error_max_turns"
     )
@@ -111,7 +114,7 @@ def test_claude_code_without_credentials_stops_the_session_saying_how_to_log_in(
         {"is_error": True, "reply": "Not logged in · Please run /login", "exit": 1},
     ])  # fmt: skip
     with pytest.raises(AgentUnavailable, match=r"claude-code: Not logged in .*log in once by running `claude`"):
-        ClaudeCodeAgent(binary=str(binary), env=env).propose(_context(toy_repo))
+        ClaudeCodeAgent(binary=str(binary), env=env, writable=[str(tmp_path / PLANS)]).propose(_context(toy_repo))
 
 
 def test_the_old_readme_command_for_claude_now_says_why(toy_repo: Path, tmp_path: Path) -> None:
@@ -122,7 +125,7 @@ def test_the_old_readme_command_for_claude_now_says_why(toy_repo: Path, tmp_path
     with pytest.raises(
         ProposalError, match=r"refused permission 1 time\(s\): Edit\(.*params\.py\)"
     ):
-        CommandAgent(cmd, env=env).propose(_context(toy_repo))
+        CommandAgent(cmd, env=env, writable=[str(tmp_path / PLANS)]).propose(_context(toy_repo))
 
 
 # --- Codex ---------------------------------------------------------------------------------------
@@ -139,7 +142,7 @@ def test_codex_session_keeps_describes_and_prices_its_tokens(
         {"reply": "Nothing to improve.", "usage": {"input": 100, "output": 5}},
     ])  # fmt: skip
     prices = {"fake-codex": {"input": 1.0, "output": 10.0, "cached": 0.1}}  # $ per Mtok
-    agent = CodexAgent(binary=str(binary), model="fake-codex", env=env, prices=prices)
+    agent = CodexAgent(binary=str(binary), model="fake-codex", env=env, writable=[str(tmp_path / PLANS)], prices=prices)
     _, rows = run_toy_session(toy_repo, agent, max_experiments=3)
     assert [r.verdict for r in rows] == ["baseline", "keep", "keep", "invalid"]
     assert [r.description for r in rows[1:3]] == ["set X to 3.0", "Set Y to -1.0"]
@@ -158,7 +161,7 @@ def test_codex_in_a_read_only_sandbox_says_so(toy_repo: Path, tmp_path: Path) ->
         {"files": {"params.py": X3}, "reply": "I could not write params.py.",
          "usage": {"input": 300, "output": 20}},
     ])  # fmt: skip
-    agent = CodexAgent(binary=str(binary), env=env, args=["--sandbox", "read-only"])
+    agent = CodexAgent(binary=str(binary), env=env, writable=[str(tmp_path / PLANS)], args=["--sandbox", "read-only"])
     with pytest.raises(ProposalError) as info:
         agent.propose(_context(toy_repo))
     text = str(info.value)
@@ -173,11 +176,11 @@ def test_codex_in_a_read_only_sandbox_says_so(toy_repo: Path, tmp_path: Path) ->
 def test_codex_failed_turn_and_the_old_full_auto_flag(toy_repo: Path, tmp_path: Path) -> None:
     binary, env = fake(tmp_path, "codex", [{"fail": "stream disconnected before completion"}])
     with pytest.raises(ProposalError) as info:
-        CodexAgent(binary=str(binary), env=env).propose(_context(toy_repo))
+        CodexAgent(binary=str(binary), env=env, writable=[str(tmp_path / PLANS)]).propose(_context(toy_repo))
     assert str(info.value).startswith(
         "codex exited with status 1; Codex's turn failed: stream disconnected before completion"
     )
-    old = CommandAgent(f"{binary} exec --full-auto {{prompt}}", env=env)
+    old = CommandAgent(f"{binary} exec --full-auto {{prompt}}", env=env, writable=[str(tmp_path / PLANS)])
     with pytest.raises(ProposalError, match="unexpected argument '--full-auto' found"):
         old.propose(_context(toy_repo))
 
@@ -208,7 +211,7 @@ def test_aider_session_keeps_describes_from_its_reply_and_records_cost(
         {"reply": "Set Y to -1\n\nparams.py\n```python\nbroken\n```", "malformed": True,
          "cost": 0.002, "usage": {"sent": "1.1k", "received": "20"}},
     ])  # fmt: skip
-    engine, rows = run_toy_session(toy_repo, AiderAgent(binary=str(binary), env=env), 2)
+    engine, rows = run_toy_session(toy_repo, AiderAgent(binary=str(binary), env=env, writable=[str(tmp_path / PLANS)]), 2)
     assert [r.verdict for r in rows] == ["baseline", "keep", "invalid"]
     assert rows[1].description == "Set X to 3.0"  # not "Applied edit to params.py"
     assert proposal_of(engine, 1).rationale == "Set X to 3.0\nThe score is smallest at X = 3."
@@ -241,7 +244,7 @@ def test_aider_with_its_default_flags_through_the_command_agent(
     binary, env = fake(tmp_path, "aider", [
         {"files": {"params.py": X3}, "reply": AIDER_REPLY, "usage": {"sent": "900", "received": "80"}},
     ])  # fmt: skip
-    agent = CommandAgent(f"{binary} --message-file {{prompt_file}} params.py", env=env)
+    agent = CommandAgent(f"{binary} --message-file {{prompt_file}} params.py", env=env, writable=[str(tmp_path / PLANS)])
     engine, rows = run_toy_session(toy_repo, agent, max_experiments=1)
     assert [r.verdict for r in rows] == ["baseline", "keep"]
     assert rows[1].description == "feat: Set X to 3.0"  # its commit's subject
@@ -256,7 +259,7 @@ def test_aider_edit_of_a_read_only_file_is_no_change_with_the_reason(
         {"files": {"score.py": "print('---')\nprint('score: 0')\n"}, "reply": "Score zero"},
     ])  # fmt: skip
     with pytest.raises(ProposalError, match=r"Skipping edits to score\.py, it is read-only"):
-        AiderAgent(binary=str(binary), env=env).propose(_context(toy_repo))
+        AiderAgent(binary=str(binary), env=env, writable=[str(tmp_path / PLANS)]).propose(_context(toy_repo))
 
 
 # --- options and the command line ------------------------------------------------------------
@@ -296,7 +299,8 @@ def test_run_with_a_preset_from_the_command_line(toy_repo: Path, tmp_path: Path)
         {"files": {"params.py": X3}, "reply": "Set X to 3.0", "usage": {"input": 10, "output": 2}},
     ])  # fmt: skip
     toml = toy_repo / "autoresearch.toml"
-    toml.write_text(toml.read_text() + f'\n[agent.codex]\nbinary = "{binary}"\ntimeout = 60\n')
+    toml.write_text(toml.read_text() + f'\n[agent.codex]\nbinary = "{binary}"\ntimeout = 60\n'
+                    f'writable = ["{tmp_path / PLANS}"]\n')
     git(toy_repo, "commit", "-qam", "use the codex preset")
     done = run_cli(toy_repo, "run", "--tag", "c", "--agent", "codex", "--model", "gpt-5",
                    "--max-experiments", "1", env=env)  # fmt: skip

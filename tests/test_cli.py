@@ -171,7 +171,11 @@ def test_a_signal_while_the_coding_agent_works_stops_the_session_without_waiting
     """The agent's CLI would work for a minute: the proposal would never run, so the signal
     kills the CLI's processes, records the proposal interrupted and stops at once."""
     repo = toy(tmp_path)
-    pidfile = tmp_path / "cli.pid"
+    (tmp_path / "notes").mkdir()
+    pidfile = tmp_path / "notes" / "cli.pid"  # outside the checkout: writable for the CLI
+    toml = repo / "autoresearch.toml"
+    toml.write_text(toml.read_text() + f'\n[agent.command]\nwritable = ["{pidfile.parent}"]\n')
+    git(repo, "commit", "-qam", "the CLI notes its pid")
     token = f"cli-sleeps-{os.getpid()}-{time.monotonic_ns()}"
     cmd = f"echo $$ > {pidfile}; exec {sys.executable} -c 'import time; time.sleep(120)' {token}"
     proc = subprocess.Popen(

@@ -1023,6 +1023,13 @@ for folder in ("/dev", "/dev/shm", "/dev/mqueue", "/tmp", "/run", repo, os.envir
         print("writable:", folder)
     except OSError as exc:
         print("refused:", folder, exc.strerror)
+try:  # as root, a pipe here would start a program outside the sandbox: written unchanged
+    same = open("/proc/sys/kernel/core_pattern").read()
+    with open("/proc/sys/kernel/core_pattern", "w") as fh:
+        fh.write(same)
+    print("writable: core_pattern")
+except OSError as exc:
+    print("refused: core_pattern", exc.strerror)
 print("inside:", os.environ.get("AUTORESEARCH_SANDBOX"))
 """
 
@@ -1040,6 +1047,7 @@ def test_only_scratch_folders_are_writable_and_the_keyrings_are_out_of_reach(
         assert f"writable: {folder}" in log
     for folder in ("/dev", "/run", task.repo):
         assert f"refused: {folder} Read-only file system" in log
+    assert "refused: core_pattern" in log
     assert "inside: bwrap" in log
 
 

@@ -6,9 +6,9 @@ The one place that runs a command for autoresearch: the steps of a run, the task
 starts in a new session (its own process group), carries an environment marker so that
 processes which leave the group (``setsid``, a double fork) are found too, and leaves a
 pid file (pid and start time) so that a resumed orchestrator can kill what a dead one
-left running. Whatever a step leaves behind when it ends is killed. A command that must not
-outlive its step however it hides (an agent's CLI) runs in a PID namespace of its own
-(``pid_namespace``; the sandbox gives every step one).
+left running. Whatever a step leaves behind when it ends is killed. An agent's CLI runs
+``confined``: its own PID namespace, no capabilities, and the file system read-only but for
+its checkout (the sandbox does more for every step).
 """
 
 from __future__ import annotations
@@ -306,23 +306,60 @@ def tail(path: Path, lines: int = TAIL_LINES) -> str:
 # --- running one command --------------------------------------------------------------------------
 
 
+# Kernel settings a process may write as root even without capabilities: /proc/sys (a core
+# pattern that pipes to a program starts that program as root, outside every namespace),
+# /proc/sysrq-trigger. bubblewrap's own cover of /proc leaves them writable as root.
+PROC_WRITABLE = ("/proc/sys", "/proc/sysrq-trigger")
+
+
+def proc_read_only() -> list[str]:
+    """bwrap arguments, after ``--proc /proc``, that make ``PROC_WRITABLE`` read-only."""
+    return [arg for path in PROC_WRITABLE if os.path.exists(path) for arg in ("--ro-bind", path, path)]
+
+
+_CONFINED = ("--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/dev/shm",
+             "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--cap-drop", "ALL")  # fmt: skip
+
+
 @functools.cache
-def pid_namespace() -> tuple[str, ...]:
-    """The argv prefix that runs a command in a PID namespace of its own, with everything else
-    shared (files, network, devices, user): when the command ends, the kernel kills all it
-    started, however it left the group and the marker behind (``setsid env -i``). Empty where
-    bubblewrap is missing or cannot make the namespace here (probed once); then the group and
-    the marker are all there is."""
+def _bwrap() -> str | None:
+    """bubblewrap's path, where it can confine a command here (probed once); else None."""
     exe = shutil.which("bwrap")
     if exe is None:
-        return ()
-    argv = (exe, "--dev-bind", "/", "/", "--proc", "/proc", "--unshare-pid", "--die-with-parent")
+        return None
     try:
-        probe = subprocess.run([*argv, "true"], capture_output=True, timeout=PROBE_TIMEOUT)
+        probe = subprocess.run([exe, *_CONFINED, *proc_read_only(), "true"], capture_output=True,
+                               timeout=PROBE_TIMEOUT)  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
-        return ()
-    return argv if probe.returncode == 0 else ()
+        return None
+    return exe if probe.returncode == 0 else None
 
+
+def can_confine() -> bool:
+    """Whether ``confined`` gives more than nothing here."""
+    return _bwrap() is not None
+
+
+def confined(writable: Iterable[Path], readonly: Iterable[Path] = ()) -> list[str]:
+    """The argv prefix that confines a command (an agent's CLI) on this machine.
+
+    A PID and an IPC namespace of its own: when the command ends, the kernel kills all it
+    started, however it left the group and the marker behind (``setsid env -i``). No
+    capabilities, even as root, a minimal ``/dev`` (no disks) and the kernel's settings
+    read-only. The file system read-only but for the existing paths of
+    ``writable`` (less what of them ``readonly`` names) and a private ``/dev/shm`` (``/tmp``
+    too is read-only: give the command a ``TMPDIR`` among ``writable``). Network, devices and
+    user are
+    shared. Empty where bubblewrap is missing or cannot run here: then the process group and
+    the marker are all there is, and the command can write wherever its user can.
+    """
+    exe = _bwrap()
+    if exe is None:
+        return []
+    paths = sorted({p.resolve() for p in writable if p.exists()}, key=lambda p: len(p.parts))
+    kept = sorted({p.absolute() for p in readonly if p.exists()}, key=lambda p: len(p.parts))
+    return [exe, *_CONFINED, *proc_read_only(), *(arg for p in paths for arg in ("--bind", str(p), str(p))),
+            *(arg for p in kept for arg in ("--ro-bind", str(p), str(p)))]  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,8 @@ if not args.skip_git_repo_check and not any((p / ".git").exists() for p in [Path
     sys.exit("Not inside a trusted directory and --skip-git-repo-check was not specified.")
 prompt = sys.stdin.read() if args.prompt in (None, "-") else args.prompt
 step = next_step()
-writable = {"read-only": [], "workspace-write": [Path.cwd().resolve(), Path(tempfile.gettempdir()).resolve()],
+writable = {"read-only": [], "workspace-write": [Path.cwd().resolve(), Path("/tmp").resolve(),
+                                                  Path(tempfile.gettempdir()).resolve()],
             "danger-full-access": [Path("/")]}[args.sandbox]
 if args.json:
     emit({"type": "thread.started", "thread_id": "0199a213-81c0-7800-8aa1-bbab2a035a53"})

@@ -12,18 +12,31 @@ changed since the parent, commits included, as one patch with task-relative path
 - a change to a tracked file outside the task folder is a ``ProposalError``.
 
 ``Checkout.restore`` puts the checkout back at the parent, clean, whatever the CLI did.
+
+The CLI's own git gets a repository of its own (``Checkout.environment``): HEAD at the parent,
+a copy of the index, git's objects read through an alternate, and what it commits written
+there. Confined, it cannot write the repository's own files (a planted object, a config
+with a filter), and its commits still work.
+
+After the CLI ran, git is told where the repository is (``--git-dir``, ``--work-tree``, as
+found before it ran) rather than left to look up from the task folder: a ``.git`` the CLI
+planted there would be obeyed, and its config can make git run a command (a filter).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+import shutil
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.edits import glob_regex
 from autoresearch.errors import AgentUnavailable, ProposalError, WorkspaceError
-from autoresearch.git import Git
+from autoresearch.git import Git, remove_nested_git
+
+MAX_COMMIT_BYTES = 1 << 20  # of the CLI's last commit object, read for its subject
 
 
 def git(cwd: Path, *args: str, check: bool = True) -> str:
@@ -53,25 +66,46 @@ class Checkout:
     base: str  # the parent commit
     head_ref: str | None  # the branch HEAD was on; None when detached
     untracked: frozenset[str]  # untracked paths present before (links, caches): left alone
+    admin: Path  # the checkout's git folder, as found before the CLI ran
+    own: Path  # the CLI's own repository (see the module's docstring)
 
     @classmethod
-    def open(cls, workdir: Path, parent: str) -> Checkout:
+    def open(cls, workdir: Path, parent: str, own: Path) -> Checkout:
+        """Note the checkout's state and make the CLI's own repository in the new folder ``own``."""
         top = Path(git(workdir, "rev-parse", "--show-toplevel").strip())
+        admin = Path(git(top, "rev-parse", "--absolute-git-dir").strip())
+        common = Path(git(top, "rev-parse", "--path-format=absolute", "--git-common-dir").strip())
         base = git(workdir, "rev-parse", f"{parent or 'HEAD'}^{{commit}}").strip()
         ref = git(top, "symbolic-ref", "-q", "HEAD", check=False).strip() or None
         prefix = git(workdir, "rev-parse", "--show-prefix").strip()
-        return cls(workdir, top, prefix, base, ref, frozenset(_untracked(top)))
+        untracked = frozenset(_untracked(lambda *a: git(top, *a)))
+        for folder in ("objects/info", "refs/heads", "refs/tags", "info"):
+            (own / folder).mkdir(parents=True)
+        (own / "HEAD").write_text(base + "\n")
+        (own / "config").write_text("[core]\n\trepositoryformatversion = 0\n\tbare = false\n")
+        (own / "objects" / "info" / "alternates").write_text(f"{common / 'objects'}\n")
+        for name, source in (("index", admin / "index"), ("info/exclude", common / "info" / "exclude")):
+            if source.is_file():
+                shutil.copyfile(source, own / name)
+        return cls(workdir, top, prefix, base, ref, untracked, admin, own)
+
+    def environment(self) -> dict[str, str]:
+        """What points the CLI's git at its own repository."""
+        return {"GIT_DIR": str(self.own), "GIT_WORK_TREE": str(self.top)}
+
+    def _git(self, *args: str, cwd: Path | None = None, check: bool = True) -> str:
+        """git in the checkout (run from ``cwd``, default its root), the repository named outright."""
+        pin = (f"--git-dir={self.admin}", f"--work-tree={self.top}")
+        return git(cwd or self.top, *pin, *args, check=check)
 
     def changes(self, editable: Sequence[str]) -> Changes:
         """The CLI's changes since ``base``; see the module's docstring for what is kept."""
         allowed = [glob_regex(g) for g in editable]
-        new = [p for p in _untracked(self.top) if p not in self.untracked]
+        new = [p for p in _untracked(self._git) if p not in self.untracked]
         kept_new = [p for p in new if self._editable(p, allowed)]
         if kept_new:
-            git(self.top, "add", "--intent-to-add", "--", *_literal(kept_new))
-        changed = _name_status(
-            git(self.top, "diff", "--name-status", "--no-renames", "-z", self.base)
-        )
+            self._git("add", "--intent-to-add", "--", *_literal(kept_new))
+        changed = _name_status(self._git("diff", "--name-status", "--no-renames", "-z", self.base))
         added = [p for status, p in changed if status == "A" and not self._editable(p, allowed)]
         dropped = sorted({*added, *(p for p in new if p not in kept_new)})
         kept = [p for _, p in changed if p not in added]
@@ -94,32 +128,57 @@ class Checkout:
         if not paths:
             return ""
         flags = ("--binary", "--no-color", "--no-ext-diff", "--no-renames", "--relative")
-        patch = git(self.workdir, "diff", *flags, self.base, "--", *_literal(paths, top=True))
+        patch = self._git("diff", *flags, self.base, "--", *_literal(paths, top=True), cwd=self.workdir)
         return patch + "\n" if patch else ""  # the wrapper strips the final newline
 
     def _subject(self) -> str:
-        """The subject of the newest commit the CLI made on top of ``base``, if any."""
-        return git(self.top, "log", "-1", "--format=%s", f"{self.base}..HEAD", check=False).strip()
+        """The subject of the newest commit the CLI made on top of ``base``, if any: read from
+        its own repository's files (git there would obey a config the CLI wrote)."""
+        head = _read(self.own / "HEAD", 200).strip()
+        if head.startswith("ref: "):
+            head = _read(self.own / head.removeprefix("ref: ").strip(), 200).strip()
+        if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", head) or head == self.base:
+            return ""
+        path = self.own / "objects" / head[:2] / head[2:]
+        try:
+            raw = zlib.decompressobj().decompress(path.read_bytes(), MAX_COMMIT_BYTES)
+        except (OSError, zlib.error):
+            return ""
+        header, _, body = raw.partition(b"\0")
+        if not header.startswith(b"commit "):
+            return ""
+        message = body.decode("utf-8", errors="replace").partition("\n\n")[2]
+        return message.strip().split("\n", 1)[0].strip()
 
     def restore(self) -> None:
-        """Put the checkout back at ``base``, clean, whatever the CLI did (branches included)."""
-        current = git(self.top, "symbolic-ref", "-q", "HEAD", check=False).strip()
+        """Put the checkout back at ``base``, clean, whatever the CLI did (branches and
+        repositories of its own included)."""
+        remove_nested_git(self.top)
+        current = self._git("symbolic-ref", "-q", "HEAD", check=False).strip()
         if current != (self.head_ref or ""):
             target = (
                 ["--detach", self.base]
                 if self.head_ref is None
                 else [self.head_ref.removeprefix("refs/heads/")]
             )
-            git(self.top, "checkout", "-q", "-f", *target, check=False)
-        git(self.top, "reset", "-q", "--hard", self.base)
+            self._git("checkout", "-q", "-f", *target, check=False)
+        self._git("reset", "-q", "--hard", self.base)
         excludes = [
             arg for path in sorted(self.untracked) for arg in ("-e", "/" + _escape_glob(path))
         ]
-        git(self.top, "clean", "-q", "-f", "-d", *excludes)
+        self._git("clean", "-q", "-f", "-d", *excludes)
 
 
-def _untracked(top: Path) -> list[str]:
-    out = git(top, "ls-files", "-z", "--others", "--exclude-standard")
+def _read(path: Path, limit: int) -> str:
+    try:
+        with path.open("rb") as fh:
+            return fh.read(limit).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _untracked(run: Callable[..., str]) -> list[str]:
+    out = run("ls-files", "-z", "--others", "--exclude-standard")
     return [p for p in out.split("\0") if p]
 
 

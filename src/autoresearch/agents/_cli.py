@@ -6,10 +6,14 @@ with the rendered brief in a private folder. What it changes there is the propos
 nothing) is read from its output by the backend's ``read_reply``.
 
 The program runs through the same process-group code as the experiments' runs
-(``StepRunner``), in a PID namespace of its own where bubblewrap can make one: when it ends
-or is killed (past ``timeout`` seconds), everything it started dies with it, processes that
-left its group and environment too. While it runs its pid file lies in the session's log
-folder, so that ``--resume`` kills what a dead orchestrator left behind. Its output is kept there as
+(``StepRunner``), confined where bubblewrap can (``process.confined``): a PID namespace of its
+own, so that when it ends or is killed (past ``timeout`` seconds) everything it started dies
+with it, processes that left its group and environment too; no capabilities; and a file
+system it can write only in its checkout, its private folder and its own state (``state``,
+``writable``). Elsewhere it could reach what judges it: the runs' worktrees, the Python
+environment, git's objects and config (a filter runs a command in the orchestrator's git).
+While it runs its pid file lies in the session's log folder, so that ``--resume`` kills what
+a dead orchestrator left behind. Its output is kept there as
 ``agent-<experiment>.log``, with the keys of the environment redacted.
 """
 
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -39,7 +43,7 @@ from autoresearch.errors import (
     ExecutorError,
     ProposalError,
 )
-from autoresearch.process import StepRunner, pid_namespace
+from autoresearch.process import StepRunner, confined
 
 MAX_COMMAND_BYTES = 120_000  # one argument may not exceed 128 KiB on Linux
 # The CLI's priority: what it runs on this machine (tests, a script) while it proposes must not
@@ -61,6 +65,13 @@ class BriefFiles:
     @property
     def description(self) -> Path:
         return self.folder / "description.txt"
+
+    @property
+    def scratch(self) -> Path:
+        """Its ``TMPDIR`` when it is confined."""
+        path = self.folder / "tmp"
+        path.mkdir(exist_ok=True)
+        return path
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,9 @@ class CliAgent(Agent):
     name = "cli"
     runs_code = True
     reporting = ""  # appended to the brief: how this CLI should report its description
+    # Where the CLI keeps its settings and sessions: "~/..." or "$VAR/..." (the CLI's
+    # environment's; left out when unset); a folder (ending in "/") is made when missing.
+    state: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -96,6 +110,7 @@ class CliAgent(Agent):
         timeout: float = 1800.0,
         history_tokens: int = DEFAULT_HISTORY_TOKENS,
         env: Mapping[str, str] | None = None,
+        writable: Sequence[str] = (),
     ) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise ConfigError(
@@ -107,8 +122,13 @@ class CliAgent(Agent):
             )
         if env is not None and not all(isinstance(v, str) for v in dict(env).values()):
             raise ConfigError(f"{self.name}: env must map names to strings, got {env!r}")
+        if isinstance(writable, str) or not all(isinstance(w, str) for w in writable):
+            raise ConfigError(
+                f"{self.name}: writable must be a list of paths, got {writable!r}"
+            )
         self.timeout, self.history_tokens = float(timeout), history_tokens
         self.env = dict(env or {})
+        self.writable = tuple(writable)
         self._runner = StepRunner()  # cancel() kills what it runs, now and from then on
 
     # --- what a backend says ------------------------------------------------------------------
@@ -136,8 +156,8 @@ class CliAgent(Agent):
             raise AgentUnavailable(
                 f"{self.name}: the engine gave no work directory to run the CLI in"
             )
-        checkout = Checkout.open(Path(context.workdir), context.parent)
         with tempfile.TemporaryDirectory(prefix="autoresearch-cli-") as tmp:
+            checkout = Checkout.open(Path(context.workdir), context.parent, Path(tmp) / "git")
             try:
                 return self._propose(context, checkout, BriefFiles(Path(tmp)))
             finally:
@@ -148,7 +168,7 @@ class CliAgent(Agent):
         line = self.command_line(files, context)
         if len(line.encode()) > MAX_COMMAND_BYTES:
             raise ProposalError(f"{self.name}: the brief is too long for one command-line argument")
-        output = self._execute(line, checkout.workdir, files, context)
+        output = self._execute(line, checkout, files, context)
         reply = self.read_reply(output, files)
         meta: dict[str, object] = {
             "command": self._redact(line[:500]),
@@ -183,13 +203,37 @@ class CliAgent(Agent):
     def needs_workdir(self) -> bool:
         return True  # the CLI edits the proposal checkout; its diff is the proposal
 
-    def _execute(self, line: str, workdir: Path, files: BriefFiles, context: Context) -> CliOutput:
+    def own_paths(self) -> list[Path]:
+        """Outside its checkout, what the CLI may write: ``state`` and ``writable``, ``~`` and
+        ``$VAR`` read from the CLI's environment (its ``env`` over this process's)."""
+        env = {**os.environ, **self.env}
+        paths = []
+        for entry in (*self.state, *self.writable):
+            head, sep, rest = entry.partition("/")
+            if head == "~":
+                head = env.get("HOME") or str(Path.home())
+            elif head.startswith("$"):
+                head = env.get(head[1:], "")
+                if not head:
+                    continue
+            path = Path(head + sep + rest)
+            path = path if path.is_absolute() else Path.cwd() / path
+            if entry.endswith("/") and entry in self.state:
+                path.mkdir(parents=True, exist_ok=True)
+            paths.append(path)
+        return paths
+
+    def _execute(self, line: str, checkout: Checkout, files: BriefFiles, context: Context) -> CliOutput:
         env = {
             **os.environ,
             **self.env,
             "AUTORESEARCH_PROMPT_FILE": str(files.prompt),
             "AUTORESEARCH_DESCRIPTION_FILE": str(files.description),
+            **checkout.environment(),
         }
+        prefix = confined([checkout.top, files.folder, *self.own_paths()], [checkout.top / ".git"])
+        if prefix:  # /tmp is read-only: a scratch folder of its own
+            env["TMPDIR"] = str(files.scratch)
         log = _log_path(context, files.folder)
         raw = files.folder / "output.log"  # the CLI may print keys: they stay out of the task
         if log != raw:
@@ -197,8 +241,8 @@ class CliAgent(Agent):
             log.unlink(missing_ok=True)
             log.symlink_to(raw)  # the pid file lands next to it, where --resume looks
         try:
-            step = self._runner.step(self.name, line, workdir, env, log, self.timeout,
-                                     prefix=pid_namespace(), nice=NICE)  # fmt: skip
+            step = self._runner.step(self.name, line, checkout.workdir, env, log, self.timeout,
+                                     prefix=prefix, nice=NICE)  # fmt: skip
         except ExecutorError as exc:
             raise AgentUnavailable(f"{self.name}: {exc}") from exc
         finally:

@@ -13,6 +13,10 @@ kept and dropped). Claude Code, Codex and aider have presets of their own
 - ``{description_file}``: where the CLI should write its one-line description;
 - ``{workdir}``: the checkout it works in.
 
+Where bubblewrap works the CLI is confined (see ``_cli``): it writes only in its checkout and
+its private folder, and in the paths ``writable`` names (``[agent.command] writable =
+["~/.mycli/"]``: its settings, a cache it keeps across turns).
+
 Without ``{prompt_file}`` or ``{prompt}`` the brief is given on stdin. The description is
 the first line of the description file; else, when the last output line is a JSON object
 with a ``result`` (``claude -p --output-format json``), that result's last line; else the
@@ -24,6 +28,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Sequence
 from typing import Any
 
 from autoresearch.agents._base import Context, Usage
@@ -56,6 +61,7 @@ class CommandAgent(CliAgent):
         history_tokens: int = DEFAULT_HISTORY_TOKENS,
         env: dict[str, str] | None = None,
         shell: str = "/bin/sh",
+        writable: Sequence[str] = (),
     ) -> None:
         if not isinstance(cmd, str):
             raise ConfigError(
@@ -67,7 +73,7 @@ class CommandAgent(CliAgent):
                 "command: --cmd is missing or empty; e.g. --cmd 'aider --message-file "
                 "{prompt_file}' (or [agent.command] cmd; or use --agent claude-code / codex / aider)"
             )
-        super().__init__(timeout=timeout, history_tokens=history_tokens, env=env)
+        super().__init__(timeout=timeout, history_tokens=history_tokens, env=env, writable=writable)
         self.cmd, self.shell = cmd, shell
         self.uses_stdin = not re.search(r"\{prompt(_file)?\}", cmd)
 

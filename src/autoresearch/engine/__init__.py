@@ -30,7 +30,7 @@ from autoresearch.history import History
 from autoresearch.judge import Judge
 from autoresearch.ledger import Ledger, SessionRow
 from autoresearch.lock import SessionLock
-from autoresearch.process import StepRunner, pid_namespace
+from autoresearch.process import StepRunner, can_confine
 from autoresearch.records import Experiment, Verdict
 from autoresearch.workspace import Workspace
 
@@ -111,10 +111,11 @@ class Engine:
         warning = getattr(self.executor, "sandbox", None)
         if isinstance(warning, Sandbox) and warning.warning:
             self.say(f"warning: {warning.warning}")
-        if self.agent.runs_code and not pid_namespace():
-            self.say(f"warning: bubblewrap cannot give the {self.agent.name} agent a PID namespace "
-                     "here: a process it starts that leaves its session and environment outlives "
-                     "its turn")  # fmt: skip
+        if self.agent.runs_code and not can_confine():
+            self.say(f"warning: bubblewrap cannot confine the {self.agent.name} agent here: it "
+                     "can write wherever you can (the runs' checkouts, the Python environment, "
+                     "git's config), and a process it starts that leaves its session and "
+                     "environment outlives its turn")  # fmt: skip
         self._git_print = self.workspace.fingerprint()
         if not self._stop:
             self._protect_data()

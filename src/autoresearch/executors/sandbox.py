@@ -7,7 +7,8 @@ prepared data (``.autoresearch/data``), the task's ``link`` targets and ``protec
 are bound back read-only. The worktree's own ``.git`` is unreadable, so git inside a step
 fails: the run cannot commit, move the session branch or plant hooks. There is no network
 unless ``[task] network = true``, a new PID and IPC namespace (the step's death kills
-everything it started), no capabilities, no kernel keyrings (a seccomp filter: root's keys
+everything it started), no capabilities, the kernel's settings read-only (``/proc/sys``:
+as root, a core pattern would start a program outside the sandbox), no kernel keyrings (a seccomp filter: root's keys
 are the host's), and an allowlisted environment (never the agents' keys). The folders a step
 may write are its worktree (not in ``evaluate``), ``AUTORESEARCH_OUT``, ``/tmp``, ``/dev/shm``
 and ``/dev/mqueue``; everything else is read-only, the emptied folders and ``/dev`` too.
@@ -42,7 +43,7 @@ from pathlib import Path
 from autoresearch.config import SANDBOXES, TaskConfig
 from autoresearch.errors import ConfigError, WorkspaceError
 from autoresearch.git import Git, git_fingerprint
-from autoresearch.process import AGENT_KEYS, MARKER, SANDBOXED
+from autoresearch.process import AGENT_KEYS, MARKER, SANDBOXED, proc_read_only
 
 MODES = SANDBOXES
 DATA_DIR = ".autoresearch/data"  # prepared data shared by every worktree (read-only inside)
@@ -261,7 +262,7 @@ class Sandbox:
                 "--unshare-uts", "--cap-drop", "ALL"]  # fmt: skip
         argv += ["--as-pid-1"] if first else []
         argv += [] if self.network else ["--unshare-net"]
-        argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+        argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *proc_read_only()]
         argv += [arg for dev in _gpu_devices() for arg in ("--dev-bind", dev, dev)]
         argv += ["--tmpfs", "/dev/shm", "--mqueue", "/dev/mqueue"]
         argv += ["--tmpfs", "/tmp", "--dir", HOME_INSIDE]

@@ -8,7 +8,8 @@ from ``[agent.<name>]`` in autoresearch.toml (``--model`` on the command line wi
 - ``args``: extra arguments (a list, or one string split like a shell would);
 - ``timeout``: seconds before the CLI's whole process group is killed (default 1800);
 - ``binary``: the program to run, when it is not on PATH under its usual name;
-- ``history_tokens``, ``env``: as for the ``command`` agent.
+- ``history_tokens``, ``env``, ``writable``: as for the ``command`` agent (the CLI's own
+  settings folder, e.g. ``~/.claude/``, is writable without it).
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ class PresetAgent(CliAgent):
         binary: str | None = None,
         history_tokens: int = DEFAULT_HISTORY_TOKENS,
         env: Mapping[str, str] | None = None,
+        writable: Sequence[str] = (),
     ) -> None:
-        super().__init__(timeout=timeout, history_tokens=history_tokens, env=env)
+        super().__init__(timeout=timeout, history_tokens=history_tokens, env=env, writable=writable)
         if model is not None and (not isinstance(model, str) or not model.strip()):
             raise ConfigError(f"{self.name}: model must be a non-empty string, got {model!r}")
         self.model = model

@@ -54,6 +54,7 @@ class AiderAgent(PresetAgent):
 
     name = "aider"
     binary_name = "aider"
+    state = ("~/.aider/",)  # caches, analytics id
     install = "python -m pip install aider-chat"
     reporting = (
         "You can only edit the files in this chat, so do not write the description file: begin "

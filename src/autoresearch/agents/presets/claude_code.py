@@ -39,6 +39,7 @@ class ClaudeCodeAgent(PresetAgent):
 
     name = "claude-code"
     binary_name = "claude"
+    state = ("$CLAUDE_CONFIG_DIR/", "~/.claude/", "~/.claude.json")  # settings, sessions
     install = "npm install -g @anthropic-ai/claude-code"
     reporting = (
         "Finish with a short final message whose first line is that same one-line description."

@@ -40,6 +40,7 @@ class CodexAgent(PresetAgent):
 
     name = "codex"
     binary_name = "codex"
+    state = ("$CODEX_HOME/", "~/.codex/")  # config, sessions, logs
     install = "npm install -g @openai/codex"
     reporting = (
         "If you cannot write the description file, make the first line of your final message "
