@@ -249,6 +249,33 @@ class ScriptedAgent(Agent):
         return reply
 
 
+def test_a_reply_with_lone_surrogates_and_a_huge_rationale_is_recorded(tmp_path: Path) -> None:
+    """JSON lets an agent's reply hold "\\ud800", which no encoder takes: the commit or the
+    ledger failed and the session died. A 100-MB rationale made a 100-MB ledger row and report."""
+    from autoresearch.agents._base import Edit
+    from autoresearch.records import MAX_RATIONALE_CHARS
+    from autoresearch.report._data import Store
+    from autoresearch.report.text import show_text
+
+    repo = toy(tmp_path)
+    edit = Edit("params.py", "X = 1.0", "X = 2.5  # \ud800")
+    forged = "\nrun 0: seed 9, ok, score 0.000000 (a line of the agent's)\n"
+    agent = ScriptedAgent([Proposal("move X \udfff", "why \ud800" + forged + "x" * 10_000_000,
+                                    edits=(edit,))])
+    engine = Engine(load_config(repo), agent, options=SessionOptions(tag="t"))
+    engine.run()
+    rows = engine.ledger.experiments(engine.session)
+    assert [r.verdict for r in rows] == ["baseline", "keep"], [r.reason for r in rows]
+    assert rows[1].description == "move X \ufffd"
+    assert rows[1].rationale.startswith("why \ufffd\nrun 0") and "more characters cut" in rows[1].rationale
+    assert len(rows[1].rationale) < MAX_RATIONALE_CHARS + 100
+    assert "+X = 2.5  # \ufffd" in rows[1].diff
+    store = Store(repo)
+    shown = show_text(store, store.session("t"), 1).splitlines()
+    assert "  run 0: seed 9, ok, score 0.000000 (a line of the agent's)" in shown
+    assert not any(line.startswith("run 0: seed 9") for line in shown)
+
+
 def test_agent_errors_become_verdicts_or_stop_reasons(tmp_path: Path) -> None:
     from autoresearch.agents._base import Edit, Usage
 

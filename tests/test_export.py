@@ -99,6 +99,20 @@ def test_json_round_trips_and_log_json_prints_the_same(recorded: Path) -> None:
     assert json.loads(logged.stdout) == document
 
 
+def test_a_description_with_quotes_swallows_no_rows(tmp_path: Path) -> None:
+    """A description that starts with a quote opened a quoted field for upstream's reader, and
+    the next description with a quote closed it: the rows between vanished into one cell."""
+    from autoresearch.records import Experiment
+    from autoresearch.report.export import write_tsv
+
+    said = ['"quoted start', "plain", "crash here", 'ends with a "quote"', '"', "last"]
+    rows = [Experiment(i, "discard", 1.0 + i, d, commit=f"{i:07d}") for i, d in enumerate(said)]
+    write_tsv(rows, "score", tmp_path / "r.tsv")
+    with (tmp_path / "r.tsv").open(newline="") as fh:
+        read = list(csv.DictReader(fh, delimiter="\t"))
+    assert [r["description"].removeprefix("'") for r in read] == said
+
+
 def test_json_of_another_tool_is_refused() -> None:
     with pytest.raises(ValueError, match=r"not an autoresearch runs\.json"):
         experiments_from_json({"experiments": []})

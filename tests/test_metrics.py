@@ -47,6 +47,17 @@ def test_non_finite_primary_metric_is_an_error(value: str) -> None:
         parse(MetricConfig(name="score"), f"---\nscore: {value}\n")
 
 
+@pytest.mark.parametrize("value", ["-1e308", "1.7e308", "1e101"])
+def test_a_primary_metric_beyond_any_measurement_is_an_error(value: str) -> None:
+    """Two runs at -1e308 overflowed the judge's sums and stopped the session; one at 1.7e308
+    broke the report's plot. Secondary values that far out are left out, as if not reported
+    (a constraint on one is broken); a secondary nan stays, as the run reported it."""
+    with pytest.raises(MetricError, match=r"out of range .*beyond ±1e\+100"):
+        parse(MetricConfig(name="score"), f"---\nscore: {value}\n")
+    found = parse(MetricConfig(name="score"), f"---\nscore: -1e100\npeak_mb: {value}\nsteps: nan\n")
+    assert found.keys() == {"score", "steps"} and found["score"] == -1e100
+
+
 def test_regex_takes_the_last_match() -> None:
     config = MetricConfig(name="ms", format="regex", pattern=r"render: ([0-9.]+) ms")
     assert parse(config, "render: 12.5 ms\nrender: 11.0 ms\n") == {"ms": 11.0}

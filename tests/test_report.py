@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from fakes import browser
-from fakes.recorded import HOSTILE, KEPT, TAG, record_session
+from fakes.recorded import HOSTILE, KEPT, RLO, TAG, record_session
 from fakes.session import run_cli
 
 from autoresearch.engine import ExperimentEvent
@@ -18,7 +18,7 @@ from autoresearch.report import make_report
 from autoresearch.report._data import Session, Store
 from autoresearch.report.html import diff_html, kept_changes, report_html
 from autoresearch.report.plot import MAX_LABELS, progress_figure, title_text
-from autoresearch.report.text import event_line, status_text
+from autoresearch.report.text import event_line, status_text, terminal_text
 
 Image = pytest.importorskip("PIL.Image", reason="Pillow comes with matplotlib (the report extra)")
 
@@ -110,6 +110,7 @@ def test_html_holds_every_keep_escaped_and_nothing_from_the_network(recorded: Pa
             for line in row.diff.splitlines():
                 assert _escaped(line) in page
     assert HOSTILE not in page and "<script" not in page and "<img src=x" not in page
+    assert RLO not in page and "&lt;img src=x onerror=alert(1)&gt; \\u202e1 = Y" in page
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
     assert "http://" not in page and "https://" not in page
     tags = parsed_tags(page)
@@ -148,9 +149,10 @@ def parsed_tags(page: str) -> list[tuple[str, list[tuple[str, str | None]]]]:
 
 
 def _escaped(text: str) -> str:
+    """``text`` as the page must hold it: escaped, and a bidi override shown, not obeyed."""
     from html import escape
 
-    return escape(text)
+    return escape(text.replace(RLO, "\\u202e"))
 
 
 def test_report_in_a_real_browser(recorded: Path, tmp_path: Path) -> None:
@@ -197,6 +199,17 @@ def test_title_counts_keeps_and_gain() -> None:
     history = History(synthetic(10))
     assert title_text(history) == "10 experiments, 1 kept, best 0.999 (-0.10% vs baseline)"
     assert title_text(History([])) == "0 experiments, 0 kept"
+
+
+def test_characters_that_reorder_or_hide_text_are_shown() -> None:
+    """A bidi override, an isolate, an Arabic letter mark, a word joiner and a tag character,
+    in a diff line and in the terminal."""
+    line = "+if MODE != \"safe\u202e \u2066# only when unsafe\u2069 \u2066\":\u061c\u2060\U000e0041"
+    out = diff_html(line)
+    for char, shown in (("\u202e", "\\u202e"), ("\u2066", "\\u2066"), ("\u061c", "\\u061c"),
+                        ("\u2060", "\\u2060"), ("\U000e0041", "\\U000e0041")):  # fmt: skip
+        assert char not in out and shown in out
+        assert char not in terminal_text(line) and shown in terminal_text(line)
 
 
 def test_diff_lines_are_escaped_and_classed() -> None:

@@ -94,7 +94,7 @@ def test_dashboard_in_a_real_browser(dashboard: Dashboard, recorded: Path, tmp_p
             "document.getElementById('detail').dataset.id === '5' && "
             "document.getElementById('detail-diff').textContent"
         )
-        assert "+Y = 0.0  # <img src=x onerror=alert(1)>" in diff and "-Y = 2.0" in diff
+        assert "+Y = 0.0  # <img src=x onerror=alert(1)> \\u202e1 = Y" in diff and "-Y = 2.0" in diff
         assert page.js("document.querySelectorAll('#detail img').length") == 0
         assert "score: 2.000000" in page.js("document.getElementById('detail-log').textContent")
         page.screenshot(tmp_path / "dashboard.png")

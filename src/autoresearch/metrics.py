@@ -16,6 +16,9 @@ from pathlib import Path
 from autoresearch.config import MetricConfig
 from autoresearch.errors import MetricError
 
+# Beyond this a number is no measurement: the judge's sums of squares and the plot's limits
+# overflow near 1e308, and a run that prints -1e308 only wants to look infinitely better.
+MAX_MAGNITUDE = 1e100
 SUMMARY_LINE = re.compile(r"^\s*([A-Za-z_][\w.\-/]*)\s*:\s*(\S+)\s*$")
 
 
@@ -103,9 +106,12 @@ def parse(config: MetricConfig, output: str, out_dir: Path | None = None) -> dic
         found = parse_summary(output)
     if config.name not in found:
         raise MetricError(f"metric {config.name!r} missing from the output")
-    if not math.isfinite(found[config.name]):
-        raise MetricError(f"metric {config.name!r} is not finite ({found[config.name]})")
-    return found
+    value = found[config.name]
+    if not math.isfinite(value):
+        raise MetricError(f"metric {config.name!r} is not finite ({value})")
+    if abs(value) > MAX_MAGNITUDE:
+        raise MetricError(f"metric {config.name!r} is out of range ({value:g}: beyond ±{MAX_MAGNITUDE:g})")
+    return {k: v for k, v in found.items() if not math.isfinite(v) or abs(v) <= MAX_MAGNITUDE}
 
 
-__all__ = ["SUMMARY_LINE", "link_on", "parse", "parse_summary"]
+__all__ = ["MAX_MAGNITUDE", "SUMMARY_LINE", "link_on", "parse", "parse_summary"]

@@ -9,9 +9,19 @@ them to text at its edge.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+MAX_RATIONALE_CHARS = 20_000  # an agent's rationale is cut here: the ledger and the views hold it
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def text_of(value: str) -> str:
+    """``value`` as text every encoder takes: a lone surrogate (JSON's ``"\\ud800"``, which an
+    agent's reply may hold) becomes U+FFFD instead of failing the commit or the ledger."""
+    return _SURROGATE.sub("\ufffd", value)
 
 
 class Verdict(enum.StrEnum):
@@ -64,6 +74,12 @@ class Edit:
     replace: str | None = None
     content: str | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("path", "search", "replace", "content"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, text_of(value))
+
     @property
     def is_whole_file(self) -> bool:
         return self.content is not None
@@ -89,6 +105,15 @@ class Proposal:
     patch: str = ""  # a unified diff (git format), applied after ``edits``
     usage: Usage = field(default_factory=Usage)
     meta: Mapping[str, Any] = field(default_factory=dict)  # JSON-able; stored in the ledger
+
+    def __post_init__(self) -> None:
+        rationale = text_of(self.rationale)
+        if len(rationale) > MAX_RATIONALE_CHARS:
+            cut = len(rationale) - MAX_RATIONALE_CHARS
+            rationale = rationale[:MAX_RATIONALE_CHARS] + f"\n[... {cut} more characters cut]"
+        object.__setattr__(self, "description", text_of(self.description))
+        object.__setattr__(self, "rationale", rationale)
+        object.__setattr__(self, "patch", text_of(self.patch))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from autoresearch.engine import Engine, SessionOptions
 
 TAG = "night"
 HOSTILE = "<script>alert('x')</script> & <b>bold</b>"
+RLO = "\u202e"  # right-to-left override: "Trojan Source"
 
 
 def _sr(search: str, replace: str, title: str, path: str = "params.py") -> str:
@@ -29,7 +30,8 @@ PATCHES = {
     "02-worse": _sr("Y = 2.0", "Y = 6.0", "Y 2 -> 6"),
     "03-crash": _sr("Y = 2.0", "Y = 2.0\nraise RuntimeError('diverged')", "diverge on purpose"),
     "04-outside": _sr("score = (", "score = 0 * (", "edit the ruler", path="score.py"),
-    "05-improve": _sr("Y = 2.0", "Y = 0.0  # <img src=x onerror=alert(1)>", f"Y 2 -> 0 {HOSTILE}"),
+    # the comment ends in a right-to-left override: shown as is, the line reads otherwise
+    "05-improve": _sr("Y = 2.0", f"Y = 0.0  # <img src=x onerror=alert(1)> {RLO}1 = Y", f"Y 2 -> 0 {HOSTILE}"),
     "06-nan": _sr("X = 2.0", "X = float('nan')", "nan"),
 }
 KEPT = ("X 1 -> 2", f"Y 2 -> 0 {HOSTILE}")

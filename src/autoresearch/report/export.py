@@ -54,8 +54,10 @@ def upstream_status(verdict: Verdict, metric: float | None) -> str:
 
 
 def _inert(cell: str) -> str:
-    """A text cell a spreadsheet will not run as a formula (``=``, ``+``, ``-``, ``@`` first)."""
-    return "'" + cell if cell[:1] in ("=", "+", "-", "@") else cell
+    """A text cell a spreadsheet will not run as a formula (``=``, ``+``, ``-``, ``@`` first)
+    and a CSV reader will not take for a quoted field (``"`` first: it would run on to the
+    next description with a quote, and the rows in between would vanish into one cell)."""
+    return "'" + cell if cell[:1] in ("=", "+", "-", "@", '"') else cell
 
 
 def tsv_text(rows: Sequence[TsvRow], metric: str, *, verdicts: bool = False) -> str:

@@ -11,11 +11,17 @@ import base64
 import datetime as _dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from html import escape
+from html import escape as _escape
 from pathlib import Path
 
 from autoresearch.report._data import Experiment, History, Session, Verdict
-from autoresearch.report.text import VERDICT_ORDER, value_text
+from autoresearch.report.text import VERDICT_ORDER, terminal_text, value_text
+
+
+def escape(text: str) -> str:
+    """``text`` as HTML text, with what reorders or hides what is read (bidi and zero-width
+    characters, controls) shown as escapes: a diff cannot display other code than it runs."""
+    return _escape(terminal_text(text))
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 

@@ -32,6 +32,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from autoresearch.errors import AutoresearchError, LedgerError
 from autoresearch.report import html
 from autoresearch.report._data import Experiment, Store, Verdict, log_dir
+from autoresearch.report.text import terminal_text
 
 COOKIE = "autoresearch_token"
 POLL_SECONDS = 1.0  # how often an event stream looks at the ledger
@@ -354,7 +355,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _send_json(self, value: Any, status: HTTPStatus = HTTPStatus.OK) -> None:
-        self._send(json.dumps(value, default=str).encode(), "application/json", status)
+        self._send(json.dumps(_shown(value), default=str).encode(), "application/json", status)
 
     def _refuse(self, status: HTTPStatus, why: str) -> None:
         self._grant_cookie = False
@@ -494,5 +495,17 @@ window.addEventListener("hashchange", () => { if (state.data) openFromHash(); })
 loadSessions();
 """
 
+
+
+def _shown(value: Any) -> Any:
+    """``value`` with every string as ``terminal_text`` shows it: the page sets text as it
+    comes, and a bidi override in a diff would make it display other code than it runs."""
+    if isinstance(value, str):
+        return terminal_text(value)
+    if isinstance(value, dict):
+        return {key: _shown(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_shown(item) for item in value]
+    return value
 
 __all__ = ["Dashboard", "is_local"]

@@ -16,17 +16,25 @@ VERDICT_ORDER = (*(v for v in Verdict if v is not Verdict.PENDING), Verdict.PEND
 _WITH_REASON = (Verdict.CRASH, Verdict.TIMEOUT, Verdict.INVALID, Verdict.INTERRUPTED)
 
 
-# What an agent or a run may write that a terminal would obey or that reorders what is read:
-# C0 and C1 controls (ESC, CR, BEL...) but newline and tab, DEL, zero-width and bidi characters.
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+# What an agent or a run may write that a terminal would obey or that reorders or hides what
+# is read: C0 and C1 controls (ESC, CR, BEL...) but newline and tab, DEL, bidi marks and
+# overrides, zero-width and invisible characters, line and paragraph separators, tag characters.
+_UNSAFE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064"
+    "\u2066-\u2069\ufeff\U000e0000-\U000e007f]"
+)
 
 
 def terminal_text(text: str) -> str:
     """``text`` with every character a terminal would act on shown as an escape (``\\x1b``):
     a description, diff, reason or log line cannot move the cursor to paint a fake verdict,
     set the title, write the clipboard or reverse a word."""
-    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                       else f"\\u{ord(m.group()):04x}", text)  # fmt: skip
+    return _UNSAFE.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def value_text(value: float | None) -> str:
@@ -210,8 +218,8 @@ def show_text(store: Store, session: Session, experiment_id: int) -> str:
             f"tokens: in {usage.input_tokens} (cached {usage.cached_tokens}), "
             f"out {usage.output_tokens}; cost {cost}"
         )
-    if row.rationale:
-        lines += ["", "rationale:", row.rationale]
+    if row.rationale:  # the agent's words, indented: a line of its own cannot pass for a run
+        lines += ["", "rationale:", *("  " + line for line in row.rationale.splitlines()), ""]
     for run in row.runs:
         reason = f" — {run.reason}" if run.reason else ""
         steps = [f"{name} {run.step_seconds(name) or 0:.1f} s" for name in ("check", "evaluate") if run.step_seconds(name)]
