@@ -352,6 +352,15 @@ class Ledger:
         """Every experiment of ``session`` by id, each with its runs."""
         return list(self._rows(session).values())
 
+    def marks(self, session: SessionRow) -> list[tuple[int, str, float | None]]:
+        """(id, verdict, finished) of every experiment of ``session``: a cheap look for change
+        (no proposal text, no runs)."""
+        try:
+            query = "SELECT id, verdict, finished FROM experiments WHERE session_id = ? ORDER BY id"
+            return [tuple(r) for r in self._db.execute(query, (session.id,)).fetchall()]
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path}: cannot read the ledger: {exc}") from exc
+
     def experiment(self, session: SessionRow, experiment_id: int) -> Experiment:
         found = self._rows(session).get(experiment_id)
         if found is None:

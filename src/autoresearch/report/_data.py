@@ -84,7 +84,8 @@ class Store:
             ledger.close()
 
     def experiments(self, tag: str, *, details: bool = False) -> list[Experiment]:
-        """Every experiment of session ``tag`` by id; ``details`` adds rationale, diff and runs."""
+        """Every experiment of session ``tag`` by id, with rationale, diff and runs (``details``
+        is the caller's note of what it reads; the ledger reads them all at once)."""
         ledger = self._open()
         try:
             row = ledger.session(tag)
@@ -110,8 +111,7 @@ class Store:
         ledger = self._open()
         try:
             row = ledger.session(tag)
-            marks = [(r.id, r.verdict, r.finished) for r in ledger.experiments(row)]
-            return (row.status, row.updated, tuple(marks))
+            return (row.status, row.updated, tuple(ledger.marks(row)))
         finally:
             ledger.close()
 
