@@ -19,7 +19,7 @@ from autoresearch.agents import Agent, get_agent
 from autoresearch.agents._base import Context, Experiment
 from autoresearch.agents.command import CommandAgent
 from autoresearch.errors import AgentUnavailable, ConfigError, ProposalError
-from autoresearch.process import can_confine
+from autoresearch.executors.sandbox import can_confine
 
 
 def script(tmp_path: Path, name: str, body: str) -> str:
@@ -428,6 +428,28 @@ def test_the_cli_runs_at_the_lowest_priority(toy_repo: Path, tmp_path: Path) -> 
     agent = CommandAgent(script(tmp_path, "cli.py", body), timeout=30, writable=[str(seen.parent)])
     agent.propose(context_in(toy_repo))
     assert seen.read_text() == "19 19"
+
+
+@pytest.mark.skipif(not can_confine(), reason="bubblewrap cannot confine a command here")
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="no autogroups here")
+def test_what_the_cli_starts_stays_in_its_autogroup_at_nice_19(toy_repo: Path, tmp_path: Path) -> None:
+    """With the kernel's autogroups, a process in a session of its own competes with the runs as
+    an equal whatever its nice: three such busy loops halved a run's work. The CLI's session
+    runs at autogroup nice 19, and a child that asks for a session of its own stays in it."""
+    seen = notes(tmp_path) / "seen"
+    body = f"""
+    import subprocess
+    probe = "import os; print(os.getsid(0), open('/proc/self/autogroup').read().split()[-1])"
+    child = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                           start_new_session=True)
+    open({str(seen)!r}, "w").write(f"{{os.getsid(0)}} {{child.stdout.strip()}} {{child.stderr}}")
+    open("params.py", "w").write("X = 3.0\\nY = 2.0\\n")
+    print("set X to 3.0")
+    """
+    agent = CommandAgent(script(tmp_path, "cli.py", body), timeout=30, writable=[str(seen.parent)])
+    agent.propose(context_in(toy_repo))
+    mine, childs, nice = seen.read_text().split()
+    assert childs == mine and nice == "19"
 
 
 @pytest.mark.skipif(not can_confine(), reason="bubblewrap cannot make a PID namespace here")

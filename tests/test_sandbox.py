@@ -1096,6 +1096,19 @@ def test_the_keyring_filter_refuses_the_keyring_calls_of_every_abi() -> None:
     assert arm is not None
     assert [_seccomp(arm, 0xC00000B7, nr) for nr in (217, 218, 219, 220, 63)] == [eperm] * 3 + [allow] * 2
     assert _seccomp(arm, 0x40000028, 311) == eperm
+    assert _seccomp(x86, 0xC000003E, 112) == allow  # a step may start a session of its own
+
+
+def test_the_agents_filter_keeps_every_process_in_its_session_on_every_abi() -> None:
+    from autoresearch.executors.sandbox import AGENT_CALLS, seccomp_filter
+
+    allow, eperm, nothing = 0x7FFF0000, 0x00050001, 0x00050000  # nothing: returns 0, not run
+    x86, arm = seccomp_filter(AGENT_CALLS, "x86_64"), seccomp_filter(AGENT_CALLS, "aarch64")
+    assert x86 is not None and arm is not None
+    for program, arch, setsid, keyctl, other in ((x86, 0xC000003E, 112, 250, 59), (x86, 0x40000003, 66, 288, 11),
+                                                 (arm, 0xC00000B7, 157, 219, 221), (arm, 0x40000028, 66, 311, 11)):  # fmt: skip
+        assert _seccomp(program, arch, setsid) == nothing
+        assert _seccomp(program, arch, keyctl) == eperm and _seccomp(program, arch, other) == allow
 
 
 @needs_bwrap

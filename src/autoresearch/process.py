@@ -6,19 +6,15 @@ The one place that runs a command for autoresearch: the steps of a run, the task
 starts in a new session (its own process group), carries an environment marker so that
 processes which leave the group (``setsid``, a double fork) are found too, and leaves a
 pid file (pid and start time) so that a resumed orchestrator can kill what a dead one
-left running. Whatever a step leaves behind when it ends is killed. An agent's CLI runs
-``confined``: its own PID namespace, no capabilities, and the file system read-only but for
-its checkout (the sandbox does more for every step).
+left running. Whatever a step leaves behind when it ends is killed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import re
 import select
-import shutil
 import signal
 import subprocess
 import threading
@@ -35,7 +31,6 @@ TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL of a timed-out group
 MEMORY_POLL = 0.25  # seconds between looks at the memory of a step that has a limit
 TAIL_LINES = 40
 DEFAULT_LOG_BYTES = 64 << 20  # a step's log is cut here; the tail in memory is kept
-PROBE_TIMEOUT = 10.0  # seconds for bubblewrap to show it can make a PID namespace here
 
 # --- secrets ------------------------------------------------------------------------------------
 
@@ -306,62 +301,6 @@ def tail(path: Path, lines: int = TAIL_LINES) -> str:
 # --- running one command --------------------------------------------------------------------------
 
 
-# Kernel settings a process may write as root even without capabilities: /proc/sys (a core
-# pattern that pipes to a program starts that program as root, outside every namespace),
-# /proc/sysrq-trigger. bubblewrap's own cover of /proc leaves them writable as root.
-PROC_WRITABLE = ("/proc/sys", "/proc/sysrq-trigger")
-
-
-def proc_read_only() -> list[str]:
-    """bwrap arguments, after ``--proc /proc``, that make ``PROC_WRITABLE`` read-only."""
-    return [arg for path in PROC_WRITABLE if os.path.exists(path) for arg in ("--ro-bind", path, path)]
-
-
-_CONFINED = ("--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/dev/shm",
-             "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--cap-drop", "ALL")  # fmt: skip
-
-
-@functools.cache
-def _bwrap() -> str | None:
-    """bubblewrap's path, where it can confine a command here (probed once); else None."""
-    exe = shutil.which("bwrap")
-    if exe is None:
-        return None
-    try:
-        probe = subprocess.run([exe, *_CONFINED, *proc_read_only(), "true"], capture_output=True,
-                               timeout=PROBE_TIMEOUT)  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return exe if probe.returncode == 0 else None
-
-
-def can_confine() -> bool:
-    """Whether ``confined`` gives more than nothing here."""
-    return _bwrap() is not None
-
-
-def confined(writable: Iterable[Path], readonly: Iterable[Path] = ()) -> list[str]:
-    """The argv prefix that confines a command (an agent's CLI) on this machine.
-
-    A PID and an IPC namespace of its own: when the command ends, the kernel kills all it
-    started, however it left the group and the marker behind (``setsid env -i``). No
-    capabilities, even as root, a minimal ``/dev`` (no disks) and the kernel's settings
-    read-only. The file system read-only but for the existing paths of
-    ``writable`` (less what of them ``readonly`` names) and a private ``/dev/shm`` (``/tmp``
-    too is read-only: give the command a ``TMPDIR`` among ``writable``). Network, devices and
-    user are
-    shared. Empty where bubblewrap is missing or cannot run here: then the process group and
-    the marker are all there is, and the command can write wherever its user can.
-    """
-    exe = _bwrap()
-    if exe is None:
-        return []
-    paths = sorted({p.resolve() for p in writable if p.exists()}, key=lambda p: len(p.parts))
-    kept = sorted({p.absolute() for p in readonly if p.exists()}, key=lambda p: len(p.parts))
-    return [exe, *_CONFINED, *proc_read_only(), *(arg for p in paths for arg in ("--bind", str(p), str(p))),
-            *(arg for p in kept for arg in ("--ro-bind", str(p), str(p)))]  # fmt: skip
-
-
 @dataclass(frozen=True)
 class StepResult:
     """One command (a step of a run, setup, an agent's CLI) after it ended."""
@@ -405,7 +344,8 @@ class StepRunner:
         ``max_memory_mb``, the step's processes are killed when together they hold more
         (looked at every ``MEMORY_POLL`` seconds: a step can pass it for that long). ``nice``
         lowers the priority of its process group as soon as it starts (what it forks inherits
-        it; an unprivileged process cannot raise it again).
+        it; an unprivileged process cannot raise it again), and of its session's autogroup,
+        which the kernel weighs against the other sessions' before any nice inside it counts.
         """
         log.parent.mkdir(parents=True, exist_ok=True)
         marker = uuid.uuid4().hex  # finds processes that left the group (setsid, double fork)
@@ -416,6 +356,8 @@ class StepRunner:
         if nice:
             with contextlib.suppress(OSError):  # gone already
                 os.setpriority(os.PRIO_PGRP, proc.pid, nice)
+            with contextlib.suppress(OSError):  # no autogroups here (or gone already)
+                Path(f"/proc/{proc.pid}/autogroup").write_text(str(nice))
         with self._lock:
             self._groups.add(proc.pid)
             killed = self._killed

@@ -6,7 +6,7 @@ with the rendered brief in a private folder. What it changes there is the propos
 nothing) is read from its output by the backend's ``read_reply``.
 
 The program runs through the same process-group code as the experiments' runs
-(``StepRunner``), confined where bubblewrap can (``process.confined``): a PID namespace of its
+(``StepRunner``), confined where bubblewrap can (``sandbox.confined``): a PID namespace of its
 own, so that when it ends or is killed (past ``timeout`` seconds) everything it started dies
 with it, processes that left its group and environment too; no capabilities; and a file
 system it can write only in its checkout, its private folder and its own state (``state``,
@@ -43,7 +43,8 @@ from autoresearch.errors import (
     ExecutorError,
     ProposalError,
 )
-from autoresearch.process import StepRunner, confined
+from autoresearch.executors.sandbox import confined
+from autoresearch.process import StepRunner
 
 MAX_COMMAND_BYTES = 120_000  # one argument may not exceed 128 KiB on Linux
 # The CLI's priority: what it runs on this machine (tests, a script) while it proposes must not

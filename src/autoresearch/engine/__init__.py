@@ -25,12 +25,12 @@ from autoresearch.engine._types import ExperimentEvent, RunStarted, SessionOptio
 from autoresearch.errors import AutoresearchError, LedgerError, WorkspaceError
 from autoresearch.executors._base import Executor, Job
 from autoresearch.executors.local import LocalExecutor
-from autoresearch.executors.sandbox import Sandbox
+from autoresearch.executors.sandbox import Sandbox, can_confine
 from autoresearch.history import History
 from autoresearch.judge import Judge
 from autoresearch.ledger import Ledger, SessionRow
 from autoresearch.lock import SessionLock
-from autoresearch.process import StepRunner, can_confine
+from autoresearch.process import StepRunner
 from autoresearch.records import Experiment, Verdict
 from autoresearch.workspace import Workspace
 

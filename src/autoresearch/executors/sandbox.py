@@ -17,6 +17,9 @@ scratch folders between its runs).
 ``[task] holdout`` files are visible to ``evaluate`` only; ``check`` and ``run`` get
 "Permission denied" when they open them.
 
+``confined`` is the agents' lighter cell: their CLI writes only its checkout and state, in a
+PID namespace of its own, without capabilities and without a session of its own.
+
 Without bubblewrap (``sandbox = "none"``, or ``auto`` where it does not work) the same
 ``Sandbox`` object is a tripwire only: :meth:`Sandbox.changes` reports a changed Python
 environment, ``.git`` admin files or user checkout after a step, which the executor turns
@@ -43,7 +46,7 @@ from pathlib import Path
 from autoresearch.config import SANDBOXES, TaskConfig
 from autoresearch.errors import ConfigError, WorkspaceError
 from autoresearch.git import Git, git_fingerprint
-from autoresearch.process import AGENT_KEYS, MARKER, SANDBOXED, proc_read_only
+from autoresearch.process import AGENT_KEYS, MARKER, SANDBOXED
 
 MODES = SANDBOXES
 DATA_DIR = ".autoresearch/data"  # prepared data shared by every worktree (read-only inside)
@@ -121,33 +124,50 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-# add_key, request_key, keyctl by machine: (the audit arch seccomp sees, the call numbers),
-# the 64-bit ABI and the 32-bit one its processes can also call
-_KEYRING_CALLS = {
-    "x86_64": ((0xC000003E, (248, 249, 250)), (0x40000003, (286, 287, 288))),
-    "aarch64": ((0xC00000B7, (217, 218, 219)), (0x40000028, (309, 310, 311))),
-}
+# Calls a filter can refuse, by machine: for the 64-bit ABI and the 32-bit one its processes
+# can also call, the audit arch seccomp sees and the calls' numbers.
+_CALLS = {
+    "x86_64": ((0xC000003E, {"add_key": 248, "request_key": 249, "keyctl": 250, "setsid": 112}),
+               (0x40000003, {"add_key": 286, "request_key": 287, "keyctl": 288, "setsid": 66})),
+    "aarch64": ((0xC00000B7, {"add_key": 217, "request_key": 218, "keyctl": 219, "setsid": 157}),
+                (0x40000028, {"add_key": 309, "request_key": 310, "keyctl": 311, "setsid": 66})),
+}  # fmt: skip
+KEYRING_CALLS = {"add_key": 1, "request_key": 1, "keyctl": 1}  # EPERM
+# An agent's CLI: its processes stay in its session, so in the kernel's autogroup that runs at
+# nice 19 (a process in a session of its own would compete with the runs as an equal, whatever
+# its nice). setsid does nothing and returns 0, so that what calls it still works.
+AGENT_CALLS = {**KEYRING_CALLS, "setsid": 0}
 
 
 def keyring_filter(machine: str | None = None) -> bytes | None:
-    """A classic-BPF seccomp program: the keyring calls fail with EPERM, all else runs.
+    """The steps' seccomp program: the keyring calls fail with EPERM, all else runs.
 
     Kernel keyrings are per user, not per namespace: without this, a step (root in a
-    container) could read the host's keys or keep a cache between runs. ``None`` for a
-    machine not in the table (the step then runs without the filter).
+    container) could read the host's keys or keep a cache between runs.
     """
-    abis = _KEYRING_CALLS.get(machine or platform.machine())
+    return seccomp_filter(KEYRING_CALLS, machine)
+
+
+def seccomp_filter(errnos: Mapping[str, int], machine: str | None = None) -> bytes | None:
+    """A classic-BPF seccomp program: each call named in ``errnos`` returns that errno without
+    running (0: it does nothing and returns 0), all else runs. ``None`` for a machine not in
+    the table (the command then runs without a filter)."""
+    abis = _CALLS.get(machine or platform.machine())
     if abis is None:
         return None
     ld, jeq, and_, ret = 0x20, 0x15, 0x54, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_ALU|AND|K, BPF_RET|K
     ops: list[tuple[int, int | str, int | str, int]] = [(ld, 0, 0, 4)]  # A = seccomp_data.arch
-    for arch, calls in abis:
+    for arch, numbers in abis:
+        calls = [(numbers[name], f"errno {errno}") for name, errno in errnos.items()]
         end = len(ops) + 3 + len(calls)  # the next ABI's test
         ops += [(jeq, len(ops) + 1, end, arch), (ld, 0, 0, 0), (and_, 0, 0, 0xBFFFFFFF)]  # A = nr, x32 bit off
-        ops += [(jeq, "deny", "allow" if i == len(calls) - 1 else len(ops) + i + 1, nr)
-                for i, nr in enumerate(calls)]  # fmt: skip
-    at = {"allow": len(ops), "deny": len(ops) + 1}
-    ops += [(ret, 0, 0, 0x7FFF0000), (ret, 0, 0, 0x00050000 | 1)]  # ALLOW; ERRNO | EPERM
+        ops += [(jeq, label, "allow" if i == len(calls) - 1 else len(ops) + i + 1, nr)
+                for i, (nr, label) in enumerate(calls)]  # fmt: skip
+    at = {"allow": len(ops)}
+    ops.append((ret, 0, 0, 0x7FFF0000))  # ALLOW
+    for errno in sorted(set(errnos.values())):
+        at[f"errno {errno}"] = len(ops)
+        ops.append((ret, 0, 0, 0x00050000 | errno))  # ERRNO
     program = b""
     for pc, (code, jt, jf, k) in enumerate(ops):
         # jt and jf are where to go (an index or a label; 0 on a non-jump), written as offsets
@@ -157,14 +177,81 @@ def keyring_filter(machine: str | None = None) -> bytes | None:
 
 
 @functools.cache
-def _filter_file() -> str | None:
-    program = keyring_filter()
+def _filter_file(errnos: tuple[tuple[str, int], ...] = tuple(KEYRING_CALLS.items())) -> str | None:
+    program = seccomp_filter(dict(errnos))
     if program is None:
         return None
     fd, path = tempfile.mkstemp(prefix="autoresearch-seccomp-")
     with os.fdopen(fd, "wb") as fh:
         fh.write(program)
     return path
+
+
+def _with_filter(argv: list[str], errnos: Mapping[str, int]) -> list[str]:
+    """``argv`` (bwrap's) with the seccomp program for ``errnos``: ``/bin/sh`` opens the
+    program's file on descriptor 9 for bwrap and execs it. ``argv`` as it is without one."""
+    path = _filter_file(tuple(errnos.items()))
+    if path is None:
+        return argv
+    return ["/bin/sh", "-c", f'exec "$@" {SECCOMP_FD}<"$0"', path, argv[0],
+            "--seccomp", str(SECCOMP_FD), *argv[1:]]  # fmt: skip
+
+
+# --- a command confined: an agent's CLI -----------------------------------------------------------
+
+# Kernel settings a process may write as root even without capabilities: /proc/sys (a core
+# pattern that pipes to a program starts that program as root, outside every namespace),
+# /proc/sysrq-trigger. bubblewrap's own cover of /proc leaves them writable as root.
+PROC_WRITABLE = ("/proc/sys", "/proc/sysrq-trigger")
+_CONFINED = ("--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/dev/shm",
+             "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--cap-drop", "ALL")  # fmt: skip
+
+
+def proc_read_only() -> list[str]:
+    """bwrap arguments, after ``--proc /proc``, that make ``PROC_WRITABLE`` read-only."""
+    return [arg for path in PROC_WRITABLE if os.path.exists(path) for arg in ("--ro-bind", path, path)]
+
+
+@functools.cache
+def _confining_bwrap() -> str | None:
+    """bubblewrap's path, where it can confine a command here (probed once); else None."""
+    exe = shutil.which("bwrap")
+    if exe is None:
+        return None
+    probe = _with_filter([exe, *_CONFINED, *proc_read_only(), "true"], AGENT_CALLS)
+    try:
+        done = subprocess.run(probe, capture_output=True, timeout=PROBE_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return exe if done.returncode == 0 else None
+
+
+def can_confine() -> bool:
+    """Whether ``confined`` gives more than nothing here."""
+    return _confining_bwrap() is not None
+
+
+def confined(writable: Iterable[Path], readonly: Iterable[Path] = ()) -> list[str]:
+    """The argv prefix that confines a command (an agent's CLI) on this machine.
+
+    A PID and an IPC namespace of its own: when the command ends, the kernel kills all it
+    started, however it left the group and the marker behind (``setsid env -i``). No
+    capabilities even as root, a minimal ``/dev`` (no disks), the kernel's settings
+    read-only, no keyrings, and no session of its own for any of its processes
+    (``AGENT_CALLS``). The file system read-only but for the existing paths of ``writable``
+    (less what of them ``readonly`` names) and a private ``/dev/shm``; ``/tmp`` too is
+    read-only (give the command a ``TMPDIR`` among ``writable``). Network and user are shared.
+    Empty where bubblewrap is missing or cannot run here: then the process group and the
+    marker are all there is, and the command can write wherever its user can.
+    """
+    exe = _confining_bwrap()
+    if exe is None:
+        return []
+    paths = sorted({p.resolve() for p in writable if p.exists()}, key=lambda p: len(p.parts))
+    kept = sorted({p.absolute() for p in readonly if p.exists()}, key=lambda p: len(p.parts))
+    argv = [exe, *_CONFINED, *proc_read_only(), *(a for p in paths for a in ("--bind", str(p), str(p))),
+            *(a for p in kept for a in ("--ro-bind", str(p), str(p)))]  # fmt: skip
+    return _with_filter(argv, AGENT_CALLS)
 
 
 def _placeholders() -> tuple[Path, Path]:
@@ -279,11 +366,7 @@ class Sandbox:
         bound = {str(worktree), *map(str, writable), *map(str, readonly), *self._readable_roots()}
         argv += [arg for path in ("/dev", *hidden) if path not in bound for arg in ("--remount-ro", path)]
         argv += ["--chdir", str(cwd)]
-        seccomp = _filter_file()
-        if seccomp is None:
-            return argv
-        return ["/bin/sh", "-c", f'exec "$@" {SECCOMP_FD}<"$0"', seccomp, argv[0],
-                "--seccomp", str(SECCOMP_FD), *argv[1:]]  # fmt: skip
+        return _with_filter(argv, KEYRING_CALLS)
 
     def _hidden_roots(self) -> list[Path]:
         """Empty inside: the user's checkout, $HOME, /run (sockets), the package archives;
