@@ -527,6 +527,97 @@ def test_the_cli_writes_only_its_checkout_and_what_it_is_given(toy_repo: Path, t
     assert git(toy_repo, "show", "autoresearch/t:params.py") == "X = 3.0\nY = 2.0"
 
 
+@pytest.mark.skipif(not can_confine(), reason="bubblewrap cannot confine a command here")
+def test_a_repository_the_cli_makes_never_runs_its_filter_outside(toy_repo: Path, tmp_path: Path) -> None:
+    """A folder the editable globs match, made a repository whose config has a clean filter:
+    the orchestrator's diff ran it, as the orchestrator, outside every namespace."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    body = f"""
+    clean = {{k: v for k, v in os.environ.items() if not k.startswith("GIT_")}}
+    def nested(*args):
+        subprocess.run(["git", "-c", "user.name=a", "-c", "user.email=a@b", *args], cwd="lib/sub",
+                       env=clean, check=True)
+    os.makedirs("lib/sub")
+    nested("init", "-q")
+    open("lib/sub/f", "w").write("1\\n")
+    open("lib/sub/.gitattributes", "w").write("f filter=x\\n")
+    nested("add", "f", ".gitattributes")
+    nested("commit", "-qm", "f")
+    nested("config", "filter.x.clean", "sh -c 'touch {outside}/ran; cat'")
+    time.sleep(1.1)
+    os.utime("lib/sub/f")  # same size, a newer time: a status there hashes it again
+    open("params.py", "w").write("X = 3.0\\nY = 2.0\\n")
+    print("set X to 3.0")
+    """
+    context = make_context(workdir=toy_repo, parent=git(toy_repo, "rev-parse", "HEAD"),
+                           editable_globs=("params.py", "lib/**"))  # fmt: skip
+    proposal = CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(context)
+    assert not (outside / "ran").exists()
+    assert "+X = 3.0" in proposal.patch and "+++ b/lib/sub/f" in proposal.patch
+    assert "lib/sub/.git/" not in proposal.patch
+    assert not (toy_repo / "lib").exists()
+
+
+@pytest.mark.skipif(not can_confine(), reason="bubblewrap cannot confine a command here")
+def test_links_and_fifos_the_cli_leaves_are_not_read_through(toy_repo: Path, tmp_path: Path) -> None:
+    """Its output file made a FIFO hung the session for ever; its description file made a link
+    to a file only the orchestrator may read put that file into the commit."""
+    secret = notes(tmp_path) / "secret"
+    secret.write_text("only the orchestrator reads this\n")
+    body = f"""
+    open("params.py", "w").write("X = 3.0\\nY = 2.0\\n")
+    folder = os.path.dirname(sys.argv[1])
+    os.unlink(os.path.join(folder, "output.log"))
+    os.mkfifo(os.path.join(folder, "output.log"))
+    os.symlink({str(secret)!r}, sys.argv[1])
+    trap = os.path.join(folder, "trap")
+    os.mkdir(trap)
+    os.symlink({str(secret)!r}, os.path.join(trap, "link"))
+    os.chmod(trap, 0o500)
+    """
+    start = time.monotonic()
+    agent = CommandAgent(script(tmp_path, "cli.py", body) + " {description_file}", timeout=30)
+    proposal = agent.propose(context_in(toy_repo))
+    assert time.monotonic() - start < 20
+    assert "only the orchestrator" not in proposal.description
+    assert oct(secret.stat().st_mode & 0o777) == "0o644"  # the cleanup did not chmod through a link
+
+
+@pytest.mark.skipif(not can_confine(), reason="bubblewrap cannot confine a command here")
+def test_the_ledger_and_the_holdout_are_empty_for_the_cli(toy_repo: Path, tmp_path: Path) -> None:
+    """A shared lock on the ledger's files made the session's next write fail; the holdout is
+    the evaluate step's alone."""
+    (toy_repo / "hold").mkdir()
+    (toy_repo / "hold" / "answers.txt").write_text("X = 3.0, Y = -1.0\n")
+    toml = toy_repo / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace("[task]\n", '[task]\nholdout = ["hold/*"]\n'))
+    (toy_repo / ".gitignore").write_text("hold/\n")
+    git(toy_repo, "add", "-A")
+    git(toy_repo, "commit", "-qm", "a holdout")
+    seen = notes(tmp_path) / "seen"
+    body = f"""
+    import fcntl
+    found = []
+    for path in ({str(toy_repo / "hold" / "answers.txt")!r}, {str(toy_repo / ".autoresearch" / "ledger.db")!r}):
+        try:
+            with open(path, "rb") as fh:
+                found.append(len(fh.read()))
+                fcntl.lockf(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            found.append(exc.strerror)
+    open({str(seen)!r}, "a").write(repr(found) + "\\n")
+    open("params.py", "w").write("X = 3.0\\nY = 2.0\\n")
+    print("set X to 3.0")
+    time.sleep(1)
+    """
+    agent = CommandAgent(script(tmp_path, "cli.py", body), writable=[str(seen.parent)])
+    _, rows = run_toy_session(toy_repo, agent, 2)
+    assert [r.verdict for r in rows][:2] == ["baseline", "keep"], [r.reason for r in rows]
+    for line in seen.read_text().splitlines():
+        assert "18" not in line and all(not isinstance(v, int) or v == 0 for v in eval(line)), line
+
+
 def test_without_a_pid_namespace_the_session_says_so_and_the_group_still_dies(
     toy_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

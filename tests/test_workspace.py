@@ -291,3 +291,26 @@ def test_the_fingerprint_sees_a_git_file_pointed_elsewhere(tmp_path: Path) -> No
     shutil.copytree(admin, tmp_path / "copy")
     (repo / ".git").write_text(f"gitdir: {tmp_path / 'copy'}\n")
     assert workspace.fingerprint() != before
+
+
+def test_a_repository_in_a_folder_made_unlistable_is_still_removed(tmp_path: Path) -> None:
+    """``chmod 111`` on the folder above a planted ``.git`` hid it from the walk (as its owner,
+    not root) and from git clean: the next turn's git obeyed that repository's config. Links
+    are never followed, and the worktree's own ``.git`` stays."""
+    from autoresearch.git import remove_nested_git
+
+    root = tmp_path / "worktree"
+    (root / ".git").mkdir(parents=True)
+    planted = root / "task" / "sub" / ".git"
+    (planted / "locked").mkdir(parents=True)
+    (planted / "config").write_text("[filter \"x\"]\n\tclean = touch ran\n")
+    (planted / "locked").chmod(0)
+    (root / "task" / "sub").chmod(0o111)
+    outside = tmp_path / "outside"
+    (outside / ".git").mkdir(parents=True)
+    (root / "task" / "link").symlink_to(outside)
+    (root / "task" / "file.git").write_text("")
+    remove_nested_git(root)
+    assert not planted.exists() and (root / ".git").is_dir()
+    assert (outside / ".git").is_dir() and (root / "task" / "link").is_symlink()
+    assert (root / "task" / "sub").stat().st_mode & 0o500 == 0o500

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -83,16 +84,40 @@ class Git:
 def remove_nested_git(root: Path) -> None:
     """Remove every entry named ``.git`` below the worktree ``root`` but its own. git never
     tracks, resets or cleans such an entry, so a step could keep state in one from run to run,
-    or leave a repository whose config a git call there would obey."""
-    for folder, dirs, files in os.walk(root):
-        here = Path(folder)
-        if here != root and (".git" in dirs or ".git" in files):
-            target = here / ".git"
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            else:
-                target.unlink()
-        dirs[:] = [d for d in dirs if d != ".git"]
+    or leave a repository whose config a git call there would obey. A folder that cannot be
+    listed (``chmod 111`` hid one) is made listable first; links are never followed."""
+    todo = [root]
+    while todo:
+        folder = todo.pop()
+        for entry in _listed(folder):
+            if entry.name == ".git" and folder != root:
+                if entry.is_dir(follow_symlinks=False):
+                    remove_tree(Path(entry.path))
+                else:
+                    os.unlink(entry.path)
+            elif entry.is_dir(follow_symlinks=False) and not (folder == root and entry.name == ".git"):
+                todo.append(Path(entry.path))
+
+
+def remove_tree(path: Path) -> None:
+    """``shutil.rmtree`` that first makes every folder below ``path`` listable and writable
+    (never through a link: Python's own temporary-folder cleanup chmods through one)."""
+    todo = [path]
+    while todo:
+        folder = todo.pop()
+        todo += [Path(e.path) for e in _listed(folder, writable=True) if e.is_dir(follow_symlinks=False)]
+    shutil.rmtree(path)
+
+
+def _listed(folder: Path, *, writable: bool = False) -> list[os.DirEntry[str]]:
+    """The entries of ``folder``, a folder and no link, made listable (and writable) first
+    when it is not."""
+    mode = stat.S_IMODE(os.lstat(folder).st_mode)
+    wanted = 0o700 if writable else 0o500
+    if mode & wanted != wanted:
+        os.chmod(folder, mode | wanted)  # a folder (lstat): nothing runs that could swap it now
+    with os.scandir(folder) as entries:
+        return list(entries)
 
 
 def git_admin(repo: Path) -> Path | None:

@@ -50,6 +50,9 @@ class Context:
     editable_globs: tuple[str, ...] = ()
     time_budget: float = 0.0
     log_dir: Path | None = None  # where an agent's own processes leave logs and pid files
+    # what an agent's own processes may not read (the ledger, the holdout): a confined CLI
+    # sees them empty
+    hidden: tuple[Path, ...] = ()
     note: str = ""  # what happened to the previous proposal on the way to a run (stale parent)
 
 

@@ -25,8 +25,10 @@ planted there would be obeyed, and its config can make git run a command (a filt
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import stat
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -94,12 +96,14 @@ class Checkout:
         return {"GIT_DIR": str(self.own), "GIT_WORK_TREE": str(self.top)}
 
     def _git(self, *args: str, cwd: Path | None = None, check: bool = True) -> str:
-        """git in the checkout (run from ``cwd``, default its root), the repository named outright."""
-        pin = (f"--git-dir={self.admin}", f"--work-tree={self.top}")
+        """git in the checkout (run from ``cwd``, default its root), the repository named
+        outright, and no look inside a folder that holds a repository of its own."""
+        pin = (f"--git-dir={self.admin}", f"--work-tree={self.top}", "-c", "diff.ignoreSubmodules=all")
         return git(cwd or self.top, *pin, *args, check=check)
 
     def changes(self, editable: Sequence[str]) -> Changes:
         """The CLI's changes since ``base``; see the module's docstring for what is kept."""
+        remove_nested_git(self.top)  # before any git call: a repository it made has a config
         allowed = [glob_regex(g) for g in editable]
         new = [p for p in _untracked(self._git) if p not in self.untracked]
         kept_new = [p for p in new if self._editable(p, allowed)]
@@ -135,14 +139,15 @@ class Checkout:
         """The subject of the newest commit the CLI made on top of ``base``, if any: read from
         its own repository's files (git there would obey a config the CLI wrote)."""
         head = _read(self.own / "HEAD", 200).strip()
-        if head.startswith("ref: "):
-            head = _read(self.own / head.removeprefix("ref: ").strip(), 200).strip()
+        ref = re.fullmatch(r"ref: (refs/heads/[\w.-]+(?:/[\w.-]+)*)", head)
+        if ref is not None and ".." not in ref.group(1):
+            head = _read(self.own / ref.group(1), 200).strip()
         if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", head) or head == self.base:
             return ""
-        path = self.own / "objects" / head[:2] / head[2:]
+        packed = read_regular(self.own / "objects" / head[:2] / head[2:], MAX_COMMIT_BYTES)
         try:
-            raw = zlib.decompressobj().decompress(path.read_bytes(), MAX_COMMIT_BYTES)
-        except (OSError, zlib.error):
+            raw = zlib.decompressobj().decompress(packed or b"", MAX_COMMIT_BYTES)
+        except zlib.error:
             return ""
         header, _, body = raw.partition(b"\0")
         if not header.startswith(b"commit "):
@@ -169,12 +174,22 @@ class Checkout:
         self._git("clean", "-q", "-f", "-d", *excludes)
 
 
-def _read(path: Path, limit: int) -> str:
+def read_regular(path: Path, limit: int) -> bytes | None:
+    """At most ``limit`` bytes of ``path`` when it is a regular file; ``None`` when it is not,
+    or is a link (the CLI can leave a link to a file only this process may read, or a FIFO
+    that would block the read for ever, where its output or description should be)."""
     try:
-        with path.open("rb") as fh:
-            return fh.read(limit).decode("utf-8", errors="replace")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
-        return ""
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return fh.read(limit)
+
+
+def _read(path: Path, limit: int) -> str:
+    return (read_regular(path, limit) or b"").decode("utf-8", errors="replace")
 
 
 def _untracked(run: Callable[..., str]) -> list[str]:
@@ -198,4 +213,4 @@ def _escape_glob(path: str) -> str:
     return re.sub(r"([*?\[\]\\!#])", r"\\\1", path)
 
 
-__all__ = ["Changes", "Checkout", "git"]
+__all__ = ["Changes", "Checkout", "git", "read_regular"]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from autoresearch.agents._base import Agent, Context, Proposal, Usage
-from autoresearch.agents._checkout import Changes, Checkout
+from autoresearch.agents._checkout import Changes, Checkout, read_regular
 from autoresearch.agents.prompt import (
     DEFAULT_HISTORY_TOKENS,
     DESCRIPTION_CHARS,
@@ -44,6 +44,7 @@ from autoresearch.errors import (
     ProposalError,
 )
 from autoresearch.executors.sandbox import confined
+from autoresearch.git import remove_tree
 from autoresearch.process import StepRunner
 
 MAX_COMMAND_BYTES = 120_000  # one argument may not exceed 128 KiB on Linux
@@ -51,6 +52,8 @@ MAX_COMMAND_BYTES = 120_000  # one argument may not exceed 128 KiB on Linux
 # take the CPU from the runs it overlaps, the baseline's and the best's fresh runs included.
 NICE = 19
 TAIL_LINES, TAIL_CHARS = 20, 2000  # of the CLI's output, in a recorded reason
+MAX_DESCRIPTION_BYTES = 1 << 20  # of its description file (the rationale is cut shorter still)
+MAX_OUTPUT_BYTES = 64 << 20  # of its output, copied (keys redacted) into the session's logs
 
 
 @dataclass(frozen=True)
@@ -157,12 +160,15 @@ class CliAgent(Agent):
             raise AgentUnavailable(
                 f"{self.name}: the engine gave no work directory to run the CLI in"
             )
-        with tempfile.TemporaryDirectory(prefix="autoresearch-cli-") as tmp:
-            checkout = Checkout.open(Path(context.workdir), context.parent, Path(tmp) / "git")
+        tmp = Path(tempfile.mkdtemp(prefix="autoresearch-cli-"))
+        try:
+            checkout = Checkout.open(Path(context.workdir), context.parent, tmp / "git")
             try:
-                return self._propose(context, checkout, BriefFiles(Path(tmp)))
+                return self._propose(context, checkout, BriefFiles(tmp))
             finally:
                 checkout.restore()
+        finally:  # what the CLI left there, links included, without following one
+            remove_tree(tmp)
 
     def _propose(self, context: Context, checkout: Checkout, files: BriefFiles) -> Proposal:
         files.prompt.write_text(self.brief(context, files), encoding="utf-8")
@@ -232,7 +238,8 @@ class CliAgent(Agent):
             "AUTORESEARCH_DESCRIPTION_FILE": str(files.description),
             **checkout.environment(),
         }
-        prefix = confined([checkout.top, files.folder, *self.own_paths()], [checkout.top / ".git"])
+        prefix = confined([checkout.top, files.folder, *self.own_paths()], [checkout.top / ".git"],
+                          context.hidden)  # fmt: skip
         if prefix:  # /tmp is read-only: a scratch folder of its own
             env["TMPDIR"] = str(files.scratch)
         log = _log_path(context, files.folder)
@@ -249,7 +256,7 @@ class CliAgent(Agent):
         finally:
             if log != raw:
                 log.unlink(missing_ok=True)
-                text = raw.read_text(encoding="utf-8", errors="replace") if raw.exists() else ""
+                text = (read_regular(raw, MAX_OUTPUT_BYTES) or b"").decode("utf-8", errors="replace")
                 log.write_text(self._redact(text), encoding="utf-8")
         if self._runner.killed:
             raise AgentCancelled(f"{self.name} was stopped: the session is stopping")
@@ -292,9 +299,10 @@ def _log_path(context: Context, fallback: Path) -> Path:
 
 def description_file(files: BriefFiles) -> tuple[str, str] | None:
     """(first line, the rest) of the description file, when the CLI wrote one."""
-    if not files.description.is_file():
+    data = read_regular(files.description, MAX_DESCRIPTION_BYTES)
+    if data is None:
         return None
-    text = files.description.read_text(encoding="utf-8", errors="replace").strip()
+    text = data.decode("utf-8", errors="replace").strip()
     lines = text.splitlines()
     if not lines or not lines[0].strip():
         return None

@@ -6,6 +6,7 @@ anywhere leaves a recorded experiment or a ``pending`` one that resume runs agai
 
 from __future__ import annotations
 
+import glob
 import math
 import shutil
 import statistics
@@ -100,7 +101,19 @@ def context_for(engine: Engine, exp_id: int, parent: str, planned: list[Ready], 
         parent=parent, workdir=workdir, experiment_id=exp_id, tag=engine.options.tag,
         seed=experiment_seed(engine.options.seed, exp_id, 0), editable_globs=cfg.editable,
         time_budget=cfg.time_budget, log_dir=engine.log_dir, note=engine.note if last else engine.take_note(),
+        hidden=_hidden(engine, workdir),
     )  # fmt: skip
+
+
+def _hidden(engine: Engine, workdir: Path) -> tuple[Path, ...]:
+    """What the agent's own processes may not read: the ledger's files (a lock on one stopped
+    the session) and the holdout, in the task folder and in the agent's checkout."""
+    ledger = engine.ledger.path
+    paths = {ledger.with_name(ledger.name + suffix) for suffix in ("", "-wal", "-shm", "-journal")}
+    for root in (engine.config.root, workdir):
+        for pattern in engine.config.holdout:
+            paths |= {Path(p) for p in glob.glob(str(root / pattern), recursive=True)}
+    return tuple(sorted(p for p in paths if p.exists() or p.is_symlink()))
 
 
 def _failure_text(row: Experiment | None) -> str:

@@ -28,6 +28,7 @@ into an ``invalid`` run.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import glob
 import hashlib
@@ -231,7 +232,7 @@ def can_confine() -> bool:
     return _confining_bwrap() is not None
 
 
-def confined(writable: Iterable[Path], readonly: Iterable[Path] = ()) -> list[str]:
+def confined(writable: Iterable[Path], readonly: Iterable[Path] = (), hidden: Iterable[Path] = ()) -> list[str]:
     """The argv prefix that confines a command (an agent's CLI) on this machine.
 
     A PID and an IPC namespace of its own: when the command ends, the kernel kills all it
@@ -240,7 +241,8 @@ def confined(writable: Iterable[Path], readonly: Iterable[Path] = ()) -> list[st
     read-only, no keyrings, and no session of its own for any of its processes
     (``AGENT_CALLS``). The file system read-only but for the existing paths of ``writable``
     (less what of them ``readonly`` names) and a private ``/dev/shm``; ``/tmp`` too is
-    read-only (give the command a ``TMPDIR`` among ``writable``). Network and user are shared.
+    read-only (give the command a ``TMPDIR`` among ``writable``); ``hidden`` paths are empty and
+    unreadable. Network and user are shared.
     Empty where bubblewrap is missing or cannot run here: then the process group and the
     marker are all there is, and the command can write wherever its user can.
     """
@@ -251,7 +253,17 @@ def confined(writable: Iterable[Path], readonly: Iterable[Path] = ()) -> list[st
     kept = sorted({p.absolute() for p in readonly if p.exists()}, key=lambda p: len(p.parts))
     argv = [exe, *_CONFINED, *proc_read_only(), *(a for p in paths for a in ("--bind", str(p), str(p))),
             *(a for p in kept for a in ("--ro-bind", str(p), str(p)))]  # fmt: skip
+    file, folder = _agent_placeholders()
+    for path in sorted({p.absolute() for p in hidden if p.exists()}, key=lambda p: len(p.parts)):
+        argv += ["--ro-bind", str(folder if path.is_dir() and not path.is_symlink() else file), str(path)]
     return _with_filter(argv, AGENT_CALLS)
+
+
+@functools.cache
+def _agent_placeholders() -> tuple[Path, Path]:
+    file, folder = _placeholders()
+    atexit.register(shutil.rmtree, file.parent, True)
+    return file, folder
 
 
 def _placeholders() -> tuple[Path, Path]:
