@@ -313,4 +313,4 @@ def test_a_repository_in_a_folder_made_unlistable_is_still_removed(tmp_path: Pat
     remove_nested_git(root)
     assert not planted.exists() and (root / ".git").is_dir()
     assert (outside / ".git").is_dir() and (root / "task" / "link").is_symlink()
-    assert (root / "task" / "sub").stat().st_mode & 0o500 == 0o500
+    assert (root / "task" / "sub").stat().st_mode & 0o700 == 0o700

@@ -84,12 +84,13 @@ class Git:
 def remove_nested_git(root: Path) -> None:
     """Remove every entry named ``.git`` below the worktree ``root`` but its own. git never
     tracks, resets or cleans such an entry, so a step could keep state in one from run to run,
-    or leave a repository whose config a git call there would obey. A folder that cannot be
-    listed (``chmod 111`` hid one) is made listable first; links are never followed."""
+    or leave a repository whose config a git call there would obey. Every folder is made
+    listable and writable by its owner first (``chmod 111`` hid a repository from the walk,
+    ``chmod 555`` would keep files from git clean); links are never followed."""
     todo = [root]
     while todo:
         folder = todo.pop()
-        for entry in _listed(folder):
+        for entry in _listed(folder, writable=True):
             if entry.name == ".git" and folder != root:
                 if entry.is_dir(follow_symlinks=False):
                     remove_tree(Path(entry.path))

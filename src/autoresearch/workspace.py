@@ -216,9 +216,9 @@ class Workspace:
             self.git("worktree", "prune")
             self.git("worktree", "add", "-q", "--detach", str(root), commit)
         else:
+            remove_nested_git(root)  # first: it makes every folder one git clean can empty
             git("reset", "-q", "--hard", commit)
             git("clean", "-qffdx", *[f"--exclude=/{self._in_repo(p)}" for p in self.config.link])
-            remove_nested_git(root)
         self._link(slot)
         return self.slot_dir(slot)
 
