@@ -297,12 +297,17 @@ def _log_path(context: Context, fallback: Path) -> Path:
     return fallback / "output.log"
 
 
+def own_text(path: Path) -> str | None:
+    """A file the CLI wrote in its private folder (its description, last message, chat): at
+    most ``MAX_DESCRIPTION_BYTES``, and ``None`` unless it is a regular file (never through a
+    link, never a FIFO)."""
+    data = read_regular(path, MAX_DESCRIPTION_BYTES)
+    return None if data is None else data.decode("utf-8", errors="replace")
+
+
 def description_file(files: BriefFiles) -> tuple[str, str] | None:
     """(first line, the rest) of the description file, when the CLI wrote one."""
-    data = read_regular(files.description, MAX_DESCRIPTION_BYTES)
-    if data is None:
-        return None
-    text = data.decode("utf-8", errors="replace").strip()
+    text = (own_text(files.description) or "").strip()
     lines = text.splitlines()
     if not lines or not lines[0].strip():
         return None
@@ -321,4 +326,4 @@ def first_line(text: str) -> tuple[str, str]:
     return (clip(lines[0]) if lines else ""), text.strip()
 
 
-__all__ = ["BriefFiles", "CliAgent", "CliOutput", "Reply", "clip", "description_file", "first_line"]
+__all__ = ["BriefFiles", "CliAgent", "CliOutput", "Reply", "clip", "description_file", "first_line", "own_text"]

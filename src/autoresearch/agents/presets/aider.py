@@ -24,7 +24,7 @@ import re
 import shlex
 
 from autoresearch.agents._base import Context, Usage
-from autoresearch.agents._cli import BriefFiles, CliOutput, Reply, clip, description_file
+from autoresearch.agents._cli import BriefFiles, CliOutput, Reply, clip, description_file, own_text
 from autoresearch.agents.presets._base import PresetAgent
 
 _TOKENS = re.compile(
@@ -70,12 +70,8 @@ class AiderAgent(PresetAgent):
         return [*args, *self.args, *sorted(context.editable)]
 
     def read_reply(self, output: CliOutput, files: BriefFiles) -> Reply:
-        chat = files.folder / "chat.md"
-        text = (
-            _assistant_text(chat.read_text(encoding="utf-8", errors="replace"))
-            if chat.is_file()
-            else _without_status(output.text)
-        )
+        chat = own_text(files.folder / "chat.md")
+        text = _assistant_text(chat) if chat is not None else _without_status(output.text)
         description, rationale = description_file(files) or _describe(text)
         return Reply(description, rationale, _usage(output.text), _problems(output.text))
 

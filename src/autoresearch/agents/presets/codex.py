@@ -21,7 +21,14 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from autoresearch.agents._base import Context, Usage
-from autoresearch.agents._cli import BriefFiles, CliOutput, Reply, description_file, first_line
+from autoresearch.agents._cli import (
+    BriefFiles,
+    CliOutput,
+    Reply,
+    description_file,
+    first_line,
+    own_text,
+)
 from autoresearch.agents.presets._base import PresetAgent
 from autoresearch.cost import PriceTable, TokenCounts
 from autoresearch.errors import ConfigError
@@ -71,8 +78,7 @@ class CodexAgent(PresetAgent):
 
     def read_reply(self, output: CliOutput, files: BriefFiles) -> Reply:
         events = list(_events(output.text))
-        last = files.folder / "last-message.txt"
-        message = last.read_text(encoding="utf-8", errors="replace") if last.is_file() else ""
+        message = own_text(files.folder / "last-message.txt") or ""
         messages = [i.get("text", "") for i in _items(events) if i.get("type") == "agent_message"]
         message = message.strip() or (str(messages[-1]) if messages else "")
         description, rationale = description_file(files) or first_line(message)
