@@ -8,6 +8,7 @@ replacement then takes the indentation of the matched text. Anything else is a
 
 from __future__ import annotations
 
+import glob
 import importlib.machinery
 import importlib.metadata
 import re
@@ -15,7 +16,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache, cached_property
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from autoresearch.config import CONFIG_NAME, STATE_DIR
 from autoresearch.errors import ProposalError
@@ -191,4 +192,14 @@ def _installed_modules() -> frozenset[str]:
     return frozenset(n for n in names if n.isidentifier())
 
 
-__all__ = ["IMPLICIT", "Allowlist", "apply_edits", "glob_regex", "new_file_reason", "replace_once"]
+def task_paths(patterns: Iterable[str], *roots: Path) -> set[Path]:
+    """Existing paths matching task-relative globs under each of ``roots``, links resolved (a
+    link matched names what it points to, wherever that is)."""
+    found: set[Path] = set()
+    for root in roots:
+        for pattern in patterns:
+            found |= {Path(p).resolve() for p in glob.glob(str(root / pattern), recursive=True)}
+    return found
+
+
+__all__ = ["IMPLICIT", "Allowlist", "apply_edits", "glob_regex", "new_file_reason", "replace_once", "task_paths"]

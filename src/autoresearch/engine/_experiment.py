@@ -6,7 +6,6 @@ anywhere leaves a recorded experiment or a ``pending`` one that resume runs agai
 
 from __future__ import annotations
 
-import glob
 import math
 import shutil
 import statistics
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from autoresearch.agents._base import Context
 from autoresearch.constraints import first_violation
+from autoresearch.edits import task_paths
 from autoresearch.errors import EditRejected, ExecutorError, ProposalError
 from autoresearch.executors._base import Job, RunResult
 from autoresearch.judge import Decision, failure, ignores_seed
@@ -110,10 +110,8 @@ def _hidden(engine: Engine, workdir: Path) -> tuple[Path, ...]:
     the session) and the holdout, in the task folder and in the agent's checkout."""
     ledger = engine.ledger.path
     paths = {ledger.with_name(ledger.name + suffix) for suffix in ("", "-wal", "-shm", "-journal")}
-    for root in (engine.config.root, workdir):
-        for pattern in engine.config.holdout:
-            paths |= {Path(p) for p in glob.glob(str(root / pattern), recursive=True)}
-    return tuple(sorted(p for p in paths if p.exists() or p.is_symlink()))
+    paths |= task_paths(engine.config.holdout, engine.config.root, workdir)
+    return tuple(sorted(p for p in paths if p.exists()))
 
 
 def _failure_text(row: Experiment | None) -> str:

@@ -45,6 +45,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from autoresearch.config import SANDBOXES, TaskConfig
+from autoresearch.edits import task_paths
 from autoresearch.errors import ConfigError, WorkspaceError
 from autoresearch.git import Git, git_fingerprint
 from autoresearch.process import AGENT_KEYS, MARKER, SANDBOXED
@@ -178,7 +179,7 @@ def seccomp_filter(errnos: Mapping[str, int], machine: str | None = None) -> byt
 
 
 @functools.cache
-def _filter_file(errnos: tuple[tuple[str, int], ...] = tuple(KEYRING_CALLS.items())) -> str | None:
+def _filter_file(errnos: tuple[tuple[str, int], ...]) -> str | None:
     program = seccomp_filter(dict(errnos))
     if program is None:
         return None
@@ -398,12 +399,7 @@ class Sandbox:
         return [str(p) for p in sorted(shown, key=lambda p: len(p.parts))]
 
     def _task_paths(self, patterns: Iterable[str], *roots: Path) -> set[Path]:
-        """Existing paths matching task-relative globs, in the user's checkout and ``roots``."""
-        found: set[Path] = set()
-        for root in (self.task_root, *roots):
-            for pattern in patterns:
-                found |= {Path(p).resolve() for p in glob.glob(str(root / pattern), recursive=True)}
-        return found
+        return task_paths(patterns, self.task_root, *roots)
 
     def _holdout_binds(self, step: str, cwd: Path) -> list[str]:
         paths = sorted(self._task_paths(self.holdout, cwd), key=lambda p: len(p.parts))
