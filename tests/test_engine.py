@@ -337,11 +337,12 @@ def test_parallel_slots(tmp_path: Path) -> None:
         f"{i:02d}": sr("params.py", "Y = 2.0", f"Y = {v}", f"Y {v}")
         for i, v in enumerate([1.0, 0.0, -1.0, 3.0])
     }
-    executor = LocalExecutor(slots=2)
+    executor, said = LocalExecutor(slots=2), []
     engine = Engine(load_config(repo), ReplayAgent(write_patch_dir(tmp_path / "p", patches)),
-                    options=SessionOptions(tag="t"), executor=executor)  # fmt: skip
+                    options=SessionOptions(tag="t"), executor=executor, on_message=said.append)  # fmt: skip
     summary = engine.run()
     executor.close()
+    assert executor.placement in said  # which CPUs each slot runs on (or that they share them)
     rows = engine.ledger.experiments(engine.session)
     # Which patches still apply depends on which keep landed first; the invariants do not.
     assert len(rows) == 5 and all(r.verdict != "pending" for r in rows)

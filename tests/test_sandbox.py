@@ -134,7 +134,7 @@ class Outcome:
 
 
 def attack(task: Task, code: str, *, max_log_mb: float = 64.0, max_memory_mb: float | None = None,
-           **sandbox: object) -> Outcome:  # fmt: skip
+           cpus: tuple[int, ...] = (), **sandbox: object) -> Outcome:  # fmt: skip
     """Commit ``code`` as train.py (as a proposal would) and run the experiment's steps."""
     ws, config = task.workspace, task.config
     workdir = ws.checkout(0, ws.head())
@@ -147,7 +147,7 @@ def attack(task: Task, code: str, *, max_log_mb: float = 64.0, max_memory_mb: fl
         metric=config.metric, log_dir=state / "logs" / "t", out_dir=state / "runs" / "t" / "0001-0",
         evaluate=config.evaluate, time_budget=config.time_budget, timeout=config.timeout,
         env={"AUTORESEARCH_TASK_DIR": str(config.root)}, protected=protected,
-        reset_root=ws.slot_root(0), reset_keep=ws.linked_paths(), max_memory_mb=max_memory_mb,
+        reset_root=ws.slot_root(0), reset_keep=ws.linked_paths(), max_memory_mb=max_memory_mb, cpus=cpus,
     )  # fmt: skip
     result = execute(job, StepRunner(max_log_mb=max_log_mb), sandbox=task.sandbox(**sandbox))
     return Outcome(result, (job.log_dir / f"{job.name}.log").read_text(errors="replace"), job)
@@ -661,6 +661,31 @@ print("not stopped")
 """
 
 
+SPREAD = """\
+import os
+mine = sorted(os.sched_getaffinity(0))
+try:
+    os.sched_setaffinity(0, {wanted})
+except OSError as exc:
+    print("refused:", exc)
+print("asked for {wanted} on", mine, "; got", sorted(os.sched_getaffinity(0)))
+"""
+
+
+@needs_bwrap
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="this process has fewer than 2 CPUs")
+def test_a_run_on_its_slots_cpus_cannot_spread_to_the_others(tmp_path: Path, venv_template: Path) -> None:
+    """A slot's run that took every CPU would be timed on the other slots' share too."""
+    task = make_task(tmp_path, venv_template, "bwrap")
+    cpus = sorted(os.sched_getaffinity(0))
+    pinned = attack(task, SPREAD.format(wanted=cpus), cpus=(cpus[0],))
+    assert_honest(pinned)
+    assert f"asked for {cpus} on {[cpus[0]]} ; got {[cpus[0]]}" in pinned.log
+    # unpinned (one slot), a run sets its own CPUs as it likes
+    free = attack(task, SPREAD.format(wanted=[cpus[-1]]))
+    assert f"asked for {[cpus[-1]]} on {cpus} ; got {[cpus[-1]]}" in free.log
+
+
 def test_memory_held_by_a_process_that_hid_from_the_step(task: Task) -> None:
     outcome = attack(task, HIDDEN_HOG, max_memory_mb=300)
     if mode_of(task) == "bwrap":  # it is still in the step's PID namespace, below bwrap
@@ -1097,6 +1122,19 @@ def test_the_keyring_filter_refuses_the_keyring_calls_of_every_abi() -> None:
     assert [_seccomp(arm, 0xC00000B7, nr) for nr in (217, 218, 219, 220, 63)] == [eperm] * 3 + [allow] * 2
     assert _seccomp(arm, 0x40000028, 311) == eperm
     assert _seccomp(x86, 0xC000003E, 112) == allow  # a step may start a session of its own
+    assert _seccomp(x86, 0xC000003E, 203) == allow  # and, on one slot, set its CPUs
+
+
+def test_a_pinned_steps_filter_ignores_setting_its_cpus_on_every_abi() -> None:
+    from autoresearch.executors.sandbox import PINNED_CALLS, seccomp_filter
+
+    allow, eperm, nothing = 0x7FFF0000, 0x00050001, 0x00050000
+    x86, arm = seccomp_filter(PINNED_CALLS, "x86_64"), seccomp_filter(PINNED_CALLS, "aarch64")
+    assert x86 is not None and arm is not None
+    for program, arch, affinity, keyctl, other in ((x86, 0xC000003E, 203, 250, 204), (x86, 0x40000003, 241, 288, 242),
+                                                   (arm, 0xC00000B7, 122, 219, 123), (arm, 0x40000028, 241, 311, 242)):  # fmt: skip
+        assert _seccomp(program, arch, affinity) == nothing
+        assert _seccomp(program, arch, keyctl) == eperm and _seccomp(program, arch, other) == allow
 
 
 def test_the_agents_filter_keeps_every_process_in_its_session_on_every_abi() -> None:

@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slots", type=int, help="experiments run at once (default: 1, one per GPU; "
                    "ray: what the cluster holds)")  # fmt: skip
     p.add_argument("--gpus", help="comma-separated GPU ids, one slot each (CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--share-cpus", action="store_true",
+                   help="slots share every CPU (default: each slot runs on whole cores of its own)")  # fmt: skip
     p.add_argument("--lookahead", type=int,
                    help="proposals the agent keeps ready while runs train (default: one per slot)")  # fmt: skip
     p.add_argument("--no-setup", action="store_true", help="skip the task's setup step")
@@ -169,14 +171,15 @@ def _executor_flags(p: argparse.ArgumentParser) -> None:
 
 def _executor(args: argparse.Namespace, config: TaskConfig) -> Executor:
     if args.executor == "ray":
-        if args.gpus:
-            raise ConfigError("--gpus applies to --executor local; on Ray set [ray] gpus_per_run")
+        if args.gpus or args.share_cpus:
+            raise ConfigError("--gpus and --share-cpus apply to --executor local; on Ray set "
+                              "[ray] gpus_per_run and cpus_per_run")  # fmt: skip
         from autoresearch.executors.ray import RayExecutor  # Ray is an optional extra
 
         return RayExecutor(config, address=args.ray_address, slots=args.slots)
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
     return LocalExecutor(args.slots, gpus=gpus, sandbox=Sandbox.for_task(config),
-                         max_log_mb=config.max_log_mb)  # fmt: skip
+                         max_log_mb=config.max_log_mb, share_cpus=args.share_cpus)  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -108,6 +108,9 @@ class Engine:
     def _prepare(self) -> None:
         if not self.session.setup_done and self.options.run_setup:
             self._setup()
+        placement = getattr(self.executor, "placement", "")
+        if placement:
+            self.say(placement)
         warning = getattr(self.executor, "sandbox", None)
         if isinstance(warning, Sandbox) and warning.warning:
             self.say(f"warning: {warning.warning}")

@@ -40,6 +40,7 @@ class Job:
     env: Mapping[str, str] = field(default_factory=dict)  # extra environment variables
     pass_env: tuple[str, ...] = ()  # [task] env: variables handed on even when secret-looking
     slot: int = 0
+    cpus: tuple[int, ...] = ()  # the CPUs its steps run on, and cannot leave in the sandbox (): all
     protected: Mapping[str, str] = field(default_factory=dict)  # path -> sha256 that must hold
     protected_data: Mapping[str, str] = field(default_factory=dict)  # absolute path -> sha256
     # Put back before ``evaluate``: the worktree root, and the repo-relative paths to keep

@@ -61,8 +61,25 @@ def execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None = None,
     """Run one job's steps and read its metric. Never raises for a failing run.
 
     With a ``sandbox`` each step runs inside it, and a step that changed what the sandbox
-    fingerprints (git's admin files, the Python environment...) makes the run invalid.
+    fingerprints (git's admin files, the Python environment...) makes the run invalid. With
+    ``job.cpus`` every step runs on those CPUs: they are this thread's while the job runs, and
+    a process inherits the CPUs of the thread that started it (no window in which it has more).
     """
+    if not job.cpus:
+        return _execute(job, runner, env, sandbox)
+    before = os.sched_getaffinity(0)  # 0: this thread
+    try:
+        os.sched_setaffinity(0, job.cpus)
+    except OSError:  # a CPU gone offline since the slots were laid out: the job runs on ours
+        return _execute(replace(job, cpus=()), runner, env, sandbox)
+    try:
+        return _execute(job, runner, env, sandbox)
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None,
+             sandbox: Sandbox | None) -> RunResult:  # fmt: skip
     if job.out_dir.is_symlink():
         job.out_dir.unlink()
     job.out_dir.mkdir(parents=True, exist_ok=True)
@@ -186,7 +203,7 @@ def _sandboxed_step(job: Job, runner: StepRunner, sandbox: Sandbox | None, name:
     argv = plain_argv(command)
     first = argv if argv and (name == "evaluate" or is_measure(argv)) else None
     prefix = sandbox.prefix(name, cwd=job.workdir, worktree=worktree, writable=writable, readonly=shown,
-                            first=first is not None)  # fmt: skip
+                            first=first is not None, pinned=bool(job.cpus))  # fmt: skip
     before = sandbox.fingerprint(worktree)
     result = runner.step(name, first or command, job.workdir, env, log, job.timeout, prefix=prefix,
                          max_memory_mb=job.max_memory_mb)  # fmt: skip

@@ -56,7 +56,7 @@ HOME_INSIDE = "/tmp/home"  # $HOME of a step: in its private /tmp
 GPU_DEVICES = ("/dev/nvidia*", "/dev/dri", "/dev/kfd")
 ENV_NAMES = (
     "PATH", "LANG", "LANGUAGE", "TERM", "TZ", "LD_LIBRARY_PATH", "PYTHONUNBUFFERED",
-    "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
+    "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "OMP_NUM_THREADS",
 )  # fmt: skip
 ENV_PREFIXES = ("AUTORESEARCH_", "LC_")
 # Downloaded packages: copies of public text a task may hold out (one machine's apt cache held
@@ -129,12 +129,19 @@ def _inside(path: Path, folder: Path) -> bool:
 # Calls a filter can refuse, by machine: for the 64-bit ABI and the 32-bit one its processes
 # can also call, the audit arch seccomp sees and the calls' numbers.
 _CALLS = {
-    "x86_64": ((0xC000003E, {"add_key": 248, "request_key": 249, "keyctl": 250, "setsid": 112}),
-               (0x40000003, {"add_key": 286, "request_key": 287, "keyctl": 288, "setsid": 66})),
-    "aarch64": ((0xC00000B7, {"add_key": 217, "request_key": 218, "keyctl": 219, "setsid": 157}),
-                (0x40000028, {"add_key": 309, "request_key": 310, "keyctl": 311, "setsid": 66})),
+    "x86_64": ((0xC000003E, {"add_key": 248, "request_key": 249, "keyctl": 250, "setsid": 112,
+                             "sched_setaffinity": 203}),
+               (0x40000003, {"add_key": 286, "request_key": 287, "keyctl": 288, "setsid": 66,
+                             "sched_setaffinity": 241})),
+    "aarch64": ((0xC00000B7, {"add_key": 217, "request_key": 218, "keyctl": 219, "setsid": 157,
+                              "sched_setaffinity": 122}),
+                (0x40000028, {"add_key": 309, "request_key": 310, "keyctl": 311, "setsid": 66,
+                              "sched_setaffinity": 241})),
 }  # fmt: skip
 KEYRING_CALLS = {"add_key": 1, "request_key": 1, "keyctl": 1}  # EPERM
+# A step on its slot's CPUs (``Job.cpus``) keeps them: setting its CPUs does nothing and returns
+# 0 (a run that spread onto the other slots' cores would be timed on more than its share).
+PINNED_CALLS = {**KEYRING_CALLS, "sched_setaffinity": 0}
 # An agent's CLI: its processes stay in its session, so in the kernel's autogroup that runs at
 # nice 19 (a process in a session of its own would compete with the runs as an equal, whatever
 # its nice). setsid does nothing and returns 0, so that what calls it still works.
@@ -344,7 +351,7 @@ class Sandbox:
 
     def prefix(
         self, step: str, *, cwd: Path, worktree: Path, writable: Sequence[Path],
-        readonly: Sequence[Path] = (), first: bool = False,
+        readonly: Sequence[Path] = (), first: bool = False, pinned: bool = False,
     ) -> list[str]:  # fmt: skip
         """The bwrap argv that runs one step (the command follows it); [] without bwrap.
 
@@ -352,8 +359,9 @@ class Sandbox:
         (with ``AUTORESEARCH_OUT``); its ``.git`` is unreadable, and ``evaluate`` alone may
         read the holdout files. ``readonly`` checkouts (the reference) are visible, read-only,
         their ``.git`` unreadable too. ``first``: the command is the sandbox's pid 1, with no
-        bwrap reaper above it (``measure``, which nothing inside can open, signal or kill). The argv starts with ``/bin/sh``, which opens the seccomp
-        filter on descriptor 9 for bwrap and execs it.
+        bwrap reaper above it (``measure``, which nothing inside can open, signal or kill).
+        ``pinned``: the step cannot change its CPUs (``PINNED_CALLS``). The argv starts with
+        ``/bin/sh``, which opens the seccomp filter on descriptor 9 for bwrap and execs it.
         """
         if not self.enabled:
             return []
@@ -379,7 +387,7 @@ class Sandbox:
         bound = {str(worktree), *map(str, writable), *map(str, readonly), *self._readable_roots()}
         argv += [arg for path in ("/dev", *hidden) if path not in bound for arg in ("--remount-ro", path)]
         argv += ["--chdir", str(cwd)]
-        return _with_filter(argv, KEYRING_CALLS)
+        return _with_filter(argv, PINNED_CALLS if pinned else KEYRING_CALLS)
 
     def _hidden_roots(self) -> list[Path]:
         """Empty inside: the user's checkout, $HOME, /run (sockets), the package archives;
