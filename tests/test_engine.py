@@ -494,3 +494,27 @@ def test_a_run_that_rewrites_the_ledger_stops_the_session(tmp_path: Path) -> Non
     assert git(repo, "rev-parse", "autoresearch/t") == git(
         repo, "rev-parse", "main"
     )  # nothing kept
+
+
+def test_a_holdout_file_in_gits_history_is_named_at_session_start(tmp_path: Path) -> None:
+    """No step reads git's objects, but an agent's CLI does: a holdout file once committed,
+    even deleted since, stays readable there."""
+    repo = toy(tmp_path, task='holdout = ["hold/*"]', files={"hold/answers.txt": "X = 3.0\n"})
+    git(repo, "rm", "-q", "hold/answers.txt")
+    git(repo, "commit", "-qm", "the answers out of git")
+    (repo / "hold").mkdir()
+    (repo / "hold" / "answers.txt").write_text("X = 3.0\n")
+    (repo / "hold" / "fresh.txt").write_text("never committed\n")
+    said: list[str] = []
+    patches = write_patch_dir(tmp_path / "p", {"01": PATCHES["01-improve"]})
+    Engine(load_config(repo), ReplayAgent(patches), options=SessionOptions(tag="t"),
+           on_message=said.append).run()  # fmt: skip
+    warnings = [m for m in said if "holdout files are in git's history" in m]
+    assert len(warnings) == 1 and "(hold/answers.txt)" in warnings[0], said
+    said.clear()  # a holdout never committed: nothing to say
+    clean = toy(tmp_path / "clean", task='holdout = ["hold/*"]', files={".gitignore": "hold/\n"})
+    (clean / "hold").mkdir()
+    (clean / "hold" / "answers.txt").write_text("X = 3.0\n")
+    Engine(load_config(clean), ReplayAgent(patches), options=SessionOptions(tag="t"),
+           on_message=said.append).run()  # fmt: skip
+    assert not [m for m in said if "holdout" in m], said

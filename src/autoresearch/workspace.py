@@ -116,6 +116,15 @@ class Workspace:
     def head(self) -> str:
         return self.git("rev-parse", "HEAD")
 
+    def in_history(self, patterns: Iterable[str]) -> list[str]:
+        """Task-relative paths matching ``patterns`` that a commit of any ref added, changed or
+        deleted: git's objects keep them for whoever reads git, even once deleted."""
+        specs = [f":(glob){pattern}" for pattern in patterns]  # from the task folder, as git runs here
+        if not specs:
+            return []
+        out = self.git("log", "--all", "--format=", "--name-only", "--relative", "--", *specs, check=False)
+        return sorted({line for line in out.splitlines() if line.strip()})
+
     def branch_head(self) -> str | None:
         out = self.git("rev-parse", "--verify", "--quiet", self.branch_ref, check=False)
         return out or None

@@ -119,6 +119,12 @@ class Engine:
                      "can write wherever you can (the runs' checkouts, the Python environment, "
                      "git's config), and a process it starts that leaves its session and "
                      "environment outlives its turn")  # fmt: skip
+        held = self.workspace.in_history(self.config.holdout)
+        if held:
+            shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+            self.say(f"warning: holdout files are in git's history ({shown}): no step can read them, "
+                     "but an agent that reads git (claude-code, codex, aider, command) can; keep "
+                     "the holdout out of git and its history")  # fmt: skip
         self._git_print = self.workspace.fingerprint()
         if not self._stop:
             self._protect_data()
