@@ -518,3 +518,34 @@ def test_a_holdout_file_in_gits_history_is_named_at_session_start(tmp_path: Path
     Engine(load_config(clean), ReplayAgent(patches), options=SessionOptions(tag="t"),
            on_message=said.append).run()  # fmt: skip
     assert not [m for m in said if "holdout" in m], said
+
+
+def test_a_baseline_run_again_after_fixing_the_metric_records_the_new_metric(tmp_path: Path) -> None:
+    """The summary key was wrong: the baseline crashed. The fixed [metric] is what the session
+    measures from then on, in the ledger too (status, log, export and the plot read it there)."""
+    repo = toy(tmp_path)
+    toml = repo / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('name = "score"', 'name = "loss"'))
+    git(repo, "commit", "-qam", "a wrong metric name")
+    patches = write_patch_dir(tmp_path / "p", {"01": PATCHES["01-improve"]})
+    engine, _ = run_session(repo, patches)
+    assert engine.ledger.experiments(engine.session)[0].verdict == "crash"
+    toml.write_text(toml.read_text().replace('name = "loss"', 'name = "steps"').replace(
+        'direction = "minimize"', 'direction = "maximize"'))  # fmt: skip
+    git(repo, "commit", "-qam", "the metric fixed")
+    engine, _ = run_session(repo, patches)
+    session = engine.ledger.session("t")
+    assert (session.metric, session.direction) == ("steps", "maximize")
+    assert engine.summary().best_metric == 10.0
+
+
+def test_resuming_with_another_metric_is_refused(tmp_path: Path) -> None:
+    repo = toy(tmp_path)
+    patches = write_patch_dir(tmp_path / "p", {"01": PATCHES["01-improve"]})
+    run_session(repo, patches, max_experiments=1)
+    toml = repo / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('direction = "minimize"', 'direction = "maximize"'))
+    git(repo, "commit", "-qam", "the other way round")
+    with pytest.raises(WorkspaceError, match=r"measures score \(minimize\), but autoresearch.toml now says score \(maximize\)"):
+        run_session(repo, patches, resume=True)
+    Ledger(repo / ".autoresearch" / "ledger.db").session("t")  # nothing lost

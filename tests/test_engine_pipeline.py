@@ -364,3 +364,21 @@ def test_invalid_proposals_made_while_the_baseline_runs_count_towards_max_failur
     assert [r.verdict for r in rows] == [Verdict.INVALID, Verdict.INVALID, Verdict.BASELINE, Verdict.INVALID]
     assert summary.stop_reason.startswith("3 crashes/invalid experiments in a row"), summary.stop_reason
     assert "malformed reply 3" in summary.stop_reason
+
+
+def test_max_cost_holds_when_keeps_take_their_re_scores(tmp_path: Path) -> None:
+    """Each run costs $1 (36 s at $100 a slot-hour). Screened-out candidates take one run each,
+    then a keep takes its selection runs and a re-score: the average so far said the next
+    experiment costs about $1. The spend never passes --max-cost: the next experiment is
+    counted at the most runs a candidate can take."""
+    repo = task(tmp_path, judge="baseline_runs = 2\nmax_runs = 3")
+
+    def run(job: Job) -> FakeRun:  # negative A is worse, positive a large gain; a small noise
+        return FakeRun(10.0 - params(job)["A"] + 0.01 * (job.seed % 3), seconds=36.0)
+
+    texts = [f"A = {-i}\nB = 0\n" for i in range(1, 16)] + [f"A = {i}\nB = 0\n" for i in range(1, 9)]
+    engine = session(repo, Scripted(texts), FakeExecutor(run), max_cost=20.0, gpu_price=100.0)
+    summary = engine.summary()
+    rows = engine.ledger.experiments(engine.session)
+    assert "--max-cost $20.00" in summary.stop_reason, summary.stop_reason
+    assert summary.cost_usd <= 20.0, [(r.verdict, len(r.runs)) for r in rows]

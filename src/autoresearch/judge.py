@@ -141,6 +141,12 @@ class Judge:
             return self._naive(values, best, noise)
         return self._sequential(values, best, noise)
 
+    def most_runs(self) -> int:
+        """The most runs one candidate can take: its selection runs, then a keep's re-score."""
+        if self.config.rule == "naive":
+            return 1 + self.config.confirm_runs
+        return 2 * max(2, self.config.max_runs)  # with the noise unknown, two selection runs
+
     def rescore_runs(self, selected: int, noise: Noise) -> int:
         """Fresh runs a new best gets before its value is recorded (none without noise)."""
         if self.config.rule == "naive" or noise.sigma == 0.0:

@@ -255,7 +255,8 @@ class Ledger:
 
     def update_session(self, session: SessionRow, **fields: Any) -> SessionRow:
         """Change a session's fields; returns the session as now recorded."""
-        allowed = {"status", "stop_reason", "noise", "setup_done", "agent", "config", "base_commit"}
+        allowed = {"status", "stop_reason", "noise", "setup_done", "agent", "config", "base_commit",
+                   "metric", "direction"}  # fmt: skip
         if not set(fields) <= allowed:
             raise LedgerError(f"cannot update session fields {sorted(set(fields) - allowed)}")
         values = {k: json.dumps(dict(v)) if k == "config" else v for k, v in fields.items()}

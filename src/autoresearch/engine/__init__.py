@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from autoresearch.agents._base import Agent
-from autoresearch.config import STATE_DIR, TaskConfig
+from autoresearch.config import STATE_DIR, STEPS, TaskConfig
+from autoresearch.cost import compute_cost
 from autoresearch.engine._experiment import Flight, context_for, experiment_seed, launch
 from autoresearch.engine._loop import Proposer, drain, run_loop
 from autoresearch.engine._resume import ResumeDefaults, repair, resume_defaults
@@ -168,6 +169,13 @@ class Engine:
         return session
 
     def _resume(self, session: SessionRow) -> SessionRow:
+        metric = self.config.metric
+        if self.history.best is not None and (session.metric, session.direction) != (metric.name, metric.direction):
+            raise WorkspaceError(
+                f"session {session.tag!r} measures {session.metric} ({session.direction}), but "
+                f"autoresearch.toml now says {metric.name} ({metric.direction}): its results "
+                "are not comparable; put [metric] back, or start a session with a new tag"
+            )
         if self.history.rows:
             self.workspace.resume()
         else:  # killed between creating the session and its first experiment
@@ -176,7 +184,7 @@ class Engine:
         repair(self)  # first: a refusal (a branch moved by hand) leaves the session as it was
         self.session = self.ledger.update_session(
             self.session, status="running", stop_reason="", agent=self.agent.name,
-            config=self._recorded_config(session.config),
+            config=self._recorded_config(session.config), metric=metric.name, direction=metric.direction,
         )  # fmt: skip
         return self.session
 
@@ -187,6 +195,7 @@ class Engine:
         session = self.ledger.update_session(
             session, status="running", stop_reason="", agent=self.agent.name, base_commit=base,
             setup_done=0, config=self._recorded_config(session.config),
+            metric=self.config.metric.name, direction=self.config.metric.direction,  # fixed, maybe
         )  # fmt: skip
         return self._adopt(session)
 
@@ -317,7 +326,8 @@ class Engine:
 
     def check_stop_rules(self) -> bool:
         """True (and the session stops) when a stop rule fires on what is recorded."""
-        reason = stop_reason(self.rules, self.history, clock=self.clock, spent=self.spent())
+        reason = stop_reason(self.rules, self.history, clock=self.clock, spent=self.spent(),
+                             ahead=self.cost_ahead() if self.rules.max_cost is not None else 0.0)  # fmt: skip
         if reason:
             self.stop(reason, clean=True)
         return bool(reason)
@@ -329,6 +339,17 @@ class Engine:
 
     def spent(self) -> float:
         return self.history.spend
+
+    def cost_ahead(self) -> float:
+        """The most the next experiment and those in flight can still add to the spend, from the
+        most a proposal and a run have cost so far: every run a candidate can take (a keep's
+        re-score included) for each, and one more proposal."""
+        history = self.history
+        runs = [run for row in history.rows for run in row.runs]
+        per_run = max((sum(run.step_seconds(s) or 0.0 for s in STEPS) for run in runs), default=0.0)
+        compute = compute_cost(per_run, history.gpu_price) * self.judge.most_runs()
+        proposal = max((row.usage.cost_usd or 0.0 for row in history.rows), default=0.0)
+        return proposal + compute * (1 + len(self.flights))
 
     def _gpu_price(self) -> float:
         price = self.options.gpu_price

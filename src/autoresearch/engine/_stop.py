@@ -58,8 +58,9 @@ class Clock:
         return self.before + (time.monotonic() - self.started) / 3600
 
 
-def stop_reason(rules: StopRules, history: History, *, clock: Clock, spent: float) -> str:
-    """Why no further experiment should start ("" when one may)."""
+def stop_reason(rules: StopRules, history: History, *, clock: Clock, spent: float, ahead: float = 0.0) -> str:
+    """Why no further experiment should start ("" when one may). ``ahead``: the most the next
+    experiment and those in flight can still add to ``spent``."""
     done = len(history.finished)
     if rules.max_experiments is not None and done >= rules.max_experiments:
         return f"reached --max-experiments {rules.max_experiments}"
@@ -69,10 +70,9 @@ def stop_reason(rules: StopRules, history: History, *, clock: Clock, spent: floa
     if failures >= rules.max_failures:
         last = max((r for r in history.rows if r.verdict.failed), key=lambda r: r.finished or 0.0)
         return f"{failures} crashes/invalid experiments in a row (last: {last.verdict}: {last.reason})"
-    if rules.max_cost is not None:
-        per = spent / max(1, done)
-        if spent + per > rules.max_cost:
-            return f"--max-cost ${rules.max_cost:.2f}: spent ${spent:.2f}, the next experiment would pass it"
+    if rules.max_cost is not None and spent + ahead > rules.max_cost:
+        return (f"--max-cost ${rules.max_cost:.2f}: spent ${spent:.2f}; the next experiment could "
+                f"bring it to ${spent + ahead:.2f}")  # fmt: skip
     return ""
 
 
