@@ -334,3 +334,29 @@ def test_null_cache_details_count_zero(server: FakeOpenAI) -> None:
     usage = agent_for(server).propose(make_context()).usage
     assert (usage.input_tokens, usage.cached_tokens, usage.output_tokens) == (1000, 0, 100)
     assert usage.cost_usd is not None and usage.cost_usd > 0
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_an_address_that_never_answered_stops_at_once(server: FakeOpenAI) -> None:
+    """A wrong --base-url: nothing listens there. Without an answer ever, a connection error is
+    not waited out (it was: 60, 120, 240, 480 s); once a server has answered, it is."""
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    agent = OpenAIAgent("gpt-5.4", base_url=url, max_retries=0, timeout=5.0, backoff=600.0, compatible=False)
+    started = time.monotonic()
+    with pytest.raises(AgentUnavailable, match="no server has answered yet: check the address, --base-url"):
+        agent.propose(make_context())
+    assert time.monotonic() - started < 60
+    answered = agent_for(server, max_retries=0, max_failures=2, backoff=0.0)
+    server.queue(FakeOpenAI.tool(edit_args()))
+    assert answered.propose(make_context()).edits
+    server.close()  # the server is gone after it answered: a blip, tried again
+    with pytest.raises(AgentUnavailable, match="failed 2 times in a row") as info:
+        answered.propose(make_context())
+    assert "no server has answered yet" not in str(info.value)

@@ -24,7 +24,7 @@ from autoresearch.agents.prompt import (
     render,
 )
 from autoresearch.cost import PriceTable
-from autoresearch.errors import ConfigError, ProposalError
+from autoresearch.errors import AgentUnavailable, ConfigError, ProposalError
 
 
 class ChatAgent(Agent, ABC):
@@ -61,25 +61,41 @@ class ChatAgent(Agent, ABC):
         self.prices = PriceTable(prices)
         self._secrets: list[str] = []
         self._cancelled = threading.Event()
+        self._answered = False  # a server has answered this agent (with a reply or a status)
 
     def propose(self, context: Context) -> Proposal:
         prompt = render(context, history_tokens=self.history_tokens)
-        reply = call_with_retries(
-            lambda: self._create(prompt),
-            agent=self.name,
-            errors=(self.sdk_error,),
-            transient=self._transient,
-            max_failures=self.max_failures,
-            backoff=self.backoff,
-            secrets=self._secrets,
-            cancelled=self._cancelled,
-        )
+        try:
+            reply = call_with_retries(
+                lambda: self._create(prompt),
+                agent=self.name,
+                errors=(self.sdk_error,),
+                transient=self._worth_retrying,
+                max_failures=self.max_failures,
+                backoff=self.backoff,
+                secrets=self._secrets,
+                cancelled=self._cancelled,
+            )
+        except AgentUnavailable as exc:
+            if self._answered:
+                raise
+            raise AgentUnavailable(f"{exc} (no server has answered yet: check the address, "
+                                   "--base-url, and the network)") from exc.__cause__  # fmt: skip
+        self._answered = True
         usage = self._usage(reply)
         try:
             proposal = self._parse(reply)
         except ProposalError as exc:  # the tokens were spent all the same
             raise ProposalError(redact(str(exc), self._secrets), usage=usage) from exc
         return replace(proposal, usage=usage, meta={"model": self.model, **self._reply_meta(reply)})
+
+    def _worth_retrying(self, exc: Exception) -> bool:
+        """A transient error, once a server has answered: before that, an error with no status
+        (nothing listens there, no such host, a timeout) is a wrong address more often than a
+        blip, and waiting up to an hour on it helps nobody (the SDK has tried it again)."""
+        answered = getattr(exc, "status_code", None) is not None
+        self._answered = self._answered or answered
+        return self._transient(exc) and (self._answered or answered)
 
     def cancel(self) -> None:
         self._cancelled.set()  # a call under way still ends (and is paid for); no wait after it
