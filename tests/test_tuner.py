@@ -777,3 +777,19 @@ def test_an_int_steps_by_a_quarter_of_its_range_first() -> None:
     assert first_moves("DEPTH = 5\n", "DEPTH") == {3, 7}
     assert first_moves("DEPTH = 3\n", "DEPTH") == {2, 4}  # at most half its value: +-1
     assert first_moves("DEPTH = 12\n", "DEPTH") == {6, 24}  # from 8 up: x2 or /2
+
+
+def test_nothing_to_tune_stops_the_session_before_its_baseline(toy_repo: Path) -> None:
+    """An editable glob that matches no file: the error came after the whole baseline."""
+    from autoresearch.config import load_config
+    from autoresearch.engine import Engine, SessionOptions
+    from autoresearch.ledger import Ledger
+
+    toml = toy_repo / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('editable = ["params.py"]', 'editable = ["nomatch*.py"]'))
+    subprocess.run(["git", "commit", "-qam", "a glob that matches nothing"], cwd=toy_repo, check=True)
+    engine = Engine(load_config(toy_repo), TunerAgent(seed=0), options=SessionOptions(tag="t"))
+    with pytest.raises(ConfigError, match=r"no tunable constants in the editable Python files \(none: no file matches"):
+        engine.run()
+    ledger = toy_repo / ".autoresearch" / "ledger.db"
+    assert not ledger.exists() or not Ledger(ledger).has_session("t")  # nothing ran

@@ -314,3 +314,18 @@ def test_a_repository_in_a_folder_made_unlistable_is_still_removed(tmp_path: Pat
     assert not planted.exists() and (root / ".git").is_dir()
     assert (outside / ".git").is_dir() and (root / "task" / "link").is_symlink()
     assert (root / "task" / "sub").stat().st_mode & 0o700 == 0o700
+
+
+def test_a_file_both_editable_and_protected_is_a_config_error(toy_repo: Path) -> None:
+    """Protected wins: every proposal was invalid until the failure stop rule. A glob that also
+    matches a protected file is a carve-out, and fine."""
+    from autoresearch.errors import ConfigError
+
+    repo = toy_repo
+    toml = repo / "autoresearch.toml"
+    text = toml.read_text()
+    toml.write_text(text.replace('protected = ["score.py"]', 'protected = ["score.py", "params.py"]'))
+    with pytest.raises(ConfigError, match=r"\[task\] editable names params.py, which \[task\] protected covers"):
+        Workspace(load_config(repo), "t")
+    toml.write_text(text.replace('editable = ["params.py"]', 'editable = ["*.py"]'))
+    Workspace(load_config(repo), "t")

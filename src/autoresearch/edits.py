@@ -127,6 +127,12 @@ class Allowlist:
     def _protected(self) -> list[re.Pattern[str]]:
         return [glob_regex(g) for g in (*self.protected, CONFIG_NAME)]
 
+    def contradictions(self) -> list[str]:
+        """Files named outright as editable that are also protected (protected wins: every edit
+        to them would be refused). A glob that also matches protected files is a carve-out."""
+        return [path for path in self.editable
+                if not any(ch in path for ch in "*?") and any(p.match(path) for p in self._protected)]  # fmt: skip
+
     def reason(self, path: str) -> str | None:
         """Why ``path`` may not be edited, or None when it may."""
         if any(c < " " or c == "\x7f" for c in path):

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from autoresearch.config import CONFIG_NAME, STATE_DIR, TaskConfig
 from autoresearch.edits import Allowlist, apply_edits, glob_regex, new_file_reason
-from autoresearch.errors import EditRejected, ProposalError, WorkspaceError
+from autoresearch.errors import ConfigError, EditRejected, ProposalError, WorkspaceError
 from autoresearch.git import Git, git_admin, git_environment, git_fingerprint, remove_nested_git
 from autoresearch.integrity import sha256_files
 from autoresearch.records import Proposal
@@ -61,6 +61,12 @@ class Workspace:
         self.task_rel = config.root.relative_to(self.repo).as_posix()  # "." at the top
         self.state = config.root / STATE_DIR
         self.allow = Allowlist(config.editable, config.protected)
+        both = self.allow.contradictions()
+        if both:
+            raise ConfigError(
+                f"{config.root / CONFIG_NAME}: [task] editable names {', '.join(both)}, which "
+                f"[task] protected covers too: every edit to it would be refused; take it out of one"
+            )
         self._env = self._identity_env()
         self.git = Git(config.root, self._env)
         self._tracked_cache: dict[SlotKey, list[str]] = {}

@@ -78,18 +78,27 @@ class TunerAgent(Agent):
         self._checked_names = False
 
     def check(self, editable: Mapping[str, str]) -> str:
-        """Validate the options against the code; return the search space to print."""
-        return self.describe(editable)
+        """Validate the options against the code; return the search space to print. Nothing to
+        search is an error here, before the session's setup and baseline run."""
+        consts, dims, left = self._code_space(editable)
+        if not dims:
+            raise ConfigError(_nothing_to_tune(editable, consts, left))
+        return space_text(dims, left, self._plan())
 
     def describe(self, editable: Mapping[str, str]) -> str:
         """The search space (name, kind, range, value now) and what is left out, and why."""
+        _, dims, left = self._code_space(editable)
+        return space_text(dims, left, self._plan())
+
+    def _code_space(self, editable: Mapping[str, str]) -> tuple[list[Constant], list[Dimension], list[LeftOut]]:
+        """The constants of the code and the search space around their values now."""
         consts = _constants_of(editable)
         self._check_names(consts, editable)
         current = {key: const.value for key, const in keyed(consts).items()}
         dims, left = build_space(
             consts, self.options, current, {k: [v] for k, v in current.items()}
         )
-        return space_text(dims, left, self._plan())
+        return consts, list(dims), list(left)
 
     def _plan(self) -> str:
         sampler = self.options.sampler
@@ -104,7 +113,7 @@ class TunerAgent(Agent):
     def propose(self, context: Context) -> Proposal:
         consts, dims, left, configs = self._space(context)
         if not dims:
-            raise AgentExhausted(_nothing_to_tune(context, consts, left))
+            raise AgentExhausted(_nothing_to_tune(context.editable, consts, left))
         best = {d.key: d.const.value for d in dims}
         return self._propose(context, dims, left, best, configs)
 
@@ -220,8 +229,8 @@ def _constants_of(editable: Mapping[str, str]) -> list[Constant]:
     ]
 
 
-def _nothing_to_tune(context: Context, consts: Sequence[Constant], left: Sequence[LeftOut]) -> str:
-    files = ", ".join(sorted(p for p in context.editable if p.endswith(".py"))) or "none"
+def _nothing_to_tune(editable: Mapping[str, str], consts: Sequence[Constant], left: Sequence[LeftOut]) -> str:
+    files = ", ".join(sorted(p for p in editable if p.endswith(".py"))) or "none: no file matches [task] editable"
     text = f"tuner: no tunable constants in the editable Python files ({files})"
     if left:
         text += f"; left out: {_left_text(left)}"
