@@ -549,3 +549,36 @@ def test_resuming_with_another_metric_is_refused(tmp_path: Path) -> None:
     with pytest.raises(WorkspaceError, match=r"measures score \(minimize\), but autoresearch.toml now says score \(maximize\)"):
         run_session(repo, patches, resume=True)
     Ledger(repo / ".autoresearch" / "ledger.db").session("t")  # nothing lost
+
+
+def test_a_refused_session_leaves_no_worktree_and_says_nothing_of_its_search(tmp_path: Path) -> None:
+    repo = toy(tmp_path)
+    patches = write_patch_dir(tmp_path / "p", {"01": PATCHES["01-improve"]})
+    run_session(repo, patches)
+    from autoresearch.agents.tuner import TunerAgent
+
+    said: list[str] = []
+    engine = Engine(load_config(repo), TunerAgent(seed=0), options=SessionOptions(tag="t"),
+                    on_message=said.append)  # fmt: skip
+    with pytest.raises(WorkspaceError, match="already in the ledger"):
+        engine.run()
+    assert said == []  # the tuner's search space is said once a session opens
+    (repo / "params.py").write_text("X = 2.0\nY = 2.0\n")  # uncommitted
+    with pytest.raises(WorkspaceError, match="uncommitted changes"):
+        Engine(load_config(repo), ReplayAgent(patches), options=SessionOptions(tag="u")).run()
+    assert not (repo / ".autoresearch" / "worktrees" / "t").exists()
+    assert not (repo / ".autoresearch" / "worktrees" / "u").exists()
+    assert "worktrees" not in git(repo, "worktree", "list")
+
+
+def test_a_repository_without_a_commit_is_a_clear_error(tmp_path: Path) -> None:
+    repo = tmp_path / "fresh"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "autoresearch.toml").write_text(TOY_TOML.replace("{python}", PY))
+    (repo / "params.py").write_text(TOY_PARAMS)
+    (repo / "score.py").write_text(TOY_SCORE)
+    (repo / "program.md").write_text("Minimise.\n")
+    patches = write_patch_dir(tmp_path / "p", {"01": PATCHES["01-improve"]})
+    with pytest.raises(WorkspaceError, match=r"has no commit yet; commit the task first"):
+        run_session(repo, patches)

@@ -120,7 +120,11 @@ class Workspace:
         return [line[3:] for line in out.splitlines() if line.strip()]
 
     def head(self) -> str:
-        return self.git("rev-parse", "HEAD")
+        found = self.git("rev-parse", "--verify", "--quiet", "HEAD^{commit}", check=False)
+        if not found:
+            raise WorkspaceError(f"{self.repo}: the repository has no commit yet; commit the task "
+                                 "first (git add -A && git commit -m 'the task')")  # fmt: skip
+        return found
 
     def in_history(self, patterns: Iterable[str]) -> list[str]:
         """Task-relative paths matching ``patterns`` that a commit of any ref added, changed or

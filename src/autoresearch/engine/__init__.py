@@ -85,11 +85,16 @@ class Engine:
         lock = self.lock = SessionLock(self.config.root / STATE_DIR, self.options.tag)
         lock.acquire()
         try:
-            self._check_agent()  # before anything is created: a typo costs no session
+            space = self._check_agent()  # before anything is created: a typo costs no session
             self.session = self._open_session()
         except BaseException:
-            lock.release()
+            try:
+                self.workspace.remove_worktrees()  # the checkout the agent's check read
+            finally:
+                lock.release()
             raise
+        if space:
+            self.say(space)
         self._signals.install()
         proposer = Proposer(self, self.options.lookahead or self.executor.slots())
         try:
@@ -199,15 +204,14 @@ class Engine:
         )  # fmt: skip
         return self._adopt(session)
 
-    def _check_agent(self) -> None:
-        """Let an agent validate its options against the code before setup and baseline run."""
+    def _check_agent(self) -> str:
+        """Let an agent validate its options against the code before setup and baseline run;
+        what it has to say (the tuner's search space), said once the session is open."""
         ws = self.workspace
         ws.ensure_excluded()
         head = ws.branch_head() if self.options.resume else None
         ws.checkout(0, head or ws.head())
-        text = self.agent.check(ws.read_files(0, self.config.editable))
-        if text:
-            self.say(text)
+        return self.agent.check(ws.read_files(0, self.config.editable))
 
     def _setup(self) -> None:
         if self.config.setup.strip():
