@@ -9,11 +9,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from conftest import git, make_repo
 
 from autoresearch.agents._base import Agent, Context
 from autoresearch.config import load_config
 from autoresearch.engine import Engine, SessionOptions
+from autoresearch.errors import ConfigError
 from autoresearch.executors._base import Job
 from autoresearch.executors.fake import FakeExecutor, FakeRun
 from autoresearch.ledger import Ledger
@@ -382,3 +384,18 @@ def test_max_cost_holds_when_keeps_take_their_re_scores(tmp_path: Path) -> None:
     rows = engine.ledger.experiments(engine.session)
     assert "--max-cost $20.00" in summary.stop_reason, summary.stop_reason
     assert summary.cost_usd <= 20.0, [(r.verdict, len(r.runs)) for r in rows]
+
+
+def test_lookahead_zero_asks_only_for_a_free_slot(tmp_path: Path) -> None:
+    """Upstream's serial loop: with one slot the agent sees every result before it proposes."""
+    repo = task(tmp_path)
+    agent = Scripted([f"A = {i}\nB = 0\n" for i in range(1, 4)])
+    session(repo, agent, FakeExecutor(lambda job: 10.0 - params(job)["A"], sleep=0.3),
+            max_experiments=3, lookahead=0)  # fmt: skip
+    assert len(agent.calls) == 3
+    for _, _, context in agent.calls:
+        assert "pending" not in [h.verdict for h in context.history], context.history
+    with pytest.raises(ConfigError, match="--lookahead must be 0 or more, got -1"):
+        SessionOptions(tag="t", lookahead=-1)
+    with pytest.raises(ConfigError, match="--max-failures must be 1 or more, got 0"):
+        SessionOptions(tag="t", max_failures=0)

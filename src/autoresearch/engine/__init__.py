@@ -96,7 +96,8 @@ class Engine:
         if space:
             self.say(space)
         self._signals.install()
-        proposer = Proposer(self, self.options.lookahead or self.executor.slots())
+        lookahead = self.options.lookahead
+        proposer = Proposer(self, self.executor.slots() if lookahead is None else lookahead)
         try:
             self._prepare()
             run_loop(self, proposer)

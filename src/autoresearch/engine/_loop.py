@@ -1,8 +1,9 @@
 """The scheduler: run slots and the proposal queue, so the device never waits for the agent.
 
 An agent worker (one thread: agents need not be thread-safe) keeps up to ``lookahead``
-proposals ready while runs train. The main thread collects finished runs, judges and
-records them while the agent thinks, and starts a ready proposal on every free slot.
+proposals ready while runs train (0: it is asked only when a slot is free). The main thread
+collects finished runs, judges and records them while the agent thinks, and starts a ready
+proposal on every free slot.
 The baseline's runs overlap the first proposals, unless the agent runs programs on this
 machine (``Agent.runs_code``): those could slow the baseline that every candidate is judged
 against.
@@ -39,7 +40,7 @@ class Proposer:
     """The agent worker: one ``propose`` at a time on its own thread, results queued."""
 
     def __init__(self, engine: Engine, lookahead: int) -> None:
-        self.engine, self.lookahead = engine, max(1, lookahead)
+        self.engine, self.lookahead = engine, lookahead  # 0: asked only for a free slot
         self.ready: deque[Ready] = deque()
         self.future: Future[Proposal] | None = None
         self._asked: tuple[int, str] = (0, "")  # experiment id and parent of the call in flight
@@ -54,7 +55,9 @@ class Proposer:
     def top_up(self) -> None:
         """Ask the agent for one more proposal when the queue has room and nothing stops us."""
         eng = self.engine
-        if self.future is not None or self.exhausted or len(self.ready) >= self.lookahead:
+        if self.future is not None or self.exhausted or len(self.ready) >= max(1, self.lookahead):
+            return
+        if self.lookahead == 0 and len(eng.flights) >= eng.executor.slots():  # every result first
             return
         if eng.stopping or eng.check_stop_rules() or eng.enough_planned(self.planned):
             return

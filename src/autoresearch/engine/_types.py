@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoresearch.errors import ConfigError
 from autoresearch.records import Experiment
 
 
@@ -23,8 +24,17 @@ class SessionOptions:
     resume: bool = False
     seed: int = 0
     run_setup: bool = True
-    lookahead: int | None = None  # proposals kept ready; None: one per slot
+    lookahead: int | None = None  # proposals kept ready; None: one per slot; 0: none ahead
     agent_flags: Mapping[str, Any] = field(default_factory=dict)  # recorded for --resume
+
+    def __post_init__(self) -> None:
+        least = {"max_experiments": 0, "max_hours": 0, "max_failures": 1, "max_cost": 0,
+                 "gpu_price": 0, "lookahead": 0}  # fmt: skip
+        for name, low in least.items():
+            value = getattr(self, name)
+            if value is not None and not value >= low:  # NaN too
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} must be {low} or more, got {value}")
 
     def rules(self) -> dict[str, Any]:
         return {"max_experiments": self.max_experiments, "max_hours": self.max_hours,
