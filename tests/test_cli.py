@@ -154,6 +154,7 @@ def test_a_second_signal_kills_the_run_and_records_it(tmp_path: Path, sig: int) 
     assert proc.returncode == 128 + sig, err
     assert "killing the running steps" in err
     assert "interrupted" in ar("log", cwd=repo).stdout.splitlines()[2]
+    assert "run step killed: the session stopped it (a second signal)" in ar("show", "1", cwd=repo).stdout
     run_pid = int(pidfile.read_text())
     assert not Path(f"/proc/{run_pid}").exists() or "Z" in Path(f"/proc/{run_pid}/stat").read_text().split()[2]
 
@@ -261,3 +262,12 @@ def test_an_agent_table_error_names_the_file_the_key_and_the_value(tmp_path: Pat
     missing = ar("run", "--tag", "c", "--agent", "command", cwd=bare)
     assert missing.returncode == 1 and "--cmd is missing or empty" in missing.stderr
     assert "Traceback" not in command.stderr + tuner.stderr + missing.stderr
+
+
+def test_init_from_a_template_names_prepare_only_where_the_task_has_a_setup(tmp_path: Path) -> None:
+    speed = ar("init", "--template", "speed", str(tmp_path / "speed"), cwd=tmp_path)
+    assert speed.returncode == 0, speed.stderr
+    assert "next: cd " in speed.stdout and "autoresearch prepare" not in speed.stdout
+    gpt = ar("init", "--template", "gpt", "--size", "cpu", str(tmp_path / "gpt"), cwd=tmp_path)
+    assert gpt.returncode == 0, gpt.stderr
+    assert "&& autoresearch prepare && autoresearch run --tag" in gpt.stdout

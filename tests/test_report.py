@@ -263,6 +263,10 @@ def test_a_discard_that_reads_better_than_the_best_says_why() -> None:
     lines = {r.id: event_line(ExperimentEvent(r, 0.98, 1.0), "minimize") for r in (slow, worse, kept, crash)}
     assert lines[4].endswith("fewer layers [over budget: ran 512.0 s, limit 450.0 s (budget + 150 s)]")
     assert lines[5].endswith("more layers") and lines[6].endswith("wider *")
+    assert "-0.01 " in event_line(ExperimentEvent(kept, 0.97, 1.0, parent=0.98), "minimize")  # vs the best it beat
     assert lines[7].endswith("typo [exit code 1]")
+    talky = replace(crash, reason="made no change; its output ends:\n" + "line\n" * 200)
+    line = event_line(ExperimentEvent(talky, 0.98, 1.0), "minimize")
+    assert "\n" not in line and "[made no change; its output ends: line line" in line and line.endswith("...]")
     # the direction decides what reads better
     assert event_line(ExperimentEvent(slow, 0.98, 1.0), "maximize").endswith("fewer layers")

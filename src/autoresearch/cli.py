@@ -218,7 +218,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(
             f"created {dest} from template {args.template!r} ({len(result.written)} files, committed)"
         )
-        print(f"next: cd {dest} && autoresearch prepare && autoresearch run --tag {_default_tag()}")
+        prepare = "autoresearch prepare && " if load_config(dest).setup.strip() else ""  # a task with data
+        print(f"next: cd {dest} && {prepare}autoresearch run --tag {_default_tag()}")
         return 0
     if result.kind == "upstream":
         print(f"{dest}: an upstream autoresearch checkout; the task runs it unmodified")

@@ -46,7 +46,8 @@ class Noise:
 
     sigma: float | None = None  # None: no experiment has two successful runs yet
     runs: int = 0  # runs of the experiments that contributed
-    groups: int = 0  # experiments that contributed
+    groups: int = 0  # sets of runs of one code that contributed (a keep's selection runs and its
+    # re-score are two)
 
     def detectable(self, z: float, n_candidate: int, n_best: int) -> float | None:
         """The smallest difference of means this noise lets a test at ``z`` detect."""
@@ -57,7 +58,8 @@ class Noise:
     def text(self) -> str:
         if self.sigma is None:
             return "noise unknown (no experiment has two runs yet)"
-        return f"noise sigma {self.sigma:.4g} ({self.runs} runs in {self.groups} experiments)"
+        sets = "set" if self.groups == 1 else "sets"
+        return f"noise sigma {self.sigma:.4g} ({self.runs} runs, in {self.groups} {sets} of runs of one code)"
 
 
 def pooled_noise(groups: Iterable[Sequence[float]]) -> Noise:

@@ -283,7 +283,9 @@ class Engine:
         history = self.history
         row = self.ledger.experiment(self.session, exp_id)
         best, base = history.best, history.baseline
-        self._on_event(ExperimentEvent(row, best.metric if best else None, base.metric if base else None))
+        parent = next((r.metric for r in history.rows if r.verdict.judged and r.commit == row.parent), None)
+        self._on_event(ExperimentEvent(row, best.metric if best else None, base.metric if base else None,
+                                       parent))  # fmt: skip
 
     def observe_run(self, flight: Flight, job: Job) -> None:
         row = self.ledger.experiment(self.session, flight.experiment_id)

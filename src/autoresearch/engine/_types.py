@@ -48,6 +48,7 @@ class ExperimentEvent:
     experiment: Experiment
     best: float | None
     baseline: float | None
+    parent: float | None = None  # the recorded value of the code it changed (a keep's "vs best")
 
 
 @dataclass(frozen=True)

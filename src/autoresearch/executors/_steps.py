@@ -238,7 +238,7 @@ def is_measure(argv: Sequence[str]) -> bool:
 
 def _failure(job: Job, step: StepResult, runner: StepRunner) -> tuple[RunStatus, str] | None:
     if runner.killed:
-        return RunStatus.KILLED, f"{step.name} step killed from outside"
+        return RunStatus.KILLED, f"{step.name} step killed: the session stopped it (a second signal)"
     if step.over_memory_mb is not None:
         return RunStatus.CRASH, (f"{step.name} step killed: its processes held {step.over_memory_mb:.0f} MB, "
                                  f"over [task] max_memory_mb = {job.max_memory_mb:g}")  # fmt: skip

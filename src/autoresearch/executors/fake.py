@@ -83,7 +83,7 @@ class FakeExecutor(Executor):
         log.parent.mkdir(parents=True, exist_ok=True)
         lines = ["(fake run)", "---", *(f"{k}: {v}" for k, v in metrics.items())]
         log.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        reason = "killed from outside" if killed else run.reason
+        reason = "killed: the session stopped it" if killed else run.reason
         if status is RunStatus.OK and run.metric is None:
             status, reason = RunStatus.CRASH, reason or f"no {job.metric.name} reported"
         return RunResult(

@@ -37,6 +37,15 @@ def _escaped(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
+REASON_CHARS = 240  # of a reason on a line of the session's table (`show` has all of it)
+
+
+def one_line(text: str, limit: int = REASON_CHARS) -> str:
+    """``text`` on one line (each run of whitespace a space), cut at ``limit`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
 def value_text(value: float | None) -> str:
     return "-" if value is None else f"{value:.6f}"
 
@@ -47,6 +56,8 @@ def event_line(event: ExperimentEvent, direction: str) -> str:
     delta = ""
     if row.metric is not None and event.best is not None and not row.verdict.judged:
         delta = f"{row.metric - event.best:+.4g}"
+    elif row.metric is not None and event.parent is not None and row.verdict is Verdict.KEEP:
+        delta = f"{row.metric - event.parent:+.4g}"  # against the best it improved on
     marker = " *" if row.verdict is Verdict.KEEP else ""
     text = row.description
     # a failure, or a discard whose value beats the best (over budget, within the noise, a
@@ -56,7 +67,7 @@ def event_line(event: ExperimentEvent, direction: str) -> str:
         and MetricConfig(direction=direction).better(row.metric, event.best)
     )  # fmt: skip
     if row.verdict in _WITH_REASON or looks_better:
-        text += f" [{row.reason}]"
+        text += f" [{one_line(row.reason)}]"
     return terminal_text(
         f"{row.id:4d}  {row.verdict:<11}  {value_text(row.metric):>12}  {delta:<9}  {text}{marker}"
     )
