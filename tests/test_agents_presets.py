@@ -33,7 +33,8 @@ def fake(tmp_path: Path, name: str, steps: list[dict[str, Any]]) -> tuple[Path, 
 
 
 def argv(tmp_path: Path, name: str) -> list[list[str]]:
-    return calls(tmp_path / PLANS / f"{name}-plan.json")
+    """The arguments of each call of the CLI that made a proposal (not `claude auth status`)."""
+    return [a for a in calls(tmp_path / PLANS / f"{name}-plan.json") if a[:2] != ["auth", "status"]]
 
 
 def proposal_of(engine: Any, exp_id: int) -> Any:
@@ -115,6 +116,20 @@ def test_claude_code_without_credentials_stops_the_session_saying_how_to_log_in(
     ])  # fmt: skip
     with pytest.raises(AgentUnavailable, match=r"claude-code: Not logged in .*log in once by running `claude`"):
         ClaudeCodeAgent(binary=str(binary), env=env, writable=[str(tmp_path / PLANS)]).propose(_context(toy_repo))
+
+
+def test_a_signed_out_claude_code_is_refused_before_the_baseline(toy_repo: Path, tmp_path: Path) -> None:
+    """`claude auth status` says so at session start: the error came after the whole baseline."""
+    from autoresearch.config import load_config
+    from autoresearch.engine import Engine, SessionOptions
+
+    binary, env = fake(tmp_path, "claude", [{"files": {"params.py": X3}, "reply": "Set X to 3.0"}])
+    signed_out = ClaudeCodeAgent(binary=str(binary), env={**env, "FAKE_CLAUDE_SIGNED_OUT": "1"})
+    engine = Engine(load_config(toy_repo), signed_out, options=SessionOptions(tag="t"))
+    with pytest.raises(ConfigError, match=r"Claude Code is not logged in \(`claude auth status`\)"):
+        engine.run()
+    assert not (toy_repo / ".autoresearch" / "logs" / "t" / "0000-0.log").exists()  # no baseline ran
+    assert ClaudeCodeAgent(binary=str(binary), env=env).check({}) == ""  # logged in
 
 
 def test_the_old_readme_command_for_claude_now_says_why(toy_repo: Path, tmp_path: Path) -> None:

@@ -56,6 +56,11 @@ def write(path, text):
 '''
 
 CLAUDE = r"""
+if sys.argv[1:3] == ["auth", "status"]:  # the real one's answer; signed out: exit status 1
+    signed_out = os.environ.get("FAKE_CLAUDE_SIGNED_OUT") == "1"
+    print(json.dumps({"loggedIn": not signed_out, "authMethod": "none" if signed_out else "api_key",
+                      "apiProvider": "firstParty"}, indent=2))
+    sys.exit(1 if signed_out else 0)
 parser = argparse.ArgumentParser(prog="claude")
 parser.add_argument("prompt", nargs="?")
 parser.add_argument("-p", "--print", action="store_true")

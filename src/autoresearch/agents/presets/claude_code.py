@@ -14,7 +14,10 @@ no description file was written), ``total_cost_usd`` and ``usage``, and
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+from collections.abc import Mapping
 from typing import Any
 
 from autoresearch.agents._base import Context
@@ -28,8 +31,9 @@ from autoresearch.agents._cli import (
 )
 from autoresearch.agents.command import permission_denials, reported_usage
 from autoresearch.agents.presets._base import PresetAgent
-from autoresearch.errors import AgentUnavailable
+from autoresearch.errors import AgentUnavailable, ConfigError
 
+AUTH_TIMEOUT = 30.0  # seconds for `claude auth status`
 # Claude Code's reply when it has no credentials: no later call can do better.
 _SIGNED_OUT = re.compile(r"not logged in|please run /login|invalid api key", re.IGNORECASE)
 
@@ -44,6 +48,25 @@ class ClaudeCodeAgent(PresetAgent):
     reporting = (
         "Finish with a short final message whose first line is that same one-line description."
     )
+
+    def check(self, editable: Mapping[str, str]) -> str:
+        """Claude Code's own word on whether it can log in (``claude auth status``), before the
+        session's setup and baseline: a signed-out CLI failed only at the first proposal, after
+        the whole baseline. An older CLI without the command, or no clear answer, passes."""
+        try:
+            done = subprocess.run([self.binary, "auth", "status"], env={**os.environ, **self.env},
+                                  stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  timeout=AUTH_TIMEOUT, errors="replace")  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        try:
+            status = json.loads(done.stdout)
+        except json.JSONDecodeError:
+            return ""
+        if done.returncode != 0 and isinstance(status, dict) and status.get("loggedIn") is False:
+            raise ConfigError("claude-code: Claude Code is not logged in (`claude auth status`); log "
+                              "in once by running `claude`, or set ANTHROPIC_API_KEY for it")  # fmt: skip
+        return ""
 
     def arguments(self, files: BriefFiles, context: Context) -> list[str]:
         brief = [] if self.reads_stdin(files) else [files.prompt.read_text(encoding="utf-8")]
