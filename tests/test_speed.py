@@ -229,6 +229,12 @@ def test_init_bench_from_the_command_line_prints_what_it_guessed(tmp_path: Path)
     config = load_config(repo)
     assert "--allocations" in config.evaluate and config.metric.name == "alloc_peak_mb"
     assert config.metric.constraints  # memory is the metric; the time-bound is the RSS constraint
+    assert "no --same KEY: a run's output is not compared" in done.stdout  # less work would time faster
+    same = subprocess.run([PY, "-m", "autoresearch", "init", "--bench", "python bench.py", "--test",
+                           "python -m unittest -q", "--same", "checksum", "--force"],
+                          cwd=repo, capture_output=True, text=True)  # fmt: skip
+    assert same.returncode == 0, same.stderr
+    assert "no --same KEY" not in same.stdout
 
 
 # --- a session on the library -------------------------------------------------------------------

@@ -276,6 +276,10 @@ def _speed(dest: Path, *, bench: str, test: str, metric: str, same: Sequence[str
         editable=editable,
         next_steps=(
             f"check `editable` and `protected` in {CONFIG_NAME} (the benchmark and tests must be protected)",
+            *(() if same else (
+                "no --same KEY: a run's output is not compared with the unchanged code's, so less "
+                "work (a smaller size constant in the editable code) times faster; if the benchmark "
+                "prints a checksum of its result, run init again with --same KEY --force",)),
             f"git add {CONFIG_NAME} program.md && git commit -m 'autoresearch speed task'",
             "autoresearch run --tag speed1 --max-hours 8   # the tuner needs UPPER_CASE constants; "
             "an LLM agent (--agent claude-code) edits any code",
