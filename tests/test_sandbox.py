@@ -1125,27 +1125,26 @@ def test_the_keyring_filter_refuses_the_keyring_calls_of_every_abi() -> None:
     assert _seccomp(x86, 0xC000003E, 203) == allow  # and, on one slot, set its CPUs
 
 
-def test_a_pinned_steps_filter_ignores_setting_its_cpus_on_every_abi() -> None:
-    from autoresearch.executors.sandbox import PINNED_CALLS, seccomp_filter
-
-    allow, eperm, nothing = 0x7FFF0000, 0x00050001, 0x00050000
-    x86, arm = seccomp_filter(PINNED_CALLS, "x86_64"), seccomp_filter(PINNED_CALLS, "aarch64")
-    assert x86 is not None and arm is not None
-    for program, arch, affinity, keyctl, other in ((x86, 0xC000003E, 203, 250, 204), (x86, 0x40000003, 241, 288, 242),
-                                                   (arm, 0xC00000B7, 122, 219, 123), (arm, 0x40000028, 241, 311, 242)):  # fmt: skip
-        assert _seccomp(program, arch, affinity) == nothing
-        assert _seccomp(program, arch, keyctl) == eperm and _seccomp(program, arch, other) == allow
+# (the calls' table, which a filter makes do nothing: x86-64, i386, arm64, arm), a call it refuses
+# with EPERM (keyctl) and one it lets run
+_NOTHING = {
+    "AGENT_CALLS": ((112, 66, 157, 66), (59, 11, 221, 11)),  # setsid: the CLI stays in its session
+    "PINNED_CALLS": ((203, 241, 122, 241), (204, 242, 123, 242)),  # sched_setaffinity: a slot's CPUs
+}
 
 
-def test_the_agents_filter_keeps_every_process_in_its_session_on_every_abi() -> None:
-    from autoresearch.executors.sandbox import AGENT_CALLS, seccomp_filter
+@pytest.mark.parametrize("table", sorted(_NOTHING))
+def test_a_filter_makes_its_calls_do_nothing_on_every_abi(table: str) -> None:
+    from autoresearch.executors import sandbox
 
     allow, eperm, nothing = 0x7FFF0000, 0x00050001, 0x00050000  # nothing: returns 0, not run
-    x86, arm = seccomp_filter(AGENT_CALLS, "x86_64"), seccomp_filter(AGENT_CALLS, "aarch64")
+    calls = getattr(sandbox, table)
+    x86, arm = sandbox.seccomp_filter(calls, "x86_64"), sandbox.seccomp_filter(calls, "aarch64")
     assert x86 is not None and arm is not None
-    for program, arch, setsid, keyctl, other in ((x86, 0xC000003E, 112, 250, 59), (x86, 0x40000003, 66, 288, 11),
-                                                 (arm, 0xC00000B7, 157, 219, 221), (arm, 0x40000028, 66, 311, 11)):  # fmt: skip
-        assert _seccomp(program, arch, setsid) == nothing
+    abis = ((x86, 0xC000003E, 250), (x86, 0x40000003, 288), (arm, 0xC00000B7, 219), (arm, 0x40000028, 311))
+    ignored, others = _NOTHING[table]
+    for (program, arch, keyctl), call, other in zip(abis, ignored, others, strict=True):
+        assert _seccomp(program, arch, call) == nothing
         assert _seccomp(program, arch, keyctl) == eperm and _seccomp(program, arch, other) == allow
 
 
