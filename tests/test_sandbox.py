@@ -662,13 +662,19 @@ print("not stopped")
 
 
 SPREAD = """\
-import os
+import ctypes, os
 mine = sorted(os.sched_getaffinity(0))
 try:
     os.sched_setaffinity(0, {wanted})
 except OSError as exc:
     print("refused:", exc)
 print("asked for {wanted} on", mine, "; got", sorted(os.sched_getaffinity(0)))
+# an io_uring whose kernel thread polls on a CPU of our choice (IORING_SETUP_SQPOLL|SQ_AFF)
+libc = ctypes.CDLL(None, use_errno=True)
+params = (ctypes.c_uint32 * 30)()
+params[2], params[3] = 0x2 | 0x4, {wanted}[0]  # flags, sq_thread_cpu
+fd = libc.syscall(425, 4, params)
+print("io_uring:", fd, os.strerror(ctypes.get_errno()) if fd < 0 else "set up")
 """
 
 
@@ -681,6 +687,7 @@ def test_a_run_on_its_slots_cpus_cannot_spread_to_the_others(tmp_path: Path, ven
     pinned = attack(task, SPREAD.format(wanted=cpus), cpus=(cpus[0],))
     assert_honest(pinned)
     assert f"asked for {cpus} on {[cpus[0]]} ; got {[cpus[0]]}" in pinned.log
+    assert f"io_uring: -1 {os.strerror(38)}" in pinned.log
     # unpinned (one slot), a run sets its own CPUs as it likes
     free = attack(task, SPREAD.format(wanted=[cpus[-1]]))
     assert f"asked for {[cpus[-1]]} on {cpus} ; got {[cpus[-1]]}" in free.log
@@ -1131,6 +1138,21 @@ _NOTHING = {
     "AGENT_CALLS": ((112, 66, 157, 66), (59, 11, 221, 11)),  # setsid: the CLI stays in its session
     "PINNED_CALLS": ((203, 241, 122, 241), (204, 242, 123, 242)),  # sched_setaffinity: a slot's CPUs
 }
+
+
+@pytest.mark.parametrize("table", ["STEP_CALLS", "PINNED_CALLS", "AGENT_CALLS"])
+def test_every_filter_says_io_uring_is_not_there_on_every_abi(table: str) -> None:
+    """io_uring's kernel threads run where the caller's CPUs do not bind them (a polling thread
+    on the other slot's CPU halved its speed): ENOSYS, as on a kernel without it."""
+    from autoresearch.executors import sandbox
+
+    enosys = 0x00050000 | 38
+    for machine, arches in (("x86_64", (0xC000003E, 0x40000003)), ("aarch64", (0xC00000B7, 0x40000028))):
+        program = sandbox.seccomp_filter(getattr(sandbox, table), machine)
+        assert program is not None
+        for arch in arches:
+            assert [_seccomp(program, arch, nr) for nr in (425, 426, 427)] == [enosys] * 3
+            assert _seccomp(program, arch, 424) == 0x7FFF0000  # pidfd_send_signal runs
 
 
 @pytest.mark.parametrize("table", sorted(_NOTHING))

@@ -8,8 +8,9 @@ are bound back read-only. The worktree's own ``.git`` is unreadable, so git insi
 fails: the run cannot commit, move the session branch or plant hooks. There is no network
 unless ``[task] network = true``, a new PID and IPC namespace (the step's death kills
 everything it started), no capabilities, the kernel's settings read-only (``/proc/sys``:
-as root, a core pattern would start a program outside the sandbox), no kernel keyrings (a seccomp filter: root's keys
-are the host's), and an allowlisted environment (never the agents' keys). The folders a step
+as root, a core pattern would start a program outside the sandbox), a seccomp filter (no
+kernel keyrings: root's keys are the host's; no io_uring, whose kernel threads leave a slot's
+CPUs), and an allowlisted environment (never the agents' keys). The folders a step
 may write are its worktree (not in ``evaluate``), ``AUTORESEARCH_OUT``, ``/tmp``, ``/dev/shm``
 and ``/dev/mqueue``; everything else is read-only, the emptied folders and ``/dev`` too.
 Inside, ``AUTORESEARCH_SANDBOX=bwrap`` says so (``autoresearch measure`` then empties those
@@ -128,33 +129,41 @@ def _inside(path: Path, folder: Path) -> bool:
 
 # Calls a filter can refuse, by machine: for the 64-bit ABI and the 32-bit one its processes
 # can also call, the audit arch seccomp sees and the calls' numbers.
+_URING = {"io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427}  # one number everywhere
 _CALLS = {
     "x86_64": ((0xC000003E, {"add_key": 248, "request_key": 249, "keyctl": 250, "setsid": 112,
-                             "sched_setaffinity": 203}),
+                             "sched_setaffinity": 203, **_URING}),
                (0x40000003, {"add_key": 286, "request_key": 287, "keyctl": 288, "setsid": 66,
-                             "sched_setaffinity": 241})),
+                             "sched_setaffinity": 241, **_URING})),
     "aarch64": ((0xC00000B7, {"add_key": 217, "request_key": 218, "keyctl": 219, "setsid": 157,
-                              "sched_setaffinity": 122}),
+                              "sched_setaffinity": 122, **_URING}),
                 (0x40000028, {"add_key": 309, "request_key": 310, "keyctl": 311, "setsid": 66,
-                              "sched_setaffinity": 241})),
+                              "sched_setaffinity": 241, **_URING})),
 }  # fmt: skip
 KEYRING_CALLS = {"add_key": 1, "request_key": 1, "keyctl": 1}  # EPERM
+# io_uring's kernel threads (a submission queue polled on a CPU of the caller's choice, async
+# workers) run where the task's own CPUs do not bind them: one from a slot pinned to CPU 1 ran
+# on CPU 0 and halved the other slot's speed. ENOSYS, as on a kernel without it: what uses it
+# falls back to plain calls.
+URING_CALLS = dict.fromkeys(_URING, 38)  # ENOSYS
+STEP_CALLS = {**KEYRING_CALLS, **URING_CALLS}
 # A step on its slot's CPUs (``Job.cpus``) keeps them: setting its CPUs does nothing and returns
 # 0 (a run that spread onto the other slots' cores would be timed on more than its share).
-PINNED_CALLS = {**KEYRING_CALLS, "sched_setaffinity": 0}
+PINNED_CALLS = {**STEP_CALLS, "sched_setaffinity": 0}
 # An agent's CLI: its processes stay in its session, so in the kernel's autogroup that runs at
 # nice 19 (a process in a session of its own would compete with the runs as an equal, whatever
 # its nice). setsid does nothing and returns 0, so that what calls it still works.
-AGENT_CALLS = {**KEYRING_CALLS, "setsid": 0}
+AGENT_CALLS = {**STEP_CALLS, "setsid": 0}
 
 
 def keyring_filter(machine: str | None = None) -> bytes | None:
-    """The steps' seccomp program: the keyring calls fail with EPERM, all else runs.
+    """The steps' seccomp program: the keyring calls fail with EPERM, io_uring's with ENOSYS,
+    all else runs.
 
     Kernel keyrings are per user, not per namespace: without this, a step (root in a
     container) could read the host's keys or keep a cache between runs.
     """
-    return seccomp_filter(KEYRING_CALLS, machine)
+    return seccomp_filter(STEP_CALLS, machine)
 
 
 def seccomp_filter(errnos: Mapping[str, int], machine: str | None = None) -> bytes | None:
@@ -387,7 +396,7 @@ class Sandbox:
         bound = {str(worktree), *map(str, writable), *map(str, readonly), *self._readable_roots()}
         argv += [arg for path in ("/dev", *hidden) if path not in bound for arg in ("--remount-ro", path)]
         argv += ["--chdir", str(cwd)]
-        return _with_filter(argv, PINNED_CALLS if pinned else KEYRING_CALLS)
+        return _with_filter(argv, PINNED_CALLS if pinned else STEP_CALLS)
 
     def _hidden_roots(self) -> list[Path]:
         """Empty inside: the user's checkout, $HOME, /run (sockets), the package archives;
