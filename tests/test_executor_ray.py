@@ -719,3 +719,37 @@ def test_a_task_past_its_deadline_is_cancelled_and_its_steps_killed(
     result = ray_executor.submit(job(repo, "sh r.sh", timeout=100)).result(timeout=60)
     assert result.status is RunStatus.TIMEOUT and "its Ray task was cancelled" in result.reason
     _wait_until(lambda: _survivors(cluster) == [], "the step outlived its cancelled task")
+
+
+def test_a_run_no_node_can_hold_fails_instead_of_waiting_for_ever(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GPU run on a CPU cluster with --slots given: it waited for ever, and a first signal
+    waited with it. The session's first lines warn; the run fails after the grace period."""
+    from autoresearch.executors import ray as ray_executor
+
+    monkeypatch.setattr(ray_executor, "START_GRACE", 2.0)
+    monkeypatch.setattr(ray_executor, "ROOM_EVERY", 0.2)
+    repo = scripts(tmp_path, {"x.py": ""})
+    config = TaskConfig(root=repo, editable=("x.py",), run="true", sandbox="none")  # gpus_per_run = 1
+    executor = RayExecutor(config, address=cluster.address, slots=1)
+    try:
+        assert executor.placement.startswith("warning: the Ray cluster at ")
+        assert "waits up to 2 s for a node that can hold it" in executor.placement
+        result = executor.submit(job(repo, "true")).result(timeout=120)
+    finally:
+        executor.close()
+    assert result.status is RunStatus.CRASH
+    assert result.reason.startswith("not started: the Ray cluster at ") and "gpus_per_run = 0" in result.reason
+    assert RayExecutor(cpu_config(tmp_path / "cpu"), address=cluster.address, slots=1).placement == ""
+
+
+def test_a_cluster_with_no_room_is_one_clear_error_from_the_command_line(cluster: Cluster, tmp_path: Path) -> None:
+    """No [ray] table on a CPU cluster: the default run asks for a GPU (it was an AttributeError
+    from the executor's own cleanup)."""
+    repo = toy(tmp_path)
+    patches = write_patch_dir(tmp_path / "p", {"01": PATCHES["01-improve"]})
+    proc = cli_run(repo, "--patches", str(patches), "--executor", "ray", "--ray-address", cluster.address)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    assert "has no room for a run of 1 CPU and 1 GPU" in err and "gpus_per_run = 0" in err

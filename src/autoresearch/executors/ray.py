@@ -55,6 +55,9 @@ from autoresearch.process import StepRunner, kill_orphans, without_secrets
 SETUP_TIMEOUT = 24 * 3600.0  # the task's setup step on a node (downloads, tokenizers)
 MARGIN = 60.0  # seconds past the steps' own hard timeouts before the Ray task is cancelled
 POLL = 0.5  # seconds between looks at a task in flight (kill_all, a lost cluster)
+START_GRACE = 600.0  # seconds a run waits while no live node can hold it (an autoscaler adding one)
+ROOM_EVERY = 5.0  # seconds between looks at the cluster's room while a run waits to start
+STOPPED = "killed: the session stopped it"
 CHECK_EVERY = 1.0  # seconds between checks that the cluster's head still answers
 LOST_AFTER = 3  # failed checks in a row before the cluster counts as gone
 SCRATCH_ENV = "AUTORESEARCH_RAY_SCRATCH"  # a node's scratch folder (default: $TMPDIR/autoresearch-ray)
@@ -380,19 +383,20 @@ class RayExecutor:
     def __init__(self, config: TaskConfig, *, address: str = "auto", slots: int | None = None,
                  runtime_env: Mapping[str, Any] | None = None) -> None:  # fmt: skip
         self._config, self._settings, self._address = config, config.ray, address
+        self._lost = ""
         self._ray = _import_ray()
         self._own = _connect(self._ray, address, runtime_env)
         self._slots = self.capacity() if slots is None else slots
         if self._slots < 1:
+            why = self._no_room(slots=True)  # asked of the cluster: before letting it go
             self._close_ray()
-            raise ExecutorError(self._no_room())
+            raise ExecutorError(why)
         self._task = self._ray.remote(_work)
         self._pool = ThreadPoolExecutor(max_workers=self._slots, thread_name_prefix="autoresearch-ray")
         self._lock = threading.Lock()
         self._running: set[Any] = set()  # generators of the tasks in flight
         self._archives: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._killed = self._closed = False
-        self._lost = ""
         self.setup_nodes: dict[str, int | None] = {}  # node id -> its setup step's exit code
         self._watch = _HeadWatch(self._ray, address, self._lose)
 
@@ -422,6 +426,14 @@ class RayExecutor:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._watch.stop()
         self._close_ray()
+
+    @property
+    def placement(self) -> str:
+        """What the session's first lines say: a warning when no live node can hold a run."""
+        if self.capacity() > 0:
+            return ""
+        return (f"warning: {self._no_room()}. A run waits up to {START_GRACE:g} s for a node "
+                "that can hold it (an autoscaler's), then fails")  # fmt: skip
 
     def capacity(self) -> int:
         """Runs the cluster's live nodes can hold at once."""
@@ -456,21 +468,22 @@ class RayExecutor:
             max_retries=0, **self._elsewhere(avoid),
         ).remote(plan, replace(job, env=_without_secrets(job.env)), *archives)  # fmt: skip
         with self._tracked(gen):
-            started: _Started = self._next(gen, None, "")
+            started: _Started = self._next(gen, None, "", room=True)
             record: _SetupRecord | None = self._next(gen, SETUP_TIMEOUT, started.node)
             if record is not None:
                 self._record_setup(job, record)
             shipment: _Shipment = self._next(gen, _deadline(job), started.node)
         return _deliver(job, shipment)
 
-    def _next(self, gen: Any, timeout: float | None, node: str) -> Any:
-        """The task's next value; raises ``_Lost`` or ``_Stopped`` instead of hanging."""
-        self._wait(gen, timeout)
+    def _next(self, gen: Any, timeout: float | None, node: str, *, room: bool = False) -> Any:
+        """The task's next value; raises ``_Lost`` or ``_Stopped`` instead of hanging. ``room``:
+        the task has not started, and fails after ``START_GRACE`` without a node to hold it."""
+        self._wait(gen, timeout, room=room)
         errors = self._ray.exceptions
         try:
             return self._ray.get(next(gen))
         except errors.TaskCancelledError as exc:
-            raise _Stopped(RunStatus.KILLED, self._lost or "killed from outside") from exc
+            raise _Stopped(RunStatus.KILLED, self._lost or STOPPED) from exc
         except tuple(getattr(errors, name) for name in LOST_ERRORS) as exc:
             if not self._watch.answers():
                 self._lose(f"its head does not answer ({type(exc).__name__})")
@@ -481,12 +494,20 @@ class RayExecutor:
         except StopIteration as exc:
             raise ExecutorError("the Ray task ended without a result") from exc
 
-    def _wait(self, gen: Any, timeout: float | None) -> None:
+    def _wait(self, gen: Any, timeout: float | None, *, room: bool = False) -> None:
         end = None if timeout is None else time.monotonic() + timeout
+        no_room_since, looked = None, 0.0
         while True:
             if self._killed or self._lost:
                 self._cancel(gen)
-                raise _Stopped(RunStatus.KILLED, self._lost or "killed from outside")
+                raise _Stopped(RunStatus.KILLED, self._lost or STOPPED)
+            if room and time.monotonic() - looked >= ROOM_EVERY:  # no node can hold it: not forever
+                looked = time.monotonic()
+                no_room_since = None if self.capacity() > 0 else no_room_since or looked
+                if no_room_since is not None and looked - no_room_since >= START_GRACE:
+                    self._cancel(gen)
+                    raise _Stopped(RunStatus.CRASH, f"not started: {self._no_room()} (waited "
+                                   f"{START_GRACE:g} s for a node that can hold it)")  # fmt: skip
             left = POLL if end is None else min(POLL, end - time.monotonic())
             if left <= 0:
                 self._cancel(gen)
@@ -562,12 +583,14 @@ class RayExecutor:
     def _alive_nodes(self) -> list[dict[str, Any]]:
         return [n for n in self._ray.nodes() if n.get("Alive")]
 
-    def _no_room(self) -> str:
+    def _no_room(self, slots: bool = False) -> str:
+        """Why no run can start; ``slots``: say that --slots lets an autoscaler add nodes."""
         s = self._settings
         have = self._ray.cluster_resources()
         return (f"the Ray cluster at {self._address} has no room for a run of {s.cpus_per_run:g} CPU "
                 f"and {s.gpus_per_run:g} GPU (it has {have.get('CPU', 0):g} CPU, {have.get('GPU', 0):g} GPU); "
-                "on a CPU cluster set [ray] gpus_per_run = 0, or pass --slots")  # fmt: skip
+                "on a CPU cluster set [ray] gpus_per_run = 0" + (", or pass --slots for nodes an autoscaler "
+                "adds" if slots else ""))  # fmt: skip
 
     def _lose(self, why: str) -> None:
         self._lost = self._lost or (
