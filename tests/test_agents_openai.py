@@ -360,3 +360,16 @@ def test_an_address_that_never_answered_stops_at_once(server: FakeOpenAI) -> Non
     with pytest.raises(AgentUnavailable, match="failed 2 times in a row") as info:
         answered.propose(make_context())
     assert "no server has answered yet" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["anthropic", "openai"])
+def test_without_the_llm_extra_the_agent_says_what_to_install(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from autoresearch.agents import get_agent
+
+    for module in [m for m in sys.modules if m == name or m.startswith((f"{name}.", f"autoresearch.agents.{name}"))]:
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed
+    with pytest.raises(ConfigError, match=rf"the {name} agent needs its SDK .*pip install 'autoresearch\[llm\]'"):
+        get_agent(name)

@@ -399,3 +399,28 @@ def test_lookahead_zero_asks_only_for_a_free_slot(tmp_path: Path) -> None:
         SessionOptions(tag="t", lookahead=-1)
     with pytest.raises(ConfigError, match="--max-failures must be 1 or more, got 0"):
         SessionOptions(tag="t", max_failures=0)
+
+
+def test_a_keep_overtaken_while_it_is_re_scored_is_not_called_luck(tmp_path: Path) -> None:
+    """Two slots: A is selected against the baseline; B, faster, is kept while A's fresh runs go
+    on. A's fresh runs still beat the baseline: not luck, a better one was kept meanwhile."""
+    repo = task(tmp_path, judge="baseline_runs = 2\nmax_runs = 3")
+
+    def run(job: Job) -> FakeRun:  # A: selected first, re-scored slowly; B: selected second, fast
+        a = int(params(job)["A"])
+        value = {0: 10.0, 1: 8.0, 2: 5.0}[a] + 0.01 * (job.seed % 3)
+        fresh = job.purpose is RunPurpose.RESCORE
+        return FakeRun(value, sleep={0: 0.0, 1: 1.0 if fresh else 0.02, 2: 0.02 if fresh else 0.6}[a])
+
+    said: list[str] = []
+    agent = Scripted(["B = 0\nA = 1\n", "B = 0\nA = 2\n"])
+    opts = SessionOptions(tag="t", max_experiments=2)
+    executor = FakeExecutor(run, slots=2)
+    engine = Engine(load_config(repo), agent, options=opts, executor=executor, on_message=said.append)
+    engine.run()
+    executor.close()
+    rows = {r.description: r for r in engine.ledger.experiments(engine.session)}
+    assert rows["A = 2"].verdict == "keep", rows["A = 2"].reason
+    a = rows["A = 1"]
+    assert a.verdict == "discard" and "a better one was kept meanwhile" in a.reason and "luck" not in a.reason
+    assert any("selected; re-scoring on fresh seeds before it is kept (run 2 of 4)" in m for m in said), said

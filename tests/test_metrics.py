@@ -36,6 +36,14 @@ def test_summary_uses_the_last_block_only() -> None:
     assert parse_summary(text)["score"] == 2.0
 
 
+def test_a_primary_metric_printed_twice_in_one_block_is_an_error() -> None:
+    """Which one is the measurement? The last one won: a run printed its loss, then 1e-06."""
+    with pytest.raises(MetricError, match=r"metric 'loss' printed 2 times in the summary block \(4, then 1e-06\)"):
+        parse(MetricConfig(name="loss"), "---\nloss: 4.0\nsteps: 10\nloss: 0.000001\n")
+    found = parse(MetricConfig(name="loss"), "---\nloss: 4.0\nsteps: 10\nsteps: 11\n")  # a secondary: the last
+    assert found == {"loss": 4.0, "steps": 11.0}
+
+
 def test_lines_before_the_separator_do_not_count() -> None:
     with pytest.raises(MetricError, match="missing"):
         parse(MetricConfig(name="val_bpb"), "val_bpb: 0.5\nno separator\n")

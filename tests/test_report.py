@@ -18,7 +18,7 @@ from autoresearch.report import make_report
 from autoresearch.report._data import Session, Store
 from autoresearch.report.html import diff_html, kept_changes, report_html
 from autoresearch.report.plot import MAX_LABELS, progress_figure, title_text
-from autoresearch.report.text import event_line, status_text, terminal_text
+from autoresearch.report.text import event_line, log_line, status_text, terminal_text
 
 Image = pytest.importorskip("PIL.Image", reason="Pillow comes with matplotlib (the report extra)")
 
@@ -266,7 +266,7 @@ def test_a_discard_that_reads_better_than_the_best_says_why() -> None:
     assert "-0.01 " in event_line(ExperimentEvent(kept, 0.97, 1.0, parent=0.98), "minimize")  # vs the best it beat
     assert lines[7].endswith("typo [exit code 1]")
     talky = replace(crash, reason="made no change; its output ends:\n" + "line\n" * 200)
-    line = event_line(ExperimentEvent(talky, 0.98, 1.0), "minimize")
-    assert "\n" not in line and "[made no change; its output ends: line line" in line and line.endswith("...]")
+    for line in (event_line(ExperimentEvent(talky, 0.98, 1.0), "minimize"), log_line(talky)):  # and `log`
+        assert "\n" not in line and "[made no change; its output ends: line line" in line and line.endswith("...]")
     # the direction decides what reads better
     assert event_line(ExperimentEvent(slow, 0.98, 1.0), "maximize").endswith("fewer layers")

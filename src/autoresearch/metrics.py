@@ -24,17 +24,24 @@ SUMMARY_LINE = re.compile(r"^\s*([A-Za-z_][\w.\-/]*)\s*:\s*(\S+)\s*$")
 
 def parse_summary(text: str) -> dict[str, float]:
     """Numeric ``key: value`` lines after the last ``---`` line (later keys win)."""
+    found: dict[str, float] = {}
+    for key, value in _summary_lines(text):
+        found[key] = value
+    return found
+
+
+def _summary_lines(text: str) -> list[tuple[str, float]]:
+    """Every numeric ``key: value`` line after the last ``---`` line, in order."""
     lines = text.splitlines()
     starts = [i for i, line in enumerate(lines) if line.strip() == "---"]
     if not starts:
-        return {}
-    found: dict[str, float] = {}
+        return []
+    found = []
     for line in lines[starts[-1] + 1 :]:
         match = SUMMARY_LINE.match(line)
-        if match:
-            value = _number(match.group(2))
-            if value is not None:
-                found[match.group(1)] = value
+        value = _number(match.group(2)) if match else None
+        if match and value is not None:
+            found.append((match.group(1), value))
     return found
 
 
@@ -104,6 +111,11 @@ def parse(config: MetricConfig, output: str, out_dir: Path | None = None) -> dic
         found = _from_json(_result_path(out_dir or Path("."), config.path, config.name), config.name)
     else:
         found = parse_summary(output)
+        printed = [value for key, value in _summary_lines(output) if key == config.name]
+        if len(printed) > 1:  # which one is the measurement is anyone's guess
+            shown = ", then ".join(f"{v:g}" for v in printed[:3]) + (", ..." if len(printed) > 3 else "")
+            raise MetricError(f"metric {config.name!r} printed {len(printed)} times in the summary "
+                              f"block ({shown}): print it once")  # fmt: skip
     if config.name not in found:
         raise MetricError(f"metric {config.name!r} missing from the output")
     value = found[config.name]

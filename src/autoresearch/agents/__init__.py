@@ -67,14 +67,17 @@ def _backend(name: str) -> Any:
         from autoresearch.agents.tuner import TunerAgent
 
         return TunerAgent
-    if name == "anthropic":
-        from autoresearch.agents.anthropic import AnthropicAgent
+    if name in ("anthropic", "openai"):
+        try:
+            if name == "anthropic":
+                from autoresearch.agents.anthropic import AnthropicAgent
 
-        return AnthropicAgent
-    if name == "openai":
-        from autoresearch.agents.openai import OpenAIAgent
+                return AnthropicAgent
+            from autoresearch.agents.openai import OpenAIAgent
 
-        return OpenAIAgent
+            return OpenAIAgent
+        except ImportError as exc:  # the SDKs are an optional extra
+            raise ConfigError(f"the {name} agent needs its SDK ({exc}): pip install 'autoresearch[llm]'") from exc
     if name == "command":
         from autoresearch.agents.command import CommandAgent
 

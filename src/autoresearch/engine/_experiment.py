@@ -43,6 +43,7 @@ class Flight:
     compute: float = 0.0  # seconds of every step of every run so far
     keep: Decision | None = None  # a keep waiting for its fresh re-runs
     rescore_left: int = 0
+    selected_against: float | None = None  # the best's value when it was selected
 
     @property
     def purpose(self) -> RunPurpose:
@@ -264,8 +265,12 @@ def collect(engine: Engine, flight: Flight) -> None:
         decision = Decision(Verdict.INTERRUPTED, None, "interrupted: the session was killed "
                             f"after {len(flight.runs)} run(s), before its verdict")  # fmt: skip
     if decision.verdict is None:
-        total = len(flight.runs) + decision.more_runs
-        engine.say(f"#{flight.experiment_id}: {decision.reason} (run {len(flight.runs) + 1} of {total})")
+        done, judge = len(flight.runs), engine.config.judge
+        if flight.keep is None and not flight.baseline and judge.rule == "sequential":  # it may stop early
+            count = f"run {done + 1}, at most {max(done + decision.more_runs, judge.max_runs)}"
+        else:
+            count = f"run {done + 1} of {done + decision.more_runs}"
+        engine.say(f"#{flight.experiment_id}: {decision.reason} ({count})")
         submit(engine, flight)
         return
     del engine.flights[flight.slot]
@@ -318,8 +323,9 @@ def _decide(engine: Engine, flight: Flight) -> Decision:
         if broken:
             return Decision(Verdict.DISCARD, decision.metric, broken)
     if decision.verdict is Verdict.KEEP and decision.rescore > 0:
-        flight.keep, flight.rescore_left = decision, decision.rescore
-        return Decision(None, decision.metric, "kept; re-scoring on fresh seeds", decision.rescore)
+        flight.keep, flight.rescore_left, flight.selected_against = decision, decision.rescore, standing.metric
+        return Decision(None, decision.metric, "selected; re-scoring on fresh seeds before it is kept",
+                        decision.rescore)  # fmt: skip
     return decision
 
 
@@ -364,10 +370,14 @@ def _rescored(engine: Engine, flight: Flight) -> Decision:
     pinned = _pinned_seed(engine, flight)
     if pinned:
         return Decision(Verdict.DISCARD, value, f"{flight.keep.reason}{note}; but {pinned}")
-    standing, metric = engine.history.standing(), engine.config.metric
-    if standing is not None and not metric.better(value, standing.metric, engine.config.judge.min_delta):
+    standing, metric, delta = engine.history.standing(), engine.config.metric, engine.config.judge.min_delta
+    if standing is not None and not metric.better(value, standing.metric, delta):
+        before = flight.selected_against
+        why = ("the selecting runs were luck" if before is None or not metric.better(value, before, delta)
+               else f"it still beats {before:.6g}, the best it was selected against, but a better one "
+               "was kept meanwhile")  # fmt: skip
         return Decision(Verdict.DISCARD, value, f"{flight.keep.reason}{note}, not better than the best "
-                        f"{standing.metric:.6g}: the selecting runs were luck")  # fmt: skip
+                        f"{standing.metric:.6g}: {why}")  # fmt: skip
     return Decision(Verdict.KEEP, value, flight.keep.reason + note)
 
 

@@ -198,9 +198,10 @@ def _pace_lines(history: History, *, max_hours: float | None, max_cost: float | 
 
 
 def log_line(row: Experiment) -> str:
-    reason = f" [{row.reason}]" if row.verdict in _WITH_REASON else ""
+    """One line per experiment, whatever its reason holds (``show`` has all of it)."""
+    reason = f" [{one_line(row.reason)}]" if row.verdict in _WITH_REASON else ""
     commit = row.commit[:7] or "-------"
-    return f"{row.id:4d}  {commit}  {row.verdict:<11}  {value_text(row.metric):>12}  {row.description}{reason}"
+    return f"{row.id:4d}  {commit}  {row.verdict:<11}  {value_text(row.metric):>12}  {one_line(row.description)}{reason}"
 
 
 def log_text(rows: Sequence[Experiment], metric: str) -> str:
