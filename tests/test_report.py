@@ -270,3 +270,16 @@ def test_a_discard_that_reads_better_than_the_best_says_why() -> None:
         assert "\n" not in line and "[made no change; its output ends: line line" in line and line.endswith("...]")
     # the direction decides what reads better
     assert event_line(ExperimentEvent(slow, 0.98, 1.0), "maximize").endswith("fewer layers")
+
+
+def test_status_warns_when_the_baseline_waited_more_than_the_best() -> None:
+    """A baseline timed under outside load (wall 2x its CPU time) made a 16% gain read as 62%."""
+    base = Experiment(0, Verdict.BASELINE, 0.637, "baseline", metrics={"seconds": 0.637, "cpu_seconds": 0.31})
+    best = Experiment(1, Verdict.KEEP, 0.2405, "a cache", metrics={"seconds": 0.2405, "cpu_seconds": 0.238})
+    text = status_text(session_of(), History([base, best]))
+    assert "warning: the baseline's runs took 2.1x their CPU time in wall time, the best's 1.0x" in text
+    assert "`autoresearch remeasure`" in text
+    threads = replace(best, metrics={"seconds": 0.2405, "cpu_seconds": 0.48})  # a best on two threads
+    calm = replace(base, metrics={"seconds": 0.30, "cpu_seconds": 0.29})
+    assert "warning: the baseline" not in status_text(session_of(), History([calm, threads]))
+    assert "warning: the baseline" not in status_text(session_of(), History([calm, best]))

@@ -127,6 +127,7 @@ def status_text(
         )
     if baseline is not None:
         lines.append(f"baseline: {value_text(baseline.metric)}")
+    lines.extend(_load_lines(history))
     lines.append(noise_text(history, judge or JudgeConfig()))
     lines.append(f"experiments: {len(history.rows)} ({counts_text(history.counts)})")
     lines.extend(_spend_lines(history))
@@ -134,6 +135,24 @@ def status_text(
     lines.append("last experiments:")
     lines.extend("  " + log_line(r) for r in history.rows[-5:])
     return terminal_text("\n".join(lines))
+
+
+WAITED = 1.5  # wall over CPU seconds: a run that waited this much longer than it computed
+
+
+def _load_lines(history: History) -> list[str]:
+    """A warning when the baseline's runs waited (wall over CPU time, as `measure` reports them)
+    far more than the best's: timed under outside load, it makes every gain look larger."""
+    def waited(row: Experiment | None) -> float | None:
+        wall, cpu = (row.metrics.get(k) for k in ("seconds", "cpu_seconds")) if row else (None, None)
+        return wall / cpu if wall and cpu else None
+
+    base, best = waited(history.baseline), waited(history.best)
+    if base is None or best is None or base < WAITED or base < WAITED * best:
+        return []
+    return [f"warning: the baseline's runs took {base:.1f}x their CPU time in wall time, the best's "
+            f"{best:.1f}x: the baseline was likely timed under outside load, and the gain looks larger "
+            "than it is; `autoresearch remeasure` times both again, side by side"]  # fmt: skip
 
 
 def noise_text(history: History, judge: JudgeConfig) -> str:
