@@ -235,6 +235,8 @@ def test_resume_carries_over_the_agent_and_its_flags(tmp_path: Path) -> None:
         str(patches),
         "--max-experiments",
         "1",
+        "--slots",
+        "2",
         cwd=repo,
     )
     assert first.returncode == 0, first.stderr
@@ -243,6 +245,7 @@ def test_resume_carries_over_the_agent_and_its_flags(tmp_path: Path) -> None:
     again = ar("run", "--tag", "r", "--resume", "--max-experiments", "5", cwd=repo)
     assert again.returncode == 0, again.stderr
     assert "all 2 patches" in again.stdout
+    assert "2 slots" in again.stdout + again.stderr  # --slots 2 carried over, like the agent's flags
     assert [line.split()[2] for line in ar("log", cwd=repo).stdout.splitlines()[1:]] == [
         "baseline",
         "keep",

@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slots", type=int, help="experiments run at once (default: 1, one per GPU; "
                    "ray: what the cluster holds)")  # fmt: skip
     p.add_argument("--gpus", help="comma-separated GPU ids, one slot each (CUDA_VISIBLE_DEVICES)")
-    p.add_argument("--share-cpus", action="store_true",
+    p.add_argument("--share-cpus", action="store_true", default=None,
                    help="slots share every CPU (default: each slot runs on whole cores of its own)")  # fmt: skip
     p.add_argument("--lookahead", type=int,
                    help="proposals the agent keeps ready while runs train (default: one per slot)")  # fmt: skip
@@ -163,9 +163,9 @@ def _report_parsers(sub: Any) -> None:
 
 def _executor_flags(p: argparse.ArgumentParser) -> None:
     """Where runs happen: this machine, or a Ray cluster."""
-    p.add_argument("--executor", choices=("local", "ray"), default="local",
+    p.add_argument("--executor", choices=("local", "ray"),
                    help="local: subprocesses here (default); ray: tasks on a Ray cluster")  # fmt: skip
-    p.add_argument("--ray-address", default="auto",
+    p.add_argument("--ray-address",
                    help="ray: the cluster (auto, ray://host:10001, or host:port; default: auto)")  # fmt: skip
 
 
@@ -176,10 +176,10 @@ def _executor(args: argparse.Namespace, config: TaskConfig) -> Executor:
                               "[ray] gpus_per_run and cpus_per_run")  # fmt: skip
         from autoresearch.executors.ray import RayExecutor  # Ray is an optional extra
 
-        return RayExecutor(config, address=args.ray_address, slots=args.slots)
+        return RayExecutor(config, address=args.ray_address or "auto", slots=args.slots)
     gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
     return LocalExecutor(args.slots, gpus=gpus, sandbox=Sandbox.for_task(config),
-                         max_log_mb=config.max_log_mb, share_cpus=args.share_cpus)  # fmt: skip
+                         max_log_mb=config.max_log_mb, share_cpus=bool(args.share_cpus))  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -256,7 +256,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         tag=tag, max_experiments=args.max_experiments, max_hours=args.max_hours,
         max_failures=args.max_failures, max_cost=args.max_cost, gpu_price=args.gpu_price,
         resume=args.resume, seed=args.seed, run_setup=not args.no_setup, agent_flags=flags,
-        lookahead=args.lookahead,
+        lookahead=args.lookahead, run_flags=_run_flags(args),
     )  # fmt: skip
     executor = _executor(args, config)
     view = _view(args, config)
@@ -284,7 +284,8 @@ def _view(args: argparse.Namespace, config: TaskConfig) -> live.View:
 
 
 def _carry_over(args: argparse.Namespace, config: TaskConfig, tag: str) -> None:
-    """On --resume, default the agent, its flags and the seed to those the session started with."""
+    """On --resume, default the agent, its flags, the seed, the executor and the slots to those
+    the session started with."""
     previous = resume_defaults(config, tag)
     if previous is None:
         return
@@ -295,10 +296,24 @@ def _carry_over(args: argparse.Namespace, config: TaskConfig, tag: str) -> None:
                 setattr(args, flag, value)
     if args.seed is None:
         args.seed = previous.seed
+    recorded = dict(previous.run_flags)
+    if args.executor is not None and args.executor != recorded.get("executor", "local"):
+        recorded = {k: v for k, v in recorded.items() if k == "lookahead"}  # slots of another kind
+    for flag, value in recorded.items():
+        if flag in RUN_FLAGS and getattr(args, flag) is None:
+            setattr(args, flag, value)
 
 
 def _agent_flags(args: argparse.Namespace) -> dict[str, Any]:
     return {f: getattr(args, f) for f in AGENT_FLAGS if getattr(args, f) is not None}
+
+
+# Where and how many runs go at once: recorded, and what --resume does not repeat is carried over
+RUN_FLAGS = ("executor", "ray_address", "slots", "gpus", "share_cpus", "lookahead")
+
+
+def _run_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {f: getattr(args, f) for f in RUN_FLAGS if getattr(args, f) is not None}
 
 
 def _store(args: argparse.Namespace) -> tuple[TaskConfig, Store]:

@@ -166,7 +166,8 @@ class Engine:
         self.rules = rules
         self.clock = Clock(float(previous.get("hours_used", 0.0)))
         return {**previous, "seed": self.options.seed, "gpu_price": self._gpu_price(),
-                "agent_flags": dict(self.options.agent_flags), "stop_rules": rules.recorded()}  # fmt: skip
+                "agent_flags": dict(self.options.agent_flags), "run_flags": dict(self.options.run_flags),
+                "stop_rules": rules.recorded()}  # fmt: skip
 
     def _adopt(self, session: SessionRow) -> SessionRow:
         self.session = session

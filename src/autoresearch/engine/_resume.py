@@ -30,10 +30,12 @@ class ResumeDefaults:
     agent_flags: Mapping[str, Any]
     seed: int
     rules: Mapping[str, Any] = field(default_factory=dict)
+    run_flags: Mapping[str, Any] = field(default_factory=dict)  # the executor, the slots
 
 
 def resume_defaults(config: TaskConfig, tag: str) -> ResumeDefaults | None:
-    """The agent, its CLI flags, the seed and the stop rules session ``tag`` started with."""
+    """The agent, its CLI flags, the seed, the stop rules and the executor's flags session ``tag``
+    started with."""
     path = config.root / STATE_DIR / "ledger.db"
     if not path.exists():
         return None
@@ -46,7 +48,7 @@ def resume_defaults(config: TaskConfig, tag: str) -> ResumeDefaults | None:
     finally:
         ledger.close()
     return ResumeDefaults(agent, dict(cfg.get("agent_flags", {})), int(cfg.get("seed", 0)),
-                          dict(cfg.get("stop_rules", {})))  # fmt: skip
+                          dict(cfg.get("stop_rules", {})), dict(cfg.get("run_flags", {})))  # fmt: skip
 
 
 def repair(engine: Engine) -> None:

@@ -26,6 +26,7 @@ class SessionOptions:
     run_setup: bool = True
     lookahead: int | None = None  # proposals kept ready; None: one per slot; 0: none ahead
     agent_flags: Mapping[str, Any] = field(default_factory=dict)  # recorded for --resume
+    run_flags: Mapping[str, Any] = field(default_factory=dict)  # executor and slots, the same
 
     def __post_init__(self) -> None:
         least = {"max_experiments": 0, "max_hours": 0, "max_failures": 1, "max_cost": 0,
