@@ -57,6 +57,13 @@ def test_cores_stay_whole_and_packages_together(tmp_path: Path) -> None:
     assert cpu_groups(2, [1, 2, 5, 6], sysfs) == [(1, 5), (2, 6)]
 
 
+def test_the_placement_names_each_slots_cpus_as_ranges() -> None:
+    executor = LocalExecutor(slots=2)
+    executor.cpus = [(0, 1, 2, 3, 8, 9, 10, 11), (4, 5, 6, 7, 12, 13, 14, 15)]
+    assert executor.placement == "2 slots, each on CPUs of its own (slot 0: 0-3,8-11; slot 1: 4-7,12-15)"
+    executor.close()
+
+
 def test_without_a_readable_topology_each_cpu_is_a_core(tmp_path: Path) -> None:
     assert cpu_groups(2, [0, 1, 2, 3], tmp_path / "none") == [(0, 1), (2, 3)]
     assert cpu_groups(2, [0, 1, 2], tmp_path / "none") == [(0,), (1,)]
@@ -88,7 +95,7 @@ def test_each_slot_runs_on_its_own_cpus(tmp_path: Path, monkeypatch: pytest.Monk
     seen = [cpus_of(dict(r.metrics)) for r in results]
     assert seen == executor.cpus and not set(seen[0]) & set(seen[1])
     assert [r.metrics["threads"] for r in results] == [len(g) for g in executor.cpus]
-    assert executor.placement.startswith("2 slots, each on CPUs of its own: ")
+    assert executor.placement.startswith("2 slots, each on CPUs of its own (slot 0: ")
     # what the slot thread ran on before the job is what it runs on after it
     assert sorted(os.sched_getaffinity(0)) == MINE
 

@@ -18,7 +18,7 @@ from autoresearch.report import make_report
 from autoresearch.report._data import Session, Store
 from autoresearch.report.html import diff_html, kept_changes, report_html
 from autoresearch.report.plot import MAX_LABELS, progress_figure, title_text
-from autoresearch.report.text import event_line, log_line, status_text, terminal_text
+from autoresearch.report.text import event_line, log_line, noise_text, status_text, terminal_text
 
 Image = pytest.importorskip("PIL.Image", reason="Pillow comes with matplotlib (the report extra)")
 
@@ -283,3 +283,14 @@ def test_status_warns_when_the_baseline_waited_more_than_the_best() -> None:
     calm = replace(base, metrics={"seconds": 0.30, "cpu_seconds": 0.29})
     assert "warning: the baseline" not in status_text(session_of(), History([calm, threads]))
     assert "warning: the baseline" not in status_text(session_of(), History([calm, best]))
+
+
+def test_the_noise_line_counts_min_delta_and_says_the_naive_rule_s_margin() -> None:
+    from autoresearch.config import JudgeConfig
+
+    base = Experiment(0, Verdict.BASELINE, 1.0, "baseline", runs=tuple(
+        Run(0, i, i, RunStatus.OK, 1.0 + 0.01 * i) for i in range(3)))  # fmt: skip
+    history = History([base])
+    assert "smallest effect detectable with 5 runs: 0.5 (sequential" in noise_text(history, JudgeConfig(min_delta=0.5))
+    naive = noise_text(history, JudgeConfig(rule="naive", noise_factor=2.0))
+    assert naive.endswith("a candidate must beat the best by 0.02 (naive rule)")

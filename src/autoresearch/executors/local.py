@@ -54,8 +54,8 @@ class LocalExecutor(Executor):
             return ""
         if not self.cpus:
             return f"{self._slots} slots share every CPU"
-        groups = ", ".join(_ranges(group) for group in self.cpus)
-        return f"{self._slots} slots, each on CPUs of its own: {groups}"
+        groups = "; ".join(f"slot {i}: {_ranges(group)}" for i, group in enumerate(self.cpus))
+        return f"{self._slots} slots, each on CPUs of its own ({groups})"
 
     def slots(self) -> int:
         return self._slots

@@ -160,8 +160,11 @@ def noise_text(history: History, judge: JudgeConfig) -> str:
     noise, standing = history.noise(), history.standing()
     if noise.sigma is None:
         return f"{noise.text()}: a candidate that looks better runs twice before it can be kept"
+    if judge.rule == "naive":
+        margin = max(judge.min_delta, judge.noise_factor * noise.sigma)
+        return f"{noise.text()}; a candidate must beat the best by {margin:.4g} (naive rule)"
     z = Judge(judge, MetricConfig(), budget=1.0, allowance=0.0).z
-    smallest = noise.detectable(z, judge.max_runs, standing.runs if standing else 1)
+    smallest = max(judge.min_delta, noise.detectable(z, judge.max_runs, standing.runs if standing else 1) or 0.0)
     return (f"{noise.text()}; smallest effect detectable with {judge.max_runs} runs: "
             f"{smallest:.4g} ({judge.rule} rule, {judge.confidence:.0%})")  # fmt: skip
 
