@@ -424,3 +424,20 @@ def test_a_keep_overtaken_while_it_is_re_scored_is_not_called_luck(tmp_path: Pat
     a = rows["A = 1"]
     assert a.verdict == "discard" and "a better one was kept meanwhile" in a.reason and "luck" not in a.reason
     assert any("selected; re-scoring on fresh seeds before it is kept (run 2 of 4)" in m for m in said), said
+
+
+@pytest.mark.parametrize(("slots", "lookahead"), [(2, None), (1, 3)])
+def test_max_cost_counts_the_proposals_made_ahead(tmp_path: Path, slots: int, lookahead: int | None) -> None:
+    """$3 a proposal, compute free: proposals waiting for a slot are paid for before they are
+    recorded. They count: the spend stayed at $12 and $15 of $10."""
+    from autoresearch.records import Usage
+
+    class Paid(Scripted):
+        def propose(self, context: Context) -> Proposal:
+            return replace(super().propose(context), usage=Usage(1, 0, 1, 3.0))
+
+    agent = Paid([f"A = {-i}\nB = 0\n" for i in range(1, 30)])
+    executor = FakeExecutor(lambda job: FakeRun(10.0 - params(job)["A"], sleep=0.3), slots=slots)
+    engine = session(task(tmp_path), agent, executor, max_cost=10.0, gpu_price=0.0, lookahead=lookahead)
+    summary = engine.summary()
+    assert "--max-cost $10.00" in summary.stop_reason and summary.cost_usd <= 10.0, summary

@@ -64,6 +64,7 @@ class Engine:
         self._on_run = on_run or (lambda event: None)
         self.say: Callable[[str], None] = on_message or (lambda text: None)
         self.flights: dict[int, Flight] = {}  # slot -> experiment in flight
+        self.proposer: Proposer | None = None  # the agent's worker, while the session runs
         self.requeue: list[Experiment] = []  # pending experiments to run again (resume)
         self.protected: dict[str, str] | None = None
         self.protected_data: dict[str, str] = {}
@@ -97,7 +98,7 @@ class Engine:
             self.say(space)
         self._signals.install()
         lookahead = self.options.lookahead
-        proposer = Proposer(self, self.executor.slots() if lookahead is None else lookahead)
+        proposer = self.proposer = Proposer(self, self.executor.slots() if lookahead is None else lookahead)
         try:
             self._prepare()
             run_loop(self, proposer)
@@ -349,15 +350,20 @@ class Engine:
         return self.history.spend
 
     def cost_ahead(self) -> float:
-        """The most the next experiment and those in flight can still add to the spend, from the
-        most a proposal and a run have cost so far: every run a candidate can take (a keep's
-        re-score included) for each, and one more proposal."""
+        """The most the next experiment, those in flight and the proposals made or being made
+        can still add to the spend, from the most a proposal and a run have cost so far: every
+        run a candidate can take (a keep's re-score included) for each, their proposals (paid
+        for, recorded only when they start), and one more proposal."""
         history = self.history
         runs = [run for row in history.rows for run in row.runs]
         per_run = max((sum(run.step_seconds(s) or 0.0 for s in STEPS) for run in runs), default=0.0)
         compute = compute_cost(per_run, history.gpu_price) * self.judge.most_runs()
         proposal = max((row.usage.cost_usd or 0.0 for row in history.rows), default=0.0)
-        return proposal + compute * (1 + len(self.flights))
+        queued = list(self.proposer.ready) if self.proposer else []
+        asked = int(self.proposer is not None and self.proposer.future is not None)  # being made
+        paid = sum(ready.proposal.usage.cost_usd or 0.0 for ready in queued)
+        experiments = 1 + len(self.flights) + len(queued) + asked
+        return proposal * (1 + asked) + paid + compute * experiments
 
     def _gpu_price(self) -> float:
         price = self.options.gpu_price
