@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from autoresearch.config import MetricConfig
-from autoresearch.executors import Job, LocalExecutor, RunStatus
+from autoresearch.executors import Job, LocalExecutor, RunResult, RunStatus
+from autoresearch.executors._steps import execute
 from autoresearch.executors.local import cpu_groups
+from autoresearch.process import StepRunner
 
 PY = sys.executable
 MINE = sorted(os.sched_getaffinity(0))
@@ -27,7 +30,7 @@ PROBE = (
     "        print('refused:', exc)\n"
     "print('---')\n"
     "print('score: 1')\n"
-    "print('cpus:', sum(1 << c for c in os.sched_getaffinity(0)))\n"
+    "print('on cpus', ','.join(map(str, sorted(os.sched_getaffinity(0)))))\n"
     "print('threads:', os.environ.get('OMP_NUM_THREADS', '0'))\n"
 )
 
@@ -53,8 +56,10 @@ def test_cores_stay_whole_and_packages_together(tmp_path: Path) -> None:
     # more slots than cores: hyperthreads apart; more slots than CPUs: shared
     assert cpu_groups(5, cpus, sysfs) == [(0,), (1,), (2,), (3,), (4,)]
     assert cpu_groups(9, cpus, sysfs) == []
-    # only the CPUs this process may use
+    # only the CPUs this process may use; a core with one of its two (a cpuset 0-5, or a hybrid
+    # CPU's cores without hyperthreads) makes every core count one: as many CPUs for each slot
     assert cpu_groups(2, [1, 2, 5, 6], sysfs) == [(1, 5), (2, 6)]
+    assert cpu_groups(2, range(6), sysfs) == [(0, 1), (2, 3)]
 
 
 def test_the_placement_names_each_slots_cpus_as_ranges() -> None:
@@ -71,6 +76,7 @@ def test_without_a_readable_topology_each_cpu_is_a_core(tmp_path: Path) -> None:
 
 
 def probe_job(tmp_path: Path, slot: int, *wanted: int, **kw: object) -> Job:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "probe.py").write_text(PROBE)
     args = " ".join(map(str, wanted))
     return Job(experiment_id=slot + 1, run_index=0, commit="c0ffee", workdir=tmp_path,
@@ -78,9 +84,11 @@ def probe_job(tmp_path: Path, slot: int, *wanted: int, **kw: object) -> Job:
                out_dir=tmp_path / f"out{slot}", time_budget=5, timeout=30, slot=slot, **kw)  # type: ignore[arg-type]  # fmt: skip
 
 
-def cpus_of(metrics: dict[str, float]) -> tuple[int, ...]:
-    mask = int(metrics["cpus"])
-    return tuple(c for c in range(mask.bit_length()) if mask >> c & 1)
+def cpus_of(result: RunResult) -> tuple[int, ...]:
+    """The CPUs the probe ran on, from its log."""
+    assert result.log_path is not None
+    line = next(x for x in result.log_path.read_text().splitlines() if x.startswith("on cpus "))
+    return tuple(int(c) for c in line.removeprefix("on cpus ").split(","))
 
 
 @needs_two_cpus
@@ -88,16 +96,29 @@ def test_each_slot_runs_on_its_own_cpus(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     executor = LocalExecutor(slots=2)
     try:
-        results = [executor.submit(probe_job(tmp_path, slot)).result() for slot in (0, 1)]
+        results = [executor.submit(probe_job(tmp_path / f"s{slot}", slot)).result() for slot in (0, 1)]
     finally:
         executor.close()
     assert all(r.status is RunStatus.OK for r in results), [r.reason for r in results]
-    seen = [cpus_of(dict(r.metrics)) for r in results]
+    seen = [cpus_of(r) for r in results]
     assert seen == executor.cpus and not set(seen[0]) & set(seen[1])
     assert [r.metrics["threads"] for r in results] == [len(g) for g in executor.cpus]
     assert executor.placement.startswith("2 slots, each on CPUs of its own (slot 0: ")
-    # what the slot thread ran on before the job is what it runs on after it
-    assert sorted(os.sched_getaffinity(0)) == MINE
+
+
+@needs_two_cpus
+def test_the_thread_that_ran_a_pinned_job_has_its_cpus_back(tmp_path: Path) -> None:
+    """The slot's thread runs the next job, pinned or not, on what it had before."""
+    after: list[list[int]] = []
+
+    def worker() -> None:
+        execute(probe_job(tmp_path, 0, cpus=(MINE[0],)), StepRunner())
+        after.append(sorted(os.sched_getaffinity(0)))  # 0: this thread
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(60)
+    assert after == [MINE]
 
 
 @needs_two_cpus
@@ -114,5 +135,5 @@ def test_the_users_thread_count_and_shared_cpus_are_kept(tmp_path: Path, monkeyp
     finally:
         shared.close()
     assert shared.cpus == [] and shared.placement == "2 slots share every CPU"
-    assert cpus_of(dict(result.metrics)) == tuple(MINE)
+    assert cpus_of(result) == tuple(MINE)
     assert LocalExecutor(slots=1).cpus == [] and LocalExecutor(slots=1).placement == ""

@@ -82,14 +82,17 @@ def cpu_groups(slots: int, cpus: Iterable[int] | None = None,
                sysfs: Path = Path("/sys/devices/system/cpu")) -> list[tuple[int, ...]]:
     """``cpus`` (this process's, by default) split into ``slots`` groups of whole cores (by
     ``sysfs``'s topology), in order and all of one size: a run is judged against runs on other
-    slots, so no slot may have more to run on. What is left over runs no step. With fewer
-    cores than slots, single CPUs; with fewer CPUs than slots, [] (the slots share them)."""
+    slots, so no slot may have more to run on. Every core counts as many CPUs as the narrowest
+    (a core with some of its hyperthreads outside ``cpus``, or without any, gives the others'
+    extra ones no slot). What is left over runs no step. With fewer cores than slots, single
+    CPUs; with fewer CPUs than slots, [] (the slots share them)."""
     cpus = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
     cores: dict[tuple[int, str], list[int]] = {}
     for cpu in cpus:
         cores.setdefault(_core_of(cpu, sysfs), []).append(cpu)
     by_package = sorted(cores.items(), key=lambda item: (item[0][0], item[1]))
-    units = [group for _, group in by_package] if len(cores) >= slots else [[cpu] for cpu in cpus]
+    width = min((len(group) for group in cores.values()), default=1)  # a core's CPUs, the same for all
+    units = [group[:width] for _, group in by_package] if len(cores) >= slots else [[cpu] for cpu in cpus]
     if len(units) < slots:
         return []
     size = len(units) // slots
