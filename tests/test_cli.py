@@ -246,6 +246,8 @@ def test_resume_carries_over_the_agent_and_its_flags(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert "all 2 patches" in again.stdout
     assert "2 slots" in again.stdout + again.stderr  # --slots 2 carried over, like the agent's flags
+    gpus = ar("run", "--tag", "r", "--resume", "--gpus", "0", "--no-share-cpus", cwd=repo)  # slots anew
+    assert gpus.returncode == 0, gpus.stderr
     assert [line.split()[2] for line in ar("log", cwd=repo).stdout.splitlines()[1:]] == [
         "baseline",
         "keep",

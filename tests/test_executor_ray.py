@@ -728,10 +728,10 @@ def test_a_run_no_node_can_hold_fails_instead_of_waiting_for_ever(
     waited with it. The session's first lines warn; the run fails after the grace period."""
     from autoresearch.executors import ray as ray_executor
 
-    monkeypatch.setattr(ray_executor, "START_GRACE", 2.0)
     monkeypatch.setattr(ray_executor, "ROOM_EVERY", 0.2)
     repo = scripts(tmp_path, {"x.py": ""})
-    config = TaskConfig(root=repo, editable=("x.py",), run="true", sandbox="none")  # gpus_per_run = 1
+    config = TaskConfig(root=repo, editable=("x.py",), run="true", sandbox="none",
+                        ray=RayConfig(start_timeout=2.0))  # gpus_per_run = 1  # fmt: skip
     executor = RayExecutor(config, address=cluster.address, slots=1)
     try:
         assert executor.placement.startswith("warning: the Ray cluster at ")
@@ -741,6 +741,7 @@ def test_a_run_no_node_can_hold_fails_instead_of_waiting_for_ever(
         executor.close()
     assert result.status is RunStatus.CRASH
     assert result.reason.startswith("not started: the Ray cluster at ") and "gpus_per_run = 0" in result.reason
+    assert "[ray] start_timeout" in result.reason
     assert RayExecutor(cpu_config(tmp_path / "cpu"), address=cluster.address, slots=1).placement == ""
 
 

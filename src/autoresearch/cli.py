@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slots", type=int, help="experiments run at once (default: 1, one per GPU; "
                    "ray: what the cluster holds)")  # fmt: skip
     p.add_argument("--gpus", help="comma-separated GPU ids, one slot each (CUDA_VISIBLE_DEVICES)")
-    p.add_argument("--share-cpus", action="store_true", default=None,
+    p.add_argument("--share-cpus", action=argparse.BooleanOptionalAction,
                    help="slots share every CPU (default: each slot runs on whole cores of its own)")  # fmt: skip
     p.add_argument("--lookahead", type=int,
                    help="proposals the agent keeps ready while runs train (default: one per slot)")  # fmt: skip
@@ -299,6 +299,8 @@ def _carry_over(args: argparse.Namespace, config: TaskConfig, tag: str) -> None:
     recorded = dict(previous.run_flags)
     if args.executor is not None and args.executor != recorded.get("executor", "local"):
         recorded = {k: v for k, v in recorded.items() if k == "lookahead"}  # slots of another kind
+    if args.slots is not None or args.gpus is not None:  # the slots given anew: none of the old
+        recorded = {k: v for k, v in recorded.items() if k not in ("slots", "gpus")}
     for flag, value in recorded.items():
         if flag in RUN_FLAGS and getattr(args, flag) is None:
             setattr(args, flag, value)

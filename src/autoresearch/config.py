@@ -78,6 +78,7 @@ class RayConfig:
     shared: str = ""  # data = "shared": a folder every node sees, laid out like the task folder
     max_log_mb: float = 16.0  # per step log sent back to the orchestrator (the end is kept)
     max_out_mb: float = 256.0  # AUTORESEARCH_OUT files sent back per run (the rest are left out)
+    start_timeout: float = 600.0  # seconds a run waits while no live node can hold it (an autoscaler)
 
 
 @dataclass(frozen=True)
@@ -354,7 +355,8 @@ def _agents(path: Path, raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _ray(path: Path, raw: dict[str, Any]) -> RayConfig:
     sec = _Section(path, "ray", raw.get("ray", {}))
-    sec.check_keys(("gpus_per_run", "cpus_per_run", "data", "shared", "max_log_mb", "max_out_mb"))
+    sec.check_keys(("gpus_per_run", "cpus_per_run", "data", "shared", "max_log_mb", "max_out_mb",
+                    "start_timeout"))  # fmt: skip
     data = sec.choice("data", "setup", RAY_DATA)
     shared = sec.string("shared", "")
     if data == "shared" and not Path(shared).is_absolute():
@@ -372,6 +374,7 @@ def _ray(path: Path, raw: dict[str, Any]) -> RayConfig:
         shared=shared,
         max_log_mb=sec.number("max_log_mb", 16.0, positive=True),
         max_out_mb=sec.number("max_out_mb", 256.0),
+        start_timeout=sec.number("start_timeout", 600.0, positive=True),
     )
 
 

@@ -55,7 +55,6 @@ from autoresearch.process import StepRunner, kill_orphans, without_secrets
 SETUP_TIMEOUT = 24 * 3600.0  # the task's setup step on a node (downloads, tokenizers)
 MARGIN = 60.0  # seconds past the steps' own hard timeouts before the Ray task is cancelled
 POLL = 0.5  # seconds between looks at a task in flight (kill_all, a lost cluster)
-START_GRACE = 600.0  # seconds a run waits while no live node can hold it (an autoscaler adding one)
 ROOM_EVERY = 5.0  # seconds between looks at the cluster's room while a run waits to start
 STOPPED = "killed: the session stopped it"
 CHECK_EVERY = 1.0  # seconds between checks that the cluster's head still answers
@@ -432,8 +431,8 @@ class RayExecutor:
         """What the session's first lines say: a warning when no live node can hold a run."""
         if self.capacity() > 0:
             return ""
-        return (f"warning: {self._no_room()}. A run waits up to {START_GRACE:g} s for a node "
-                "that can hold it (an autoscaler's), then fails")  # fmt: skip
+        return (f"warning: {self._no_room()}. A run waits up to {self._settings.start_timeout:g} s "
+                "for a node that can hold it (an autoscaler's; [ray] start_timeout), then fails")  # fmt: skip
 
     def capacity(self) -> int:
         """Runs the cluster's live nodes can hold at once."""
@@ -477,7 +476,7 @@ class RayExecutor:
 
     def _next(self, gen: Any, timeout: float | None, node: str, *, room: bool = False) -> Any:
         """The task's next value; raises ``_Lost`` or ``_Stopped`` instead of hanging. ``room``:
-        the task has not started, and fails after ``START_GRACE`` without a node to hold it."""
+        the task has not started, and fails after ``[ray] start_timeout`` without a node to hold it."""
         self._wait(gen, timeout, room=room)
         errors = self._ray.exceptions
         try:
@@ -504,10 +503,11 @@ class RayExecutor:
             if room and time.monotonic() - looked >= ROOM_EVERY:  # no node can hold it: not forever
                 looked = time.monotonic()
                 no_room_since = None if self.capacity() > 0 else no_room_since or looked
-                if no_room_since is not None and looked - no_room_since >= START_GRACE:
+                grace = self._settings.start_timeout
+                if no_room_since is not None and looked - no_room_since >= grace:
                     self._cancel(gen)
                     raise _Stopped(RunStatus.CRASH, f"not started: {self._no_room()} (waited "
-                                   f"{START_GRACE:g} s for a node that can hold it)")  # fmt: skip
+                                   f"{grace:g} s for a node that can hold it: [ray] start_timeout)")  # fmt: skip
             left = POLL if end is None else min(POLL, end - time.monotonic())
             if left <= 0:
                 self._cancel(gen)
