@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import cached_property
 
+from autoresearch.config import STEPS
 from autoresearch.cost import compute_cost
 from autoresearch.judge import Noise, Standing, pooled_noise
 from autoresearch.records import Experiment, RunPurpose, Verdict
@@ -137,6 +138,16 @@ class History:
     def spend(self) -> float:
         """Dollars so far: agent tokens plus compute at ``gpu_price`` per slot-hour."""
         return self.agent_cost + self.compute_cost
+
+    @cached_property
+    def costliest_run(self) -> float:
+        """Dollars of the run whose steps took longest so far (what ``--max-cost`` expects of a run)."""
+        seconds = (sum(run.step_seconds(step) or 0.0 for step in STEPS) for row in self.rows for run in row.runs)
+        return compute_cost(max(seconds, default=0.0), self.gpu_price)
+
+    @cached_property
+    def costliest_proposal(self) -> float:
+        return max((r.usage.cost_usd or 0.0 for r in self.rows), default=0.0)
 
     @cached_property
     def kept(self) -> list[Experiment]:

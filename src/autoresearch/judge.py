@@ -155,6 +155,12 @@ class Judge:
             return 0
         return self.config.max_runs
 
+    def margin(self, noise: Noise, n_candidate: int, n_best: int) -> float:
+        """How much better than the best a candidate's mean must be to be kept, by the rule."""
+        if self.config.rule == "naive":
+            return max(self.config.min_delta, self.config.noise_factor * (noise.sigma or 0.0))
+        return max(self.config.min_delta, noise.detectable(self.z, n_candidate, n_best) or 0.0)
+
     def _sequential(self, values: list[float], best: Standing, noise: Noise) -> Decision:
         n, mean = len(values), statistics.fmean(values)
         if not self.metric.better(mean, best.metric, self.config.min_delta):
@@ -165,7 +171,7 @@ class Judge:
                 return Decision(None, mean, "looks better; noise unknown, running again", 1)
             return Decision(Verdict.KEEP, mean, self._delta("better", mean, best.metric),
                             rescore=self.rescore_runs(n, noise))  # fmt: skip
-        margin = max(self.config.min_delta, noise.detectable(self.z, n, best.runs) or 0.0)
+        margin = self.margin(noise, n, best.runs)
         if self.metric.better(mean, best.metric, margin):
             reason = self._delta(f"better at {self.config.confidence:.0%}", mean, best.metric, margin)
             return Decision(Verdict.KEEP, mean, reason, rescore=self.rescore_runs(n, noise))
@@ -176,7 +182,7 @@ class Judge:
 
     def _naive(self, values: list[float], best: Standing, noise: Noise) -> Decision:
         mean = statistics.fmean(values)
-        margin = max(self.config.min_delta, self.config.noise_factor * (noise.sigma or 0.0))
+        margin = self.margin(noise, len(values), best.runs)
         if not self.metric.better(mean, best.metric, margin):
             return Decision(Verdict.DISCARD, mean, self._delta("not better", mean, best.metric, margin))
         wanted = 1 + self.config.confirm_runs

@@ -93,9 +93,8 @@ class ChatAgent(Agent, ABC):
         """A transient error, once a server has answered: before that, an error with no status
         (nothing listens there, no such host, a timeout) is a wrong address more often than a
         blip, and waiting up to an hour on it helps nobody (the SDK has tried it again)."""
-        answered = getattr(exc, "status_code", None) is not None
-        self._answered = self._answered or answered
-        return self._transient(exc) and (self._answered or answered)
+        self._answered = self._answered or getattr(exc, "status_code", None) is not None
+        return self._transient(exc) and self._answered
 
     def cancel(self) -> None:
         self._cancelled.set()  # a call under way still ends (and is paid for); no wait after it

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from autoresearch.agents._base import Agent
-from autoresearch.config import STATE_DIR, STEPS, TaskConfig
-from autoresearch.cost import compute_cost
+from autoresearch.config import STATE_DIR, TaskConfig
 from autoresearch.engine._experiment import Flight, context_for, experiment_seed, launch
 from autoresearch.engine._loop import Proposer, drain, run_loop
 from autoresearch.engine._resume import ResumeDefaults, repair, resume_defaults
@@ -354,11 +353,8 @@ class Engine:
         can still add to the spend, from the most a proposal and a run have cost so far: every
         run a candidate can take (a keep's re-score included) for each, their proposals (paid
         for, recorded only when they start), and one more proposal."""
-        history = self.history
-        runs = [run for row in history.rows for run in row.runs]
-        per_run = max((sum(run.step_seconds(s) or 0.0 for s in STEPS) for run in runs), default=0.0)
-        compute = compute_cost(per_run, history.gpu_price) * self.judge.most_runs()
-        proposal = max((row.usage.cost_usd or 0.0 for row in history.rows), default=0.0)
+        compute = self.history.costliest_run * self.judge.most_runs()
+        proposal = self.history.costliest_proposal
         queued = list(self.proposer.ready) if self.proposer else []
         asked = int(self.proposer is not None and self.proposer.future is not None)  # being made
         paid = sum(ready.proposal.usage.cost_usd or 0.0 for ready in queued)

@@ -160,11 +160,10 @@ def noise_text(history: History, judge: JudgeConfig) -> str:
     noise, standing = history.noise(), history.standing()
     if noise.sigma is None:
         return f"{noise.text()}: a candidate that looks better runs twice before it can be kept"
+    margin = Judge(judge, MetricConfig(), budget=1.0, allowance=0.0).margin
+    smallest = margin(noise, judge.max_runs, standing.runs if standing else 1)
     if judge.rule == "naive":
-        margin = max(judge.min_delta, judge.noise_factor * noise.sigma)
-        return f"{noise.text()}; a candidate must beat the best by {margin:.4g} (naive rule)"
-    z = Judge(judge, MetricConfig(), budget=1.0, allowance=0.0).z
-    smallest = max(judge.min_delta, noise.detectable(z, judge.max_runs, standing.runs if standing else 1) or 0.0)
+        return f"{noise.text()}; a candidate must beat the best by {smallest:.4g} (naive rule)"
     return (f"{noise.text()}; smallest effect detectable with {judge.max_runs} runs: "
             f"{smallest:.4g} ({judge.rule} rule, {judge.confidence:.0%})")  # fmt: skip
 
@@ -223,7 +222,7 @@ def log_line(row: Experiment) -> str:
     """One line per experiment, whatever its reason holds (``show`` has all of it)."""
     reason = f" [{one_line(row.reason)}]" if row.verdict in _WITH_REASON else ""
     commit = row.commit[:7] or "-------"
-    return f"{row.id:4d}  {commit}  {row.verdict:<11}  {value_text(row.metric):>12}  {one_line(row.description)}{reason}"
+    return f"{row.id:4d}  {commit}  {row.verdict:<11}  {value_text(row.metric):>12}  {row.description}{reason}"
 
 
 def log_text(rows: Sequence[Experiment], metric: str) -> str:
