@@ -33,7 +33,7 @@ def test_run_then_inspect(tmp_path: Path) -> None:
     status = ar("status", cwd=repo).stdout
     assert "session nov26 (branch autoresearch/nov26, agent replay" in status
     assert "best score: 10.000000 (experiment 1" in status
-    assert "experiments: 4 (baseline 1, keep 1, discard 1, invalid 1)" in status
+    assert "3 experiments (+ baseline): baseline 1, keep 1, discard 1, invalid 1" in status
 
     log = ar("log", "--tag", "nov26", cwd=repo).stdout.splitlines()
     assert len(log) == 5 and "discard" in log[3] and "edit the ruler [score.py: protected" in log[4]
@@ -72,6 +72,15 @@ def test_flag_for_another_agent_is_refused(tmp_path: Path) -> None:
     assert done.returncode == 1 and "--model applies to --agent anthropic / openai" in done.stderr
     done = ar("run", "--agent", "replay", cwd=repo)
     assert done.returncode == 1 and "needs --patches" in done.stderr
+
+
+def test_a_refused_session_prints_no_table(tmp_path: Path) -> None:
+    """The experiments' header comes with the first row, not before the refusal's one line."""
+    repo = toy(tmp_path)
+    (repo / "params.py").write_text((repo / "params.py").read_text() + "# uncommitted\n")
+    done = ar("run", "--agent", "replay", "--patches", ".", cwd=repo)
+    assert done.returncode == 1 and "uncommitted" in done.stderr, done.stderr
+    assert "verdict" not in done.stdout + done.stderr
 
 
 def test_init_writes_a_valid_skeleton(tmp_path: Path) -> None:

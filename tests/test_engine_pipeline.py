@@ -218,6 +218,9 @@ def test_the_same_tree_is_not_run_twice(tmp_path: Path) -> None:
     rows = engine.history.rows
     assert rows[3].verdict is Verdict.DUPLICATE and "duplicate of #1" in rows[3].reason
     assert not rows[3].runs and len(executor.jobs) == 3  # baseline, #1, #2: no run for #3
+    assert (
+        rows[3].metrics == rows[1].metrics and rows[3].metrics
+    )  # its twin's (results.tsv's memory_gb)
 
 
 def test_baseline_is_not_discarded_for_time_but_a_much_slower_candidate_is(tmp_path: Path) -> None:

@@ -113,6 +113,24 @@ def test_a_description_with_quotes_swallows_no_rows(tmp_path: Path) -> None:
     assert [r["description"].removeprefix("'") for r in read] == said
 
 
+def test_tiny_and_huge_values_keep_their_digits(tmp_path: Path) -> None:
+    """Six decimals printed a metric of 4e-7 as 0.000000: a gain no view could show."""
+    from autoresearch.records import Experiment
+    from autoresearch.report.export import tsv_text
+    from autoresearch.report.text import value_text
+
+    rows = [Experiment(0, "baseline", 4.2e-7, "b", commit="a" * 7),
+            Experiment(1, "keep", 3.1e-7, "k", commit="b" * 7),
+            Experiment(2, "discard", 0.123456789, "d", commit="c" * 7)]  # fmt: skip
+    values = [line.split("\t")[1] for line in tsv_text(rows, "s").splitlines()[1:]]
+    assert [float(v) for v in values[:2]] == [4.2e-7, 3.1e-7] and values[2] == "0.123457"
+    assert (
+        value_text(2.5e12) == "2.5e+12"
+        and value_text(0.0) == "0.000000"
+        and value_text(-0.004) == "-0.004"
+    )
+
+
 def test_json_of_another_tool_is_refused() -> None:
     with pytest.raises(ValueError, match=r"not an autoresearch runs\.json"):
         experiments_from_json({"experiments": []})

@@ -197,7 +197,9 @@ def test_plot_is_sensible_at_any_length(n: int, tmp_path: Path) -> None:
 
 def test_title_counts_keeps_and_gain() -> None:
     history = History(synthetic(10))
-    assert title_text(history) == "10 experiments, 1 kept, best 0.999 (-0.10% vs baseline)"
+    assert (
+        title_text(history) == "9 experiments (+ baseline), 1 kept, best 0.999 (-0.10% vs baseline)"
+    )
     assert title_text(History([])) == "0 experiments, 0 kept"
 
 
@@ -234,10 +236,49 @@ def test_status_shows_pace_and_projection() -> None:
     )
 
 
+def test_every_view_counts_the_same_experiments() -> None:
+    """status, the report, the dashboard, the plot and the live line count the agents' judged
+    proposals: not a failed baseline, its retry, or a run still in flight."""
+    from autoresearch.report.html import summary_rows
+    from autoresearch.report.live import Tally
+
+    rows = [Experiment(0, Verdict.CRASH, None, "baseline", agent="baseline"),
+            Experiment(1, Verdict.BASELINE, 1.0, "baseline", agent="baseline"),
+            Experiment(2, Verdict.KEEP, 0.9, "a", agent="tuner"),
+            Experiment(3, Verdict.DISCARD, 1.1, "b", agent="tuner"),
+            Experiment(4, Verdict.PENDING, None, "c", agent="tuner")]  # fmt: skip
+    history = History(rows)
+    status = status_text(session_of(), history)
+    assert (
+        "2 experiments (+ baseline), 1 running: baseline 1, keep 1, discard 1, crash 1, pending 1"
+        in status
+    )
+    assert dict(summary_rows(session_of(), history))["experiments"] == "2 experiments (+ baseline)"
+    assert title_text(history).startswith("2 experiments (+ baseline), 1 kept")
+    tally = Tally()
+    for row in rows[:4]:
+        tally.add(ExperimentEvent(row, 0.9, 1.0))
+    assert "· 2 experiments, 1 kept" in tally.line("val_bpb")
+
+
+def test_a_session_resumed_with_another_agent_names_both() -> None:
+    from dataclasses import replace as swap
+
+    rows = [Experiment(0, Verdict.BASELINE, 1.0, "baseline", agent="baseline"),
+            Experiment(1, Verdict.DISCARD, 1.1, "a", agent="tuner"),
+            Experiment(2, Verdict.DISCARD, 1.2, "b", agent="replay")]  # fmt: skip
+    session = swap(session_of(), agent="replay")  # the session's record names the last one
+    assert "agents tuner, then replay," in status_text(session, History(rows))
+    assert "agent tuner," in status_text(swap(session, agent="tuner"), History(rows[:2]))
+
+
 def test_status_command_on_a_recorded_session(recorded: Path) -> None:
     done = run_cli(recorded, "status", "--max-hours", "8")
     assert done.returncode == 0, done.stderr
-    assert "experiments: 7 (baseline 1, keep 2, discard 1, crash 2, invalid 1)" in done.stdout
+    assert (
+        "6 experiments (+ baseline): baseline 1, keep 2, discard 1, crash 2, invalid 1"
+        in done.stdout
+    )
     assert "best score: 2.000000 (experiment 5" in done.stdout
 
 

@@ -128,6 +128,18 @@ def test_read_only_and_rebinding_refused(dashboard: Dashboard) -> None:
     assert status_of(base + "/api/sessions/nope")[0] == 404
 
 
+def test_a_wildcard_bind_prints_this_machines_name(recorded: Path) -> None:
+    """0.0.0.0 is no address a browser elsewhere can open; the URL names the machine."""
+    import socket
+
+    with serving(Dashboard(recorded, host="0.0.0.0", port=0)) as board:
+        assert board.url == f"http://{socket.gethostname()}:{board.port}/?token={board.token}"
+        code, _ = status_of(f"http://127.0.0.1:{board.port}/?token={board.token}",
+                            headers={"Host": f"{socket.gethostname()}:{board.port}"})  # fmt: skip
+        assert code == 200
+        assert status_of(f"http://127.0.0.1:{board.port}/api/sessions")[0] == 403  # no token
+
+
 def test_another_address_needs_the_token(recorded: Path) -> None:
     with serving(Dashboard(recorded, host="127.0.0.2", port=0)) as board:
         assert board.token and f"?token={board.token}" in board.url

@@ -168,8 +168,13 @@ class History:
 
     @cached_property
     def done(self) -> list[Experiment]:
-        """Judged experiments proposed by an agent (the baseline and pending ones excluded)."""
-        return [r for r in self.rows if r.verdict not in (Verdict.BASELINE, Verdict.PENDING)]
+        """Judged experiments proposed by an agent (the baseline, failed or not, and pending ones
+        excluded): what every view counts as experiments."""
+        return [
+            r
+            for r in self.rows
+            if r.verdict not in (Verdict.PENDING, Verdict.BASELINE) and r.agent != "baseline"
+        ]
 
     @property
     def sigma(self) -> float | None:

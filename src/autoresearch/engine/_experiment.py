@@ -172,7 +172,7 @@ def _record_candidate(engine: Engine, slot: int, ready: Ready, parent: str, comm
     twin = engine.history.duplicate_of(tree)
     row = _row(engine, ready, Verdict.PENDING, parent=parent, commit=commit, diff=diff, tree=tree)
     if twin is not None:
-        row = replace(row, verdict=Verdict.DUPLICATE, metric=twin.metric,
+        row = replace(row, verdict=Verdict.DUPLICATE, metric=twin.metric, metrics=twin.metrics,
                       reason=f"duplicate of #{twin.id} (the same code; not run again)")  # fmt: skip
         engine.record(engine.ledger.begin(engine.session, row))
         engine.workspace.keep_discarded(row.id, commit)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from autoresearch.cost import compute_cost
 from autoresearch.records import Experiment, Run, RunPurpose, RunStatus, Usage, Verdict
 from autoresearch.report._data import Session
+from autoresearch.report.text import value_text
 
 JSON_VERSION = 1
 
@@ -69,7 +70,7 @@ def tsv_text(rows: Sequence[TsvRow], metric: str, *, verdicts: bool = False) -> 
             continue
         status = str(verdict) if verdicts else upstream_status(verdict, row.metric)
         measured = row.metric is not None and status != "crash"
-        value = f"{row.metric:.6f}" if measured and row.metric is not None else "0.000000"
+        value = value_text(row.metric) if measured and row.metric is not None else "0.000000"
         memory = row.metrics.get("peak_vram_mb", 0.0) / 1024
         description = _inert(" ".join(row.description.split()))
         lines.append(f"{row.commit[:7] or '-'}\t{value}\t{memory:.1f}\t{status}\t{description}")

@@ -15,7 +15,13 @@ from html import escape as _escape
 from pathlib import Path
 
 from autoresearch.report._data import Experiment, History, Session, Verdict
-from autoresearch.report.text import VERDICT_ORDER, terminal_text, value_text
+from autoresearch.report.text import (
+    VERDICT_ORDER,
+    agent_text,
+    experiments_text,
+    terminal_text,
+    value_text,
+)
 
 
 def escape(text: str) -> str:
@@ -111,7 +117,7 @@ def summary_rows(session: Session, history: History) -> list[tuple[str, str]]:
             f"{value_text(best.metric if best else None)}",
         ),
         ("total gain", "-" if gain is None else f"{gain:+.2f}% vs baseline"),
-        ("experiments", f"{done} (+ baseline)" if base else str(done)),
+        ("experiments", experiments_text(history)),
         ("keep rate", f"{kept}/{done} ({kept / done:.0%})" if done else "-"),
         ("wall time", _duration(history.wall_seconds)),
         ("experiments/hour", "-" if history.per_hour is None else f"{history.per_hour:.1f}"),
@@ -209,7 +215,7 @@ def report_html(session: Session, history: History, *, png: bytes | None) -> str
     sections = [
         f"<h1>{escape(title)}</h1>",
         f"<p class=muted>metric {escape(session.metric)} ({escape(session.direction)}) · branch "
-        f"<code>{escape(session.branch)}</code> · agent {escape(session.agent)} · started {when} · "
+        f"<code>{escape(session.branch)}</code> · {escape(agent_text(session, history))} · started {when} · "
         f"{escape(session.state)}{' — ' + escape(session.stop_reason) if session.stop_reason else ''}</p>",
         "<h2>Summary</h2>",
         _table(summary_rows(session, history)),

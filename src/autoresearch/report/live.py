@@ -140,7 +140,7 @@ class Tally:
         row = from_row(event.experiment)
         self.best, self.baseline = event.best, event.baseline
         self.spend += (row.cost_usd or 0.0) + compute_cost(row.compute_seconds, self.gpu_price)
-        if row.verdict is not Verdict.BASELINE:
+        if row.verdict is not Verdict.BASELINE and row.agent != "baseline":  # as History.done
             self.done += 1
         self.kept += row.verdict is Verdict.KEEP
 
@@ -189,6 +189,7 @@ class _Base:
         self.slots: dict[int, Slot] = {}
         self.tally = Tally(gpu_price=gpu_price)
         self._lock = threading.Lock()
+        self._headed = False  # the event lines' header is printed
 
     def experiment_started(
         self, slot: int, experiment_id: int, description: str, log_path: Path | str, budget: float
@@ -234,13 +235,15 @@ class PlainView(_Base):
         self.out, self.err = out or sys.stdout, err or sys.stderr
 
     def __enter__(self) -> PlainView:
-        print(EVENT_HEADER.format(metric=self.metric), file=self.out, flush=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
         return None
 
     def experiment_finished(self, event: ExperimentEvent) -> None:
+        if not self._headed:  # the table's header with its first row: not before a refusal
+            print(EVENT_HEADER.format(metric=self.metric), file=self.out, flush=True)
+        self._headed = True
         super().experiment_finished(event)
         print(event_line(event, self.direction), file=self.out, flush=True)
 
@@ -274,7 +277,6 @@ class LiveView(_Base):
         )
 
     def __enter__(self) -> LiveView:
-        self.console.print(EVENT_HEADER.format(metric=self.metric), highlight=False)
         self._live.start()
         return self
 
@@ -282,6 +284,9 @@ class LiveView(_Base):
         self._live.stop()
 
     def experiment_finished(self, event: ExperimentEvent) -> None:
+        if not self._headed:  # the table's header with its first row: not before a refusal
+            self.console.print(EVENT_HEADER.format(metric=self.metric), highlight=False)
+        self._headed = True
         super().experiment_finished(event)
         self.console.print(event_line(event, self.direction), highlight=False, markup=False,
                            emoji=False)  # fmt: skip

@@ -16,6 +16,7 @@ from typing import Any
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.report._data import Experiment, History, Session, Verdict
+from autoresearch.report.text import experiments_text
 
 WIDTH, HEIGHT, DPI = 1600, 900, 100
 MAX_LABELS = 24  # kept descriptions drawn; beyond this, only the largest steps are labelled
@@ -26,9 +27,8 @@ GREY, GREEN, BLUE, RED = "#9e9e9e", "#1b9e4b", "#1f5fbf", "#d62728"
 
 
 def title_text(history: History) -> str:
-    """``N experiments, K kept, best X (Δ% vs baseline)``."""
-    n = sum(1 for r in history.rows if r.verdict is not Verdict.PENDING)
-    text = f"{n} experiment{'s' if n != 1 else ''}, {len(history.kept)} kept"
+    """``N experiments (+ baseline), K kept, best X (Δ% vs baseline)``."""
+    text = f"{experiments_text(history)}, {len(history.kept)} kept"
     best = history.best
     if best is not None and best.metric is not None:
         text += f", best {best.metric:.6g}"

@@ -19,6 +19,7 @@ import hmac
 import json
 import re
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ CSP = (
 
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")  # every address of this machine
 
 
 def is_local(host: str) -> bool:
@@ -76,7 +78,10 @@ class Dashboard:
 
     @property
     def url(self) -> str:
-        shown = f"[{self.host}]" if ":" in self.host else self.host
+        """The address to open: for a wildcard bind (0.0.0.0, ::), this machine's name, since
+        the wildcard is not an address a browser elsewhere can reach."""
+        host = socket.gethostname() if self.host in WILDCARD_HOSTS else self.host
+        shown = f"[{host}]" if ":" in host else host
         query = f"/?token={self.token}" if self.token else "/"
         return f"http://{shown}:{self.port}{query}"
 

@@ -47,7 +47,28 @@ def one_line(text: str, limit: int = REASON_CHARS) -> str:
 
 
 def value_text(value: float | None) -> str:
-    return "-" if value is None else f"{value:.6f}"
+    """Six decimals as upstream prints them, or six significant digits where those would hide
+    the value (below 0.01: 4e-7 is not 0.000000) or run long."""
+    if value is None:
+        return "-"
+    return f"{value:.6f}" if value == 0.0 or 0.01 <= abs(value) < 1e9 else f"{value:.6g}"
+
+
+def agent_text(session: Session, history: History) -> str:
+    """``agent X``, or ``agents X, then Y`` for a session resumed with another agent (the
+    session's record names only the last)."""
+    used = list(dict.fromkeys(r.agent for r in history.rows if r.agent and r.agent != "baseline"))
+    if session.agent not in used:
+        used.append(session.agent)
+    return f"agent {used[0]}" if len(used) == 1 else f"agents {', then '.join(used)}"
+
+
+def experiments_text(history: History) -> str:
+    """``N experiments (+ baseline)``: the agents' judged proposals, as every view counts them."""
+    n = len(history.done)
+    text = f"{n} experiment{'s' if n != 1 else ''}"
+    baseline = any(r.agent == "baseline" or r.verdict is Verdict.BASELINE for r in history.rows)
+    return text + " (+ baseline)" if baseline else text
 
 
 def event_line(event: ExperimentEvent, direction: str) -> str:
@@ -81,9 +102,9 @@ def summary_text(summary: SessionSummary, metric: str) -> str:
         base = summary.baseline_metric
         if base is not None and base != 0.0:
             change = (summary.best_metric - base) / abs(base) * 100
-            gain = f" ({change:+.2f}% vs baseline {base:.6f})"
+            gain = f" ({change:+.2f}% vs baseline {value_text(base)})"
         lines.append(
-            f"best {metric}: {summary.best_metric:.6f}{gain} at {summary.best_commit[:10]} "
+            f"best {metric}: {value_text(summary.best_metric)}{gain} at {summary.best_commit[:10]} "
             f"on branch {summary.branch}"
         )
     lines.append("counts: " + counts_text({Verdict(k): v for k, v in summary.counts.items()}))
@@ -115,7 +136,7 @@ def status_text(
     max_cost = session.rules.get("max_cost") if max_cost is None else max_cost
     started = _dt.datetime.fromtimestamp(session.created).strftime("%Y-%m-%d %H:%M")
     lines = [
-        f"session {session.tag} (branch {session.branch}, agent {session.agent}, started {started})",
+        f"session {session.tag} (branch {session.branch}, {agent_text(session, history)}, started {started})",
         f"status: {_status(session)}"
         + (f" — {session.stop_reason}" if session.stop_reason else ""),
     ]
@@ -129,7 +150,8 @@ def status_text(
         lines.append(f"baseline: {value_text(baseline.metric)}")
     lines.extend(_load_lines(history))
     lines.append(noise_text(history, judge or JudgeConfig()))
-    lines.append(f"experiments: {len(history.rows)} ({counts_text(history.counts)})")
+    running = f", {len(history.pending)} running" if history.pending else ""
+    lines.append(f"{experiments_text(history)}{running}: {counts_text(history.counts)}")
     lines.extend(_spend_lines(history))
     lines.extend(_pace_lines(history, max_hours=max_hours, max_cost=max_cost))
     lines.append("last experiments:")
@@ -270,8 +292,10 @@ def show_text(store: Store, session: Session, experiment_id: int) -> str:
 
 __all__ = [
     "EVENT_HEADER",
+    "agent_text",
     "counts_text",
     "event_line",
+    "experiments_text",
     "log_line",
     "log_text",
     "show_text",
