@@ -745,6 +745,24 @@ def test_a_run_no_node_can_hold_fails_instead_of_waiting_for_ever(
     assert RayExecutor(cpu_config(tmp_path / "cpu"), address=cluster.address, slots=1).placement == ""
 
 
+def test_a_first_signal_cancels_a_run_still_waiting_for_a_node(cluster: Cluster, tmp_path: Path) -> None:
+    """Ctrl-C lets started runs finish; one that never reached a node (a GPU run on this CPU
+    cluster, --slots given) waited out ``[ray] start_timeout``, 10 minutes by default, first."""
+    repo = toy(tmp_path)  # no [ray] table: a run asks for a GPU
+    patches = write_patch_dir(tmp_path / "p", {"01": PATCHES["01-improve"]})
+    proc = cli_run(repo, "--patches", str(patches), "--executor", "ray", "--ray-address", cluster.address,
+                   "--slots", "1")  # fmt: skip
+    assert proc.stderr is not None
+    while "baseline: " not in (line := proc.stderr.readline()):
+        assert line, proc.communicate(timeout=60)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    [baseline] = ledger_rows(repo)
+    assert baseline.verdict == "interrupted" and "not started: the session stopped" in baseline.reason
+
+
 def test_a_cluster_with_no_room_is_one_clear_error_from_the_command_line(cluster: Cluster, tmp_path: Path) -> None:
     """No [ray] table on a CPU cluster: the default run asks for a GPU (it was an AttributeError
     from the executor's own cleanup)."""

@@ -57,6 +57,7 @@ MARGIN = 60.0  # seconds past the steps' own hard timeouts before the Ray task i
 POLL = 0.5  # seconds between looks at a task in flight (kill_all, a lost cluster)
 ROOM_EVERY = 5.0  # seconds between looks at the cluster's room while a run waits to start
 STOPPED = "killed: the session stopped it"
+NOT_STARTED = "not started: the session stopped while it waited for a node that can hold it"
 CHECK_EVERY = 1.0  # seconds between checks that the cluster's head still answers
 LOST_AFTER = 3  # failed checks in a row before the cluster counts as gone
 SCRATCH_ENV = "AUTORESEARCH_RAY_SCRATCH"  # a node's scratch folder (default: $TMPDIR/autoresearch-ray)
@@ -395,7 +396,7 @@ class RayExecutor:
         self._lock = threading.Lock()
         self._running: set[Any] = set()  # generators of the tasks in flight
         self._archives: OrderedDict[tuple[str, str], Any] = OrderedDict()
-        self._killed = self._closed = False
+        self._killed = self._closed = self._draining = False
         self.setup_nodes: dict[str, int | None] = {}  # node id -> its setup step's exit code
         self._watch = _HeadWatch(self._ray, address, self._lose)
 
@@ -418,6 +419,11 @@ class RayExecutor:
             running = list(self._running)
         for gen in running:
             self._cancel(gen)
+
+    def cancel_waiting(self) -> None:
+        """A first signal: runs still waiting for a node are cancelled (they never started, and
+        an autoscaler may take minutes); started runs finish."""
+        self._draining = True
 
     def close(self) -> None:
         self._closed = True
@@ -500,6 +506,9 @@ class RayExecutor:
             if self._killed or self._lost:
                 self._cancel(gen)
                 raise _Stopped(RunStatus.KILLED, self._lost or STOPPED)
+            if room and self._draining:
+                self._cancel(gen)
+                raise _Stopped(RunStatus.KILLED, NOT_STARTED)
             if room and time.monotonic() - looked >= ROOM_EVERY:  # no node can hold it: not forever
                 looked = time.monotonic()
                 no_room_since = None if self.capacity() > 0 else no_room_since or looked
