@@ -159,8 +159,9 @@ def test_json_result_counts_only_from_the_evaluate_step(executor: Executor, tmp_
 def test_a_link_on_the_json_result_path_is_removed_not_followed(
     executor: Executor, tmp_path: Path
 ) -> None:
-    """The run points ``res`` at a folder of this machine: before evaluate the orchestrator
-    removes the link itself, never the file it leads to; a link evaluate leaves is not read."""
+    """The run points ``res`` at a folder of this machine: the run is invalid (a link out of
+    AUTORESEARCH_OUT), the file it leads to untouched; one inside it is removed, not followed;
+    a link evaluate leaves is not read."""
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "result.json").write_text('{"loss": 0.0001}')
@@ -172,8 +173,14 @@ def test_a_link_on_the_json_result_path_is_removed_not_followed(
         "os.makedirs(out + '/res')\njson.dump({'loss': 2.5}, open(out + '/res/result.json', 'w'))\n"
     ))  # fmt: skip
     result = executor.submit(job(tmp_path, run, evaluate=honest, metric=metric)).result()
-    assert result.status is RunStatus.OK and result.metric == 2.5, result.reason
+    assert result.status is RunStatus.INVALID and "links out of AUTORESEARCH_OUT (res -> " in result.reason
     assert (victim / "result.json").read_text() == '{"loss": 0.0001}'
+    inside = script(tmp_path, "r2.py", (
+        "import json, os\nout = os.environ['AUTORESEARCH_OUT']\nos.makedirs(out + '/mine')\n"
+        "json.dump({'loss': 0.0001}, open(out + '/mine/result.json', 'w'))\nos.symlink('mine', out + '/res')\n"
+    ))  # fmt: skip
+    result = executor.submit(job(tmp_path, inside, evaluate=honest, metric=metric, out_dir=tmp_path / "o1")).result()
+    assert result.status is RunStatus.OK and result.metric == 2.5, result.reason
     linking = script(tmp_path, "ev2.py", f"import os\nos.symlink({str(victim)!r}, os.environ['AUTORESEARCH_OUT'] + '/res')\n")
     result = executor.submit(job(tmp_path, "true", evaluate=linking, metric=metric, out_dir=tmp_path / "o2")).result()
     assert result.status is RunStatus.CRASH and "goes through a link (res)" in result.reason

@@ -773,6 +773,60 @@ def test_reading_the_holdout_in_the_run_step(task: Task) -> None:
         assert f"holdout says {HONEST}" in outcome.log
 
 
+LINK_TO_HOLDOUT = """\
+import os
+out, task = os.environ["AUTORESEARCH_OUT"], os.environ["AUTORESEARCH_TASK_DIR"]
+os.makedirs(os.path.join(out, "preds"))
+os.symlink("preds/final.txt", os.path.join(out, "latest.txt"))  # inside: fine
+open(os.path.join(out, "preds", "final.txt"), "w").write("1.0")
+os.symlink(os.path.join(task, ".autoresearch", "data", "answer.txt"), os.path.join(out, "preds", "pred.txt"))
+os.symlink("/proc/self/root/etc", os.path.join(out, "etc"))
+"""
+
+
+def test_a_link_out_of_autoresearch_out_makes_the_run_invalid(task: Task) -> None:
+    """The run cannot read the holdout, but it can name it: a link left in AUTORESEARCH_OUT
+    made the trusted evaluate read the holdout as the run's predictions (kept at -49.6%)."""
+    outcome = attack(task, LINK_TO_HOLDOUT)
+    assert outcome.result.status is RunStatus.INVALID and outcome.result.metric is None
+    reason = outcome.result.reason
+    assert reason.startswith("the run left links out of AUTORESEARCH_OUT (etc -> /proc/self/root/etc, preds/pred.txt -> ")
+    assert "answer.txt" in reason and "latest.txt" not in reason
+    assert [s.name for s in outcome.result.steps] == ["run"]  # evaluate never ran
+
+
+@needs_bwrap
+def test_a_step_changes_only_its_own_device_nodes(tmp_path: Path, venv_template: Path) -> None:
+    """A step runs as root where the session does: the host's /dev nodes were its own to chmod
+    (000 on /dev/null broke every later step) and to utime (state from run to run)."""
+    task = make_task(tmp_path, venv_template, "bwrap")
+    before = {name: os.stat(f"/dev/{name}") for name in ("full", "zero")}
+    code = """\
+    import os
+    for name, change in (("full", lambda p: os.chmod(p, 0)), ("zero", lambda p: os.utime(p, ns=(10**9, 10**9)))):
+        try:
+            change("/dev/" + name)
+            print("changed", name)
+        except OSError as exc:
+            print("refused", name, exc)
+    """
+    try:
+        outcome = attack(task, code)
+    finally:  # put the host's nodes back should the sandbox have let the step through
+        if os.stat("/dev/full").st_mode != before["full"].st_mode:
+            os.chmod("/dev/full", before["full"].st_mode & 0o7777)
+        if os.stat("/dev/zero").st_mtime_ns != before["zero"].st_mtime_ns:
+            os.utime("/dev/zero", ns=(before["zero"].st_atime_ns, before["zero"].st_mtime_ns))
+    after = {name: os.stat(f"/dev/{name}") for name in ("full", "zero")}
+    assert after["full"].st_ctime_ns == before["full"].st_ctime_ns, "the host's /dev/full was changed"
+    assert after["zero"].st_ctime_ns == before["zero"].st_ctime_ns, "the host's /dev/zero was changed"
+    assert_honest(outcome)
+    if os.geteuid() == 0:  # the step's own copies: changed, and gone with the step
+        assert "changed full" in outcome.log and "changed zero" in outcome.log
+    else:  # another user's nodes
+        assert "refused full" in outcome.log
+
+
 @pytest.fixture
 def listener() -> Iterator[tuple[int, list[bytes]]]:
     """A TCP server on the host's 127.0.0.1; what it receives."""
@@ -1135,6 +1189,7 @@ def test_the_keyring_filter_refuses_the_keyring_calls_of_every_abi() -> None:
 # (the calls' table, which a filter makes do nothing: x86-64, i386, arm64, arm), a call it refuses
 # with EPERM (keyctl) and one it lets run
 _NOTHING = {
+    "STEP_CALLS": ((221, 272, 223, 270), (222, 273, 224, 271)),  # fadvise: the page cache slots share
     "AGENT_CALLS": ((112, 66, 157, 66), (59, 11, 221, 11)),  # setsid: the CLI stays in its session
     "PINNED_CALLS": ((203, 241, 122, 241), (204, 242, 123, 242)),  # sched_setaffinity: a slot's CPUs
 }

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -377,7 +378,7 @@ print(f"hits: {len(hits)}")
 """
 
 
-def sandboxed(tmp_path: Path) -> tuple[list[str], dict[str, str], Path]:
+def sandboxed(tmp_path: Path, devices: Sequence[str] = ()) -> tuple[list[str], dict[str, str], Path]:
     """The argv prefix and environment of an evaluate step in the sandbox, and its AUTORESEARCH_OUT."""
     from autoresearch.executors.sandbox import Sandbox, bwrap_problem
 
@@ -387,7 +388,7 @@ def sandboxed(tmp_path: Path) -> tuple[list[str], dict[str, str], Path]:
     work.mkdir(parents=True)
     out.mkdir()
     box = Sandbox(task_root=repo, repo=repo, mode="bwrap")
-    prefix = box.prefix("evaluate", cwd=work, worktree=work, writable=[out], first=True)  # as the engine does
+    prefix = box.prefix("evaluate", cwd=work, worktree=work, writable=[out], first=True, devices=devices)
     env = box.environment({"PATH": f"{Path(PY).parent}:/usr/bin:/bin", "AUTORESEARCH_OUT": str(out)})
     return prefix, env, out
 
@@ -403,6 +404,20 @@ def test_a_warm_up_leaves_no_cache_for_the_timed_runs_in_the_sandbox(tmp_path: P
     assert summary(done.stdout)["hits"] == 0, done.stderr  # /tmp, /dev/shm, $HOME, System V, mqueue
     assert done.stderr.count("hits: []") == 4
     assert list(out.iterdir()) == []  # what a run added to the given AUTORESEARCH_OUT is gone
+
+
+def test_a_run_that_sets_a_device_nodes_times_is_a_crash(tmp_path: Path) -> None:
+    """The step's /dev nodes are its runs' to share: times set with utime (or a mode) carried a
+    counter from the warm-up to each timed run."""
+    from autoresearch.executors.sandbox import device_copies
+
+    with device_copies(tmp_path) as devices:  # as the engine runs a step
+        prefix, env, _out = sandboxed(tmp_path, devices)
+        code = "import os; os.utime('/dev/full')"  # touch: any user may, on a node all may write
+        done = subprocess.run([*prefix, PY, "-m", "autoresearch", "measure", "--repeat", "2", "--warmup", "1",
+                               "--", PY, "-c", code], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode != 0 and "---" not in done.stdout
+    assert "a run changed the mode or times of /dev/full" in done.stderr
 
 
 def test_a_run_that_changes_what_measure_was_given_is_a_crash(tmp_path: Path) -> None:

@@ -26,7 +26,8 @@ subreaper) is killed before the next one starts; a file it adds to the ``AUTORES
 measure was given is removed, and changing one there is a crash. Inside the sandbox
 (``AUTORESEARCH_SANDBOX=bwrap``, where those folders are the step's own) ``/tmp``,
 ``/dev/shm`` and ``/dev/mqueue`` are emptied and System V IPC objects removed between
-runs, so a warm-up cannot leave a cache anywhere the timed runs could read it. Outside the
+runs, and a run that changed the mode or times of a ``/dev`` node is a crash, so a warm-up
+cannot leave a cache anywhere the timed runs could read it. Outside the
 sandbox a command can still keep one in a folder it names itself.
 
 ``--same KEY`` (with ``--reference DIR``, or ``AUTORESEARCH_REFERENCE``, which the engine
@@ -74,8 +75,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from autoresearch.metrics import SUMMARY_LINE, parse_summary
+from autoresearch.process import DEVICE_NODES, SANDBOXED
 from autoresearch.process import REFERENCE as REFERENCE_ENV
-from autoresearch.process import SANDBOXED
 
 # measure's own keys: a command that prints one of them is ignored for it (it cannot set its own time)
 OWN_KEYS = ("seconds", "seconds_mad", "cpu_seconds", "cpu_seconds_mad", "peak_rss_mb", "alloc_peak_mb", "runs")
@@ -135,6 +136,7 @@ class Between:
         self.out_before = _listing(self.out) if self.out else {}
         kept = [self.own, self.out, *([Path(p) for p in _SCRATCH] if self.private else [])]
         self.kept = {root: root.stat() for root in kept if root is not None and root.is_dir()}
+        self.devices = _device_state() if self.private else {}
 
     def run_dir(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="run-", dir=self.own))
@@ -157,6 +159,11 @@ class Between:
             self._restore_out()
         for root, st in self.kept.items():  # the folders kept between runs hold nothing either
             _restore_attributes(root, st)
+        now = _device_state() if self.devices else {}
+        changed = [path for path, state in self.devices.items() if now.get(path) != state]
+        if changed:  # the step's own copies (as root), but the runs share them: state could pass
+            raise MeasureError(f"a run changed the mode or times of {', '.join(changed)}: "
+                               "the next run would find what it set there")  # fmt: skip
         if left:
             raise MeasureError(f"a run left {', '.join(sorted(left)[:5])} where measure cannot remove it: "
                                "the next run would find it")  # fmt: skip
@@ -174,6 +181,17 @@ class Between:
 
     def close(self) -> None:
         shutil.rmtree(self.own, ignore_errors=True)
+
+
+def _device_state() -> dict[str, tuple[int, int, int, int]]:
+    """Mode, owner and change time of ``/dev``'s nodes. chmod, chown and utime (touch) each
+    set the change time, which no call can set back; reads and writes leave it alone."""
+    state = {}
+    for path in (f"/dev/{name}" for name in DEVICE_NODES):
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            state[path] = (st.st_mode, st.st_uid, st.st_gid, st.st_ctime_ns)
+    return state
 
 
 def _restore_attributes(root: Path, st: os.stat_result) -> None:

@@ -27,6 +27,9 @@ from pathlib import Path
 MARKER = "AUTORESEARCH_STEP"  # environment variable that tags every process of one step
 SANDBOXED = "AUTORESEARCH_SANDBOX"  # "bwrap" in the environment of a step inside the sandbox
 REFERENCE = "AUTORESEARCH_REFERENCE"  # evaluate's: the reference checkout's task folder (measure --same)
+# The nodes bubblewrap's --dev binds from the host into a step's /dev (the sandbox gives a step
+# run as root copies of its own; measure checks that no run changed them)
+DEVICE_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL of a timed-out group
 MEMORY_POLL = 0.25  # seconds between looks at the memory of a step that has a limit
 TAIL_LINES = 40

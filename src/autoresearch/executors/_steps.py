@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from autoresearch import metrics
 from autoresearch.errors import ExecutorError, MetricError
 from autoresearch.executors._base import Job, RunResult
+from autoresearch.executors.sandbox import device_copies
 from autoresearch.integrity import sha256_files
 from autoresearch.process import REFERENCE, TAIL_LINES, StepResult, StepRunner, without_secrets
 
@@ -104,6 +105,11 @@ def _execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None,
             if tampered:
                 reason = f"protected files differ from the session's before evaluate: {', '.join(tampered)}"
                 return _result(job, steps, RunStatus.INVALID, reason)
+            leaving = links_out(job.out_dir)
+            if leaving:
+                reason = (f"the run left links out of AUTORESEARCH_OUT ({', '.join(leaving[:3])}): "
+                          "evaluate, which may read the holdout, reads only what the run wrote")  # fmt: skip
+                return _result(job, steps, RunStatus.INVALID, reason)
             if job.metric.format == "json":
                 _clear_result(job.out_dir, job.metric.path)  # only the harness writes it
         step_env = environment
@@ -175,6 +181,18 @@ def _drop_attributes(path: str) -> None:
                 os.removexattr(path, name, follow_symlinks=False)
 
 
+def links_out(out_dir: Path) -> list[str]:
+    """The links under ``out_dir`` that lead out of it (``name -> target``), never followed.
+    One at the holdout would hand it to evaluate as the run's predictions."""
+    root, found = out_dir.resolve(), []
+    for folder, dirs, files in os.walk(out_dir):  # a linked folder is listed, not entered
+        for name in (*dirs, *files):
+            path = Path(folder, name)
+            if path.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(root):
+                found.append(f"{path.relative_to(out_dir)} -> {os.readlink(path)}")
+    return sorted(found)
+
+
 def _clear_result(out_dir: Path, rel: str) -> None:
     """Remove what a step left at the json result's path. A link on the way is removed itself,
     never followed: the run made it, and it could point anywhere on this machine."""
@@ -202,11 +220,12 @@ def _sandboxed_step(job: Job, runner: StepRunner, sandbox: Sandbox | None, name:
     # process above it for the code it runs to open, signal or write the step's output through
     argv = plain_argv(command)
     first = argv if argv and (name == "evaluate" or is_measure(argv)) else None
-    prefix = sandbox.prefix(name, cwd=job.workdir, worktree=worktree, writable=writable, readonly=shown,
-                            first=first is not None, pinned=bool(job.cpus))  # fmt: skip
-    before = sandbox.fingerprint(worktree)
-    result = runner.step(name, first or command, job.workdir, env, log, job.timeout, prefix=prefix,
-                         max_memory_mb=job.max_memory_mb)  # fmt: skip
+    with device_copies(job.out_dir.parent) as devices:
+        prefix = sandbox.prefix(name, cwd=job.workdir, worktree=worktree, writable=writable, readonly=shown,
+                                first=first is not None, pinned=bool(job.cpus), devices=devices)  # fmt: skip
+        before = sandbox.fingerprint(worktree)
+        result = runner.step(name, first or command, job.workdir, env, log, job.timeout, prefix=prefix,
+                             max_memory_mb=job.max_memory_mb)  # fmt: skip
     return result, sandbox.changes(before, sandbox.fingerprint(worktree))
 
 

@@ -10,7 +10,8 @@ unless ``[task] network = true``, a new PID and IPC namespace (the step's death 
 everything it started), no capabilities, the kernel's settings read-only (``/proc/sys``:
 as root, a core pattern would start a program outside the sandbox), a seccomp filter (no
 kernel keyrings: root's keys are the host's; no io_uring, whose kernel threads leave a slot's
-CPUs), and an allowlisted environment (never the agents' keys). The folders a step
+CPUs; posix_fadvise does nothing), fresh copies of ``/dev``'s nodes per step where the session
+runs as root (``device_copies``), and an allowlisted environment (never the agents' keys). The folders a step
 may write are its worktree (not in ``evaluate``), ``AUTORESEARCH_OUT``, ``/tmp``, ``/dev/shm``
 and ``/dev/mqueue``; everything else is read-only, the emptied folders and ``/dev`` too.
 Inside, ``AUTORESEARCH_SANDBOX=bwrap`` says so (``autoresearch measure`` then empties those
@@ -30,6 +31,7 @@ into an ``invalid`` run.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import glob
 import hashlib
@@ -37,19 +39,20 @@ import os
 import platform
 import shutil
 import site
+import stat
 import struct
 import subprocess
 import sys
 import tempfile
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from autoresearch.config import SANDBOXES, TaskConfig
 from autoresearch.edits import task_paths
 from autoresearch.errors import ConfigError, WorkspaceError
 from autoresearch.git import Git, git_fingerprint
-from autoresearch.process import AGENT_KEYS, MARKER, SANDBOXED
+from autoresearch.process import AGENT_KEYS, DEVICE_NODES, MARKER, SANDBOXED
 
 MODES = SANDBOXES
 DATA_DIR = ".autoresearch/data"  # prepared data shared by every worktree (read-only inside)
@@ -132,13 +135,13 @@ def _inside(path: Path, folder: Path) -> bool:
 _URING = {"io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427}  # one number everywhere
 _CALLS = {
     "x86_64": ((0xC000003E, {"add_key": 248, "request_key": 249, "keyctl": 250, "setsid": 112,
-                             "sched_setaffinity": 203, **_URING}),
+                             "sched_setaffinity": 203, "fadvise64": 221, "fadvise64_64": 221, **_URING}),
                (0x40000003, {"add_key": 286, "request_key": 287, "keyctl": 288, "setsid": 66,
-                             "sched_setaffinity": 241, **_URING})),
+                             "sched_setaffinity": 241, "fadvise64": 250, "fadvise64_64": 272, **_URING})),
     "aarch64": ((0xC00000B7, {"add_key": 217, "request_key": 218, "keyctl": 219, "setsid": 157,
-                              "sched_setaffinity": 122, **_URING}),
+                              "sched_setaffinity": 122, "fadvise64": 223, "fadvise64_64": 223, **_URING}),
                 (0x40000028, {"add_key": 309, "request_key": 310, "keyctl": 311, "setsid": 66,
-                              "sched_setaffinity": 241, **_URING})),
+                              "sched_setaffinity": 241, "fadvise64": 270, "fadvise64_64": 270, **_URING})),
 }  # fmt: skip
 KEYRING_CALLS = {"add_key": 1, "request_key": 1, "keyctl": 1}  # EPERM
 # io_uring's kernel threads (a submission queue polled on a CPU of the caller's choice, async
@@ -146,7 +149,11 @@ KEYRING_CALLS = {"add_key": 1, "request_key": 1, "keyctl": 1}  # EPERM
 # on CPU 0 and halved the other slot's speed. ENOSYS, as on a kernel without it: what uses it
 # falls back to plain calls.
 URING_CALLS = dict.fromkeys(_URING, 38)  # ENOSYS
-STEP_CALLS = {**KEYRING_CALLS, **URING_CALLS}
+# posix_fadvise(POSIX_FADV_DONTNEED) drops pages from the page cache that every slot shares,
+# read-only files included: a run evicted the other slot's Python environment and slowed its
+# imports. Advice may be ignored: the calls do nothing and return 0.
+ADVICE_CALLS = {"fadvise64": 0, "fadvise64_64": 0}
+STEP_CALLS = {**KEYRING_CALLS, **URING_CALLS, **ADVICE_CALLS}
 # A step on its slot's CPUs (``Job.cpus``) keeps them: setting its CPUs does nothing and returns
 # 0 (a run that spread onto the other slots' cores would be timed on more than its share).
 PINNED_CALLS = {**STEP_CALLS, "sched_setaffinity": 0}
@@ -223,6 +230,46 @@ def _with_filter(argv: list[str], errnos: Mapping[str, int]) -> list[str]:
 PROC_WRITABLE = ("/proc/sys", "/proc/sysrq-trigger")
 _CONFINED = ("--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/dev/shm",
              "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--cap-drop", "ALL")  # fmt: skip
+
+
+@contextlib.contextmanager
+def device_copies(near: Path) -> Iterator[list[str]]:
+    """bwrap arguments, after ``--dev /dev``, that bind fresh copies of its device nodes, made
+    for one step and removed after it: what the step does to their mode or times (it owns
+    them as root) reaches no other step and not the host (chmod 000 on the host's /dev/null
+    broke every later step; times set with utime held state from run to run). ``near``: a folder whose file system
+    allows device nodes (else the temporary folder). Nothing where this process is not root:
+    the host's nodes are then another user's, and only root could make the copies."""
+    folder = _device_folder(near) if os.geteuid() == 0 else None
+    try:
+        yield [] if folder is None else _device_binds(folder)
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _device_folder(near: Path) -> Path | None:
+    for parent in (near, Path(tempfile.gettempdir())):
+        with contextlib.suppress(OSError):
+            if parent.is_dir() and not os.statvfs(parent).f_flag & os.ST_NODEV:  # nodes there would not open
+                return Path(tempfile.mkdtemp(prefix="autoresearch-dev-", dir=parent))
+    return None
+
+
+def _device_binds(folder: Path) -> list[str]:
+    argv: list[str] = []
+    for name in DEVICE_NODES:
+        try:
+            host = os.stat(f"/dev/{name}")
+            if not stat.S_ISCHR(host.st_mode):
+                continue
+            copy = folder / name
+            os.mknod(copy, stat.S_IFCHR | 0o600, host.st_rdev)
+            os.chmod(copy, stat.S_IMODE(host.st_mode))
+        except OSError:  # no such node here, or no right to make one (a container): bwrap's own
+            continue
+        argv += ["--dev-bind", str(copy), f"/dev/{name}"]
+    return argv
 
 
 def proc_read_only() -> list[str]:
@@ -361,6 +408,7 @@ class Sandbox:
     def prefix(
         self, step: str, *, cwd: Path, worktree: Path, writable: Sequence[Path],
         readonly: Sequence[Path] = (), first: bool = False, pinned: bool = False,
+        devices: Sequence[str] = (),
     ) -> list[str]:  # fmt: skip
         """The bwrap argv that runs one step (the command follows it); [] without bwrap.
 
@@ -369,7 +417,8 @@ class Sandbox:
         read the holdout files. ``readonly`` checkouts (the reference) are visible, read-only,
         their ``.git`` unreadable too. ``first``: the command is the sandbox's pid 1, with no
         bwrap reaper above it (``measure``, which nothing inside can open, signal or kill).
-        ``pinned``: the step cannot change its CPUs (``PINNED_CALLS``). The argv starts with
+        ``pinned``: the step cannot change its CPUs (``PINNED_CALLS``). ``devices``: the step's
+        own copies of ``/dev``'s nodes (``device_copies``). The argv starts with
         ``/bin/sh``, which opens the seccomp filter on descriptor 9 for bwrap and execs it.
         """
         if not self.enabled:
@@ -379,7 +428,7 @@ class Sandbox:
                 "--unshare-uts", "--cap-drop", "ALL"]  # fmt: skip
         argv += ["--as-pid-1"] if first else []
         argv += [] if self.network else ["--unshare-net"]
-        argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *proc_read_only()]
+        argv += ["--ro-bind", "/", "/", "--dev", "/dev", *devices, "--proc", "/proc", *proc_read_only()]
         argv += [arg for dev in _gpu_devices() for arg in ("--dev-bind", dev, dev)]
         argv += ["--tmpfs", "/dev/shm", "--mqueue", "/dev/mqueue"]
         argv += ["--tmpfs", "/tmp", "--dir", HOME_INSIDE]
