@@ -1006,6 +1006,9 @@ def test_inside_home_and_other_runs_are_empty_and_tmp_is_private(
             print("checkout:", sorted(os.listdir(repo)))
             print("tmp sees marker:", os.path.exists({str(marker)!r}))
             open("/tmp/left-behind", "w").write("x")
+            for folder in ("/tmp", "/dev/shm"):
+                st = os.statvfs(folder)
+                print(folder, "holds", st.f_blocks * st.f_frsize)
             """
         marker.write_text("host")
         outcome = attack(task, code)
@@ -1018,6 +1021,13 @@ def test_inside_home_and_other_runs_are_empty_and_tmp_is_private(
     assert "checkout: ['.autoresearch']" in outcome.log  # not even .git
     assert "tmp sees marker: False" in outcome.log
     assert not Path("/tmp/left-behind").exists()
+    from autoresearch.executors.sandbox import _scratch_size
+
+    if _scratch_size():  # a quarter of the memory each, not the kernel's half: the two cannot fill it
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        for folder in ("/tmp", "/dev/shm"):
+            held = int(outcome.log.split(f"{folder} holds ")[1].split()[0])
+            assert abs(held - memory // 4) <= 2**20, (folder, held, memory)  # rounded to pages
 
 
 @needs_bwrap

@@ -430,8 +430,8 @@ class Sandbox:
         argv += [] if self.network else ["--unshare-net"]
         argv += ["--ro-bind", "/", "/", "--dev", "/dev", *devices, "--proc", "/proc", *proc_read_only()]
         argv += [arg for dev in _gpu_devices() for arg in ("--dev-bind", dev, dev)]
-        argv += ["--tmpfs", "/dev/shm", "--mqueue", "/dev/mqueue"]
-        argv += ["--tmpfs", "/tmp", "--dir", HOME_INSIDE]
+        argv += [*_scratch_size(), "--tmpfs", "/dev/shm", "--mqueue", "/dev/mqueue"]
+        argv += [*_scratch_size(), "--tmpfs", "/tmp", "--dir", HOME_INSIDE]
         hidden = [str(path) for path in self._hidden_roots()]
         argv += [arg for path in hidden for arg in ("--tmpfs", path)]
         argv += [arg for path in self._readable_roots() for arg in ("--ro-bind", path, path)]
@@ -506,6 +506,25 @@ def _checked_env_names(names: Sequence[str]) -> tuple[str, ...]:
             "remove it"
         )
     return tuple(names)
+
+
+SCRATCH_SHARE = 4  # a step's /tmp and /dev/shm hold at most a quarter of the memory each
+
+
+@functools.cache
+def _scratch_size() -> list[str]:
+    """bwrap's ``--size`` for a step's writable tmpfs (/tmp, /dev/shm), where it has it (0.6 on).
+
+    What a tmpfs holds is memory no process owns, so the out-of-memory killer picks another
+    (the orchestrator, say); the kernel's default, half the memory each, lets the two fill it all.
+    """
+    exe = shutil.which("bwrap")
+    try:
+        usage = subprocess.run([exe or "bwrap", "--help"], capture_output=True, text=True, timeout=PROBE_TIMEOUT)
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return []
+    return ["--size", str(total // SCRATCH_SHARE)] if "--size" in usage.stdout + usage.stderr else []
 
 
 def _gpu_devices() -> list[str]:
