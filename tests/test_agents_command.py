@@ -528,6 +528,36 @@ def test_the_cli_writes_only_its_checkout_and_what_it_is_given(toy_repo: Path, t
 
 
 @pytest.mark.skipif(not can_confine(), reason="bubblewrap cannot confine a command here")
+def test_the_cli_changes_only_its_own_device_nodes(toy_repo: Path, tmp_path: Path) -> None:
+    """As root, the CLI owned the host's /dev nodes: a chmod 000 on /dev/null would break
+    every later step and the user's shell. It gets copies of its own."""
+    before = os.stat("/dev/full")
+    body = f"""
+    import os
+    try:
+        os.utime("/dev/full", ns=(10**9, 10**9))
+        os.chmod("/dev/full", 0)
+        said = "changed"
+    except OSError as exc:
+        said = f"refused: {{exc}}"
+    open({str(notes(tmp_path) / "said")!r}, "w").write(said)
+    open("params.py", "w").write("X = 3.0\\nY = 2.0\\n")
+    """
+    agent = CommandAgent(script(tmp_path, "cli.py", body), writable=[str(notes(tmp_path))])
+    try:
+        _, rows = run_toy_session(toy_repo, agent, 1)
+    finally:  # put the host's node back should the CLI have reached it
+        if os.stat("/dev/full").st_mode != before.st_mode:
+            os.chmod("/dev/full", before.st_mode & 0o7777)
+        if os.stat("/dev/full").st_mtime_ns != before.st_mtime_ns:
+            os.utime("/dev/full", ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat("/dev/full").st_ctime_ns == before.st_ctime_ns, "the host's /dev/full was changed"
+    said = (notes(tmp_path) / "said").read_text()
+    assert said == "changed" if os.geteuid() == 0 else said.startswith("refused"), said
+    assert [r.verdict for r in rows] == ["baseline", "keep"], [r.reason for r in rows]
+
+
+@pytest.mark.skipif(not can_confine(), reason="bubblewrap cannot confine a command here")
 def test_a_repository_the_cli_makes_never_runs_its_filter_outside(toy_repo: Path, tmp_path: Path) -> None:
     """A folder the editable globs match, made a repository whose config has a clean filter:
     the orchestrator's diff ran it, as the orchestrator, outside every namespace."""

@@ -43,7 +43,7 @@ from autoresearch.errors import (
     ExecutorError,
     ProposalError,
 )
-from autoresearch.executors.sandbox import confined
+from autoresearch.executors.sandbox import confined, device_copies
 from autoresearch.git import remove_tree
 from autoresearch.process import StepRunner
 
@@ -238,8 +238,13 @@ class CliAgent(Agent):
             "AUTORESEARCH_DESCRIPTION_FILE": str(files.description),
             **checkout.environment(),
         }
-        prefix = confined([checkout.top, files.folder, *self.own_paths()], [checkout.top / ".git"],
-                          context.hidden)  # fmt: skip
+        with device_copies(Path(tempfile.gettempdir())) as devices:  # read-only inside
+            prefix = confined([checkout.top, files.folder, *self.own_paths()], [checkout.top / ".git"],
+                              context.hidden, devices)  # fmt: skip
+            return self._confined(line, checkout, files, context, env, prefix)
+
+    def _confined(self, line: str, checkout: Checkout, files: BriefFiles, context: Context,
+                  env: dict[str, str], prefix: list[str]) -> CliOutput:  # fmt: skip
         if prefix:  # /tmp is read-only: a scratch folder of its own
             env["TMPDIR"] = str(files.scratch)
         log = _log_path(context, files.folder)

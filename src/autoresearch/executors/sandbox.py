@@ -296,7 +296,8 @@ def can_confine() -> bool:
     return _confining_bwrap() is not None
 
 
-def confined(writable: Iterable[Path], readonly: Iterable[Path] = (), hidden: Iterable[Path] = ()) -> list[str]:
+def confined(writable: Iterable[Path], readonly: Iterable[Path] = (), hidden: Iterable[Path] = (),
+             devices: Sequence[str] = ()) -> list[str]:  # fmt: skip
     """The argv prefix that confines a command (an agent's CLI) on this machine.
 
     A PID and an IPC namespace of its own: when the command ends, the kernel kills all it
@@ -306,7 +307,8 @@ def confined(writable: Iterable[Path], readonly: Iterable[Path] = (), hidden: It
     (``AGENT_CALLS``). The file system read-only but for the existing paths of ``writable``
     (less what of them ``readonly`` names) and a private ``/dev/shm``; ``/tmp`` too is
     read-only (give the command a ``TMPDIR`` among ``writable``); ``hidden`` paths are empty and
-    unreadable. Network and user are shared.
+    unreadable; ``devices``: its own copies of ``/dev``'s nodes (``device_copies``). Network
+    and user are shared.
     Empty where bubblewrap is missing or cannot run here: then the process group and the
     marker are all there is, and the command can write wherever its user can.
     """
@@ -315,7 +317,7 @@ def confined(writable: Iterable[Path], readonly: Iterable[Path] = (), hidden: It
         return []
     paths = sorted({p.resolve() for p in writable if p.exists()}, key=lambda p: len(p.parts))
     kept = sorted({p.absolute() for p in readonly if p.exists()}, key=lambda p: len(p.parts))
-    argv = [exe, *_CONFINED, *proc_read_only(), *(a for p in paths for a in ("--bind", str(p), str(p))),
+    argv = [exe, *_CONFINED, *devices, *proc_read_only(), *(a for p in paths for a in ("--bind", str(p), str(p))),
             *(a for p in kept for a in ("--ro-bind", str(p), str(p)))]  # fmt: skip
     file, folder = _agent_placeholders()
     for path in sorted({p.absolute() for p in hidden if p.exists()}, key=lambda p: len(p.parts)):
