@@ -289,6 +289,29 @@ def test_shell_features_and_literal_braces_survive(toy_repo: Path, tmp_path: Pat
     assert "+# Researc" in proposal.patch
 
 
+def test_a_program_that_is_not_there_is_refused_before_the_baseline(toy_repo: Path, tmp_path: Path) -> None:
+    """A typo'd CLI ran the whole baseline, then failed at every proposal until the stop rule."""
+    from fakes.session import run_cli
+
+    done = run_cli(toy_repo, "run", "--tag", "t", "--agent", "command", "--cmd", "nonexistent-cli {prompt_file}")
+    assert done.returncode == 1 and "'nonexistent-cli' (the first word of --cmd) is not on PATH" in done.stderr
+    assert not (toy_repo / ".autoresearch" / "ledger.db").exists() or "baseline" not in run_cli(toy_repo, "log").stdout
+    for fine in (f"FOO=1 {sys.executable} x.py", "cd sub && nonexistent-cli", "./not-yet-there.sh", "true"):
+        CommandAgent(fine).check({})
+    with pytest.raises(ConfigError, match="is not an executable file"):
+        CommandAgent("/nonexistent/cli {prompt}").check({})
+    with pytest.raises(ConfigError, match=r"\[agent.command\] shell"):
+        CommandAgent("true", shell="/bin/nonexistent-shell").check({})
+
+
+def test_a_typo_in_an_agents_table_names_the_key_and_what_is_allowed() -> None:
+    """It was a TypeError's text ("__init__() got an unexpected keyword argument")."""
+    with pytest.raises(ConfigError, match=r"^\[agent.command\] unknown key 'writeable'; allowed: cmd, .*writable"):
+        get_agent("command", cmd="true", writeable=["~/.x/"])
+    with pytest.raises(ConfigError, match=r"^\[agent.codex\] unknown key 'timout'; allowed: .*sandbox, .*timeout"):
+        get_agent("codex", timout=60)  # an option its base class takes counts, a typo does not
+
+
 def test_settings_and_missing_workdir(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--cmd is missing or empty"):
         CommandAgent(" ")

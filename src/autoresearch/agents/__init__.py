@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,6 +49,10 @@ def get_agent(name_or_obj: str | Agent, **options: Any) -> Agent:
     if not isinstance(name_or_obj, str):
         return name_or_obj
     backend = _backend(name_or_obj)
+    allowed = _keywords(backend)
+    unknown = sorted(set(options) - set(allowed or options))
+    if unknown:  # a typo in the task's [agent.<name>] table: never a TypeError from deep inside
+        raise ConfigError(f"[agent.{name_or_obj}] unknown key {unknown[0]!r}; allowed: {', '.join(allowed or ())}")
     try:
         agent: Agent = backend(**options)
     except TypeError as exc:
@@ -55,6 +60,21 @@ def get_agent(name_or_obj: str | Agent, **options: Any) -> Agent:
             f"agent {name_or_obj!r}: bad option ({exc}); check [agent.{name_or_obj}]"
         ) from exc
     return agent
+
+
+def _keywords(backend: type) -> list[str] | None:
+    """The options ``backend`` takes: its ``__init__``'s, and those its ``**options`` hand to
+    the classes above it. None when a class takes any."""
+    names: list[str] = []
+    for cls in backend.__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names += [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return list(dict.fromkeys(names))
+    return None
 
 
 def _backend(name: str) -> Any:

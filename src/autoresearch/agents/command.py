@@ -26,9 +26,11 @@ subject of a commit the CLI made; else its last output line.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
-from collections.abc import Sequence
+import shutil
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from autoresearch.agents._base import Context, Usage
@@ -46,6 +48,10 @@ from autoresearch.errors import ConfigError, ProposalError
 
 PLACEHOLDERS = ("prompt_file", "prompt", "description_file", "workdir")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+# words the shell runs itself: what follows them is not checked
+_SHELL_WORDS = frozenset(("cd", "exec", "command", "builtin", "eval", "set", "export", "if", "for", "while",
+                          "until", "case", "{", "(", "!", ".", "source", "true", "false", "test", "[", "time"))  # fmt: skip
 
 
 class CommandAgent(CliAgent):
@@ -76,6 +82,21 @@ class CommandAgent(CliAgent):
         super().__init__(timeout=timeout, history_tokens=history_tokens, env=env, writable=writable)
         self.cmd, self.shell = cmd, shell
         self.uses_stdin = not re.search(r"\{prompt(_file)?\}", cmd)
+
+    def check(self, editable: Mapping[str, str]) -> str:
+        """The program ``cmd`` starts is there, before the session's setup and baseline: a
+        typo'd one failed only at the first proposal, after the whole baseline, and then at
+        every proposal until the failure stop rule."""
+        named = ((self.shell, "[agent.command] shell"), (first_program(self.cmd), "the first word of --cmd"))
+        for program, what in named:
+            if not program:
+                continue
+            path = self.env.get("PATH", os.environ.get("PATH"))
+            found = os.access(program, os.X_OK) if "/" in program else shutil.which(program, path=path)
+            if not found:
+                where = "is not an executable file" if "/" in program else "is not on PATH"
+                raise ConfigError(f"command: {program!r} ({what}) {where}; install it or fix --cmd")
+        return ""
 
     def command_line(self, files: BriefFiles, context: Context) -> str:
         assert context.workdir is not None
@@ -109,6 +130,21 @@ class CommandAgent(CliAgent):
     def fallback_description(self, output: CliOutput) -> str:
         lines = [x for x in output.text.splitlines() if x.strip()]
         return clip(lines[-1]) if lines else ""
+
+
+def first_program(cmd: str) -> str:
+    """The program a plain command line starts (after ``VAR=value`` words), or "" when the
+    shell decides (a builtin, an expansion, a relative path the checkout may hold)."""
+    try:
+        words = shlex.split(_PLACEHOLDER.sub("x", cmd))
+    except ValueError:
+        return ""
+    while words and _ASSIGNMENT.match(words[0]):
+        words.pop(0)
+    if not words or words[0] in _SHELL_WORDS or set(words[0]) & set("$`;&|<>(){}*?~\\"):
+        return ""
+    program = words[0]
+    return "" if "/" in program and not program.startswith("/") else program
 
 
 def final_json(output: str) -> dict[str, Any] | None:
