@@ -277,6 +277,21 @@ def test_resume_keeps_the_stop_rules_it_started_with(tmp_path: Path) -> None:
     assert len(more.history.finished) == 3
 
 
+def test_a_resume_counts_failures_in_a_row_afresh(tmp_path: Path) -> None:
+    """A session stopped by --max-failures, resumed with the agent fixed, stopped again at once
+    on the old streak, blaming the old agent."""
+    repo = task(tmp_path)
+
+    def run(job: Job) -> float | None:
+        return None if params(job)["A"] < 0 else 100.0 - params(job)["A"]  # a negative A crashes
+
+    first = session(repo, Scripted([f"A = -{i}\nB = 0\n" for i in range(1, 4)]), FakeExecutor(run), max_failures=2)
+    assert first.summary().stop_reason.startswith("2 crashes/invalid experiments in a row")
+    again = session(repo, Scripted(["A = 1\nB = 0\n", "A = 2\nB = 0\n"]), FakeExecutor(run), resume=True,
+                    max_failures=2, max_experiments=3)  # fmt: skip
+    assert [str(r.verdict) for r in again.history.rows] == ["baseline", "crash", "crash", "keep"]
+
+
 def test_resume_of_a_tag_never_created_starts_it(tmp_path: Path) -> None:
     repo = task(tmp_path)
     engine = session(repo, Scripted(["A = 1\nB = 0\n"]), FakeExecutor(lambda j: 1.0),

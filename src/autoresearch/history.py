@@ -97,12 +97,13 @@ class History:
     def pending(self) -> list[Experiment]:
         return [r for r in self.rows if r.verdict is Verdict.PENDING]
 
-    @cached_property
-    def trailing_failures(self) -> int:
-        """Crashes, timeouts and invalid proposals since the last proposal that worked. The
-        baseline is the harness's run, not a proposal: failures on either side of it add up."""
+    def trailing_failures(self, since: float = 0.0) -> int:
+        """Crashes, timeouts and invalid proposals since the last proposal that worked, among
+        those finished from ``since`` on (a resume starts a new count). The baseline is the
+        harness's run, not a proposal: failures on either side of it add up."""
         count = 0
-        done = [r for r in self.rows if r.verdict is not Verdict.PENDING and r.agent != "baseline"]
+        done = [r for r in self.rows if r.verdict is not Verdict.PENDING and r.agent != "baseline"
+                and (r.finished or 0.0) >= since]  # fmt: skip
         for row in sorted(done, key=lambda r: (r.finished or 0.0, r.id), reverse=True):
             if not row.verdict.failed:
                 break

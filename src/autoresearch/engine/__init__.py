@@ -10,6 +10,7 @@ The engine never parses output, talks to git or formats prompts itself.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ class Engine:
         self.history = History(())
         self.rules = StopRules()
         self.clock = Clock()
+        self.since = time.time()  # this invocation's start: the failure streak counts from here
         self._stop, self._clean_stop, self._killed = "", False, False
         self._setup_runner = StepRunner()
         self._signals = Signals(self._on_first_signal, self.kill)
@@ -334,7 +336,7 @@ class Engine:
 
     def check_stop_rules(self) -> bool:
         """True (and the session stops) when a stop rule fires on what is recorded."""
-        reason = stop_reason(self.rules, self.history, clock=self.clock, spent=self.spent(),
+        reason = stop_reason(self.rules, self.history, clock=self.clock, spent=self.spent(), since=self.since,
                              ahead=self.cost_ahead() if self.rules.max_cost is not None else 0.0)  # fmt: skip
         if reason:
             self.stop(reason, clean=True)

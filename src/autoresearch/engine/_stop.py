@@ -58,15 +58,18 @@ class Clock:
         return self.before + (time.monotonic() - self.started) / 3600
 
 
-def stop_reason(rules: StopRules, history: History, *, clock: Clock, spent: float, ahead: float = 0.0) -> str:
+def stop_reason(rules: StopRules, history: History, *, clock: Clock, spent: float, ahead: float = 0.0,
+                since: float = 0.0) -> str:  # fmt: skip
     """Why no further experiment should start ("" when one may). ``ahead``: the most the next
-    experiment and those in flight can still add to ``spent``."""
+    experiment and those in flight can still add to ``spent``; ``since``: when this invocation
+    started (the failures in a row are counted from there: a resume after that stop, with the
+    agent fixed, stopped again at once on the old streak)."""
     done = len(history.finished)
     if rules.max_experiments is not None and done >= rules.max_experiments:
         return f"reached --max-experiments {rules.max_experiments}"
     if rules.max_hours is not None and clock.hours() >= rules.max_hours:
         return f"reached --max-hours {rules.max_hours:g}"
-    failures = history.trailing_failures
+    failures = history.trailing_failures(since)
     if failures >= rules.max_failures:
         last = max((r for r in history.rows if r.verdict.failed), key=lambda r: r.finished or 0.0)
         return f"{failures} crashes/invalid experiments in a row (last: {last.verdict}: {last.reason})"
