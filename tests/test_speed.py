@@ -229,13 +229,19 @@ def test_init_bench_from_the_command_line_prints_what_it_guessed(tmp_path: Path)
     assert "editable: fast.py (guessed from the folder)" in done.stdout
     config = load_config(repo)
     assert "--allocations" in config.evaluate and config.metric.name == "alloc_peak_mb"
-    assert config.metric.constraints  # memory is the metric; the time-bound is the RSS constraint
+    assert [c.text for c in config.metric.constraints] == ["peak_rss_mb <= 1.25 * best", "seconds <= 1.25 * best"]
+    assert "Speed may not suffer for memory" in (repo / "program.md").read_text()
     assert "no --same KEY: a run's output is not compared" in done.stdout  # less work would time faster
     same = subprocess.run([PY, "-m", "autoresearch", "init", "--bench", "python bench.py", "--test",
                            "python -m unittest -q", "--same", "checksum", "--force"],
                           cwd=repo, capture_output=True, text=True)  # fmt: skip
     assert same.returncode == 0, same.stderr
     assert "no --same KEY" not in same.stdout
+    rss = subprocess.run([PY, "-m", "autoresearch", "init", "--bench", "python bench.py", "--test",
+                          "python -m unittest -q", "--metric", "peak_rss_mb", "--force"],
+                         cwd=repo, capture_output=True, text=True)  # fmt: skip
+    assert rss.returncode == 0, rss.stderr  # a memory task kept a 2x slowdown as a gain
+    assert [c.text for c in load_config(repo).metric.constraints] == ["seconds <= 1.25 * best"]
 
 
 # --- a session on the library -------------------------------------------------------------------

@@ -93,7 +93,7 @@ def init_bench(dest: Path, *, bench: str, test: str, metric: str = "seconds",
         raise ConfigError(f"--same {bad[0]}: a key the benchmark prints in its summary block (letters, digits, '_', '.')")
     flags = f"--repeat {repeat} --warmup 1" + (" --allocations" if metric == "alloc_peak_mb" else "")
     flags += "".join(f" --same {key}" for key in same)
-    constraints = [] if metric == "peak_rss_mb" else ["peak_rss_mb <= 1.25 * best"]
+    constraints = guards(metric)
     goal = "faster" if metric in ("seconds", "cpu_seconds") else "use less memory"
     toml = SPEED_TOML.format(
         goal=goal, editable=_toml_list(editable), protected=_toml_list(protected),
@@ -109,8 +109,7 @@ def init_bench(dest: Path, *, bench: str, test: str, metric: str = "seconds",
         what = {"seconds": "the median wall time of a run", "cpu_seconds": "the median CPU time",
                 "peak_rss_mb": "the peak resident memory",
                 "alloc_peak_mb": "the peak of memory Python allocated"}[metric]  # fmt: skip
-        memory = ("\n- Memory may not grow for speed: peak RSS above 1.25x the best's is discarded."
-                  if constraints else "")  # fmt: skip
+        memory = "".join(GUARD_TEXT[c] for c in constraints)
         keys = ", ".join(f"`{key}`" for key in same)
         checked = (f"\n- Every run of the benchmark gets a secret seed (`AUTORESEARCH_SEED`) and must print "
                    f"the same {keys} as the original code does on it: a different output is a crash."
@@ -118,6 +117,21 @@ def init_bench(dest: Path, *, bench: str, test: str, metric: str = "seconds",
         files[dest / "program.md"] = SPEED_BRIEF.format(goal=goal, metric=metric, bench=bench, test=test,
                                                         what=what, memory=memory, same=checked)  # fmt: skip
     return files
+
+
+RSS_GUARD, TIME_GUARD = "peak_rss_mb <= 1.25 * best", "seconds <= 1.25 * best"
+GUARD_TEXT = {
+    RSS_GUARD: "\n- Memory may not grow for speed: peak RSS above 1.25x the best's is discarded.",
+    TIME_GUARD: "\n- Speed may not suffer for memory: a run slower than 1.25x the best's is discarded.",
+}
+
+
+def guards(metric: str) -> list[str]:
+    """The constraints that keep a gain on ``metric`` from being paid for in the other kind:
+    memory for speed, speed for memory (a memory task kept a 2x slowdown as a gain)."""
+    if metric in ("seconds", "cpu_seconds"):
+        return [RSS_GUARD]
+    return [TIME_GUARD] if metric == "peak_rss_mb" else [RSS_GUARD, TIME_GUARD]
 
 
 def guess_source(tracked: list[str], exclude: set[str]) -> list[str]:
