@@ -214,12 +214,28 @@ def test_time_spent_in_the_evaluate_step_counts_against_the_budget(tmp_path: Pat
     toml.write_text(toml.read_text().replace('protected = ["score.py"]', 'protected = ["score.py", "evaluate.py"]'))
     git(repo, "commit", "-qam", "an evaluate step")
     slow = sr("params.py", "X = 1.0", "X = 2.0\nimport sys, time\nif sys.argv[0].endswith('evaluate.py'):\n"
-              "    time.sleep(1.5)", "better, and trains on while it is evaluated")  # fmt: skip
+              "    time.sleep(30)", "better, and trains on while it is evaluated")  # fmt: skip
     engine, _ = run_session(repo, write_patch_dir(tmp_path / "p", {"01": slow}))
     row = engine.ledger.experiment(engine.session, 1)
     assert row.verdict == "discard" and row.reason.startswith("over budget: its run and evaluate steps took"), row.reason
-    assert row.runs[0].evaluate_seconds is not None and row.runs[0].evaluate_seconds > 1.5
+    assert "; evaluate step stopped after" in row.reason  # at the limit: not 30 s, not the hard timeout
+    assert row.runs[0].evaluate_seconds is not None and row.runs[0].evaluate_seconds < 15
     assert row.runs[0].seconds < 1.5  # its run step was as quick as the baseline's
+
+
+def test_a_run_over_budget_for_sure_is_stopped_there(tmp_path: Path) -> None:
+    """A hanging candidate ran to the hard timeout (15 minutes for init --bench's tasks), long
+    after it was over budget whatever it did next; a crash past the budget is over budget too."""
+    repo = toy(tmp_path, timeout=60, budget=0.5, task="budget_allowance = 0.5")
+    hang = sr("params.py", "X = 1.0", "X = 2.0\nimport time\ntime.sleep(120)", "better, eventually")
+    late_crash = sr("params.py", "X = 1.0", "X = 2.0\nimport time\ntime.sleep(3)\nraise SystemExit(1)", "crash late")
+    engine, _ = run_session(repo, write_patch_dir(tmp_path / "p", {"01": hang, "02": late_crash}))
+    rows = engine.ledger.experiments(engine.session)
+    assert [r.verdict for r in rows] == ["baseline", "discard", "discard"], [r.reason for r in rows]
+    hung = rows[1]
+    assert hung.reason.startswith("over budget: ran ") and "; run step stopped after" in hung.reason
+    assert hung.runs[0].status == "timeout" and hung.runs[0].seconds < 30  # not the 60 s hard timeout
+    assert rows[2].reason.startswith("over budget: ran ")
 
 
 def test_a_failing_baseline_stops_the_session(tmp_path: Path) -> None:

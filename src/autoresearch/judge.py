@@ -135,7 +135,9 @@ class Judge:
     # --- candidates ----------------------------------------------------------------------
 
     def decide(self, runs: Sequence[Run], best: Standing, noise: Noise) -> Decision:
-        failed = failure(runs) or self.over_budget(runs, best)
+        failed = failure(runs)
+        if failed is None or failed.verdict in (Verdict.CRASH, Verdict.TIMEOUT):  # not invalid, interrupted
+            failed = self.over_budget(runs, best) or failed
         if failed is not None:
             return failed
         values = [r.metric for r in runs if r.metric is not None]
@@ -190,21 +192,29 @@ class Judge:
             return Decision(None, mean, "looks better; confirming", wanted - len(values))
         return Decision(Verdict.KEEP, mean, self._delta("better", mean, best.metric, margin))
 
-    def over_budget(self, runs: Sequence[Run], best: Standing) -> Decision | None:
-        """A discard when a run's timed steps took longer than the baseline's plus the allowance."""
+    def budget_limit(self, best: Standing) -> tuple[tuple[str, ...], float, str]:
+        """The steps the budget rule times, the seconds they may take together, and what the
+        limit rests on: the baseline's time of those steps plus the allowance."""
+        steps: tuple[str, ...]
         if best.seconds is None:  # no baseline timing yet: the run step against the budget
-            steps, base, basis = ["run"], self.budget, "budget"
+            steps, base, basis = ("run",), self.budget, "budget"
         else:
-            steps = [name for name in self.budget_steps if best.step(name)]  # the task's, recorded
+            steps = tuple(name for name in self.budget_steps if best.step(name))  # the task's, recorded
             base = sum(best.step(name) or 0.0 for name in steps)
             basis = f"baseline's {base:.1f} s"
-        limit = base + self.allowance
-        what = "ran" if steps == ["run"] else f"its {' and '.join(steps)} steps took"
+        return steps, base + self.allowance, basis
+
+    def over_budget(self, runs: Sequence[Run], best: Standing) -> Decision | None:
+        """A discard when a run's timed steps took longer than the baseline's plus the allowance
+        (a run the executor stopped at that limit included: before its failure, if it had one)."""
+        steps, limit, basis = self.budget_limit(best)
+        what = "ran" if steps == ("run",) else f"its {' and '.join(steps)} steps took"
         for run in runs:
             took = sum(run.step_seconds(name) or 0.0 for name in steps)
             if took > limit:
+                stopped = f"; {run.reason}" if run.status is RunStatus.TIMEOUT else ""
                 return Decision(Verdict.DISCARD, run.metric, f"over budget: {what} {took:.1f} s, "
-                                f"limit {limit:.1f} s ({basis} + {self.allowance:g} s)")  # fmt: skip
+                                f"limit {limit:.1f} s ({basis} + {self.allowance:g} s){stopped}")  # fmt: skip
         return None
 
     def _delta(self, word: str, value: float, best: float, margin: float = 0.0) -> str:

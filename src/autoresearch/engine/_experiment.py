@@ -217,10 +217,23 @@ def launch(engine: Engine, slot: int, exp_id: int, commit: str, *, baseline: boo
     submit(engine, flight)
 
 
+BUDGET_GRACE = 1.0  # seconds past the budget limit before a run is stopped: past it, not at it
+
+
+def _budget(engine: Engine, flight: Flight) -> tuple[tuple[str, ...], float | None]:
+    """A candidate's budget steps and the seconds after which they are over budget for sure."""
+    standing = engine.history.standing()
+    if flight.baseline or standing is None:
+        return (), None
+    steps, limit, _basis = engine.judge.budget_limit(standing)
+    return steps, limit + BUDGET_GRACE
+
+
 def submit(engine: Engine, flight: Flight) -> None:
     cfg, index = engine.config, len(flight.runs)
     name = f"{flight.experiment_id:04d}-{index}"
     reference_root, reference_commit = _reference(engine, flight)
+    budget_steps, budget_limit = _budget(engine, flight)
     job = Job(
         experiment_id=flight.experiment_id, run_index=index, commit=flight.commit,
         workdir=flight.workdir, run=cfg.run, metric=cfg.metric, log_dir=engine.log_dir,
@@ -231,7 +244,7 @@ def submit(engine: Engine, flight: Flight) -> None:
         protected_data=engine.protected_data, reset_root=engine.workspace.slot_root(flight.slot),
         reset_keep=engine.workspace.linked_paths(), purpose=flight.purpose,
         reference_root=reference_root, reference_commit=reference_commit,
-        setup_commit=engine.session.base_commit,
+        setup_commit=engine.session.base_commit, budget_steps=budget_steps, budget_limit=budget_limit,
     )  # fmt: skip
     flight.future = engine.executor.submit(job)
     engine.observe_run(flight, job)

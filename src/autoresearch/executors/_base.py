@@ -55,6 +55,11 @@ class Job:
     # The session's baseline commit: a node's setup step (Ray) runs its code, never a candidate's
     # ("": the job's own commit).
     setup_commit: str = ""
+    # The budget rule, known before the run: once ``budget_steps`` together have taken
+    # ``budget_limit`` seconds the run is over budget whatever it does next, so it is stopped
+    # there (None: only the steps' hard timeout; the baseline's runs are never stopped early).
+    budget_steps: tuple[str, ...] = ()
+    budget_limit: float | None = None
 
     @property
     def name(self) -> str:

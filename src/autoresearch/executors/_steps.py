@@ -115,12 +115,15 @@ def _execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None,
         step_env = environment
         if name == "evaluate" and job.reference is not None:
             step_env = {**environment, REFERENCE: str(job.reference)}
-        result, reached = _sandboxed_step(job, runner, sandbox, name, command, step_env, log)
+        timeout = step_timeout(job, name, steps)
+        if timeout <= 0:
+            return _result(job, steps, RunStatus.TIMEOUT, f"stopped before the {name} step: {_past_budget(job)}")
+        result, reached = _sandboxed_step(job, runner, sandbox, name, command, step_env, log, timeout)
         steps.append(result)
         if reached:  # what it changed outlives the run: the session must stop
             why = f"the {name} step changed {', '.join(reached)}"
             return replace(_result(job, steps, RunStatus.INVALID, why), fatal=True)
-        failure = _failure(job, result, runner)
+        failure = _failure(job, result, runner, timeout)
         if failure is not None:
             return _result(job, steps, *failure)
         tampered = _tampered(job)
@@ -207,11 +210,25 @@ def _clear_result(out_dir: Path, rel: str) -> None:
         path.unlink(missing_ok=True)
 
 
+def step_timeout(job: Job, name: str, done: Sequence[StepResult]) -> float:
+    """The step's hard timeout, or less: what is left of the budget limit for a budget step
+    (0 or less: the steps before it went past it)."""
+    if job.budget_limit is None or name not in job.budget_steps:
+        return job.timeout
+    spent = sum(step.seconds for step in done if step.name in job.budget_steps)
+    return min(job.timeout, job.budget_limit - spent)
+
+
+def _past_budget(job: Job) -> str:
+    return (f"past the budget ({job.budget_limit:.1f} s for its {' and '.join(job.budget_steps)} steps, "
+            "the baseline's and the allowance): over budget whatever it did next")  # fmt: skip
+
+
 def _sandboxed_step(job: Job, runner: StepRunner, sandbox: Sandbox | None, name: str, command: str,
-                    env: Mapping[str, str], log: Path) -> tuple[StepResult, list[str]]:  # fmt: skip
+                    env: Mapping[str, str], log: Path, timeout: float) -> tuple[StepResult, list[str]]:  # fmt: skip
     """One step, in ``sandbox`` when there is one; also what it changed that it must not."""
     if sandbox is None:
-        return runner.step(name, command, job.workdir, env, log, job.timeout,
+        return runner.step(name, command, job.workdir, env, log, timeout,
                            max_memory_mb=job.max_memory_mb), []
     worktree = job.reset_root or job.workdir
     writable = [job.out_dir] if name == "evaluate" else [worktree, job.out_dir]
@@ -224,7 +241,7 @@ def _sandboxed_step(job: Job, runner: StepRunner, sandbox: Sandbox | None, name:
         prefix = sandbox.prefix(name, cwd=job.workdir, worktree=worktree, writable=writable, readonly=shown,
                                 first=first is not None, pinned=bool(job.cpus), devices=devices)  # fmt: skip
         before = sandbox.fingerprint(worktree)
-        result = runner.step(name, first or command, job.workdir, env, log, job.timeout, prefix=prefix,
+        result = runner.step(name, first or command, job.workdir, env, log, timeout, prefix=prefix,
                              max_memory_mb=job.max_memory_mb)  # fmt: skip
     return result, sandbox.changes(before, sandbox.fingerprint(worktree))
 
@@ -255,12 +272,14 @@ def is_measure(argv: Sequence[str]) -> bool:
     return Path(argv[0]).name.startswith("python") and argv[1:4] == ["-m", "autoresearch", "measure"]
 
 
-def _failure(job: Job, step: StepResult, runner: StepRunner) -> tuple[RunStatus, str] | None:
+def _failure(job: Job, step: StepResult, runner: StepRunner, timeout: float) -> tuple[RunStatus, str] | None:
     if runner.killed:
         return RunStatus.KILLED, f"{step.name} step killed: the session stopped it (a second signal)"
     if step.over_memory_mb is not None:
         return RunStatus.CRASH, (f"{step.name} step killed: its processes held {step.over_memory_mb:.0f} MB, "
                                  f"over [task] max_memory_mb = {job.max_memory_mb:g}")  # fmt: skip
+    if step.timed_out and timeout < job.timeout:
+        return RunStatus.TIMEOUT, f"{step.name} step stopped after {step.seconds:.1f} s: {_past_budget(job)}"
     if step.timed_out:
         return RunStatus.TIMEOUT, f"{step.name} step hit the hard timeout ({job.timeout:g} s)"
     if step.returncode is not None and step.returncode < 0:
