@@ -790,9 +790,35 @@ def test_a_link_out_of_autoresearch_out_makes_the_run_invalid(task: Task) -> Non
     outcome = attack(task, LINK_TO_HOLDOUT)
     assert outcome.result.status is RunStatus.INVALID and outcome.result.metric is None
     reason = outcome.result.reason
-    assert reason.startswith("the run left links out of AUTORESEARCH_OUT (etc -> /proc/self/root/etc, preds/pred.txt -> ")
+    assert reason.startswith("the run left links out of AUTORESEARCH_OUT, or folders too deep to check "
+                             "(etc -> /proc/self/root/etc, preds/pred.txt -> ")
     assert "answer.txt" in reason and "latest.txt" not in reason
     assert [s.name for s in outcome.result.steps] == ["run"]  # evaluate never ran
+
+
+@needs_bwrap
+def test_link_chains_and_deep_folders_in_autoresearch_out_are_invalid_not_a_crash(task: Task) -> None:
+    """Python's realpath and walks recurse: a chain of 1,000 links, or 1,100 nested folders,
+    raised RecursionError in the orchestrator, and the session ended."""
+    code = """\
+    import os
+    out = os.environ["AUTORESEARCH_OUT"]
+    for i in range(1000):
+        os.symlink(f"L{i + 1}", os.path.join(out, f"L{i}"))
+    os.chdir(out)
+    for _ in range(1100):
+        os.mkdir("a")
+        os.chdir("a")
+    """
+    outcome = attack(task, code)
+    assert outcome.result.status is RunStatus.INVALID, outcome.result.reason
+    from autoresearch.executors._steps import links_out, remove_tree
+
+    assert "(L0 -> L1, " in outcome.result.reason
+    assert "a/...: folders nested over 64 deep" in links_out(outcome.job.out_dir)
+
+    remove_tree(outcome.job.out_dir)  # what the session does to a run's outputs it keeps not
+    assert not outcome.job.out_dir.exists()
 
 
 @needs_bwrap

@@ -7,7 +7,6 @@ anywhere leaves a recorded experiment or a ``pending`` one that resume runs agai
 from __future__ import annotations
 
 import math
-import shutil
 import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,6 +17,7 @@ from autoresearch.constraints import first_violation
 from autoresearch.edits import task_paths
 from autoresearch.errors import EditRejected, ExecutorError, ProposalError
 from autoresearch.executors._base import Job, RunResult
+from autoresearch.executors._steps import remove_tree
 from autoresearch.judge import Decision, failure, ignores_seed
 from autoresearch.records import Experiment, Proposal, Run, RunPurpose, RunStatus, Verdict
 
@@ -306,7 +306,7 @@ def _result_of(flight: Flight) -> RunResult:
     assert flight.future is not None
     try:
         return flight.future.result()
-    except (ExecutorError, OSError) as exc:
+    except (ExecutorError, OSError, RecursionError) as exc:  # recursion: a tree a run nested too deep
         return RunResult(flight.experiment_id, len(flight.runs), 0, RunStatus.CRASH,
                          reason=f"executor: {exc}")  # fmt: skip
 
@@ -446,7 +446,7 @@ def drop_outputs(engine: Engine, exp_id: int) -> None:
     """Run outputs (checkpoints) are kept for the best experiment and the baseline only."""
     folder = engine.runs_dir
     for out in folder.glob(f"{exp_id:04d}-*") if folder.is_dir() else []:
-        shutil.rmtree(out, ignore_errors=True)
+        remove_tree(out)
 
 
 __all__ = ["Flight", "Ready", "experiment_seed"]

@@ -19,6 +19,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -107,8 +108,9 @@ def _execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None,
                 return _result(job, steps, RunStatus.INVALID, reason)
             leaving = links_out(job.out_dir)
             if leaving:
-                reason = (f"the run left links out of AUTORESEARCH_OUT ({', '.join(leaving[:3])}): "
-                          "evaluate, which may read the holdout, reads only what the run wrote")  # fmt: skip
+                reason = (f"the run left links out of AUTORESEARCH_OUT, or folders too deep to check "
+                          f"({', '.join(leaving[:3])}): evaluate, which may read the holdout, reads "
+                          "only what the run wrote")  # fmt: skip
                 return _result(job, steps, RunStatus.INVALID, reason)
             if job.metric.format == "json":
                 _clear_result(job.out_dir, job.metric.path)  # only the harness writes it
@@ -139,7 +141,7 @@ def _execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None,
 def _empty(folder: Path) -> None:
     for entry in folder.iterdir():
         if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
+            remove_tree(entry)
         else:
             entry.unlink()
     scrub_metadata(folder)
@@ -184,16 +186,48 @@ def _drop_attributes(path: str) -> None:
                 os.removexattr(path, name, follow_symlinks=False)
 
 
+MAX_OUT_DEPTH = 64  # folders nested deeper in AUTORESEARCH_OUT make a run invalid
+
+
 def links_out(out_dir: Path) -> list[str]:
-    """The links under ``out_dir`` that lead out of it (``name -> target``), never followed.
-    One at the holdout would hand it to evaluate as the run's predictions."""
-    root, found = out_dir.resolve(), []
-    for folder, dirs, files in os.walk(out_dir):  # a linked folder is listed, not entered
-        for name in (*dirs, *files):
-            path = Path(folder, name)
-            if path.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(root):
-                found.append(f"{path.relative_to(out_dir)} -> {os.readlink(path)}")
+    """What in ``out_dir`` leads out of it (``name -> target``), never followed: links, and
+    folders nested past ``MAX_OUT_DEPTH`` (Python's own walks recurse; a run nested 1,100).
+    One link at the holdout would hand it to evaluate as the run's predictions."""
+    root, found, todo = out_dir.resolve(), [], [(out_dir, 0)]
+    while todo:
+        folder, depth = todo.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:  # a name too long, a folder the run made unlistable
+            found.append(f"{folder.relative_to(out_dir)}: {exc.strerror}")
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.is_symlink():
+                if not _resolves_inside(path, root):
+                    found.append(f"{path.relative_to(out_dir)} -> {os.readlink(path)}")
+            elif entry.is_dir(follow_symlinks=False):
+                if depth + 1 >= MAX_OUT_DEPTH:
+                    found.append(f"{path.relative_to(out_dir).parts[0]}/...: folders nested over {MAX_OUT_DEPTH} deep")
+                else:
+                    todo.append((path, depth + 1))
     return sorted(found)
+
+
+def _resolves_inside(link: Path, root: Path) -> bool:
+    try:
+        return Path(os.path.realpath(link)).is_relative_to(root)
+    except (OSError, RecursionError):  # a chain of links longer than Python's recursion
+        return False
+
+
+def remove_tree(path: Path) -> None:
+    """``shutil.rmtree`` that ignores errors, also on a tree nested deeper than Python's
+    recursion (its walk recurses): then ``rm -rf``."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except RecursionError:
+        subprocess.run(["rm", "-rf", "--", str(path)], check=False, capture_output=True)
 
 
 def _clear_result(out_dir: Path, rel: str) -> None:

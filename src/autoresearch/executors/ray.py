@@ -46,7 +46,7 @@ from autoresearch.errors import ConfigError, ExecutorError
 from autoresearch.executors._base import Job, RunResult, RunStatus
 
 # The step code every executor shares.
-from autoresearch.executors._steps import execute, run_environment
+from autoresearch.executors._steps import execute, remove_tree, run_environment
 from autoresearch.executors.sandbox import Sandbox
 from autoresearch.git import git_argv
 from autoresearch.integrity import sha256_files
@@ -692,7 +692,7 @@ def _deliver(job: Job, shipment: _Shipment) -> RunResult:
     file of this machine) is written through."""
     if job.out_dir.is_symlink() or job.out_dir.is_file():
         job.out_dir.unlink()
-    shutil.rmtree(job.out_dir, ignore_errors=True)
+    remove_tree(job.out_dir)
     log_dir, out_dir = _mkdir(job.log_dir), _mkdir(job.out_dir)
     for name, data in shipment.logs.items():
         (log_dir / Path(name).name).write_bytes(data)
