@@ -426,6 +426,43 @@ def test_a_run_that_sets_a_device_nodes_times_is_a_crash(tmp_path: Path) -> None
     assert "a run changed the mode or times of /dev/full" in done.stderr
 
 
+TERMINAL = """\
+import os, sys
+hits = 0
+for path in ("/dev/pts", "/dev/pts/ptmx"):
+    if os.stat(path).st_mtime_ns == 12345:
+        hits += 1
+    try:
+        os.utime(path, ns=(12345, 12345))
+    except OSError as exc:
+        print(path, exc, file=sys.stderr)
+print("---")
+print(f"hits: {hits}")
+"""
+
+
+def test_the_sandboxs_terminals_carry_nothing_to_the_next_run(tmp_path: Path) -> None:
+    """bwrap's devpts is the step's own, writable: a warm-up kept a 64-bit answer in the times
+    of /dev/pts/ptmx and the timed runs read it (95% faster, --same passing)."""
+    prefix, env, _out = sandboxed(tmp_path)
+    done = subprocess.run([*prefix, PY, "-m", "autoresearch", "measure", "--repeat", "3", "--warmup", "1",
+                           "--", PY, "-c", TERMINAL], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert summary(done.stdout)["hits"] == 0, done.stderr
+
+
+def test_a_run_that_changes_measures_own_priority_is_a_crash(tmp_path: Path) -> None:
+    """A run is measure's child and user: it could set measure's nice, out-of-memory score
+    or core dump filter, which every later run inherited or read."""
+    prefix, env, _out = sandboxed(tmp_path)
+    for code, what in (("import os; os.setpriority(os.PRIO_PROCESS, 1, 7)", "nice"),
+                       ("open('/proc/1/oom_score_adj', 'w').write('333')", "oom_score_adj")):  # fmt: skip
+        done = subprocess.run([*prefix, PY, "-m", "autoresearch", "measure", "--repeat", "2", "--warmup", "0",
+                               "--", PY, "-c", code], env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode != 0 and "---" not in done.stdout, done.stderr
+        assert f"a run changed measure's own {what}" in done.stderr
+
+
 def test_a_run_that_changes_what_measure_was_given_is_a_crash(tmp_path: Path) -> None:
     given = tmp_path / "out"
     given.mkdir()

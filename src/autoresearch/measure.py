@@ -26,8 +26,10 @@ subreaper) is killed before the next one starts; a file it adds to the ``AUTORES
 measure was given is removed, and changing one there is a crash. Inside the sandbox
 (``AUTORESEARCH_SANDBOX=bwrap``, where those folders are the step's own) ``/tmp``,
 ``/dev/shm`` and ``/dev/mqueue`` are emptied and System V IPC objects removed between
-runs, and a run that changed the mode or times of a ``/dev`` node is a crash, so a warm-up
-cannot leave a cache anywhere the timed runs could read it. Outside the
+runs, ``/dev/pts`` gets its mode and times back, and a run that changed the mode or times of
+a ``/dev`` node or measure's own attributes (nice, I/O priority, out-of-memory score, core
+dump filter: a run can set them on its parent) is a crash, so a warm-up cannot leave a cache
+anywhere the timed runs could read it. Outside the
 sandbox a command can still keep one in a folder it names itself.
 
 ``--same KEY`` (with ``--reference DIR``, or ``AUTORESEARCH_REFERENCE``, which the engine
@@ -137,6 +139,8 @@ class Between:
         kept = [self.own, self.out, *([Path(p) for p in _SCRATCH] if self.private else [])]
         self.kept = {root: root.stat() for root in kept if root is not None and root.is_dir()}
         self.devices = _device_state() if self.private else {}
+        self.terminals = {p: os.stat(p) for p in _TERMINALS if self.private and os.path.exists(p)}
+        self.attributes = _own_attributes()
 
     def run_dir(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="run-", dir=self.own))
@@ -164,6 +168,13 @@ class Between:
         if changed:  # the step's own copies (as root), but the runs share them: state could pass
             raise MeasureError(f"a run changed the mode or times of {', '.join(changed)}: "
                                "the next run would find what it set there")  # fmt: skip
+        for path, st in self.terminals.items():  # opening a terminal changes them: put back, always
+            _restore_attributes(Path(path), st)
+        attributes = _own_attributes()
+        changed = [key for key, value in self.attributes.items() if attributes.get(key) != value]
+        if changed:  # runs are this process's children and user: they can set these, not undo them
+            raise MeasureError(f"a run changed measure's own {', '.join(changed)}: every later run "
+                               "(and the reference's) would inherit or read it")  # fmt: skip
         if left:
             raise MeasureError(f"a run left {', '.join(sorted(left)[:5])} where measure cannot remove it: "
                                "the next run would find it")  # fmt: skip
@@ -181,6 +192,25 @@ class Between:
 
     def close(self) -> None:
         shutil.rmtree(self.own, ignore_errors=True)
+
+
+_TERMINALS = ("/dev/pts", "/dev/pts/ptmx")  # the sandbox's own devpts: its mode and times are writable
+_OWN = ("oom_score_adj", "coredump_filter", "autogroup", "comm")  # /proc/self files another process of ours can write
+_IOPRIO_GET = {"x86_64": 252, "aarch64": 31}  # ioprio_get(IOPRIO_WHO_PROCESS, pid)
+
+
+def _own_attributes() -> dict[str, str]:
+    """What a run can set on this process from outside it and the next run can read: its
+    nice, I/O priority, out-of-memory score, core dump filter, autogroup and name."""
+    found = {"nice": str(os.getpriority(os.PRIO_PROCESS, 0))}
+    number = _IOPRIO_GET.get(os.uname().machine)
+    if number is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            found["I/O priority"] = str(ctypes.CDLL(None, use_errno=True).syscall(number, 1, os.getpid()))
+    for name in _OWN:
+        with contextlib.suppress(OSError):
+            found[name] = Path(f"/proc/self/{name}").read_text(errors="replace").strip()
+    return found
 
 
 def _device_state() -> dict[str, tuple[int, int, int, int]]:
