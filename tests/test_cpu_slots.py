@@ -134,6 +134,9 @@ def test_the_users_thread_count_and_shared_cpus_are_kept(tmp_path: Path, monkeyp
         result = shared.submit(probe_job(tmp_path, 1)).result()
     finally:
         shared.close()
-    assert shared.cpus == [] and shared.placement == "2 slots share every CPU"
+    assert shared.cpus == [] and shared.placement == "2 slots share every CPU (--share-cpus)"
     assert cpus_of(result) == tuple(MINE)
     assert LocalExecutor(slots=1).cpus == [] and LocalExecutor(slots=1).placement == ""
+    crowded = LocalExecutor(slots=len(MINE) + 1)  # more slots than cores: not asked for, a warning
+    crowded.close()
+    assert crowded.cpus == [] and crowded.placement.startswith(f"warning: {len(MINE) + 1} slots, but too few cores")

@@ -62,4 +62,11 @@ class SessionLock:
             return False
 
 
-__all__ = ["SessionLock"]
+def running_beside(state_dir: Path, tag: str) -> list[str]:
+    """The tags of the other sessions whose orchestrator runs now in this task folder."""
+    folder = state_dir / "locks"
+    paths = sorted(folder.glob("*.lock")) if folder.is_dir() else []
+    return [p.stem for p in paths if p.stem != tag and SessionLock(state_dir, p.stem).held_elsewhere()]
+
+
+__all__ = ["SessionLock", "running_beside"]

@@ -30,7 +30,7 @@ from autoresearch.executors.sandbox import Sandbox, can_confine
 from autoresearch.history import History
 from autoresearch.judge import Judge
 from autoresearch.ledger import Ledger, SessionRow
-from autoresearch.lock import SessionLock
+from autoresearch.lock import SessionLock, running_beside
 from autoresearch.process import StepRunner
 from autoresearch.records import Experiment, Verdict
 from autoresearch.workspace import Workspace
@@ -73,6 +73,7 @@ class Engine:
         self.rules = StopRules()
         self.clock = Clock()
         self.since = time.time()  # this invocation's start: the failure streak counts from here
+        self._neighbours: set[str] = set()  # other sessions seen running in this task folder
         self._stop, self._clean_stop, self._killed = "", False, False
         self._setup_runner = StepRunner()
         self._signals = Signals(self._on_first_signal, self.kill)
@@ -291,9 +292,21 @@ class Engine:
                                        parent))  # fmt: skip
 
     def observe_run(self, flight: Flight, job: Job) -> None:
+        self._note_neighbours()
         row = self.ledger.experiment(self.session, flight.experiment_id)
         self._on_run(RunStarted(flight.slot, flight.experiment_id, job.run_index,
                                 job.log_dir / f"{job.name}.log", job.time_budget, row.description))  # fmt: skip
+
+    def _note_neighbours(self) -> None:
+        """Say once of each other session running in this task folder: runs on one machine
+        share its CPUs, whatever the slots of each (a comment-only change was kept at -27%)."""
+        for tag in running_beside(self.config.root / STATE_DIR, self.options.tag):
+            if tag not in self._neighbours:
+                self._neighbours.add(tag)
+                self.say(f"warning: session {tag!r} is running in this task folder too: its runs share "
+                         "this machine's CPUs with this session's, so both are timed under the other's "
+                         "load (a baseline timed so makes every later run look faster); run one at a "
+                         "time, or `autoresearch remeasure` the best against the baseline after")  # fmt: skip
 
     def relaunch(self, slot: int, row: Experiment) -> None:
         self.ledger.clear_runs(self.session, row.id)

@@ -46,14 +46,18 @@ class LocalExecutor(Executor):
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="autoresearch-slot")
         self._runner = StepRunner(max_log_mb=max_log_mb)
         self.cpus = [] if share_cpus or slots == 1 else cpu_groups(slots)  # one tuple per slot, or []
+        self._asked_to_share = share_cpus
 
     @property
     def placement(self) -> str:
         """Where the slots run, for the session's first lines ("" for one slot)."""
         if self._slots == 1:
             return ""
+        if not self.cpus and self._asked_to_share:
+            return f"{self._slots} slots share every CPU (--share-cpus)"
         if not self.cpus:
-            return f"{self._slots} slots share every CPU"
+            return (f"warning: {self._slots} slots, but too few cores for a whole one each: the slots "
+                    "share every CPU, so each run is timed under the others' load; use fewer slots")  # fmt: skip
         groups = "; ".join(f"slot {i}: {_ranges(group)}" for i, group in enumerate(self.cpus))
         return f"{self._slots} slots, each on CPUs of its own ({groups})"
 
