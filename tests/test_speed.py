@@ -220,6 +220,23 @@ def test_init_bench_writes_a_speed_task_from_the_repository(tmp_path: Path) -> N
         init(repo, bench="python bench/run.py", test="true", metric="speed", force=True)
 
 
+def test_init_bench_protects_what_a_wrapper_script_or_a_module_runs(tmp_path: Path) -> None:
+    """``./bench.sh`` running ``python run_bench.py`` left run_bench.py editable: a shrunken
+    workload was kept at -45%. ``python -m benchmarks.work`` left the module editable too."""
+    repo = make_repo(tmp_path / "r", {
+        "fastlib.py": LIB, "helpers.py": "X = 1\n", "run_bench.py": "import fastlib\n", "test_fastlib.py": "",
+        "bench.sh": "#!/bin/sh\n# the benchmark\nexec python run_bench.py --n 100000\n",
+        "benchmarks/__init__.py": "", "benchmarks/work.py": "import fastlib\n",
+    })  # fmt: skip
+    init(repo, bench="sh bench.sh", test="python -m unittest -q")
+    config = load_config(repo)
+    assert {"bench.sh", "run_bench.py"} <= set(config.protected), config.protected
+    assert config.editable == ("fastlib.py", "helpers.py")
+    init(repo, bench="python -m benchmarks.work", test="python -m unittest -q", force=True)
+    config = load_config(repo)
+    assert "benchmarks/work.py" in config.protected and "run_bench.py" not in config.protected
+
+
 def test_init_bench_from_the_command_line_prints_what_it_guessed(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "r", {"fast.py": LIB, "test_fast.py": "", "bench.py": "print(1)\n"})
     done = subprocess.run([PY, "-m", "autoresearch", "init", "--bench", "python bench.py", "--test",

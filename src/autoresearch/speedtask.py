@@ -9,6 +9,7 @@ speed, and the sequential judge accounts for timing noise.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
 import subprocess
@@ -160,20 +161,37 @@ def _tracked(dest: Path) -> list[str]:
     return [p for p in done.stdout.split("\0") if p]
 
 
-def _files_named(dest: Path, command: str) -> list[str]:
-    """The files and folders of the repository a command names (its script, its test folder)."""
+def _files_named(dest: Path, command: str, depth: int = 0) -> list[str]:
+    """The files and folders of the repository a command names: its script, its test folder,
+    the module of ``-m``, and what a script that is not Python names in turn (``./bench.sh``
+    running ``python run_bench.py``: the benchmark the agent must not shrink)."""
     try:
-        words = shlex.split(command)
+        words = shlex.split(command, comments=depth > 0)
     except ValueError as exc:
         raise ConfigError(f"{command!r}: {exc}") from exc
-    out = []
-    for word in words:
+    out: list[str] = []
+    for before, word in zip(["", *words], words, strict=False):
+        if before == "-m":
+            word = _module_file(dest, word)
         path = dest / word
-        if word.startswith("-") or ".." in Path(word).parts or not path.exists() or path == dest:
+        if not word or word.startswith("-") or ".." in Path(word).parts or not path.exists() or path == dest:
             continue
         rel = path.resolve().relative_to(dest.resolve()).as_posix()
         out.append(f"{rel}/**" if path.is_dir() else rel)
-    return out
+        if path.is_file() and path.suffix != ".py" and depth < 2 and path.stat().st_size <= 65536:
+            with contextlib.suppress(UnicodeDecodeError, ConfigError):
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    out += _files_named(dest, line, depth + 1)
+    return list(dict.fromkeys(out))
+
+
+def _module_file(dest: Path, module: str) -> str:
+    """The file of ``python -m module`` in the repository ("" when it is not there)."""
+    base = module.replace(".", "/")
+    for candidate in (f"{base}.py", f"{base}/__main__.py", f"src/{base}.py", f"src/{base}/__main__.py"):
+        if (dest / candidate).is_file():
+            return candidate
+    return ""
 
 
 __all__ = ["METRICS", "guess_source", "init_bench"]
