@@ -64,6 +64,11 @@ BAD = [
     ("no task table", '[metric]\nname = "x"\n', "missing table [task]"),
     ("unknown table", GOOD + "[tasks]\nx = 1\n", "unknown table [tasks]"),
     (
+        "bad constraint",
+        GOOD.replace("[metric]", '[metric]\nconstraints = ["peak_rss <= 1.25 * bestt"]'),
+        "[metric] constraints: found 'peak_rss <= 1.25 * bestt', expected write KEY OP BOUND",
+    ),
+    (
         "unknown task key",
         GOOD.replace("[task]", '[task]\neditible = ["x"]'),
         "[task] unknown key 'editible'",

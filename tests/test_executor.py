@@ -72,6 +72,7 @@ def test_missing_metric_and_nonzero_exit(executor: Executor, tmp_path: Path) -> 
     crash = executor.submit(job(tmp_path, f"{PY} -c 'raise ValueError(\"boom\")'")).result()
     assert crash.status is RunStatus.CRASH and "exited with code 1" in crash.reason
     assert "ValueError: boom" in crash.log_tail
+    assert crash.reason.endswith("exited with code 1: ValueError: boom")  # the error, not only its code
 
 
 def _alive(pid: int) -> bool:

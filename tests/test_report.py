@@ -310,7 +310,12 @@ def test_a_discard_that_reads_better_than_the_best_says_why() -> None:
     for line in (event_line(ExperimentEvent(talky, 0.98, 1.0), "minimize"), log_line(talky)):  # and `log`
         assert "\n" not in line and "[made no change; its output ends: line line" in line and line.endswith("...]")
     # the direction decides what reads better
-    assert event_line(ExperimentEvent(slow, 0.98, 1.0), "maximize").endswith("fewer layers")
+    noisy = replace(worse, metric=0.95, reason="within the noise: 0.95 vs best 0.98")
+    assert event_line(ExperimentEvent(noisy, 0.98, 1.0), "maximize").endswith("more layers")
+    assert event_line(ExperimentEvent(noisy, 0.98, 1.0), "minimize").endswith("[within the noise: 0.95 vs best 0.98]")
+    # a discard for time or a bound says so whatever its value: it was not judged on it
+    assert event_line(ExperimentEvent(slow, 0.98, 1.0), "maximize").endswith("(budget + 150 s)]")
+    assert log_line(slow).endswith("fewer layers [over budget: ran 512.0 s, limit 450.0 s (budget + 150 s)]")
 
 
 def test_status_warns_when_the_baseline_waited_more_than_the_best() -> None:

@@ -297,7 +297,7 @@ def _metric(path: Path, raw: dict[str, Any]) -> MetricConfig:
         try:
             bounds.append(parse_constraint(text))
         except ValueError as exc:
-            sec.fail("constraints", text, str(exc))
+            sec.fail("constraints", text, str(exc).removeprefix(f"{text!r}: "))  # not the text twice
     return MetricConfig(name, direction, fmt, pattern, result_path, tuple(bounds))
 
 

@@ -186,6 +186,7 @@ def _drop_attributes(path: str) -> None:
                 os.removexattr(path, name, follow_symlinks=False)
 
 
+LAST_LINE_CHARS = 200  # of a failed step's last output line, in its reason
 MAX_OUT_DEPTH = 64  # folders nested deeper in AUTORESEARCH_OUT make a run invalid
 
 
@@ -324,7 +325,9 @@ def _failure(job: Job, step: StepResult, runner: StepRunner, timeout: float) -> 
     if step.returncode != 0:
         failing = failing_tests(step.output) if step.name == "check" else []
         named = f"; failing: {', '.join(failing[:5])}" + (" ..." if len(failing) > 5 else "") if failing else ""
-        return RunStatus.CRASH, f"{step.name} step exited with code {step.returncode}{named}"
+        last = next((line.strip() for line in reversed(step.output.splitlines()) if line.strip()), "")
+        said = f": {last[:LAST_LINE_CHARS]}" if last and not failing else ""  # the error, most often
+        return RunStatus.CRASH, f"{step.name} step exited with code {step.returncode}{named}{said}"
     return None
 
 

@@ -14,6 +14,11 @@ from autoresearch.report._data import Experiment, History, Session, Store, Verdi
 EVENT_HEADER = "   #  verdict      {metric:>12}  vs best     description"
 VERDICT_ORDER = (*(v for v in Verdict if v is not Verdict.PENDING), Verdict.PENDING)
 _WITH_REASON = (Verdict.CRASH, Verdict.TIMEOUT, Verdict.INVALID, Verdict.INTERRUPTED)
+_RULES = ("over budget", "constraint")  # a discard for time or a bound, not for its value
+
+
+def _says_why(row: Experiment) -> bool:
+    return row.verdict in _WITH_REASON or (row.verdict is Verdict.DISCARD and row.reason.startswith(_RULES))
 
 
 # What an agent or a run may write that a terminal would obey or that reorders or hides what
@@ -87,7 +92,7 @@ def event_line(event: ExperimentEvent, direction: str) -> str:
         row.verdict is Verdict.DISCARD and row.metric is not None and event.best is not None
         and MetricConfig(direction=direction).better(row.metric, event.best)
     )  # fmt: skip
-    if row.verdict in _WITH_REASON or looks_better:
+    if _says_why(row) or looks_better:
         text += f" [{one_line(row.reason)}]"
     return terminal_text(
         f"{row.id:4d}  {row.verdict:<11}  {value_text(row.metric):>12}  {delta:<9}  {text}{marker}"
@@ -242,7 +247,7 @@ def _pace_lines(history: History, *, max_hours: float | None, max_cost: float | 
 
 def log_line(row: Experiment) -> str:
     """One line per experiment, whatever its reason holds (``show`` has all of it)."""
-    reason = f" [{one_line(row.reason)}]" if row.verdict in _WITH_REASON else ""
+    reason = f" [{one_line(row.reason)}]" if _says_why(row) else ""
     commit = row.commit[:7] or "-------"
     return f"{row.id:4d}  {commit}  {row.verdict:<11}  {value_text(row.metric):>12}  {row.description}{reason}"
 
