@@ -57,6 +57,14 @@ def test_variable_part_has_state_history_failure_and_rejection() -> None:
     assert p.variable.rstrip().endswith("call `propose_change`.")
 
 
+def test_the_time_limit_is_the_budget_rules_once_the_baseline_is_timed() -> None:
+    """A speed task (no run step, a 1-s benchmark) was told "time budget per run: 300 s"."""
+    assert "- time budget per run: 300 s" in render(make_context(time_budget=300.0)).variable
+    p = render(make_context(time_budget=300.0, budget_steps=("check", "evaluate"), time_limit=151.2))
+    assert "- time limit per run: 151.2 s for its check and evaluate steps together" in p.variable
+    assert "300 s" not in p.variable
+
+
 def test_unknown_noise_and_empty_history_are_said_plainly() -> None:
     p = render(make_context(noise=None, history=(), best_metric=None, baseline_metric=None))
     assert "noise" not in p.variable

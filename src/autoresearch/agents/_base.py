@@ -49,6 +49,10 @@ class Context:
     seed: int = 0
     editable_globs: tuple[str, ...] = ()
     time_budget: float = 0.0
+    # once the baseline is timed: the steps the budget rule times and the seconds they may take
+    # together (its time plus the allowance; past it a run is stopped and discarded)
+    budget_steps: tuple[str, ...] = ()
+    time_limit: float | None = None
     log_dir: Path | None = None  # where an agent's own processes leave logs and pid files
     # what an agent's own processes may not read (the ledger, the holdout): a confined CLI
     # sees them empty

@@ -237,7 +237,11 @@ def _state(context: Context) -> str:
             f"- noise (std of the metric between baseline runs): {_num(context.noise)}; "
             "smaller differences are chance"
         )
-    if context.time_budget:
+    if context.time_limit is not None and context.budget_steps:
+        lines.append(f"- time limit per run: {context.time_limit:.4g} s for its {' and '.join(context.budget_steps)} "
+                     "steps together (the baseline's time plus an allowance); past it the run is stopped "
+                     "and discarded")  # fmt: skip
+    elif context.time_budget:
         lines.append(f"- time budget per run: {context.time_budget:g} s")
     return "\n".join(lines)
 

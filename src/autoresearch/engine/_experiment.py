@@ -89,6 +89,7 @@ def context_for(engine: Engine, exp_id: int, parent: str, planned: list[Ready], 
     noise = history.noise()
     standing = history.standing()
     failure = history.last_failure
+    steps, limit, _basis = engine.judge.budget_limit(standing) if standing else ((), None, "")
     return Context(
         instructions=_read(cfg.root / cfg.instructions),
         editable=ws.read_files(PROPOSAL_CHECKOUT, cfg.editable),
@@ -102,7 +103,7 @@ def context_for(engine: Engine, exp_id: int, parent: str, planned: list[Ready], 
         parent=parent, workdir=workdir, experiment_id=exp_id, tag=engine.options.tag,
         seed=experiment_seed(engine.options.seed, exp_id, 0), editable_globs=cfg.editable,
         time_budget=cfg.time_budget, log_dir=engine.log_dir, note=engine.note if last else engine.take_note(),
-        hidden=_hidden(engine, workdir),
+        hidden=_hidden(engine, workdir), budget_steps=steps, time_limit=limit,
     )  # fmt: skip
 
 
