@@ -165,6 +165,14 @@ def test_another_address_needs_the_token(recorded: Path) -> None:
         assert status_of(base + "/api/sessions", method="POST", headers=bearer)[0] == 405
 
 
+def test_a_port_in_use_is_one_clear_error(recorded: Path) -> None:
+    with serving(Dashboard(recorded, port=0)) as board:
+        done = subprocess.run([sys.executable, "-m", "autoresearch", "-C", str(recorded), "serve", "--port",
+                               str(board.port)], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"cannot serve on 127.0.0.1:{board.port}: Address already in use; pick another --port" in done.stderr
+
+
 def test_serve_command_prints_the_url_with_a_generated_token(recorded: Path) -> None:
     proc = subprocess.Popen(
         [

@@ -381,7 +381,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from autoresearch.report import serve
 
     config = load_config(args.dir)
-    server = serve.Dashboard(config.root, host=args.host, port=args.port, token=args.token)
+    try:
+        server = serve.Dashboard(config.root, host=args.host, port=args.port, token=args.token)
+    except OSError as exc:  # "[Errno 98] Address already in use" alone named neither
+        raise AutoresearchError(f"cannot serve on {args.host}:{args.port}: {exc.strerror}; "
+                                "pick another --port (0: any free one)") from exc
     print(f"dashboard of {config.root} at {server.url} (Ctrl-C stops it)", flush=True)
     try:
         server.serve_forever()
