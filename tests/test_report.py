@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
@@ -254,6 +255,9 @@ def test_every_view_counts_the_same_experiments() -> None:
         in status
     )
     assert dict(summary_rows(session_of(), history))["experiments"] == "2 experiments (+ baseline)"
+    when = 1_800_000_000.0
+    started = log_line(replace(rows[4], started=when))  # and `log` says since when
+    assert started.endswith(" [started " + _dt.datetime.fromtimestamp(when).strftime("%H:%M:%S") + "]")
     assert title_text(history).startswith("2 experiments (+ baseline), 1 kept")
     tally = Tally()
     for row in rows[:4]:

@@ -248,6 +248,8 @@ def _pace_lines(history: History, *, max_hours: float | None, max_cost: float | 
 def log_line(row: Experiment) -> str:
     """One line per experiment, whatever its reason holds (``show`` has all of it)."""
     reason = f" [{one_line(row.reason)}]" if _says_why(row) else ""
+    if row.verdict is Verdict.PENDING and row.started:  # running (or left by a killed orchestrator)
+        reason = f" [started {_dt.datetime.fromtimestamp(row.started).strftime('%H:%M:%S')}]"
     commit = row.commit[:7] or "-------"
     return f"{row.id:4d}  {commit}  {row.verdict:<11}  {value_text(row.metric):>12}  {row.description}{reason}"
 
