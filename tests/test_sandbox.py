@@ -1184,7 +1184,7 @@ def test_without_bwrap_the_step_is_not_told_it_is_inside(
     assert "inside: None" in outcome.log
 
 
-def _seccomp(program: bytes, arch: int, nr: int) -> int:
+def _seccomp(program: bytes, arch: int, nr: int, args: tuple[int, ...] = ()) -> int:
     """What the classic-BPF ``program`` returns for a call (a small interpreter of its opcodes)."""
     import struct
 
@@ -1192,8 +1192,8 @@ def _seccomp(program: bytes, arch: int, nr: int) -> int:
     pc, a = 0, 0
     while True:
         code, jt, jf, k = ops[pc]
-        if code == 0x20:  # load a word of seccomp_data: nr at 0, arch at 4
-            a = {0: nr, 4: arch}[k]
+        if code == 0x20:  # load a word of seccomp_data: nr at 0, arch at 4, argument i's low word at 16 + 8i
+            a = {0: nr, 4: arch, **{16 + 8 * i: v & 0xFFFFFFFF for i, v in enumerate(args)}}[k]
         elif code == 0x54:
             a &= k
         elif code == 0x15:
@@ -1261,6 +1261,36 @@ def test_a_filter_makes_its_calls_do_nothing_on_every_abi(table: str) -> None:
     for (program, arch, keyctl), call, other in zip(abis, ignored, others, strict=True):
         assert _seccomp(program, arch, call) == nothing
         assert _seccomp(program, arch, keyctl) == eperm and _seccomp(program, arch, other) == allow
+
+
+def test_madvise_drops_no_page_cache_but_runs_the_rest_on_every_abi() -> None:
+    """MADV_COLD and MADV_PAGEOUT on a mapped read-only file evicted the other slot's Python
+    environment from the page cache; an allocator's MADV_DONTNEED must still run."""
+    from autoresearch.executors import sandbox
+
+    allow, nothing = 0x7FFF0000, 0x00050000
+    for machine, abis in (("x86_64", ((0xC000003E, 28), (0x40000003, 219))),
+                          ("aarch64", ((0xC00000B7, 233), (0x40000028, 220)))):  # fmt: skip
+        program = sandbox.seccomp_filter(sandbox.STEP_CALLS, machine)
+        assert program is not None
+        for arch, madvise in abis:
+            for advice, wanted in ((20, nothing), (21, nothing), (4, allow), (8, allow), (21 + 2**32, nothing)):
+                assert _seccomp(program, arch, madvise, (0x1000, 4096, advice)) == wanted, (machine, arch, advice)
+            assert _seccomp(program, arch, madvise + 1, (0, 0, 21)) == allow  # the argument of another call
+
+
+@needs_bwrap
+def test_madvise_pageout_does_nothing_in_a_step(tmp_path: Path, venv_template: Path) -> None:
+    task = make_task(tmp_path, venv_template, "bwrap")
+    code = """\
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    nowhere, page = ctypes.c_void_p(4096), ctypes.c_size_t(4096)  # below any mapping: ENOMEM when it runs
+    print("pageout", libc.madvise(nowhere, page, 21), "dontneed", libc.madvise(nowhere, page, 4))
+    """
+    outcome = attack(task, code)
+    assert_honest(outcome)
+    assert "pageout 0 dontneed -1" in outcome.log
 
 
 @needs_bwrap

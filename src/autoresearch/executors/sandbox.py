@@ -10,7 +10,7 @@ unless ``[task] network = true``, a new PID and IPC namespace (the step's death 
 everything it started), no capabilities, the kernel's settings read-only (``/proc/sys``:
 as root, a core pattern would start a program outside the sandbox), a seccomp filter (no
 kernel keyrings: root's keys are the host's; no io_uring, whose kernel threads leave a slot's
-CPUs; posix_fadvise does nothing), fresh copies of ``/dev``'s nodes per step where the session
+CPUs; posix_fadvise and madvise's page-outs do nothing), fresh copies of ``/dev``'s nodes per step where the session
 runs as root (``device_copies``), and an allowlisted environment (never the agents' keys). The folders a step
 may write are its worktree (not in ``evaluate``), ``AUTORESEARCH_OUT``, ``/tmp``, ``/dev/shm``
 and ``/dev/mqueue``; everything else is read-only, the emptied folders and ``/dev`` too.
@@ -46,6 +46,7 @@ import sys
 import tempfile
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.config import SANDBOXES, TaskConfig
@@ -135,13 +136,13 @@ def _inside(path: Path, folder: Path) -> bool:
 _URING = {"io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427}  # one number everywhere
 _CALLS = {
     "x86_64": ((0xC000003E, {"add_key": 248, "request_key": 249, "keyctl": 250, "setsid": 112,
-                             "sched_setaffinity": 203, "fadvise64": 221, "fadvise64_64": 221, **_URING}),
+                             "sched_setaffinity": 203, "fadvise64": 221, "fadvise64_64": 221, "madvise": 28, **_URING}),
                (0x40000003, {"add_key": 286, "request_key": 287, "keyctl": 288, "setsid": 66,
-                             "sched_setaffinity": 241, "fadvise64": 250, "fadvise64_64": 272, **_URING})),
+                             "sched_setaffinity": 241, "fadvise64": 250, "fadvise64_64": 272, "madvise": 219, **_URING})),
     "aarch64": ((0xC00000B7, {"add_key": 217, "request_key": 218, "keyctl": 219, "setsid": 157,
-                              "sched_setaffinity": 122, "fadvise64": 223, "fadvise64_64": 223, **_URING}),
+                              "sched_setaffinity": 122, "fadvise64": 223, "fadvise64_64": 223, "madvise": 233, **_URING}),
                 (0x40000028, {"add_key": 309, "request_key": 310, "keyctl": 311, "setsid": 66,
-                              "sched_setaffinity": 241, "fadvise64": 270, "fadvise64_64": 270, **_URING})),
+                              "sched_setaffinity": 241, "fadvise64": 270, "fadvise64_64": 270, "madvise": 220, **_URING})),
 }  # fmt: skip
 KEYRING_CALLS = {"add_key": 1, "request_key": 1, "keyctl": 1}  # EPERM
 # io_uring's kernel threads (a submission queue polled on a CPU of the caller's choice, async
@@ -149,11 +150,24 @@ KEYRING_CALLS = {"add_key": 1, "request_key": 1, "keyctl": 1}  # EPERM
 # on CPU 0 and halved the other slot's speed. ENOSYS, as on a kernel without it: what uses it
 # falls back to plain calls.
 URING_CALLS = dict.fromkeys(_URING, 38)  # ENOSYS
-# posix_fadvise(POSIX_FADV_DONTNEED) drops pages from the page cache that every slot shares,
-# read-only files included: a run evicted the other slot's Python environment and slowed its
-# imports. Advice may be ignored: the calls do nothing and return 0.
-ADVICE_CALLS = {"fadvise64": 0, "fadvise64_64": 0}
-STEP_CALLS = {**KEYRING_CALLS, **URING_CALLS, **ADVICE_CALLS}
+
+
+@dataclass(frozen=True)
+class WhenArg:
+    """A call that returns ``errno`` only when its argument number ``arg`` (its low 32 bits) is
+    one of ``values``; else it runs."""
+
+    errno: int
+    arg: int
+    values: tuple[int, ...]
+
+
+# posix_fadvise(POSIX_FADV_DONTNEED) and madvise(MADV_COLD, MADV_PAGEOUT) on a mapped file drop
+# pages from the page cache every slot shares, read-only files included: a run evicted the
+# other slot's Python environment and slowed its imports. Advice may be ignored: they do
+# nothing and return 0 (madvise's other advice runs: allocators need it).
+ADVICE_CALLS: dict[str, int | WhenArg] = {"fadvise64": 0, "fadvise64_64": 0, "madvise": WhenArg(0, 2, (20, 21))}
+STEP_CALLS: dict[str, int | WhenArg] = {**KEYRING_CALLS, **URING_CALLS, **ADVICE_CALLS}
 # A step on its slot's CPUs (``Job.cpus``) keeps them: setting its CPUs does nothing and returns
 # 0 (a run that spread onto the other slots' cores would be timed on more than its share).
 PINNED_CALLS = {**STEP_CALLS, "sched_setaffinity": 0}
@@ -173,24 +187,34 @@ def keyring_filter(machine: str | None = None) -> bytes | None:
     return seccomp_filter(STEP_CALLS, machine)
 
 
-def seccomp_filter(errnos: Mapping[str, int], machine: str | None = None) -> bytes | None:
+def seccomp_filter(errnos: Mapping[str, int | WhenArg], machine: str | None = None) -> bytes | None:
     """A classic-BPF seccomp program: each call named in ``errnos`` returns that errno without
-    running (0: it does nothing and returns 0), all else runs. ``None`` for a machine not in
-    the table (the command then runs without a filter)."""
+    running (0: it does nothing and returns 0), or does so only for the arguments a ``WhenArg``
+    names; all else runs. ``None`` for a machine not in the table (the command then runs
+    without a filter)."""
     abis = _CALLS.get(machine or platform.machine())
     if abis is None:
         return None
     ld, jeq, and_, ret = 0x20, 0x15, 0x54, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_ALU|AND|K, BPF_RET|K
     ops: list[tuple[int, int | str, int | str, int]] = [(ld, 0, 0, 4)]  # A = seccomp_data.arch
-    for arch, numbers in abis:
-        calls = [(numbers[name], f"errno {errno}") for name, errno in errnos.items()]
-        end = len(ops) + 3 + len(calls)  # the next ABI's test
+    at: dict[str, int] = {}
+    for n, (arch, numbers) in enumerate(abis):
+        calls = [(numbers[name], f"errno {rule}" if isinstance(rule, int) else f"{name} on {arch}")
+                 for name, rule in errnos.items()]  # fmt: skip
+        end: int | str = len(ops) + 3 + len(calls) if n < len(abis) - 1 else "allow"  # the next ABI's test
         ops += [(jeq, len(ops) + 1, end, arch), (ld, 0, 0, 0), (and_, 0, 0, 0xBFFFFFFF)]  # A = nr, x32 bit off
         ops += [(jeq, label, "allow" if i == len(calls) - 1 else len(ops) + i + 1, nr)
                 for i, (nr, label) in enumerate(calls)]  # fmt: skip
-    at = {"allow": len(ops)}
+    for arch, _numbers in abis:  # A = the argument's low word (little-endian), tested against each value
+        for name, rule in errnos.items():
+            if isinstance(rule, WhenArg):  # before the returns: a jump only goes forward
+                at[f"{name} on {arch}"] = len(ops)
+                ops.append((ld, 0, 0, 16 + 8 * rule.arg))
+                ops += [(jeq, f"errno {rule.errno}", "allow" if i == len(rule.values) - 1 else len(ops) + i + 1, value)
+                        for i, value in enumerate(rule.values)]  # fmt: skip
+    at["allow"] = len(ops)
     ops.append((ret, 0, 0, 0x7FFF0000))  # ALLOW
-    for errno in sorted(set(errnos.values())):
+    for errno in sorted({rule if isinstance(rule, int) else rule.errno for rule in errnos.values()}):
         at[f"errno {errno}"] = len(ops)
         ops.append((ret, 0, 0, 0x00050000 | errno))  # ERRNO
     program = b""
@@ -202,7 +226,7 @@ def seccomp_filter(errnos: Mapping[str, int], machine: str | None = None) -> byt
 
 
 @functools.cache
-def _filter_file(errnos: tuple[tuple[str, int], ...]) -> str | None:
+def _filter_file(errnos: tuple[tuple[str, int | WhenArg], ...]) -> str | None:
     program = seccomp_filter(dict(errnos))
     if program is None:
         return None
@@ -212,7 +236,7 @@ def _filter_file(errnos: tuple[tuple[str, int], ...]) -> str | None:
     return path
 
 
-def _with_filter(argv: list[str], errnos: Mapping[str, int]) -> list[str]:
+def _with_filter(argv: list[str], errnos: Mapping[str, int | WhenArg]) -> list[str]:
     """``argv`` (bwrap's) with the seccomp program for ``errnos``: ``/bin/sh`` opens the
     program's file on descriptor 9 for bwrap and execs it. ``argv`` as it is without one."""
     path = _filter_file(tuple(errnos.items()))
