@@ -1056,6 +1056,10 @@ def test_inside_home_and_other_runs_are_empty_and_tmp_is_private(
         for folder in ("/tmp", "/dev/shm"):
             held = int(outcome.log.split(f"{folder} holds ")[1].split()[0])
             assert abs(held - memory // 4) <= 2**20, (folder, held, memory)  # rounded to pages
+        two = LocalExecutor(slots=2, sandbox=task.sandbox())  # two slots: an eighth each, half in all
+        two.close()
+        argv = two.sandbox.prefix("run", cwd=task.repo, worktree=task.repo, writable=[task.repo])
+        assert argv[argv.index("--size") + 1] == str(memory // 8)
 
 
 @needs_bwrap

@@ -43,6 +43,8 @@ class LocalExecutor(Executor):
             )
         self._slots, self._gpus, self._env = slots, list(gpus or []), env
         self.sandbox = sandbox  # every step of every run inside it, when given
+        if sandbox is not None:
+            sandbox.slots = slots  # the steps at once, whose scratch folders share the memory
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="autoresearch-slot")
         self._runner = StepRunner(max_log_mb=max_log_mb)
         self.cpus = [] if share_cpus or slots == 1 else cpu_groups(slots)  # one tuple per slot, or []

@@ -387,6 +387,7 @@ class Sandbox:
         python: Sequence[Path] | None = None,
         user_checkout: bool = True,
         hidden: Sequence[Path] = (),
+        slots: int = 1,
     ) -> None:
         self.mode, self.warning = resolve_mode(mode)
         self.task_root, self.repo = task_root.resolve(), repo.resolve()
@@ -396,6 +397,7 @@ class Sandbox:
         self._hidden: tuple[Path, Path] | None = None
         self.user_checkout = user_checkout  # False on a Ray node: ``repo`` is the run's own scratch copy
         self.hidden = tuple(p.resolve() for p in hidden)  # emptied too (a Ray node's other runs)
+        self.slots = max(1, slots)  # steps at once: their scratch folders share the memory
 
     @classmethod
     def for_task(cls, config: TaskConfig, **overrides: object) -> Sandbox:
@@ -456,8 +458,9 @@ class Sandbox:
         argv += [] if self.network else ["--unshare-net"]
         argv += ["--ro-bind", "/", "/", "--dev", "/dev", *devices, "--proc", "/proc", *proc_read_only()]
         argv += [arg for dev in _gpu_devices() for arg in ("--dev-bind", dev, dev)]
-        argv += [*_scratch_size(), "--tmpfs", "/dev/shm", "--mqueue", "/dev/mqueue"]
-        argv += [*_scratch_size(), "--tmpfs", "/tmp", "--dir", HOME_INSIDE]
+        size = _scratch_size(SCRATCH_SHARE * self.slots)
+        argv += [*size, "--tmpfs", "/dev/shm", "--mqueue", "/dev/mqueue"]
+        argv += [*size, "--tmpfs", "/tmp", "--dir", HOME_INSIDE]
         hidden = [str(path) for path in self._hidden_roots()]
         argv += [arg for path in hidden for arg in ("--tmpfs", path)]
         argv += [arg for path in self._readable_roots() for arg in ("--ro-bind", path, path)]
@@ -534,15 +537,17 @@ def _checked_env_names(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
-SCRATCH_SHARE = 4  # a step's /tmp and /dev/shm hold at most a quarter of the memory each
+SCRATCH_SHARE = 4  # a step's /tmp and /dev/shm hold at most a quarter of the memory each (per slot)
 
 
 @functools.cache
-def _scratch_size() -> list[str]:
-    """bwrap's ``--size`` for a step's writable tmpfs (/tmp, /dev/shm), where it has it (0.6 on).
+def _scratch_size(share: int = SCRATCH_SHARE) -> list[str]:
+    """bwrap's ``--size`` for a step's writable tmpfs (/tmp, /dev/shm): the memory over
+    ``share``, where bwrap has the option (0.6 on).
 
     What a tmpfs holds is memory no process owns, so the out-of-memory killer picks another
-    (the orchestrator, say); the kernel's default, half the memory each, lets the two fill it all.
+    (the orchestrator, say); the kernel's default, half the memory each, lets the two fill it
+    all. With ``SCRATCH_SHARE`` times the slots, all the slots' together hold at most half.
     """
     exe = shutil.which("bwrap")
     try:
@@ -550,7 +555,7 @@ def _scratch_size() -> list[str]:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (OSError, ValueError, subprocess.TimeoutExpired):
         return []
-    return ["--size", str(total // SCRATCH_SHARE)] if "--size" in usage.stdout + usage.stderr else []
+    return ["--size", str(total // share)] if "--size" in usage.stdout + usage.stderr else []
 
 
 def _gpu_devices() -> list[str]:
