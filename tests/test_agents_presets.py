@@ -303,7 +303,7 @@ def test_bad_options_are_config_errors(tmp_path: Path) -> None:
         AiderAgent(binary=str(binary), args=[1])
     with pytest.raises(ConfigError, match="timeout must be a number > 0"):
         AiderAgent(binary=str(binary), timeout=0)
-    with pytest.raises(ConfigError, match="bad option"):
+    with pytest.raises(ConfigError, match=r"\[agent.aider\] unknown key 'cmd'; allowed: model, args"):
         get_agent("aider", binary=str(binary), cmd="aider")
     agent = AiderAgent(binary=str(binary), args="--model 'my model'")
     assert agent.args == ("--model", "my model")

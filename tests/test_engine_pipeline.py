@@ -19,7 +19,7 @@ from autoresearch.errors import ConfigError
 from autoresearch.executors._base import Job
 from autoresearch.executors.fake import FakeExecutor, FakeRun
 from autoresearch.ledger import Ledger
-from autoresearch.records import Edit, Proposal, RunPurpose, Verdict
+from autoresearch.records import Edit, Proposal, RunPurpose, RunStatus, Verdict
 
 TOML = """\
 [task]
@@ -208,6 +208,46 @@ def test_a_keep_is_recorded_at_the_mean_of_fresh_runs(tmp_path: Path) -> None:
     assert len(fresh) >= 2 and row.metric == sum(fresh) / len(fresh)
     assert row.metrics["score"] == row.metric  # the exported metrics rest on the same runs
     assert "re-scored" in row.reason
+
+
+def stopped_at_the_limit(job: Job) -> FakeRun:
+    """What the executor gives for a run it stopped once its budget steps passed the limit."""
+    assert job.budget_limit is not None and job.budget_steps == ("run",)
+    return FakeRun(None, status=RunStatus.TIMEOUT, seconds=job.budget_limit + 0.1,
+                   reason="run step stopped after 16.1 s: past the budget")  # fmt: skip
+
+
+def test_a_run_stopped_at_the_budget_limit_says_so_whatever_the_constraints(tmp_path: Path) -> None:
+    """It was recorded as a broken constraint (the stopped run reported no peak_rss_mb)."""
+    toml = TOML.format(judge="baseline_runs = 1").replace("time_budget = 60", "time_budget = 10\nbudget_allowance = 5")
+    toml = toml.replace('name = "score"', 'name = "score"\nconstraints = ["peak_rss_mb <= 1.25 * best"]')
+    repo = make_repo(tmp_path / "task", {"params.py": "A = 0\n", "program.md": "x\n", "autoresearch.toml": toml})
+
+    def run(job: Job) -> FakeRun:
+        if job.experiment_id == 0:
+            assert job.budget_limit is None  # the baseline is never stopped early
+            return FakeRun(100.0, seconds=10.0, metrics={"score": 100.0, "peak_rss_mb": 50.0})
+        return stopped_at_the_limit(job)
+
+    row = session(repo, Scripted(["A = 1\n"]), FakeExecutor(run), max_experiments=1).history.rows[1]
+    assert row.verdict is Verdict.DISCARD and row.reason.startswith("over budget: ran 16.1 s, limit 15.0 s"), row.reason
+    assert row.reason.endswith("; run step stopped after 16.1 s: past the budget")
+
+
+def test_a_fresh_run_stopped_at_the_budget_limit_is_over_budget_not_a_failure(tmp_path: Path) -> None:
+    """A keep's fresh runs are held to the same limit: one stopped there was a timeout."""
+    toml = TOML.format(judge="baseline_runs = 3\nmax_runs = 3")
+    repo = make_repo(tmp_path / "task", {"params.py": "A = 0\n", "program.md": "x\n",
+                                         "autoresearch.toml": toml.replace("time_budget = 60", "time_budget = 10\nbudget_allowance = 5")})  # fmt: skip
+
+    def run(job: Job) -> FakeRun:
+        noise = (job.seed % 7) * 0.01
+        if job.experiment_id == 0:
+            return FakeRun(100.0 + noise, seconds=10.0)
+        return stopped_at_the_limit(job) if job.purpose is RunPurpose.RESCORE else FakeRun(90.0 + noise, seconds=10.0)
+
+    row = session(repo, Scripted(["A = 1\n"]), FakeExecutor(run), max_experiments=1).history.rows[1]
+    assert row.verdict is Verdict.DISCARD and "; a fresh run was over budget: ran 16.1 s" in row.reason, row.reason
 
 
 def test_the_same_tree_is_not_run_twice(tmp_path: Path) -> None:

@@ -134,10 +134,17 @@ class Judge:
 
     # --- candidates ----------------------------------------------------------------------
 
-    def decide(self, runs: Sequence[Run], best: Standing, noise: Noise) -> Decision:
+    def failed(self, runs: Sequence[Run], best: Standing) -> Decision | None:
+        """The verdict of runs that failed or went over budget, or None. Over budget comes
+        before a crash or a timeout (a run stopped at the limit, one that crashed past it),
+        after invalid and interrupted."""
         failed = failure(runs)
-        if failed is None or failed.verdict in (Verdict.CRASH, Verdict.TIMEOUT):  # not invalid, interrupted
+        if failed is None or failed.verdict in (Verdict.CRASH, Verdict.TIMEOUT):
             failed = self.over_budget(runs, best) or failed
+        return failed
+
+    def decide(self, runs: Sequence[Run], best: Standing, noise: Noise) -> Decision:
+        failed = self.failed(runs, best)
         if failed is not None:
             return failed
         values = [r.metric for r in runs if r.metric is not None]

@@ -332,7 +332,8 @@ def _decide(engine: Engine, flight: Flight) -> Decision:
     assert standing is not None, "candidates start only once the baseline is recorded"
     select = [r.metric for r in flight.runs if r.metric is not None]
     decision = judge.decide(flight.runs, standing, history.noise([select]))
-    if decision.verdict in (None, Verdict.KEEP, Verdict.DISCARD):  # measured: bounds apply at once
+    judged = decision.verdict in (None, Verdict.KEEP, Verdict.DISCARD) and judge.failed(flight.runs, standing) is None
+    if judged:  # measured, within the budget: bounds apply at once
         broken = _broken_constraint(engine, flight) or _pinned_seed(engine, flight)
         if broken:
             return Decision(Verdict.DISCARD, decision.metric, broken)
@@ -366,13 +367,12 @@ def _rescored(engine: Engine, flight: Flight) -> Decision:
     When that mean is no better than the best, the selecting runs were luck: a discard.
     """
     assert flight.keep is not None
-    failed = failure(flight.runs)
+    standing = engine.history.standing()
+    failed = engine.judge.failed(flight.runs, standing) if standing is not None else failure(flight.runs)
+    if failed is not None and failed.verdict is Verdict.DISCARD:  # the code knows its run (AUTORESEARCH_RUN):
+        return replace(failed, reason=f"{flight.keep.reason}; a fresh run was {failed.reason}")  # fresh runs are timed too
     if failed is not None:  # a fresh run that fails is the experiment's verdict, not a pass
         return replace(failed, reason=f"{flight.keep.reason}; a fresh run failed: {failed.reason}")
-    standing = engine.history.standing()
-    over = engine.judge.over_budget(flight.runs, standing) if standing is not None else None
-    if over is not None:  # the code knows which run it is (AUTORESEARCH_RUN): fresh runs are timed too
-        return replace(over, reason=f"{flight.keep.reason}; a fresh run was {over.reason}")
     flight.rescore_left -= 1
     if flight.rescore_left > 0:
         return Decision(None, flight.keep.metric, "re-scoring on fresh seeds", flight.rescore_left)
