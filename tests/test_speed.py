@@ -224,14 +224,14 @@ def test_init_bench_protects_what_a_wrapper_script_or_a_module_runs(tmp_path: Pa
     """``./bench.sh`` running ``python run_bench.py`` left run_bench.py editable: a shrunken
     workload was kept at -45%. ``python -m benchmarks.work`` left the module editable too."""
     repo = make_repo(tmp_path / "r", {
-        "fastlib.py": LIB, "helpers.py": "X = 1\n", "run_bench.py": "import fastlib\n", "test_fastlib.py": "",
-        "bench.sh": "#!/bin/sh\n# the benchmark\nexec python run_bench.py --n 100000\n",
+        "src/fastlib.py": LIB, "src/helpers.py": "X = 1\n", "run_bench.py": "import fastlib\n", "test_fastlib.py": "",
+        "bench.sh": "#!/bin/sh\n# the benchmark\ncd src && cd ..\nexec python run_bench.py --n 100000 > /dev/null 2>&1\n",
         "benchmarks/__init__.py": "", "benchmarks/work.py": "import fastlib\n",
     })  # fmt: skip
-    init(repo, bench="sh bench.sh", test="python -m unittest -q")
+    init(repo, bench="sh bench.sh", test="python -m unittest -q")  # not /dev/null, not the folder it cds to
     config = load_config(repo)
-    assert {"bench.sh", "run_bench.py"} <= set(config.protected), config.protected
-    assert config.editable == ("fastlib.py", "helpers.py")
+    assert {"bench.sh", "run_bench.py"} <= set(config.protected) and "src/**" not in config.protected, config.protected
+    assert config.editable == ("src/*.py",)
     init(repo, bench="python -m benchmarks.work", test="python -m unittest -q", force=True)
     config = load_config(repo)
     assert "benchmarks/work.py" in config.protected and "run_bench.py" not in config.protected

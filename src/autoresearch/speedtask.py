@@ -176,13 +176,18 @@ def _files_named(dest: Path, command: str, depth: int = 0) -> list[str]:
         path = dest / word
         if not word or word.startswith("-") or ".." in Path(word).parts or not path.exists() or path == dest:
             continue
+        if not path.resolve().is_relative_to(dest.resolve()) or (depth and (path.is_dir() or before in _CD)):
+            continue  # outside (/dev/null); in a script only files: `cd src` would protect the source
         rel = path.resolve().relative_to(dest.resolve()).as_posix()
         out.append(f"{rel}/**" if path.is_dir() else rel)
         if path.is_file() and path.suffix != ".py" and depth < 2 and path.stat().st_size <= 65536:
-            with contextlib.suppress(UnicodeDecodeError, ConfigError):
+            with contextlib.suppress(UnicodeDecodeError, ConfigError, ValueError):
                 for line in path.read_text(encoding="utf-8").splitlines():
                     out += _files_named(dest, line, depth + 1)
     return list(dict.fromkeys(out))
+
+
+_CD = ("cd", "pushd", "source", ".")  # a script's words that name no benchmark file
 
 
 def _module_file(dest: Path, module: str) -> str:
