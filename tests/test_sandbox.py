@@ -810,7 +810,8 @@ def test_link_chains_and_deep_folders_in_autoresearch_out_are_invalid_not_a_cras
         os.mkdir("a")
         os.chdir("a")
     """
-    from autoresearch.executors._steps import links_out, remove_tree
+    from autoresearch.executors._steps import links_out
+    from autoresearch.git import remove_tree
 
     out = task.repo / ".autoresearch" / "runs" / "t" / "0001-0"
     try:

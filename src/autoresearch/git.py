@@ -102,12 +102,19 @@ def remove_nested_git(root: Path) -> None:
 
 def remove_tree(path: Path) -> None:
     """``shutil.rmtree`` that first makes every folder below ``path`` listable and writable
-    (never through a link: Python's own temporary-folder cleanup chmods through one)."""
+    (never through a link: Python's own temporary-folder cleanup chmods through one), and
+    removes a tree nested deeper than Python's recursion too (``rmtree`` recurses; a run
+    nested 1,100 folders): then ``rm -rf``. OSError when something is left."""
     todo = [path]
     while todo:
         folder = todo.pop()
         todo += [Path(e.path) for e in _listed(folder, writable=True) if e.is_dir(follow_symlinks=False)]
-    shutil.rmtree(path)
+    try:
+        shutil.rmtree(path)
+    except RecursionError:
+        subprocess.run(["rm", "-rf", "--", str(path)], check=False, capture_output=True)
+        if os.path.lexists(path):
+            raise OSError(f"{path}: could not remove it") from None
 
 
 def _listed(folder: Path, *, writable: bool = False) -> list[os.DirEntry[str]]:

@@ -6,6 +6,7 @@ anywhere leaves a recorded experiment or a ``pending`` one that resume runs agai
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 from dataclasses import dataclass, field, replace
@@ -17,7 +18,7 @@ from autoresearch.constraints import first_violation
 from autoresearch.edits import task_paths
 from autoresearch.errors import EditRejected, ExecutorError, ProposalError
 from autoresearch.executors._base import Job, RunResult
-from autoresearch.executors._steps import remove_tree
+from autoresearch.git import remove_tree
 from autoresearch.judge import Decision, failure, ignores_seed
 from autoresearch.records import Experiment, Proposal, Run, RunPurpose, RunStatus, Verdict
 
@@ -447,7 +448,8 @@ def drop_outputs(engine: Engine, exp_id: int) -> None:
     """Run outputs (checkpoints) are kept for the best experiment and the baseline only."""
     folder = engine.runs_dir
     for out in folder.glob(f"{exp_id:04d}-*") if folder.is_dir() else []:
-        remove_tree(out)
+        with contextlib.suppress(OSError):  # a checkpoint it cannot remove stays: the session goes on
+            remove_tree(out)
 
 
 __all__ = ["Flight", "Ready", "experiment_seed"]

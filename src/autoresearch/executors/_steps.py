@@ -19,7 +19,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -36,7 +35,7 @@ from autoresearch.process import REFERENCE, TAIL_LINES, StepResult, StepRunner, 
 
 if TYPE_CHECKING:
     from autoresearch.executors.sandbox import Sandbox
-from autoresearch.git import Git, remove_nested_git
+from autoresearch.git import Git, remove_nested_git, remove_tree
 from autoresearch.records import RunStatus
 
 
@@ -141,7 +140,7 @@ def _execute(job: Job, runner: StepRunner, env: Mapping[str, str] | None,
 def _empty(folder: Path) -> None:
     for entry in folder.iterdir():
         if entry.is_dir() and not entry.is_symlink():
-            remove_tree(entry)
+            remove_tree(entry)  # a folder the check step made read-only too: emptied, or a crash
         else:
             entry.unlink()
     scrub_metadata(folder)
@@ -220,15 +219,6 @@ def _resolves_inside(link: Path, root: Path) -> bool:
         return Path(os.path.realpath(link)).is_relative_to(root)
     except (OSError, RecursionError):  # a chain of links longer than Python's recursion
         return False
-
-
-def remove_tree(path: Path) -> None:
-    """``shutil.rmtree`` that ignores errors, also on a tree nested deeper than Python's
-    recursion (its walk recurses): then ``rm -rf``."""
-    try:
-        shutil.rmtree(path, ignore_errors=True)
-    except RecursionError:
-        subprocess.run(["rm", "-rf", "--", str(path)], check=False, capture_output=True)
 
 
 def _clear_result(out_dir: Path, rel: str) -> None:

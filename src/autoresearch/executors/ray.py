@@ -46,9 +46,9 @@ from autoresearch.errors import ConfigError, ExecutorError
 from autoresearch.executors._base import Job, RunResult, RunStatus
 
 # The step code every executor shares.
-from autoresearch.executors._steps import execute, remove_tree, run_environment
+from autoresearch.executors._steps import execute, run_environment
 from autoresearch.executors.sandbox import Sandbox
-from autoresearch.git import git_argv
+from autoresearch.git import git_argv, remove_tree
 from autoresearch.integrity import sha256_files
 from autoresearch.process import StepRunner, kill_orphans, without_secrets
 
@@ -692,7 +692,8 @@ def _deliver(job: Job, shipment: _Shipment) -> RunResult:
     file of this machine) is written through."""
     if job.out_dir.is_symlink() or job.out_dir.is_file():
         job.out_dir.unlink()
-    remove_tree(job.out_dir)
+    if job.out_dir.exists():
+        remove_tree(job.out_dir)
     log_dir, out_dir = _mkdir(job.log_dir), _mkdir(job.out_dir)
     for name, data in shipment.logs.items():
         (log_dir / Path(name).name).write_bytes(data)
