@@ -27,8 +27,8 @@ measure was given is removed, and changing one there is a crash. Inside the sand
 (``AUTORESEARCH_SANDBOX=bwrap``, where those folders are the step's own) ``/tmp``,
 ``/dev/shm`` and ``/dev/mqueue`` are emptied and System V IPC objects removed between
 runs, ``/dev/pts`` gets its mode and times back, and a run that changed the mode or times of
-a ``/dev`` node or measure's own attributes (nice, I/O priority, out-of-memory score, core
-dump filter: a run can set them on its parent) is a crash, so a warm-up cannot leave a cache
+a ``/dev`` node or measure's own attributes (nice, out-of-memory score, core dump filter,
+autogroup, name: a run can set them on its parent) is a crash, so a warm-up cannot leave a cache
 anywhere the timed runs could read it. Outside the
 sandbox a command can still keep one in a folder it names itself.
 
@@ -196,17 +196,13 @@ class Between:
 
 _TERMINALS = ("/dev/pts", "/dev/pts/ptmx")  # the sandbox's own devpts: its mode and times are writable
 _OWN = ("oom_score_adj", "coredump_filter", "autogroup", "comm")  # /proc/self files another process of ours can write
-_IOPRIO_GET = {"x86_64": 252, "aarch64": 31}  # ioprio_get(IOPRIO_WHO_PROCESS, pid)
 
 
 def _own_attributes() -> dict[str, str]:
     """What a run can set on this process from outside it and the next run can read: its
-    nice, I/O priority, out-of-memory score, core dump filter, autogroup and name."""
+    nice, out-of-memory score, core dump filter, autogroup and name. (Not its I/O priority:
+    what the kernel reports changes by itself once the process first does block I/O.)"""
     found = {"nice": str(os.getpriority(os.PRIO_PROCESS, 0))}
-    number = _IOPRIO_GET.get(os.uname().machine)
-    if number is not None:
-        with contextlib.suppress(OSError, AttributeError):
-            found["I/O priority"] = str(ctypes.CDLL(None, use_errno=True).syscall(number, 1, os.getpid()))
     for name in _OWN:
         with contextlib.suppress(OSError):
             found[name] = Path(f"/proc/self/{name}").read_text(errors="replace").strip()
