@@ -1282,6 +1282,8 @@ def test_madvise_drops_no_page_cache_but_runs_the_rest_on_every_abi() -> None:
             for advice, wanted in ((20, nothing), (21, nothing), (4, allow), (8, allow), (21 + 2**32, nothing)):
                 assert _seccomp(program, arch, madvise, (0x1000, 4096, advice)) == wanted, (machine, arch, advice)
             assert _seccomp(program, arch, madvise + 1, (0, 0, 21)) == allow  # the argument of another call
+            assert _seccomp(program, arch, 440, (3, 0, 1, 21)) == nothing  # process_madvise: advice 4th
+            assert _seccomp(program, arch, 440, (3, 0, 1, 4)) == allow
 
 
 @needs_bwrap

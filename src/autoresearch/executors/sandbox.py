@@ -134,15 +134,16 @@ def _inside(path: Path, folder: Path) -> bool:
 # Calls a filter can refuse, by machine: for the 64-bit ABI and the 32-bit one its processes
 # can also call, the audit arch seccomp sees and the calls' numbers.
 _URING = {"io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427}  # one number everywhere
+_UNIFIED = {**_URING, "process_madvise": 440}  # from 424 on, every ABI numbers its calls alike
 _CALLS = {
     "x86_64": ((0xC000003E, {"add_key": 248, "request_key": 249, "keyctl": 250, "setsid": 112,
-                             "sched_setaffinity": 203, "fadvise64": 221, "fadvise64_64": 221, "madvise": 28, **_URING}),
+                             "sched_setaffinity": 203, "fadvise64": 221, "fadvise64_64": 221, "madvise": 28, **_UNIFIED}),
                (0x40000003, {"add_key": 286, "request_key": 287, "keyctl": 288, "setsid": 66,
-                             "sched_setaffinity": 241, "fadvise64": 250, "fadvise64_64": 272, "madvise": 219, **_URING})),
+                             "sched_setaffinity": 241, "fadvise64": 250, "fadvise64_64": 272, "madvise": 219, **_UNIFIED})),
     "aarch64": ((0xC00000B7, {"add_key": 217, "request_key": 218, "keyctl": 219, "setsid": 157,
-                              "sched_setaffinity": 122, "fadvise64": 223, "fadvise64_64": 223, "madvise": 233, **_URING}),
+                              "sched_setaffinity": 122, "fadvise64": 223, "fadvise64_64": 223, "madvise": 233, **_UNIFIED}),
                 (0x40000028, {"add_key": 309, "request_key": 310, "keyctl": 311, "setsid": 66,
-                              "sched_setaffinity": 241, "fadvise64": 270, "fadvise64_64": 270, "madvise": 220, **_URING})),
+                              "sched_setaffinity": 241, "fadvise64": 270, "fadvise64_64": 270, "madvise": 220, **_UNIFIED})),
 }  # fmt: skip
 KEYRING_CALLS = {"add_key": 1, "request_key": 1, "keyctl": 1}  # EPERM
 # io_uring's kernel threads (a submission queue polled on a CPU of the caller's choice, async
@@ -161,12 +162,19 @@ class WhenArg:
     arg: int
     values: tuple[int, ...]
 
+    def __post_init__(self) -> None:
+        if not self.values:  # the program's last test jumps on to allow: there must be one
+            raise ValueError("WhenArg needs at least one value")
+
 
 # posix_fadvise(POSIX_FADV_DONTNEED) and madvise(MADV_COLD, MADV_PAGEOUT) on a mapped file drop
 # pages from the page cache every slot shares, read-only files included: a run evicted the
 # other slot's Python environment and slowed its imports. Advice may be ignored: they do
 # nothing and return 0 (madvise's other advice runs: allocators need it).
-ADVICE_CALLS: dict[str, int | WhenArg] = {"fadvise64": 0, "fadvise64_64": 0, "madvise": WhenArg(0, 2, (20, 21))}
+ADVICE_CALLS: dict[str, int | WhenArg] = {
+    "fadvise64": 0, "fadvise64_64": 0, "madvise": WhenArg(0, 2, (20, 21)),
+    "process_madvise": WhenArg(0, 3, (20, 21)),  # the same advice, on a process's own pidfd
+}  # fmt: skip
 STEP_CALLS: dict[str, int | WhenArg] = {**KEYRING_CALLS, **URING_CALLS, **ADVICE_CALLS}
 # A step on its slot's CPUs (``Job.cpus``) keeps them: setting its CPUs does nothing and returns
 # 0 (a run that spread onto the other slots' cores would be timed on more than its share).
