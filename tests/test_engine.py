@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
@@ -225,17 +226,37 @@ def test_time_spent_in_the_evaluate_step_counts_against_the_budget(tmp_path: Pat
 
 def test_a_run_over_budget_for_sure_is_stopped_there(tmp_path: Path) -> None:
     """A hanging candidate ran to the hard timeout (15 minutes for init --bench's tasks), long
-    after it was over budget whatever it did next; a crash past the budget is over budget too."""
+    after it was over budget whatever it did next."""
     repo = toy(tmp_path, timeout=60, budget=0.5, task="budget_allowance = 0.5")
     hang = sr("params.py", "X = 1.0", "X = 2.0\nimport time\ntime.sleep(120)", "better, eventually")
-    late_crash = sr("params.py", "X = 1.0", "X = 2.0\nimport time\ntime.sleep(3)\nraise SystemExit(1)", "crash late")
-    engine, _ = run_session(repo, write_patch_dir(tmp_path / "p", {"01": hang, "02": late_crash}))
+    engine, _ = run_session(repo, write_patch_dir(tmp_path / "p", {"01": hang}))
     rows = engine.ledger.experiments(engine.session)
-    assert [r.verdict for r in rows] == ["baseline", "discard", "discard"], [r.reason for r in rows]
+    assert [r.verdict for r in rows] == ["baseline", "discard"], [r.reason for r in rows]
     hung = rows[1]
     assert hung.reason.startswith("over budget: ran ") and "; run step stopped after" in hung.reason
     assert hung.runs[0].status == "timeout" and hung.runs[0].seconds < 30  # not the 60 s hard timeout
-    assert rows[2].reason.startswith("over budget: ran ")
+
+
+def test_a_session_says_when_another_runs_in_its_task_folder(tmp_path: Path) -> None:
+    """Their runs share the CPUs: a comment-only change was kept at -27% against a baseline
+    timed under the other session's load. Its lock names a live orchestrator; a finished
+    session's lock (a dead pid) and the lock itself (never probed) say nothing."""
+    repo = toy(tmp_path)
+    locks = repo / ".autoresearch" / "locks"
+    locks.mkdir(parents=True)
+    other = subprocess.Popen([PY, "-c", "import time; time.sleep(120)", "autoresearch"])  # as its cmdline reads
+    try:
+        (locks / "night.lock").write_text(str(other.pid))
+        (locks / "old.lock").write_text("999999999")
+        said: list[str] = []
+        opts = SessionOptions(tag="t", max_experiments=1)
+        patches = write_patch_dir(tmp_path / "p", {"01": PATCHES["01-improve"]})
+        Engine(load_config(repo), ReplayAgent(patches), options=opts, on_message=said.append).run()
+    finally:
+        other.kill()
+        other.wait()
+    warned = [m for m in said if "is running in this task folder too" in m]
+    assert len(warned) == 1 and warned[0].startswith("warning: session 'night' is running"), said
 
 
 def test_a_failing_baseline_stops_the_session(tmp_path: Path) -> None:

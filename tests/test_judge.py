@@ -117,6 +117,23 @@ def test_over_budget_is_measured_against_the_baselines_wall_time() -> None:
     assert absolute.verdict is Verdict.DISCARD  # no baseline timing: budget 10 + allowance 30
 
 
+def test_over_budget_comes_before_a_crash_or_a_timeout_but_not_before_invalid() -> None:
+    """A run stopped at the limit (a timeout) or crashed past it is over budget whatever it did;
+    tampering (invalid) and a signal (interrupted) keep their own verdicts."""
+    base, j, noise = Standing(100.0, runs=5, seconds=50.0), judge(), Noise(0.0, 2, 1)
+    stopped = Run(1, 0, 0, RunStatus.TIMEOUT, seconds=81.0, reason="run step stopped after 81.0 s: past the budget")
+    decided = j.decide([stopped], base, noise)
+    assert decided.verdict is Verdict.DISCARD and decided.reason.startswith("over budget: ran 81.0 s, limit 80.0 s")
+    assert decided.reason.endswith("; run step stopped after 81.0 s: past the budget")
+    late = replace(stopped, status=RunStatus.CRASH, seconds=90.0, reason="run step exited with code 1")
+    assert j.decide([late], base, noise).verdict is Verdict.DISCARD
+    early = replace(late, seconds=5.0)  # within the limit: a crash is a crash
+    assert j.decide([early], base, noise).verdict is Verdict.CRASH
+    for status, verdict in ((RunStatus.INVALID, Verdict.INVALID), (RunStatus.KILLED, Verdict.INTERRUPTED)):
+        assert j.decide([replace(late, status=status)], base, noise).verdict is verdict
+    assert j.budget_limit(base) == (("run",), 80.0, "baseline's 50.0 s")
+
+
 def test_every_step_named_in_budget_steps_counts_against_the_baselines() -> None:
     """The candidate's code runs in its check (tests import it) and evaluate (a model's forward
     passes) steps too: work done there is compute past the budget."""

@@ -26,9 +26,6 @@ def test_two_tags_in_one_folder_run_side_by_side(tmp_path: Path) -> None:
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
         assert "reached --max-experiments 3" in out
-    said = [err for _out, err in outputs]  # runs on one machine share its CPUs: each is told
-    assert "warning: session 'b' is running in this task folder too" in said[0] or \
-        "warning: session 'a' is running in this task folder too" in said[1], said
     db = sqlite3.connect(repo / ".autoresearch" / "ledger.db")
     for tag in ("a", "b"):
         rows = db.execute(

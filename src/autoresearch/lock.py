@@ -63,10 +63,21 @@ class SessionLock:
 
 
 def running_beside(state_dir: Path, tag: str) -> list[str]:
-    """The tags of the other sessions whose orchestrator runs now in this task folder."""
+    """The tags of the other sessions whose orchestrator runs now in this task folder: the pid
+    its lock file names is an autoresearch process. (Probing the lock itself would take it for
+    a moment, and a session starting then would be refused.)"""
     folder = state_dir / "locks"
     paths = sorted(folder.glob("*.lock")) if folder.is_dir() else []
-    return [p.stem for p in paths if p.stem != tag and SessionLock(state_dir, p.stem).held_elsewhere()]
+    return [p.stem for p in paths if p.stem != tag and _orchestrator(p)]
+
+
+def _orchestrator(lock: Path) -> bool:
+    try:
+        pid = int(lock.read_text().strip())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):  # no pid yet, or no such process
+        return False
+    return pid != os.getpid() and b"autoresearch" in command
 
 
 __all__ = ["SessionLock", "running_beside"]
