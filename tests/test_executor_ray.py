@@ -378,6 +378,8 @@ def test_slots_default_to_what_the_cluster_holds(cluster: Cluster, tmp_path: Pat
     executor = RayExecutor(cpu_config(tmp_path, cpus_per_run=2), address=cluster.address)
     try:
         assert executor.slots() == 3  # 4 CPUs on the head, 2 on the worker node
+        repo = scripts(tmp_path / "r", {"x.py": ""})
+        assert executor._plan(job(repo, "true")).node_runs == 2  # the head's: its runs' /tmp share its memory
     finally:
         executor.close()
     with pytest.raises(ExecutorError, match="gpus_per_run = 0"):

@@ -238,7 +238,7 @@ class CliAgent(Agent):
             "AUTORESEARCH_DESCRIPTION_FILE": str(files.description),
             **checkout.environment(),
         }
-        with device_copies(Path(tempfile.gettempdir())) as devices:  # read-only inside
+        with device_copies(context.log_dir or Path(tempfile.gettempdir())) as devices:  # /tmp may be nodev
             prefix = confined([checkout.top, files.folder, *self.own_paths()], [checkout.top / ".git"],
                               context.hidden, devices)  # fmt: skip
             return self._confined(line, checkout, files, context, env, prefix)

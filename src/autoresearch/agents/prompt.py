@@ -238,9 +238,8 @@ def _state(context: Context) -> str:
             "smaller differences are chance"
         )
     if context.time_limit is not None and context.budget_steps:
-        lines.append(f"- time limit per run: {context.time_limit:.4g} s for its {' and '.join(context.budget_steps)} "
-                     "steps together (the baseline's time plus an allowance); past it the run is stopped "
-                     "and discarded")  # fmt: skip
+        lines.append(f"- time limit per run: {context.time_limit:.1f} s for its {' and '.join(context.budget_steps)} "
+                     "steps together; past it the run is stopped and discarded")  # fmt: skip
     elif context.time_budget:
         lines.append(f"- time budget per run: {context.time_budget:g} s")
     return "\n".join(lines)

@@ -385,9 +385,7 @@ class Engine:
         again = "Ctrl-C" if name == "Ctrl-C" else "a second signal"
         self.say(f"{name}: finishing the current experiment, then stopping ({again} kills it)")
         self.agent.cancel()  # a proposal being made would never run: no waiting for it
-        cancel_waiting = getattr(self.executor, "cancel_waiting", None)  # Ray: runs not yet on a node
-        if cancel_waiting is not None:
-            cancel_waiting()
+        self.executor.cancel_waiting()  # Ray: runs not yet on a node
 
     def kill(self) -> None:
         """Kill every running step now (a second signal)."""

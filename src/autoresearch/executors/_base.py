@@ -111,6 +111,11 @@ class Executor(Protocol):
     def kill_all(self) -> None:
         """Kill every running step now (a second Ctrl-C or SIGTERM)."""
 
+    def cancel_waiting(self) -> None:
+        """A first signal: give up the runs that have not started (started ones finish). An
+        executor whose runs start when submitted has none."""
+        return None
+
     def close(self) -> None: ...
 
 

@@ -43,7 +43,7 @@ from typing import Any
 
 from autoresearch.config import RayConfig, TaskConfig
 from autoresearch.errors import ConfigError, ExecutorError
-from autoresearch.executors._base import Job, RunResult, RunStatus
+from autoresearch.executors._base import Executor, Job, RunResult, RunStatus
 
 # The step code every executor shares.
 from autoresearch.executors._steps import execute, run_environment
@@ -99,6 +99,7 @@ class _Plan:
     env_names: tuple[str, ...] = ()
     holdout: tuple[str, ...] = ()
     readable: tuple[str, ...] = ()  # task-relative globs bound back read-only (links, protected data)
+    node_runs: int = 1  # the most runs a node holds at once: their scratch folders share its memory
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,7 @@ def _run_here(plan: _Plan, job: Job, root: Path, run_dir: Path, archive: bytes,
     try:  # the same sandbox as a local run, around this node's scratch checkout
         sandbox = Sandbox(task_root=workdir, repo=repo, mode=plan.sandbox, network=plan.network,
                           env=plan.env_names, holdout=plan.holdout, readable=plan.readable,
-                          user_checkout=False, hidden=[root / "runs"])  # fmt: skip
+                          user_checkout=False, hidden=[root / "runs"], slots=plan.node_runs)  # fmt: skip
     except ConfigError as exc:  # sandbox = "bwrap" and this node has no working bwrap
         return RunResult(job.experiment_id, job.run_index, job.seed, RunStatus.CRASH,
                          reason=f"on node {socket.gethostname()}: {exc}")  # fmt: skip
@@ -372,7 +373,7 @@ class _Stopped(Exception):
         self.status, self.reason = status, reason
 
 
-class RayExecutor:
+class RayExecutor(Executor):
     """Runs jobs as Ray tasks on the cluster at ``address``, ``slots`` at a time.
 
     ``slots`` defaults to the runs the cluster can hold at once, by ``[ray] cpus_per_run``
@@ -570,6 +571,7 @@ class RayExecutor:
             sandbox=self._config.sandbox, network=self._config.network, env_names=self._config.env,
             holdout=self._config.holdout,
             readable=(*self._config.link, *self._config.protected_data),
+            node_runs=max((_fits(n.get("Resources", {}), s) for n in self._alive_nodes()), default=1),
         )  # fmt: skip
 
     def _archive(self, workdir: Path, commit: str) -> Any:
