@@ -554,6 +554,11 @@ def test_the_cli_writes_only_its_checkout_and_what_it_is_given(toy_repo: Path, t
 def test_the_cli_changes_only_its_own_device_nodes(toy_repo: Path, tmp_path: Path) -> None:
     """As root, the CLI owned the host's /dev nodes: a chmod 000 on /dev/null would break
     every later step and the user's shell. It gets copies of its own."""
+    from autoresearch.executors.sandbox import device_copies
+
+    with device_copies(tmp_path) as copies:
+        if os.geteuid() == 0 and not copies:
+            pytest.skip("no file system here allows device nodes: no copies to give the CLI")
     before = os.stat("/dev/full")
     body = f"""
     import os

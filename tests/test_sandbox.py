@@ -828,7 +828,12 @@ def test_link_chains_and_deep_folders_in_autoresearch_out_are_invalid_not_a_cras
 def test_a_step_changes_only_its_own_device_nodes(tmp_path: Path, venv_template: Path) -> None:
     """A step runs as root where the session does: the host's /dev nodes were its own to chmod
     (000 on /dev/null broke every later step) and to utime (state from run to run)."""
+    from autoresearch.executors.sandbox import device_copies
+
     task = make_task(tmp_path, venv_template, "bwrap")
+    with device_copies(tmp_path) as copies:
+        if os.geteuid() == 0 and not copies:
+            pytest.skip("no file system here allows device nodes: no copies to give the step")
     before = {name: os.stat(f"/dev/{name}") for name in ("full", "zero")}
     code = """\
     import os

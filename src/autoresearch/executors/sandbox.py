@@ -270,7 +270,7 @@ def device_copies(near: Path) -> Iterator[list[str]]:
     for one step and removed after it: what the step does to their mode or times (it owns
     them as root) reaches no other step and not the host (chmod 000 on the host's /dev/null
     broke every later step; times set with utime held state from run to run). ``near``: a folder whose file system
-    allows device nodes (else the temporary folder). Nothing where this process is not root:
+    allows device nodes (else the temporary folder, /var/tmp or $HOME). Nothing where this process is not root:
     the host's nodes are then another user's, and only root could make the copies."""
     folder = _device_folder(near) if os.geteuid() == 0 else None
     try:
@@ -281,7 +281,7 @@ def device_copies(near: Path) -> Iterator[list[str]]:
 
 
 def _device_folder(near: Path) -> Path | None:
-    for parent in (near, Path(tempfile.gettempdir())):
+    for parent in (near, Path(tempfile.gettempdir()), Path("/var/tmp"), Path.home()):  # /tmp is often nodev
         with contextlib.suppress(OSError):
             if parent.is_dir() and not os.statvfs(parent).f_flag & os.ST_NODEV:  # nodes there would not open
                 return Path(tempfile.mkdtemp(prefix="autoresearch-dev-", dir=parent))
