@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -257,6 +258,20 @@ def test_a_session_says_when_another_runs_in_its_task_folder(tmp_path: Path) -> 
         other.wait()
     warned = [m for m in said if "is running in this task folder too" in m]
     assert len(warned) == 1 and warned[0].startswith("warning: session 'night' is running"), said
+
+
+def test_a_root_session_without_device_copies_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoresearch.executors import sandbox
+
+    if os.geteuid() != 0 or sandbox.bwrap_problem() is not None:
+        pytest.skip("steps run as root in bubblewrap only where the session is root and bwrap works")
+    monkeypatch.setattr(sandbox, "_device_folder", lambda near: None)  # every file system nodev
+    repo = toy(tmp_path, task='sandbox = "bwrap"')
+    said: list[str] = []
+    opts = SessionOptions(tag="t", max_experiments=0)
+    Engine(load_config(repo), ReplayAgent(write_patch_dir(tmp_path / "p", {})), options=opts,
+           on_message=said.append).run()  # fmt: skip
+    assert any(m.startswith("warning: steps run as root and no file system here allows device nodes") for m in said)
 
 
 def test_a_failing_baseline_stops_the_session(tmp_path: Path) -> None:

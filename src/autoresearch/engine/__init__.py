@@ -9,6 +9,7 @@ The engine never parses output, talks to git or formats prompts itself.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -26,7 +27,7 @@ from autoresearch.engine._types import ExperimentEvent, RunStarted, SessionOptio
 from autoresearch.errors import AutoresearchError, LedgerError, WorkspaceError
 from autoresearch.executors._base import Executor, Job
 from autoresearch.executors.local import LocalExecutor
-from autoresearch.executors.sandbox import Sandbox, can_confine
+from autoresearch.executors.sandbox import Sandbox, can_confine, device_copies
 from autoresearch.history import History
 from autoresearch.judge import Judge
 from autoresearch.ledger import Ledger, SessionRow
@@ -124,6 +125,12 @@ class Engine:
         warning = getattr(self.executor, "sandbox", None)
         if isinstance(warning, Sandbox) and warning.warning:
             self.say(f"warning: {warning.warning}")
+        if isinstance(warning, Sandbox) and warning.enabled and os.geteuid() == 0:
+            with device_copies(self.config.root / STATE_DIR) as copies:
+                if not copies:
+                    self.say("warning: steps run as root and no file system here allows device nodes, "
+                             "so they get the host's /dev/null and the rest, whose mode and times a "
+                             "step can change (chmod 000 breaks every later step)")  # fmt: skip
         if self.agent.runs_code and not can_confine():
             self.say(f"warning: bubblewrap cannot confine the {self.agent.name} agent here: it "
                      "can write wherever you can (the runs' checkouts, the Python environment, "
