@@ -91,7 +91,7 @@ class History:
     @cached_property
     def finished(self) -> list[Experiment]:
         """Experiments with a verdict, baseline excluded: what ``--max-experiments`` counts."""
-        return [r for r in self.rows if r.verdict is not Verdict.BASELINE and r.agent != "baseline"]
+        return [r for r in self.rows if not r.is_baseline]
 
     @cached_property
     def pending(self) -> list[Experiment]:
@@ -102,8 +102,8 @@ class History:
         those finished from ``since`` on (a resume starts a new count). The baseline is the
         harness's run, not a proposal: failures on either side of it add up."""
         count = 0
-        done = [r for r in self.rows if r.verdict is not Verdict.PENDING and r.agent != "baseline"
-                and (r.finished or 0.0) >= since]  # fmt: skip
+        done = [r for r in self.rows
+                if r.verdict is not Verdict.PENDING and not r.is_baseline and (r.finished or 0.0) >= since]
         for row in sorted(done, key=lambda r: (r.finished or 0.0, r.id), reverse=True):
             if not row.verdict.failed:
                 break
@@ -171,11 +171,7 @@ class History:
     def done(self) -> list[Experiment]:
         """Judged experiments proposed by an agent (the baseline, failed or not, and pending ones
         excluded): what every view counts as experiments."""
-        return [
-            r
-            for r in self.rows
-            if r.verdict not in (Verdict.PENDING, Verdict.BASELINE) and r.agent != "baseline"
-        ]
+        return [r for r in self.rows if r.verdict is not Verdict.PENDING and not r.is_baseline]
 
     @property
     def sigma(self) -> float | None:

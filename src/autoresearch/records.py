@@ -172,6 +172,12 @@ class Experiment:
     def cost_usd(self) -> float | None:
         return self.usage.cost_usd
 
+    @property
+    def is_baseline(self) -> bool:
+        """The harness's run of the unchanged code, whatever its verdict (a failed one too):
+        not an agent's proposal."""
+        return self.verdict is Verdict.BASELINE or self.agent == "baseline"
+
     def values(self, purpose: RunPurpose | None = None) -> list[float]:
         """Metric values of the successful runs (of one purpose, if given)."""
         return [

@@ -140,7 +140,7 @@ class Tally:
         row = from_row(event.experiment)
         self.best, self.baseline = event.best, event.baseline
         self.spend += (row.cost_usd or 0.0) + compute_cost(row.compute_seconds, self.gpu_price)
-        if row.verdict is not Verdict.BASELINE and row.agent != "baseline":  # as History.done
+        if not row.is_baseline:  # as History.done counts
             self.done += 1
         self.kept += row.verdict is Verdict.KEEP
 

@@ -72,8 +72,7 @@ def experiments_text(history: History) -> str:
     """``N experiments (+ baseline)``: the agents' judged proposals, as every view counts them."""
     n = len(history.done)
     text = f"{n} experiment{'s' if n != 1 else ''}"
-    baseline = any(r.agent == "baseline" or r.verdict is Verdict.BASELINE for r in history.rows)
-    return text + " (+ baseline)" if baseline else text
+    return text + " (+ baseline)" if any(r.is_baseline for r in history.rows) else text
 
 
 def event_line(event: ExperimentEvent, direction: str) -> str:
