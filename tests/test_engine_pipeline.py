@@ -499,3 +499,40 @@ def test_max_cost_counts_the_proposals_made_ahead(tmp_path: Path, slots: int, lo
     engine = session(task(tmp_path), agent, executor, max_cost=10.0, gpu_price=0.0, lookahead=lookahead)
     summary = engine.summary()
     assert "--max-cost $10.00" in summary.stop_reason and summary.cost_usd <= 10.0, summary
+
+
+def test_a_signal_while_free_proposals_wait_leaves_no_gap_in_the_ids(tmp_path: Path) -> None:
+    """One slot, three free proposals queued, the agent cancelled while making the next: the
+    cancelled one is recorded, so the free ones queued before it are recorded too (a resume
+    would number on from the cancelled one and never show the ids in between)."""
+    from autoresearch.errors import AgentCancelled
+
+    started, cancelled = threading.Event(), threading.Event()
+
+    class Waits(Scripted):
+        def propose(self, context: Context) -> Proposal:
+            if len(self.calls) == 4:  # the fifth call: blocks until the signal cancels it
+                started.set()
+                cancelled.wait(60)
+                raise AgentCancelled("cancelled")
+            return super().propose(context)
+
+        def cancel(self) -> None:
+            cancelled.set()
+
+    repo = task(tmp_path)
+    agent = Waits([f"A = {i}\nB = 0\n" for i in range(1, 9)])
+    executor = FakeExecutor(lambda job: FakeRun(10.0 - params(job)["A"], sleep=0.5))
+    engine = Engine(load_config(repo), agent, options=SessionOptions(tag="t", lookahead=3), executor=executor)
+
+    def signal() -> None:
+        started.wait(60)
+        engine._on_first_signal("SIGTERM")
+
+    threading.Thread(target=signal, daemon=True).start()
+    engine.run()
+    executor.close()
+    rows = engine.ledger.experiments(engine.session)
+    assert [r.id for r in rows] == list(range(len(rows))), [(r.id, r.verdict) for r in rows]
+    assert rows[-1].verdict == "interrupted" and "while the agent was proposing" in rows[-1].reason
+    assert [r.verdict for r in rows].count("interrupted") >= 2, [(r.id, r.verdict) for r in rows]

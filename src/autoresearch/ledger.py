@@ -351,7 +351,8 @@ class Ledger:
 
     def experiments(self, session: SessionRow) -> list[Experiment]:
         """Every experiment of ``session`` by id, each with its runs."""
-        return list(self._rows(session).values())
+        rows = self._rows(session)  # recorded in id order but for proposals a stop leaves unrun
+        return [rows[i] for i in sorted(rows)]
 
     def marks(self, session: SessionRow) -> list[tuple[int, str, float | None]]:
         """(id, verdict, finished) of every experiment of ``session``: a cheap look for change

@@ -96,15 +96,22 @@ class Proposer:
         if self.future is not None and not self.engine.killed and not self.future.cancel():
             wait([self.future])  # a proposal being made is paid for: record it
             self.collect()
-        while self.ready:  # a paid-for proposal is recorded; a free one is made again on resume
+        # A paid-for proposal is recorded; a free one is made again on resume, unless a later id
+        # is recorded (a resume numbers on from the last id: the ones between would be missing).
+        paid = [r.experiment_id for r in self.ready if _paid(r.proposal.usage)]
+        last = max([r.id for r in self.engine.history.rows] + paid, default=-1)
+        while self.ready:
             ready = self.ready.popleft()
-            usage = ready.proposal.usage
-            if usage.input_tokens or usage.output_tokens or usage.cost_usd:
+            if ready.experiment_id < last or ready.experiment_id in paid:
                 record_unrun(self.engine, ready, Verdict.INTERRUPTED,
                              "not run: the session stopped first", parent=ready.parent)  # fmt: skip
 
     def close(self) -> None:
         self._pool.shutdown(wait=not self.engine.killed, cancel_futures=True)
+
+
+def _paid(usage: Usage) -> bool:
+    return bool(usage.input_tokens or usage.output_tokens or usage.cost_usd)
 
 
 def run_loop(engine: Engine, proposer: Proposer) -> None:
