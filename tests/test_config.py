@@ -45,6 +45,22 @@ def test_valid_config_loads_with_defaults(tmp_path: Path) -> None:
     assert alone.budget_steps == ("run",)
 
 
+@pytest.mark.parametrize(("value", "seconds", "share"), [("150", 150.0, None), ("0", 0.0, None),
+                                                        ('"100%"', 10.0, 1.0), ('" 50 %"', 10.0, 0.5)])  # fmt: skip
+def test_budget_allowance_is_seconds_or_a_share_of_the_baselines_time(
+    tmp_path: Path, value: str, seconds: float, share: float | None
+) -> None:
+    config = load_config(write(tmp_path, GOOD.replace("time_budget = 60", f"time_budget = 60\nbudget_allowance = {value}")))
+    assert config.allowance == seconds and config.budget_allowance_share == share
+
+
+@pytest.mark.parametrize("value", ['"0%"', '"lots"', '"-5%"', "-1", "true"])
+def test_a_bad_budget_allowance_says_what_is_expected(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, GOOD.replace("time_budget = 60", f"time_budget = 60\nbudget_allowance = {value}"))
+    with pytest.raises(ConfigError, match=r"\[task\] budget_allowance: found .*expected"):
+        load_config(path)
+
+
 def test_folder_path_finds_the_file(tmp_path: Path) -> None:
     write(tmp_path, GOOD)
     assert load_config(tmp_path).run == "python train.py"

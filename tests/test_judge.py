@@ -131,7 +131,22 @@ def test_over_budget_comes_before_a_crash_or_a_timeout_but_not_before_invalid() 
     assert j.decide([early], base, noise).verdict is Verdict.CRASH
     for status, verdict in ((RunStatus.INVALID, Verdict.INVALID), (RunStatus.KILLED, Verdict.INTERRUPTED)):
         assert j.decide([replace(late, status=status)], base, noise).verdict is verdict
-    assert j.budget_limit(base) == (("run",), 80.0, "baseline's 50.0 s")
+    assert j.budget_limit(base) == (("run",), 80.0, "baseline's 50.0 s + 30 s")
+
+
+def test_an_allowance_given_as_a_share_scales_with_the_baseline_and_has_a_floor() -> None:
+    """``budget_allowance = "100%"``: a 6-s benchmark's candidate may take 12 s before it is
+    stopped, not 6 s + 150 s; a 2-s one still gets 10 s of room, so noise is not over budget."""
+    share = Judge(JudgeConfig(), MIN, budget=300.0, allowance=10.0, allowance_share=1.0,
+                  budget_steps=("check", "evaluate"))  # fmt: skip
+    long = Standing(1.0, runs=5, seconds=0.0, check_seconds=2.0, evaluate_seconds=22.0)
+    assert share.budget_limit(long) == (("check", "evaluate"), 48.0, "baseline's 24.0 s + 24 s")
+    short = replace(long, check_seconds=1.0, evaluate_seconds=1.0)
+    assert share.budget_limit(short)[1] == 12.0  # 2 s + at least 10 s
+    slow = Run(1, 0, 0, RunStatus.OK, metric=0.5, seconds=0.0, check_seconds=2.0, evaluate_seconds=47.0)
+    decided = share.decide([slow], long, Noise(0.0, 2, 1))
+    assert decided.verdict is Verdict.DISCARD
+    assert decided.reason == "over budget: its check and evaluate steps took 49.0 s, limit 48.0 s (baseline's 24.0 s + 24 s)"
 
 
 def test_every_step_named_in_budget_steps_counts_against_the_baselines() -> None:

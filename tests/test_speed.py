@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -211,6 +212,7 @@ def test_init_bench_writes_a_speed_task_from_the_repository(tmp_path: Path) -> N
     assert config.run == "" and config.evaluate.startswith("autoresearch measure --repeat 2")
     assert config.evaluate.endswith("-- python bench/run.py")
     assert config.metric.name == "seconds" and config.judge.rule == "sequential"
+    assert config.budget_allowance_share == 1.0 and config.allowance == 10.0  # a hang costs 2x, not +150 s
     assert [c.text for c in config.metric.constraints] == ["peak_rss_mb <= 1.25 * best"]
     brief = (repo / "program.md").read_text()
     assert "faster" in brief and "python bench/run.py" in brief
@@ -290,6 +292,7 @@ def test_a_night_on_the_library_keeps_only_a_real_speedup(tmp_path: Path) -> Non
              "    ballast = [0] * (8 * 2**20)\n    return sum(range(n)) + ballast[0]\n"),
         edit("closed form, off by n", LOOP, "    return n * (n + 1) // 2\n"),
         edit("slower", LOOP, "    import time\n    time.sleep(0.5)\n" + LOOP),
+        edit("hangs", LOOP, "    import time\n    time.sleep(600)\n" + LOOP),
         edit("change the benchmark", "total(5_000_000)", "total(10)", path="bench/run.py"),
         edit("closed form", LOOP, "    return n * (n - 1) // 2\n"),
     ])  # fmt: skip
@@ -303,6 +306,10 @@ def test_a_night_on_the_library_keeps_only_a_real_speedup(tmp_path: Path) -> Non
     assert broken.verdict == "crash"
     assert "check step exited" in broken.reason and "test_total_of_ten" in broken.reason
     assert rows["slower"].verdict == "discard"
+    hangs, base = rows["hangs"], rows["baseline"]  # stopped at twice the baseline's time, +10 s at least
+    assert hangs.verdict == "discard" and "past the budget" in hangs.reason, hangs.reason
+    took = sum(statistics.fmean(r.step_seconds(step) or 0.0 for r in base.runs) for step in ("check", "evaluate"))
+    assert f"(baseline's {took:.1f} s + {round(max(10.0, took), 1):g} s)" in hangs.reason, (took, hangs.reason)
     assert rows["change the benchmark"].verdict == "invalid"
     assert "protected" in rows["change the benchmark"].reason
     fast = rows["closed form"]

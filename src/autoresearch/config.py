@@ -26,6 +26,7 @@ JUDGE_RULES = ("sequential", "naive")
 SANDBOXES = ("auto", "bwrap", "none")  # [task] sandbox: bwrap where it works, or none
 STEPS = ("check", "run", "evaluate")  # a run's steps, in order; [task] budget_steps names some
 REFERENCES = ("", "baseline")  # [task] reference: no reference checkout, or the session's baseline
+ALLOWANCE_FLOOR = 10.0  # seconds: the least a budget_allowance given as a share ("100%") allows
 # The [agent.NAME] tables; claude-code, codex and aider are presets of the command agent.
 AGENT_NAMES = ("replay", "tuner", "anthropic", "openai", "command", "claude-code", "codex", "aider")
 RAY_DATA = ("setup", "shared")  # how a Ray node reaches the data git does not track
@@ -101,7 +102,8 @@ class TaskConfig:
     reference: str = ""  # "baseline": evaluate may read a checkout of the baseline (measure --same)
     time_budget: float = 300.0
     timeout: float = 600.0
-    budget_allowance: float | None = None  # None: max(30 s, budget / 2)
+    budget_allowance: float | None = None  # seconds; None: max(30 s, budget / 2), or with a share:
+    budget_allowance_share: float | None = None  # "N%": of the baseline's timed steps, at least 10 s
     budget_steps: tuple[str, ...] = STEPS  # steps whose wall time counts against the budget
     sandbox: str = "auto"  # steps in bubblewrap ("bwrap"), unsandboxed ("none"), or bwrap if it works
     network: bool = False  # whether sandboxed steps may reach the network
@@ -121,6 +123,8 @@ class TaskConfig:
         """Seconds a run may exceed the budget before it is discarded as over budget."""
         if self.budget_allowance is not None:
             return self.budget_allowance
+        if self.budget_allowance_share is not None:
+            return ALLOWANCE_FLOOR  # the share of the baseline's time, but never less than this
         return max(30.0, self.time_budget / 2)
 
     def agent_options(self, name: str) -> Mapping[str, Any]:
@@ -238,7 +242,13 @@ def _task(path: Path, raw: dict[str, Any]) -> dict[str, Any]:
     out["timeout"] = sec.number("timeout", max(600.0, 2 * out["time_budget"]), positive=True)
     if out["timeout"] < out["time_budget"] and out["run"].strip():  # no run step: no budget to fit
         sec.fail("timeout", out["timeout"], f"at least time_budget ({out['time_budget']:g})")
-    if "budget_allowance" in sec.table:
+    allowance = sec.table.get("budget_allowance")
+    share = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", allowance) if isinstance(allowance, str) else None
+    if share and float(share.group(1)) > 0:
+        out["budget_allowance_share"] = float(share.group(1)) / 100
+    elif isinstance(allowance, str):
+        sec.fail("budget_allowance", allowance, 'seconds (a number >= 0) or a share of the baseline\'s time ("100%")')
+    elif allowance is not None:
         out["budget_allowance"] = sec.number("budget_allowance", 0.0)
     if "budget_steps" in sec.table:
         steps = sec.strings("budget_steps")

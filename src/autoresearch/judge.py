@@ -108,10 +108,11 @@ class Judge:
 
     def __init__(
         self, config: JudgeConfig, metric: MetricConfig, *, budget: float, allowance: float,
-        budget_steps: Sequence[str] = ("run",),
+        budget_steps: Sequence[str] = ("run",), allowance_share: float | None = None,
     ) -> None:
         self.config, self.metric = config, metric
         self.budget, self.allowance, self.budget_steps = budget, allowance, tuple(budget_steps)
+        self.allowance_share = allowance_share  # of the baseline's time; ``allowance`` the least
         # A test after every run: the error is shared among the looks (Bonferroni) that can
         # end in a keep, taken as half of max_runs (a candidate that stops looking better is
         # discarded early), calibrated with benchmarks/verdict_trust.py.
@@ -209,7 +210,8 @@ class Judge:
             steps = tuple(name for name in self.budget_steps if best.step(name))  # the task's, recorded
             base = sum(best.step(name) or 0.0 for name in steps)
             basis = f"baseline's {base:.1f} s"
-        return steps, base + self.allowance, basis
+        extra = self.allowance if self.allowance_share is None else max(self.allowance, self.allowance_share * base)
+        return steps, base + extra, f"{basis} + {round(extra, 1):g} s"
 
     def over_budget(self, runs: Sequence[Run], best: Standing) -> Decision | None:
         """A discard when a run's timed steps took longer than the baseline's plus the allowance
@@ -221,7 +223,7 @@ class Judge:
             if took > limit:
                 stopped = f"; {run.reason}" if run.status is RunStatus.TIMEOUT else ""
                 return Decision(Verdict.DISCARD, run.metric, f"over budget: {what} {took:.1f} s, "
-                                f"limit {limit:.1f} s ({basis} + {self.allowance:g} s){stopped}")  # fmt: skip
+                                f"limit {limit:.1f} s ({basis}){stopped}")  # fmt: skip
         return None
 
     def _delta(self, word: str, value: float, best: float, margin: float = 0.0) -> str:

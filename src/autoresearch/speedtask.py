@@ -40,6 +40,8 @@ check        = {check}   # a failing test is a crash; its name is in the reason
 # the trusted measurement, on a clean checkout of the commit: {repeat} timed runs after one warm-up
 evaluate     = {evaluate}
 {reference}timeout      = 900                   # hard kill of a step's whole process group
+# a candidate is stopped, over budget, once its steps take twice the baseline's (+10 s at least)
+budget_allowance = "100%"
 
 [metric]
 name        = "{metric}"              # from measure: seconds, cpu_seconds, peak_rss_mb{alloc_note}

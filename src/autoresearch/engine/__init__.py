@@ -60,7 +60,7 @@ class Engine:
             sandbox=Sandbox.for_task(config), max_log_mb=config.max_log_mb
         )
         self.judge = Judge(config.judge, config.metric, budget=config.time_budget, allowance=config.allowance,
-                           budget_steps=config.budget_steps)  # fmt: skip
+                           budget_steps=config.budget_steps, allowance_share=config.budget_allowance_share)  # fmt: skip
         self._on_event = on_event or (lambda event: None)
         self._on_run = on_run or (lambda event: None)
         self.say: Callable[[str], None] = on_message or (lambda text: None)
