@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,18 @@ def test_only_dropped_files_is_no_change_and_says_so(toy_repo: Path, tmp_path: P
         "command made no change to the files (it only created files that match no editable "
         "glob, which were dropped: .aider.chat.history.md); output tail:\ndone"
     )
+
+
+def test_a_sparse_file_past_max_file_kb_is_refused_before_it_is_diffed(toy_repo: Path, tmp_path: Path) -> None:
+    """A CLI can make a 300 MB file in an instant (``truncate``); diffing it wrote 300 MB into
+    the patch and the slot before the size check refused it."""
+    body = 'os.truncate("params.py", 300 * 2**20)\nprint("bigger")\n'
+    context = replace(context_in(toy_repo), max_file_kb=64.0)
+    with pytest.raises(ProposalError, match=r"^params.py: the command made it 307200.0 KB, over \[task\] max_file_kb = 64"):
+        CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(context)
+    assert_clean(toy_repo, git(toy_repo, "rev-parse", "HEAD"))
+    small = 'open("params.py", "a").write("Z = 1.0\\n")\nprint("one more")\n'
+    assert "+Z = 1.0" in CommandAgent(script(tmp_path, "ok.py", small), timeout=30).propose(context).patch
 
 
 def test_protected_file_edit_is_in_the_patch_for_the_workspace_to_reject(

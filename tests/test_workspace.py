@@ -76,6 +76,40 @@ def test_globs() -> None:
     assert glob_regex("src/**/*.py").match("src/c.py")
     assert not glob_regex("src/*.py").match("src/a/c.py")
     assert glob_regex("*.py").match("deep/down/x.py")  # no slash: matches names anywhere
+    assert not glob_regex("*.py", anywhere=False).match("deep/down/x.py")  # ... or at the top only
+    assert glob_regex("**/*.py", anywhere=False).match("deep/down/x.py")
+
+
+def test_an_editable_name_is_the_file_at_the_top_a_protected_one_any_file_so_named() -> None:
+    """``editable = ["train.py"]`` let an agent add ``sub/train.py`` and ``train.py/train.py``
+    (the second crashed the session); a protected name still protects every copy."""
+    allow = Allowlist(editable=("train.py", "lib/*.py"), protected=("bench.py",))
+    assert allow.reason("train.py") is None and allow.reason("lib/a.py") is None
+    for path in ("sub/train.py", "train.py/train.py", "lib/sub/a.py"):
+        assert "not editable" in (allow.reason(path) or ""), path
+    assert "protected" in (Allowlist(("**/*.py",), ("bench.py",)).reason("tools/bench.py") or "")
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (Edit("params.py/inner.py", content="A = 1\n"), "params.py/inner.py: params.py is a file, not a folder"),
+        (Edit("sub", content="A = 1\n"), "sub: cannot be written: Is a directory"),
+    ],
+)
+def test_an_edit_through_a_file_or_onto_a_folder_is_rejected_not_a_crash(toy_repo: Path, edit: Edit, reason: str) -> None:
+    (toy_repo / "sub").mkdir()
+    (toy_repo / "sub" / "m.py").write_text("B = 1\n")
+    git(toy_repo, "add", "sub")
+    git(toy_repo, "commit", "-qm", "a folder")
+    ws = Workspace(load_config(toy_repo), "t")
+    ws.allow = Allowlist(("**",), ws.config.protected)
+    ws.checkout(0, ws.start())
+    with pytest.raises(EditRejected) as info:
+        ws.apply(0, Proposal("x", edits=(Edit("params.py", "X = 1.0", "X = 2.0"), edit)))
+    assert str(info.value) == reason
+    ws.checkout(0, ws.head())
+    assert "X = 1.0\n" in (ws.slot_dir(0) / "params.py").read_text()  # the slot is clean again
 
 
 def test_apply_commit_and_refs(toy_repo: Path) -> None:

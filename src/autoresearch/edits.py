@@ -94,8 +94,10 @@ def _reindent(block: str, target: str, source: str) -> str:
 
 
 
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """``**`` crosses folders, ``*`` and ``?`` do not; a pattern without ``/`` matches names anywhere."""
+def glob_regex(pattern: str, *, anywhere: bool = True) -> re.Pattern[str]:
+    """``**`` crosses folders, ``*`` and ``?`` do not; a pattern without ``/`` matches names in
+    any folder when ``anywhere`` (protected files, the holdout: the safe side), else in the task
+    folder only (editable files: ``train.py`` is that file, not ``sub/train.py``)."""
     out, i = [], 0
     while i < len(pattern):
         if pattern.startswith("**/", i):
@@ -108,7 +110,7 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
             ch = pattern[i]
             out.append("[^/]*" if ch == "*" else "[^/]" if ch == "?" else re.escape(ch))
             i += 1
-    prefix = "" if "/" in pattern else "(?:.*/)?"
+    prefix = "(?:.*/)?" if anywhere and "/" not in pattern else ""
     return re.compile(prefix + "".join(out) + r"\Z")
 
 
@@ -121,7 +123,7 @@ class Allowlist:
 
     @cached_property
     def _editable(self) -> list[re.Pattern[str]]:
-        return [glob_regex(g) for g in self.editable]
+        return [glob_regex(g, anywhere=False) for g in self.editable]
 
     @cached_property
     def _protected(self) -> list[re.Pattern[str]]:

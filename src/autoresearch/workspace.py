@@ -269,8 +269,9 @@ class Workspace:
             target.symlink_to(source.resolve(), target_is_directory=source.is_dir())
 
     def read_files(self, slot: SlotKey, patterns: Iterable[str]) -> dict[str, str]:
-        """Text of the tracked task files matching ``patterns`` (globs) in ``slot``'s worktree."""
-        regexes = [glob_regex(p) for p in patterns]
+        """Text of the tracked task files matching ``patterns`` (globs, from the task folder: as
+        ``editable`` matches) in ``slot``'s worktree."""
+        regexes = [glob_regex(p, anywhere=False) for p in patterns]
         base = self.slot_dir(slot)
         files = self._tracked(slot)
         out = {}
@@ -311,9 +312,13 @@ class Workspace:
         sizes = {rel: _size(base / rel) for rel in paths}
         for rel, text in changed.items():
             target = base / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with target.open("w", encoding="utf-8", newline="") as fh:  # CRLF stays CRLF
-                fh.write(text)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with target.open("w", encoding="utf-8", newline="") as fh:  # CRLF stays CRLF
+                    fh.write(text)
+            except (IsADirectoryError, NotADirectoryError, FileExistsError) as exc:  # a/ vs a/b
+                self._at.pop(slot, None)  # maybe written: not the commit it was checked out at
+                raise EditRejected(f"{rel}: cannot be written: {exc.strerror}") from exc
         if proposal.patch.strip():
             self._git_apply(base, proposal.patch, check_only=False)
         if not paths:
@@ -349,16 +354,18 @@ class Workspace:
     def _check_path(self, base: Path, rel: str) -> None:
         reason = self.allow.reason(rel)
         if reason is None:
-            reason = self._symlink_reason(base, rel)
+            reason = self._path_reason(base, rel)
         if reason is not None:
             raise EditRejected(reason)
 
-    def _symlink_reason(self, base: Path, rel: str) -> str | None:
-        current = base
-        for part in PurePosixPath(rel).parts:
+    def _path_reason(self, base: Path, rel: str) -> str | None:
+        current, parts = base, PurePosixPath(rel).parts
+        for i, part in enumerate(parts):
             current = current / part
             if current.is_symlink():
                 return f"{rel}: goes through a symlink ({current.relative_to(base)})"
+            if i < len(parts) - 1 and current.exists() and not current.is_dir():
+                return f"{rel}: {current.relative_to(base)} is a file, not a folder"
         return None
 
     def _patch_paths(self, base: Path, patch: str) -> list[str]:
@@ -449,7 +456,7 @@ class Workspace:
             rel = path if self.task_rel == "." else path.removeprefix(self.task_rel + "/")
             if rel in self.config.link:
                 continue
-            reason = self.allow.reason(rel) or self._symlink_reason(self.slot_dir(slot), rel)
+            reason = self.allow.reason(rel) or self._path_reason(self.slot_dir(slot), rel)
             if reason is None and entry[0] in "?ARC":  # a new file (or a new name)
                 reason = new_file_reason(rel)
             if reason is not None:

@@ -58,6 +58,7 @@ class Context:
     # sees them empty
     hidden: tuple[Path, ...] = ()
     note: str = ""  # what happened to the previous proposal on the way to a run (stale parent)
+    max_file_kb: float | None = None  # an editable file may not grow past this ([task] max_file_kb)
 
 
 class Agent:

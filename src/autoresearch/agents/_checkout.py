@@ -101,10 +101,12 @@ class Checkout:
         pin = (f"--git-dir={self.admin}", f"--work-tree={self.top}", "-c", "diff.ignoreSubmodules=all")
         return git(cwd or self.top, *pin, *args, check=check)
 
-    def changes(self, editable: Sequence[str]) -> Changes:
-        """The CLI's changes since ``base``; see the module's docstring for what is kept."""
+    def changes(self, editable: Sequence[str], max_file_kb: float | None = None) -> Changes:
+        """The CLI's changes since ``base``; see the module's docstring for what is kept. A file
+        grown past ``max_file_kb`` is refused before any diff reads it (a sparse file of any
+        size costs the CLI nothing; a diff of it would write it out)."""
         remove_nested_git(self.top)  # before any git call: a repository it made has a config
-        allowed = [glob_regex(g) for g in editable]
+        allowed = [glob_regex(g, anywhere=False) for g in editable]
         new = [p for p in _untracked(self._git) if p not in self.untracked]
         kept_new = [p for p in new if self._editable(p, allowed)]
         if kept_new:
@@ -118,9 +120,27 @@ class Checkout:
             raise ProposalError(
                 f"the command changed files outside the task folder: {', '.join(outside[:5])}"
             )
+        if max_file_kb is not None:
+            self._check_sizes(kept, max_file_kb)
         return Changes(
             self._patch(kept), tuple(self._relative(p) for p in dropped), self._subject()
         )
+
+    def _check_sizes(self, paths: Sequence[str], max_file_kb: float) -> None:
+        for path in paths:
+            try:
+                size = (self.top / path).lstat().st_size
+            except OSError:  # deleted
+                continue
+            if size <= max_file_kb * 1024:
+                continue
+            before = self._git("cat-file", "-s", f"{self.base}:{path}", check=False).strip()
+            if size > (int(before) if before.isdigit() else 0):
+                raise ProposalError(
+                    f"{self._relative(path)}: the command made it {size / 1024:.1f} KB, over [task] "
+                    f"max_file_kb = {max_file_kb:g} (a file that large can carry what the run should "
+                    "compute, such as trained weights)"
+                )
 
     def _editable(self, path: str, allowed: Sequence[re.Pattern[str]]) -> bool:
         return path.startswith(self.prefix) and any(r.match(self._relative(path)) for r in allowed)

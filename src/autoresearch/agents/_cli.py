@@ -193,7 +193,7 @@ class CliAgent(Agent):
             )
         if output.code != 0:
             self._fail(f"{self.name} exited with status {output.code}", output, reply, meta)
-        changes = checkout.changes(context.editable_globs or tuple(context.editable))
+        changes = checkout.changes(context.editable_globs or tuple(context.editable), context.max_file_kb)
         meta["dropped"] = list(changes.dropped)
         if not changes.patch.strip():
             self._fail(_nothing_kept(self.name, changes), output, reply, meta)

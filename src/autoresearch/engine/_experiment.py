@@ -104,7 +104,7 @@ def context_for(engine: Engine, exp_id: int, parent: str, planned: list[Ready], 
         parent=parent, workdir=workdir, experiment_id=exp_id, tag=engine.options.tag,
         seed=experiment_seed(engine.options.seed, exp_id, 0), editable_globs=cfg.editable,
         time_budget=cfg.time_budget, log_dir=engine.log_dir, note=engine.note if last else engine.take_note(),
-        hidden=_hidden(engine, workdir), budget_steps=steps, time_limit=limit,
+        hidden=_hidden(engine, workdir), budget_steps=steps, time_limit=limit, max_file_kb=cfg.max_file_kb,
     )  # fmt: skip
 
 
