@@ -239,6 +239,23 @@ def test_init_bench_protects_what_a_wrapper_script_or_a_module_runs(tmp_path: Pa
     assert "benchmarks/work.py" in config.protected and "run_bench.py" not in config.protected
 
 
+def test_init_bench_protects_the_workload_module_the_benchmark_imports_and_the_tests_do_not(tmp_path: Path) -> None:
+    """``workloads.py`` (``REPEAT = 20``) beside the library was editable: ``REPEAT = 1`` was
+    kept at -53%. A module of a package the tests import stays code under test."""
+    repo = make_repo(tmp_path / "r", {
+        "fastmath.py": LIB, "workloads.py": "REPEAT = 20\n", "pkg/__init__.py": "", "pkg/core.py": LIB,
+        "bench.py": "import fastmath, workloads\nfrom pkg.core import total\nimport os, json\n",
+        "tests/test_fast.py": "import fastmath\nimport pkg\n",
+    })  # fmt: skip
+    done = subprocess.run([PY, "-m", "autoresearch", "init", "--bench", "python bench.py", "--test",
+                           "python -m unittest discover -s tests"], cwd=repo, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    config = load_config(repo)
+    assert "workloads.py" in config.protected and "workloads.py" not in config.editable, config
+    assert set(config.editable) == {"fastmath.py", "pkg/*.py"} and "pkg/core.py" not in config.protected
+    assert "warning: protected workloads.py: the benchmark imports it and the tests do not" in done.stdout
+
+
 def test_init_bench_from_the_command_line_prints_what_it_guessed(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "r", {"fast.py": LIB, "test_fast.py": "", "bench.py": "print(1)\n"})
     done = subprocess.run([PY, "-m", "autoresearch", "init", "--bench", "python bench.py", "--test",

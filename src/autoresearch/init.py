@@ -266,7 +266,7 @@ def _speed(dest: Path, *, bench: str, test: str, metric: str, same: Sequence[str
     from autoresearch.config import load_config
     from autoresearch.speedtask import init_bench
 
-    files = init_bench(dest, bench=bench, test=test, metric=metric, same=same)
+    files, notes = init_bench(dest, bench=bench, test=test, metric=metric, same=same)
     written = write_all(files, force=force)
     editable = load_config(dest).editable
     return InitResult(
@@ -274,6 +274,7 @@ def _speed(dest: Path, *, bench: str, test: str, metric: str, same: Sequence[str
         kind="speed",
         written=written,
         editable=editable,
+        warnings=tuple(notes),
         next_steps=(
             f"check `editable` and `protected` in {CONFIG_NAME} (the benchmark and tests must be protected)",
             *(() if same else (

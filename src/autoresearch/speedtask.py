@@ -9,6 +9,7 @@ speed, and the sequential judge accounts for timing noise.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import re
 import shlex
@@ -74,8 +75,9 @@ a failing test discards the change, with the failing test's name in the reason.
 
 
 def init_bench(dest: Path, *, bench: str, test: str, metric: str = "seconds",
-               repeat: int = 5, same: Sequence[str] = ()) -> dict[Path, str]:  # fmt: skip
-    """The files of a speed task for the repository at ``dest`` (not written yet)."""
+               repeat: int = 5, same: Sequence[str] = ()) -> tuple[dict[Path, str], list[str]]:  # fmt: skip
+    """The files of a speed task for the repository at ``dest`` (not written yet), and what
+    the user should know about the guess (modules protected as the benchmark's workload)."""
     if metric not in METRICS:
         raise ConfigError(f"--metric {metric}: one of {', '.join(METRICS)}")
     if not bench.strip():
@@ -85,8 +87,9 @@ def init_bench(dest: Path, *, bench: str, test: str, metric: str = "seconds",
     tracked = _tracked(dest)
     bench_files = _files_named(dest, bench)
     test_files = _files_named(dest, test)
-    protected = sorted({*bench_files, *test_files, *_test_globs(tracked)})
-    editable = guess_source(tracked, set(bench_files))
+    workload = workload_modules(dest, tracked, bench_files, test_files)
+    protected = sorted({*bench_files, *test_files, *_test_globs(tracked), *workload})
+    editable = guess_source(tracked, {*bench_files, *workload})
     if not editable:
         raise ConfigError(f"{dest}: no tracked Python source outside the tests and the benchmark; "
                           "commit the code first, or write autoresearch.toml by hand")  # fmt: skip
@@ -119,7 +122,49 @@ def init_bench(dest: Path, *, bench: str, test: str, metric: str = "seconds",
                    if same else "")  # fmt: skip
         files[dest / "program.md"] = SPEED_BRIEF.format(goal=goal, metric=metric, bench=bench, test=test,
                                                         what=what, memory=memory, same=checked)  # fmt: skip
-    return files
+    notes = [f"protected {path}: the benchmark imports it and the tests do not, so it is taken for the "
+             "benchmark's workload (sizes, repeat counts); if it is code to speed up, make it editable"
+             for path in workload]  # fmt: skip
+    return files, notes
+
+
+def workload_modules(dest: Path, tracked: Sequence[str], bench_files: Sequence[str],
+                     test_files: Sequence[str]) -> list[str]:  # fmt: skip
+    """The repository's modules the benchmark's Python files import and no test imports:
+    ``workloads.py`` with ``REPEAT = 20`` beside the library was editable, and a session kept
+    ``REPEAT = 1`` at -53% (its checksum did not count the passes)."""
+    folders = tuple(f.removesuffix("/**") + "/" for f in test_files if f.endswith("/**"))
+    tests = [p for p in tracked if p.endswith(".py") and (_TEST_FILE.search(p) or p.startswith(folders))]
+    tested = {name for path in tests for name in _imports(dest / path)}
+    out: list[str] = []
+    for script in (b for b in bench_files if b.endswith(".py")):
+        here = script.rsplit("/", 1)[0] + "/" if "/" in script else ""
+        for name in _imports(dest / script):
+            parts = name.split(".")  # a package the tests import is code under test, all of it
+            if any(".".join(parts[:i]) in tested for i in range(1, len(parts) + 1)):
+                continue
+            base = name.replace(".", "/")
+            for candidate in (f"{here}{base}.py", f"{base}.py", f"src/{base}.py"):
+                if candidate in tracked and candidate not in bench_files and not _TEST_FILE.search(candidate):
+                    out.append(candidate)
+                    break
+    return sorted(set(out))
+
+
+def _imports(path: Path) -> set[str]:
+    """The absolute module names a Python file imports (``from a import b``: ``a`` and ``a.b``)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return set()
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
 
 
 RSS_GUARD, TIME_GUARD = "peak_rss_mb <= 1.25 * best", "seconds <= 1.25 * best"
