@@ -63,3 +63,52 @@ def test_log_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
     shell = f"{sys.executable} -m autoresearch -C {repo} log | head -1; exit ${{PIPESTATUS[0]}}"
     done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+SLOW_AGENT = """\
+import sys, time
+from pathlib import Path
+from autoresearch.agents._base import Agent
+from autoresearch.config import load_config
+from autoresearch.engine import Engine, SessionOptions
+from autoresearch.records import Edit, Proposal
+
+class Slow(Agent):
+    name = "slow"
+
+    def propose(self, context):
+        if context.experiment_id > 1:  # ignores cancel(): the shutdown waits for this proposal
+            Path(sys.argv[2]).write_text("proposing")
+            time.sleep(8)
+        text = f"X = {1.0 + context.experiment_id}\\nY = 2.0\\n"
+        return Proposal(f"X {context.experiment_id}", edits=(Edit("params.py", content=text),))
+
+summary = Engine(load_config(sys.argv[1]), Slow(), options=SessionOptions(tag="t")).run()
+sys.exit(128 + summary.signal if summary.signal else 0)
+"""
+
+
+def test_a_second_signal_while_the_session_shuts_down_still_closes_it(tmp_path: Path) -> None:
+    """The handlers were put back before the shutdown: a second SIGTERM while it waited for the
+    agent's last proposal killed the orchestrator (-15), leaving the session 'running'."""
+    import os
+    import signal
+    import time
+
+    repo = toy(tmp_path)
+    (tmp_path / "agent.py").write_text(SLOW_AGENT)
+    marker = tmp_path / "proposing"
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "agent.py"), str(repo), str(marker)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), proc.communicate()
+    os.kill(proc.pid, signal.SIGTERM)
+    time.sleep(2)  # the loop has ended; the shutdown waits for the proposal
+    os.kill(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (proc.returncode, out, err)
+    db = sqlite3.connect(repo / ".autoresearch" / "ledger.db")
+    status, reason = db.execute("SELECT status, stop_reason FROM sessions WHERE tag = 't'").fetchone()
+    assert status == "finished" and "interrupted (SIGTERM)" in reason, (status, reason)

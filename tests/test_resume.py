@@ -180,3 +180,31 @@ def test_resume_with_two_slots_waits_for_a_rerun_baseline(tmp_path: Path) -> Non
     Engine(load_config(repo), ReplayAgent(patches), options=opts, executor=executor).run()
     executor.close()
     check_consistent(repo)
+
+
+def test_the_hours_of_an_invocation_killed_outright_count_towards_max_hours(tmp_path: Path) -> None:
+    """hours_used was written only when a session closed: after a kill -9 a resume started the
+    --max-hours budget again (a night of preemptions never reached it)."""
+    import json
+
+    repo = slow_task(tmp_path)
+    proc = cli(repo, "--patches", str(slow_patches(tmp_path / "p")), "--max-hours", "1")
+    db_path, deadline, rows = repo / ".autoresearch" / "ledger.db", time.monotonic() + 120, 0
+    while rows < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        if db_path.exists():
+            with sqlite3.connect(db_path) as db:
+                rows = db.execute("SELECT COUNT(*) FROM experiments WHERE finished IS NOT NULL").fetchone()[0]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert rows >= 3
+    with sqlite3.connect(db_path) as db:
+        config, status = db.execute("SELECT config, status FROM sessions").fetchone()
+        first, last = db.execute("SELECT MIN(started), MAX(finished) FROM experiments").fetchone()
+    assert status == "running"  # killed: never closed
+    hours = json.loads(config)["hours_used"]
+    assert hours * 3600 >= last - first > 0, (hours * 3600, last - first)
+    resumed = subprocess.run([sys.executable, "-m", "autoresearch", "-C", str(repo), "run", "--tag", "t", "--resume",
+                              "--max-hours", f"{hours / 2:.8f}"], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert "reached --max-hours" in resumed.stdout, resumed.stdout

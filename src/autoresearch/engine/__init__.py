@@ -22,7 +22,14 @@ from autoresearch.engine._experiment import Flight, context_for, experiment_seed
 from autoresearch.engine._loop import Proposer, drain, run_loop
 from autoresearch.engine._resume import ResumeDefaults, repair, resume_defaults
 from autoresearch.engine._setup import data_hashes, run_setup
-from autoresearch.engine._stop import Clock, Signals, StopRules, carried_over, stop_reason
+from autoresearch.engine._stop import (
+    CLOCK_EVERY,
+    Clock,
+    Signals,
+    StopRules,
+    carried_over,
+    stop_reason,
+)
 from autoresearch.engine._types import ExperimentEvent, RunStarted, SessionOptions, SessionSummary
 from autoresearch.errors import AutoresearchError, LedgerError, WorkspaceError
 from autoresearch.executors._base import Executor, Job
@@ -79,6 +86,7 @@ class Engine:
         self._setup_runner = StepRunner()
         self._signals = Signals(self._on_first_signal, self.kill)
         self._next_id = 0
+        self._clock_saved = time.monotonic()
         self._git_print: dict[str, str] = {}
         self.session: SessionRow
 
@@ -109,10 +117,10 @@ class Engine:
             self._stop = self._stop or f"error: {exc}"
             raise
         finally:
-            self._signals.restore()
-            try:
+            try:  # the handlers stay through the shutdown: a signal then must not cut it short
                 self._shutdown(proposer)
             finally:
+                self._signals.restore()
                 lock.release()
         return self.summary()
 
@@ -174,13 +182,13 @@ class Engine:
     def _recorded_config(self, previous: Mapping[str, Any]) -> dict[str, Any]:
         rules = carried_over(self.options.rules(), previous.get("stop_rules", {}))
         self.rules = rules
-        self.clock = Clock(float(previous.get("hours_used", 0.0)))
         return {**previous, "seed": self.options.seed, "gpu_price": self._gpu_price(),
                 "agent_flags": dict(self.options.agent_flags), "run_flags": dict(self.options.run_flags),
                 "stop_rules": rules.recorded()}  # fmt: skip
 
     def _adopt(self, session: SessionRow) -> SessionRow:
         self.session = session
+        self.clock = Clock(float(session.config.get("hours_used", 0.0)))  # before any row is recorded
         self.history = History(self.ledger.experiments(session), gpu_price=self._gpu_price())
         self._next_id = max((r.id for r in self.history.rows), default=-1) + 1
         return session
@@ -289,6 +297,17 @@ class Engine:
     def record(self, row: Experiment) -> None:
         """A row was written: the history everyone reads is computed again, once."""
         self.history = History(self.ledger.experiments(self.session), gpu_price=self._gpu_price())
+        self.save_clock(force=True)
+
+    def save_clock(self, *, force: bool = False) -> None:
+        """Record the hours used so far (with each experiment, and every ``CLOCK_EVERY`` s):
+        an orchestrator killed outright loses at most that much of ``--max-hours``."""
+        now = time.monotonic()
+        if not force and now - self._clock_saved < CLOCK_EVERY:
+            return
+        self._clock_saved = now
+        config = {**self.session.config, "hours_used": self.clock.hours()}
+        self.session = self.ledger.update_session(self.session, config=config)
 
     def emit(self, exp_id: int) -> None:
         history = self.history

@@ -117,6 +117,7 @@ def _paid(usage: Usage) -> bool:
 def run_loop(engine: Engine, proposer: Proposer) -> None:
     """Until a stop rule fires and everything in flight is recorded."""
     while True:
+        engine.save_clock()
         proposer.collect()
         fill_slots(engine, proposer)
         if not engine.flights and engine.history.best is None and not engine.requeue:

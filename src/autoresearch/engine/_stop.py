@@ -48,6 +48,9 @@ def carried_over(given: Mapping[str, Any], recorded: Mapping[str, Any]) -> StopR
     )
 
 
+CLOCK_EVERY = 60.0  # seconds between records of the hours used, besides one per experiment
+
+
 class Clock:
     """Hours a session has run, over all its invocations (what ``--max-hours`` counts)."""
 
@@ -80,7 +83,8 @@ def stop_reason(rules: StopRules, history: History, *, clock: Clock, spent: floa
 
 
 class Signals:
-    """SIGINT, SIGTERM and SIGHUP: the first finishes what runs and stops, the second kills it."""
+    """SIGINT, SIGTERM and SIGHUP: the first finishes what runs and stops, the second kills it,
+    the third (the shutdown itself taking too long) ends this process at once."""
 
     def __init__(self, on_first: Callable[[str], None], on_second: Callable[[], None]) -> None:
         self._first, self._second = on_first, on_second
@@ -104,8 +108,11 @@ class Signals:
         if self._count == 1:
             self.received = signum
             self._first(_SIGNAL_NAMES.get(signal.Signals(signum), f"signal {signum}"))
-        else:
+        elif self._count == 2:
             self._second()
+        else:  # a third: the user wants out now, whatever the shutdown still had to record
+            self.restore()
+            signal.raise_signal(signum)
 
 
-__all__ = ["Clock", "Signals", "StopRules", "carried_over", "stop_reason"]
+__all__ = ["CLOCK_EVERY", "Clock", "Signals", "StopRules", "carried_over", "stop_reason"]
