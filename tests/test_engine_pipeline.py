@@ -536,3 +536,25 @@ def test_a_signal_while_free_proposals_wait_leaves_no_gap_in_the_ids(tmp_path: P
     assert [r.id for r in rows] == list(range(len(rows))), [(r.id, r.verdict) for r in rows]
     assert rows[-1].verdict == "interrupted" and "while the agent was proposing" in rows[-1].reason
     assert [r.verdict for r in rows].count("interrupted") >= 2, [(r.id, r.verdict) for r in rows]
+
+
+def test_a_constraint_on_a_key_the_baseline_never_reported_stops_the_session(tmp_path: Path) -> None:
+    """``peak_rs_mb`` for ``peak_rss_mb``: the guard was never applied, and nothing said so. The
+    session stops after the baseline, naming the keys there are; fixed, a resume goes on."""
+    toml = TOML.format(judge="baseline_runs = 1")
+    bad = toml.replace('name = "score"', 'name = "score"\nconstraints = ["peak_rs_mb <= 1.25 * best"]')
+    repo = make_repo(tmp_path / "task", {"params.py": "A = 0\n", "program.md": "x\n", "autoresearch.toml": bad})
+
+    def run(job: Job) -> FakeRun:
+        return FakeRun(10.0 - params(job)["A"], metrics={"peak_rss_mb": 50.0 + 100 * params(job)["A"]})
+
+    engine = session(repo, Scripted(["A = 1\n"]), FakeExecutor(run), max_experiments=1)
+    assert [r.verdict for r in engine.history.rows] == ["baseline"]
+    reason = engine.summary().stop_reason
+    assert reason == ("error: [metric] constraint 'peak_rs_mb <= 1.25 * best': the baseline's runs never "
+                      "reported peak_rs_mb (they reported peak_rss_mb, score); fix autoresearch.toml, then --resume")
+    (repo / "autoresearch.toml").write_text(bad.replace("peak_rs_mb", "peak_rss_mb"))
+    git(repo, "commit", "-qam", "the key fixed")
+    resumed = session(repo, Scripted(["A = 1\n"]), FakeExecutor(run), max_experiments=1, resume=True)
+    row = resumed.history.rows[1]
+    assert row.verdict is Verdict.DISCARD and "constraint 'peak_rss_mb <= 1.25 * best' broken" in row.reason

@@ -156,6 +156,7 @@ class Engine:
         if self.config.judge.baseline_runs < 2 and self.history.noise().sigma is None:
             self.say("warning: the noise is unknown (baseline_runs < 2): each candidate that looks "
                      "better runs twice before it can be kept; set [judge] baseline_runs = 5")  # fmt: skip
+        self.check_constraints()  # a resumed session's baseline against today's autoresearch.toml
         if not self._stop and self.history.best is None and not self._baseline_queued():
             self._start_baseline()
 
@@ -368,6 +369,19 @@ class Engine:
     @property
     def killed(self) -> bool:
         return self._killed
+
+    def check_constraints(self) -> None:
+        """Stop when a ``[metric] constraints`` key is not among what the baseline's runs
+        reported: a typo (``peak_rs_mb``) would leave the guard unapplied without a word."""
+        base = self.history.baseline
+        if base is None or base.metric is None:
+            return
+        for constraint in self.config.metric.constraints:
+            if constraint.key not in base.metrics:
+                keys = ", ".join(sorted(base.metrics)) or "nothing besides the metric"
+                self.stop(f"error: [metric] constraint {constraint.text!r}: the baseline's runs never reported "
+                          f"{constraint.key} (they reported {keys}); fix autoresearch.toml, then --resume")  # fmt: skip
+                return
 
     def stop(self, reason: str, *, clean: bool = False) -> None:
         if not self._stop:

@@ -405,6 +405,8 @@ def finish(engine: Engine, flight: Flight, decision: Decision) -> None:
                                flight.compute)  # fmt: skip
     previous, lineage = engine.history.best, engine.history.lineage
     engine.record(row)
+    if decision.verdict is Verdict.BASELINE:
+        engine.check_constraints()
     if decision.verdict is Verdict.KEEP:
         _note_dropped(engine, row, lineage - engine.history.lineage)
     if decision.verdict.judged:
