@@ -116,6 +116,14 @@ def test_same_needs_a_reference_that_runs_and_prints_the_key(tmp_path: Path) -> 
     assert silent.returncode == 2 and "--same checksum: the reference run" in silent.stderr
 
 
+def test_the_same_keys_of_an_evaluate_are_read_from_its_command_line() -> None:
+    from autoresearch.measure import same_keys
+
+    assert same_keys("autoresearch measure --repeat 5 --same checksum --same=digest -- python b.py --same x") == (
+        "checksum", "digest")  # fmt: skip
+    assert same_keys("python evaluate.py --same checksum") == () and same_keys("autoresearch measure 'x") == ()
+
+
 def test_a_task_whose_evaluate_uses_same_needs_a_reference(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "r", {"autoresearch.toml": textwrap.dedent("""\
         [task]
@@ -191,7 +199,11 @@ def test_hard_coded_answers_faked_tests_and_forged_checksums_are_crashes(tmp_pat
         row = rows[name]
         assert row.verdict == "crash", (name, row.verdict, row.reason)
         assert "evaluate step exited with code 1" in row.reason, (name, row.reason)
-    assert rows["closed form"].verdict == "keep", rows["closed form"].reason
+    kept = rows["closed form"]
+    assert kept.verdict == "keep", kept.reason
+    printed = [r.metrics["checksum"] for r in kept.runs if r.purpose == "rescore"]  # the value kept rests on
+    assert len(set(printed)) == len(printed) > 1  # a workload of its own each: their mean means nothing
+    assert kept.metrics["checksum"] == printed[-1], (kept.metrics, printed)
     logs = engine.log_dir
     for row in (rows["a table for the benchmark's answer"], rows["print the checksum and leave"]):
         text = (logs / f"{row.id:04d}-0.evaluate.log").read_text()

@@ -605,6 +605,26 @@ def block(values: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def same_keys(command: str) -> tuple[str, ...]:
+    """The ``--same`` keys of an ``autoresearch measure`` command line (an ``evaluate``): over
+    an experiment's runs they are shown as the last run printed them, never averaged."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return ()
+    if "measure" not in words:
+        return ()
+    out: list[str] = []
+    for before, word in zip(["", *words], words, strict=False):
+        if word == "--":
+            break
+        if before == "--same":
+            out.append(word)
+        elif word.startswith("--same="):
+            out.append(word.removeprefix("--same="))
+    return tuple(out)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=5, help="timed runs (default: 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs first (default: 1)")
@@ -634,4 +654,4 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["Between", "MeasureError", "Sample", "add_arguments", "block", "mad", "main", "measure", "printed_twice", "run_once", "summarize"]
+__all__ = ["Between", "MeasureError", "Sample", "add_arguments", "block", "mad", "main", "measure", "printed_twice", "run_once", "same_keys", "summarize"]

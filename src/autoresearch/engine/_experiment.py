@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ from autoresearch.errors import EditRejected, ExecutorError, ProposalError
 from autoresearch.executors._base import Job, RunResult
 from autoresearch.git import remove_tree
 from autoresearch.judge import Decision, failure, ignores_seed
+from autoresearch.measure import same_keys
 from autoresearch.records import Experiment, Proposal, Run, RunPurpose, RunStatus, Verdict
 
 if TYPE_CHECKING:
@@ -351,7 +353,7 @@ def _broken_constraint(engine: Engine, flight: Flight) -> str:
     if not bounds:
         return ""
     best, base = engine.history.best, engine.history.baseline
-    return first_violation(bounds, mean_metrics(flight.runs), best.metrics if best else {},
+    return first_violation(bounds, mean_metrics(flight.runs, same_keys(engine.config.evaluate)), best.metrics if best else {},
                            base.metrics if base else {})  # fmt: skip
 
 
@@ -401,7 +403,8 @@ def finish(engine: Engine, flight: Flight, decision: Decision) -> None:
     assert decision.verdict is not None
     ws = engine.workspace
     row = engine.ledger.finish(engine.session, flight.experiment_id, decision.verdict,
-                               decision.metric, decision.reason, mean_metrics(flight.runs),
+                               decision.metric, decision.reason,
+                               mean_metrics(flight.runs, same_keys(engine.config.evaluate)),
                                flight.compute)  # fmt: skip
     previous, lineage = engine.history.best, engine.history.lineage
     engine.record(row)
@@ -435,15 +438,16 @@ def _note_dropped(engine: Engine, row: Experiment, dropped: set[int] | frozenset
     engine.say(f"#{row.id}: kept on an older best; not in the best code now: {names}")
 
 
-def mean_metrics(runs: list[Run]) -> dict[str, float]:
+def mean_metrics(runs: list[Run], last: Sequence[str] = ()) -> dict[str, float]:
     """Each metric's mean over the runs the recorded value rests on: a keep's fresh runs when
-    it has them (as its metric is), else every run."""
+    it has them (as its metric is), else every run. ``last``: keys taken as the last of those
+    runs printed them (``--same`` checksums: each run had a workload of its own)."""
     fresh = [r for r in runs if r.purpose is RunPurpose.RESCORE and r.status is RunStatus.OK]
     keys: dict[str, list[float]] = {}
     for run in fresh or runs:
         for key, value in run.metrics.items():
             keys.setdefault(key, []).append(value)
-    return {k: sum(v) / len(v) for k, v in keys.items() if all(math.isfinite(x) for x in v)}
+    return {k: v[-1] if k in last else sum(v) / len(v) for k, v in keys.items() if all(math.isfinite(x) for x in v)}
 
 
 def drop_outputs(engine: Engine, exp_id: int) -> None:

@@ -59,6 +59,11 @@ def value_text(value: float | None) -> str:
     return f"{value:.6f}" if value == 0.0 or 0.01 <= abs(value) < 1e9 else f"{value:.6g}"
 
 
+def _number(value: float) -> str:
+    """A secondary metric: counts and checksums digit for digit, the rest to six digits."""
+    return str(int(value)) if value.is_integer() and abs(value) < 2**53 else f"{value:g}"
+
+
 def agent_text(session: Session, history: History) -> str:
     """``agent X``, or ``agents X, then Y`` for a session resumed with another agent (the
     session's record names only the last)."""
@@ -271,7 +276,7 @@ def show_text(store: Store, session: Session, experiment_id: int) -> str:
     ]
     others = {k: v for k, v in row.metrics.items() if k != metric}
     if others:
-        lines.append("metrics: " + ", ".join(f"{k}={v:g}" for k, v in sorted(others.items())))
+        lines.append("metrics: " + ", ".join(f"{k}={_number(v)}" for k, v in sorted(others.items())))
     usage = row.usage
     if usage.input_tokens or usage.output_tokens:
         cost = "unknown" if usage.cost_usd is None else f"${usage.cost_usd:.4f}"
