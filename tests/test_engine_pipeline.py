@@ -558,3 +558,19 @@ def test_a_constraint_on_a_key_the_baseline_never_reported_stops_the_session(tmp
     resumed = session(repo, Scripted(["A = 1\n"]), FakeExecutor(run), max_experiments=1, resume=True)
     row = resumed.history.rows[1]
     assert row.verdict is Verdict.DISCARD and "constraint 'peak_rss_mb <= 1.25 * best' broken" in row.reason
+
+
+def test_a_resumed_sessions_events_carry_the_sessions_totals(tmp_path: Path) -> None:
+    """The live view's footer read "1 experiments, 0 kept" at #4 of a resumed session."""
+    from autoresearch.engine import ExperimentEvent
+
+    repo = task(tmp_path)
+    texts = [f"A = {i}\nB = 0\n" for i in range(1, 5)]
+    run = FakeExecutor(lambda job: 10.0 - params(job)["A"])
+    session(repo, Scripted(texts[:2]), run, max_experiments=2)
+    events: list[ExperimentEvent] = []
+    executor = FakeExecutor(lambda job: 10.0 - params(job)["A"])
+    opts = SessionOptions(tag="t", resume=True, max_experiments=3)
+    Engine(load_config(repo), Scripted(texts[2:]), options=opts, executor=executor, on_event=events.append).run()
+    executor.close()
+    assert [(e.experiment.id, e.done, e.kept) for e in events] == [(3, 3, 3)], events

@@ -263,6 +263,10 @@ def test_every_view_counts_the_same_experiments() -> None:
     for row in rows[:4]:
         tally.add(ExperimentEvent(row, 0.9, 1.0))
     assert "· 2 experiments, 1 kept" in tally.line("val_bpb")
+    resumed = Tally()  # a resume's view: the session's totals, this invocation's pace
+    resumed.add(ExperimentEvent(rows[3], 0.9, 1.0, done=24, kept=3, spend=1.5))
+    assert "· 24 experiments, 3 kept · $1.50 · " in resumed.line("val_bpb")
+    assert resumed.seen == 1
 
 
 def test_a_session_resumed_with_another_agent_names_both() -> None:

@@ -316,7 +316,8 @@ class Engine:
         best, base = history.best, history.baseline
         parent = next((r.metric for r in history.rows if r.verdict.judged and r.commit == row.parent), None)
         self._on_event(ExperimentEvent(row, best.metric if best else None, base.metric if base else None,
-                                       parent))  # fmt: skip
+                                       parent, done=len(history.done), kept=history.counts[Verdict.KEEP],
+                                       spend=history.spend))  # fmt: skip
 
     def observe_run(self, flight: Flight, job: Job) -> None:
         self._note_neighbours()

@@ -50,6 +50,10 @@ class ExperimentEvent:
     best: float | None
     baseline: float | None
     parent: float | None = None  # the recorded value of the code it changed (a keep's "vs best")
+    # the session's totals so far, over every invocation (a resume's view starts from them)
+    done: int | None = None
+    kept: int | None = None
+    spend: float | None = None
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,8 @@ def _step_log(run_log: Path, step: str) -> Path:
 
 
 class Tally:
-    """Best, spend and pace from the experiments seen finishing."""
+    """Best, spend and counts from the experiments seen finishing (the session's totals when
+    the events carry them: a resume goes on from them); the pace is this invocation's."""
 
     def __init__(self, *, gpu_price: float = 0.0) -> None:
         self.gpu_price = gpu_price
@@ -134,6 +135,7 @@ class Tally:
         self.spend = 0.0
         self.done = 0
         self.kept = 0
+        self.seen = 0  # experiments finished since this view started
         self.started = time.time()
 
     def add(self, event: ExperimentEvent) -> None:
@@ -142,11 +144,18 @@ class Tally:
         self.spend += (row.cost_usd or 0.0) + compute_cost(row.compute_seconds, self.gpu_price)
         if not row.is_baseline:  # as History.done counts
             self.done += 1
+            self.seen += 1
         self.kept += row.verdict is Verdict.KEEP
+        if event.done is not None:
+            self.done = event.done
+        if event.kept is not None:
+            self.kept = event.kept
+        if event.spend is not None:
+            self.spend = event.spend
 
     def per_hour(self) -> float | None:
         hours = (time.time() - self.started) / 3600
-        return self.done / hours if self.done and hours > 0 else None
+        return self.seen / hours if self.seen and hours > 0 else None
 
     def line(self, metric: str) -> str:
         gain = ""
