@@ -133,7 +133,12 @@ def test_the_remeasure_command_reads_the_most_recent_session(
     assert main(["--dir", str(dest), "remeasure", "--runs", "1"]) == 0
     out = capsys.readouterr().out
     assert "re-measuring session 'demo'" in out and "run 2 of 2: best" in out
-    assert "best / baseline = " in out
+    ratio = out.split("best / baseline = ")[1][:6]
+    assert main(["--dir", str(dest), "status"]) == 0  # the reading is kept with the session
+    assert f"re-measured: best / baseline = {ratio}" in capsys.readouterr().out
+    assert main(["--dir", str(dest), "report"]) == 0
+    page = next((dest / ".autoresearch" / "reports").rglob("*.html")).read_text()
+    assert f"best / baseline = {ratio}" in page
 
 
 def test_the_speed_demo_runs_the_speed_template_session(tmp_path: Path) -> None:

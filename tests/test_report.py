@@ -337,6 +337,9 @@ def test_status_warns_when_the_baseline_waited_more_than_the_best() -> None:
     calm = replace(base, metrics={"seconds": 0.30, "cpu_seconds": 0.29})
     assert "warning: the baseline" not in status_text(session_of(), History([calm, threads]))
     assert "warning: the baseline" not in status_text(session_of(), History([calm, best]))
+    seen = replace(base, metrics={"seconds": 0.0548, "cpu_seconds": 0.0389})  # a user's -53%, 60% of it held
+    fast = replace(best, metrics={"seconds": 0.0258, "cpu_seconds": 0.0255})
+    assert "warning: the baseline's runs took 1.4x" in status_text(session_of(), History([seen, fast]))
 
 
 def test_the_noise_line_counts_min_delta_and_says_the_naive_rule_s_margin() -> None:

@@ -216,6 +216,9 @@ def test_a_running_experiment_shows_its_growing_log(dashboard: Dashboard, record
     assert row["verdict"] == "pending" and row["log_tail"].endswith("step 2 | loss 3.5")
     table = json.loads(OPENER.open(f"http://127.0.0.1:{dashboard.port}/api/sessions/{TAG}").read())
     assert table["experiments"][-1]["verdict"] == "pending"
+    listed = json.loads(OPENER.open(f"http://127.0.0.1:{dashboard.port}/api/sessions").read())[0]
+    done = sum(1 for r in table["experiments"] if r["verdict"] not in ("baseline", "pending"))
+    assert (listed["experiments"], listed["experiments_text"]) == (done, f"{done} experiments (+ baseline)")
 
 
 def test_a_folder_without_a_ledger_is_served_empty_and_left_alone(tmp_path: Path) -> None:

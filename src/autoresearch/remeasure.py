@@ -5,13 +5,16 @@ toward luck; re-running both ends of the session on seeds no run of the session 
 alternating order (baseline, best, best, baseline, ...) so that a machine getting slower
 or faster during the check costs both the same, says what the session really bought.
 
-Nothing here is recorded in the ledger: the check is a reading, not an experiment. It
-holds the session's lock, so it never competes with a running session of the same tag.
+No experiment is recorded: the check is a reading, kept with the session (its latest
+reading, ``remeasured`` in the session's config) for ``status``, the report and the dashboard
+to show next to the recorded gain. It holds the session's lock, so it never competes with a
+running session of the same tag.
 """
 
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -65,6 +68,15 @@ class Remeasured:
             return None
         return self._gain(statistics.fmean(self.baseline), statistics.fmean(self.best)) / recorded
 
+    def reading(self) -> dict[str, float | str]:
+        """What the session keeps of this check (its latest re-measure)."""
+        assert self.ratio is not None
+        out: dict[str, float | str] = {"at": time.time(), "runs": min(len(self.baseline), len(self.best)),
+                                       "best_commit": self.best_commit, "ratio": self.ratio}  # fmt: skip
+        if self.held is not None and not self.nothing_kept:
+            out["held"] = self.held
+        return out
+
     def _gain(self, baseline: float, best: float) -> float:
         return baseline - best if self.direction == "minimize" else best - baseline
 
@@ -116,6 +128,7 @@ def remeasure(
     assert base.metric is not None and best.metric is not None
     lock = SessionLock(state, tag)
     lock.acquire()
+    session = ledger.session(tag)  # read under the lock: a session that just ended wrote its last
     workspace = Workspace(config, tag)
     executor = LocalExecutor(sandbox=Sandbox.for_task(config), max_log_mb=config.max_log_mb)
     values: dict[str, list[float]] = {"baseline": [], "best": []}
@@ -150,14 +163,18 @@ def remeasure(
                 failures.append(f"{name}: {result.status}: {result.reason}")
             if on_run is not None:
                 on_run(name, index, result.metric if ok else None)
+        reading = Remeasured(
+            config.metric.name, config.metric.direction, tuple(values["baseline"]),
+            tuple(values["best"]), base.metric, best.metric, tuple(failures), base.commit, best.commit,
+        )  # fmt: skip
+        if reading.ratio is not None:
+            ledger.update_session(session, config={**session.config, "remeasured": reading.reading()})
     finally:
         executor.close()
         workspace.remove_worktrees()
         lock.release()
-    return Remeasured(
-        config.metric.name, config.metric.direction, tuple(values["baseline"]),
-        tuple(values["best"]), base.metric, best.metric, tuple(failures), base.commit, best.commit,
-    )  # fmt: skip
+        ledger.close()
+    return reading
 
 
 __all__ = ["Remeasured", "remeasure"]

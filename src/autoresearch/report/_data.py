@@ -7,7 +7,7 @@ the records are ``autoresearch.records``' and the numbers ``autoresearch.history
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ class Session:
     rules: Mapping[str, Any]  # the stop rules it runs under (max_hours, max_cost, ...)
     gpu_price: float | None  # dollars per slot-hour the session was started with
     alive: bool  # an orchestrator holds the session's lock now
+    remeasured: Mapping[str, Any] = field(default_factory=dict)  # the latest `remeasure` reading
 
     @property
     def state(self) -> str:
@@ -134,6 +135,7 @@ class Store:
             rules=dict(row.config.get("stop_rules", {})),
             gpu_price=None if price is None else float(price),
             alive=alive,
+            remeasured=dict(row.config.get("remeasured", {})),
         )
 
 

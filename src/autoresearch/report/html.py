@@ -19,6 +19,7 @@ from autoresearch.report.text import (
     VERDICT_ORDER,
     agent_text,
     experiments_text,
+    remeasured_text,
     terminal_text,
     value_text,
 )
@@ -117,6 +118,7 @@ def summary_rows(session: Session, history: History) -> list[tuple[str, str]]:
             f"{value_text(best.metric if best else None)}",
         ),
         ("total gain", "-" if gain is None else f"{gain:+.2f}% vs baseline"),
+        *((("re-measured", again),) if (again := remeasured_text(session, history)) else ()),
         ("experiments", experiments_text(history)),
         ("keep rate", f"{kept}/{done} ({kept / done:.0%})" if done else "-"),
         ("wall time", _duration(history.wall_seconds)),

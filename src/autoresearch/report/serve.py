@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from autoresearch.errors import AutoresearchError, LedgerError
 from autoresearch.report import html
 from autoresearch.report._data import Experiment, Store, Verdict, log_dir
-from autoresearch.report.text import terminal_text
+from autoresearch.report.text import experiments_text, terminal_text
 
 COOKIE = "autoresearch_token"
 POLL_SECONDS = 1.0  # how often an event stream looks at the ledger
@@ -111,7 +111,8 @@ class Dashboard:
                     "status": session.state,
                     "alive": session.alive,
                     "metric": session.metric,
-                    "experiments": len(history.rows),
+                    "experiments": len(history.done),  # as every view counts them
+                    "experiments_text": experiments_text(history),
                     "best": best.metric if best else None,
                     "created": session.created,
                 }
@@ -413,7 +414,7 @@ async function loadSessions() {
   const sessions = await getJSON("/api/sessions");
   const select = document.getElementById("sessions");
   select.replaceChildren(...sessions.map((s) =>
-    el("option", { value: s.tag }, `${s.tag} (${s.experiments} experiments, ${s.status})`)));
+    el("option", { value: s.tag }, `${s.tag} (${s.experiments_text}, ${s.status})`)));
   const wanted = new URLSearchParams(location.hash.slice(1)).get("tag");
   state.tag = sessions.some((s) => s.tag === wanted) ? wanted : (sessions[0] ? sessions[0].tag : "");
   select.value = state.tag;

@@ -157,6 +157,9 @@ def status_text(
         )
     if baseline is not None:
         lines.append(f"baseline: {value_text(baseline.metric)}")
+    again = remeasured_text(session, history)
+    if again:
+        lines.append(f"re-measured: {again}")
     lines.extend(_load_lines(history))
     lines.append(noise_text(history, judge or JudgeConfig()))
     running = f", {len(history.pending)} running" if history.pending else ""
@@ -168,7 +171,20 @@ def status_text(
     return terminal_text("\n".join(lines))
 
 
-WAITED = 1.5  # wall over CPU seconds: a run that waited this much longer than it computed
+def remeasured_text(session: Session, history: History) -> str:
+    """The latest ``autoresearch remeasure`` reading ("" when there is none)."""
+    reading = session.remeasured
+    if not reading.get("ratio"):
+        return ""
+    when = _dt.datetime.fromtimestamp(float(reading.get("at", 0))).strftime("%Y-%m-%d %H:%M")
+    held = f", {max(float(reading['held']), 0.0):.0%} of the recorded gain held" if "held" in reading else ""
+    best = history.best
+    of = "" if best is not None and best.commit == reading.get("best_commit") else " (of an earlier best)"
+    return (f"best / baseline = {float(reading['ratio']):.4f}{held}, {int(reading.get('runs', 0))} fresh "
+            f"runs each, {when}{of}")  # fmt: skip
+
+
+WAITED = 1.25  # wall over CPU seconds: a run that waited this much longer than it computed
 
 
 def _load_lines(history: History) -> list[str]:
@@ -309,6 +325,7 @@ __all__ = [
     "experiments_text",
     "log_line",
     "log_text",
+    "remeasured_text",
     "show_text",
     "status_text",
     "summary_text",
