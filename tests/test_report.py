@@ -255,6 +255,8 @@ def test_every_view_counts_the_same_experiments() -> None:
         in status
     )
     assert dict(summary_rows(session_of(), history))["experiments"] == "2 experiments (+ baseline)"
+    dead = replace(session_of(), status="running", alive=False)  # its orchestrator was killed
+    assert "2 experiments (+ baseline), 1 left pending: " in status_text(dead, history)
     when = 1_800_000_000.0
     started = log_line(replace(rows[4], started=when))  # and `log` says since when
     assert started.endswith(" [started " + _dt.datetime.fromtimestamp(when).strftime("%H:%M:%S") + "]")

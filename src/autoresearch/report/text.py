@@ -162,7 +162,9 @@ def status_text(
         lines.append(f"re-measured: {again}")
     lines.extend(_load_lines(history))
     lines.append(noise_text(history, judge or JudgeConfig()))
-    running = f", {len(history.pending)} running" if history.pending else ""
+    running = ""
+    if history.pending:  # a dead orchestrator's are not running: a resume runs them again
+        running = f", {len(history.pending)} {'left pending' if session.state == 'not running' else 'running'}"
     lines.append(f"{experiments_text(history)}{running}: {counts_text(history.counts)}")
     lines.extend(_spend_lines(history))
     lines.extend(_pace_lines(history, max_hours=max_hours, max_cost=max_cost))
