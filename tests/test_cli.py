@@ -49,6 +49,15 @@ def test_run_then_inspect(tmp_path: Path) -> None:
     assert (repo / "out.tsv").read_text().splitlines()[1].split("\t")[3] == "keep"  # upstream statuses
     assert git(repo, "status", "--porcelain") == "?? out.tsv"
 
+    toml = repo / "autoresearch.toml"  # being edited: the views still read the ledger
+    toml.write_text(toml.read_text().replace("timeout = 20", 'timeout = "x"'))
+    for command in (("status",), ("log",), ("show", "1"), ("report",)):
+        done = ar(*command, cwd=repo)
+        assert done.returncode == 0, (command, done.stderr)
+        assert done.stderr.startswith("warning: ") and "[task] timeout: found 'x'" in done.stderr
+    assert "best score: 10.000000 (experiment 1" in ar("status", cwd=repo).stdout
+    assert ar("run", "--tag", "again", "--agent", "replay", "--patches", str(patches), cwd=repo).returncode == 1
+
 
 def test_errors_are_one_line_with_exit_codes(tmp_path: Path) -> None:
     repo = toy(tmp_path)

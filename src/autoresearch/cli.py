@@ -326,12 +326,38 @@ def _store(args: argparse.Namespace) -> tuple[TaskConfig, Store]:
     return config, store
 
 
+def _readable(args: argparse.Namespace) -> tuple[TaskConfig | None, Store]:
+    """The ledger for a view that only reads it (None for a task file that does not load)."""
+    config, root = _view_config(args)
+    store = Store(root)
+    if not store.exists():
+        raise AutoresearchError(f"no ledger at {store.path}: run `autoresearch run` first")
+    return config, store
+
+
+def _view_config(args: argparse.Namespace) -> tuple[TaskConfig | None, Path]:
+    """The task and its folder for a view: it works while autoresearch.toml is being edited
+    and does not load (said once, on stderr), where a session needs it whole."""
+    try:
+        config = load_config(args.dir)
+        return config, config.root
+    except ConfigError as exc:
+        path = Path(args.dir)
+        root = (path if path.is_dir() else path.parent).resolve()
+        if not (root / CONFIG_NAME).is_file():
+            raise
+        print(f"warning: {exc}", file=sys.stderr)
+        return None, root
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    config, store = _store(args)
+    config, store = _readable(args)
     session = store.session(args.tag)
     history = store.history(session)
     print(text.status_text(session, history, max_hours=args.max_hours, max_cost=args.max_cost,
-                           judge=config.judge))  # fmt: skip
+                           judge=config.judge if config else None))  # fmt: skip
+    if config is None:
+        return 0
     warnings = [resolve_mode(config.sandbox)[1], *task_notes(config.root)]  # task_notes: from init
     for warning in filter(None, warnings):
         print(f"warning: {warning}")
@@ -339,7 +365,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_log(args: argparse.Namespace) -> int:
-    _, store = _store(args)
+    _, store = _readable(args)
     session = store.session(args.tag)
     if args.json:
         sys.stdout.write(export.json_text(session, store.experiments(session.tag, details=True)))
@@ -349,13 +375,13 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    _, store = _store(args)
+    _, store = _readable(args)
     print(text.show_text(store, store.session(args.tag), args.experiment))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    _, store = _store(args)
+    _, store = _readable(args)
     session = store.session(args.tag)
     tsv = args.tsv if args.tsv is not None or args.json is not None else Path("results.tsv")
     if tsv is not None:
@@ -371,8 +397,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    config, _ = _store(args)
-    png, page = make_report(config.root, tag=args.tag, out=args.out)
+    _, store = _readable(args)
+    png, page = make_report(store.root, tag=args.tag, out=args.out)
     print(f"wrote {png}\nwrote {page}")
     return 0
 
@@ -380,13 +406,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from autoresearch.report import serve
 
-    config = load_config(args.dir)
+    _, root = _view_config(args)
     try:
-        server = serve.Dashboard(config.root, host=args.host, port=args.port, token=args.token)
+        server = serve.Dashboard(root, host=args.host, port=args.port, token=args.token)
     except OSError as exc:  # "[Errno 98] Address already in use" alone named neither
         raise AutoresearchError(f"cannot serve on {args.host}:{args.port}: {exc.strerror}; "
                                 "pick another --port (0: any free one)") from exc
-    print(f"dashboard of {config.root} at {server.url} (Ctrl-C stops it)", flush=True)
+    print(f"dashboard of {root} at {server.url} (Ctrl-C stops it)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
