@@ -65,6 +65,20 @@ def test_log_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
     assert done.returncode == 0 and done.stderr == "", done.stderr
 
 
+def test_a_run_whose_reader_goes_away_finishes_its_session(tmp_path: Path) -> None:
+    """``run ... | head -1`` ended the session: "stopped — error: [Errno 32] Broken pipe"."""
+    repo = toy(tmp_path)
+    patches = write_patch_dir(tmp_path / "p", {f"{i:02d}": f"# p{i}\nparams.py\n<<<<<<< SEARCH\nY = 2.0\n=======\nY = {i}.5\n>>>>>>> REPLACE\n" for i in range(4)})
+    shell = (f"{sys.executable} -m autoresearch -C {repo} run --tag t --agent replay --patches {patches} "
+             "2>/dev/null | head -1; exit ${PIPESTATUS[0]}")  # fmt: skip
+    done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout
+    db = sqlite3.connect(repo / ".autoresearch" / "ledger.db")
+    status, reason = db.execute("SELECT status, stop_reason FROM sessions WHERE tag = 't'").fetchone()
+    assert status == "finished" and "Broken pipe" not in reason, (status, reason)
+    assert db.execute("SELECT COUNT(*) FROM experiments").fetchone()[0] == 5  # the baseline and 4 patches
+
+
 SLOW_AGENT = """\
 import sys, time
 from pathlib import Path

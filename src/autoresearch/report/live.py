@@ -242,6 +242,7 @@ class PlainView(_Base):
     ) -> None:
         super().__init__(metric=metric, direction=direction, gpu_price=gpu_price)
         self.out, self.err = out or sys.stdout, err or sys.stderr
+        self._gone: set[IO[str]] = set()  # streams whose reader went away
 
     def __enter__(self) -> PlainView:
         return self
@@ -251,13 +252,22 @@ class PlainView(_Base):
 
     def experiment_finished(self, event: ExperimentEvent) -> None:
         if not self._headed:  # the table's header with its first row: not before a refusal
-            print(EVENT_HEADER.format(metric=self.metric), file=self.out, flush=True)
+            self._print(EVENT_HEADER.format(metric=self.metric), self.out)
         self._headed = True
         super().experiment_finished(event)
-        print(event_line(event, self.direction), file=self.out, flush=True)
+        self._print(event_line(event, self.direction), self.out)
 
     def message(self, text: str) -> None:
-        print(terminal_text(text), file=self.err, flush=True)
+        self._print(terminal_text(text), self.err)
+
+    def _print(self, line: str, stream: IO[str]) -> None:
+        """A reader that went away (``run ... | head``) ends the output, not the session."""
+        if stream in self._gone:
+            return
+        try:
+            print(line, file=stream, flush=True)
+        except (BrokenPipeError, ValueError):  # ValueError: a stream closed under us
+            self._gone.add(stream)
 
 
 class LiveView(_Base):
