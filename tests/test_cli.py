@@ -75,6 +75,15 @@ def test_errors_are_one_line_with_exit_codes(tmp_path: Path) -> None:
     assert ar("status", cwd=tmp_path).returncode == 1
 
 
+@pytest.mark.parametrize(("gpus", "error"), [("abc,,x", "'abc' is not a device"), ("0,", "'' is not a device"),
+                                             ("0,1,0", "device 0 is named twice")])  # fmt: skip
+def test_a_bad_gpus_list_is_refused_before_anything_runs(tmp_path: Path, gpus: str, error: str) -> None:
+    repo = toy(tmp_path)
+    done = ar("run", "--tag", "g", "--agent", "replay", "--patches", ".", "--gpus", gpus, cwd=repo)
+    assert done.returncode == 1 and error in done.stderr, done.stderr
+    assert not (repo / ".autoresearch" / "ledger.db").exists()
+
+
 def test_flag_for_another_agent_is_refused(tmp_path: Path) -> None:
     repo = toy(tmp_path)
     done = ar("run", "--agent", "replay", "--patches", ".", "--model", "x", cwd=repo)

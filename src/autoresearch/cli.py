@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
+import re
 import sys
 import threading
 import time
@@ -177,9 +178,22 @@ def _executor(args: argparse.Namespace, config: TaskConfig) -> Executor:
         from autoresearch.executors.ray import RayExecutor  # Ray is an optional extra
 
         return RayExecutor(config, address=args.ray_address or "auto", slots=args.slots)
-    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+    gpus = _gpus(args.gpus) if args.gpus else None
     return LocalExecutor(args.slots, gpus=gpus, sandbox=Sandbox.for_task(config),
                          max_log_mb=config.max_log_mb, share_cpus=bool(args.share_cpus))  # fmt: skip
+
+
+def _gpus(text: str) -> list[str]:
+    """``--gpus 0,1``: one slot per device, each named once (an index, or a GPU-/MIG- UUID)."""
+    gpus = [g.strip() for g in text.split(",")]
+    bad = next((g for g in gpus if not re.fullmatch(r"\d+|(GPU|MIG)-[\w/-]+", g)), None)
+    if bad is not None:
+        raise ConfigError(f"--gpus {text}: {bad!r} is not a device (an index such as 0, or a GPU-/MIG- UUID)")
+    twice = next((g for g in gpus if gpus.count(g) > 1), None)
+    if twice is not None:
+        raise ConfigError(f"--gpus {text}: device {twice} is named twice; two slots on one device "
+                          "would time each other's runs")  # fmt: skip
+    return gpus
 
 
 def main(argv: Sequence[str] | None = None) -> int:
