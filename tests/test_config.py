@@ -82,7 +82,7 @@ BAD = [
     (
         "bad constraint",
         GOOD.replace("[metric]", '[metric]\nconstraints = ["peak_rss <= 1.25 * bestt"]'),
-        "[metric] constraints: found 'peak_rss <= 1.25 * bestt', expected write KEY OP BOUND",
+        "[metric] constraints: found 'peak_rss <= 1.25 * bestt', expected KEY OP BOUND",
     ),
     (
         "unknown task key",

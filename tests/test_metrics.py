@@ -47,6 +47,8 @@ def test_a_primary_metric_printed_twice_in_one_block_is_an_error() -> None:
 def test_lines_before_the_separator_do_not_count() -> None:
     with pytest.raises(MetricError, match="missing"):
         parse(MetricConfig(name="val_bpb"), "val_bpb: 0.5\nno separator\n")
+    with pytest.raises(MetricError, match=r"^metric 'second' missing from the output \(it reported cpu_seconds, seconds\)$"):
+        parse(MetricConfig(name="second"), "---\nseconds: 0.5\ncpu_seconds: 0.4\n")  # a typo: say what is there
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])

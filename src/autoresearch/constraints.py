@@ -68,7 +68,7 @@ def parse(text: str) -> Constraint:
     """One constraint; ValueError with the accepted forms when ``text`` is not one."""
     match = _FORM.match(text)
     if match is None:
-        raise ValueError(f"{text!r}: write KEY OP BOUND, OP one of <= < >= > ==, BOUND a number, "
+        raise ValueError(f"{text!r}: KEY OP BOUND, OP one of <= < >= > ==, BOUND a number, "
                          "best, baseline or a scaled one (e.g. 'peak_rss_mb <= 1.05 * best')")  # fmt: skip
     g = match.groupdict()
     reference = g["ref"] or g["ref2"] or g["ref3"] or ""

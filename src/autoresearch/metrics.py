@@ -117,7 +117,9 @@ def parse(config: MetricConfig, output: str, out_dir: Path | None = None) -> dic
             raise MetricError(f"metric {config.name!r} printed {len(printed)} times in the summary "
                               f"block ({shown}): print it once")  # fmt: skip
     if config.name not in found:
-        raise MetricError(f"metric {config.name!r} missing from the output")
+        keys = ", ".join(sorted(found)[:12]) + (", ..." if len(found) > 12 else "")
+        there = f" (it reported {keys})" if found else ""
+        raise MetricError(f"metric {config.name!r} missing from the output{there}")
     value = found[config.name]
     if not math.isfinite(value):
         raise MetricError(f"metric {config.name!r} is not finite ({value})")
