@@ -131,6 +131,17 @@ def test_tiny_and_huge_values_keep_their_digits(tmp_path: Path) -> None:
     )
 
 
+def test_memory_gb_is_the_gpus_or_else_the_ram_a_run_peaked_at() -> None:
+    """A speed task's rows all read 0.0: its runs report peak_rss_mb, not peak_vram_mb."""
+    from autoresearch.records import Experiment
+    from autoresearch.report.export import tsv_text
+
+    rows = [Experiment(0, "baseline", 1.0, "gpu", commit="a" * 7, metrics={"peak_vram_mb": 45056.0, "peak_rss_mb": 9.0}),
+            Experiment(1, "keep", 0.9, "cpu", commit="b" * 7, metrics={"peak_rss_mb": 27.6}),
+            Experiment(2, "crash", None, "none", commit="c" * 7)]  # fmt: skip
+    assert [line.split("\t")[2] for line in tsv_text(rows, "s").splitlines()[1:]] == ["44.0", "0.027", "0.0"]
+
+
 def test_json_of_another_tool_is_refused() -> None:
     with pytest.raises(ValueError, match=r"not an autoresearch runs\.json"):
         experiments_from_json({"experiments": []})

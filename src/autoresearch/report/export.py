@@ -1,6 +1,7 @@
 """Files for other tools: upstream's ``results.tsv``, and every experiment as JSON.
 
-``results.tsv`` has upstream's columns (``commit <metric> memory_gb status description``) and,
+``results.tsv`` has upstream's columns (``commit <metric> memory_gb status description``:
+peak GPU memory, or peak RSS where the runs used no GPU) and,
 by default, upstream's statuses, so its analysis notebook finds the top hits: the baseline
 counts as ``keep`` (it is the first kept state), a run that produced no metric as ``crash``
 (with metric 0, as upstream writes it). ``verdicts=True`` writes our verdicts instead.
@@ -71,9 +72,10 @@ def tsv_text(rows: Sequence[TsvRow], metric: str, *, verdicts: bool = False) -> 
         status = str(verdict) if verdicts else upstream_status(verdict, row.metric)
         measured = row.metric is not None and status != "crash"
         value = value_text(row.metric) if measured and row.metric is not None else "0.000000"
-        memory = row.metrics.get("peak_vram_mb", 0.0) / 1024
+        memory = row.metrics.get("peak_vram_mb", row.metrics.get("peak_rss_mb", 0.0)) / 1024  # no GPU: RAM
         description = _inert(" ".join(row.description.split()))
-        lines.append(f"{row.commit[:7] or '-'}\t{value}\t{memory:.1f}\t{status}\t{description}")
+        shown = f"{memory:.1f}" if memory >= 1 or memory == 0 else f"{memory:.3f}"  # a benchmark's 27 MB
+        lines.append(f"{row.commit[:7] or '-'}\t{value}\t{shown}\t{status}\t{description}")
     return "\n".join(lines) + "\n"
 
 
