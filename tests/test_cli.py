@@ -75,6 +75,20 @@ def test_errors_are_one_line_with_exit_codes(tmp_path: Path) -> None:
     assert ar("status", cwd=tmp_path).returncode == 1
 
 
+def test_a_typo_in_another_agents_table_and_an_uncommitted_brief_are_warned_of(tmp_path: Path) -> None:
+    repo = toy(tmp_path)
+    toml = repo / "autoresearch.toml"
+    toml.write_text(toml.read_text() + '\n[agent.command]\ncmdd = "claude -p"\n')
+    git(repo, "commit", "-qam", "a table for later")
+    git(repo, "rm", "-q", "--cached", "program.md")
+    git(repo, "commit", "-qm", "the brief, untracked")
+    patches = write_patch_dir(tmp_path / "p", {k: PATCHES[k] for k in ("01-improve",)})
+    done = ar("run", "--tag", "w", "--agent", "replay", "--patches", str(patches), cwd=repo)
+    assert done.returncode == 0, done.stderr
+    assert "[agent.command] unknown key 'cmdd'; allowed: cmd," in done.stderr
+    assert "warning: program.md is not committed" in done.stderr
+
+
 @pytest.mark.parametrize(("gpus", "error"), [("abc,,x", "'abc' is not a device"), ("0,", "'' is not a device"),
                                              ("0,1,0", "device 0 is named twice")])  # fmt: skip
 def test_a_bad_gpus_list_is_refused_before_anything_runs(tmp_path: Path, gpus: str, error: str) -> None:

@@ -363,3 +363,18 @@ def test_a_file_both_editable_and_protected_is_a_config_error(toy_repo: Path) ->
         Workspace(load_config(repo), "t")
     toml.write_text(text.replace('editable = ["params.py"]', 'editable = ["*.py"]'))
     Workspace(load_config(repo), "t")
+
+
+def test_the_agent_is_shown_the_editable_files_less_the_protected_ones(toy_repo: Path) -> None:
+    """``editable = ["*.py"]`` with ``score.py`` protected: the tuner searched score.py's
+    constants, and every proposal that changed them was refused."""
+    toml = toy_repo / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('editable = ["params.py"]', 'editable = ["*.py"]'))
+    git(toy_repo, "commit", "-qam", "every Python file editable")
+    ws = Workspace(load_config(toy_repo), "t")
+    ws.checkout(0, ws.start())
+    assert set(ws.read_files(0, ws.config.editable)) == {"params.py", "score.py"}
+    assert set(ws.editable_files(0)) == {"params.py"}
+    assert ws.untracked(["autoresearch.toml", "params.py", "absent.md"]) == []
+    (toy_repo / "notes.md").write_text("x\n")
+    assert ws.untracked(["notes.md", "params.py"]) == ["notes.md"]

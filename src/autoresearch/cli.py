@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from autoresearch import __version__, measure, templates
-from autoresearch.agents import AGENT_FLAGS, AGENT_NAMES, agent_options, get_agent
+from autoresearch.agents import AGENT_FLAGS, AGENT_NAMES, agent_options, get_agent, table_warnings
 from autoresearch.config import CONFIG_NAME, STATE_DIR, TaskConfig, load_config
 from autoresearch.engine import (
     Engine,
@@ -263,6 +263,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not str(exc).startswith("[agent."):
             raise
         raise ConfigError(f"{config.root / CONFIG_NAME}: {exc}") from exc
+    for warning in table_warnings(config, args.agent):
+        print(f"warning: {config.root / CONFIG_NAME}: {warning}", file=sys.stderr)
 
     if "patches" in flags:
         flags["patches"] = str(Path(flags["patches"]).resolve())

@@ -135,6 +135,14 @@ class Workspace:
         out = self.git("log", "--all", "--format=", "--name-only", "--relative", "--", *specs, check=False)
         return sorted({line for line in out.splitlines() if line.strip()})
 
+    def untracked(self, paths: Iterable[str]) -> list[str]:
+        """Those of the task-relative ``paths`` present in the task folder that git does not track."""
+        present = [p for p in paths if (self.config.root / p).is_file()]
+        if not present:
+            return []
+        tracked = set(self.git("ls-files", "-z", "--", *present, check=False).split("\0"))
+        return [p for p in present if p not in tracked]
+
     def branch_head(self) -> str | None:
         out = self.git("rev-parse", "--verify", "--quiet", self.branch_ref, check=False)
         return out or None
@@ -267,6 +275,12 @@ class Workspace:
                 target.unlink()
             target.parent.mkdir(parents=True, exist_ok=True)
             target.symlink_to(source.resolve(), target_is_directory=source.is_dir())
+
+    def editable_files(self, slot: SlotKey) -> dict[str, str]:
+        """Text of the files the agent may change: ``editable`` less the protected files an
+        editable glob also matches (an agent shown them wastes proposals on refused edits)."""
+        files = self.read_files(slot, self.config.editable)
+        return {path: text for path, text in files.items() if self.allow.reason(path) is None}
 
     def read_files(self, slot: SlotKey, patterns: Iterable[str]) -> dict[str, str]:
         """Text of the tracked task files matching ``patterns`` (globs, from the task folder: as

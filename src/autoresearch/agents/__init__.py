@@ -62,6 +62,23 @@ def get_agent(name_or_obj: str | Agent, **options: Any) -> Agent:
     return agent
 
 
+def table_warnings(config: TaskConfig, using: str) -> list[str]:
+    """Unknown keys in the ``[agent.<name>]`` tables of agents other than ``using`` (whose
+    table is an error when it is built): a typo there is found before that agent's night."""
+    found = []
+    for name, table in config.agents.items():
+        if name == using:
+            continue
+        try:
+            allowed = _keywords(_backend(name))
+        except ConfigError:  # its optional SDK is not installed here: nothing to check against
+            continue
+        unknown = sorted(set(table) - set(allowed or table))
+        if unknown:
+            found.append(f"[agent.{name}] unknown key {unknown[0]!r}; allowed: {', '.join(allowed or ())}")
+    return found
+
+
 def _keywords(backend: type) -> list[str] | None:
     """The options ``backend`` takes: its ``__init__``'s, and those its ``**options`` hand to
     the classes above it. None when a class takes any."""
@@ -129,4 +146,5 @@ __all__ = [
     "Usage",
     "agent_options",
     "get_agent",
+    "table_warnings",
 ]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from autoresearch.agents._base import Agent
-from autoresearch.config import STATE_DIR, TaskConfig
+from autoresearch.config import CONFIG_NAME, STATE_DIR, TaskConfig
 from autoresearch.engine._experiment import Flight, context_for, experiment_seed, launch
 from autoresearch.engine._loop import Proposer, drain, run_loop
 from autoresearch.engine._resume import ResumeDefaults, repair, resume_defaults
@@ -144,6 +144,11 @@ class Engine:
                      "can write wherever you can (the runs' checkouts, the Python environment, "
                      "git's config), and a process it starts that leaves its session and "
                      "environment outlives its turn")  # fmt: skip
+        loose = self.workspace.untracked([CONFIG_NAME, self.config.instructions])
+        if loose:
+            self.say(f"warning: {' and '.join(loose)} {'is' if len(loose) == 1 else 'are'} not committed: the "
+                     "session runs them as they are on disk, and the branch will not record the task it "
+                     "ran; commit them")  # fmt: skip
         held = self.workspace.in_history(self.config.holdout)
         if held:
             shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
@@ -232,7 +237,7 @@ class Engine:
         ws.ensure_excluded()
         head = ws.branch_head() if self.options.resume else None
         ws.checkout(0, head or ws.head())
-        return self.agent.check(ws.read_files(0, self.config.editable))
+        return self.agent.check(ws.editable_files(0))
 
     def _setup(self) -> None:
         if self.config.setup.strip():

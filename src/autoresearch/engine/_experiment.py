@@ -95,7 +95,7 @@ def context_for(engine: Engine, exp_id: int, parent: str, planned: list[Ready], 
     steps, limit, _basis = engine.judge.budget_limit(standing) if standing else ((), None, "")
     return Context(
         instructions=_read(cfg.root / cfg.instructions),
-        editable=ws.read_files(PROPOSAL_CHECKOUT, cfg.editable),
+        editable=ws.editable_files(PROPOSAL_CHECKOUT),
         readonly=ws.read_files(PROPOSAL_CHECKOUT, cfg.context),
         history=(*history.rows, *(_row(engine, r, Verdict.PENDING, parent=r.parent) for r in planned)),
         metric_name=cfg.metric.name, direction=cfg.metric.direction,
