@@ -172,7 +172,7 @@ def test_a_sparse_file_past_max_file_kb_is_refused_before_it_is_diffed(toy_repo:
     the patch and the slot before the size check refused it."""
     body = 'os.truncate("params.py", 300 * 2**20)\nprint("bigger")\n'
     context = replace(context_in(toy_repo), max_file_kb=64.0)
-    with pytest.raises(ProposalError, match=r"^params.py: the command made it 307200.0 KB, over \[task\] max_file_kb = 64"):
+    with pytest.raises(ProposalError, match=r"^params.py: the command makes it 307200.0 KB, over \[task\] max_file_kb = 64"):
         CommandAgent(script(tmp_path, "cli.py", body), timeout=30).propose(context)
     assert_clean(toy_repo, git(toy_repo, "rev-parse", "HEAD"))
     small = 'open("params.py", "a").write("Z = 1.0\\n")\nprint("one more")\n'

@@ -66,6 +66,19 @@ def test_failing_check_is_a_crash_and_skips_the_run(executor: Executor, tmp_path
     assert "lint failed" in result.log_tail and not (tmp_path / "ran").exists()
 
 
+def test_a_coloured_pytest_failure_still_names_its_tests(executor: Executor, tmp_path: Path) -> None:
+    """A project's addopts had --color=yes: the reason was escape codes, no test named."""
+    run = script(tmp_path, "r.py", "print('---'); print('score: 1')\n")
+    coloured = script(tmp_path, "check.py", (
+        "print('\\x1b[31mFAILED\\x1b[0m tests/test_a.py::\\x1b[1mtest_one\\x1b[0m - assert 1 == 2')\n"
+        "print('\\x1b[31m\\x1b[1m1 failed\\x1b[0m, \\x1b[32m9 passed\\x1b[0m in 0.1s')\n"
+        "raise SystemExit(1)\n"))  # fmt: skip
+    result = executor.submit(job(tmp_path, run, check=coloured)).result()
+    assert result.reason == "check step exited with code 1; failing: tests/test_a.py::test_one", result.reason
+    plain = script(tmp_path, "c2.py", "print('\\x1b[31m\\x1b[1m3 failed\\x1b[0m in 0.1s'); raise SystemExit(1)\n")
+    assert executor.submit(job(tmp_path, run, check=plain)).result().reason.endswith("code 1: 3 failed in 0.1s")
+
+
 def test_missing_metric_and_nonzero_exit(executor: Executor, tmp_path: Path) -> None:
     silent = executor.submit(job(tmp_path, "echo hello")).result()
     assert silent.status is RunStatus.CRASH and "missing" in silent.reason

@@ -77,6 +77,11 @@ def test_a_run_whose_reader_goes_away_finishes_its_session(tmp_path: Path) -> No
     status, reason = db.execute("SELECT status, stop_reason FROM sessions WHERE tag = 't'").fetchone()
     assert status == "finished" and "Broken pipe" not in reason, (status, reason)
     assert db.execute("SELECT COUNT(*) FROM experiments").fetchone()[0] == 5  # the baseline and 4 patches
+    broken = toy(tmp_path / "broken", files={"score.py": "import sys\nsys.exit(3)\n"})
+    shell = (f"{sys.executable} -m autoresearch -C {broken} run --tag t --agent replay --patches {patches} "
+             "2>/dev/null | head -1; exit ${PIPESTATUS[0]}")  # fmt: skip
+    done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1  # no baseline, whoever reads the output
 
 
 SLOW_AGENT = """\
@@ -102,11 +107,9 @@ sys.exit(128 + summary.signal if summary.signal else 0)
 """
 
 
-def test_a_second_signal_while_the_session_shuts_down_still_closes_it(tmp_path: Path) -> None:
-    """The handlers were put back before the shutdown: a second SIGTERM while it waited for the
-    agent's last proposal killed the orchestrator (-15), leaving the session 'running'."""
-    import os
-    import signal
+def start_slow_session(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+    """A session whose agent, asked for its third proposal, sleeps 8 s and ignores cancel();
+    returned once it is in that call."""
     import time
 
     repo = toy(tmp_path)
@@ -118,6 +121,17 @@ def test_a_second_signal_while_the_session_shuts_down_still_closes_it(tmp_path: 
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert marker.exists(), proc.communicate()
+    return proc, repo
+
+
+def test_a_second_signal_while_the_session_shuts_down_still_closes_it(tmp_path: Path) -> None:
+    """The handlers were put back before the shutdown: a second SIGTERM while it waited for the
+    agent's last proposal killed the orchestrator (-15), leaving the session 'running'."""
+    import os
+    import signal
+    import time
+
+    proc, repo = start_slow_session(tmp_path)
     os.kill(proc.pid, signal.SIGTERM)
     time.sleep(2)  # the loop has ended; the shutdown waits for the proposal
     os.kill(proc.pid, signal.SIGTERM)
@@ -126,3 +140,17 @@ def test_a_second_signal_while_the_session_shuts_down_still_closes_it(tmp_path: 
     db = sqlite3.connect(repo / ".autoresearch" / "ledger.db")
     status, reason = db.execute("SELECT status, stop_reason FROM sessions WHERE tag = 't'").fetchone()
     assert status == "finished" and "interrupted (SIGTERM)" in reason, (status, reason)
+
+
+def test_a_third_ctrl_c_ends_the_process_at_once(tmp_path: Path) -> None:
+    """It went to Python's own handler: a KeyboardInterrupt unwound the shutdown instead."""
+    import os
+    import signal
+    import time
+
+    proc, _ = start_slow_session(tmp_path)
+    for _ in range(3):
+        os.kill(proc.pid, signal.SIGINT)
+        time.sleep(0.5)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGINT and "Traceback" not in err, (proc.returncode, err)

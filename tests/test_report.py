@@ -249,7 +249,7 @@ def test_every_view_counts_the_same_experiments() -> None:
             Experiment(3, Verdict.DISCARD, 1.1, "b", agent="tuner"),
             Experiment(4, Verdict.PENDING, None, "c", agent="tuner")]  # fmt: skip
     history = History(rows)
-    status = status_text(session_of(), history)
+    status = status_text(replace(session_of(), status="running", alive=True), history)
     assert (
         "2 experiments (+ baseline), 1 running: baseline 1, keep 1, discard 1, crash 1, pending 1"
         in status
@@ -257,6 +257,7 @@ def test_every_view_counts_the_same_experiments() -> None:
     assert dict(summary_rows(session_of(), history))["experiments"] == "2 experiments (+ baseline)"
     dead = replace(session_of(), status="running", alive=False)  # its orchestrator was killed
     assert "2 experiments (+ baseline), 1 left pending: " in status_text(dead, history)
+    assert "1 left pending: " in status_text(session_of(), history)  # closed, one left (a third signal)
     when = 1_800_000_000.0
     started = log_line(replace(rows[4], started=when))  # and `log` says since when
     assert started.endswith(" [started " + _dt.datetime.fromtimestamp(when).strftime("%H:%M:%S") + "]")

@@ -244,16 +244,21 @@ def test_init_bench_protects_the_workload_module_the_benchmark_imports_and_the_t
     kept at -53%. A module of a package the tests import stays code under test."""
     repo = make_repo(tmp_path / "r", {
         "fastmath.py": LIB, "workloads.py": "REPEAT = 20\n", "pkg/__init__.py": "", "pkg/core.py": LIB,
-        "bench.py": "import fastmath, workloads\nfrom pkg.core import total\nimport os, json\n",
-        "tests/test_fast.py": "import fastmath\nimport pkg\n",
+        "lib/__init__.py": "", "lib/core.py": LIB, "lib/fast.py": LIB, "tools/__init__.py": "", "tools/ref.py": LIB,
+        "bench.py": "import fastmath, workloads\nfrom pkg.core import total\nfrom lib.fast import total as t\nimport os\n",
+        "tests/test_fast.py": "import fastmath\nimport pkg\nfrom lib.core import total\nfrom tools import ref\n",
     })  # fmt: skip
     done = subprocess.run([PY, "-m", "autoresearch", "init", "--bench", "python bench.py", "--test",
                            "python -m unittest discover -s tests"], cwd=repo, capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     config = load_config(repo)
     assert "workloads.py" in config.protected and "workloads.py" not in config.editable, config
-    assert set(config.editable) == {"fastmath.py", "pkg/*.py"} and "pkg/core.py" not in config.protected
+    assert set(config.editable) == {"fastmath.py", "pkg/*.py", "lib/*.py"}
+    assert "pkg/core.py" not in config.protected and "lib/fast.py" not in config.protected  # lib: tested
     assert "warning: protected workloads.py: the benchmark imports it and the tests do not" in done.stdout
+    # the tests' reference code (python-slugify's tools/) was editable: an edit could bend it
+    assert {"tools/ref.py", "tools/__init__.py"} <= set(config.protected) and "tools/*.py" not in config.editable
+    assert "warning: protected tools/ref.py: the tests import it and the benchmark does not" in done.stdout
 
 
 def test_init_bench_from_the_command_line_prints_what_it_guessed(tmp_path: Path) -> None:

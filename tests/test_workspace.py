@@ -377,4 +377,4 @@ def test_the_agent_is_shown_the_editable_files_less_the_protected_ones(toy_repo:
     assert set(ws.editable_files(0)) == {"params.py"}
     assert ws.untracked(["autoresearch.toml", "params.py", "absent.md"]) == []
     (toy_repo / "notes.md").write_text("x\n")
-    assert ws.untracked(["notes.md", "params.py"]) == ["notes.md"]
+    assert ws.untracked(["notes.md", "params.py", "./params.py"]) == ["notes.md"]

@@ -286,7 +286,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             summary = engine.run()
     finally:
         executor.close()
-    print(text.summary_text(summary, config.metric.name))
+    try:
+        print(text.summary_text(summary, config.metric.name), flush=True)
+    except BrokenPipeError:  # the reader went away (run | head): the exit code still tells
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if summary.signal:
         return 128 + summary.signal
     return 1 if summary.baseline_metric is None else 0  # no baseline: nothing was measured
@@ -336,19 +339,20 @@ def _run_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def _store(args: argparse.Namespace) -> tuple[TaskConfig, Store]:
     config = load_config(args.dir)
-    store = Store(config.root)
-    if not store.exists():
-        raise AutoresearchError(f"no ledger at {store.path}: run `autoresearch run` first")
-    return config, store
+    return config, _ledger(config.root)
 
 
 def _readable(args: argparse.Namespace) -> tuple[TaskConfig | None, Store]:
     """The ledger for a view that only reads it (None for a task file that does not load)."""
     config, root = _view_config(args)
+    return config, _ledger(root)
+
+
+def _ledger(root: Path) -> Store:
     store = Store(root)
     if not store.exists():
         raise AutoresearchError(f"no ledger at {store.path}: run `autoresearch run` first")
-    return config, store
+    return store
 
 
 def _view_config(args: argparse.Namespace) -> tuple[TaskConfig | None, Path]:

@@ -154,6 +154,15 @@ class Allowlist:
         return None
 
 
+def too_large(rel: str, size: int, before: int, max_file_kb: float, *, by: str = "the proposal") -> str | None:
+    """Why ``rel`` grown from ``before`` to ``size`` bytes is refused, or None: a file that large
+    can carry what the run should compute. A file already past the limit may shrink or stay."""
+    if size <= max_file_kb * 1024 or size <= before:
+        return None
+    return (f"{rel}: {by} makes it {size / 1024:.1f} KB, over [task] max_file_kb = {max_file_kb:g} "
+            "(a file that large can carry what the run should compute, such as trained weights)")
+
+
 # Files that Python or pytest load by themselves from the folders they run in: a new one would
 # run the agent's code inside a trusted step, or make a check's tests pass without running them.
 IMPLICIT = frozenset({"conftest.py", "sitecustomize.py", "usercustomize.py", "pytest.ini", "tox.ini"})
@@ -210,4 +219,4 @@ def task_paths(patterns: Iterable[str], *roots: Path) -> set[Path]:
     return found
 
 
-__all__ = ["IMPLICIT", "Allowlist", "apply_edits", "glob_regex", "new_file_reason", "replace_once", "task_paths"]
+__all__ = ["IMPLICIT", "Allowlist", "apply_edits", "glob_regex", "new_file_reason", "replace_once", "task_paths", "too_large"]

@@ -88,8 +88,9 @@ def init_bench(dest: Path, *, bench: str, test: str, metric: str = "seconds",
     bench_files = _files_named(dest, bench)
     test_files = _files_named(dest, test)
     workload = workload_modules(dest, tracked, bench_files, test_files)
-    protected = sorted({*bench_files, *test_files, *_test_globs(tracked), *workload})
-    editable = guess_source(tracked, {*bench_files, *workload})
+    helpers = helper_modules(dest, tracked, bench_files, test_files)
+    protected = sorted({*bench_files, *test_files, *_test_globs(tracked), *workload, *helpers})
+    editable = guess_source(tracked, {*bench_files, *workload, *helpers})
     if not editable:
         raise ConfigError(f"{dest}: no tracked Python source outside the tests and the benchmark; "
                           "commit the code first, or write autoresearch.toml by hand")  # fmt: skip
@@ -125,6 +126,8 @@ def init_bench(dest: Path, *, bench: str, test: str, metric: str = "seconds",
     notes = [f"protected {path}: the benchmark imports it and the tests do not, so it is taken for the "
              "benchmark's workload (sizes, repeat counts); if it is code to speed up, make it editable"
              for path in workload]  # fmt: skip
+    notes += [f"protected {path}: the tests import it and the benchmark does not, so it is taken for the "
+              "tests' own code (a reference they check the library against)" for path in helpers]
     return files, notes
 
 
@@ -133,19 +136,44 @@ def workload_modules(dest: Path, tracked: Sequence[str], bench_files: Sequence[s
     """The repository's modules the benchmark's Python files import and no test imports:
     ``workloads.py`` with ``REPEAT = 20`` beside the library was editable, and a session kept
     ``REPEAT = 1`` at -53% (its checksum did not count the passes)."""
+    bench = [b for b in bench_files if b.endswith(".py")]
+    return _imported_only_by(dest, tracked, bench, _test_sources(tracked, test_files), exclude=bench_files)
+
+
+def helper_modules(dest: Path, tracked: Sequence[str], bench_files: Sequence[str],
+                   test_files: Sequence[str]) -> list[str]:  # fmt: skip
+    """The repository's modules the tests import and the benchmark does not: the tests' own
+    reference code (python-slugify's ``tools/``), which an edit could bend to the library's
+    answers. Nothing when the benchmark imports nothing of the repository (it may run the
+    library as a program): the two could not be told apart."""
+    bench = [b for b in bench_files if b.endswith(".py")]
+    if not _imported_only_by(dest, tracked, bench, [], exclude=()):
+        return []
+    tests = _test_sources(tracked, test_files)
+    return _imported_only_by(dest, tracked, tests, bench, exclude=tests)
+
+
+def _test_sources(tracked: Sequence[str], test_files: Sequence[str]) -> list[str]:
     folders = tuple(f.removesuffix("/**") + "/" for f in test_files if f.endswith("/**"))
-    tests = [p for p in tracked if p.endswith(".py") and (_TEST_FILE.search(p) or p.startswith(folders))]
-    tested = {name for path in tests for name in _imports(dest / path)}
+    return [p for p in tracked if p.endswith(".py") and (_TEST_FILE.search(p) or p.startswith(folders))]
+
+
+def _imported_only_by(dest: Path, tracked: Sequence[str], importers: Sequence[str], others: Sequence[str],
+                      *, exclude: Sequence[str]) -> list[str]:  # fmt: skip
+    """The repository's module files ``importers`` import where nothing of the same package is
+    imported by ``others`` (a package the others import is theirs too, all of it)."""
+    seen = {name for path in others for name in _imports(dest / path)}
+    seen |= {name.rsplit(".", i)[0] for name in seen for i in range(1, name.count(".") + 1)}  # a.b: a
     out: list[str] = []
-    for script in (b for b in bench_files if b.endswith(".py")):
+    for script in importers:
         here = script.rsplit("/", 1)[0] + "/" if "/" in script else ""
         for name in _imports(dest / script):
-            parts = name.split(".")  # a package the tests import is code under test, all of it
-            if any(".".join(parts[:i]) in tested for i in range(1, len(parts) + 1)):
+            parts = name.split(".")
+            if any(".".join(parts[:i]) in seen for i in range(1, len(parts) + 1)):
                 continue
             base = name.replace(".", "/")
-            for candidate in (f"{here}{base}.py", f"{base}.py", f"src/{base}.py"):
-                if candidate in tracked and candidate not in bench_files and not _TEST_FILE.search(candidate):
+            for candidate in (f"{here}{base}.py", f"{base}.py", f"src/{base}.py", f"{base}/__init__.py"):
+                if candidate in tracked and candidate not in exclude and not _TEST_FILE.search(candidate):
                     out.append(candidate)
                     break
     return sorted(set(out))

@@ -9,13 +9,14 @@ stay reachable under ``refs/autoresearch/<tag>/discarded/<id>``.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from autoresearch.config import CONFIG_NAME, STATE_DIR, TaskConfig
-from autoresearch.edits import Allowlist, apply_edits, glob_regex, new_file_reason
+from autoresearch.edits import Allowlist, apply_edits, glob_regex, new_file_reason, too_large
 from autoresearch.errors import ConfigError, EditRejected, ProposalError, WorkspaceError
 from autoresearch.git import Git, git_admin, git_environment, git_fingerprint, remove_nested_git
 from autoresearch.integrity import sha256_files
@@ -137,7 +138,7 @@ class Workspace:
 
     def untracked(self, paths: Iterable[str]) -> list[str]:
         """Those of the task-relative ``paths`` present in the task folder that git does not track."""
-        present = [p for p in paths if (self.config.root / p).is_file()]
+        present = [os.path.normpath(p) for p in paths if (self.config.root / p).is_file()]  # ./program.md
         if not present:
             return []
         tracked = set(self.git("ls-files", "-z", "--", *present, check=False).split("\0"))
@@ -343,16 +344,11 @@ class Workspace:
     def _check_sizes(self, slot: SlotKey, base: Path, before: dict[str, int]) -> None:
         """A file the proposal grew past ``max_file_kb``: what the run should compute (trained
         weights, a table of answers) can be carried in a file that large."""
-        limit = self.config.max_file_kb * 1024
         for rel, old in sorted(before.items()):
-            new = _size(base / rel)
-            if new > limit and new > old:
+            why = too_large(rel, _size(base / rel), old, self.config.max_file_kb)
+            if why:
                 self._at.pop(slot, None)  # written: not the commit it was checked out at any more
-                raise EditRejected(
-                    f"{rel}: the proposal makes it {new / 1024:.1f} KB, over [task] max_file_kb = "
-                    f"{self.config.max_file_kb:g} (a file that large can carry what the run should "
-                    "compute, such as trained weights)"
-                )
+                raise EditRejected(why)
 
     def _read(self, base: Path, rel: str) -> str | None:
         target = base / rel

@@ -49,10 +49,9 @@ def get_agent(name_or_obj: str | Agent, **options: Any) -> Agent:
     if not isinstance(name_or_obj, str):
         return name_or_obj
     backend = _backend(name_or_obj)
-    allowed = _keywords(backend)
-    unknown = sorted(set(options) - set(allowed or options))
+    unknown = _unknown_key(name_or_obj, backend, options)
     if unknown:  # a typo in the task's [agent.<name>] table: never a TypeError from deep inside
-        raise ConfigError(f"[agent.{name_or_obj}] unknown key {unknown[0]!r}; allowed: {', '.join(allowed or ())}")
+        raise ConfigError(unknown)
     try:
         agent: Agent = backend(**options)
     except TypeError as exc:
@@ -70,13 +69,19 @@ def table_warnings(config: TaskConfig, using: str) -> list[str]:
         if name == using:
             continue
         try:
-            allowed = _keywords(_backend(name))
+            why = _unknown_key(name, _backend(name), table)
         except ConfigError:  # its optional SDK is not installed here: nothing to check against
             continue
-        unknown = sorted(set(table) - set(allowed or table))
-        if unknown:
-            found.append(f"[agent.{name}] unknown key {unknown[0]!r}; allowed: {', '.join(allowed or ())}")
+        if why:
+            found.append(why)
     return found
+
+
+def _unknown_key(name: str, backend: type, options: Mapping[str, Any]) -> str:
+    """A key of ``[agent.<name>]`` that ``backend`` does not take ("" when there is none)."""
+    allowed = _keywords(backend)
+    unknown = sorted(set(options) - set(allowed or options))
+    return f"[agent.{name}] unknown key {unknown[0]!r}; allowed: {', '.join(allowed or ())}" if unknown else ""
 
 
 def _keywords(backend: type) -> list[str] | None:

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoresearch.edits import glob_regex
+from autoresearch.edits import glob_regex, too_large
 from autoresearch.errors import AgentUnavailable, ProposalError, WorkspaceError
 from autoresearch.git import Git, remove_nested_git
 
@@ -132,15 +132,13 @@ class Checkout:
                 size = (self.top / path).lstat().st_size
             except OSError:  # deleted
                 continue
-            if size <= max_file_kb * 1024:
+            if size <= max_file_kb * 1024:  # the common case: no git call
                 continue
             before = self._git("cat-file", "-s", f"{self.base}:{path}", check=False).strip()
-            if size > (int(before) if before.isdigit() else 0):
-                raise ProposalError(
-                    f"{self._relative(path)}: the command made it {size / 1024:.1f} KB, over [task] "
-                    f"max_file_kb = {max_file_kb:g} (a file that large can carry what the run should "
-                    "compute, such as trained weights)"
-                )
+            why = too_large(self._relative(path), size, int(before) if before.isdigit() else 0, max_file_kb,
+                            by="the command")  # fmt: skip
+            if why:
+                raise ProposalError(why)
 
     def _editable(self, path: str, allowed: Sequence[re.Pattern[str]]) -> bool:
         return path.startswith(self.prefix) and any(r.match(self._relative(path)) for r in allowed)

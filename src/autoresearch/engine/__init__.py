@@ -377,14 +377,16 @@ class Engine:
         return self._killed
 
     def check_constraints(self) -> None:
-        """Stop when a ``[metric] constraints`` key is not among what the baseline's runs
-        reported: a typo (``peak_rs_mb``) would leave the guard unapplied without a word."""
-        base = self.history.baseline
-        if base is None or base.metric is None:
+        """Stop when a ``[metric] constraints`` key is not among what the baseline's runs (or a
+        keep's, on a resume) reported: a typo (``peak_rs_mb``) would leave the guard unapplied
+        without a word."""
+        judged = [r for r in self.history.rows if r.verdict.judged and r.metric is not None]
+        if not judged:
             return
+        reported = {key for row in judged for key in row.metrics}
         for constraint in self.config.metric.constraints:
-            if constraint.key not in base.metrics:
-                keys = ", ".join(sorted(base.metrics)) or "nothing besides the metric"
+            if constraint.key not in reported:
+                keys = ", ".join(sorted(reported)) or "nothing besides the metric"
                 self.stop(f"error: [metric] constraint {constraint.text!r}: the baseline's runs never reported "
                           f"{constraint.key} (they reported {keys}); fix autoresearch.toml, then --resume")  # fmt: skip
                 return

@@ -136,7 +136,7 @@ def fill_slots(engine: Engine, proposer: Proposer) -> None:
     for slot in range(engine.executor.slots()):
         if slot in engine.flights:
             continue
-        if engine.requeue:
+        if engine.requeue and not engine.stopping:  # a stop before they ran: the next resume runs them
             engine.relaunch(slot, engine.requeue.pop(0))
         elif engine.history.best is None or not proposer.ready or engine.stopping or engine.check_stop_rules():
             return

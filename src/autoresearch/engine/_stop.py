@@ -84,7 +84,11 @@ def stop_reason(rules: StopRules, history: History, *, clock: Clock, spent: floa
 
 class Signals:
     """SIGINT, SIGTERM and SIGHUP: the first finishes what runs and stops, the second kills it,
-    the third (the shutdown itself taking too long) ends this process at once."""
+    the third (the shutdown itself taking too long) ends this process at once.
+
+    The first two act on a thread of their own: a handler runs on the main thread between
+    two of its steps, and one that waited there for a lock the main thread holds (an executor
+    closing) would wait forever."""
 
     def __init__(self, on_first: Callable[[str], None], on_second: Callable[[], None]) -> None:
         self._first, self._second = on_first, on_second
@@ -107,11 +111,12 @@ class Signals:
         self._count += 1
         if self._count == 1:
             self.received = signum
-            self._first(_SIGNAL_NAMES.get(signal.Signals(signum), f"signal {signum}"))
+            name = _SIGNAL_NAMES.get(signal.Signals(signum), f"signal {signum}")
+            threading.Thread(target=self._first, args=(name,), name="autoresearch-signal", daemon=True).start()
         elif self._count == 2:
-            self._second()
+            threading.Thread(target=self._second, name="autoresearch-signal", daemon=True).start()
         else:  # a third: the user wants out now, whatever the shutdown still had to record
-            self.restore()
+            signal.signal(signum, signal.SIG_DFL)  # not the previous handler: SIGINT's raises, nohup's ignores
             signal.raise_signal(signum)
 
 

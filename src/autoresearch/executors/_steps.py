@@ -313,14 +313,16 @@ def _failure(job: Job, step: StepResult, runner: StepRunner, timeout: float) -> 
         return RunStatus.CRASH, ("check step ran no test (unittest: 'Ran 0 tests'): a gate that "
                                  "tests nothing passes any change; check the test command")  # fmt: skip
     if step.returncode != 0:
-        failing = failing_tests(step.output) if step.name == "check" else []
+        output = _ANSI.sub("", step.output)  # pytest with --color=yes in its addopts
+        failing = failing_tests(output) if step.name == "check" else []
         named = f"; failing: {', '.join(failing[:5])}" + (" ..." if len(failing) > 5 else "") if failing else ""
-        last = next((line.strip() for line in reversed(step.output.splitlines()) if line.strip()), "")
+        last = next((line.strip() for line in reversed(output.splitlines()) if line.strip()), "")
         said = f": {last[:LAST_LINE_CHARS]}" if last and not failing else ""  # the error, most often
         return RunStatus.CRASH, f"{step.name} step exited with code {step.returncode}{named}{said}"
     return None
 
 
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")  # colours, titles
 # unittest exits 0 when it found no test at all (Python < 3.12; pytest exits 5 by itself)
 _NO_TESTS = re.compile(r"^Ran 0 tests in ", re.M)
 # unittest: "FAIL: test_wrap (tests.test_text.WrapTests.test_wrap)"; pytest: "FAILED tests/t.py::test_x - ..."

@@ -61,6 +61,7 @@ def value_text(value: float | None) -> str:
 
 def _number(value: float) -> str:
     """A secondary metric: counts and checksums digit for digit, the rest to six digits."""
+    value = float(value)
     return str(int(value)) if value.is_integer() and abs(value) < 2**53 else f"{value:g}"
 
 
@@ -164,7 +165,7 @@ def status_text(
     lines.append(noise_text(history, judge or JudgeConfig()))
     running = ""
     if history.pending:  # a dead orchestrator's are not running: a resume runs them again
-        running = f", {len(history.pending)} {'left pending' if session.state == 'not running' else 'running'}"
+        running = f", {len(history.pending)} {'running' if session.alive else 'left pending'}"
     lines.append(f"{experiments_text(history)}{running}: {counts_text(history.counts)}")
     lines.extend(_spend_lines(history))
     lines.extend(_pace_lines(history, max_hours=max_hours, max_cost=max_cost))
@@ -191,7 +192,7 @@ WAITED = 1.25  # wall over CPU seconds: a run that waited this much longer than 
 
 def _load_lines(history: History) -> list[str]:
     """A warning when the baseline's runs waited (wall over CPU time, as `measure` reports them)
-    far more than the best's: timed under outside load, it makes every gain look larger."""
+    ``WAITED`` times and more, and the best's did not: timed under outside load, it makes every gain look larger."""
     def waited(row: Experiment | None) -> float | None:
         wall, cpu = (row.metrics.get(k) for k in ("seconds", "cpu_seconds")) if row else (None, None)
         return wall / cpu if wall and cpu else None
