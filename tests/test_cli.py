@@ -317,3 +317,13 @@ def test_init_from_a_template_names_prepare_only_where_the_task_has_a_setup(tmp_
     gpt = ar("init", "--template", "gpt", "--size", "cpu", str(tmp_path / "gpt"), cwd=tmp_path)
     assert gpt.returncode == 0, gpt.stderr
     assert "&& autoresearch prepare && autoresearch run --tag" in gpt.stdout
+
+
+def test_remeasure_with_nothing_kept_runs_nothing_and_says_so(tmp_path: Path) -> None:
+    """It re-ran the unchanged code 2N times to report that noise was noise."""
+    repo = toy(tmp_path)
+    patches = write_patch_dir(tmp_path / "p", {"02-worse": PATCHES["02-worse"]})
+    assert ar("run", "--tag", "n", "--agent", "replay", "--patches", str(patches), cwd=repo).returncode == 0
+    done = ar("remeasure", "--runs", "2", cwd=repo)
+    assert done.returncode == 0, done.stderr
+    assert "Nothing to re-measure (score): nothing was kept" in done.stdout and "run 1 of" not in done.stdout

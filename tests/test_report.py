@@ -343,6 +343,15 @@ def test_status_warns_when_the_baseline_waited_more_than_the_best() -> None:
     seen = replace(base, metrics={"seconds": 0.0548, "cpu_seconds": 0.0389})  # a user's -53%, 60% of it held
     fast = replace(best, metrics={"seconds": 0.0258, "cpu_seconds": 0.0255})
     assert "warning: the baseline's runs took 1.4x" in status_text(session_of(), History([seen, fast]))
+    # one loaded run of five: the mean barely moved, but sigma did (a real -11% was 'not significant')
+    walls = [0.50, 0.51, 0.49, 0.746, 0.50]
+    runs = tuple(Run(0, i, i, RunStatus.OK, w, metrics={"seconds": w, "cpu_seconds": 0.50 if i != 3 else 0.53})
+                 for i, w in enumerate(walls))  # fmt: skip
+    one = replace(base, runs=runs, metrics={"seconds": 0.549, "cpu_seconds": 0.506})
+    text = status_text(session_of(), History([one, replace(best, metrics={"seconds": 0.49, "cpu_seconds": 0.48})]))
+    assert "warning: run 3 of the baseline took 1.4x its CPU time in wall time, its other runs 1.0x" in text
+    steady = replace(one, runs=tuple(replace(r, metrics={"seconds": 0.5, "cpu_seconds": 0.5}) for r in runs))
+    assert "warning: run" not in status_text(session_of(), History([steady, best]))
 
 
 def test_the_noise_line_counts_min_delta_and_says_the_naive_rule_s_margin() -> None:

@@ -474,7 +474,7 @@ def cmd_remeasure(args: argparse.Namespace) -> int:
 
     result = remeasure(config, tag, runs=args.runs, on_run=on_run)
     print(result.text())
-    return 0 if result.ratio is not None else 1
+    return 0 if result.ratio is not None or result.nothing_kept else 1
 
 
 def _follow(log: Path, runner: StepRunner) -> None:

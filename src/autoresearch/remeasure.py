@@ -86,16 +86,16 @@ class Remeasured:
             mean = f"mean {statistics.fmean(values):.6g}" if values else "mean -"
             return f"  {name:<8} {mean}  (recorded {recorded:.6g}; fresh runs: {runs})"
 
+        if self.nothing_kept:
+            return (f"Nothing to re-measure ({self.metric}): nothing was kept, so the best is the "
+                    f"baseline ({self.recorded_baseline:.6g}) and there is no gain to check")  # fmt: skip
         lines = [
             f"Re-measured on fresh seeds ({self.metric}, {self.direction}):",
             line("baseline", self.baseline, self.recorded_baseline),
             line("best", self.best, self.recorded_best),
         ]
         ratio, held = self.ratio, self.held
-        if self.nothing_kept:
-            lines.append("  nothing was kept: the best is the baseline, and the two rows above"
-                         f" differ by noise alone (ratio {ratio:.4f})" if ratio else "  nothing was kept")  # fmt: skip
-        elif ratio is not None and held is not None:
+        if ratio is not None and held is not None:
             lines.append(f"  best / baseline = {ratio:.4f}; {max(held, 0.0):.0%} of the recorded gain held")
         elif ratio is not None:
             lines.append(f"  best / baseline = {ratio:.4f}; the session recorded no gain")
@@ -126,6 +126,10 @@ def remeasure(
     sign = 1.0 if config.metric.direction == "minimize" else -1.0
     best = min(kept, key=lambda r: sign * (r.metric or 0.0)) if kept else base
     assert base.metric is not None and best.metric is not None
+    if best is base:  # the same code twice: the runs could only measure the noise
+        ledger.close()
+        return Remeasured(config.metric.name, config.metric.direction, (), (), base.metric, best.metric,
+                          baseline_commit=base.commit, best_commit=best.commit)  # fmt: skip
     lock = SessionLock(state, tag)
     lock.acquire()
     session = ledger.session(tag)  # read under the lock: a session that just ended wrote its last

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+import statistics
 from collections.abc import Mapping, Sequence
 
 from autoresearch.config import JudgeConfig, MetricConfig
@@ -192,17 +193,30 @@ WAITED = 1.25  # wall over CPU seconds: a run that waited this much longer than 
 
 def _load_lines(history: History) -> list[str]:
     """A warning when the baseline's runs waited (wall over CPU time, as `measure` reports them)
-    ``WAITED`` times and more, and the best's did not: timed under outside load, it makes every gain look larger."""
-    def waited(row: Experiment | None) -> float | None:
-        wall, cpu = (row.metrics.get(k) for k in ("seconds", "cpu_seconds")) if row else (None, None)
+    ``WAITED`` times and more, and the best's did not; or when one of the baseline's runs did
+    and its others did not: timed under outside load, it makes every gain look larger, or one
+    run swells the noise that real gains must beat."""
+    def waited(metrics: Mapping[str, float] | None) -> float | None:
+        wall, cpu = (metrics.get(k) for k in ("seconds", "cpu_seconds")) if metrics else (None, None)
         return wall / cpu if wall and cpu else None
 
-    base, best = waited(history.baseline), waited(history.best)
-    if base is None or best is None or base < WAITED or base < WAITED * best:
+    base_row, best_row = history.baseline, history.best
+    base, best = waited(base_row.metrics if base_row else None), waited(best_row.metrics if best_row else None)
+    if base is not None and best is not None and base >= WAITED and base >= WAITED * best:
+        return [f"warning: the baseline's runs took {base:.1f}x their CPU time in wall time, the best's "
+                f"{best:.1f}x: the baseline was likely timed under outside load, and the gain looks larger "
+                "than it is; `autoresearch remeasure` times both again, side by side"]  # fmt: skip
+    runs = [(run.index, waited(run.metrics)) for run in base_row.runs] if base_row else []
+    ratios = [(index, ratio) for index, ratio in runs if ratio is not None]
+    if len(ratios) < 3:
         return []
-    return [f"warning: the baseline's runs took {base:.1f}x their CPU time in wall time, the best's "
-            f"{best:.1f}x: the baseline was likely timed under outside load, and the gain looks larger "
-            "than it is; `autoresearch remeasure` times both again, side by side"]  # fmt: skip
+    index, worst = max(ratios, key=lambda pair: pair[1])
+    usual = statistics.median(ratio for i, ratio in ratios if i != index)
+    if worst < WAITED * usual:
+        return []
+    return [f"warning: run {index} of the baseline took {worst:.1f}x its CPU time in wall time, its other "
+            f"runs {usual:.1f}x: it was likely timed under outside load, and the noise it adds hides real "
+            "gains; on a busy machine, cpu_seconds is the steadier metric"]  # fmt: skip
 
 
 def noise_text(history: History, judge: JudgeConfig) -> str:
