@@ -139,6 +139,10 @@ def test_the_remeasure_command_reads_the_most_recent_session(
     assert main(["--dir", str(dest), "report"]) == 0
     page = next((dest / ".autoresearch" / "reports").rglob("*.html")).read_text()
     assert f"best / baseline = {ratio}" in page
+    assert main(["--dir", str(dest), "run", "--tag", "demo", "--resume", "--max-experiments", "4", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["--dir", str(dest), "status"]) == 0  # a resume keeps the reading
+    assert f"re-measured: best / baseline = {ratio}" in capsys.readouterr().out
 
 
 def test_the_speed_demo_runs_the_speed_template_session(tmp_path: Path) -> None:

@@ -375,6 +375,12 @@ def test_the_agent_is_shown_the_editable_files_less_the_protected_ones(toy_repo:
     ws.checkout(0, ws.start())
     assert set(ws.read_files(0, ws.config.editable)) == {"params.py", "score.py"}
     assert set(ws.editable_files(0)) == {"params.py"}
+    assert ws.shallow_globs() == []
+    (toy_repo / "sub").mkdir()
+    (toy_repo / "sub" / "deep.py").write_text("A = 1\n")
+    git(toy_repo, "add", "sub")
+    git(toy_repo, "commit", "-qm", "a subfolder")
+    assert ws.shallow_globs() == [("*.py", ["sub/deep.py"])]  # "*.py" once matched it too: said at start
     assert ws.untracked(["autoresearch.toml", "params.py", "absent.md"]) == []
     (toy_repo / "notes.md").write_text("x\n")
     assert ws.untracked(["notes.md", "params.py", "./params.py"]) == ["notes.md"]

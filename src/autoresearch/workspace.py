@@ -136,6 +136,18 @@ class Workspace:
         out = self.git("log", "--all", "--format=", "--name-only", "--relative", "--", *specs, check=False)
         return sorted({line for line in out.splitlines() if line.strip()})
 
+    def shallow_globs(self) -> list[tuple[str, list[str]]]:
+        """Editable globs without "/" with the tracked files in subfolders they do not match
+        (they match from the task folder only; they once matched in any folder)."""
+        files = [f for f in self.git("ls-files", "-z", "--", ".", check=False).split("\0") if f]
+        found = []
+        for pattern in (p for p in self.config.editable if "/" not in p):
+            anywhere, here = glob_regex(pattern), glob_regex(pattern, anywhere=False)
+            deeper = [f for f in files if anywhere.match(f) and not here.match(f)]
+            if deeper:
+                found.append((pattern, deeper))
+        return found
+
     def untracked(self, paths: Iterable[str]) -> list[str]:
         """Those of the task-relative ``paths`` present in the task folder that git does not track."""
         present = [os.path.normpath(p) for p in paths if (self.config.root / p).is_file()]  # ./program.md

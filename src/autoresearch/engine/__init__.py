@@ -144,6 +144,10 @@ class Engine:
                      "can write wherever you can (the runs' checkouts, the Python environment, "
                      "git's config), and a process it starts that leaves its session and "
                      "environment outlives its turn")  # fmt: skip
+        for pattern, deeper in self.workspace.shallow_globs():
+            more = f" and {len(deeper) - 1} more" if len(deeper) > 1 else ""
+            self.say(f"note: editable {pattern!r} matches files in the task folder only, not {deeper[0]}{more}; "
+                     f"write '**/{pattern}' to let the agent edit those too")  # fmt: skip
         loose = self.workspace.untracked([CONFIG_NAME, self.config.instructions])
         if loose:
             self.say(f"warning: {' and '.join(loose)} {'is' if len(loose) == 1 else 'are'} not committed: the "
