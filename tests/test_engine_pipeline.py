@@ -574,3 +574,22 @@ def test_a_resumed_sessions_events_carry_the_sessions_totals(tmp_path: Path) -> 
     Engine(load_config(repo), Scripted(texts[2:]), options=opts, executor=executor, on_event=events.append).run()
     executor.close()
     assert [(e.experiment.id, e.done, e.kept) for e in events] == [(3, 3, 3)], events
+
+
+def test_a_keeps_fresh_runs_are_held_to_the_constraints_too(tmp_path: Path) -> None:
+    """A candidate light in its selecting run and 60 MB heavier in its fresh runs
+    (``AUTORESEARCH_RUN`` tells them apart) was kept past ``peak_rss_mb <= 1.25 * best``."""
+    toml = TOML.format(judge="baseline_runs = 2\nmax_runs = 3")
+    toml = toml.replace('name = "score"', 'name = "score"\nconstraints = ["peak_rss_mb <= 1.25 * best"]')
+    repo = make_repo(tmp_path / "task", {"params.py": "A = 0\n", "program.md": "x\n", "autoresearch.toml": toml})
+
+    def run(job: Job) -> FakeRun:
+        a = params(job)["A"]
+        heavy = a and job.purpose is RunPurpose.RESCORE
+        return FakeRun(10.0 - a + 0.01 * (job.seed % 3), metrics={"peak_rss_mb": 90.0 if heavy else 30.0})
+
+    engine = session(repo, Scripted(["A = 1\n"]), FakeExecutor(run), max_experiments=1)
+    row = engine.history.rows[1]
+    assert row.verdict is Verdict.DISCARD, row.reason
+    assert "but constraint 'peak_rss_mb <= 1.25 * best' broken: peak_rss_mb 90" in row.reason
+    assert engine.history.best is not None and engine.history.best.metrics["peak_rss_mb"] == 30.0

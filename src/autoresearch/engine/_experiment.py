@@ -384,9 +384,9 @@ def _rescored(engine: Engine, flight: Flight) -> Decision:
         return flight.keep
     value = statistics.fmean(fresh)
     note = f"; re-scored on {len(fresh)} fresh seeds: {value:.6g}"
-    pinned = _pinned_seed(engine, flight)
-    if pinned:
-        return Decision(Verdict.DISCARD, value, f"{flight.keep.reason}{note}; but {pinned}")
+    broken = _broken_constraint(engine, flight) or _pinned_seed(engine, flight)  # the fresh runs' metrics
+    if broken:  # a candidate that held 60 MB only in its fresh runs was kept past peak_rss_mb <= 1.25 * best
+        return Decision(Verdict.DISCARD, value, f"{flight.keep.reason}{note}; but {broken}")
     standing, metric, delta = engine.history.standing(), engine.config.metric, engine.config.judge.min_delta
     if standing is not None and not metric.better(value, standing.metric, delta):
         before = flight.selected_against
