@@ -72,6 +72,44 @@ def test_the_peak_memory_of_a_helper_that_left_the_tree_and_exited_counts(tmp_pa
     assert values["peak_rss_mb"] >= 200
 
 
+NO_WAIT = """\
+import ctypes, os, signal, sys, time
+if sys.argv[1] == "ignore":
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+else:  # SA_NOCLDWAIT, which /proc does not show: the children are reaped for us all the same
+    class Action(ctypes.Structure):
+        _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16), ("flags", ctypes.c_int),
+                    ("restorer", ctypes.c_void_p)]
+    assert ctypes.CDLL(None).sigaction(signal.SIGCHLD, ctypes.byref(Action(None, flags=2)), None) == 0
+if os.fork() == 0:  # the work, in a child whose CPU time and memory the kernel drops
+    x = bytearray(150 * 2**20)
+    for i in range(0, len(x), 4096):
+        x[i] = 1
+    end = time.process_time() + 0.6
+    while time.process_time() < end:
+        pass
+    os._exit(0)
+time.sleep(0.2)
+while os.path.exists("/proc/%d" % os.getpid()) and any(
+        open(f"/proc/{p}/stat").read().split(") ")[1].split()[1] == str(os.getpid())
+        for p in os.listdir("/proc") if p.isdigit() and os.path.exists(f"/proc/{p}/stat")):
+    time.sleep(0.05)
+"""
+
+
+def test_work_forked_into_children_the_kernel_reaps_still_counts(tmp_path: Path) -> None:
+    """With SIGCHLD ignored the kernel reaps the children and drops their times: a benchmark
+    that forked its work was timed at -86% CPU and 27 MB for 409. Ignoring it is a crash; with
+    SA_NOCLDWAIT (invisible in /proc) the watch's view of the children counts."""
+    (tmp_path / "nowait.py").write_text(NO_WAIT)
+    ignored = run_measure("--repeat", "1", "--warmup", "0", "--", PY, str(tmp_path / "nowait.py"), "ignore")
+    assert ignored.returncode == 2 and "ignored SIGCHLD: the kernel drops the CPU time" in ignored.stderr
+    hidden = run_measure("--repeat", "1", "--warmup", "0", "--", PY, str(tmp_path / "nowait.py"), "nocldwait")
+    assert hidden.returncode == 0, hidden.stderr
+    values = summary(hidden.stdout)
+    assert values["cpu_seconds"] >= 0.3 and values["peak_rss_mb"] >= 150, values
+
+
 def test_measure_takes_the_median_of_what_the_command_prints(tmp_path: Path) -> None:
     script = tmp_path / "own.py"
     counter = tmp_path / "n"

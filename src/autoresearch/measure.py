@@ -66,11 +66,13 @@ import resource
 import secrets
 import shlex
 import shutil
+import signal
 import stat
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -338,6 +340,7 @@ def run_once(argv: Sequence[str], between: Between, *, allocations: bool = False
         raise status
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the run and what it left, all reaped now
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    cpu = max(cpu, sample.cpu_seconds)  # what the watch saw: children the kernel dropped count too
     return replace(sample, cpu_seconds=cpu, peak_rss_mb=max(sample.peak_rss_mb, left_kb / 1024))
 
 
@@ -422,6 +425,72 @@ def _children_of(ppid: str) -> list[str]:
     return out
 
 
+WATCH_SECONDS = 0.02  # how often the watch looks at a run's processes (as the sandbox's first process)
+WATCH_SECONDS_OUTSIDE = 0.1  # elsewhere each look reads every process of the machine: less often
+
+
+class _Watch(threading.Thread):
+    """Looks at a run's processes while it runs: the CPU time and peak memory of each (a lower
+    bound where the kernel's own accounting is short), and whether one ignores SIGCHLD.
+
+    The kernel adds a child's CPU time and memory to its parent's only when the parent reaps
+    it; a process that ignores SIGCHLD (or sets SA_NOCLDWAIT) has its children reaped for it
+    and their times dropped: a benchmark that forked its work so was timed at -86% CPU."""
+
+    def __init__(self, root: int) -> None:
+        super().__init__(name="measure-watch", daemon=True)
+        self.root, self.done = root, threading.Event()
+        self.seen: dict[tuple[str, str], tuple[int, int]] = {}  # (pid, start) -> (CPU ticks, peak kB)
+        self.ignores_sigchld = ""  # the command line of a process that did
+
+    def run(self) -> None:
+        while not self.done.wait(WATCH_SECONDS if os.getpid() == 1 else WATCH_SECONDS_OUTSIDE):
+            self.look()
+
+    def look(self) -> None:
+        pids = _all_others() if os.getpid() == 1 else [str(self.root), *_descendants(str(self.root))]
+        for pid in pids:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()  # from the state on: utime is [11]
+                status = Path(f"/proc/{pid}/status").read_text()
+                ignored = int(_status_field(status, "SigIgn") or "0", 16)
+                peak = int((_status_field(status, "VmHWM") or "0 kB").split()[0])
+                self.seen[(pid, fields[19])] = (int(fields[11]) + int(fields[12]), peak)
+                if ignored >> (signal.SIGCHLD - 1) & 1 and not self.ignores_sigchld:
+                    self.ignores_sigchld = stat[stat.index("(") + 1 : stat.rindex(")")]
+
+    def stop(self) -> tuple[float, float]:
+        """CPU seconds and the largest peak (MB) seen, over every process the run had."""
+        self.done.set()
+        self.join()
+        ticks = sum(cpu for cpu, _ in self.seen.values())
+        return ticks / os.sysconf("SC_CLK_TCK"), max((kb for _, kb in self.seen.values()), default=0) / 1024
+
+
+def _status_field(status: str, name: str) -> str:
+    for line in status.splitlines():
+        if line.startswith(name + ":"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def _descendants(root: str) -> list[str]:
+    """Every process below ``root`` (one pass over /proc: parents first or not)."""
+    parent: dict[str, str] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                parent[entry] = stat[stat.rindex(")") + 2 :].split()[1]
+    found: list[str] = []
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parent.items() if ppid in frontier and pid not in found}
+        found.extend(frontier)
+    return found
+
+
 def _run(argv: Sequence[str], command: list[str], env: dict[str, str], allocations: bool,
          cwd: Path | None = None, quiet: bool = False) -> tuple[Sample, MeasureError | None]:  # fmt: skip
     """One run: its sample (wall time, the main process's peak), or why it is a crash."""
@@ -436,17 +505,25 @@ def _run(argv: Sequence[str], command: list[str], env: dict[str, str], allocatio
             proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         except OSError as exc:
             raise MeasureError(f"cannot start {shlex.join(argv)}: {exc}", 127) from exc
+        watch = _Watch(proc.pid)
+        watch.look()
+        watch.start()
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait
         seconds = time.perf_counter() - start
+        watched_cpu, watched_peak = watch.stop()
         out.seek(0)
         text = out.read().decode("utf-8", errors="replace")
     if not quiet:
         sys.stderr.write(text)
         sys.stderr.flush()
     alloc = _read_alloc(alloc_file)
-    peak_mb = usage.ru_maxrss / 1024  # kB on Linux
-    sample = Sample(seconds, 0.0, peak_mb, parse_summary(text), alloc, printed_words(text))
+    peak_mb = max(usage.ru_maxrss / 1024, watched_peak)  # kB on Linux
+    sample = Sample(seconds, watched_cpu, peak_mb, parse_summary(text), alloc, printed_words(text))
+    if watch.ignores_sigchld:
+        return sample, MeasureError(f"{shlex.join(argv)}: a process of the run ({watch.ignores_sigchld}) ignored "
+                                    "SIGCHLD: the kernel drops the CPU time and memory of the children it "
+                                    "reaps for it, which measure counts")  # fmt: skip
     if proc.returncode != 0:
         tail = "\n".join(text.splitlines()[-20:])
         code = proc.returncode if proc.returncode > 0 else 1
@@ -644,6 +721,7 @@ def main(args: argparse.Namespace) -> int:
     if not argv:
         print("autoresearch measure: error: give the command after --", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # not inherited ignored: that is the run's to choose
     try:
         values = measure(argv, repeat=args.repeat, warmup=args.warmup, metric=args.metric,
                          allocations=args.allocations, same=args.same, reference=args.reference)  # fmt: skip
