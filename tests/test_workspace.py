@@ -302,8 +302,19 @@ def test_a_new_module_that_would_shadow_an_installed_one_is_refused(toy_repo: Pa
         ws.apply(0, Proposal("implicit", edits=(Edit(path, content="x = 1\n"),)))
         with pytest.raises(EditRejected, match=rf"{path}: a new .* would be loaded by Python or pytest"):
             ws.commit(0, "implicit")
+    # a package or an extension beside a module of the task is imported in its place: the
+    # protected score.py (a workload) was replaced by a new score/__init__.py, kept at -75%
+    from autoresearch.edits import new_file_reason
+
+    assert "beside lib/w.py would be imported in its place" in (new_file_reason("lib/w.abi3.so", ["lib/w.py"]) or "")
+    assert new_file_reason("lib/w/__init__.py", ["w.py", "lib/x.py"]) is None  # another folder, another name
+    for path in ("score/__init__.py", "params/__init__.py"):
+        ws.checkout(0, base)
+        ws.apply(0, Proposal("twin", edits=(Edit(path, content="x = 1\n"),)))
+        with pytest.raises(EditRejected, match=rf"{path}: a new module '(score|params)' beside (score|params).py would"):
+            ws.commit(0, "twin")
     ws.checkout(0, base)
-    ws.apply(0, Proposal("own", edits=(Edit("helpers.py", content="x = 1\n"),)))
+    ws.apply(0, Proposal("own", edits=(Edit("helpers.py", content="x = 1\n"), Edit("lib/params.py", content="x = 1\n"))))
     ws.commit(0, "a module of its own")
 
 

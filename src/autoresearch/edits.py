@@ -13,7 +13,7 @@ import importlib.machinery
 import importlib.metadata
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path, PurePosixPath
@@ -168,27 +168,43 @@ def too_large(rel: str, size: int, before: int, max_file_kb: float, *, by: str =
 IMPLICIT = frozenset({"conftest.py", "sitecustomize.py", "usercustomize.py", "pytest.ini", "tox.ini"})
 
 
-def new_file_reason(path: str) -> str | None:
+def new_file_reason(path: str, tracked: Collection[str] = ()) -> str | None:
     """Why a *new* file may not be added: as ``json.py`` or ``json/__init__.py`` it would shadow
     a module of the standard library or an installed package for Python started in its folder
     (``python evaluate.py`` puts the script's folder first on ``sys.path``), so the agent's code
     would run inside a trusted step that imports that module; as ``conftest.py`` (``IMPLICIT``)
-    or a ``.pth`` file it is loaded without being imported. None when it is none of these."""
+    or a ``.pth`` file it is loaded without being imported; as ``workloads/__init__.py`` or
+    ``workloads.so`` beside the ``tracked`` ``workloads.py`` it would be imported in its place
+    (a package and an extension come first), protected or not. None when it is none of these."""
     pure = PurePosixPath(path.replace("\\", "/"))
     if pure.name in IMPLICIT or pure.suffix == ".pth":
         return (
             f"{pure}: a new {pure.name} would be loaded by Python or pytest on their own, in "
             "the check and evaluate steps too; put the code in a module the task imports"
         )
-    name = _module_name(pure.name)
+    name, folder = _module_name(pure.name), pure.parent
     if name == "__init__" and len(pure.parts) > 1:
-        name = pure.parts[-2]
+        name, folder = pure.parts[-2], pure.parent.parent
+    twin = next((t for t in tracked if name is not None and _module_of(PurePosixPath(t), folder) == name), None)
+    if twin is not None:
+        return (f"{pure}: a new module {name!r} beside {twin} would be imported in its place, or it in "
+                "this one's; change that one")  # fmt: skip
     if name is None or name not in _installed_modules():
         return None
     return (
         f"{pure}: a new module named {name!r} would shadow the standard library's or an "
         "installed package's for the steps run from its folder; choose another name"
     )
+
+
+def _module_of(path: PurePosixPath, folder: PurePosixPath) -> str | None:
+    """The module a tracked file makes in ``folder``: ``folder/x.py`` and ``folder/x/__init__.py``
+    are ``x``; anything else is None."""
+    if path.parent == folder:
+        return _module_name(path.name)
+    if path.name == "__init__.py" and path.parent.parent == folder:
+        return path.parent.name
+    return None
 
 
 def _module_name(filename: str) -> str | None:

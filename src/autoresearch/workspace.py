@@ -468,7 +468,7 @@ class Workspace:
         out = self._slot_git(slot, self.slot_dir(slot))(
             "status", "--porcelain", "-z", "--untracked-files=all", "--", "."
         )
-        entries = iter(out.split("\0"))
+        entries, tracked = iter(out.split("\0")), None
         for entry in entries:
             if not entry:
                 continue
@@ -480,7 +480,8 @@ class Workspace:
                 continue
             reason = self.allow.reason(rel) or self._path_reason(self.slot_dir(slot), rel)
             if reason is None and entry[0] in "?ARC":  # a new file (or a new name)
-                reason = new_file_reason(rel)
+                tracked = self._tracked(slot) if tracked is None else tracked
+                reason = new_file_reason(rel, tracked)
             if reason is not None:
                 raise EditRejected(reason)
 
