@@ -153,6 +153,15 @@ def test_a_file_grown_past_max_file_kb_is_rejected(toy_repo: Path) -> None:
     patch = "--- a/params.py\n+++ b/params.py\n@@ -2,2 +2,3 @@\n X = 1.0\n Y = 2.0\n+" + weights
     with pytest.raises(EditRejected, match="max_file_kb"):  # a patch, as the CLI agents' edits come
         ws.apply(0, Proposal("p", patch=patch))
+    ws.checkout(0, ws.head())  # eight new files of 1,000 KB each ran: the limit holds for all together
+    toml.write_text(toml.read_text().replace('editable = ["params.py"]', 'editable = ["*.py"]'))
+    git(toy_repo, "commit", "-qam", "every file editable")
+    ws = workspace(toy_repo)
+    ws.checkout(0, git(toy_repo, "rev-parse", "HEAD"))
+    tables = tuple(Edit(f"tab{i}.py", content="T = '" + "A" * 30_000 + "'\n") for i in range(3))
+    with pytest.raises(EditRejected, match=r"^the proposal grows 3 files by 87.9 KB in all, over \[task\] max_file_kb = 64"):
+        ws.apply(0, Proposal("tables", edits=tables))
+    assert ws.apply(0, Proposal("two", edits=tables[:2])) == ["tab0.py", "tab1.py"]
     # a file already past the limit may still be edited, as long as the edit does not grow it
     (toy_repo / "params.py").write_text("X = 1.0\nY = 2.0\n" + weights)
     git(toy_repo, "commit", "-qam", "a big file of the task's own")

@@ -356,11 +356,10 @@ class Workspace:
     def _check_sizes(self, slot: SlotKey, base: Path, before: dict[str, int]) -> None:
         """A file the proposal grew past ``max_file_kb``: what the run should compute (trained
         weights, a table of answers) can be carried in a file that large."""
-        for rel, old in sorted(before.items()):
-            why = too_large(rel, _size(base / rel), old, self.config.max_file_kb)
-            if why:
-                self._at.pop(slot, None)  # written: not the commit it was checked out at any more
-                raise EditRejected(why)
+        why = too_large({rel: (_size(base / rel), old) for rel, old in before.items()}, self.config.max_file_kb)
+        if why:
+            self._at.pop(slot, None)  # written: not the commit it was checked out at any more
+            raise EditRejected(why)
 
     def _read(self, base: Path, rel: str) -> str | None:
         target = base / rel

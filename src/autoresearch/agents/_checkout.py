@@ -25,6 +25,7 @@ planted there would be obeyed, and its config can make git run a command (a filt
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -127,18 +128,19 @@ class Checkout:
         )
 
     def _check_sizes(self, paths: Sequence[str], max_file_kb: float) -> None:
+        sizes = {}
         for path in paths:
-            try:
-                size = (self.top / path).lstat().st_size
-            except OSError:  # deleted
-                continue
-            if size <= max_file_kb * 1024:  # the common case: no git call
-                continue
+            with contextlib.suppress(OSError):  # deleted: nothing to carry
+                sizes[path] = (self.top / path).lstat().st_size
+        if sum(sizes.values()) <= max_file_kb * 1024:  # the common case: no git call
+            return
+        grown = {}
+        for path, size in sizes.items():
             before = self._git("cat-file", "-s", f"{self.base}:{path}", check=False).strip()
-            why = too_large(self._relative(path), size, int(before) if before.isdigit() else 0, max_file_kb,
-                            by="the command")  # fmt: skip
-            if why:
-                raise ProposalError(why)
+            grown[self._relative(path)] = (size, int(before) if before.isdigit() else 0)
+        why = too_large(grown, max_file_kb, by="the command")
+        if why:
+            raise ProposalError(why)
 
     def _editable(self, path: str, allowed: Sequence[re.Pattern[str]]) -> bool:
         return path.startswith(self.prefix) and any(r.match(self._relative(path)) for r in allowed)
