@@ -144,6 +144,12 @@ def test_allocations_trace_a_python_command(tmp_path: Path) -> None:
     assert summary(done.stdout)["alloc_peak_mb"] > 10  # 300k small strings and a list
     refused = run_measure("--allocations", "--", "sh", "-c", "true")
     assert refused.returncode != 0 and "python SCRIPT" in refused.stderr
+    # a library that stops or resets the trace at import was kept at -100% alloc_peak_mb
+    for call in ("tracemalloc.stop()", "tracemalloc.reset_peak()", "import _tracemalloc; _tracemalloc.stop()"):
+        script.write_text(f"import os, tracemalloc\ndata = [str(i) for i in range(300_000)]\n{call}\n"
+                          "assert 'AUTORESEARCH_MEASURE_ALLOC' not in os.environ\n")  # fmt: skip
+        hidden = run_measure("--repeat", "1", "--warmup", "0", "--allocations", "--", PY, str(script))
+        assert hidden.returncode == 2 and "alloc_peak_mb would not see its allocations" in hidden.stderr, (call, hidden.stderr)
 
 
 def test_a_measured_command_that_hangs_meets_the_step_timeout(tmp_path: Path) -> None:

@@ -87,12 +87,21 @@ OWN_KEYS = ("seconds", "seconds_mad", "cpu_seconds", "cpu_seconds_mad", "peak_rs
 _ALLOC_ENV = "AUTORESEARCH_MEASURE_ALLOC"
 _SCRATCH = ("/tmp", "/dev/shm", "/dev/mqueue")  # a sandboxed step's own: emptied between runs
 _TRACE = """\
-import os, runpy, sys, tracemalloc
+import os, runpy, sys, tracemalloc, _tracemalloc
 target, sys.argv = sys.argv[1], sys.argv[1:]
+path, peak, tracing, touched = os.environ.pop("{env}"), tracemalloc.get_traced_memory, tracemalloc.is_tracing, []
+def guard(name, call):
+    def guarded(*args, **kwargs):  # a run that stops or resets the trace hides its allocations
+        touched.append(name)
+        return call(*args, **kwargs)
+    return guarded
+for module in (tracemalloc, _tracemalloc):
+    for name in ("stop", "reset_peak", "clear_traces"):
+        setattr(module, name, guard(name, getattr(module, name)))
 tracemalloc.start()
 def report():
-    with open(os.environ["{env}"], "w") as fh:
-        fh.write(str(tracemalloc.get_traced_memory()[1]))
+    with open(path, "w") as fh:
+        fh.write(f"tracemalloc.{touched[0]}" if touched or not tracing() else str(peak()[1]))
 import atexit
 atexit.register(report)
 if target == "-m":
@@ -570,8 +579,13 @@ def _read_alloc(path: str | None) -> float | None:
         return None
     try:
         text = Path(path).read_text().strip()
+    except OSError:
+        return None
     finally:
         Path(path).unlink(missing_ok=True)
+    if text.startswith("tracemalloc."):
+        raise MeasureError(f"the run called {text}() (or stopped the trace): alloc_peak_mb would not see "
+                           "its allocations")  # fmt: skip
     return int(text) / 2**20 if text.isdigit() else None
 
 
