@@ -593,3 +593,20 @@ def test_a_keeps_fresh_runs_are_held_to_the_constraints_too(tmp_path: Path) -> N
     assert row.verdict is Verdict.DISCARD, row.reason
     assert "but constraint 'peak_rss_mb <= 1.25 * best' broken: peak_rss_mb 90" in row.reason
     assert engine.history.best is not None and engine.history.best.metrics["peak_rss_mb"] == 30.0
+
+
+def test_a_key_some_runs_do_not_report_breaks_a_constraint_on_it(tmp_path: Path) -> None:
+    """The fresh runs hid their checksum where they skipped the work: the mean of the runs that
+    printed one passed ``checksum == baseline``, and the skipped work was kept at -51%."""
+    toml = TOML.format(judge="baseline_runs = 2\nmax_runs = 3")
+    toml = toml.replace('name = "score"', 'name = "score"\nconstraints = ["checksum == baseline"]')
+    repo = make_repo(tmp_path / "task", {"params.py": "A = 0\n", "program.md": "x\n", "autoresearch.toml": toml})
+
+    def run(job: Job) -> FakeRun:
+        if params(job)["A"] and job.run_index >= 1:  # the fresh runs: no work, and no checksum
+            return FakeRun(5.0 + 0.01 * (job.seed % 3))
+        return FakeRun(10.0 - params(job)["A"] + 0.01 * (job.seed % 3), metrics={"checksum": 42.0})
+
+    engine = session(repo, Scripted(["A = 1\n"]), FakeExecutor(run), max_experiments=1)
+    row = engine.history.rows[1]
+    assert row.verdict is Verdict.DISCARD and "the runs did not report checksum" in row.reason, row.reason

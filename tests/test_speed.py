@@ -110,6 +110,29 @@ def test_work_forked_into_children_the_kernel_reaps_still_counts(tmp_path: Path)
     assert values["cpu_seconds"] >= 0.3 and values["peak_rss_mb"] >= 150, values
 
 
+def test_memory_split_over_processes_counts_together(tmp_path: Path) -> None:
+    """A 30 MB table split over two forked shards halved the largest process's peak: kept at
+    -36% peak_rss_mb while the run held more in all."""
+    shards = tmp_path / "shards.py"
+    shards.write_text(
+        "import os, time\n"
+        "pids = []\n"
+        "for _ in range(2):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        x = bytearray(120 * 2**20)\n"
+        "        for i in range(0, len(x), 4096):\n"
+        "            x[i] = 1\n"
+        "        time.sleep(1.5)\n"
+        "        os._exit(0)\n"
+        "    pids.append(pid)\n"
+        "for pid in pids:\n"
+        "    os.waitpid(pid, 0)\n"
+    )  # fmt: skip
+    values = summary(run_measure("--repeat", "1", "--warmup", "0", "--", PY, str(shards)).stdout)
+    assert values["peak_rss_mb"] >= 230, values  # 2 x 120 MB held at once, not the largest's 120
+
+
 def test_measure_takes_the_median_of_what_the_command_prints(tmp_path: Path) -> None:
     script = tmp_path / "own.py"
     counter = tmp_path / "n"

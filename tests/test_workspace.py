@@ -317,6 +317,8 @@ def test_a_new_module_that_would_shadow_an_installed_one_is_refused(toy_repo: Pa
 
     assert "beside lib/w.py would be imported in its place" in (new_file_reason("lib/w.abi3.so", ["lib/w.py"]) or "")
     assert new_file_reason("lib/w/__init__.py", ["w.py", "lib/x.py"]) is None  # another folder, another name
+    for pyc in ("__pycache__/score.cpython-311.pyc", "lib/w.pyc"):  # loaded in place of a source it names
+        assert "compiled bytecode is loaded in place of the source" in (new_file_reason(pyc) or "")
     for path in ("score/__init__.py", "params/__init__.py"):
         ws.checkout(0, base)
         ws.apply(0, Proposal("twin", edits=(Edit(path, content="x = 1\n"),)))

@@ -184,6 +184,9 @@ def new_file_reason(path: str, tracked: Collection[str] = ()) -> str | None:
     ``workloads.so`` beside the ``tracked`` ``workloads.py`` it would be imported in its place
     (a package and an extension come first), protected or not. None when it is none of these."""
     pure = PurePosixPath(path.replace("\\", "/"))
+    if "__pycache__" in pure.parts or pure.suffix in (".pyc", ".pyo"):
+        return (f"{pure}: compiled bytecode is loaded in place of the source it claims to be (a "
+                "protected module's too); only source may be added")  # fmt: skip
     if pure.name in IMPLICIT or pure.suffix == ".pth":
         return (
             f"{pure}: a new {pure.name} would be loaded by Python or pytest on their own, in "

@@ -440,17 +440,20 @@ WATCH_SECONDS_OUTSIDE = 0.1  # elsewhere each look reads every process of the ma
 
 class _Watch(threading.Thread):
     """Looks at a run's processes while it runs: the CPU time and peak memory of each (a lower
-    bound where the kernel's own accounting is short), and whether one ignores SIGCHLD.
+    bound where the kernel's own accounting is short), the memory they hold together, and
+    whether one ignores SIGCHLD.
 
     The kernel adds a child's CPU time and memory to its parent's only when the parent reaps
     it; a process that ignores SIGCHLD (or sets SA_NOCLDWAIT) has its children reaped for it
-    and their times dropped: a benchmark that forked its work so was timed at -86% CPU."""
+    and their times dropped: a benchmark that forked its work so was timed at -86% CPU. And a
+    table split over two processes halves the largest one's peak: the sum is what was held."""
 
     def __init__(self, root: int) -> None:
         super().__init__(name="measure-watch", daemon=True)
         self.root, self.done = root, threading.Event()
         self.seen: dict[tuple[str, str], tuple[int, int]] = {}  # (pid, start) -> (CPU ticks, peak kB)
         self.ignores_sigchld = ""  # the command line of a process that did
+        self.together_kb = 0  # the most resident memory the run's processes held at one look
 
     def run(self) -> None:
         while not self.done.wait(WATCH_SECONDS if os.getpid() == 1 else WATCH_SECONDS_OUTSIDE):
@@ -458,6 +461,7 @@ class _Watch(threading.Thread):
 
     def look(self) -> None:
         pids = _all_others() if os.getpid() == 1 else [str(self.root), *_descendants(str(self.root))]
+        together = 0
         for pid in pids:
             with contextlib.suppress(OSError, ValueError, IndexError):
                 stat = Path(f"/proc/{pid}/stat").read_text()
@@ -465,16 +469,20 @@ class _Watch(threading.Thread):
                 status = Path(f"/proc/{pid}/status").read_text()
                 ignored = int(_status_field(status, "SigIgn") or "0", 16)
                 peak = int((_status_field(status, "VmHWM") or "0 kB").split()[0])
+                together += int((_status_field(status, "VmRSS") or "0 kB").split()[0])
                 self.seen[(pid, fields[19])] = (int(fields[11]) + int(fields[12]), peak)
                 if ignored >> (signal.SIGCHLD - 1) & 1 and not self.ignores_sigchld:
                     self.ignores_sigchld = stat[stat.index("(") + 1 : stat.rindex(")")]
+        self.together_kb = max(self.together_kb, together)
 
     def stop(self) -> tuple[float, float]:
-        """CPU seconds and the largest peak (MB) seen, over every process the run had."""
+        """CPU seconds over every process the run had, and the peak (MB): the largest one's, or
+        what they held together at one look, whichever is more."""
         self.done.set()
         self.join()
         ticks = sum(cpu for cpu, _ in self.seen.values())
-        return ticks / os.sysconf("SC_CLK_TCK"), max((kb for _, kb in self.seen.values()), default=0) / 1024
+        largest = max((kb for _, kb in self.seen.values()), default=0)
+        return ticks / os.sysconf("SC_CLK_TCK"), max(largest, self.together_kb) / 1024
 
 
 def _status_field(status: str, name: str) -> str:

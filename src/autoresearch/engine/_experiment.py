@@ -441,13 +441,17 @@ def _note_dropped(engine: Engine, row: Experiment, dropped: set[int] | frozenset
 def mean_metrics(runs: list[Run], last: Sequence[str] = ()) -> dict[str, float]:
     """Each metric's mean over the runs the recorded value rests on: a keep's fresh runs when
     it has them (as its metric is), else every run. ``last``: keys taken as the last of those
-    runs printed them (``--same`` checksums: each run had a workload of its own)."""
+    runs printed them (``--same`` checksums: each run had a workload of its own). A key some of
+    them did not report is left out: a constraint on it then sees it missing (a candidate that
+    hid its checksum in the runs where it skipped the work was kept on the others')."""
     fresh = [r for r in runs if r.purpose is RunPurpose.RESCORE and r.status is RunStatus.OK]
+    chosen = fresh or [r for r in runs if r.status is RunStatus.OK] or runs  # a failed run reports nothing
     keys: dict[str, list[float]] = {}
-    for run in fresh or runs:
+    for run in chosen:
         for key, value in run.metrics.items():
             keys.setdefault(key, []).append(value)
-    return {k: v[-1] if k in last else sum(v) / len(v) for k, v in keys.items() if all(math.isfinite(x) for x in v)}
+    return {k: v[-1] if k in last else sum(v) / len(v) for k, v in keys.items()
+            if len(v) == len(chosen) and all(math.isfinite(x) for x in v)}  # fmt: skip
 
 
 def drop_outputs(engine: Engine, exp_id: int) -> None:
