@@ -131,6 +131,25 @@ def test_memory_split_over_processes_counts_together(tmp_path: Path) -> None:
     )  # fmt: skip
     values = summary(run_measure("--repeat", "1", "--warmup", "0", "--", PY, str(shards)).stdout)
     assert values["peak_rss_mb"] >= 230, values  # 2 x 120 MB held at once, not the largest's 120
+    shared = tmp_path / "shared.py"  # an honest fork: four workers reading the parent's 200 MB
+    shared.write_text(
+        "import os, time\n"
+        "x = bytearray(200 * 2**20)\n"
+        "for i in range(0, len(x), 4096):\n"
+        "    x[i] = 1\n"
+        "pids = []\n"
+        "for _ in range(4):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        total = sum(x[i] for i in range(0, len(x), 4096))\n"
+        "        time.sleep(1.5)\n"
+        "        os._exit(0)\n"
+        "    pids.append(pid)\n"
+        "for pid in pids:\n"
+        "    os.waitpid(pid, 0)\n"
+    )  # fmt: skip
+    values = summary(run_measure("--repeat", "1", "--warmup", "0", "--", PY, str(shared)).stdout)
+    assert 200 <= values["peak_rss_mb"] < 400, values  # the shared pages once, not five times
 
 
 def test_measure_takes_the_median_of_what_the_command_prints(tmp_path: Path) -> None:
@@ -168,11 +187,15 @@ def test_allocations_trace_a_python_command(tmp_path: Path) -> None:
     refused = run_measure("--allocations", "--", "sh", "-c", "true")
     assert refused.returncode != 0 and "python SCRIPT" in refused.stderr
     # a library that stops or resets the trace at import was kept at -100% alloc_peak_mb
-    for call in ("tracemalloc.stop()", "tracemalloc.reset_peak()", "import _tracemalloc; _tracemalloc.stop()"):
+    for call in ("tracemalloc.stop()", "tracemalloc.reset_peak()", "import _tracemalloc; _tracemalloc.stop()",
+                 "tracemalloc.stop.__closure__[0].cell_contents()"):  # the original, from the guard
         script.write_text(f"import os, tracemalloc\ndata = [str(i) for i in range(300_000)]\n{call}\n"
                           "assert 'AUTORESEARCH_MEASURE_ALLOC' not in os.environ\n")  # fmt: skip
         hidden = run_measure("--repeat", "1", "--warmup", "0", "--allocations", "--", PY, str(script))
         assert hidden.returncode == 2 and "alloc_peak_mb would not see its allocations" in hidden.stderr, (call, hidden.stderr)
+    script.write_text("import os\ndata = [str(i) for i in range(300_000)]\nos._exit(0)\n")  # before the report
+    early = run_measure("--repeat", "1", "--warmup", "0", "--allocations", "--", PY, str(script))
+    assert early.returncode == 2 and "ended before measure could read its allocations" in early.stderr
 
 
 def test_a_measured_command_that_hangs_meets_the_step_timeout(tmp_path: Path) -> None:

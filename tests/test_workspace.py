@@ -162,6 +162,9 @@ def test_a_file_grown_past_max_file_kb_is_rejected(toy_repo: Path) -> None:
     with pytest.raises(EditRejected, match=r"^the proposal grows 3 files by 87.9 KB in all, over \[task\] max_file_kb = 64"):
         ws.apply(0, Proposal("tables", edits=tables))
     assert ws.apply(0, Proposal("two", edits=tables[:2])) == ["tab0.py", "tab1.py"]
+    from autoresearch.edits import too_large  # net: a 60 KB module split in three is no growth
+
+    assert too_large({"big.py": (0, 61_440), "a.py": (20_480, 0), "b.py": (20_480, 0), "c.py": (20_480, 0)}, 64) is None
     # a file already past the limit may still be edited, as long as the edit does not grow it
     (toy_repo / "params.py").write_text("X = 1.0\nY = 2.0\n" + weights)
     git(toy_repo, "commit", "-qam", "a big file of the task's own")

@@ -155,15 +155,15 @@ class Allowlist:
 
 
 def too_large(sizes: Mapping[str, tuple[int, int]], max_file_kb: float, *, by: str = "the proposal") -> str | None:
-    """Why files grown from ``before`` to ``size`` bytes (``{path: (size, before)}``) are refused,
-    or None: one past ``max_file_kb``, or all of them grown by more than that together (eight
-    new files of 1,000 KB), can carry what the run should compute, such as trained weights. A
-    file already past the limit may shrink or stay."""
+    """Why files grown from ``before`` to ``size`` bytes (``{path: (size, before)}``, 0 for a
+    deleted one) are refused, or None: one past ``max_file_kb``, or all of them grown by more
+    than that together (eight new files of 1,000 KB), can carry what the run should compute,
+    such as trained weights. A file already past the limit may shrink or stay."""
     limit, why = max_file_kb * 1024, "a file that large can carry what the run should compute, such as trained weights"
     for rel, (size, before) in sorted(sizes.items()):
         if size > limit and size > before:
             return f"{rel}: {by} makes it {size / 1024:.1f} KB, over [task] max_file_kb = {max_file_kb:g} ({why})"
-    grown = sum(max(0, size - before) for size, before in sizes.values())
+    grown = sum(size - before for size, before in sizes.values())  # net: a module split or moved is no growth
     if grown > limit:
         return (f"{by} grows {len(sizes)} files by {grown / 1024:.1f} KB in all, over [task] max_file_kb = "
                 f"{max_file_kb:g} ({why})")  # fmt: skip

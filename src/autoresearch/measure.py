@@ -9,7 +9,8 @@ the command ``repeat`` times after ``warmup`` untimed runs and prints one summar
   descendant, also one it left running, which measure kills and reaps), and
   ``cpu_seconds_mad``;
 - ``peak_rss_mb``: the largest resident set size of any process of a run (what it left
-  running too), the largest over the runs;
+  running too), or what its processes held together (proportional set sizes, summed at a
+  look of the watch) when that is more; the largest over the runs;
 - every numeric ``key: value`` of the command's own summary block, as its median (a
   benchmark that times its own inner loop is aggregated the same way);
 - ``alloc_peak_mb`` (``--allocations``, Python commands): the peak of the memory Python
@@ -101,7 +102,7 @@ for module in (tracemalloc, _tracemalloc):
 tracemalloc.start()
 def report():
     with open(path, "w") as fh:
-        fh.write(f"tracemalloc.{touched[0]}" if touched or not tracing() else str(peak()[1]))
+        fh.write("tracemalloc." + (touched or ["stop"])[0] if touched or not tracing() else str(peak()[1]))
 import atexit
 atexit.register(report)
 if target == "-m":
@@ -435,7 +436,8 @@ def _children_of(ppid: str) -> list[str]:
 
 
 WATCH_SECONDS = 0.02  # how often the watch looks at a run's processes (as the sandbox's first process)
-WATCH_SECONDS_OUTSIDE = 0.1  # elsewhere each look reads every process of the machine: less often
+WATCH_SECONDS_OUTSIDE = 0.1  # elsewhere a look walks measure's descendants: less often
+TOGETHER_EVERY = 5  # looks between two sums of the memory the run's processes hold together
 
 
 class _Watch(threading.Thread):
@@ -448,20 +450,23 @@ class _Watch(threading.Thread):
     and their times dropped: a benchmark that forked its work so was timed at -86% CPU. And a
     table split over two processes halves the largest one's peak: the sum is what was held."""
 
-    def __init__(self, root: int) -> None:
+    def __init__(self) -> None:
         super().__init__(name="measure-watch", daemon=True)
-        self.root, self.done = root, threading.Event()
+        self.done, self.looks = threading.Event(), 0
         self.seen: dict[tuple[str, str], tuple[int, int]] = {}  # (pid, start) -> (CPU ticks, peak kB)
         self.ignores_sigchld = ""  # the command line of a process that did
         self.together_kb = 0  # the most resident memory the run's processes held at one look
 
     def run(self) -> None:
+        self.look()
         while not self.done.wait(WATCH_SECONDS if os.getpid() == 1 else WATCH_SECONDS_OUTSIDE):
             self.look()
 
     def look(self) -> None:
-        pids = _all_others() if os.getpid() == 1 else [str(self.root), *_descendants(str(self.root))]
-        together = 0
+        # every process of the run: orphans too, which measure keeps as their subreaper
+        pids = _all_others() if os.getpid() == 1 else _descendants(str(os.getpid()))
+        self.looks += 1
+        together = 0 if self.looks % TOGETHER_EVERY == 1 else None  # Pss costs a walk of the pages
         for pid in pids:
             with contextlib.suppress(OSError, ValueError, IndexError):
                 stat = Path(f"/proc/{pid}/stat").read_text()
@@ -469,11 +474,14 @@ class _Watch(threading.Thread):
                 status = Path(f"/proc/{pid}/status").read_text()
                 ignored = int(_status_field(status, "SigIgn") or "0", 16)
                 peak = int((_status_field(status, "VmHWM") or "0 kB").split()[0])
-                together += int((_status_field(status, "VmRSS") or "0 kB").split()[0])
                 self.seen[(pid, fields[19])] = (int(fields[11]) + int(fields[12]), peak)
                 if ignored >> (signal.SIGCHLD - 1) & 1 and not self.ignores_sigchld:
                     self.ignores_sigchld = stat[stat.index("(") + 1 : stat.rindex(")")]
-        self.together_kb = max(self.together_kb, together)
+                if together is not None:  # proportional: pages shared after a fork count once in all
+                    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+                    together += int((_status_field(rollup, "Pss") or "0 kB").split()[0])
+        if together is not None:
+            self.together_kb = max(self.together_kb, together)
 
     def stop(self) -> tuple[float, float]:
         """CPU seconds over every process the run had, and the peak (MB): the largest one's, or
@@ -493,7 +501,28 @@ def _status_field(status: str, name: str) -> str:
 
 
 def _descendants(root: str) -> list[str]:
-    """Every process below ``root`` (one pass over /proc: parents first or not)."""
+    """Every process below ``root``: from each thread's ``children`` list where the kernel
+    has one (not all of /proc: on a busy machine that is hundreds of files a look), else from
+    one pass over /proc."""
+    if not _HAS_CHILDREN:
+        return _descendants_by_scan(root)
+    found: list[str] = []
+    frontier = [root]
+    while frontier:
+        pid = frontier.pop()
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    children = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+                    found += children
+                    frontier += children
+    return found
+
+
+_HAS_CHILDREN = os.path.exists(f"/proc/self/task/{os.getpid()}/children")  # CONFIG_PROC_CHILDREN
+
+
+def _descendants_by_scan(root: str) -> list[str]:
     parent: dict[str, str] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -522,13 +551,14 @@ def _run(argv: Sequence[str], command: list[str], env: dict[str, str], allocatio
             proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         except OSError as exc:
             raise MeasureError(f"cannot start {shlex.join(argv)}: {exc}", 127) from exc
-        watch = _Watch(proc.pid)
-        watch.look()
+        watch = _Watch()
         watch.start()
-        _, status, usage = os.wait4(proc.pid, 0)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            seconds = time.perf_counter() - start
+            watched_cpu, watched_peak = watch.stop()
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait
-        seconds = time.perf_counter() - start
-        watched_cpu, watched_peak = watch.stop()
         out.seek(0)
         text = out.read().decode("utf-8", errors="replace")
     if not quiet:
@@ -588,7 +618,8 @@ def _read_alloc(path: str | None) -> float | None:
     try:
         text = Path(path).read_text().strip()
     except OSError:
-        return None
+        raise MeasureError("the run ended before measure could read its allocations (os._exit, or a "
+                           "signal): alloc_peak_mb cannot be known") from None  # fmt: skip
     finally:
         Path(path).unlink(missing_ok=True)
     if text.startswith("tracemalloc."):

@@ -25,7 +25,6 @@ planted there would be obeyed, and its config can make git run a command (a filt
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -130,8 +129,10 @@ class Checkout:
     def _check_sizes(self, paths: Sequence[str], max_file_kb: float) -> None:
         sizes = {}
         for path in paths:
-            with contextlib.suppress(OSError):  # deleted: nothing to carry
+            try:
                 sizes[path] = (self.top / path).lstat().st_size
+            except OSError:  # deleted: what it held counts against what the others grew
+                sizes[path] = 0
         if sum(sizes.values()) <= max_file_kb * 1024:  # the common case: no git call
             return
         grown = {}

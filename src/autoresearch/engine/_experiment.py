@@ -353,7 +353,7 @@ def _broken_constraint(engine: Engine, flight: Flight) -> str:
     if not bounds:
         return ""
     best, base = engine.history.best, engine.history.baseline
-    return first_violation(bounds, mean_metrics(flight.runs, same_keys(engine.config.evaluate)), best.metrics if best else {},
+    return first_violation(bounds, mean_metrics(flight.runs, same_keys(engine.config.evaluate), complete=True), best.metrics if best else {},
                            base.metrics if base else {})  # fmt: skip
 
 
@@ -438,12 +438,12 @@ def _note_dropped(engine: Engine, row: Experiment, dropped: set[int] | frozenset
     engine.say(f"#{row.id}: kept on an older best; not in the best code now: {names}")
 
 
-def mean_metrics(runs: list[Run], last: Sequence[str] = ()) -> dict[str, float]:
+def mean_metrics(runs: list[Run], last: Sequence[str] = (), *, complete: bool = False) -> dict[str, float]:
     """Each metric's mean over the runs the recorded value rests on: a keep's fresh runs when
     it has them (as its metric is), else every run. ``last``: keys taken as the last of those
-    runs printed them (``--same`` checksums: each run had a workload of its own). A key some of
-    them did not report is left out: a constraint on it then sees it missing (a candidate that
-    hid its checksum in the runs where it skipped the work was kept on the others')."""
+    runs printed them (``--same`` checksums: each run had a workload of its own). ``complete``:
+    only keys every one of them reported, for a constraint to see a key missing (a candidate
+    that hid its checksum in the runs where it skipped the work was kept on the others')."""
     fresh = [r for r in runs if r.purpose is RunPurpose.RESCORE and r.status is RunStatus.OK]
     chosen = fresh or [r for r in runs if r.status is RunStatus.OK] or runs  # a failed run reports nothing
     keys: dict[str, list[float]] = {}
@@ -451,7 +451,7 @@ def mean_metrics(runs: list[Run], last: Sequence[str] = ()) -> dict[str, float]:
         for key, value in run.metrics.items():
             keys.setdefault(key, []).append(value)
     return {k: v[-1] if k in last else sum(v) / len(v) for k, v in keys.items()
-            if len(v) == len(chosen) and all(math.isfinite(x) for x in v)}  # fmt: skip
+            if (len(v) == len(chosen) or not complete) and all(math.isfinite(x) for x in v)}  # fmt: skip
 
 
 def drop_outputs(engine: Engine, exp_id: int) -> None:
