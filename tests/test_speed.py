@@ -110,46 +110,38 @@ def test_work_forked_into_children_the_kernel_reaps_still_counts(tmp_path: Path)
     assert values["cpu_seconds"] >= 0.3 and values["peak_rss_mb"] >= 150, values
 
 
-def test_memory_split_over_processes_counts_together(tmp_path: Path) -> None:
+HOLDERS = """\
+import os, time
+x = bytearray({parent} * 2**20)  # the parent's, shared with the workers it forks
+for i in range(0, len(x), 4096):
+    x[i] = 1
+pids = []
+for _ in range({workers}):
+    pid = os.fork()
+    if pid == 0:
+        own = bytearray({own} * 2**20)  # each worker's own
+        for i in range(0, len(own), 4096):
+            own[i] = 1
+        total = sum(x[i] for i in range(0, len(x), 4096))
+        time.sleep(1.5)
+        os._exit(0)
+    pids.append(pid)
+for pid in pids:
+    os.waitpid(pid, 0)
+"""
+
+
+@pytest.mark.parametrize(("parent", "workers", "own", "low", "high"),
+                         [(0, 2, 120, 230, 400), (200, 4, 0, 200, 400)], ids=["shards", "shared"])  # fmt: skip
+def test_memory_held_by_several_processes_counts_together_and_once(
+    tmp_path: Path, parent: int, workers: int, own: int, low: float, high: float
+) -> None:
     """A 30 MB table split over two forked shards halved the largest process's peak: kept at
-    -36% peak_rss_mb while the run held more in all."""
-    shards = tmp_path / "shards.py"
-    shards.write_text(
-        "import os, time\n"
-        "pids = []\n"
-        "for _ in range(2):\n"
-        "    pid = os.fork()\n"
-        "    if pid == 0:\n"
-        "        x = bytearray(120 * 2**20)\n"
-        "        for i in range(0, len(x), 4096):\n"
-        "            x[i] = 1\n"
-        "        time.sleep(1.5)\n"
-        "        os._exit(0)\n"
-        "    pids.append(pid)\n"
-        "for pid in pids:\n"
-        "    os.waitpid(pid, 0)\n"
-    )  # fmt: skip
-    values = summary(run_measure("--repeat", "1", "--warmup", "0", "--", PY, str(shards)).stdout)
-    assert values["peak_rss_mb"] >= 230, values  # 2 x 120 MB held at once, not the largest's 120
-    shared = tmp_path / "shared.py"  # an honest fork: four workers reading the parent's 200 MB
-    shared.write_text(
-        "import os, time\n"
-        "x = bytearray(200 * 2**20)\n"
-        "for i in range(0, len(x), 4096):\n"
-        "    x[i] = 1\n"
-        "pids = []\n"
-        "for _ in range(4):\n"
-        "    pid = os.fork()\n"
-        "    if pid == 0:\n"
-        "        total = sum(x[i] for i in range(0, len(x), 4096))\n"
-        "        time.sleep(1.5)\n"
-        "        os._exit(0)\n"
-        "    pids.append(pid)\n"
-        "for pid in pids:\n"
-        "    os.waitpid(pid, 0)\n"
-    )  # fmt: skip
-    values = summary(run_measure("--repeat", "1", "--warmup", "0", "--", PY, str(shared)).stdout)
-    assert 200 <= values["peak_rss_mb"] < 400, values  # the shared pages once, not five times
+    -36% peak_rss_mb while the run held more in all. An honest fork's shared pages count once."""
+    script = tmp_path / "forks.py"
+    script.write_text(HOLDERS.format(parent=parent, workers=workers, own=own))
+    values = summary(run_measure("--repeat", "1", "--warmup", "0", "--", PY, str(script)).stdout)
+    assert low <= values["peak_rss_mb"] < high, values
 
 
 def test_measure_takes_the_median_of_what_the_command_prints(tmp_path: Path) -> None:
