@@ -6,6 +6,7 @@ The rules a session started with are recorded with it, so ``run --resume`` keeps
 
 from __future__ import annotations
 
+import queue
 import signal
 import threading
 import time
@@ -86,35 +87,46 @@ class Signals:
     """SIGINT, SIGTERM and SIGHUP: the first finishes what runs and stops, the second kills it,
     the third (the shutdown itself taking too long) ends this process at once.
 
-    The first two act on a thread of their own: a handler runs on the main thread between
-    two of its steps, and one that waited there for a lock the main thread holds (an executor
-    closing) would wait forever."""
+    The first two act on a thread of their own, started with the handlers: a handler runs on
+    the main thread between two of its steps, and one that waited there for a lock the main
+    thread holds (an executor closing, a thread being started) would wait forever. The handler
+    only hands the work over, through a queue that may be used from a signal handler."""
 
     def __init__(self, on_first: Callable[[str], None], on_second: Callable[[], None]) -> None:
         self._first, self._second = on_first, on_second
         self.received: int | None = None  # the first signal's number
         self._count = 0
         self._previous: dict[int, Any] = {}
+        self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
+        threading.Thread(target=self._serve, name="autoresearch-signals", daemon=True).start()
         for sig in _SIGNAL_NAMES:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self._previous:
+            self._work.put(None)  # the worker ends once what was handed over is done
         self._previous.clear()
+
+    def _serve(self) -> None:
+        """Each signal's work on a thread of its own: a kill must not wait behind a first
+        signal's cancel that waits for a lock."""
+        while (work := self._work.get()) is not None:
+            threading.Thread(target=work, name="autoresearch-signal", daemon=True).start()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self._count += 1
         if self._count == 1:
             self.received = signum
             name = _SIGNAL_NAMES.get(signal.Signals(signum), f"signal {signum}")
-            threading.Thread(target=self._first, args=(name,), name="autoresearch-signal", daemon=True).start()
+            self._work.put(lambda: self._first(name))
         elif self._count == 2:
-            threading.Thread(target=self._second, name="autoresearch-signal", daemon=True).start()
+            self._work.put(self._second)
         else:  # a third: the user wants out now, whatever the shutdown still had to record
             signal.signal(signum, signal.SIG_DFL)  # not the previous handler: SIGINT's raises, nohup's ignores
             signal.raise_signal(signum)
