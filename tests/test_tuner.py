@@ -542,7 +542,9 @@ def test_the_search_space_and_what_is_left_out_are_printed() -> None:
     text = TunerAgent(exclude=["WD"]).check({"p.py": TOY + "MODE = 'a'\nUSE_X = 0\n"})
     assert "LR" in text and "log[0.0025, 0.04]" in text and "USE_X" in text and "{0, 1}" in text
     assert "in [agent.tuner] exclude: WD" in text
-    assert "a string: give params.MODE" in text
+    assert "a string: give [agent.tuner] params = { MODE = 'choice:A,B' }" in text
+    twice = TunerAgent().check({"a/p.py": "MODE = 'a'\nLR = 0.01\n", "b/q.py": "MODE = 'b'\n"})  # a key TOML can hold
+    assert """give [agent.tuner] params = { "a/p.py:MODE" = 'choice:A,B' }""" in twice, twice
 
 
 def test_a_duplicate_or_pending_configuration_is_not_proposed_again() -> None:

@@ -17,6 +17,7 @@ either searched or listed in ``LeftOut`` with the reason; ``space_text`` prints 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -104,7 +105,8 @@ def build_space(
         else:
             dist = default_distribution(anchors.get(key, const.value), seen.get(key, []))
         if dist is None:
-            left.append(LeftOut(key, const, f"a string: give params.{key} = 'choice:A,B'"))
+            name = key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else f'"{key}"'  # TOML: a path:NAME key is quoted
+            left.append(LeftOut(key, const, f"a string: give [agent.tuner] params = {{ {name} = 'choice:A,B' }}"))
             continue
         place = next((i for i, name in enumerate(options.first) if _named(key, const, [name])), None)
         dims.append(Dimension(key, const, dist, place))
