@@ -413,26 +413,34 @@ def _reap_all() -> int:
 
 
 def _peak_kb(pid: int) -> int:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
+    with contextlib.suppress(OSError, ValueError):
+        return _kb(Path(f"/proc/{pid}/status").read_text(), "VmHWM")
     return 0
 
 
 def _children_of(ppid: str) -> list[str]:
-    out = []
+    return [pid for pid, parent in _parents().items() if parent == ppid]
+
+
+def _parents() -> dict[str, str]:
+    """Every process of /proc and its parent's pid."""
+    parent: dict[str, str] = {}
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, ...
-        if len(fields) > 1 and fields[1] == ppid:
-            out.append(entry)
-    return out
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parent[entry] = _stat_fields(Path(f"/proc/{entry}/stat").read_text())[1]
+    return parent
+
+
+def _stat_fields(stat: str) -> list[str]:
+    """/proc/<pid>/stat's fields after "pid (comm) " (a name may hold spaces and parentheses):
+    state, ppid, ..., utime at 11, stime at 12, starttime at 19."""
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _kb(status: str, name: str) -> int:
+    """A "Name:   123 kB" line of /proc/<pid>/status or smaps_rollup, in kB (0 when absent)."""
+    return int((_status_field(status, name) or "0 kB").split()[0])
 
 
 WATCH_SECONDS = 0.02  # how often the watch looks at a run's processes (as the sandbox's first process)
@@ -453,33 +461,32 @@ class _Watch(threading.Thread):
     def __init__(self) -> None:
         super().__init__(name="measure-watch", daemon=True)
         self.done, self.looks = threading.Event(), 0
+        self.first = os.getpid() == 1  # the sandbox's first process: its namespace is the run's
         self.seen: dict[tuple[str, str], tuple[int, int]] = {}  # (pid, start) -> (CPU ticks, peak kB)
         self.ignores_sigchld = ""  # the command line of a process that did
         self.together_kb = 0  # the most resident memory the run's processes held at one look
 
     def run(self) -> None:
         self.look()
-        while not self.done.wait(WATCH_SECONDS if os.getpid() == 1 else WATCH_SECONDS_OUTSIDE):
+        while not self.done.wait(WATCH_SECONDS if self.first else WATCH_SECONDS_OUTSIDE):
             self.look()
 
     def look(self) -> None:
         # every process of the run: orphans too, which measure keeps as their subreaper
-        pids = _all_others() if os.getpid() == 1 else _descendants(str(os.getpid()))
+        pids = _all_others() if self.first else _descendants(str(os.getpid()))
         self.looks += 1
         together = 0 if self.looks % TOGETHER_EVERY == 1 else None  # Pss costs a walk of the pages
         for pid in pids:
             with contextlib.suppress(OSError, ValueError, IndexError):
                 stat = Path(f"/proc/{pid}/stat").read_text()
-                fields = stat[stat.rindex(")") + 2 :].split()  # from the state on: utime is [11]
+                fields = _stat_fields(stat)
                 status = Path(f"/proc/{pid}/status").read_text()
                 ignored = int(_status_field(status, "SigIgn") or "0", 16)
-                peak = int((_status_field(status, "VmHWM") or "0 kB").split()[0])
-                self.seen[(pid, fields[19])] = (int(fields[11]) + int(fields[12]), peak)
+                self.seen[(pid, fields[19])] = (int(fields[11]) + int(fields[12]), _kb(status, "VmHWM"))
                 if ignored >> (signal.SIGCHLD - 1) & 1 and not self.ignores_sigchld:
                     self.ignores_sigchld = stat[stat.index("(") + 1 : stat.rindex(")")]
                 if together is not None:  # proportional: pages shared after a fork count once in all
-                    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
-                    together += int((_status_field(rollup, "Pss") or "0 kB").split()[0])
+                    together += _kb(Path(f"/proc/{pid}/smaps_rollup").read_text(), "Pss")
         if together is not None:
             self.together_kb = max(self.together_kb, together)
 
@@ -523,12 +530,7 @@ _HAS_CHILDREN = os.path.exists(f"/proc/self/task/{os.getpid()}/children")  # CON
 
 
 def _descendants_by_scan(root: str) -> list[str]:
-    parent: dict[str, str] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, ValueError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                parent[entry] = stat[stat.rindex(")") + 2 :].split()[1]
+    parent = _parents()
     found: list[str] = []
     frontier = {root}
     while frontier:
